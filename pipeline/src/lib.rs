@@ -1,0 +1,19 @@
+//! dbmux core: the change event and everything that moves it, with no database drivers.
+//!
+//! Dependency direction: the `dbmux` binary → `connectors` → `pipeline`.
+
+pub mod codec;
+pub mod envelope;
+pub mod event;
+pub mod log;
+pub mod position;
+pub mod retry;
+pub mod schema;
+pub mod sink;
+pub mod source;
+pub mod value;
+
+pub use event::{ChangeEvent, Op, Row, Transaction, TxnMeta};
+pub use position::{MysqlPosition, Position};
+pub use schema::{ColumnDef, ColumnType, TableId, TableSchema};
+pub use value::Value;

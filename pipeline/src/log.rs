@@ -1,0 +1,403 @@
+//! The embedded change log (the default transport).
+//!
+//! # Layout
+//! A `fjall` database (LSM tree with a write-ahead journal) in the data
+//! directory. Keyspace `records` maps the big-endian `seq` of a chunk's first
+//! event to an encoded chunk (see [`crate::codec`]); a transaction larger than
+//! [`CHUNK_EVENTS`] is split into several chunks written in **one atomic batch**,
+//! so a reader never sees part of a transaction. Keyspace `consumers` holds each
+//! registered consumer's acknowledged `seq`.
+//!
+//! # Durability
+//! [`FsyncPolicy::Always`] syncs the journal (`fdatasync`) before `append`
+//! returns; `Interval` leaves writes in OS buffers (they survive a process
+//! crash, not a power loss) and a background task syncs them periodically;
+//! `Never` leaves it to the OS. Capture acknowledges nothing to the source, so
+//! the only promise is: `last()` after a restart names a transaction that is
+//! wholly in the log, and capture resumes after it.
+//!
+//! # Truncation
+//! Chunks every registered consumer has acknowledged are deleted, except the
+//! newest chunk, which carries the capture resume position.
+
+use crate::codec::{self, CodecError};
+use crate::event::{ChangeEvent, Transaction};
+use crate::position::Position;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use tokio::sync::watch;
+
+/// Events per stored chunk: keeps records small enough to decode cheaply when
+/// a consumer starts reading in the middle of a large transaction.
+pub const CHUNK_EVENTS: usize = 1024;
+
+/// When the log syncs its journal to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Sync before `append` returns.
+    Always,
+    /// Sync at most every this many milliseconds (background).
+    IntervalMs(u64),
+    /// Never sync explicitly.
+    Never,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log storage: {0}")]
+    Storage(#[from] fjall::Error),
+    #[error("log record at seq {seq} is damaged: {source}")]
+    Corrupt { seq: u64, source: CodecError },
+    #[error("append out of order: the log ends at seq {last}, the transaction starts at {first}")]
+    Gap { last: u64, first: u64 },
+    #[error("invalid transaction: {0}")]
+    Invalid(String),
+    #[error("seq {requested} was truncated; the log now starts at {first}")]
+    Truncated { requested: u64, first: u64 },
+}
+
+impl crate::retry::Classify for LogError {
+    fn class(&self) -> crate::retry::ErrorClass {
+        // Local disk problems do not heal by retrying in a loop: stop loudly.
+        crate::retry::ErrorClass::Definite
+    }
+}
+
+/// The embedded, durable, single-node change log.
+pub struct EmbeddedLog {
+    db: Database,
+    records: Keyspace,
+    consumers: Keyspace,
+    policy: FsyncPolicy,
+    /// Serializes appends so the gapless check and the write are one step.
+    append_lock: Mutex<()>,
+    last_seq: AtomicU64,
+    notify: watch::Sender<u64>,
+}
+
+fn key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn seq_of(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key.try_into().expect("8-byte keys"))
+}
+
+impl EmbeddedLog {
+    /// Opens (or creates) the log in `dir`; recovers the journal after a crash.
+    pub fn open(dir: &Path, policy: FsyncPolicy) -> Result<Self, LogError> {
+        let db = Database::builder(dir).manual_journal_persist(true).open()?;
+        let records = db.keyspace("records", KeyspaceCreateOptions::default)?;
+        let consumers = db.keyspace("consumers", KeyspaceCreateOptions::default)?;
+        let log = EmbeddedLog {
+            db,
+            records,
+            consumers,
+            policy,
+            append_lock: Mutex::new(()),
+            last_seq: AtomicU64::new(0),
+            notify: watch::channel(0).0,
+        };
+        let last = log.last()?.map_or(0, |(s, _)| s);
+        log.last_seq.store(last, Ordering::SeqCst);
+        log.notify.send_replace(last);
+        Ok(log)
+    }
+
+    pub fn policy(&self) -> FsyncPolicy {
+        self.policy
+    }
+
+    /// The `seq` of the newest event, 0 when the log is empty.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::SeqCst)
+    }
+
+    /// Watch the newest `seq` (for tailing consumers).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.notify.subscribe()
+    }
+
+    /// The newest event's `seq` and the capture resume position stored with it.
+    pub fn last(&self) -> Result<Option<(u64, Position)>, LogError> {
+        let Some(kv) = self.records.last_key_value() else {
+            return Ok(None);
+        };
+        let (k, v) = kv.into_inner()?;
+        let first = seq_of(&k);
+        let events = codec::decode(&v).map_err(|source| LogError::Corrupt { seq: first, source })?;
+        let last = events.last().ok_or(LogError::Invalid("empty chunk".into()))?;
+        Ok(Some((last.seq, last.position.clone())))
+    }
+
+    /// The `seq` of the oldest stored event, if any.
+    pub fn first_seq(&self) -> Result<Option<u64>, LogError> {
+        match self.records.first_key_value() {
+            Some(kv) => Ok(Some(seq_of(&kv.key()?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Appends one whole transaction atomically. Its first `seq` must be the
+    /// log's last + 1 (gapless). Returns once the write is as durable as the
+    /// fsync policy promises.
+    pub fn append(&self, txn: &Transaction) -> Result<(), LogError> {
+        self.append_many(std::slice::from_ref(txn))
+    }
+
+    /// Appends several whole transactions in one atomic write.
+    pub fn append_many(&self, txns: &[Transaction]) -> Result<(), LogError> {
+        if txns.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.append_lock.lock().expect("append lock poisoned");
+        let mut expect = self.last_seq() + 1;
+        let mut batch = self.db.batch();
+        for txn in txns {
+            txn.check().map_err(LogError::Invalid)?;
+            if txn.first_seq() != expect {
+                return Err(LogError::Gap {
+                    last: expect - 1,
+                    first: txn.first_seq(),
+                });
+            }
+            let len = txn.len() as u32;
+            for chunk in txn.events.chunks(CHUNK_EVENTS) {
+                batch.insert(&self.records, key(chunk[0].seq), codec::encode(chunk, len));
+            }
+            expect = txn.last_seq() + 1;
+        }
+        let batch = match self.policy {
+            FsyncPolicy::Always => batch.durability(Some(PersistMode::SyncData)),
+            _ => batch.durability(Some(PersistMode::Buffer)),
+        };
+        batch.commit()?;
+        self.last_seq.store(expect - 1, Ordering::SeqCst);
+        self.notify.send_replace(expect - 1);
+        Ok(())
+    }
+
+    /// Syncs the journal to disk (used by the interval policy's background task).
+    pub fn sync(&self) -> Result<(), LogError> {
+        self.db.persist(PersistMode::SyncData)?;
+        Ok(())
+    }
+
+    /// Reads events from `from_seq` on, whole transactions only, stopping at the
+    /// first transaction boundary after `max_events` (a single larger
+    /// transaction is returned whole). Empty when nothing is there yet.
+    pub fn read(&self, from_seq: u64, max_events: usize) -> Result<Vec<ChangeEvent>, LogError> {
+        if from_seq > self.last_seq() {
+            return Ok(Vec::new());
+        }
+        // Start at the chunk containing `from_seq`.
+        let start = match self.records.range(..=key(from_seq)).next_back() {
+            Some(kv) => seq_of(&kv.key()?),
+            None => {
+                let first = self.first_seq()?.unwrap_or(0);
+                return Err(LogError::Truncated {
+                    requested: from_seq,
+                    first,
+                });
+            }
+        };
+        let mut out = Vec::new();
+        for kv in self.records.range(key(start)..) {
+            let (k, v) = kv.into_inner()?;
+            let chunk_seq = seq_of(&k);
+            let events = codec::decode(&v).map_err(|source| LogError::Corrupt {
+                seq: chunk_seq,
+                source,
+            })?;
+            if let Some(e) = events.last() {
+                if e.seq < from_seq {
+                    if out.is_empty() && chunk_seq == start && e.seq + 1 < from_seq {
+                        // from_seq lies in a gap after truncation: the log starts later.
+                    }
+                    continue;
+                }
+            }
+            for e in events {
+                if e.seq < from_seq {
+                    continue;
+                }
+                let last = e.txn.last;
+                out.push(e);
+                if last && out.len() >= max_events {
+                    return Ok(out);
+                }
+            }
+        }
+        if let Some(first) = out.first() {
+            if first.seq != from_seq {
+                return Err(LogError::Truncated {
+                    requested: from_seq,
+                    first: first.seq,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that consumer `name` has durably applied everything up to `seq`.
+    pub fn ack(&self, name: &str, seq: u64) -> Result<(), LogError> {
+        self.consumers.insert(name, seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// A consumer's acknowledged `seq`.
+    pub fn acked(&self, name: &str) -> Result<Option<u64>, LogError> {
+        Ok(self.consumers.get(name)?.map(|v| seq_of(&v)))
+    }
+
+    /// Deletes chunks whose every event is below `min(acks of consumers)`, keeping
+    /// the newest chunk. `consumers` are the names that must all have passed.
+    /// Returns the number of events removed.
+    pub fn truncate(&self, consumers: &[&str]) -> Result<u64, LogError> {
+        let mut upto = u64::MAX;
+        for c in consumers {
+            upto = upto.min(self.acked(c)?.unwrap_or(0));
+        }
+        if consumers.is_empty() {
+            return Ok(0);
+        }
+        self.truncate_through(upto)
+    }
+
+    /// Deletes chunks whose every event has `seq <= upto`, keeping the newest chunk.
+    pub fn truncate_through(&self, upto: u64) -> Result<u64, LogError> {
+        let mut keys = Vec::new();
+        for kv in self.records.range(..=key(upto.saturating_add(1))) {
+            keys.push(seq_of(&kv.key()?));
+        }
+        let newest = self
+            .records
+            .last_key_value()
+            .map(|kv| kv.key())
+            .transpose()?
+            .map(|k| seq_of(&k));
+        let mut removed = 0;
+        let mut batch = self.db.batch();
+        for w in keys.windows(2) {
+            // A chunk ends just before the next chunk starts.
+            if w[1] <= upto.saturating_add(1) && Some(w[0]) != newest {
+                batch.remove(&self.records, key(w[0]));
+                removed += w[1] - w[0];
+            }
+        }
+        if !batch.is_empty() {
+            batch.commit()?;
+        }
+        Ok(removed)
+    }
+}
+
+/// Groups consecutive events into whole transactions (events must be whole
+/// transactions, as [`EmbeddedLog::read`] returns them).
+pub fn into_transactions(events: Vec<ChangeEvent>) -> Vec<Transaction> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    for e in events {
+        let last = e.txn.last;
+        cur.push(e);
+        if last {
+            out.push(Transaction {
+                events: std::mem::take(&mut cur),
+            });
+        }
+    }
+    if !cur.is_empty() {
+        out.push(Transaction { events: cur });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{sequence_transaction, Op};
+    use crate::position::MysqlPosition;
+    use crate::schema::{ColumnDef, ColumnType, TableId, TableSchema};
+    use crate::value::Value;
+    use std::sync::Arc;
+
+    fn schema() -> Arc<TableSchema> {
+        Arc::new(TableSchema {
+            id: TableId::new("app", "t"),
+            columns: vec![ColumnDef {
+                name: "id".into(),
+                ty: ColumnType::Integer {
+                    bytes: 4,
+                    unsigned: false,
+                },
+                nullable: false,
+                charset: None,
+                source_type: "int".into(),
+            }],
+            primary_key: vec![0],
+        })
+    }
+
+    fn txn(first: u64, n: usize) -> Transaction {
+        let pos = Position::Mysql(MysqlPosition {
+            file: "b.000001".into(),
+            offset: first * 10,
+            gtid_set: None,
+        });
+        let s = schema();
+        let changes = (0..n)
+            .map(|i| {
+                (
+                    s.clone(),
+                    Op::Insert {
+                        after: vec![Value::Int((first + i as u64) as i64)],
+                    },
+                )
+            })
+            .collect();
+        sequence_transaction(first, format!("0-1-{first}"), 0, pos, changes)
+    }
+
+    #[test]
+    fn append_read_reopen_truncate() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = EmbeddedLog::open(dir.path(), FsyncPolicy::Always).unwrap();
+            assert_eq!(log.last().unwrap(), None);
+            log.append(&txn(1, 3)).unwrap();
+            // A large transaction spans several chunks.
+            log.append(&txn(4, CHUNK_EVENTS * 2 + 5)).unwrap();
+            let last = 3 + CHUNK_EVENTS as u64 * 2 + 5;
+            log.append(&txn(last + 1, 1)).unwrap();
+            assert!(matches!(log.append(&txn(last + 5, 1)), Err(LogError::Gap { .. })));
+            assert_eq!(log.last_seq(), last + 1);
+            // Reading from the middle of the large transaction returns its rest, whole.
+            let ev = log.read(100, 1).unwrap();
+            assert_eq!(ev.first().unwrap().seq, 100);
+            assert_eq!(ev.last().unwrap().seq, last);
+            assert!(ev.last().unwrap().txn.last);
+            let all = log.read(1, usize::MAX).unwrap();
+            assert_eq!(all.len() as u64, last + 1);
+            assert!(all.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+            assert_eq!(into_transactions(all).len(), 3);
+        }
+        let log = EmbeddedLog::open(dir.path(), FsyncPolicy::Always).unwrap();
+        let total = 3 + CHUNK_EVENTS as u64 * 2 + 6;
+        assert_eq!(log.last_seq(), total);
+        let (_, pos) = log.last().unwrap().unwrap();
+        assert_eq!(pos.to_string(), format!("mysql:b.000001:{}", (total) * 10));
+        log.ack("a", 3).unwrap();
+        log.ack("b", 2000).unwrap();
+        assert_eq!(log.truncate(&["a", "b"]).unwrap(), 3);
+        assert_eq!(log.first_seq().unwrap(), Some(4));
+        assert!(matches!(log.read(2, 10), Err(LogError::Truncated { .. })));
+        log.ack("a", total).unwrap();
+        log.ack("b", total).unwrap();
+        log.truncate(&["a", "b"]).unwrap();
+        // The newest chunk stays: it carries the resume position.
+        assert_eq!(log.first_seq().unwrap(), Some(total));
+        assert_eq!(log.last().unwrap().unwrap().0, total);
+    }
+}

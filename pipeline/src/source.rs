@@ -1,0 +1,40 @@
+//! The capture side's contract.
+
+use crate::event::Op;
+use crate::position::Position;
+use crate::retry::Classify;
+use crate::schema::TableSchema;
+use std::future::Future;
+use std::sync::Arc;
+
+/// One committed source transaction as capture read it, before sequencing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapturedTransaction {
+    /// GTID / XID / LSN text.
+    pub id: String,
+    pub commit_ts_us: i64,
+    /// Where to resume to read what follows this transaction.
+    pub position: Position,
+    /// Row changes of the configured tables, in source order (never empty).
+    pub changes: Vec<(Arc<TableSchema>, Op)>,
+}
+
+/// A source of committed transactions (binlog, WAL).
+///
+/// Contract: `next_transaction` returns only *committed* transactions, whole,
+/// in commit order, each at most once per `start`. Transactions touching no
+/// configured table are skipped. After `start(Some(p))`, the first transaction
+/// returned is the first one that committed after `p`.
+pub trait Source: Send {
+    type Error: std::error::Error + Classify + Send + Sync + 'static;
+
+    /// Checks server settings and permissions; each failure names the setting,
+    /// the expected and the actual value. Errors here are definite.
+    fn preflight(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Begins streaming after `resume`, or from the source's current end when `None`.
+    fn start(&mut self, resume: Option<Position>) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// The next committed transaction. Waits while there is none.
+    fn next_transaction(&mut self) -> impl Future<Output = Result<CapturedTransaction, Self::Error>> + Send;
+}
