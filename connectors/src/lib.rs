@@ -1,1 +1,6 @@
+//! dbmux connectors: one module (and one cargo feature) per external system.
 
+#[cfg(feature = "mysql")]
+pub mod mysql;
+#[cfg(feature = "postgres")]
+pub mod postgres;

@@ -1,0 +1,4 @@
+//! MySQL / MariaDB: binlog capture and apply.
+
+pub mod apply;
+pub mod capture;

@@ -1,0 +1,3 @@
+//! PostgreSQL: apply (WAL capture comes later).
+
+pub mod apply;

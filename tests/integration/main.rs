@@ -1,0 +1,10 @@
+//! Integration tests against real engines started by `scripts/services up`.
+//!
+//! One test binary; shared helpers live in `support`. Every test makes its own
+//! fresh database, so tests run in parallel without seeing each other.
+
+mod support;
+
+mod apply;
+mod capture;
+mod pipeline;
