@@ -1,6 +1,11 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+pub mod compare;
+pub mod dbmux;
+pub mod private;
+pub mod workload;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -1,0 +1,91 @@
+//! The admin HTTP server: `/metrics` (Prometheus text), `/status` (JSON) and
+//! `/log?from=SEQ&limit=N` (JSON envelopes, one per line; how `dbmux tail`
+//! reads the log while dbmux holds its lock).
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use pipeline::log::EmbeddedLog;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Most events one `/log` request returns.
+pub const MAX_LOG_PAGE: usize = 10_000;
+
+#[derive(Clone)]
+struct AppState {
+    log: Arc<EmbeddedLog>,
+    registry: Arc<Registry>,
+    replicas: Arc<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    from: Option<u64>,
+    limit: Option<usize>,
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    log: Arc<EmbeddedLog>,
+    registry: Arc<Registry>,
+    replicas: Vec<String>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let state = AppState { log, registry, replicas: Arc::new(replicas) };
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/log", get(read_log))
+        .with_state(state);
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &s.registry) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
+}
+
+async fn status(State(s): State<AppState>) -> Response {
+    let mut replicas = serde_json::Map::new();
+    for r in s.replicas.iter() {
+        replicas.insert(r.clone(), serde_json::json!({ "applied_seq": s.log.acked(r).ok().flatten() }));
+    }
+    let last = s.log.last().ok().flatten();
+    let body = serde_json::json!({
+        "log": {
+            "first_seq": s.log.first_seq().ok().flatten(),
+            "last_seq": s.log.last_seq(),
+            "resume_position": last.map(|(_, p)| p.to_string()),
+        },
+        "replicas": replicas,
+    });
+    axum::Json(body).into_response()
+}
+
+async fn read_log(State(s): State<AppState>, Query(q): Query<LogQuery>) -> Response {
+    let from = q.from.unwrap_or(1).max(1);
+    let limit = q.limit.unwrap_or(1000).clamp(1, MAX_LOG_PAGE);
+    let log = s.log.clone();
+    let res = tokio::task::spawn_blocking(move || log.read(from, limit)).await;
+    match res {
+        Ok(Ok(events)) => {
+            let mut body = String::new();
+            for e in events.iter().take(limit.max(1)) {
+                body.push_str(&pipeline::envelope::to_envelope(e).to_string());
+                body.push('\n');
+            }
+            ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+        }
+        Ok(Err(e @ pipeline::log::LogError::Truncated { .. })) => (StatusCode::GONE, e.to_string()).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}

@@ -1,0 +1,403 @@
+//! `dbmux.toml`: loading, environment overrides and validation.
+//!
+//! # Lifecycle
+//! text → `${VAR}` substitution → TOML → `DBMUX__…` overrides → typed structs
+//! → [`Config::validate`], which returns **every** problem at once with its
+//! field path. Nothing starts until the whole file is valid.
+//!
+//! # Environment
+//! - `${NAME}` anywhere in the file is replaced by the variable's value (an
+//!   unset variable is an error).
+//! - `DBMUX__SECTION__KEY=value` sets `section.key`; a path segment that names
+//!   an array of tables selects the element whose `name` matches (or an index):
+//!   `DBMUX__REPLICA__pg__POSTGRES__URL=postgres://…`. Keys are lower-cased.
+//!   The value is parsed as a TOML value when it parses, else taken as a string.
+//!
+//! # Secrets
+//! URLs carry passwords; anything printed goes through [`redact_url`].
+
+use connectors::mysql::apply::MysqlSinkConfig;
+use connectors::mysql::capture::MysqlSourceConfig;
+use connectors::postgres::apply::PostgresSinkConfig;
+use pipeline::log::FsyncPolicy;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Default data directory (the embedded log lives in `<data_dir>/log`).
+pub const DEFAULT_DATA_DIR: &str = "./dbmux-data";
+/// Default interval for `fsync = "interval"`.
+pub const DEFAULT_FSYNC_INTERVAL_MS: u64 = 100;
+/// Default seconds between log truncation passes.
+pub const DEFAULT_TRUNCATE_INTERVAL_S: u64 = 10;
+/// Default events per target transaction.
+pub const DEFAULT_MAX_BATCH_EVENTS: usize = 5000;
+/// Default admin HTTP address (metrics, status, log tail).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9187";
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "DBMUX__";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where dbmux keeps its own state (the embedded log).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub log: LogConfig,
+    pub source: SourceConfig,
+    #[serde(default, rename = "replica")]
+    pub replicas: Vec<ReplicaConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `always` (sync before a transaction counts as captured; the only mode
+    /// that survives power loss), `interval`, or `never`.
+    #[serde(default = "default_fsync")]
+    pub fsync: String,
+    #[serde(default = "default_fsync_interval")]
+    pub fsync_interval_ms: u64,
+    #[serde(default = "default_truncate_interval")]
+    pub truncate_interval_s: u64,
+}
+
+fn default_fsync() -> String {
+    "always".into()
+}
+fn default_fsync_interval() -> u64 {
+    DEFAULT_FSYNC_INTERVAL_MS
+}
+fn default_truncate_interval() -> u64 {
+    DEFAULT_TRUNCATE_INTERVAL_S
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            fsync: default_fsync(),
+            fsync_interval_ms: DEFAULT_FSYNC_INTERVAL_MS,
+            truncate_interval_s: DEFAULT_TRUNCATE_INTERVAL_S,
+        }
+    }
+}
+
+impl LogConfig {
+    pub fn policy(&self) -> FsyncPolicy {
+        match self.fsync.as_str() {
+            "interval" => FsyncPolicy::IntervalMs(self.fsync_interval_ms),
+            "never" => FsyncPolicy::Never,
+            _ => FsyncPolicy::Always,
+        }
+    }
+}
+
+/// Exactly one source kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub mysql: Option<MysqlSourceConfig>,
+}
+
+/// One replica: a name plus exactly one engine section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    pub name: String,
+    /// Events per target transaction (whole source transactions are never split).
+    #[serde(default = "default_max_batch_events")]
+    pub max_batch_events: usize,
+    pub mysql: Option<MysqlSinkConfig>,
+    pub postgres: Option<PostgresSinkConfig>,
+}
+
+fn default_max_batch_events() -> usize {
+    DEFAULT_MAX_BATCH_EVENTS
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port` of the admin HTTP server; empty disables it.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+fn default_admin_listen() -> String {
+    DEFAULT_ADMIN_LISTEN.into()
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: default_admin_listen() }
+    }
+}
+
+/// The file could not be turned into a valid configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+/// Replaces the password in a URL by `***` for printing.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparsable url>".into(),
+    }
+}
+
+/// Replaces `${NAME}` with environment values; unknown names are problems.
+fn substitute_env(text: &str, get: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                let name = &after[..end];
+                match get(name) {
+                    Some(v) => out.push_str(&v),
+                    None => problems.push(format!("environment variable {name} is referenced as ${{{name}}} but not set")),
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Applies `DBMUX__A__B=v` overrides to the parsed document.
+fn apply_overrides(doc: &mut toml::Table, vars: &[(String, String)], problems: &mut Vec<String>) {
+    for (key, value) in vars {
+        let Some(path) = key.strip_prefix(ENV_PREFIX) else { continue };
+        let segments: Vec<String> = path.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if segments.iter().any(String::is_empty) {
+            problems.push(format!("{key}: empty path segment"));
+            continue;
+        }
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        if let Err(e) = set_path(doc, &segments, parsed) {
+            problems.push(format!("{key}: {e}"));
+        }
+    }
+}
+
+fn set_path(doc: &mut toml::Table, segments: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = segments.split_last().expect("non-empty");
+    let mut cur = doc;
+    for seg in parents {
+        let entry = cur.entry(seg.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            toml::Value::Array(items) => {
+                let found = items.iter().position(|it| {
+                    it.get("name").and_then(toml::Value::as_str).is_some_and(|n| n.eq_ignore_ascii_case(seg))
+                });
+                let idx = found.or_else(|| seg.parse::<usize>().ok()).ok_or(format!("no element named {seg:?}"))?;
+                match items.get_mut(idx) {
+                    Some(toml::Value::Table(t)) => t,
+                    _ => return Err(format!("no element {seg:?}")),
+                }
+            }
+            _ => return Err(format!("{seg} is not a table")),
+        };
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+impl Config {
+    /// Loads and validates `path`, with the process environment for overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::parse(&text, &|k| std::env::var(k).ok(), &vars)
+            .map_err(|problems| ConfigError::Invalid { path: path.into(), problems })
+    }
+
+    /// Parses and validates configuration text. Returns all problems.
+    pub fn parse(
+        text: &str,
+        get_env: &dyn Fn(&str) -> Option<String>,
+        vars: &[(String, String)],
+    ) -> Result<Config, Vec<String>> {
+        let mut problems = Vec::new();
+        let text = substitute_env(text, get_env, &mut problems);
+        let mut doc: toml::Table = match text.parse() {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!("TOML syntax: {}", e.message()));
+                return Err(problems);
+            }
+        };
+        apply_overrides(&mut doc, vars, &mut problems);
+        // Unknown keys are collected all at once (serde's deny_unknown_fields
+        // would stop at the first one); then the typed parse reports type errors.
+        collect_unknown_keys(&doc, &mut problems);
+        let config: Config = match toml::Value::Table(doc).try_into() {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = e.to_string().replace('\n', " ");
+                if !problems.iter().any(|p| msg.contains(p.as_str())) {
+                    problems.push(msg.trim().to_string());
+                }
+                return Err(problems);
+            }
+        };
+        problems.extend(config.validate());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Semantic checks, every problem with its field path.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.data_dir.as_os_str().is_empty() {
+            p.push("data_dir: must not be empty".into());
+        }
+        if !["always", "interval", "never"].contains(&self.log.fsync.as_str()) {
+            p.push(format!("log.fsync: {:?} is not one of \"always\", \"interval\", \"never\"", self.log.fsync));
+        }
+        if self.log.fsync == "interval" && self.log.fsync_interval_ms == 0 {
+            p.push("log.fsync_interval_ms: must be > 0 with fsync = \"interval\"".into());
+        }
+        if self.log.truncate_interval_s == 0 {
+            p.push("log.truncate_interval_s: must be > 0".into());
+        }
+        match &self.source.mysql {
+            Some(m) => p.extend(m.validate().into_iter().map(|e| prefixed("source.mysql", e))),
+            None => p.push("source: exactly one source is required ([source.mysql])".into()),
+        }
+        if self.replicas.is_empty() {
+            p.push("replica: at least one [[replica]] is required".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in self.replicas.iter().enumerate() {
+            let at = format!("replica[{i}]");
+            if r.name.is_empty()
+                || !r.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                || r.name.len() > 64
+            {
+                p.push(format!("{at}.name: {:?} must be 1-64 characters of [A-Za-z0-9_-]", r.name));
+            } else if !names.insert(r.name.clone()) {
+                p.push(format!("{at}.name: {:?} is used by another replica", r.name));
+            }
+            if r.max_batch_events == 0 {
+                p.push(format!("{at}.max_batch_events: must be > 0"));
+            }
+            match (&r.mysql, &r.postgres) {
+                (Some(m), None) => p.extend(m.validate().into_iter().map(|e| prefixed(&format!("{at}.mysql"), e))),
+                (None, Some(pg)) => {
+                    p.extend(pg.validate().into_iter().map(|e| prefixed(&format!("{at}.postgres"), e)))
+                }
+                _ => p.push(format!("{at}: exactly one of [replica.mysql] or [replica.postgres] is required")),
+            }
+        }
+        if !self.admin.listen.is_empty() && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!("admin.listen: {:?} is not a host:port address", self.admin.listen));
+        }
+        p
+    }
+}
+
+fn prefixed(prefix: &str, msg: String) -> String {
+    if msg.starts_with(prefix) {
+        msg
+    } else {
+        format!("{prefix}.{msg}")
+    }
+}
+
+/// Known keys per table path (arrays of tables use `[]`). Sections owned by
+/// connectors are checked by their own `deny_unknown_fields`.
+fn collect_unknown_keys(doc: &toml::Table, problems: &mut Vec<String>) {
+    const TOP: &[&str] = &["data_dir", "log", "source", "replica", "admin"];
+    const LOG: &[&str] = &["fsync", "fsync_interval_ms", "truncate_interval_s"];
+    const SOURCE: &[&str] = &["mysql"];
+    const REPLICA: &[&str] = &["name", "max_batch_events", "mysql", "postgres"];
+    const ADMIN: &[&str] = &["listen"];
+    let check = |t: &toml::Table, known: &[&str], at: &str, problems: &mut Vec<String>| {
+        for k in t.keys() {
+            if !known.contains(&k.as_str()) {
+                let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                problems.push(format!("{path}: unknown field (expected one of: {})", known.join(", ")));
+            }
+        }
+    };
+    check(doc, TOP, "", problems);
+    if let Some(toml::Value::Table(t)) = doc.get("log") {
+        check(t, LOG, "log", problems);
+    }
+    if let Some(toml::Value::Table(t)) = doc.get("source") {
+        check(t, SOURCE, "source", problems);
+    }
+    if let Some(toml::Value::Table(t)) = doc.get("admin") {
+        check(t, ADMIN, "admin", problems);
+    }
+    if let Some(toml::Value::Array(items)) = doc.get("replica") {
+        for (i, it) in items.iter().enumerate() {
+            if let toml::Value::Table(t) = it {
+                check(t, REPLICA, &format!("replica[{i}]"), problems);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitution_and_overrides() {
+        let mut problems = Vec::new();
+        let get = |k: &str| (k == "PW").then(|| "s3cret".to_string());
+        assert_eq!(substitute_env("a=${PW} b=${NOPE}", &get, &mut problems), "a=s3cret b=");
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].contains("NOPE"));
+
+        let mut doc: toml::Table = "[[replica]]\nname = \"pg\"\n[log]\nfsync = \"always\"\n".parse().unwrap();
+        let vars = vec![
+            ("DBMUX__LOG__FSYNC".to_string(), "never".to_string()),
+            ("DBMUX__REPLICA__pg__MAX_BATCH_EVENTS".to_string(), "7".to_string()),
+            ("DBMUX__REPLICA__nope__X".to_string(), "1".to_string()),
+        ];
+        let mut problems = Vec::new();
+        apply_overrides(&mut doc, &vars, &mut problems);
+        assert_eq!(doc["log"]["fsync"].as_str(), Some("never"));
+        assert_eq!(doc["replica"][0]["max_batch_events"].as_integer(), Some(7));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("mysql://u:pw@h:1/db"), "mysql://u:***@h:1/db");
+        assert!(!redact_url("postgres://u:topsecret@h/db").contains("topsecret"));
+    }
+}

@@ -1,0 +1,141 @@
+//! `dbmux run`: wires capture, the log, appliers and the admin server into
+//! tasks and stops them all together.
+//!
+//! Any task that stops with an error stops the process (after the others shut
+//! down cleanly), with a non-zero exit: a pipeline that cannot go on says so
+//! loudly instead of limping. Transient errors never reach here; the tasks
+//! retry them with backoff.
+
+use crate::config::{redact_url, Config};
+use anyhow::Context;
+use pipeline::log::{EmbeddedLog, FsyncPolicy};
+use pipeline::metrics::PipelineMetrics;
+use pipeline::runtime::{self, ApplyOptions, CaptureOptions, RuntimeError};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// One line per part, secrets redacted (for `check-config` and the start-up log).
+pub fn describe(c: &Config) -> String {
+    let mut s = format!("data_dir: {}\nlog: fsync={}\n", c.data_dir.display(), c.log.fsync);
+    if let Some(m) = &c.source.mysql {
+        s.push_str(&format!("source: mysql {}\n", redact_url(m.url())));
+    }
+    for r in &c.replicas {
+        let url = match (&r.mysql, &r.postgres) {
+            (Some(m), _) => format!("mysql {}", redact_url(m.url())),
+            (_, Some(p)) => format!("postgres {}", redact_url(p.url())),
+            _ => "?".into(),
+        };
+        s.push_str(&format!("replica {}: {url}\n", r.name));
+    }
+    if !c.admin.listen.is_empty() {
+        s.push_str(&format!("admin: http://{}\n", c.admin.listen));
+    }
+    s
+}
+
+async fn shutdown_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => info!("interrupted; shutting down"),
+        _ = term.recv() => info!("terminated; shutting down"),
+        _ = token.cancelled() => {}
+    }
+    token.cancel();
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    for line in describe(&cfg).lines() {
+        info!("{line}");
+    }
+    let dir = cfg.data_dir.join("log");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let policy = cfg.log.policy();
+    let log = Arc::new(EmbeddedLog::open(&dir, policy).with_context(|| format!("opening the log in {}", dir.display()))?);
+    info!(last_seq = log.last_seq(), "log opened");
+
+    let mut registry = Registry::with_prefix("");
+    let metrics = PipelineMetrics::new(&mut registry);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shutdown_signal(shutdown.clone()));
+
+    let mut tasks: JoinSet<(String, Result<(), RuntimeError>)> = JoinSet::new();
+    let replica_names: Vec<String> = cfg.replicas.iter().map(|r| r.name.clone()).collect();
+
+    if let Some(m) = cfg.source.mysql.clone() {
+        let source = connectors::mysql::capture::MysqlSource::new(m);
+        let (log, metrics, sd) = (log.clone(), metrics.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            ("capture".into(), runtime::run_capture(source, log, metrics, CaptureOptions::default(), sd).await)
+        });
+    }
+    for r in &cfg.replicas {
+        let (log, metrics, sd) = (log.clone(), metrics.clone(), shutdown.clone());
+        let opts = ApplyOptions { max_batch_events: r.max_batch_events };
+        let name = r.name.clone();
+        let task = format!("replica {name}");
+        match (&r.mysql, &r.postgres) {
+            (Some(m), _) => {
+                let sink = connectors::mysql::apply::MysqlSink::new(&name, m.clone());
+                tasks.spawn(async move { (task, runtime::run_apply(name, sink, log, metrics, opts, sd).await) });
+            }
+            (_, Some(p)) => {
+                let sink = connectors::postgres::apply::PostgresSink::new(&name, p.clone());
+                tasks.spawn(async move { (task, runtime::run_apply(name, sink, log, metrics, opts, sd).await) });
+            }
+            _ => unreachable!("validated"),
+        }
+    }
+    {
+        let (log, sd, names) = (log.clone(), shutdown.clone(), replica_names.clone());
+        let every = Duration::from_secs(cfg.log.truncate_interval_s);
+        tasks.spawn(async move { ("truncation".into(), runtime::run_truncation(log, names, every, sd).await) });
+    }
+    if let FsyncPolicy::IntervalMs(ms) = policy {
+        let (log, sd) = (log.clone(), shutdown.clone());
+        tasks.spawn(async move { ("fsync".into(), runtime::run_fsync(log, Duration::from_millis(ms), sd).await) });
+    }
+    if !cfg.admin.listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&cfg.admin.listen)
+            .await
+            .with_context(|| format!("binding the admin server to {}", cfg.admin.listen))?;
+        info!("admin server on http://{}", listener.local_addr()?);
+        let (log, sd) = (log.clone(), shutdown.clone());
+        let registry = Arc::new(registry);
+        let names = replica_names.clone();
+        tasks.spawn(async move {
+            let r = crate::admin::serve(listener, log, registry, names, sd).await;
+            ("admin".into(), r.map_err(|e| RuntimeError::Join(format!("admin server: {e}"))))
+        });
+    }
+
+    let mut first_error: Option<anyhow::Error> = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((_, Ok(()))) => {}
+            Ok((name, Err(e))) => {
+                error!(task = %name, "{e}");
+                shutdown.cancel();
+                first_error.get_or_insert_with(|| anyhow::anyhow!("{name}: {e}"));
+            }
+            Err(e) => {
+                shutdown.cancel();
+                first_error.get_or_insert_with(|| anyhow::anyhow!("task panicked: {e}"));
+            }
+        }
+    }
+    // Make what was captured durable whatever the policy.
+    let _ = log.sync();
+    match first_error {
+        Some(e) => Err(e),
+        None => {
+            info!("stopped cleanly");
+            Ok(())
+        }
+    }
+}
