@@ -2,9 +2,11 @@
 //!
 //! Dependency direction: the `dbmux` binary → `connectors` → `pipeline`.
 
+pub mod batch;
 pub mod codec;
 pub mod envelope;
 pub mod event;
+pub mod filter;
 pub mod log;
 pub mod metrics;
 pub mod position;
