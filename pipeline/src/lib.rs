@@ -2,7 +2,6 @@
 //!
 //! Dependency direction: the `dbmux` binary → `connectors` → `pipeline`.
 
-pub mod batch;
 pub mod codec;
 pub mod envelope;
 pub mod event;
