@@ -2,6 +2,7 @@
 //!
 //! Dependency direction: the `dbmux` binary → `connectors` → `pipeline`.
 
+pub mod batch;
 pub mod codec;
 pub mod envelope;
 pub mod event;
