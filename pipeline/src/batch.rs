@@ -82,9 +82,14 @@ pub enum Action<'a> {
     Insert(Vec<&'a Row>),
     /// Table without a primary key: change exactly one row equal to `before`
     /// into `after`. Zero matching rows means the replica has diverged.
-    UpdateOne { before: &'a Row, after: &'a Row },
+    /// `seq` names the event in error messages.
+    UpdateOne {
+        seq: u64,
+        before: &'a Row,
+        after: &'a Row,
+    },
     /// Table without a primary key: delete exactly one row equal to `before`.
-    DeleteOne { before: &'a Row },
+    DeleteOne { seq: u64, before: &'a Row },
     /// Delete every row of the table.
     Truncate,
 }
@@ -183,7 +188,11 @@ pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
                     b.close();
                     b.steps.push(Step {
                         table,
-                        action: Action::UpdateOne { before, after },
+                        action: Action::UpdateOne {
+                            seq: ev.seq,
+                            before,
+                            after,
+                        },
                     });
                 }
             }
@@ -195,7 +204,7 @@ pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
                     b.close();
                     b.steps.push(Step {
                         table,
-                        action: Action::DeleteOne { before },
+                        action: Action::DeleteOne { seq: ev.seq, before },
                     });
                 }
             }
@@ -508,10 +517,10 @@ mod tests {
                     Action::Upsert(r) => format!("U:{t}[{}]", ids(r)),
                     Action::Delete(r) => format!("D:{t}[{}]", ids(r)),
                     Action::Insert(r) => format!("I:{t}[{}]", ids(r)),
-                    Action::UpdateOne { before, after } => {
+                    Action::UpdateOne { before, after, .. } => {
                         format!("u:{t}[{}>{}]", ids(&[before]), ids(&[after]))
                     }
-                    Action::DeleteOne { before } => format!("d:{t}[{}]", ids(&[before])),
+                    Action::DeleteOne { before, .. } => format!("d:{t}[{}]", ids(&[before])),
                     Action::Truncate => format!("T:{t}"),
                 }
             })
@@ -788,11 +797,11 @@ mod tests {
                     }
                 }
                 Action::Insert(rows) => state.bag.extend(rows.iter().map(|r| pair(r))),
-                Action::UpdateOne { before, after } => {
+                Action::UpdateOne { before, after, .. } => {
                     let i = state.bag.iter().position(|r| *r == pair(before)).unwrap();
                     state.bag[i] = pair(after);
                 }
-                Action::DeleteOne { before } => {
+                Action::DeleteOne { before, .. } => {
                     let i = state.bag.iter().position(|r| *r == pair(before)).unwrap();
                     state.bag.remove(i);
                 }

@@ -1,0 +1,782 @@
+//! The MySQL / MariaDB applier: a [`Sink`] that writes change events into a
+//! replica server.
+//!
+//! # Exactly once
+//! Each [`Sink::apply`] call is one target transaction:
+//! `START TRANSACTION` → `SELECT seq … FOR UPDATE` on this applier's row of
+//! `dbmux.dbmux_offsets` → the data statements → `UPDATE dbmux_offsets SET
+//! seq = <last seq>` → `COMMIT`. Events at or below the stored `seq` are
+//! skipped, so a batch retried after an ambiguous `COMMIT` failure (the
+//! connection dropped, the commit may or may not have happened) is never
+//! applied twice; the row lock makes a second applier with the same name wait
+//! and then skip instead of applying concurrently.
+//!
+//! # Offsets table
+//! `dbmux.dbmux_offsets` (database configurable with `offsets_database`), in
+//! its own database so it never mixes with replicated ones:
+//! ```sql
+//! CREATE TABLE IF NOT EXISTS `dbmux`.`dbmux_offsets` (
+//!   `consumer` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,
+//!   `seq` BIGINT UNSIGNED NOT NULL,
+//!   `position` TEXT NULL,
+//!   `updated_at` TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+//! ) ENGINE=InnoDB
+//! ```
+//! `consumer` is the replica name given to [`MysqlSink::new`]; `position` is the
+//! source position after the last applied transaction, for people.
+//!
+//! # Reconnection
+//! Any error rolls the transaction back and drops the connection. The next
+//! `open` or `apply` connects again, sets the session up and re-reads the
+//! offset; nothing is cached across connections except which tables exist.
+//!
+//! # Statements
+//! See [`pipeline::batch`] for how events become steps and
+//! [`super::apply_sql`] for the SQL. Multi-row statements are padded to a
+//! power-of-two row count by repeating their last row (harmless for an
+//! upsert or a delete by key) so only a handful of prepared shapes exist per
+//! table; the connection's statement cache keeps them prepared.
+
+use super::apply_sql::{self as sql, Flavor};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder, Params};
+use pipeline::batch::{self, Action, PlanError};
+use pipeline::event::{Row, Transaction};
+use pipeline::retry::{Classify, ErrorClass};
+use pipeline::schema::{TableId, TableSchema};
+use pipeline::sink::Sink;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+/// Default database of `dbmux_offsets` on the replica.
+pub const DEFAULT_OFFSETS_DATABASE: &str = "dbmux";
+/// The offsets table's name.
+pub const OFFSETS_TABLE: &str = "dbmux_offsets";
+/// Default rows per multi-row statement.
+pub const DEFAULT_MAX_ROWS_PER_STATEMENT: usize = 1000;
+/// Default approximate bytes of values per statement (below MariaDB's default
+/// 16 MiB `max_allowed_packet`).
+pub const DEFAULT_MAX_STATEMENT_BYTES: usize = 4 << 20;
+/// Prepared statements kept per connection.
+const STMT_CACHE_SIZE: usize = 256;
+
+/// `[replica.mysql]`: where and how to apply.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlSinkConfig {
+    /// `mysql://user:password@host:port[/database]`; the database part is only
+    /// the connection's default and may be left out.
+    pub url: String,
+    /// Source database → replica database. A source database not listed is
+    /// written to the database of the same name.
+    #[serde(default)]
+    pub databases: BTreeMap<String, String>,
+    /// Database holding `dbmux_offsets`.
+    #[serde(default = "default_offsets_database")]
+    pub offsets_database: String,
+    /// Rows per multi-row statement (also bounded by 65,535 parameters).
+    #[serde(default = "default_max_rows")]
+    pub max_rows_per_statement: usize,
+    /// Approximate bytes of values per statement.
+    #[serde(default = "default_max_bytes")]
+    pub max_statement_bytes: usize,
+    /// Source transactions per target transaction; 0 = all transactions of one
+    /// `apply` call in one target transaction. When a call carries more, it is
+    /// applied as several consecutive target transactions, each committed with
+    /// its own offset (a failure keeps the earlier ones, and the offset says so).
+    #[serde(default)]
+    pub max_transactions_per_commit: usize,
+}
+
+fn default_offsets_database() -> String {
+    DEFAULT_OFFSETS_DATABASE.into()
+}
+fn default_max_rows() -> usize {
+    DEFAULT_MAX_ROWS_PER_STATEMENT
+}
+fn default_max_bytes() -> usize {
+    DEFAULT_MAX_STATEMENT_BYTES
+}
+
+impl MysqlSinkConfig {
+    /// A configuration with defaults for everything but the URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            databases: BTreeMap::new(),
+            offsets_database: default_offsets_database(),
+            max_rows_per_statement: DEFAULT_MAX_ROWS_PER_STATEMENT,
+            max_statement_bytes: DEFAULT_MAX_STATEMENT_BYTES,
+            max_transactions_per_commit: 0,
+        }
+    }
+
+    /// Every problem, each prefixed with its field path.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !self.url.starts_with("mysql://") {
+            p.push(format!(
+                "url: {:?} must start with mysql://",
+                redact_url(&self.url)
+            ));
+        } else if let Err(e) = Opts::from_url(&self.url) {
+            p.push(format!(
+                "url: {:?} is not a valid MySQL URL: {e}",
+                redact_url(&self.url)
+            ));
+        }
+        let name_ok = |s: &str| !s.is_empty() && s.chars().count() <= 64 && !s.ends_with(' ');
+        for (from, to) in &self.databases {
+            if !name_ok(from) || !name_ok(to) {
+                p.push(format!(
+                    "databases.{from}: {from:?} → {to:?}: database names must be 1-64 characters, without trailing spaces"
+                ));
+            }
+        }
+        if !name_ok(&self.offsets_database) {
+            p.push(format!(
+                "offsets_database: {:?} must be 1-64 characters, without trailing spaces",
+                self.offsets_database
+            ));
+        }
+        if self.max_rows_per_statement == 0 || self.max_rows_per_statement > sql::MAX_PARAMS {
+            p.push(format!(
+                "max_rows_per_statement: {} must be between 1 and {}",
+                self.max_rows_per_statement,
+                sql::MAX_PARAMS
+            ));
+        }
+        if self.max_statement_bytes < 1024 {
+            p.push(format!(
+                "max_statement_bytes: {} must be at least 1024",
+                self.max_statement_bytes
+            ));
+        }
+        p
+    }
+
+    /// The replica database for a source database.
+    pub fn target_database<'a>(&'a self, source: &'a str) -> &'a str {
+        self.databases.get(source).map_or(source, String::as_str)
+    }
+}
+
+impl fmt::Debug for MysqlSinkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MysqlSinkConfig")
+            .field("url", &redact_url(&self.url))
+            .field("databases", &self.databases)
+            .field("offsets_database", &self.offsets_database)
+            .field("max_rows_per_statement", &self.max_rows_per_statement)
+            .field("max_statement_bytes", &self.max_statement_bytes)
+            .field("max_transactions_per_commit", &self.max_transactions_per_commit)
+            .finish()
+    }
+}
+
+/// `url` with any password replaced by `***`.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparsable URL>".into(),
+    }
+}
+
+/// Why applying to a MySQL / MariaDB replica failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MysqlApplyError {
+    #[error("replica URL: {0}")]
+    Url(String),
+    #[error("MySQL replica, {context}: {source}")]
+    Driver {
+        context: String,
+        #[source]
+        source: mysql_async::Error,
+    },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("{table}.{column}: {message}")]
+    Value {
+        table: String,
+        column: String,
+        message: String,
+    },
+    #[error("cannot create {table}: column {column}: {message}")]
+    UnsupportedColumn {
+        table: String,
+        column: String,
+        message: String,
+    },
+    #[error(
+        "replica diverged: {table} (no primary key) has no row equal to the before image of the {op} \
+         of event seq {seq}; compare the table with the source and re-seed it"
+    )]
+    Diverged {
+        table: String,
+        op: &'static str,
+        seq: u64,
+    },
+    #[error("{table} has no row for consumer {consumer:?}; it was deleted while dbmux ran")]
+    OffsetRowMissing { table: String, consumer: String },
+    #[error(
+        "events would skip seq {missing}: the replica has applied up to {applied} and the next event given is {next}"
+    )]
+    Gap { applied: u64, next: u64, missing: u64 },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Classify for MysqlApplyError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            MysqlApplyError::Driver { source, .. } => classify_driver(source),
+            _ => ErrorClass::Definite,
+        }
+    }
+}
+
+/// Connection trouble, server restarts, deadlocks and lock waits are transient;
+/// everything the server says about the data or the statements is definite.
+pub fn classify_driver(e: &mysql_async::Error) -> ErrorClass {
+    use mysql_async::{DriverError as D, Error as E};
+    match e {
+        E::Io(_) | E::Other(_) => ErrorClass::Transient,
+        E::Driver(
+            D::ConnectionClosed
+            | D::PacketOutOfOrder
+            | D::UnexpectedPacket { .. }
+            | D::PoolDisconnected
+            | D::BadCompressedPacketHeader,
+        ) => ErrorClass::Transient,
+        E::Driver(_) | E::Url(_) => ErrorClass::Definite,
+        E::Server(s) => match s.code {
+            // lock wait timeout, deadlock, XA branch rolled back on deadlock
+            1205 | 1213 | 1614
+            // too many connections, server shutdown / shutting down
+            | 1040 | 1053 | 1077 | 1078 | 1079 | 1080
+            // aborted connection, net read/write errors and timeouts
+            | 1152 | 1158 | 1159 | 1160 | 1161
+            // query interrupted, error during commit/rollback, connection killed
+            | 1317 | 1180 | 1181 | 1927
+            // too many active transactions, statement time limit (MariaDB / MySQL)
+            | 1637 | 1969 | 3024
+            // client-side codes a server may relay: gone away, lost connection
+            | 2006 | 2013
+            // disconnected for inactivity (MySQL 8)
+            | 4031 => ErrorClass::Transient,
+            _ => ErrorClass::Definite,
+        },
+    }
+}
+
+type Result<T, E = MysqlApplyError> = std::result::Result<T, E>;
+
+fn driver(context: impl Into<String>) -> impl FnOnce(mysql_async::Error) -> MysqlApplyError {
+    let context = context.into();
+    move |source| MysqlApplyError::Driver { context, source }
+}
+
+/// SQL for one source table definition, built once.
+struct TableSql {
+    target: TableId,
+    target_text: String,
+    update_one: String,
+    delete_one: String,
+    truncate: String,
+    /// Row counts per statement shape, by kind (0 upsert, 1 delete, 2 insert).
+    multi: HashMap<(u8, usize), Arc<str>>,
+}
+
+/// Applies change events to a MySQL or MariaDB server.
+pub struct MysqlSink {
+    name: String,
+    config: MysqlSinkConfig,
+    conn: Option<Conn>,
+    flavor: Flavor,
+    /// The offset read at the last (re)connection or written by the last commit.
+    applied: u64,
+    /// Replica tables known to exist.
+    known_tables: HashSet<TableId>,
+    /// Generated SQL per source table definition.
+    tables: HashMap<Arc<TableSchema>, TableSql>,
+    offsets_table: String,
+}
+
+impl MysqlSink {
+    /// A sink for replica `name` (the key of its row in `dbmux_offsets`). Connects on `open`.
+    pub fn new(name: &str, config: MysqlSinkConfig) -> Self {
+        let offsets_table = format!(
+            "{}.{}",
+            sql::quote_ident(&config.offsets_database),
+            sql::quote_ident(OFFSETS_TABLE)
+        );
+        Self {
+            name: name.to_string(),
+            config,
+            conn: None,
+            flavor: Flavor::MariaDb,
+            applied: 0,
+            known_tables: HashSet::new(),
+            tables: HashMap::new(),
+            offsets_table,
+        }
+    }
+
+    /// The offset as of the last `open` or successful `apply`.
+    pub fn applied_seq(&self) -> u64 {
+        self.applied
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MysqlSinkConfig {
+        &self.config
+    }
+
+    async fn connect(&mut self) -> Result<()> {
+        if let Some(old) = self.conn.take() {
+            let _ = old.disconnect().await;
+        }
+        let opts = Opts::from_url(&self.config.url).map_err(|e| MysqlApplyError::Url(e.to_string()))?;
+        let opts = OptsBuilder::from_opts(opts)
+            .client_found_rows(true)
+            .stmt_cache_size(STMT_CACHE_SIZE);
+        let mut conn = Conn::new(opts).await.map_err(driver("connecting"))?;
+        for stmt in sql::SESSION_SETUP {
+            conn.query_drop(*stmt)
+                .await
+                .map_err(driver("setting up the session"))?;
+        }
+        let version: Option<String> = conn
+            .query_first("SELECT VERSION()")
+            .await
+            .map_err(driver("reading the server version"))?;
+        self.flavor = Flavor::from_version(version.as_deref().unwrap_or(""));
+        conn.query_drop(format!(
+            "CREATE DATABASE IF NOT EXISTS {} DEFAULT CHARACTER SET utf8mb4",
+            sql::quote_ident(&self.config.offsets_database)
+        ))
+        .await
+        .map_err(driver("creating the offsets database"))?;
+        conn.query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS {} (\
+             `consumer` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY, \
+             `seq` BIGINT UNSIGNED NOT NULL, \
+             `position` TEXT NULL, \
+             `updated_at` TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB",
+            self.offsets_table
+        ))
+        .await
+        .map_err(driver("creating the offsets table"))?;
+        conn.exec_drop(
+            format!(
+                "INSERT INTO {} (`consumer`, `seq`) VALUES (?, 0) ON DUPLICATE KEY UPDATE `consumer` = `consumer`",
+                self.offsets_table
+            ),
+            (self.name.as_str(),),
+        )
+        .await
+        .map_err(driver("registering in the offsets table"))?;
+        let seq: Option<u64> = conn
+            .exec_first(
+                format!("SELECT `seq` FROM {} WHERE `consumer` = ?", self.offsets_table),
+                (self.name.as_str(),),
+            )
+            .await
+            .map_err(driver("reading the offset"))?;
+        self.applied = seq.ok_or_else(|| self.offset_missing())?;
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    fn offset_missing(&self) -> MysqlApplyError {
+        MysqlApplyError::OffsetRowMissing {
+            table: format!("{}.{}", self.config.offsets_database, OFFSETS_TABLE),
+            consumer: self.name.clone(),
+        }
+    }
+
+    /// Creates every replica database and table the plan needs that is not known
+    /// to exist. Runs outside the data transaction: DDL commits implicitly in MySQL.
+    async fn ensure_tables(&mut self, txns: &[Transaction]) -> Result<()> {
+        let mut seen: HashSet<usize> = HashSet::new();
+        for ev in txns.iter().flat_map(|t| &t.events) {
+            if ev.seq <= self.applied || !seen.insert(Arc::as_ptr(&ev.table) as usize) {
+                continue;
+            }
+            if matches!(ev.op, pipeline::Op::Ddl { .. }) {
+                continue;
+            }
+            let target = TableId::new(
+                self.config.target_database(&ev.table.id.schema),
+                ev.table.id.name.clone(),
+            );
+            if self.known_tables.contains(&target) {
+                continue;
+            }
+            let create =
+                sql::create_table_sql(&target, &ev.table, self.flavor).map_err(|(column, message)| {
+                    MysqlApplyError::UnsupportedColumn {
+                        table: target.to_string(),
+                        column,
+                        message,
+                    }
+                })?;
+            let conn = self.conn.as_mut().expect("connected");
+            conn.query_drop(format!(
+                "CREATE DATABASE IF NOT EXISTS {} DEFAULT CHARACTER SET utf8mb4",
+                sql::quote_ident(&target.schema)
+            ))
+            .await
+            .map_err(driver(format!("creating database {}", target.schema)))?;
+            conn.query_drop(create)
+                .await
+                .map_err(driver(format!("creating table {target}")))?;
+            self.known_tables.insert(target);
+        }
+        Ok(())
+    }
+
+    fn table_sql(&mut self, schema: &Arc<TableSchema>) -> &mut TableSql {
+        let config = &self.config;
+        let flavor = self.flavor;
+        self.tables.entry(schema.clone()).or_insert_with(|| {
+            let target = TableId::new(config.target_database(&schema.id.schema), schema.id.name.clone());
+            TableSql {
+                target_text: target.to_string(),
+                update_one: sql::update_one_sql(&target, schema, flavor),
+                delete_one: sql::delete_one_sql(&target, schema, flavor),
+                truncate: sql::truncate_sql(&target),
+                target,
+                multi: HashMap::new(),
+            }
+        })
+    }
+
+    /// Applies `txns` (all after the stored offset) in one target transaction.
+    async fn apply_group(&mut self, txns: &[Transaction]) -> Result<()> {
+        let mut conn = self.conn.take().expect("connected");
+        let result = self.apply_in(&mut conn, txns).await;
+        match result {
+            Ok(applied) => {
+                self.applied = applied;
+                self.conn = Some(conn);
+                Ok(())
+            }
+            Err(e) => {
+                // Roll back what is open; the connection is dropped either way so
+                // the next call starts clean and re-reads the offset.
+                let _ = conn.query_drop("ROLLBACK").await;
+                let _ = conn.disconnect().await;
+                self.known_tables.clear();
+                Err(e)
+            }
+        }
+    }
+
+    async fn apply_in(&mut self, conn: &mut Conn, txns: &[Transaction]) -> Result<u64> {
+        conn.query_drop("START TRANSACTION")
+            .await
+            .map_err(driver("starting a transaction"))?;
+        let stored: Option<u64> = conn
+            .exec_first(
+                format!(
+                    "SELECT `seq` FROM {} WHERE `consumer` = ? FOR UPDATE",
+                    self.offsets_table
+                ),
+                (self.name.as_str(),),
+            )
+            .await
+            .map_err(driver("locking the offset"))?;
+        let applied = stored.ok_or_else(|| self.offset_missing())?;
+        let plan = batch::plan(txns, applied)?;
+        let Some(last) = plan.last_seq else {
+            conn.query_drop("COMMIT").await.map_err(driver("committing"))?;
+            return Ok(applied);
+        };
+        let first = txns
+            .iter()
+            .flat_map(|t| &t.events)
+            .map(|e| e.seq)
+            .find(|&s| s > applied)
+            .unwrap_or(last);
+        if applied > 0 && first > applied + 1 {
+            return Err(MysqlApplyError::Gap {
+                applied,
+                next: first,
+                missing: applied + 1,
+            });
+        }
+        let max_rows = self.config.max_rows_per_statement;
+        let max_bytes = self.config.max_statement_bytes;
+        for step in &plan.steps {
+            let width = step.table.columns.len();
+            let per_stmt = max_rows.min(sql::MAX_PARAMS / width.max(1)).max(1);
+            match &step.action {
+                Action::Upsert(rows) | Action::Delete(rows) | Action::Insert(rows) => {
+                    let (kind, pad) = match &step.action {
+                        Action::Upsert(_) => (0u8, true),
+                        Action::Delete(_) => (1, true),
+                        _ => (2, false),
+                    };
+                    let key_only = kind == 1;
+                    let per_stmt = if key_only {
+                        max_rows.min(sql::MAX_PARAMS / step.table.primary_key.len().max(1))
+                    } else {
+                        per_stmt
+                    };
+                    for chunk in batch::chunks(rows, per_stmt, max_bytes) {
+                        let shape = if pad {
+                            chunk.len().next_power_of_two().min(per_stmt).max(chunk.len())
+                        } else {
+                            chunk.len()
+                        };
+                        let params = self.params(step.table, chunk, shape, key_only)?;
+                        let t = self.table_sql(step.table);
+                        let stmt = t
+                            .multi
+                            .entry((kind, shape))
+                            .or_insert_with(|| {
+                                match kind {
+                                    0 => sql::upsert_sql(&t.target, step.table, shape),
+                                    1 => sql::delete_sql(&t.target, step.table, shape),
+                                    _ => sql::insert_sql(&t.target, step.table, shape),
+                                }
+                                .into()
+                            })
+                            .clone();
+                        let what = ["upserting into", "deleting from", "inserting into"][kind as usize];
+                        let context = format!("{what} {}", t.target_text);
+                        conn.exec_drop(&*stmt, Params::Positional(params))
+                            .await
+                            .map_err(driver(context))?;
+                    }
+                }
+                Action::UpdateOne { seq, before, after } => {
+                    let mut params = self.row_params(step.table, after)?;
+                    params.extend(self.row_params(step.table, before)?);
+                    let t = self.table_sql(step.table);
+                    let (stmt, table) = (t.update_one.clone(), t.target_text.clone());
+                    conn.exec_drop(stmt, Params::Positional(params))
+                        .await
+                        .map_err(driver(format!("updating {table}")))?;
+                    if conn.affected_rows() != 1 {
+                        return Err(MysqlApplyError::Diverged {
+                            table,
+                            op: "update",
+                            seq: *seq,
+                        });
+                    }
+                }
+                Action::DeleteOne { seq, before } => {
+                    let params = self.row_params(step.table, before)?;
+                    let t = self.table_sql(step.table);
+                    let (stmt, table) = (t.delete_one.clone(), t.target_text.clone());
+                    conn.exec_drop(stmt, Params::Positional(params))
+                        .await
+                        .map_err(driver(format!("deleting from {table}")))?;
+                    if conn.affected_rows() != 1 {
+                        return Err(MysqlApplyError::Diverged {
+                            table,
+                            op: "delete",
+                            seq: *seq,
+                        });
+                    }
+                }
+                Action::Truncate => {
+                    let t = self.table_sql(step.table);
+                    let (stmt, table) = (t.truncate.clone(), t.target_text.clone());
+                    conn.query_drop(stmt)
+                        .await
+                        .map_err(driver(format!("truncating {table}")))?;
+                }
+            }
+        }
+        let position = txns
+            .iter()
+            .rev()
+            .flat_map(|t| t.events.iter().rev())
+            .find(|e| e.seq == last)
+            .map(|e| e.position.to_string());
+        conn.exec_drop(
+            format!(
+                "UPDATE {} SET `seq` = ?, `position` = ?, `updated_at` = CURRENT_TIMESTAMP(6) WHERE `consumer` = ?",
+                self.offsets_table
+            ),
+            (last, position, self.name.as_str()),
+        )
+        .await
+        .map_err(driver("writing the offset"))?;
+        conn.query_drop("COMMIT").await.map_err(driver("committing"))?;
+        Ok(last)
+    }
+
+    /// Parameters for `shape` rows (the chunk, then its last row repeated), of
+    /// whole rows or of key columns only.
+    fn params(
+        &self,
+        table: &TableSchema,
+        chunk: &[&Row],
+        shape: usize,
+        key_only: bool,
+    ) -> Result<Vec<mysql_async::Value>> {
+        let cols: Vec<usize> = if key_only {
+            table.primary_key.clone()
+        } else {
+            (0..table.columns.len()).collect()
+        };
+        let mut out = Vec::with_capacity(cols.len() * shape);
+        for row in chunk {
+            for &i in &cols {
+                out.push(self.param(table, i, &row[i])?);
+            }
+        }
+        let last = out.len() - cols.len();
+        for _ in chunk.len()..shape {
+            out.extend_from_within(last..last + cols.len());
+        }
+        Ok(out)
+    }
+
+    fn row_params(&self, table: &TableSchema, row: &Row) -> Result<Vec<mysql_async::Value>> {
+        row.iter()
+            .enumerate()
+            .map(|(i, v)| self.param(table, i, v))
+            .collect()
+    }
+
+    fn param(&self, table: &TableSchema, i: usize, v: &pipeline::Value) -> Result<mysql_async::Value> {
+        let col = &table.columns[i];
+        sql::to_param(v, col).map_err(|message| MysqlApplyError::Value {
+            table: format!(
+                "{}.{}",
+                self.config.target_database(&table.id.schema),
+                table.id.name
+            ),
+            column: col.name.clone(),
+            message,
+        })
+    }
+}
+
+impl Sink for MysqlSink {
+    type Error = MysqlApplyError;
+
+    async fn open(&mut self) -> Result<u64> {
+        if let Err(e) = self.connect().await {
+            self.conn = None;
+            return Err(e);
+        }
+        Ok(self.applied)
+    }
+
+    async fn apply(&mut self, txns: &[Transaction]) -> Result<()> {
+        if self.conn.is_none() {
+            self.connect().await?;
+        }
+        if let Err(e) = self.ensure_tables(txns).await {
+            if let Some(conn) = self.conn.take() {
+                let _ = conn.disconnect().await;
+            }
+            return Err(e);
+        }
+        let group = match self.config.max_transactions_per_commit {
+            0 => txns.len().max(1),
+            n => n,
+        };
+        for part in txns.chunks(group) {
+            if self.conn.is_none() {
+                self.connect().await?;
+            }
+            self.apply_group(part).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_validation_and_redaction() {
+        let c: MysqlSinkConfig = serde_json::from_str(r#"{"url": "mysql://u:secret@h:3306/app"}"#).unwrap();
+        assert_eq!(c.offsets_database, "dbmux");
+        assert_eq!(c.max_rows_per_statement, DEFAULT_MAX_ROWS_PER_STATEMENT);
+        assert_eq!(c.target_database("app"), "app");
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("secret") && dbg.contains("***"), "{dbg}");
+
+        let err =
+            serde_json::from_str::<MysqlSinkConfig>(r#"{"url": "mysql://h/a", "uurl": 1}"#).unwrap_err();
+        assert!(err.to_string().contains("uurl"), "{err}");
+
+        let c: MysqlSinkConfig = serde_json::from_str(
+            r#"{"url": "postgres://u:secret@h/app", "databases": {"app": ""}, "offsets_database": "",
+                "max_rows_per_statement": 0, "max_statement_bytes": 10}"#,
+        )
+        .unwrap();
+        let problems = c.validate();
+        for field in [
+            "url:",
+            "databases.app:",
+            "offsets_database:",
+            "max_rows_per_statement:",
+            "max_statement_bytes:",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(field)),
+                "{field} in {problems:?}"
+            );
+        }
+        assert!(!problems.iter().any(|p| p.contains("secret")), "{problems:?}");
+        let mapped = MysqlSinkConfig {
+            databases: [("app".to_string(), "app_copy".to_string())].into(),
+            ..MysqlSinkConfig::new("mysql://h/x")
+        };
+        assert_eq!(mapped.target_database("app"), "app_copy");
+        assert_eq!(mapped.target_database("other"), "other");
+    }
+
+    #[test]
+    fn classification() {
+        let server = |code| {
+            mysql_async::Error::Server(mysql_async::ServerError {
+                code,
+                message: String::new(),
+                state: String::new(),
+            })
+        };
+        assert_eq!(classify_driver(&server(1213)), ErrorClass::Transient);
+        assert_eq!(classify_driver(&server(1205)), ErrorClass::Transient);
+        assert_eq!(classify_driver(&server(1927)), ErrorClass::Transient);
+        assert_eq!(classify_driver(&server(1366)), ErrorClass::Definite);
+        assert_eq!(
+            classify_driver(&mysql_async::Error::Driver(
+                mysql_async::DriverError::ConnectionClosed
+            )),
+            ErrorClass::Transient
+        );
+        let io = mysql_async::Error::Io(mysql_async::IoError::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        )));
+        assert!(MysqlApplyError::Driver {
+            context: "x".into(),
+            source: io
+        }
+        .is_transient());
+        assert!(!MysqlApplyError::Diverged {
+            table: "t".into(),
+            op: "delete",
+            seq: 1
+        }
+        .is_transient());
+    }
+}

@@ -1,4 +1,5 @@
 //! MySQL / MariaDB: binlog capture and apply.
 
 pub mod apply;
+pub mod apply_sql;
 pub mod capture;

@@ -1,0 +1,634 @@
+//! SQL text and parameter values for the MySQL / MariaDB applier.
+//!
+//! Pure functions, no connection: the applier in [`super::apply`] executes
+//! what this module writes. The type and value rules are documented in
+//! `docs/type-mapping.md`.
+//!
+//! # Values travel as parameters
+//! Row values are never spliced into SQL: statements are prepared (binary
+//! protocol) and values are bound as typed parameters, so there is no escaping
+//! to get wrong and floats, dates and times keep every bit. The only literals
+//! in SQL text are ENUM/SET labels in `CREATE TABLE`, written by
+//! [`quote_string`] for a session whose `sql_mode` the applier sets itself
+//! (backslash escapes on, see [`SESSION_SETUP`]).
+
+use mysql_async::Value as My;
+use pipeline::schema::{ColumnDef, ColumnType, TableId, TableSchema};
+use pipeline::value::{civil_from_days, Value};
+
+/// Statements run on every new connection, before anything else.
+///
+/// - `time_zone = '+00:00'`: `TIMESTAMP` values are bound as UTC wall-clock
+///   values and read back in UTC, so `Value::Timestamp` round-trips exactly.
+/// - `sql_mode`: strict (a value the column cannot hold is an error, never a
+///   silent truncation); zero dates allowed (the source has them);
+///   `NO_AUTO_VALUE_ON_ZERO` so a replicated `0` in an AUTO_INCREMENT column
+///   stays `0`; no `NO_BACKSLASH_ESCAPES`, which [`quote_string`] relies on.
+/// - `explicit_defaults_for_timestamp`: a `TIMESTAMP NOT NULL` column we
+///   create gets no implicit `ON UPDATE CURRENT_TIMESTAMP`.
+pub const SESSION_SETUP: &[&str] = &[
+    "SET NAMES utf8mb4",
+    "SET SESSION time_zone = '+00:00', \
+     sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO', \
+     explicit_defaults_for_timestamp = 1",
+];
+
+/// The most parameters one prepared statement may carry (a protocol limit).
+pub const MAX_PARAMS: usize = 65_535;
+
+/// Which server the replica runs: a few types and functions differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    MariaDb,
+    Mysql,
+}
+
+impl Flavor {
+    /// From `SELECT VERSION()`.
+    pub fn from_version(version: &str) -> Self {
+        if version.to_ascii_lowercase().contains("mariadb") {
+            Flavor::MariaDb
+        } else {
+            Flavor::Mysql
+        }
+    }
+}
+
+/// `` `name` `` with backticks doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// `` `db`.`table` ``.
+pub fn quote_table(t: &TableId) -> String {
+    format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
+}
+
+/// A string literal for a session without `NO_BACKSLASH_ESCAPES` and with a
+/// utf8mb4 connection: `\` and `'` are escaped, NUL becomes `\0`.
+pub fn quote_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("''"),
+            '\0' => out.push_str("\\0"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// A character-set name from the source, checked to be a plain word (it is
+/// spliced into DDL unquoted).
+fn charset_name(col: &ColumnDef) -> Result<&str, String> {
+    let cs = col.charset.as_deref().unwrap_or("utf8mb4");
+    if !cs.is_empty() && cs.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        Ok(cs)
+    } else {
+        Err(format!("character set {cs:?} is not a valid name"))
+    }
+}
+
+/// The column type to create on the replica: the source's own type, with the
+/// source column's character set for text.
+pub fn column_type_sql(col: &ColumnDef, flavor: Flavor) -> Result<String, String> {
+    let text = |base: String| -> Result<String, String> {
+        Ok(format!("{base} CHARACTER SET {}", charset_name(col)?))
+    };
+    let labels = |ls: &[String]| ls.iter().map(|l| quote_string(l)).collect::<Vec<_>>().join(",");
+    Ok(match &col.ty {
+        ColumnType::Bool => "TINYINT(1)".into(),
+        ColumnType::Integer { bytes, unsigned } => {
+            let base = match bytes {
+                1 => "TINYINT",
+                2 => "SMALLINT",
+                3 => "MEDIUMINT",
+                4 => "INT",
+                8 => "BIGINT",
+                other => return Err(format!("integer width of {other} bytes")),
+            };
+            if *unsigned {
+                format!("{base} UNSIGNED")
+            } else {
+                base.into()
+            }
+        }
+        ColumnType::Decimal { precision, scale } => format!("DECIMAL({precision},{scale})"),
+        ColumnType::Float => "FLOAT".into(),
+        ColumnType::Double => "DOUBLE".into(),
+        ColumnType::Date => "DATE".into(),
+        ColumnType::Time { fsp } => format!("TIME({fsp})"),
+        ColumnType::DateTime { fsp } => format!("DATETIME({fsp})"),
+        ColumnType::Timestamp { fsp } => format!("TIMESTAMP({fsp})"),
+        ColumnType::Year => "YEAR".into(),
+        ColumnType::Char { length } => text(format!("CHAR({length})"))?,
+        ColumnType::VarChar { length } => text(format!("VARCHAR({length})"))?,
+        ColumnType::Text { max_bytes } => text(
+            match max_bytes {
+                0..=255 => "TINYTEXT",
+                256..=65_535 => "TEXT",
+                65_536..=16_777_215 => "MEDIUMTEXT",
+                _ => "LONGTEXT",
+            }
+            .into(),
+        )?,
+        ColumnType::Binary { length } => format!("BINARY({length})"),
+        ColumnType::VarBinary { length } => format!("VARBINARY({length})"),
+        ColumnType::Blob { max_bytes } => match max_bytes {
+            0..=255 => "TINYBLOB",
+            256..=65_535 => "BLOB",
+            65_536..=16_777_215 => "MEDIUMBLOB",
+            _ => "LONGBLOB",
+        }
+        .into(),
+        ColumnType::Json => "JSON".into(),
+        ColumnType::Enum { labels: ls } => text(format!("ENUM({})", labels(ls)))?,
+        ColumnType::Set { labels: ls } => text(format!("SET({})", labels(ls)))?,
+        ColumnType::Bit { width } => format!("BIT({width})"),
+        ColumnType::Uuid => match flavor {
+            Flavor::MariaDb => "UUID".into(),
+            Flavor::Mysql => "CHAR(36) CHARACTER SET ascii".into(),
+        },
+        ColumnType::Other { name } => return Err(format!("source type {name:?} has no mapping")),
+    })
+}
+
+/// `CREATE TABLE IF NOT EXISTS` for `target` from the source definition:
+/// mapped types, nullability and the primary key; InnoDB (transactional).
+pub fn create_table_sql(
+    target: &TableId,
+    schema: &TableSchema,
+    flavor: Flavor,
+) -> Result<String, (String, String)> {
+    let mut parts = Vec::with_capacity(schema.columns.len() + 1);
+    for col in &schema.columns {
+        let ty = column_type_sql(col, flavor).map_err(|m| (col.name.clone(), m))?;
+        let null = if col.nullable { "NULL" } else { "NOT NULL" };
+        parts.push(format!("{} {ty} {null}", quote_ident(&col.name)));
+    }
+    if schema.has_primary_key() {
+        let key: Vec<String> = schema
+            .primary_key
+            .iter()
+            .map(|&i| quote_ident(&schema.columns[i].name))
+            .collect();
+        parts.push(format!("PRIMARY KEY ({})", key.join(",")));
+    }
+    Ok(format!(
+        "CREATE TABLE IF NOT EXISTS {} ({}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        quote_table(target),
+        parts.join(", ")
+    ))
+}
+
+fn column_list(schema: &TableSchema) -> String {
+    schema
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn placeholders_rows(width: usize, rows: usize) -> String {
+    let one = format!("({})", vec!["?"; width].join(","));
+    vec![one; rows].join(",")
+}
+
+/// Multi-row upsert by primary key: `INSERT … ON DUPLICATE KEY UPDATE` of every
+/// non-key column (a no-op assignment when every column is in the key).
+pub fn upsert_sql(target: &TableId, schema: &TableSchema, rows: usize) -> String {
+    let non_key: Vec<String> = schema
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !schema.primary_key.contains(i))
+        .map(|(_, c)| {
+            let q = quote_ident(&c.name);
+            format!("{q}=VALUES({q})")
+        })
+        .collect();
+    let update = if non_key.is_empty() {
+        let q = quote_ident(&schema.columns[schema.primary_key[0]].name);
+        format!("{q}={q}")
+    } else {
+        non_key.join(",")
+    };
+    format!(
+        "INSERT INTO {} ({}) VALUES {} ON DUPLICATE KEY UPDATE {update}",
+        quote_table(target),
+        column_list(schema),
+        placeholders_rows(schema.columns.len(), rows)
+    )
+}
+
+/// Plain multi-row insert (tables without a primary key).
+pub fn insert_sql(target: &TableId, schema: &TableSchema, rows: usize) -> String {
+    format!(
+        "INSERT INTO {} ({}) VALUES {}",
+        quote_table(target),
+        column_list(schema),
+        placeholders_rows(schema.columns.len(), rows)
+    )
+}
+
+/// Multi-row delete by primary key. One key column: `k IN (?,…)`; a composite
+/// key: `(a=? AND b=?) OR …`, which every server version turns into index
+/// lookups.
+pub fn delete_sql(target: &TableId, schema: &TableSchema, rows: usize) -> String {
+    let cond = if schema.primary_key.len() == 1 {
+        format!(
+            "{} IN ({})",
+            quote_ident(&schema.columns[schema.primary_key[0]].name),
+            vec!["?"; rows].join(",")
+        )
+    } else {
+        let one = schema
+            .primary_key
+            .iter()
+            .map(|&i| format!("{}=?", quote_ident(&schema.columns[i].name)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        vec![format!("({one})"); rows].join(" OR ")
+    };
+    format!("DELETE FROM {} WHERE {cond}", quote_table(target))
+}
+
+/// The condition "this row equals the before image", column by column, exact:
+/// - text is compared as its utf8mb4 bytes, so neither a case-insensitive
+///   collation nor PAD SPACE can match a different row;
+/// - DECIMAL is compared as DECIMAL (a string would be compared as a double);
+/// - binary strings byte for byte; JSON as text on MariaDB (it is LONGTEXT),
+///   as JSON on MySQL;
+/// - `<=>` everywhere, so NULL matches NULL.
+fn row_match(schema: &TableSchema, flavor: Flavor) -> String {
+    schema
+        .columns
+        .iter()
+        .map(|c| {
+            let q = quote_ident(&c.name);
+            let exact_text = format!("CAST(CONVERT({q} USING utf8mb4) AS BINARY) <=> CAST(? AS BINARY)");
+            match &c.ty {
+                ColumnType::Char { .. }
+                | ColumnType::VarChar { .. }
+                | ColumnType::Text { .. }
+                | ColumnType::Enum { .. }
+                | ColumnType::Set { .. } => exact_text,
+                ColumnType::Json => match flavor {
+                    Flavor::MariaDb => exact_text,
+                    Flavor::Mysql => format!("{q} <=> CAST(? AS JSON)"),
+                },
+                ColumnType::Decimal { precision, scale } => {
+                    format!("{q} <=> CAST(? AS DECIMAL({precision},{scale}))")
+                }
+                ColumnType::Binary { .. } | ColumnType::VarBinary { .. } | ColumnType::Blob { .. } => {
+                    format!("{q} <=> CAST(? AS BINARY)")
+                }
+                _ => format!("{q} <=> ?"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// Update one row equal to the before image (tables without a primary key).
+/// Parameters: the after image, then the before image. The connection uses
+/// `CLIENT_FOUND_ROWS`, so the affected count is 1 when the row was found.
+pub fn update_one_sql(target: &TableId, schema: &TableSchema, flavor: Flavor) -> String {
+    let set = schema
+        .columns
+        .iter()
+        .map(|c| format!("{}=?", quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(
+        "UPDATE {} SET {set} WHERE {} LIMIT 1",
+        quote_table(target),
+        row_match(schema, flavor)
+    )
+}
+
+/// Delete one row equal to the before image (tables without a primary key).
+pub fn delete_one_sql(target: &TableId, schema: &TableSchema, flavor: Flavor) -> String {
+    format!(
+        "DELETE FROM {} WHERE {} LIMIT 1",
+        quote_table(target),
+        row_match(schema, flavor)
+    )
+}
+
+/// Deletes every row inside the current transaction (`TRUNCATE` would commit it).
+pub fn truncate_sql(target: &TableId) -> String {
+    format!("DELETE FROM {}", quote_table(target))
+}
+
+/// Converts one value for binding to a parameter of a statement on column `col`.
+/// Errors are definite: the message names what is wrong, the caller adds the
+/// table and column.
+pub fn to_param(v: &Value, col: &ColumnDef) -> Result<My, String> {
+    Ok(match v {
+        Value::Null => My::NULL,
+        Value::Int(x) => My::Int(*x),
+        Value::UInt(x) => My::UInt(*x),
+        Value::Float(x) => My::Float(*x),
+        Value::Double(x) => My::Double(*x),
+        Value::Decimal(s) => My::Bytes(s.as_bytes().to_vec()),
+        Value::Date(d) => My::Date(d.year, d.month, d.day, 0, 0, 0, 0),
+        Value::Time(t) => My::Time(
+            t.negative,
+            t.hours / 24,
+            (t.hours % 24) as u8,
+            t.minutes,
+            t.seconds,
+            t.micros,
+        ),
+        Value::DateTime(dt) => My::Date(
+            dt.date.year,
+            dt.date.month,
+            dt.date.day,
+            dt.hour,
+            dt.minute,
+            dt.second,
+            dt.micros,
+        ),
+        Value::Timestamp(0) => My::Date(0, 0, 0, 0, 0, 0, 0),
+        Value::Timestamp(us) => utc_parts(*us)?,
+        Value::Year(y) => My::UInt(u64::from(*y)),
+        Value::Text(s) => My::Bytes(s.as_bytes().to_vec()),
+        Value::Bytes(b) => match &col.ty {
+            ColumnType::Uuid => My::Bytes(uuid_text(b)?.into_bytes()),
+            ColumnType::Binary { length } if b.len() < *length as usize => {
+                // MySQL stores and returns BINARY(n) right-padded with 0x00.
+                let mut padded = b.clone();
+                padded.resize(*length as usize, 0);
+                My::Bytes(padded)
+            }
+            _ => My::Bytes(b.clone()),
+        },
+        Value::Json(s) => My::Bytes(s.as_bytes().to_vec()),
+        Value::Enum(s) => {
+            if s.is_empty()
+                && matches!(&col.ty, ColumnType::Enum { labels } if !labels.iter().any(String::is_empty))
+            {
+                return Err("the ENUM invalid-value label '' cannot be written in strict mode".into());
+            }
+            My::Bytes(s.as_bytes().to_vec())
+        }
+        Value::Set(members) => My::Bytes(members.join(",").into_bytes()),
+        Value::Bit(x) => My::UInt(*x),
+    })
+}
+
+/// A `Timestamp` (µs since the epoch, UTC) as a UTC wall-clock value; the
+/// session runs with `time_zone = '+00:00'`.
+fn utc_parts(us: i64) -> Result<My, String> {
+    let secs = us.div_euclid(1_000_000);
+    let micros = us.rem_euclid(1_000_000) as u32;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    let year = u16::try_from(y).map_err(|_| format!("timestamp {us} µs is outside years 0..=65535"))?;
+    Ok(My::Date(
+        year,
+        m,
+        d,
+        (sod / 3600) as u8,
+        (sod % 3600 / 60) as u8,
+        (sod % 60) as u8,
+        micros,
+    ))
+}
+
+/// 16 bytes as `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+pub fn uuid_text(b: &[u8]) -> Result<String, String> {
+    if b.len() != 16 {
+        return Err(format!("a UUID needs 16 bytes, got {}", b.len()));
+    }
+    let h = hex::encode(b);
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pipeline::value::{Date, DateTime, Time};
+
+    fn col(name: &str, ty: ColumnType) -> ColumnDef {
+        ColumnDef {
+            name: name.into(),
+            ty,
+            nullable: true,
+            charset: None,
+            source_type: String::new(),
+        }
+    }
+
+    fn schema(pk: Vec<usize>) -> TableSchema {
+        TableSchema {
+            id: TableId::new("src", "t"),
+            columns: vec![
+                col(
+                    "id",
+                    ColumnType::Integer {
+                        bytes: 4,
+                        unsigned: false,
+                    },
+                ),
+                col("we`ird", ColumnType::VarChar { length: 10 }),
+                col(
+                    "d",
+                    ColumnType::Decimal {
+                        precision: 65,
+                        scale: 30,
+                    },
+                ),
+            ],
+            primary_key: pk,
+        }
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a`b"), "`a``b`");
+        assert_eq!(quote_table(&TableId::new("d`b", "t")), "`d``b`.`t`");
+        assert_eq!(quote_string(r"it's a \ test"), r"'it''s a \\ test'");
+        assert_eq!(quote_string("nul\0"), r"'nul\0'");
+        assert_eq!(quote_string("é😀"), "'é😀'");
+    }
+
+    #[test]
+    fn statements() {
+        let t = TableId::new("db", "t");
+        let s = schema(vec![0]);
+        assert_eq!(
+            upsert_sql(&t, &s, 2),
+            "INSERT INTO `db`.`t` (`id`,`we``ird`,`d`) VALUES (?,?,?),(?,?,?) \
+             ON DUPLICATE KEY UPDATE `we``ird`=VALUES(`we``ird`),`d`=VALUES(`d`)"
+        );
+        assert_eq!(
+            delete_sql(&t, &s, 3),
+            "DELETE FROM `db`.`t` WHERE `id` IN (?,?,?)"
+        );
+        let s2 = schema(vec![0, 1]);
+        assert_eq!(
+            delete_sql(&t, &s2, 2),
+            "DELETE FROM `db`.`t` WHERE (`id`=? AND `we``ird`=?) OR (`id`=? AND `we``ird`=?)"
+        );
+        let all_key = TableSchema {
+            primary_key: vec![0, 1, 2],
+            ..schema(vec![])
+        };
+        assert!(upsert_sql(&t, &all_key, 1).ends_with("ON DUPLICATE KEY UPDATE `id`=`id`"));
+        assert_eq!(
+            update_one_sql(&t, &schema(vec![]), Flavor::MariaDb),
+            "UPDATE `db`.`t` SET `id`=?,`we``ird`=?,`d`=? WHERE `id` <=> ? AND \
+             CAST(CONVERT(`we``ird` USING utf8mb4) AS BINARY) <=> CAST(? AS BINARY) AND \
+             `d` <=> CAST(? AS DECIMAL(65,30)) LIMIT 1"
+        );
+        assert_eq!(truncate_sql(&t), "DELETE FROM `db`.`t`");
+    }
+
+    #[test]
+    fn create_table() {
+        let mut s = schema(vec![0]);
+        s.columns.push(ColumnDef {
+            charset: Some("latin1".into()),
+            nullable: false,
+            ..col(
+                "e",
+                ColumnType::Enum {
+                    labels: vec!["a'b".into(), "c".into()],
+                },
+            )
+        });
+        assert_eq!(
+            create_table_sql(&TableId::new("db", "t"), &s, Flavor::MariaDb).unwrap(),
+            "CREATE TABLE IF NOT EXISTS `db`.`t` (`id` INT NULL, `we``ird` VARCHAR(10) CHARACTER SET utf8mb4 NULL, \
+             `d` DECIMAL(65,30) NULL, `e` ENUM('a''b','c') CHARACTER SET latin1 NOT NULL, PRIMARY KEY (`id`)) \
+             ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+        );
+        s.columns.push(col(
+            "x",
+            ColumnType::Other {
+                name: "geometry".into(),
+            },
+        ));
+        assert_eq!(
+            create_table_sql(&TableId::new("db", "t"), &s, Flavor::MariaDb)
+                .unwrap_err()
+                .0,
+            "x"
+        );
+        let bad_cs = ColumnDef {
+            charset: Some("latin1; DROP".into()),
+            ..col("c", ColumnType::Text { max_bytes: 65535 })
+        };
+        assert!(column_type_sql(&bad_cs, Flavor::Mysql).is_err());
+    }
+
+    #[test]
+    fn column_types() {
+        let t = |ty| column_type_sql(&col("c", ty), Flavor::MariaDb).unwrap();
+        assert_eq!(
+            t(ColumnType::Integer {
+                bytes: 8,
+                unsigned: true
+            }),
+            "BIGINT UNSIGNED"
+        );
+        assert_eq!(
+            t(ColumnType::Integer {
+                bytes: 3,
+                unsigned: false
+            }),
+            "MEDIUMINT"
+        );
+        assert_eq!(
+            t(ColumnType::Text {
+                max_bytes: 4294967295
+            }),
+            "LONGTEXT CHARACTER SET utf8mb4"
+        );
+        assert_eq!(t(ColumnType::Blob { max_bytes: 65535 }), "BLOB");
+        assert_eq!(t(ColumnType::Bit { width: 64 }), "BIT(64)");
+        assert_eq!(t(ColumnType::Timestamp { fsp: 6 }), "TIMESTAMP(6)");
+        assert_eq!(t(ColumnType::Uuid), "UUID");
+        assert_eq!(
+            column_type_sql(&col("c", ColumnType::Uuid), Flavor::Mysql).unwrap(),
+            "CHAR(36) CHARACTER SET ascii"
+        );
+    }
+
+    #[test]
+    fn values() {
+        let c = col("c", ColumnType::Json);
+        assert_eq!(
+            to_param(&Value::Timestamp(0), &c).unwrap(),
+            My::Date(0, 0, 0, 0, 0, 0, 0)
+        );
+        assert_eq!(
+            to_param(&Value::Timestamp(2_147_483_647_999_999), &c).unwrap(),
+            My::Date(2038, 1, 19, 3, 14, 7, 999_999)
+        );
+        assert_eq!(
+            to_param(
+                &Value::Time(Time {
+                    negative: true,
+                    hours: 838,
+                    minutes: 59,
+                    seconds: 59,
+                    micros: 1
+                }),
+                &c
+            )
+            .unwrap(),
+            My::Time(true, 34, 22, 59, 59, 1)
+        );
+        let dt = DateTime {
+            date: Date {
+                year: 0,
+                month: 0,
+                day: 0,
+            },
+            hour: 0,
+            minute: 0,
+            second: 0,
+            micros: 0,
+        };
+        assert_eq!(
+            to_param(&Value::DateTime(dt), &c).unwrap(),
+            My::Date(0, 0, 0, 0, 0, 0, 0)
+        );
+        let bin = col("b", ColumnType::Binary { length: 4 });
+        assert_eq!(
+            to_param(&Value::Bytes(vec![1]), &bin).unwrap(),
+            My::Bytes(vec![1, 0, 0, 0])
+        );
+        let set = col("s", ColumnType::Set { labels: vec![] });
+        assert_eq!(
+            to_param(&Value::Set(vec!["a".into(), "b".into()]), &set).unwrap(),
+            My::Bytes(b"a,b".to_vec())
+        );
+        let e = col(
+            "e",
+            ColumnType::Enum {
+                labels: vec!["x".into()],
+            },
+        );
+        assert!(to_param(&Value::Enum(String::new()), &e).is_err());
+        let u = col("u", ColumnType::Uuid);
+        assert_eq!(
+            to_param(&Value::Bytes((0u8..16).collect()), &u).unwrap(),
+            My::Bytes(b"00010203-0405-0607-0809-0a0b0c0d0e0f".to_vec())
+        );
+    }
+}
