@@ -1,0 +1,588 @@
+//! Backend connections: raw MySQL-protocol client connections to the master
+//! and the replicas, pooled.
+//!
+//! # Why raw connections and not mysql_async
+//! The proxy forwards result sets frame by frame, untouched: no decoding into
+//! rows and re-encoding, no copies beyond the socket buffers. That needs a
+//! backend connection whose protocol state we drive ourselves (sequence ids,
+//! capability flags identical to the client's). A driver such as mysql_async
+//! parses every row into values, which is exactly the work a proxy must not
+//! do. The client side of the handshake is small (`mysql_native_password`
+//! and the `caching_sha2_password` fast path).
+//!
+//! # Pool keys
+//! The capability flags that change what a server sends (`DEPRECATE_EOF`,
+//! `FOUND_ROWS`, `MULTI_STATEMENTS`, …) and the connection collation must be
+//! the client's, so connections are pooled per [`PoolKey`]. A connection on
+//! which a session left state is closed, not pooled.
+
+use super::command::{COM_INIT_DB, COM_PING, COM_QUERY, COM_RESET_CONNECTION, COM_SET_OPTION};
+use super::config::BackendAddr;
+use super::handshake::{
+    scramble_native, scramble_sha2, CLIENT_DEPRECATE_EOF, CLIENT_LONG_FLAG, CLIENT_LONG_PASSWORD,
+    CLIENT_MULTI_STATEMENTS, CLIENT_PLUGIN_AUTH, CLIENT_PLUGIN_AUTH_LENENC, CLIENT_PROTOCOL_41,
+    CLIENT_SECURE_CONNECTION, CLIENT_TRANSACTIONS,
+};
+use super::packet::{
+    eof_status, get_lenenc_bytes, get_lenenc_int, get_null_str, ok_status, parse_err, ErrPacket, Frame,
+    PacketIo, MAX_FRAME, STATUS_MORE_RESULTS,
+};
+use bytes::{BufMut, BytesMut};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+/// Errors talking to a backend. All are transient from the proxy's view: the
+/// backend may come back; the session falls back or reports the error.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("connect to {0} timed out")]
+    Timeout(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("backend refused login: {} {}", .0.code, .0.message)]
+    Login(ErrPacket),
+    /// The server says it is going away (shutdown, killed connection).
+    #[error("backend is going away: {} {}", .0.code, .0.message)]
+    Gone(ErrPacket),
+}
+
+fn proto(msg: impl Into<String>) -> BackendError {
+    BackendError::Protocol(msg.into())
+}
+
+/// Server error codes that mean "this connection is dead", not "your query failed".
+const GONE_CODES: &[u16] = &[1053, 1077, 1078, 1079, 1080, 1152, 1927, 4031];
+
+/// The connection settings backend connections are opened with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// The client's [`super::handshake::SESSION_CAPABILITIES`] bits.
+    pub caps: u32,
+    pub collation: u8,
+}
+
+/// What kind of response a command gets, so the relay knows where it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// OK, ERR or result sets (COM_QUERY, COM_STMT_EXECUTE).
+    ResultSets,
+    /// COM_STMT_PREPARE: OK + parameter and column definitions, or ERR.
+    Prepare,
+    /// Column definitions up to EOF (COM_FIELD_LIST).
+    UntilEof,
+    /// Exactly one packet (COM_STATISTICS, COM_INIT_DB, COM_SET_OPTION, …).
+    One,
+}
+
+/// What the relay learned about a response.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Status flags of the final OK/EOF.
+    pub status: Option<u16>,
+    pub err: Option<ErrPacket>,
+    /// For [`Reply::Prepare`]: backend statement id, columns, parameters.
+    pub prepared: Option<(u32, u16, u16)>,
+    /// The first column of the first text row, when asked for.
+    pub first_value: Option<Option<String>>,
+    /// Bytes were already flushed to the client: the response cannot be retried.
+    pub flushed: bool,
+}
+
+/// One backend connection.
+pub struct BackendConn {
+    pub io: PacketIo<TcpStream>,
+    pub key: PoolKey,
+    /// Negotiated capability flags.
+    pub caps: u32,
+    /// Current database, as far as this side knows.
+    pub db: Option<String>,
+    /// Multi-statements currently enabled (capability or COM_SET_OPTION).
+    pub multi_statements: bool,
+    /// Left session state behind: reset before reuse.
+    pub dirty: bool,
+    pub server_version: String,
+    pub connection_id: u32,
+}
+
+/// Bytes buffered for the client before a flush mid-response.
+const CLIENT_FLUSH_AT: usize = 256 * 1024;
+
+impl BackendConn {
+    /// Opens and authenticates a connection with the proxy's own credentials.
+    pub async fn connect(
+        addr: &BackendAddr,
+        key: PoolKey,
+        timeout: Duration,
+    ) -> Result<BackendConn, BackendError> {
+        let what = format!("{}:{}", addr.host, addr.port);
+        tokio::time::timeout(timeout, Self::connect_inner(addr, key))
+            .await
+            .map_err(|_| BackendError::Timeout(what))?
+    }
+
+    async fn connect_inner(addr: &BackendAddr, key: PoolKey) -> Result<BackendConn, BackendError> {
+        let tcp = TcpStream::connect((addr.host.as_str(), addr.port)).await?;
+        tcp.set_nodelay(true)?;
+        let mut io = PacketIo::new(tcp);
+        let g = io
+            .read_packet()
+            .await?
+            .ok_or_else(|| proto("closed before greeting"))?;
+        if let Some(e) = parse_err(&g.payload) {
+            return Err(BackendError::Login(e));
+        }
+        let mut s = &g.payload[..];
+        if s.first() != Some(&10) {
+            return Err(proto("unsupported protocol version"));
+        }
+        s = &s[1..];
+        let version =
+            String::from_utf8_lossy(get_null_str(&mut s).ok_or_else(|| proto("greeting"))?).into_owned();
+        if s.len() < 4 + 8 + 1 + 2 + 1 + 2 + 2 + 1 + 10 {
+            return Err(proto("short greeting"));
+        }
+        let connection_id = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+        let mut nonce = s[4..12].to_vec();
+        let caps_lo = u16::from_le_bytes([s[13], s[14]]) as u32;
+        let caps_hi = u16::from_le_bytes([s[18], s[19]]) as u32;
+        let server_caps = caps_lo | caps_hi << 16;
+        let auth_len = s[20] as usize;
+        s = &s[31..];
+        let part2 = auth_len.saturating_sub(8).max(13).min(s.len());
+        nonce.extend_from_slice(&s[..part2]);
+        s = &s[part2..];
+        while nonce.last() == Some(&0) {
+            nonce.pop();
+        }
+        let mut plugin = get_null_str(&mut s).unwrap_or(s).to_vec();
+        if plugin.is_empty() {
+            plugin = b"mysql_native_password".to_vec();
+        }
+        let base = CLIENT_LONG_PASSWORD
+            | CLIENT_LONG_FLAG
+            | CLIENT_PROTOCOL_41
+            | CLIENT_TRANSACTIONS
+            | CLIENT_SECURE_CONNECTION
+            | CLIENT_PLUGIN_AUTH
+            | CLIENT_PLUGIN_AUTH_LENENC;
+        if key.caps & !server_caps != 0 {
+            return Err(proto(format!(
+                "backend lacks capabilities 0x{:08x}",
+                key.caps & !server_caps
+            )));
+        }
+        let caps = (base & server_caps) | key.caps;
+        let auth = scramble_for(&plugin, addr.password.as_bytes(), &nonce)?;
+        let mut p = BytesMut::with_capacity(128);
+        p.put_u32_le(caps);
+        p.put_u32_le(1 << 30);
+        p.put_u8(key.collation);
+        p.put_slice(&[0; 23]);
+        p.put_slice(addr.user.as_bytes());
+        p.put_u8(0);
+        super::packet::put_lenenc_bytes(&mut p, &auth);
+        p.put_slice(&plugin);
+        p.put_u8(0);
+        io.send(g.seq.wrapping_add(1), &p).await?;
+        loop {
+            let r = io
+                .read_packet()
+                .await?
+                .ok_or_else(|| proto("closed during login"))?;
+            let seq = r.seq.wrapping_add(1);
+            match r.payload.first() {
+                Some(0x00) => break,
+                Some(0xFF) => {
+                    return Err(BackendError::Login(parse_err(&r.payload).unwrap_or(ErrPacket {
+                        code: 0,
+                        message: "unreadable error".into(),
+                    })))
+                }
+                Some(0xFE) => {
+                    // Auth switch: plugin name, then the new nonce.
+                    let mut s = &r.payload[1..];
+                    plugin = get_null_str(&mut s).unwrap_or(s).to_vec();
+                    let mut n = s.to_vec();
+                    while n.last() == Some(&0) {
+                        n.pop();
+                    }
+                    nonce = n;
+                    let auth = scramble_for(&plugin, addr.password.as_bytes(), &nonce)?;
+                    io.send(seq, &auth).await?;
+                }
+                Some(0x01) => match r.payload.get(1) {
+                    Some(0x03) => {} // fast auth success; OK follows
+                    Some(0x04) => return Err(proto(
+                        "backend wants caching_sha2_password full authentication, which needs TLS or RSA; \
+                             log the proxy user in once with the mysql client so the server caches it",
+                    )),
+                    _ => return Err(proto("unexpected auth-more-data")),
+                },
+                _ => return Err(proto("unexpected packet during login")),
+            }
+        }
+        Ok(BackendConn {
+            io,
+            key,
+            caps,
+            db: None,
+            multi_statements: caps & CLIENT_MULTI_STATEMENTS != 0,
+            dirty: false,
+            server_version: version,
+            connection_id,
+        })
+    }
+
+    fn deprecate_eof(&self) -> bool {
+        self.caps & CLIENT_DEPRECATE_EOF != 0
+    }
+
+    /// True when the server has sent something unasked (an error before
+    /// closing) or closed the socket: the connection must not be used.
+    pub fn is_stale(&self) -> bool {
+        if !self.io.rbuf.is_empty() {
+            return true;
+        }
+        let mut b = [0u8; 1];
+        match self.io.stream.try_read(&mut b) {
+            Ok(_) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+
+    /// Sends one command (sequence id 0), without waiting.
+    pub async fn send_command(&mut self, payload: &[u8]) -> Result<(), BackendError> {
+        self.io.send(0, payload).await?;
+        Ok(())
+    }
+
+    /// Sends a command and reads its whole reply without forwarding it.
+    pub async fn command(&mut self, payload: &[u8], reply: Reply) -> Result<Summary, BackendError> {
+        self.send_command(payload).await?;
+        self.relay::<TcpStream>(reply, None, false, None).await
+    }
+
+    /// Runs an internal query; returns the first column of the first row, or
+    /// the server's error.
+    pub async fn query_value(
+        &mut self,
+        sql: &str,
+    ) -> Result<Result<Option<String>, ErrPacket>, BackendError> {
+        let mut p = Vec::with_capacity(sql.len() + 1);
+        p.push(COM_QUERY);
+        p.extend_from_slice(sql.as_bytes());
+        self.send_command(&p).await?;
+        let s = self
+            .relay::<TcpStream>(Reply::ResultSets, None, true, None)
+            .await?;
+        Ok(match s.err {
+            Some(e) => Err(e),
+            None => Ok(s.first_value.flatten()),
+        })
+    }
+
+    pub async fn ping(&mut self) -> Result<(), BackendError> {
+        let s = self.command(&[COM_PING], Reply::One).await?;
+        match s.err {
+            Some(e) => Err(BackendError::Gone(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// `COM_INIT_DB` when the connection is not already in `db`.
+    pub async fn use_db(&mut self, db: &str) -> Result<Result<(), ErrPacket>, BackendError> {
+        if self.db.as_deref() == Some(db) {
+            return Ok(Ok(()));
+        }
+        let mut p = vec![COM_INIT_DB];
+        p.extend_from_slice(db.as_bytes());
+        let s = self.command(&p, Reply::One).await?;
+        Ok(match s.err {
+            Some(e) => Err(e),
+            None => {
+                self.db = Some(db.to_string());
+                Ok(())
+            }
+        })
+    }
+
+    /// Turns multi-statements on or off with `COM_SET_OPTION` if needed.
+    pub async fn set_multi_statements(&mut self, on: bool) -> Result<(), BackendError> {
+        if self.multi_statements == on {
+            return Ok(());
+        }
+        let opt: u16 = if on { 0 } else { 1 };
+        let mut p = vec![COM_SET_OPTION];
+        p.extend_from_slice(&opt.to_le_bytes());
+        let s = self.command(&p, Reply::One).await?;
+        if let Some(e) = s.err {
+            return Err(BackendError::Protocol(format!(
+                "COM_SET_OPTION failed: {}",
+                e.message
+            )));
+        }
+        self.multi_statements = on;
+        Ok(())
+    }
+
+    /// `COM_RESET_CONNECTION`: drops session state, keeps the login.
+    pub async fn reset(&mut self) -> Result<(), BackendError> {
+        let s = self.command(&[COM_RESET_CONNECTION], Reply::One).await?;
+        if let Some(e) = s.err {
+            return Err(BackendError::Gone(e));
+        }
+        self.multi_statements = self.caps & CLIENT_MULTI_STATEMENTS != 0;
+        self.dirty = false;
+        Ok(())
+    }
+
+    async fn next_frame(&mut self) -> Result<Frame, BackendError> {
+        Ok(self.io.read_frame().await?)
+    }
+
+    /// Reads one whole response of kind `reply`, appending its frames
+    /// untouched to `out` (the client) when given. `rewrite_stmt_id` replaces
+    /// the statement id of a prepare OK. A first packet that is a "going
+    /// away" error is not forwarded and returns [`BackendError::Gone`], so
+    /// the caller can retry elsewhere.
+    pub async fn relay<W: AsyncWrite + tokio::io::AsyncRead + Unpin>(
+        &mut self,
+        reply: Reply,
+        mut out: Option<&mut PacketIo<W>>,
+        want_value: bool,
+        rewrite_stmt_id: Option<u32>,
+    ) -> Result<Summary, BackendError> {
+        let mut sum = Summary::default();
+        let deprecate_eof = self.deprecate_eof();
+        let mut first_packet = true;
+
+        // Forwards a frame, flushing to the client when the buffer is large.
+        macro_rules! fwd {
+            ($f:expr) => {
+                if let Some(o) = out.as_deref_mut() {
+                    o.wbuf.extend_from_slice(&$f.raw);
+                    if o.wbuf.len() >= CLIENT_FLUSH_AT {
+                        o.flush().await?;
+                        sum.flushed = true;
+                    }
+                }
+            };
+        }
+        // Forwards the rest of a logical packet whose first frame was `f`.
+        macro_rules! fwd_rest {
+            ($f:expr) => {{
+                let mut cont = $f.continues();
+                while cont {
+                    let g = self.next_frame().await?;
+                    cont = g.continues();
+                    fwd!(g);
+                }
+            }};
+        }
+
+        loop {
+            let f = self.next_frame().await?;
+            let head = f.payload().first().copied();
+            if head == Some(0xFF) {
+                let e = parse_err(f.payload()).unwrap_or(ErrPacket {
+                    code: 0,
+                    message: String::new(),
+                });
+                if first_packet && GONE_CODES.contains(&e.code) {
+                    return Err(BackendError::Gone(e));
+                }
+                fwd!(f);
+                sum.err = Some(e);
+                return Ok(sum);
+            }
+            first_packet = false;
+            match reply {
+                Reply::One => {
+                    if matches!(head, Some(0x00) | Some(0xFE)) {
+                        sum.status = if head == Some(0x00) || deprecate_eof {
+                            ok_status(f.payload())
+                        } else {
+                            eof_status(f.payload())
+                        };
+                    }
+                    fwd!(f);
+                    fwd_rest!(f);
+                    return Ok(sum);
+                }
+                Reply::UntilEof => {
+                    let end = head == Some(0xFE) && f.payload().len() < MAX_FRAME;
+                    fwd!(f);
+                    fwd_rest!(f);
+                    if end {
+                        return Ok(sum);
+                    }
+                    continue;
+                }
+                Reply::Prepare => {
+                    let p = f.payload();
+                    if head != Some(0x00) || p.len() < 9 {
+                        return Err(proto("bad prepare response"));
+                    }
+                    let id = u32::from_le_bytes([p[1], p[2], p[3], p[4]]);
+                    let cols = u16::from_le_bytes([p[5], p[6]]);
+                    let params = u16::from_le_bytes([p[7], p[8]]);
+                    sum.prepared = Some((id, cols, params));
+                    if let Some(o) = out.as_deref_mut() {
+                        let mut raw = f.raw.to_vec();
+                        if let Some(new_id) = rewrite_stmt_id {
+                            raw[5..9].copy_from_slice(&new_id.to_le_bytes());
+                        }
+                        o.wbuf.extend_from_slice(&raw);
+                    }
+                    for n in [params, cols] {
+                        let extra = if n > 0 && !deprecate_eof { 1 } else { 0 };
+                        for _ in 0..(n as usize + extra) {
+                            let g = self.next_frame().await?;
+                            fwd!(g);
+                            fwd_rest!(g);
+                        }
+                    }
+                    return Ok(sum);
+                }
+                Reply::ResultSets => {}
+            }
+            // Result sets: OK, or a column count.
+            if head == Some(0x00) {
+                let status = ok_status(f.payload()).unwrap_or(0);
+                sum.status = Some(status);
+                fwd!(f);
+                if status & STATUS_MORE_RESULTS != 0 {
+                    continue;
+                }
+                return Ok(sum);
+            }
+            if head == Some(0xFB) {
+                return Err(proto(
+                    "LOCAL INFILE request although the capability was not offered",
+                ));
+            }
+            let mut p = f.payload();
+            let ncols = get_lenenc_int(&mut p).ok_or_else(|| proto("bad column count"))?;
+            fwd!(f);
+            for _ in 0..ncols {
+                let g = self.next_frame().await?;
+                fwd!(g);
+                fwd_rest!(g);
+            }
+            if !deprecate_eof {
+                let g = self.next_frame().await?;
+                fwd!(g);
+            }
+            // Rows until the terminator.
+            let mut at_start = true;
+            let mut first_row = true;
+            loop {
+                let g = self.next_frame().await?;
+                let len = g.payload().len();
+                if at_start {
+                    let h = g.payload().first().copied();
+                    let eof = h == Some(0xFE) && if deprecate_eof { len < MAX_FRAME } else { len < 9 };
+                    if eof {
+                        let status = if deprecate_eof {
+                            ok_status(g.payload())
+                        } else {
+                            eof_status(g.payload())
+                        };
+                        sum.status = status;
+                        fwd!(g);
+                        break;
+                    }
+                    if h == Some(0xFF) {
+                        sum.err = parse_err(g.payload());
+                        fwd!(g);
+                        return Ok(sum);
+                    }
+                    if want_value && first_row {
+                        let mut s = g.payload();
+                        sum.first_value = Some(if s.first() == Some(&0xFB) {
+                            None
+                        } else {
+                            get_lenenc_bytes(&mut s).map(|v| String::from_utf8_lossy(v).into_owned())
+                        });
+                    }
+                    first_row = false;
+                }
+                at_start = len < MAX_FRAME;
+                fwd!(g);
+            }
+            if sum.status.unwrap_or(0) & STATUS_MORE_RESULTS == 0 {
+                return Ok(sum);
+            }
+        }
+    }
+}
+
+fn scramble_for(plugin: &[u8], password: &[u8], nonce: &[u8]) -> Result<Vec<u8>, BackendError> {
+    match plugin {
+        b"mysql_native_password" => Ok(scramble_native(password, nonce)),
+        b"caching_sha2_password" => Ok(scramble_sha2(password, nonce)),
+        other => Err(proto(format!(
+            "backend asks for auth plugin {}; the proxy user must use mysql_native_password or caching_sha2_password",
+            String::from_utf8_lossy(other)
+        ))),
+    }
+}
+
+/// Idle connections to one backend, per [`PoolKey`].
+pub struct Pool {
+    pub name: String,
+    pub addr: BackendAddr,
+    idle: Mutex<HashMap<PoolKey, Vec<BackendConn>>>,
+    max_idle_per_key: usize,
+    connect_timeout: Duration,
+}
+
+impl Pool {
+    pub fn new(name: &str, addr: BackendAddr, max_idle_per_key: usize) -> Pool {
+        Pool {
+            name: name.to_string(),
+            addr,
+            idle: Mutex::new(HashMap::new()),
+            max_idle_per_key,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// A clean connection with `key`: an idle one that still looks alive, or
+    /// a new one.
+    pub async fn get(&self, key: PoolKey) -> Result<BackendConn, BackendError> {
+        loop {
+            let conn = self.idle.lock().unwrap().get_mut(&key).and_then(|v| v.pop());
+            match conn {
+                Some(c) if !c.is_stale() => return Ok(c),
+                Some(_) => continue,
+                None => return BackendConn::connect(&self.addr, key, self.connect_timeout).await,
+            }
+        }
+    }
+
+    /// Returns a connection. A dirty one (session settings, prepared
+    /// statements, an open transaction) is closed rather than reset:
+    /// `COM_RESET_CONNECTION` restores the *global* character set, not the
+    /// one of the pool key.
+    pub fn put(&self, conn: BackendConn) {
+        if conn.dirty {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap();
+        let v = idle.entry(conn.key).or_default();
+        if v.len() < self.max_idle_per_key {
+            v.push(conn);
+        }
+    }
+
+    /// Drops every idle connection (the backend went away).
+    pub fn clear(&self) {
+        self.idle.lock().unwrap().clear();
+    }
+}

@@ -1,0 +1,285 @@
+//! Backend health: periodic pings (the "ping chart"), replica positions and lag.
+//!
+//! One task per backend keeps a dedicated connection, sends `COM_PING` every
+//! `health_interval_ms` and keeps an exponentially weighted latency. For a
+//! replica it also reads what the replica has applied:
+//! - `applied_gtid_query` (default `SELECT @@gtid_slave_pos`): a MariaDB GTID
+//!   set `domain-server-seq[,…]`, for read-your-writes;
+//! - `applied_seq_query` (default `SELECT COALESCE(MAX(seq), 0) FROM
+//!   dbmux_offsets`): the last applied pipeline `seq`, for lag, compared with
+//!   the master stream's latest `seq` from a `watch` channel the runtime feeds.
+//!
+//! A query that fails (no such table yet) leaves that value unknown; a failed
+//! ping marks the backend down at once. Sessions also mark a replica down the
+//! moment its connection breaks, so traffic moves before the next ping.
+
+use super::backend::{BackendConn, Pool, PoolKey};
+use super::handshake::{DEFAULT_COLLATION, SESSION_CAPABILITIES};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// A MariaDB GTID `domain-server-seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Gtid {
+    pub domain: u32,
+    pub server: u32,
+    pub seq: u64,
+}
+
+impl std::str::FromStr for Gtid {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Gtid, ()> {
+        let mut it = s.trim().split('-');
+        let g = Gtid {
+            domain: it.next().ok_or(())?.parse().map_err(|_| ())?,
+            server: it.next().ok_or(())?.parse().map_err(|_| ())?,
+            seq: it.next().ok_or(())?.parse().map_err(|_| ())?,
+        };
+        if it.next().is_some() {
+            return Err(());
+        }
+        Ok(g)
+    }
+}
+
+impl std::fmt::Display for Gtid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}-{}", self.domain, self.server, self.seq)
+    }
+}
+
+/// Highest applied sequence number per GTID domain.
+pub fn parse_gtid_set(s: &str) -> HashMap<u32, u64> {
+    let mut m: HashMap<u32, u64> = HashMap::new();
+    for g in s.split(',').filter_map(|p| p.parse::<Gtid>().ok()) {
+        let e = m.entry(g.domain).or_default();
+        *e = (*e).max(g.seq);
+    }
+    m
+}
+
+/// Has a replica applied a given commit?
+///
+/// Contract: `covers` returns true only when every change of the commit
+/// `gtid` (and everything before it in its stream) is visible to reads on
+/// `replica`. False when unknown: the caller then reads from the master.
+pub trait AppliedPosition: Send + Sync + 'static {
+    fn covers(&self, replica: &str, gtid: &Gtid) -> bool;
+}
+
+/// Maps a master commit to the pipeline `seq` of its last event, when known.
+pub type GtidToSeq = Arc<dyn Fn(&Gtid) -> Option<u64> + Send + Sync>;
+
+/// What is known about one backend.
+#[derive(Debug)]
+pub struct BackendHealth {
+    pub name: String,
+    up: AtomicBool,
+    /// EWMA of ping round trips, microseconds.
+    latency_us: AtomicU64,
+    /// Last applied `seq`; `u64::MAX` = unknown.
+    applied_seq: AtomicU64,
+    applied_gtids: RwLock<HashMap<u32, u64>>,
+}
+
+impl BackendHealth {
+    pub fn new(name: &str) -> BackendHealth {
+        BackendHealth {
+            name: name.to_string(),
+            up: AtomicBool::new(true),
+            latency_us: AtomicU64::new(1000),
+            applied_seq: AtomicU64::new(u64::MAX),
+            applied_gtids: RwLock::new(HashMap::new()),
+        }
+    }
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+    pub fn mark_down(&self) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(backend = %self.name, "backend marked down");
+        }
+    }
+    fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::info!(backend = %self.name, "backend is up again");
+        }
+    }
+    pub fn latency_us(&self) -> u64 {
+        self.latency_us.load(Ordering::Relaxed)
+    }
+    fn record_latency(&self, sample: Duration) {
+        let s = sample.as_micros().min(u64::MAX as u128) as u64;
+        let old = self.latency_us.load(Ordering::Relaxed);
+        self.latency_us.store((old * 7 + s) / 8, Ordering::Relaxed);
+    }
+    pub fn applied_seq(&self) -> Option<u64> {
+        match self.applied_seq.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            s => Some(s),
+        }
+    }
+    /// True when the replica's applied GTID set reaches `g` in its domain.
+    pub fn has_gtid(&self, g: &Gtid) -> bool {
+        self.applied_gtids
+            .read()
+            .unwrap()
+            .get(&g.domain)
+            .is_some_and(|&s| s >= g.seq)
+    }
+    /// Replaces the applied GTID set (for tests and external feeds).
+    pub fn set_applied_gtids(&self, set: &str) {
+        *self.applied_gtids.write().unwrap() = parse_gtid_set(set);
+    }
+}
+
+/// The default [`AppliedPosition`]: compares a MariaDB GTID with the
+/// replica's applied GTID set read by the health task, and — when the runtime
+/// supplies a GTID → seq mapping — the commit's `seq` with the replica's
+/// applied `seq` from `dbmux_offsets`.
+pub struct HealthPositions {
+    pub replicas: HashMap<String, Arc<BackendHealth>>,
+    pub gtid_to_seq: Option<GtidToSeq>,
+}
+
+impl AppliedPosition for HealthPositions {
+    fn covers(&self, replica: &str, gtid: &Gtid) -> bool {
+        let Some(h) = self.replicas.get(replica) else {
+            return false;
+        };
+        if h.has_gtid(gtid) {
+            return true;
+        }
+        match (&self.gtid_to_seq, h.applied_seq()) {
+            (Some(map), Some(applied)) => map(gtid).is_some_and(|s| applied >= s),
+            _ => false,
+        }
+    }
+}
+
+/// Queries a replica's health task runs besides the ping.
+#[derive(Debug, Clone)]
+pub struct PositionQueries {
+    pub applied_gtid: String,
+    pub applied_seq: String,
+}
+
+/// Runs forever: ping, read positions, sleep. Cancel by dropping the task.
+pub async fn monitor(
+    pool: Arc<Pool>,
+    health: Arc<BackendHealth>,
+    queries: Option<PositionQueries>,
+    interval: Duration,
+) {
+    let key = PoolKey {
+        caps: SESSION_CAPABILITIES & !super::handshake::CLIENT_MULTI_STATEMENTS,
+        collation: DEFAULT_COLLATION,
+    };
+    let mut conn: Option<BackendConn> = None;
+    loop {
+        if conn.is_none() {
+            match BackendConn::connect(&pool.addr, key, interval.max(Duration::from_secs(1))).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    tracing::debug!(backend = %health.name, error = %e, "health connect failed");
+                    health.mark_down();
+                    pool.clear();
+                }
+            }
+        }
+        if let Some(c) = conn.as_mut() {
+            let t = Instant::now();
+            match c.ping().await {
+                Ok(()) => {
+                    health.record_latency(t.elapsed());
+                    if let Some(q) = &queries {
+                        if let Ok(Ok(v)) = c.query_value(&q.applied_gtid).await {
+                            health.set_applied_gtids(v.as_deref().unwrap_or(""));
+                        }
+                        let seq = match c.query_value(&q.applied_seq).await {
+                            Ok(Ok(Some(v))) => v.trim().parse().unwrap_or(u64::MAX),
+                            _ => u64::MAX,
+                        };
+                        health.applied_seq.store(seq, Ordering::Relaxed);
+                    }
+                    health.mark_up();
+                }
+                Err(e) => {
+                    tracing::debug!(backend = %health.name, error = %e, "health ping failed");
+                    health.mark_down();
+                    pool.clear();
+                    conn = None;
+                }
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// True when a replica is close enough to the master's latest `seq`. Unknown
+/// on either side counts as close: lag is a load-balancing signal, while
+/// read-your-writes never relies on it.
+pub fn lag_ok(health: &BackendHealth, latest: &watch::Receiver<u64>, max_lag: u64) -> bool {
+    let latest = *latest.borrow();
+    match health.applied_seq() {
+        Some(applied) if latest > 0 => latest.saturating_sub(applied) <= max_lag,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gtid_sets_and_coverage() {
+        let g: Gtid = "0-1-42".parse().unwrap();
+        assert_eq!(
+            g,
+            Gtid {
+                domain: 0,
+                server: 1,
+                seq: 42
+            }
+        );
+        assert_eq!(g.to_string(), "0-1-42");
+        assert!("".parse::<Gtid>().is_err());
+        assert!("0-1".parse::<Gtid>().is_err());
+        let h = Arc::new(BackendHealth::new("r1"));
+        let pos = HealthPositions {
+            replicas: [("r1".to_string(), h.clone())].into(),
+            gtid_to_seq: None,
+        };
+        assert!(!pos.covers("r1", &g));
+        h.set_applied_gtids("0-1-41,1-1-100");
+        assert!(!pos.covers("r1", &g));
+        h.set_applied_gtids("0-2-42, 1-1-100");
+        assert!(pos.covers("r1", &g));
+        assert!(!pos.covers("r2", &g));
+        // seq mapping path
+        h.set_applied_gtids("");
+        h.applied_seq.store(10, Ordering::Relaxed);
+        let pos = HealthPositions {
+            replicas: [("r1".to_string(), h.clone())].into(),
+            gtid_to_seq: Some(Arc::new(|g: &Gtid| Some(g.seq / 4))),
+        };
+        assert!(pos.covers("r1", &g));
+        assert!(!pos.covers("r1", &Gtid { seq: 44, ..g }));
+    }
+
+    #[test]
+    fn lag_rule() {
+        let h = BackendHealth::new("r");
+        let (tx, rx) = watch::channel(0u64);
+        assert!(lag_ok(&h, &rx, 5));
+        h.applied_seq.store(100, Ordering::Relaxed);
+        assert!(lag_ok(&h, &rx, 5));
+        tx.send(106).unwrap();
+        assert!(!lag_ok(&h, &rx, 5));
+        tx.send(105).unwrap();
+        assert!(lag_ok(&h, &rx, 5));
+    }
+}

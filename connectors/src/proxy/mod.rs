@@ -1,0 +1,208 @@
+//! The front door: a MySQL-protocol proxy with read/write split,
+//! read-your-writes, an IP allowlist and TLS.
+//!
+//! # Shape
+//! `listener` accepts and filters clients → `handshake` authenticates them
+//! against the users in [`config::ProxyConfig`] → `connection` runs one
+//! session: each command is decoded (`command`), SQL is classified
+//! (`router`), and the command is sent on one of the session's backend
+//! connections (`backend`), whose reply is forwarded to the client frame by
+//! frame, untouched (`packet`). `health` pings every backend and reads the
+//! replicas' applied positions.
+//!
+//! # Sessions and backend connections
+//! A session takes a master connection the first time it needs the master and
+//! keeps it until it ends, so transactions, locks, temporary tables and user
+//! variables behave as on a direct connection. It takes one replica
+//! connection for reads and keeps it while that replica is healthy. Both come
+//! from pools keyed by the client's capability flags and collation, and go
+//! back (reset) when the session ends.
+//!
+//! # Read-your-writes
+//! After a statement that may have written has committed on the master (the
+//! master's status flags say no transaction is open), the session reads
+//! `@@last_gtid` on the same connection. Until the chosen replica's applied
+//! position covers that GTID ([`health::AppliedPosition`]), the session's
+//! reads go to the master. Users configured `consistency = "eventual"` skip
+//! this.
+//!
+//! # Failure
+//! A replica whose connection breaks, or that answers with a "going away"
+//! error before any byte reached the client, is marked down and the read is
+//! retried on the master: the client sees no error. A broken master
+//! connection ends the client session with an error (its state is lost).
+
+pub mod backend;
+pub mod command;
+pub mod config;
+pub mod connection;
+pub mod handshake;
+pub mod health;
+pub mod listener;
+pub mod metrics;
+pub mod packet;
+pub mod router;
+
+use backend::{Pool, PoolKey};
+use config::ProxyConfig;
+use health::{AppliedPosition, BackendHealth, GtidToSeq, HealthPositions, PositionQueries};
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Errors starting the proxy. All are definite: fix the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("invalid proxy configuration:\n  {}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Config(Vec<config::ConfigProblem>),
+    #[error("TLS setup: {0}")]
+    Tls(#[from] handshake::HandshakeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
+/// A replica as the sessions see it.
+pub struct Replica {
+    pub name: String,
+    pub pool: Arc<Pool>,
+    pub health: Arc<BackendHealth>,
+}
+
+/// State shared by every session.
+pub struct Shared {
+    pub cfg: ProxyConfig,
+    pub master: Arc<Pool>,
+    pub master_health: Arc<BackendHealth>,
+    pub replicas: Vec<Replica>,
+    pub positions: Arc<dyn AppliedPosition>,
+    pub latest_seq: watch::Receiver<u64>,
+    pub version: String,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub metrics: metrics::Metrics,
+    pub next_conn_id: AtomicU32,
+}
+
+/// A configured proxy, ready to [`Proxy::run`].
+pub struct Proxy {
+    pub shared: Arc<Shared>,
+}
+
+/// Idle connections kept per backend and pool key.
+const MAX_IDLE_PER_KEY: usize = 256;
+
+impl Proxy {
+    /// Validates the configuration, loads TLS material and asks the master
+    /// for its version (best effort: a master that is down now may be up by
+    /// the time clients arrive).
+    ///
+    /// `latest_seq` carries the master stream's latest captured `seq` (0 =
+    /// unknown); `gtid_to_seq` maps a commit to its `seq` when the pipeline
+    /// can (see [`health::HealthPositions`]).
+    pub async fn new(
+        cfg: ProxyConfig,
+        latest_seq: watch::Receiver<u64>,
+        gtid_to_seq: Option<GtidToSeq>,
+    ) -> Result<Proxy, ProxyError> {
+        let problems = cfg.validate();
+        if !problems.is_empty() {
+            return Err(ProxyError::Config(problems));
+        }
+        let tls = match &cfg.tls {
+            Some(t) => Some(handshake::tls_acceptor(&t.cert, &t.key)?),
+            None => None,
+        };
+        let master_addr = cfg
+            .master
+            .parse()
+            .map_err(|_| ProxyError::Config(cfg.validate()))?;
+        let master = Arc::new(Pool::new("master", master_addr, MAX_IDLE_PER_KEY));
+        let replicas: Vec<Replica> = cfg
+            .replicas
+            .iter()
+            .filter_map(|r| {
+                Some(Replica {
+                    name: r.name.clone(),
+                    pool: Arc::new(Pool::new(&r.name, r.url.parse().ok()?, MAX_IDLE_PER_KEY)),
+                    health: Arc::new(BackendHealth::new(&r.name)),
+                })
+            })
+            .collect();
+        let positions = Arc::new(HealthPositions {
+            replicas: replicas
+                .iter()
+                .map(|r| (r.name.clone(), r.health.clone()))
+                .collect(),
+            gtid_to_seq,
+        });
+        let version = match &cfg.server_version {
+            Some(v) => v.clone(),
+            None => {
+                let key = PoolKey {
+                    caps: 0,
+                    collation: handshake::DEFAULT_COLLATION,
+                };
+                match backend::BackendConn::connect(&master.addr, key, Duration::from_secs(2)).await {
+                    Ok(c) => format!("{}-dbmux", c.server_version),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "master not reachable at start-up");
+                        "5.5.5-10.11.0-MariaDB-dbmux".to_string()
+                    }
+                }
+            }
+        };
+        Ok(Proxy {
+            shared: Arc::new(Shared {
+                cfg,
+                master,
+                master_health: Arc::new(BackendHealth::new("master")),
+                replicas,
+                positions,
+                latest_seq,
+                version,
+                tls,
+                metrics: metrics::Metrics::default(),
+                next_conn_id: AtomicU32::new(1),
+            }),
+        })
+    }
+
+    /// Binds the configured listen address.
+    pub async fn bind(&self) -> Result<TcpListener, ProxyError> {
+        let addr = self.shared.cfg.listen.clone();
+        TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ProxyError::Bind { addr, source })
+    }
+
+    /// Runs health checks and the accept loop until `shutdown` resolves.
+    /// Sessions already open finish on their own.
+    pub async fn run(self, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
+        let s = &self.shared;
+        let interval = Duration::from_millis(s.cfg.health_interval_ms);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(health::monitor(
+            s.master.clone(),
+            s.master_health.clone(),
+            None,
+            interval,
+        )));
+        for (r, rc) in s.replicas.iter().zip(&s.cfg.replicas) {
+            let q = PositionQueries {
+                applied_gtid: rc.applied_gtid_query.clone(),
+                applied_seq: rc.applied_seq_query.clone(),
+            };
+            tasks.push(tokio::spawn(health::monitor(
+                r.pool.clone(),
+                r.health.clone(),
+                Some(q),
+                interval,
+            )));
+        }
+        listener::serve(listener, s.clone(), shutdown).await;
+        for t in tasks {
+            t.abort();
+        }
+    }
+}
