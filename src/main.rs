@@ -2,6 +2,8 @@
 
 mod admin;
 mod config;
+#[cfg(feature = "proxy")]
+mod proxy_cmd;
 mod run;
 mod tail;
 
@@ -39,6 +41,16 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Run only the MySQL-protocol proxy from the [proxy] section.
+    #[cfg(feature = "proxy")]
+    #[command(hide = true)]
+    Proxy {
+        #[arg(long, short, env = "DBMUX_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the stored hashes of a proxy user's password (argument or stdin).
+    #[cfg(feature = "proxy")]
+    HashPassword { password: Option<String> },
 }
 
 fn init_tracing() {
@@ -50,6 +62,13 @@ fn init_tracing() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        #[cfg(feature = "proxy")]
+        Command::Proxy { config } => {
+            init_tracing();
+            proxy_cmd::run(&config)
+        }
+        #[cfg(feature = "proxy")]
+        Command::HashPassword { password } => proxy_cmd::hash_password(password),
         Command::CheckConfig { file } => match config::Config::load(&file) {
             Ok(c) => {
                 println!("{}: OK", file.display());

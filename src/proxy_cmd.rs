@@ -1,0 +1,96 @@
+//! `dbmux proxy --config FILE` (hidden, until `dbmux run` starts the proxy
+//! from the `[proxy]` section itself) and `dbmux hash-password`.
+//!
+//! The proxy reads only the `[proxy]` table of the file; other sections are
+//! left to their owners. The master stream's latest `seq` is not known here
+//! (no pipeline runs in this process), so replica lag is "unknown" and
+//! read-your-writes relies on the replicas' applied GTID sets alone.
+
+use connectors::proxy::{config::ProxyConfig, Proxy};
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Loads `[proxy]` from a TOML file, listing every problem.
+pub fn load(path: &Path) -> Result<ProxyConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut doc: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let section = doc
+        .remove("proxy")
+        .ok_or_else(|| format!("{}: no [proxy] section", path.display()))?;
+    let cfg: ProxyConfig = section
+        .try_into()
+        .map_err(|e| format!("{}: [proxy]: {e}", path.display()))?;
+    let problems = cfg.validate();
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+        return Err(format!(
+            "{}: invalid configuration:\n{}",
+            path.display(),
+            list.join("\n")
+        ));
+    }
+    Ok(cfg)
+}
+
+/// Runs the proxy until SIGINT/SIGTERM.
+pub fn run(path: &Path) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        let (_latest_tx, latest_rx) = tokio::sync::watch::channel(0u64);
+        let proxy = match Proxy::new(cfg, latest_rx, None).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+        let listener = match proxy.bind().await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "proxy listening");
+        proxy.run(listener, shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Prints the two stored forms of a password (from the argument or stdin).
+pub fn hash_password(password: Option<String>) -> ExitCode {
+    let pw = match password {
+        Some(p) => p,
+        None => {
+            let mut s = String::new();
+            if std::io::stdin().read_line(&mut s).is_err() {
+                eprintln!("cannot read the password from stdin");
+                return ExitCode::FAILURE;
+            }
+            s.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    let (native, sha2) = connectors::proxy::config::hash_password(&pw);
+    println!("mysql_native_password = \"{native}\"");
+    println!("caching_sha2_password = \"{sha2}\"");
+    ExitCode::SUCCESS
+}
