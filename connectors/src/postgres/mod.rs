@@ -1,3 +1,4 @@
 //! PostgreSQL: apply (WAL capture comes later).
 
 pub mod apply;
+pub mod apply_sql;
