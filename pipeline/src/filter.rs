@@ -144,6 +144,27 @@ impl TableFilter {
     }
 }
 
+impl TableFilter {
+    /// True when some table of `schema` may be captured (used where only the
+    /// schema is known, e.g. the default database of a statement).
+    pub fn may_match_schema(&self, schema: &str) -> bool {
+        let excluded_whole = self
+            .exclude
+            .iter()
+            .any(|p| p.table.as_deref().is_none_or(|t| t == "*") && wildcard_match(&p.schema, schema));
+        if excluded_whole {
+            return false;
+        }
+        let system = self.system_schemas.iter().any(|s| s == schema);
+        if self.include.is_empty() {
+            return !system;
+        }
+        self.include
+            .iter()
+            .any(|p| wildcard_match(&p.schema, schema) && (!system || p.names_schema_literally(schema)))
+    }
+}
+
 /// Glob match with `*` (any run, also empty) and `?` (one character).
 fn wildcard_match(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
@@ -233,6 +254,18 @@ mod tests {
         let f = filter(&["my*"], &[]);
         assert!(!f.matches("mysql", "user"));
         assert!(f.matches("myapp", "t"));
+    }
+
+    #[test]
+    fn schema_level_question() {
+        let f = filter(&["app.t", "shop*"], &["shop_old", "app.x"]);
+        assert!(f.may_match_schema("app"));
+        assert!(f.may_match_schema("shop1"));
+        assert!(!f.may_match_schema("shop_old"));
+        assert!(!f.may_match_schema("other"));
+        assert!(!filter(&[], &[]).may_match_schema("mysql"));
+        assert!(filter(&[], &[]).may_match_schema("app"));
+        assert!(filter(&["mysql.user"], &[]).may_match_schema("mysql"));
     }
 
     #[test]

@@ -1,0 +1,1176 @@
+//! MariaDB / MySQL row-binlog capture: a [`Source`] over `COM_BINLOG_DUMP`.
+//!
+//! # Connections
+//! Two connections to the master: the *dump* connection, turned into a binlog
+//! stream by `mysql_async` (`Conn::get_binlog_stream`), and a *metadata*
+//! connection for preflight, `SHOW MASTER STATUS` and `information_schema`
+//! lookups (one per new table map, never per row). The dump registers with
+//! [`MysqlSourceConfig::server_id`]; a server kills an older dump that
+//! registered with the same id, so every capture of one master needs its own.
+//!
+//! # Transactions
+//! A transaction starts at a GTID event (MariaDB type 162, MySQL 33/42), an
+//! anonymous GTID or a `BEGIN` query, and ends at an XID event or a `COMMIT`
+//! query (non-transactional tables). MariaDB GTID events flagged
+//! `FL_STANDALONE` (DDL) have no BEGIN/COMMIT: the one query that follows ends
+//! them. Row changes are buffered until the commit and only committed
+//! transactions with at least one change of a captured table are returned;
+//! `ROLLBACK` discards the buffer. XA transactions touching captured tables are
+//! refused (definite error) rather than emitted before their outcome is known.
+//!
+//! # Resumption
+//! A transaction's [`Position`] is the binlog file and the offset right after
+//! its commit event (the event header's `log_pos`; for a MySQL compressed
+//! transaction, the end of its payload event) plus the GTID state after it
+//! (MariaDB: the latest `domain-server-seq` per domain; MySQL: the executed
+//! set). `start(Some(p))` dumps from exactly that file and offset, which is
+//! always a transaction boundary; `start(None)` from the master's current end.
+//! ROTATE events move the stream to the next file.
+//!
+//! # Schema
+//! Each change carries an `Arc<TableSchema>` built from the table map (see
+//! [`super::binlog_table`]); the same `Arc` is reused while the table map is
+//! unchanged, and a table created while capture runs is described from its first
+//! row. After any DDL the `information_schema` facts are re-read at the next
+//! table map, keeping the `Arc` when nothing changed.
+//!
+//! # Failures
+//! The dump asks for heartbeats every [`MysqlSourceConfig::heartbeat_secs`];
+//! when neither an event nor a heartbeat arrives for three periods, the
+//! connection is presumed dead. Connection loss, I/O errors and timeouts are
+//! transient (the runtime calls `start` again with the last position); bad
+//! settings, purged positions, unsupported types and undecodable values are
+//! definite.
+//!
+//! # mysql_async / mysql_common rough edges handled here
+//! - MariaDB event types 160–163 arrive untyped: GTID (162) and GTID_LIST (163)
+//!   are parsed by hand in [`super::gtid`].
+//! - The first (artificial) ROTATE arrives before the format description, so
+//!   mysql_common does not know checksums are on and leaves the 4 CRC32 bytes at
+//!   the end of the file name: we strip them when they are a valid CRC of the event.
+//! - Row images are decoded by [`super::binlog_values`], not mysql_common's
+//!   `BinlogRow` (negative `TIME(1)`/`TIME(2)` bug, per-row allocations).
+//! - `get_binlog_stream` overrides `@master_binlog_checksum` with `'ALL'`; the
+//!   servers accept it and send checksummed events, which mysql_common verifies.
+
+use super::binlog_table::{build_plan, Collations, InfoColumn, TablePlan};
+use super::binlog_values::{Cursor, DecodeError};
+use super::gtid::{format_uuid, parse_gtid_list, GtidState, MariaGtid, FL_PREPARED_XA};
+use super::preflight;
+use futures_util::StreamExt;
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts};
+use mysql_common::binlog::events::{Event, EventData, GtidEvent, QueryEvent, TableMapEvent};
+use pipeline::filter::{TableFilter, TablePattern};
+use pipeline::position::MysqlPosition;
+use pipeline::retry::{Classify, ErrorClass};
+use pipeline::schema::{TableId, TableSchema};
+use pipeline::source::{CapturedTransaction, Source};
+use pipeline::{Op, Position, Value};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default replication `server_id` of the dump connection (distinct from the
+/// usual small ids of real servers; give every capture of one master its own).
+pub const DEFAULT_SERVER_ID: u32 = 65_435;
+/// Default heartbeat period asked of the master.
+pub const DEFAULT_HEARTBEAT_SECS: u64 = 5;
+/// The connection is presumed dead after this many silent heartbeat periods.
+pub const HEARTBEAT_MISSES: u32 = 3;
+/// Schemas never captured unless an include pattern names them literally.
+pub const SYSTEM_SCHEMAS: &[&str] = &["mysql", "sys", "information_schema", "performance_schema"];
+
+fn default_server_id() -> u32 {
+    DEFAULT_SERVER_ID
+}
+fn default_heartbeat_secs() -> u64 {
+    DEFAULT_HEARTBEAT_SECS
+}
+
+/// `[source]` for a MariaDB / MySQL master.
+///
+/// ```toml
+/// [source]
+/// url = "mysql://dbmux:secret@db1:3306/"
+/// server_id = 65435              # replication id of the dump; unique per master
+/// include = ["app", "shop.orders"]  # `db` or `db.table`, `*` and `?` wildcards; empty = all
+/// exclude = ["app.sessions"]
+/// heartbeat_secs = 5
+/// ```
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlSourceConfig {
+    /// `mysql://user:password@host:port/[db]` of the master (the path is ignored).
+    pub url: String,
+    /// Replication `server_id` the dump registers with: non-zero and different
+    /// from every server's and every other capture's.
+    #[serde(default = "default_server_id")]
+    pub server_id: u32,
+    /// Tables to capture: `db` (every table) or `db.table`; empty means all.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Tables never captured (wins over `include`).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Heartbeat period asked of the master, in seconds (1–600).
+    #[serde(default = "default_heartbeat_secs")]
+    pub heartbeat_secs: u64,
+}
+
+impl MysqlSourceConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            server_id: DEFAULT_SERVER_ID,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            heartbeat_secs: DEFAULT_HEARTBEAT_SECS,
+        }
+    }
+
+    /// All problems, with field paths under `source.`.
+    pub fn validate(&self) -> Vec<String> {
+        self.validate_at("source")
+    }
+
+    /// All problems, with field paths under `prefix.`.
+    pub fn validate_at(&self, prefix: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        match url::Url::parse(&self.url) {
+            Err(e) => out.push(format!("{prefix}.url: not a URL ({e})")),
+            Ok(u) => {
+                if u.scheme() != "mysql" {
+                    out.push(format!(
+                        "{prefix}.url: scheme must be mysql:// (found {}://)",
+                        u.scheme()
+                    ));
+                } else if u.host_str().is_none_or(str::is_empty) {
+                    out.push(format!("{prefix}.url: no host"));
+                } else if let Err(e) = Opts::from_url(&self.url) {
+                    out.push(format!("{prefix}.url: {e}"));
+                }
+            }
+        }
+        if self.server_id == 0 {
+            out.push(format!(
+                "{prefix}.server_id: must not be 0 (a replication server_id unique among the servers and captures of this master)"
+            ));
+        }
+        if !(1..=600).contains(&self.heartbeat_secs) {
+            out.push(format!(
+                "{prefix}.heartbeat_secs: must be between 1 and 600 (found {})",
+                self.heartbeat_secs
+            ));
+        }
+        for (field, list) in [("include", &self.include), ("exclude", &self.exclude)] {
+            for (i, p) in list.iter().enumerate() {
+                if let Err(e) = TablePattern::parse(p) {
+                    out.push(format!("{prefix}.{field}[{i}]: {e}"));
+                }
+            }
+        }
+        out
+    }
+
+    /// The table filter these settings describe.
+    pub fn filter(&self) -> Result<TableFilter, MysqlCaptureError> {
+        TableFilter::new(&self.include, &self.exclude)
+            .map(|f| f.with_system_schemas(SYSTEM_SCHEMAS))
+            .map_err(|errs| MysqlCaptureError::Config(errs.iter().map(ToString::to_string).collect()))
+    }
+
+    /// The URL with its password replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        match url::Url::parse(&self.url) {
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("***"));
+                }
+                u.to_string()
+            }
+            Err(_) => "<invalid url>".to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for MysqlSourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MysqlSourceConfig")
+            .field("url", &self.redacted_url())
+            .field("server_id", &self.server_id)
+            .field("include", &self.include)
+            .field("exclude", &self.exclude)
+            .field("heartbeat_secs", &self.heartbeat_secs)
+            .finish()
+    }
+}
+
+/// Everything that can go wrong in MySQL capture.
+#[derive(Debug, thiserror::Error)]
+pub enum MysqlCaptureError {
+    #[error("invalid MySQL source configuration: {}", .0.join("; "))]
+    Config(Vec<String>),
+    #[error("{context}: {source}")]
+    Driver {
+        context: String,
+        #[source]
+        source: mysql_async::Error,
+    },
+    #[error("MySQL preflight failed:\n  - {}", .0.join("\n  - "))]
+    Preflight(Vec<String>),
+    #[error("no binlog event or heartbeat from the master for {0:?}: the connection is presumed dead")]
+    HeartbeatTimeout(Duration),
+    #[error("the master closed the binlog stream")]
+    StreamEnded,
+    #[error(
+        "the master cannot stream from {position}: {message} (the binlog may have been purged; \
+         re-snapshot the replicas or point capture at an existing position)"
+    )]
+    PositionUnavailable { position: String, message: String },
+    #[error("the master has no binary log (SHOW MASTER STATUS is empty): enable log_bin")]
+    NoBinlog,
+    #[error("{table}.{column}: unsupported column type {ty}; exclude the table or change the column type")]
+    UnsupportedType {
+        table: String,
+        column: String,
+        ty: String,
+    },
+    #[error("table map of {table}: {message}")]
+    TableMap { table: String, message: String },
+    #[error("row of {table} at {position}, column {column}: {message}")]
+    Decode {
+        table: String,
+        column: String,
+        position: String,
+        message: String,
+    },
+    #[error("binlog event at {position}: {message}")]
+    Event { position: String, message: String },
+    #[error("capture is not started (call start first)")]
+    NotStarted,
+}
+
+impl Classify for MysqlCaptureError {
+    fn class(&self) -> ErrorClass {
+        use MysqlCaptureError::*;
+        match self {
+            Driver { source, .. } => driver_class(source),
+            HeartbeatTimeout(_) | StreamEnded => ErrorClass::Transient,
+            Config(_)
+            | Preflight(_)
+            | PositionUnavailable { .. }
+            | NoBinlog
+            | UnsupportedType { .. }
+            | TableMap { .. }
+            | Decode { .. }
+            | Event { .. }
+            | NotStarted => ErrorClass::Definite,
+        }
+    }
+}
+
+/// Server errors that retrying cannot fix; everything else (I/O, lost connections,
+/// shutdowns, kills, lock waits) is transient.
+fn driver_class(e: &mysql_async::Error) -> ErrorClass {
+    match e {
+        mysql_async::Error::Server(s) => match s.code {
+            // access denied (db, user, specific privilege, table, column, proc), unknown database,
+            // syntax, unknown system variable, fatal binlog read
+            1044 | 1045 | 1049 | 1064 | 1142 | 1143 | 1193 | 1227 | 1236 | 1370 => ErrorClass::Definite,
+            _ => ErrorClass::Transient,
+        },
+        mysql_async::Error::Url(_) => ErrorClass::Definite,
+        mysql_async::Error::Driver(_) | mysql_async::Error::Io(_) | mysql_async::Error::Other(_) => {
+            ErrorClass::Transient
+        }
+    }
+}
+
+fn driver(context: impl Into<String>) -> impl FnOnce(mysql_async::Error) -> MysqlCaptureError {
+    let context = context.into();
+    move |source| MysqlCaptureError::Driver { context, source }
+}
+
+// Binlog event type codes.
+const QUERY: u8 = 2;
+const ROTATE: u8 = 4;
+const FORMAT_DESCRIPTION: u8 = 15;
+const XID: u8 = 16;
+const TABLE_MAP: u8 = 19;
+const WRITE_ROWS_V1: u8 = 23;
+const UPDATE_ROWS_V1: u8 = 24;
+const DELETE_ROWS_V1: u8 = 25;
+const WRITE_ROWS: u8 = 30;
+const UPDATE_ROWS: u8 = 31;
+const DELETE_ROWS: u8 = 32;
+const MYSQL_GTID: u8 = 33;
+const MYSQL_ANONYMOUS_GTID: u8 = 34;
+const XA_PREPARE: u8 = 38;
+const PARTIAL_UPDATE_ROWS: u8 = 39;
+const TRANSACTION_PAYLOAD: u8 = 40;
+const MYSQL_GTID_TAGGED: u8 = 42;
+const MARIA_GTID: u8 = 162;
+const MARIA_GTID_LIST: u8 = 163;
+/// MariaDB `log_bin_compress` events: QUERY_COMPRESSED and the compressed rows events.
+const MARIA_COMPRESSED: std::ops::RangeInclusive<u8> = 165..=171;
+
+/// The master as seen on connect.
+#[derive(Debug, Clone)]
+struct ServerInfo {
+    mariadb: bool,
+    collations: Arc<Collations>,
+}
+
+/// A cached table map: its raw bytes, and the plan when the table is captured.
+struct TableEntry {
+    tme: Vec<u8>,
+    plan: Option<Arc<TablePlan>>,
+    /// `ddl_epoch` when the plan was built; older plans re-read information_schema.
+    epoch: u64,
+}
+
+enum TxnGtid {
+    None,
+    Maria { domain: u32, server: u32, seq: u64 },
+    MySql { sid: String, gno: u64 },
+}
+
+struct OpenTxn {
+    id: Option<String>,
+    gtid: TxnGtid,
+    standalone: bool,
+    xa_prepare: bool,
+    start: String,
+    payload_end: Option<u64>,
+    commit_ts_us: Option<i64>,
+    changes: Vec<(Arc<TableSchema>, Op)>,
+}
+
+/// `information_schema.COLUMNS`: name, data type, column type, nullable, charset, max length.
+type InfoRow = (String, String, String, String, Option<String>, Option<u64>);
+
+/// Capture from a MariaDB / MySQL master's row binlog.
+pub struct MysqlSource {
+    config: MysqlSourceConfig,
+    filter: TableFilter,
+    opts: Opts,
+    meta: Option<Conn>,
+    server: Option<ServerInfo>,
+    stream: Option<BinlogStream>,
+    /// Current binlog file of the stream.
+    file: String,
+    seen_fde: bool,
+    gtid: GtidState,
+    tables: HashMap<u64, TableEntry>,
+    /// Latest plan per table, to hand out the same `Arc` when a new table map is equivalent.
+    plans: HashMap<TableId, Arc<TablePlan>>,
+    ddl_epoch: u64,
+    txn: Option<OpenTxn>,
+    /// An event whose processing was interrupted (e.g. the future was dropped during a lookup).
+    pending: Option<Event>,
+}
+
+impl fmt::Debug for MysqlSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MysqlSource")
+            .field("config", &self.config)
+            .field("file", &self.file)
+            .field("started", &self.stream.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MysqlSource {
+    /// Checks the configuration (all problems at once); connects only on use.
+    pub fn new(config: MysqlSourceConfig) -> Result<Self, MysqlCaptureError> {
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(MysqlCaptureError::Config(problems));
+        }
+        let filter = config.filter()?;
+        let opts = Opts::from_url(&config.url)
+            .map_err(|e| MysqlCaptureError::Config(vec![format!("source.url: {e}")]))?;
+        Ok(Self {
+            config,
+            filter,
+            opts,
+            meta: None,
+            server: None,
+            stream: None,
+            file: String::new(),
+            seen_fde: false,
+            gtid: GtidState::MariaDb(Default::default()),
+            tables: HashMap::new(),
+            plans: HashMap::new(),
+            ddl_epoch: 0,
+            txn: None,
+            pending: None,
+        })
+    }
+
+    pub fn config(&self) -> &MysqlSourceConfig {
+        &self.config
+    }
+
+    /// The metadata connection, (re)connected on demand.
+    async fn meta(&mut self) -> Result<&mut Conn, MysqlCaptureError> {
+        if self.meta.is_none() {
+            let conn = Conn::new(self.opts.clone())
+                .await
+                .map_err(driver(format!("connecting to {}", self.config.redacted_url())))?;
+            self.meta = Some(conn);
+        }
+        Ok(self.meta.as_mut().expect("just connected"))
+    }
+
+    /// Runs `f` on the metadata connection, dropping the connection when it fails
+    /// so the next call reconnects.
+    async fn server_info(&mut self) -> Result<ServerInfo, MysqlCaptureError> {
+        if let Some(s) = &self.server {
+            return Ok(s.clone());
+        }
+        let conn = self.meta().await?;
+        let version: Option<String> = conn
+            .query_first("SELECT @@version")
+            .await
+            .map_err(driver("reading @@version"))?;
+        let mariadb = version
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .contains("mariadb");
+        let mut collations = Collations::new();
+        let rows: Vec<(u64, String)> = conn
+            .query("SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATIONS WHERE ID IS NOT NULL")
+            .await
+            .map_err(driver("reading information_schema.COLLATIONS"))?;
+        collations.extend(rows.into_iter().map(|(id, cs)| (id as u16, cs)));
+        if mariadb {
+            // MariaDB 10.10+ lists the ids of its UCA-14 collations only here.
+            if let Ok(rows) = conn
+                .query::<(u64, String), _>(
+                    "SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATION_CHARACTER_SET_APPLICABILITY \
+                     WHERE ID IS NOT NULL",
+                )
+                .await
+            {
+                collations.extend(rows.into_iter().map(|(id, cs)| (id as u16, cs)));
+            }
+        }
+        let info = ServerInfo {
+            mariadb,
+            collations: Arc::new(collations),
+        };
+        self.gtid = if mariadb {
+            GtidState::MariaDb(Default::default())
+        } else {
+            GtidState::MySql(Default::default())
+        };
+        self.server = Some(info.clone());
+        Ok(info)
+    }
+
+    /// The master's current end of binlog, with its GTID state.
+    pub async fn master_position(&mut self) -> Result<Position, MysqlCaptureError> {
+        let info = self.server_info().await?;
+        let conn = self.meta().await?;
+        let row: Option<mysql_async::Row> = match conn.query_first("SHOW MASTER STATUS").await {
+            Ok(r) => r,
+            // MySQL 8.4 removed SHOW MASTER STATUS.
+            Err(mysql_async::Error::Server(e)) if e.code == 1064 => conn
+                .query_first("SHOW BINARY LOG STATUS")
+                .await
+                .map_err(driver("SHOW BINARY LOG STATUS"))?,
+            Err(e) => return Err(driver("SHOW MASTER STATUS")(e)),
+        };
+        let row = row.ok_or(MysqlCaptureError::NoBinlog)?;
+        let file: String = row.get(0).ok_or(MysqlCaptureError::NoBinlog)?;
+        let offset: u64 = row.get(1).ok_or(MysqlCaptureError::NoBinlog)?;
+        let gtid_set = if info.mariadb {
+            self.mariadb_gtid_at(&file, offset).await?
+        } else {
+            row.get::<Option<String>, _>(4)
+                .flatten()
+                .map(|s| s.replace(['\n', ' '], ""))
+        };
+        Ok(Position::Mysql(MysqlPosition {
+            file,
+            offset,
+            gtid_set: gtid_set.filter(|s| !s.is_empty()),
+        }))
+    }
+
+    async fn mariadb_gtid_at(
+        &mut self,
+        file: &str,
+        offset: u64,
+    ) -> Result<Option<String>, MysqlCaptureError> {
+        let conn = self.meta().await?;
+        conn.exec_first::<Option<String>, _, _>("SELECT BINLOG_GTID_POS(?, ?)", (file, offset))
+            .await
+            .map(Option::flatten)
+            .map_err(driver("SELECT BINLOG_GTID_POS"))
+    }
+
+    /// Closes the binlog stream (if any); `start` opens a new one.
+    pub async fn stop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
+        }
+    }
+
+    fn idle_limit(&self) -> Duration {
+        Duration::from_secs(self.config.heartbeat_secs) * HEARTBEAT_MISSES
+    }
+
+    fn here(&self, header_log_pos: u32, size: u32) -> String {
+        format!("{}:{}", self.file, header_log_pos.saturating_sub(size))
+    }
+
+    /// The next event of the stream, with dead-connection detection.
+    async fn next_event(&mut self) -> Result<Event, MysqlCaptureError> {
+        let limit = self.idle_limit();
+        let stream = self.stream.as_mut().ok_or(MysqlCaptureError::NotStarted)?;
+        let res = tokio::time::timeout(limit, stream.next()).await;
+        let err = match res {
+            Ok(Some(Ok(ev))) => return Ok(ev),
+            Err(_) => MysqlCaptureError::HeartbeatTimeout(limit),
+            Ok(None) => MysqlCaptureError::StreamEnded,
+            Ok(Some(Err(mysql_async::Error::Server(e)))) if e.code == 1236 => {
+                MysqlCaptureError::PositionUnavailable {
+                    position: self.file.clone(),
+                    message: e.message,
+                }
+            }
+            Ok(Some(Err(e))) => driver("reading the binlog stream")(e),
+        };
+        self.stream = None;
+        Err(err)
+    }
+
+    async fn table_info(
+        &mut self,
+        db: &str,
+        table: &str,
+        mariadb: bool,
+    ) -> Result<Vec<InfoColumn>, MysqlCaptureError> {
+        let conn = self.meta().await?;
+        let res: Result<Vec<InfoColumn>, mysql_async::Error> = async {
+            let rows: Vec<InfoRow> = conn
+                .exec(
+                    "SELECT COLUMN_NAME, LOWER(DATA_TYPE), COLUMN_TYPE, IS_NULLABLE, CHARACTER_SET_NAME, \
+                     CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS \
+                     WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                    (db, table),
+                )
+                .await?;
+            let checks: Vec<String> = if mariadb {
+                conn.exec(
+                    "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
+                     WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
+                    (db, table),
+                )
+                .await?
+            } else {
+                Vec::new()
+            };
+            Ok(rows
+                .into_iter()
+                .map(
+                    |(name, data_type, column_type, nullable, charset, char_max_len)| {
+                        let json_clause = format!("json_valid(`{}`)", name.replace('`', "``"));
+                        InfoColumn {
+                            json_check: checks.iter().any(|c| c.trim() == json_clause),
+                            name,
+                            data_type,
+                            column_type,
+                            nullable: nullable.eq_ignore_ascii_case("YES"),
+                            charset,
+                            char_max_len,
+                        }
+                    },
+                )
+                .collect())
+        }
+        .await;
+        res.map_err(|e| {
+            self.meta = None;
+            driver(format!("reading information_schema for {db}.{table}"))(e)
+        })
+    }
+
+    /// Whether a table map needs an `information_schema` lookup; records skipped tables.
+    fn table_map_needs_lookup(&mut self, ev: &Event) -> Result<Option<(String, String)>, MysqlCaptureError> {
+        let data = ev.data();
+        let table_id = table_id_of(data);
+        if let Some(e) = self.tables.get(&table_id) {
+            if e.tme == data && (e.plan.is_none() || e.epoch == self.ddl_epoch) {
+                return Ok(None);
+            }
+        }
+        let tme = ev
+            .read_event::<TableMapEvent<'_>>()
+            .map_err(|e| self.event_error(ev, e.to_string()))?;
+        let (db, table) = (tme.database_name().into_owned(), tme.table_name().into_owned());
+        if self.filter.matches(&db, &table) {
+            Ok(Some((db, table)))
+        } else {
+            self.tables.insert(
+                table_id,
+                TableEntry {
+                    tme: data.to_vec(),
+                    plan: None,
+                    epoch: self.ddl_epoch,
+                },
+            );
+            Ok(None)
+        }
+    }
+
+    fn install_plan(&mut self, ev: &Event, info: &[InfoColumn]) -> Result<(), MysqlCaptureError> {
+        let tme = ev
+            .read_event::<TableMapEvent<'_>>()
+            .map_err(|e| self.event_error(ev, e.to_string()))?;
+        let collations = self
+            .server
+            .as_ref()
+            .map(|s| s.collations.clone())
+            .unwrap_or_default();
+        let plan = build_plan(&tme, info, &collations)?;
+        let plan = match self.plans.get(&plan.schema.id) {
+            Some(old) if old.schema == plan.schema && old.decoders == plan.decoders => old.clone(),
+            _ => {
+                let plan = Arc::new(plan);
+                self.plans.insert(plan.schema.id.clone(), plan.clone());
+                plan
+            }
+        };
+        self.tables.insert(
+            tme.table_id(),
+            TableEntry {
+                tme: ev.data().to_vec(),
+                plan: Some(plan),
+                epoch: self.ddl_epoch,
+            },
+        );
+        Ok(())
+    }
+
+    fn event_error(&self, ev: &Event, message: String) -> MysqlCaptureError {
+        let h = ev.header();
+        MysqlCaptureError::Event {
+            position: self.here(h.log_pos(), h.event_size()),
+            message,
+        }
+    }
+
+    fn begin(&mut self, ev: &Event, id: Option<String>, gtid: TxnGtid, standalone: bool) {
+        if let Some(old) = self.txn.take() {
+            if !old.changes.is_empty() {
+                tracing::warn!(
+                    txn = old.id.as_deref().unwrap_or("?"),
+                    "a transaction without commit was followed by a new one; dropping its changes"
+                );
+            }
+        }
+        let h = ev.header();
+        self.txn = Some(OpenTxn {
+            id,
+            gtid,
+            standalone,
+            xa_prepare: false,
+            start: self.here(h.log_pos(), h.event_size()),
+            payload_end: None,
+            commit_ts_us: None,
+            changes: Vec::new(),
+        });
+    }
+
+    fn commit(&mut self, ev: &Event) -> Option<CapturedTransaction> {
+        let txn = self.txn.take()?;
+        match &txn.gtid {
+            TxnGtid::Maria { domain, server, seq } => self.gtid.add_mariadb(*domain, *server, *seq),
+            TxnGtid::MySql { sid, gno } => self.gtid.add_mysql(sid, *gno),
+            TxnGtid::None => {}
+        }
+        if txn.changes.is_empty() {
+            return None;
+        }
+        let h = ev.header();
+        let offset = txn.payload_end.unwrap_or(h.log_pos() as u64);
+        Some(CapturedTransaction {
+            id: txn.id.unwrap_or(txn.start),
+            commit_ts_us: txn.commit_ts_us.unwrap_or(h.timestamp() as i64 * 1_000_000),
+            position: Position::Mysql(MysqlPosition {
+                file: self.file.clone(),
+                offset,
+                gtid_set: (!self.gtid.is_empty()).then(|| self.gtid.to_string()),
+            }),
+            changes: txn.changes,
+        })
+    }
+
+    /// Processes one event (table maps are handled before); returns a committed transaction.
+    fn handle(&mut self, ev: &Event) -> Result<Option<CapturedTransaction>, MysqlCaptureError> {
+        let h = ev.header();
+        let ty = h.event_type_raw();
+        match ty {
+            ROTATE => {
+                let data = ev.data();
+                let mut name: &[u8] = data.get(8..).unwrap_or_default();
+                if !self.seen_fde && name.len() > 4 && has_trailing_crc(ev) {
+                    name = &name[..name.len() - 4];
+                }
+                self.file = String::from_utf8_lossy(name).into_owned();
+            }
+            FORMAT_DESCRIPTION => self.seen_fde = true,
+            MARIA_GTID => {
+                let g = MariaGtid::parse(ev.data())
+                    .ok_or_else(|| self.event_error(ev, "short MariaDB GTID event".into()))?;
+                let server = h.server_id();
+                self.begin(
+                    ev,
+                    Some(format!("{}-{}-{}", g.domain_id, server, g.seq_no)),
+                    TxnGtid::Maria {
+                        domain: g.domain_id,
+                        server,
+                        seq: g.seq_no,
+                    },
+                    g.standalone(),
+                );
+                if g.flags & FL_PREPARED_XA != 0 {
+                    if let Some(t) = self.txn.as_mut() {
+                        t.xa_prepare = true;
+                    }
+                }
+            }
+            MARIA_GTID_LIST if self.gtid.is_empty() => {
+                if let Some(list) = parse_gtid_list(ev.data()) {
+                    for (d, s, q) in list {
+                        self.gtid.add_mariadb(d, s, q);
+                    }
+                }
+            }
+            MYSQL_GTID | MYSQL_GTID_TAGGED => {
+                let g = ev
+                    .read_event::<GtidEvent>()
+                    .map_err(|e| self.event_error(ev, e.to_string()))?;
+                let mut sid = format_uuid(&g.sid());
+                if let Some(tag) = g.tag() {
+                    sid = format!("{sid}:{}", tag.as_str());
+                }
+                let gno = g.gno();
+                let ts = g.immediate_commit_timestamp();
+                self.begin(
+                    ev,
+                    Some(format!("{sid}:{gno}")),
+                    TxnGtid::MySql { sid, gno },
+                    false,
+                );
+                if let (Some(t), true) = (self.txn.as_mut(), ts > 0) {
+                    t.commit_ts_us = Some(ts as i64);
+                }
+            }
+            MYSQL_ANONYMOUS_GTID => self.begin(ev, None, TxnGtid::None, false),
+            TRANSACTION_PAYLOAD => {
+                if let Some(t) = self.txn.as_mut() {
+                    t.payload_end = Some(h.log_pos() as u64);
+                }
+            }
+            QUERY => return self.on_query(ev),
+            XID => return self.finish(ev),
+            WRITE_ROWS_V1 | UPDATE_ROWS_V1 | DELETE_ROWS_V1 | WRITE_ROWS | UPDATE_ROWS | DELETE_ROWS => {
+                self.on_rows(ev)?;
+            }
+            PARTIAL_UPDATE_ROWS => {
+                return Err(self.event_error(
+                    ev,
+                    "partial JSON update rows event: set binlog_row_value_options='' on the master".into(),
+                ))
+            }
+            XA_PREPARE => {
+                if self.txn.as_ref().is_some_and(|t| !t.changes.is_empty()) {
+                    return Err(self.event_error(
+                        ev,
+                        "XA PREPARE of a transaction that changed captured tables: XA transactions are not \
+                         supported; exclude those tables or avoid XA"
+                            .into(),
+                    ));
+                }
+                self.txn = None;
+            }
+            t if MARIA_COMPRESSED.contains(&t) => {
+                return Err(self.event_error(
+                    ev,
+                    format!("compressed event type {t}: set log_bin_compress=OFF on the master"),
+                ))
+            }
+            // Heartbeats, FDE-adjacent, checkpoints, annotations, intvar/rand/user var
+            // (statement-based helpers) and anything new carry nothing to capture.
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    /// XID or COMMIT: the end of a transaction.
+    fn finish(&mut self, ev: &Event) -> Result<Option<CapturedTransaction>, MysqlCaptureError> {
+        if self
+            .txn
+            .as_ref()
+            .is_some_and(|t| t.xa_prepare && !t.changes.is_empty())
+        {
+            return Err(self.event_error(
+                ev,
+                "XA transaction changed captured tables: XA transactions are not supported".into(),
+            ));
+        }
+        Ok(self.commit(ev))
+    }
+
+    fn on_query(&mut self, ev: &Event) -> Result<Option<CapturedTransaction>, MysqlCaptureError> {
+        let q = ev
+            .read_event::<QueryEvent<'_>>()
+            .map_err(|e| self.event_error(ev, e.to_string()))?;
+        let text = strip_comments(q.query_raw());
+        let word = |w: &str| starts_with_word(text, w);
+        if word("BEGIN") || word("XA START") || word("XA BEGIN") {
+            if self.txn.is_none() {
+                self.begin(ev, None, TxnGtid::None, false);
+            }
+            return Ok(None);
+        }
+        if word("COMMIT") || word("XA COMMIT") {
+            return self.finish(ev);
+        }
+        if word("ROLLBACK TO") || word("SAVEPOINT") || word("RELEASE SAVEPOINT") || word("XA END") {
+            return Ok(None);
+        }
+        if word("ROLLBACK") || word("XA ROLLBACK") {
+            // Also what a transaction mixing non-transactional tables logs when it rolls back.
+            if let Some(t) = self.txn.take() {
+                if !t.changes.is_empty() {
+                    tracing::warn!(
+                        txn = t.id.as_deref().unwrap_or("?"),
+                        changes = t.changes.len(),
+                        "transaction logged with ROLLBACK (non-transactional tables?): its changes are dropped"
+                    );
+                }
+                // Its GTID was still consumed by the master.
+                self.txn = Some(OpenTxn {
+                    changes: Vec::new(),
+                    ..t
+                });
+                self.commit(ev);
+            }
+            return Ok(None);
+        }
+        let schema = q.schema().into_owned();
+        if ["INSERT", "UPDATE", "DELETE", "REPLACE", "LOAD"]
+            .iter()
+            .any(|w| word(w))
+            && (schema.is_empty() || self.filter.may_match_schema(&schema))
+        {
+            return Err(self.event_error(
+                ev,
+                format!(
+                    "statement-based change in the binlog (default database {schema:?}): a session wrote with \
+                     binlog_format=STATEMENT or MIXED, so its rows cannot be captured; keep binlog_format=ROW \
+                     for every session"
+                ),
+            ));
+        }
+        // DDL: information_schema facts may have changed.
+        self.ddl_epoch += 1;
+        if self.txn.as_ref().is_some_and(|t| t.standalone) {
+            return self.finish(ev);
+        }
+        Ok(None)
+    }
+
+    fn on_rows(&mut self, ev: &Event) -> Result<(), MysqlCaptureError> {
+        let data = match ev.read_data() {
+            Ok(Some(EventData::RowsEvent(r))) => r,
+            Ok(_) => return Err(self.event_error(ev, "not a rows event".into())),
+            Err(e) => return Err(self.event_error(ev, e.to_string())),
+        };
+        let table_id = data.table_id();
+        let plan = match self.tables.get(&table_id) {
+            Some(TableEntry { plan: Some(p), .. }) => p.clone(),
+            Some(_) => return Ok(()),
+            None => {
+                return Err(self.event_error(
+                    ev,
+                    format!("rows event for table id {table_id} without a preceding table map"),
+                ))
+            }
+        };
+        if self.txn.is_none() {
+            self.begin(ev, None, TxnGtid::None, false);
+        }
+        let n = plan.decoders.len();
+        let complete = |bits: Option<usize>| bits.is_none_or(|ones| ones == n);
+        let before_ones = data.columns_before_image().map(|b| b.count_ones());
+        let after_ones = data.columns_after_image().map(|b| b.count_ones());
+        if data.num_columns() as usize != n || !complete(before_ones) || !complete(after_ones) {
+            return Err(MysqlCaptureError::Event {
+                position: self.here(ev.header().log_pos(), ev.header().event_size()),
+                message: format!(
+                    "rows of {} carry {} of {} columns: the row image is not FULL (a session set \
+                     binlog_row_image to MINIMAL or NOBLOB); keep binlog_row_image=FULL",
+                    plan.schema.id,
+                    before_ones.or(after_ones).unwrap_or(0),
+                    n
+                ),
+            });
+        }
+        let kind = match ev.header().event_type_raw() {
+            WRITE_ROWS_V1 | WRITE_ROWS => 0,
+            UPDATE_ROWS_V1 | UPDATE_ROWS => 1,
+            _ => 2,
+        };
+        let position = || self.here(ev.header().log_pos(), ev.header().event_size());
+        let decode_err = |(col, e): (Option<usize>, DecodeError)| MysqlCaptureError::Decode {
+            table: plan.schema.id.to_string(),
+            column: col.map_or_else(
+                || "(null bitmap)".to_owned(),
+                |i| plan.schema.columns[i].name.clone(),
+            ),
+            position: position(),
+            message: e.0,
+        };
+        let mut cur = Cursor::new(data.rows_data());
+        let mut ops = Vec::new();
+        while !cur.is_empty() {
+            let op = match kind {
+                0 => Op::Insert {
+                    after: decode_image(&plan, &mut cur).map_err(decode_err)?,
+                },
+                1 => {
+                    let before = decode_image(&plan, &mut cur).map_err(decode_err)?;
+                    Op::Update {
+                        before,
+                        after: decode_image(&plan, &mut cur).map_err(decode_err)?,
+                    }
+                }
+                _ => Op::Delete {
+                    before: decode_image(&plan, &mut cur).map_err(decode_err)?,
+                },
+            };
+            ops.push((plan.schema.clone(), op));
+        }
+        let txn = self.txn.as_mut().expect("begun above");
+        if txn.changes.is_empty() {
+            txn.changes = ops;
+        } else {
+            txn.changes.append(&mut ops);
+        }
+        Ok(())
+    }
+}
+
+impl Source for MysqlSource {
+    type Error = MysqlCaptureError;
+
+    async fn preflight(&mut self) -> Result<(), MysqlCaptureError> {
+        let server_id = self.config.server_id;
+        let conn = self.meta().await?;
+        let facts = match preflight::gather(conn, server_id).await {
+            Ok(f) => f,
+            Err(e) => {
+                self.meta = None;
+                return Err(driver("reading server settings for preflight")(e));
+            }
+        };
+        let problems = preflight::check(&facts);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(MysqlCaptureError::Preflight(problems))
+        }
+    }
+
+    async fn start(&mut self, resume: Option<Position>) -> Result<(), MysqlCaptureError> {
+        self.stop().await;
+        self.txn = None;
+        self.pending = None;
+        let info = self.server_info().await?;
+        let p = match resume {
+            Some(Position::Mysql(p)) => p,
+            Some(other) => {
+                return Err(MysqlCaptureError::Config(vec![format!(
+                    "cannot resume a MySQL capture from {other}"
+                )]))
+            }
+            None => match self.master_position().await? {
+                Position::Mysql(p) => p,
+                Position::Postgres(_) => unreachable!("master_position returns a MySQL position"),
+            },
+        };
+        let gtid_text = match p.gtid_set.clone() {
+            Some(g) => Some(g),
+            None if info.mariadb => self.mariadb_gtid_at(&p.file, p.offset).await?,
+            None => None,
+        };
+        let gtid_text = gtid_text.unwrap_or_default();
+        let parsed = if info.mariadb {
+            GtidState::parse_mariadb(&gtid_text)
+        } else {
+            GtidState::parse_mysql(&gtid_text)
+        };
+        self.gtid = parsed.map_err(|e| MysqlCaptureError::Config(vec![format!("resume position: {e}")]))?;
+
+        let mut conn = Conn::new(self.opts.clone())
+            .await
+            .map_err(driver(format!("connecting to {}", self.config.redacted_url())))?;
+        let hb_ns = self.config.heartbeat_secs * 1_000_000_000;
+        let setup = if info.mariadb {
+            // Capability 4 (GTID): the master sends real GTID events instead of BEGIN queries.
+            format!(
+                "SET @mariadb_slave_capability=4, @master_binlog_checksum=@@global.binlog_checksum, \
+                 @master_heartbeat_period={hb_ns}"
+            )
+        } else {
+            let uuid = format!("00000000-0000-0000-0000-{:012x}", self.config.server_id);
+            format!(
+                "SET @master_binlog_checksum=@@global.binlog_checksum, @source_binlog_checksum=@@global.binlog_checksum, \
+                 @master_heartbeat_period={hb_ns}, @source_heartbeat_period={hb_ns}, \
+                 @slave_uuid='{uuid}', @replica_uuid='{uuid}'"
+            )
+        };
+        conn.query_drop(setup)
+            .await
+            .map_err(driver("preparing the binlog dump session"))?;
+        let request = BinlogStreamRequest::new(self.config.server_id)
+            .with_filename(p.file.as_bytes())
+            .with_pos(p.offset);
+        let stream = conn.get_binlog_stream(request).await.map_err(driver(format!(
+            "requesting the binlog from {}:{}",
+            p.file, p.offset
+        )))?;
+        tracing::info!(file = %p.file, offset = p.offset, gtid = %gtid_text, server_id = self.config.server_id, "binlog capture started");
+        self.stream = Some(stream);
+        self.file = p.file;
+        self.seen_fde = false;
+        Ok(())
+    }
+
+    async fn next_transaction(&mut self) -> Result<CapturedTransaction, MysqlCaptureError> {
+        loop {
+            let ev = match self.pending.take() {
+                Some(ev) => ev,
+                None => self.next_event().await?,
+            };
+            if ev.header().event_type_raw() == TABLE_MAP {
+                if let Some((db, table)) = self.table_map_needs_lookup(&ev)? {
+                    // Kept until installed, so a dropped future does not lose the table map.
+                    self.pending = Some(ev.clone());
+                    let mariadb = self.server.as_ref().is_some_and(|s| s.mariadb);
+                    let info = self.table_info(&db, &table, mariadb).await?;
+                    self.pending = None;
+                    self.install_plan(&ev, &info)?;
+                }
+                continue;
+            }
+            if let Some(txn) = self.handle(&ev)? {
+                return Ok(txn);
+            }
+        }
+    }
+}
+
+/// Reads one row image: the NULL bitmap, then every non-NULL value.
+fn decode_image(plan: &TablePlan, cur: &mut Cursor<'_>) -> Result<Vec<Value>, (Option<usize>, DecodeError)> {
+    let nulls = cur.take(plan.null_bitmap_len).map_err(|e| (None, e))?;
+    let mut row = Vec::with_capacity(plan.decoders.len());
+    for (i, d) in plan.decoders.iter().enumerate() {
+        if nulls[i >> 3] & (1 << (i & 7)) != 0 {
+            row.push(Value::Null);
+        } else {
+            row.push(d.decode(cur).map_err(|e| (Some(i), e))?);
+        }
+    }
+    Ok(row)
+}
+
+/// The table id at the start of a TABLE_MAP body (6 bytes, little-endian).
+fn table_id_of(data: &[u8]) -> u64 {
+    data.iter().take(6).rev().fold(0, |acc, &b| (acc << 8) | b as u64)
+}
+
+/// True when the event's last 4 bytes are the CRC32 of everything before them.
+fn has_trailing_crc(ev: &Event) -> bool {
+    let h = ev.header();
+    let mut header = Vec::with_capacity(19);
+    header.extend_from_slice(&h.timestamp().to_le_bytes());
+    header.push(h.event_type_raw());
+    header.extend_from_slice(&h.server_id().to_le_bytes());
+    header.extend_from_slice(&h.event_size().to_le_bytes());
+    header.extend_from_slice(&h.log_pos().to_le_bytes());
+    header.extend_from_slice(&h.flags_raw().to_le_bytes());
+    let data = ev.data();
+    let (body, crc) = data.split_at(data.len() - 4);
+    crc32(&[&header, body]) == u32::from_le_bytes(crc.try_into().expect("4 bytes"))
+}
+
+/// CRC-32 (IEEE), bitwise: used once per connection, not worth a table.
+fn crc32(chunks: &[&[u8]]) -> u32 {
+    let mut c = !0u32;
+    for chunk in chunks {
+        for &b in *chunk {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0xEDB8_8320
+                } else {
+                    c >> 1
+                };
+            }
+        }
+    }
+    !c
+}
+
+/// The statement text after leading whitespace and `/* … */` comments.
+fn strip_comments(raw: &[u8]) -> &[u8] {
+    let mut s = raw;
+    loop {
+        while let [b, rest @ ..] = s {
+            if b.is_ascii_whitespace() {
+                s = rest;
+            } else {
+                break;
+            }
+        }
+        if s.starts_with(b"/*") {
+            match s.windows(2).position(|w| w == b"*/") {
+                Some(end) => s = &s[end + 2..],
+                None => return &[],
+            }
+        } else {
+            return s;
+        }
+    }
+}
+
+/// Case-insensitive `text` starts with the words `w` (single spaces between
+/// words match any whitespace), followed by a non-identifier character or the end.
+fn starts_with_word(text: &[u8], w: &str) -> bool {
+    let mut t = text;
+    for (i, word) in w.split(' ').enumerate() {
+        if i > 0 {
+            let ws = t.iter().take_while(|b| b.is_ascii_whitespace()).count();
+            if ws == 0 {
+                return false;
+            }
+            t = &t[ws..];
+        }
+        if t.len() < word.len() || !t[..word.len()].eq_ignore_ascii_case(word.as_bytes()) {
+            return false;
+        }
+        t = &t[word.len()..];
+    }
+    t.first()
+        .is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+}

@@ -3,3 +3,7 @@
 pub mod apply;
 pub mod apply_sql;
 pub mod capture;
+pub mod binlog_table;
+pub mod binlog_values;
+pub mod gtid;
+pub mod preflight;

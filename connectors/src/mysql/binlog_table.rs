@@ -1,0 +1,592 @@
+//! From a binlog TABLE_MAP event to a [`TableSchema`] and the decoders for its rows.
+//!
+//! # Where each fact comes from
+//! The table map (with `binlog_row_metadata=FULL`) is the authority for
+//! *decoding*: column types and their metadata (lengths, precision, fsp, BIT
+//! width), nullability, signedness, collations, ENUM/SET labels, names and the
+//! primary key, all as they were when the row was written. `information_schema`
+//! is read once per new table map for what the binlog does not carry: the
+//! server's `COLUMN_TYPE` text and, on MariaDB, whether a LONGTEXT is a JSON
+//! column (a `json_valid(col)` check constraint). Lengths in characters are
+//! exact from both (the binlog stores `chars × mbmaxlen` bytes).
+//!
+//! `information_schema` shows the table *now*. When it no longer matches the
+//! table map (the table was altered or dropped after the binlog event was
+//! written — a capture catching up behind a migration that creates, fills and
+//! drops a table), the schema is built from the table map alone and a warning
+//! is logged: the values stay exact; only `source_type` is synthesized and a
+//! MariaDB JSON column shows as LONGTEXT.
+
+use super::binlog_values::{BlobContent, Charset, ColumnDecoder};
+use super::capture::MysqlCaptureError;
+use mysql_common::binlog::events::{OptionalMetaExtractor, OptionalMetadataField, TableMapEvent};
+use mysql_common::constants::ColumnType as MyType;
+use pipeline::schema::{ColumnDef, ColumnType, TableId, TableSchema};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One column as `information_schema.COLUMNS` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InfoColumn {
+    pub name: String,
+    /// `DATA_TYPE`, lower case (`int`, `varchar`, `longtext`).
+    pub data_type: String,
+    /// `COLUMN_TYPE` (`int(10) unsigned`, `enum('a','b')`).
+    pub column_type: String,
+    pub nullable: bool,
+    pub charset: Option<String>,
+    /// `CHARACTER_MAXIMUM_LENGTH`: characters for text, bytes for binary strings.
+    pub char_max_len: Option<u64>,
+    /// MariaDB: a `json_valid(col)` check constraint exists.
+    pub json_check: bool,
+}
+
+/// A table's schema and how to decode its row images.
+#[derive(Debug)]
+pub struct TablePlan {
+    pub schema: Arc<TableSchema>,
+    pub decoders: Vec<ColumnDecoder>,
+    /// Bytes of the row-image NULL bitmap (`ceil(columns / 8)`).
+    pub null_bitmap_len: usize,
+}
+
+/// Collation id → charset name, as the server reports them.
+pub type Collations = HashMap<u16, String>;
+
+/// What the table map says about one column.
+struct MapColumn {
+    name: Option<String>,
+    ty: MyType,
+    meta: Vec<u8>,
+    nullable: bool,
+    unsigned: bool,
+    collation: Option<u16>,
+    labels: Option<Vec<Vec<u8>>>,
+}
+
+fn unsupported(table: &TableId, column: &str, ty: impl Into<String>) -> MysqlCaptureError {
+    MysqlCaptureError::UnsupportedType {
+        table: table.to_string(),
+        column: column.to_string(),
+        ty: ty.into(),
+    }
+}
+
+fn meta_err(table: &TableId, msg: impl Into<String>) -> MysqlCaptureError {
+    MysqlCaptureError::TableMap {
+        table: table.to_string(),
+        message: msg.into(),
+    }
+}
+
+/// Reads every per-column fact out of the table map.
+fn map_columns(tme: &TableMapEvent<'_>, id: &TableId) -> Result<Vec<MapColumn>, MysqlCaptureError> {
+    let n = tme.columns_count() as usize;
+    let opt =
+        OptionalMetaExtractor::new(tme.iter_optional_meta()).map_err(|e| meta_err(id, e.to_string()))?;
+    let mut signedness = opt.iter_signedness();
+    let mut charsets = opt.iter_charset();
+    let mut enum_set_charsets = opt.iter_enum_and_set_charset();
+    let mut names = opt.iter_column_name();
+    let mut enum_labels = Vec::new();
+    let mut set_labels = Vec::new();
+    for field in tme.iter_optional_meta() {
+        match field.map_err(|e| meta_err(id, e.to_string()))? {
+            OptionalMetadataField::EnumStrValue(v) => {
+                for col in v.iter_values() {
+                    let col = col.map_err(|e| meta_err(id, e.to_string()))?;
+                    enum_labels.push(
+                        col.values()
+                            .iter()
+                            .map(|l| l.value_raw().to_vec())
+                            .collect::<Vec<_>>(),
+                    );
+                }
+            }
+            OptionalMetadataField::SetStrValue(v) => {
+                for col in v.iter_values() {
+                    let col = col.map_err(|e| meta_err(id, e.to_string()))?;
+                    set_labels.push(
+                        col.values()
+                            .iter()
+                            .map(|l| l.value_raw().to_vec())
+                            .collect::<Vec<_>>(),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    let (mut enum_labels, mut set_labels) = (enum_labels.into_iter(), set_labels.into_iter());
+    let nulls = tme.null_bitmask();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = names
+            .next()
+            .transpose()
+            .map_err(|e| meta_err(id, e.to_string()))?
+            .map(|c| c.name().into_owned());
+        let label = || name.clone().unwrap_or_else(|| format!("#{}", i + 1));
+        let raw = match tme.get_raw_column_type(i) {
+            Ok(Some(t)) => t,
+            Ok(None) => return Err(meta_err(id, format!("no type for column {}", i + 1))),
+            Err(e) => return Err(unsupported(id, &label(), format!("binlog type code {}", e.0))),
+        };
+        let ty = tme
+            .get_column_type(i)
+            .map_err(|e| unsupported(id, &label(), format!("{raw:?} ({e})")))?
+            .unwrap_or(raw);
+        let meta = tme
+            .get_column_metadata(i)
+            .ok_or_else(|| meta_err(id, format!("no metadata for column {}", label())))?
+            .to_vec();
+        let unsigned = ty.is_numeric_type() && signedness.next().unwrap_or(false);
+        let collation = if ty.is_character_type() {
+            charsets
+                .next()
+                .transpose()
+                .map_err(|e| meta_err(id, e.to_string()))?
+        } else if ty.is_enum_or_set_type() {
+            enum_set_charsets
+                .next()
+                .transpose()
+                .map_err(|e| meta_err(id, e.to_string()))?
+        } else {
+            None
+        };
+        let labels = match ty {
+            MyType::MYSQL_TYPE_ENUM => enum_labels.next(),
+            MyType::MYSQL_TYPE_SET => set_labels.next(),
+            _ => None,
+        };
+        out.push(MapColumn {
+            name,
+            ty,
+            meta,
+            nullable: nulls.get(i).is_some_and(|b| *b),
+            unsigned,
+            collation,
+            labels,
+        });
+    }
+    Ok(out)
+}
+
+/// Does `information_schema`'s `DATA_TYPE` name the same kind of column as the binlog type?
+fn same_family(data_type: &str, ty: MyType) -> bool {
+    use MyType::*;
+    match data_type {
+        "tinyint" => ty == MYSQL_TYPE_TINY,
+        "smallint" => ty == MYSQL_TYPE_SHORT,
+        "mediumint" => ty == MYSQL_TYPE_INT24,
+        "int" | "integer" => ty == MYSQL_TYPE_LONG,
+        "bigint" => ty == MYSQL_TYPE_LONGLONG,
+        "float" => ty == MYSQL_TYPE_FLOAT,
+        "double" | "real" => ty == MYSQL_TYPE_DOUBLE,
+        "decimal" | "numeric" => ty == MYSQL_TYPE_NEWDECIMAL,
+        "date" => matches!(ty, MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE),
+        "time" => matches!(ty, MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2),
+        "datetime" => matches!(ty, MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2),
+        "timestamp" => matches!(ty, MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2),
+        "year" => ty == MYSQL_TYPE_YEAR,
+        "bit" => ty == MYSQL_TYPE_BIT,
+        "enum" => ty == MYSQL_TYPE_ENUM,
+        "set" => ty == MYSQL_TYPE_SET,
+        "char" | "binary" => ty == MYSQL_TYPE_STRING,
+        "varchar" | "varbinary" => ty == MYSQL_TYPE_VARCHAR,
+        "tinytext" | "text" | "mediumtext" | "longtext" | "tinyblob" | "blob" | "mediumblob" | "longblob" => {
+            ty == MYSQL_TYPE_BLOB
+        }
+        "json" => matches!(ty, MYSQL_TYPE_JSON | MYSQL_TYPE_BLOB),
+        _ => false,
+    }
+}
+
+/// `information_schema` types this capture knows it cannot carry.
+fn known_unsupported(data_type: &str) -> bool {
+    matches!(
+        data_type,
+        "uuid"
+            | "inet4"
+            | "inet6"
+            | "vector"
+            | "geometry"
+            | "point"
+            | "linestring"
+            | "polygon"
+            | "multipoint"
+            | "multilinestring"
+            | "multipolygon"
+            | "geometrycollection"
+            | "geomcollection"
+    )
+}
+
+/// Builds the plan for a table map. `info` is `information_schema`'s view of the
+/// table (empty when the table no longer exists).
+pub fn build_plan(
+    tme: &TableMapEvent<'_>,
+    info: &[InfoColumn],
+    collations: &Collations,
+) -> Result<TablePlan, MysqlCaptureError> {
+    let id = TableId::new(tme.database_name(), tme.table_name());
+    let cols = map_columns(tme, &id)?;
+
+    // Refuse types we know we cannot carry, even if the binlog looks decodable (MariaDB's
+    // UUID/INET6 are logged as BINARY(16) but SELECT shows them as text).
+    for (i, ic) in info.iter().enumerate() {
+        if known_unsupported(&ic.data_type)
+            && cols
+                .get(i)
+                .is_some_and(|c| c.name.as_deref().is_none_or(|n| n == ic.name))
+        {
+            return Err(unsupported(&id, &ic.name, ic.column_type.clone()));
+        }
+    }
+    let consistent = info.len() == cols.len()
+        && cols.iter().zip(info).all(|(c, ic)| {
+            c.name.as_deref().is_none_or(|n| n == ic.name) && same_family(&ic.data_type, c.ty)
+        });
+    if !consistent {
+        tracing::warn!(
+            table = %id,
+            binlog_columns = cols.len(),
+            information_schema_columns = info.len(),
+            "information_schema no longer matches the binlog table map (table altered or dropped since); \
+             building the schema from the table map alone"
+        );
+    }
+    let info = if consistent { info } else { &[] };
+
+    let mut columns = Vec::with_capacity(cols.len());
+    let mut decoders = Vec::with_capacity(cols.len());
+    for (i, c) in cols.iter().enumerate() {
+        let ic = info.get(i);
+        let name = c
+            .name
+            .clone()
+            .or_else(|| ic.map(|ic| ic.name.clone()))
+            .unwrap_or_else(|| format!("@{}", i + 1));
+        let charset_name = match c.collation {
+            Some(coll) => Some(collations.get(&coll).cloned().ok_or_else(|| {
+                unsupported(
+                    &id,
+                    &name,
+                    format!("column with collation id {coll}, unknown to this server"),
+                )
+            })?),
+            None if c.ty.is_character_type() || c.ty.is_enum_or_set_type() => {
+                ic.and_then(|ic| ic.charset.clone())
+            }
+            None => None,
+        };
+        let charset = match &charset_name {
+            Some(cs) => Some(
+                Charset::from_name(cs)
+                    .ok_or_else(|| unsupported(&id, &name, format!("text in charset {cs}")))?,
+            ),
+            None => None,
+        };
+        let (ty, decoder, synth) = column_type(c, charset, ic, &id, &name)?;
+        let source_type = ic.map(|ic| ic.column_type.clone()).unwrap_or(synth);
+        columns.push(ColumnDef {
+            name,
+            ty,
+            nullable: c.nullable,
+            charset: match charset {
+                Some(Charset::Binary) | None => None,
+                Some(_) => charset_name,
+            },
+            source_type,
+        });
+        decoders.push(decoder);
+    }
+    let primary_key = primary_key(tme, &id, columns.len())?;
+    Ok(TablePlan {
+        null_bitmap_len: columns.len().div_ceil(8),
+        schema: Arc::new(TableSchema {
+            id,
+            columns,
+            primary_key,
+        }),
+        decoders,
+    })
+}
+
+fn primary_key(tme: &TableMapEvent<'_>, id: &TableId, n: usize) -> Result<Vec<usize>, MysqlCaptureError> {
+    let opt =
+        OptionalMetaExtractor::new(tme.iter_optional_meta()).map_err(|e| meta_err(id, e.to_string()))?;
+    let mut pk = Vec::new();
+    for idx in opt.iter_primary_key() {
+        let idx = idx.map_err(|e| meta_err(id, e.to_string()))? as usize;
+        if idx >= n {
+            return Err(meta_err(
+                id,
+                format!("primary key column index {idx} beyond {n} columns"),
+            ));
+        }
+        pk.push(idx);
+    }
+    Ok(pk)
+}
+
+/// The pipeline type, the decoder and a synthesized `COLUMN_TYPE` for one column.
+fn column_type(
+    c: &MapColumn,
+    charset: Option<Charset>,
+    ic: Option<&InfoColumn>,
+    id: &TableId,
+    name: &str,
+) -> Result<(ColumnType, ColumnDecoder, String), MysqlCaptureError> {
+    use MyType::*;
+    let m = &c.meta;
+    let meta = |i: usize| -> Result<u8, MysqlCaptureError> {
+        m.get(i)
+            .copied()
+            .ok_or_else(|| meta_err(id, format!("column {name}: short {:?} metadata", c.ty)))
+    };
+    let uns = if c.unsigned { " unsigned" } else { "" };
+    let int = |bytes: u8, sql: &str| {
+        (
+            ColumnType::Integer {
+                bytes,
+                unsigned: c.unsigned,
+            },
+            ColumnDecoder::Int {
+                bytes,
+                unsigned: c.unsigned,
+            },
+            format!("{sql}{uns}"),
+        )
+    };
+    let text_charset = || charset.unwrap_or(Charset::Binary);
+    // Characters from a byte length, preferring information_schema's exact figure.
+    let chars = |bytes: u32, cs: Charset| -> u32 {
+        ic.and_then(|ic| ic.char_max_len)
+            .map(|l| l as u32)
+            .unwrap_or(bytes / cs.max_len())
+    };
+    let decode_labels = |labels: &Option<Vec<Vec<u8>>>| -> Result<Vec<String>, MysqlCaptureError> {
+        let cs = charset.unwrap_or(Charset::Utf8);
+        labels
+            .as_ref()
+            .ok_or_else(|| {
+                meta_err(
+                    id,
+                    format!("column {name}: no ENUM/SET labels (binlog_row_metadata must be FULL)"),
+                )
+            })?
+            .iter()
+            .map(|l| {
+                cs.decode(l)
+                    .map_err(|e| meta_err(id, format!("column {name}: label: {e}")))
+            })
+            .collect()
+    };
+    let quoted = |labels: &[String]| {
+        labels
+            .iter()
+            .map(|l| format!("'{}'", l.replace('\'', "''")))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    Ok(match c.ty {
+        MYSQL_TYPE_TINY => int(1, "tinyint"),
+        MYSQL_TYPE_SHORT => int(2, "smallint"),
+        MYSQL_TYPE_INT24 => int(3, "mediumint"),
+        MYSQL_TYPE_LONG => int(4, "int"),
+        MYSQL_TYPE_LONGLONG => int(8, "bigint"),
+        MYSQL_TYPE_FLOAT => (ColumnType::Float, ColumnDecoder::Float, format!("float{uns}")),
+        MYSQL_TYPE_DOUBLE => (ColumnType::Double, ColumnDecoder::Double, format!("double{uns}")),
+        MYSQL_TYPE_NEWDECIMAL => {
+            let (precision, scale) = (meta(0)?, meta(1)?);
+            (
+                ColumnType::Decimal { precision, scale },
+                ColumnDecoder::Decimal { precision, scale },
+                format!("decimal({precision},{scale}){uns}"),
+            )
+        }
+        MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => (ColumnType::Date, ColumnDecoder::Date, "date".into()),
+        MYSQL_TYPE_TIME2 => {
+            let fsp = meta(0)?;
+            (
+                ColumnType::Time { fsp },
+                ColumnDecoder::Time2 { fsp },
+                with_fsp("time", fsp),
+            )
+        }
+        MYSQL_TYPE_DATETIME2 => {
+            let fsp = meta(0)?;
+            (
+                ColumnType::DateTime { fsp },
+                ColumnDecoder::DateTime2 { fsp },
+                with_fsp("datetime", fsp),
+            )
+        }
+        MYSQL_TYPE_TIMESTAMP2 => {
+            let fsp = meta(0)?;
+            (
+                ColumnType::Timestamp { fsp },
+                ColumnDecoder::Timestamp2 { fsp },
+                with_fsp("timestamp", fsp),
+            )
+        }
+        MYSQL_TYPE_TIME if m.is_empty() => {
+            (ColumnType::Time { fsp: 0 }, ColumnDecoder::TimeOld, "time".into())
+        }
+        MYSQL_TYPE_DATETIME if m.is_empty() => (
+            ColumnType::DateTime { fsp: 0 },
+            ColumnDecoder::DateTimeOld,
+            "datetime".into(),
+        ),
+        MYSQL_TYPE_TIMESTAMP if m.is_empty() => (
+            ColumnType::Timestamp { fsp: 0 },
+            ColumnDecoder::TimestampOld,
+            "timestamp".into(),
+        ),
+        MYSQL_TYPE_YEAR => (ColumnType::Year, ColumnDecoder::Year, "year".into()),
+        MYSQL_TYPE_BIT => {
+            let width = meta(1)? as u16 * 8 + meta(0)? as u16;
+            (
+                ColumnType::Bit { width },
+                ColumnDecoder::Bit { width },
+                format!("bit({width})"),
+            )
+        }
+        MYSQL_TYPE_ENUM => {
+            let labels = decode_labels(&c.labels)?;
+            let sql = format!("enum({})", quoted(&labels));
+            (
+                ColumnType::Enum {
+                    labels: labels.clone(),
+                },
+                ColumnDecoder::Enum {
+                    pack: meta(1)?,
+                    labels,
+                },
+                sql,
+            )
+        }
+        MYSQL_TYPE_SET => {
+            let labels = decode_labels(&c.labels)?;
+            let sql = format!("set({})", quoted(&labels));
+            (
+                ColumnType::Set {
+                    labels: labels.clone(),
+                },
+                ColumnDecoder::Set {
+                    pack: meta(1)?,
+                    labels,
+                },
+                sql,
+            )
+        }
+        MYSQL_TYPE_STRING => {
+            let (m0, m1) = (meta(0)?, meta(1)?);
+            // Lengths over 255 borrow two bits of the real-type byte (Field_string::save_field_metadata).
+            let max_bytes = if m0 & 0x30 != 0x30 {
+                ((((m0 & 0x30) ^ 0x30) as u32) << 4) | m1 as u32
+            } else {
+                m1 as u32
+            };
+            match text_charset() {
+                Charset::Binary => (
+                    ColumnType::Binary { length: max_bytes },
+                    ColumnDecoder::Binary { length: max_bytes },
+                    format!("binary({max_bytes})"),
+                ),
+                cs => {
+                    let length = chars(max_bytes, cs);
+                    (
+                        ColumnType::Char { length },
+                        ColumnDecoder::Char {
+                            max_bytes,
+                            charset: cs,
+                        },
+                        format!("char({length})"),
+                    )
+                }
+            }
+        }
+        MYSQL_TYPE_VARCHAR => {
+            let max_bytes = u16::from_le_bytes([meta(0)?, meta(1)?]) as u32;
+            match text_charset() {
+                Charset::Binary => (
+                    ColumnType::VarBinary { length: max_bytes },
+                    ColumnDecoder::VarString {
+                        max_bytes,
+                        charset: Charset::Binary,
+                    },
+                    format!("varbinary({max_bytes})"),
+                ),
+                cs => {
+                    let length = chars(max_bytes, cs);
+                    (
+                        ColumnType::VarChar { length },
+                        ColumnDecoder::VarString {
+                            max_bytes,
+                            charset: cs,
+                        },
+                        format!("varchar({length})"),
+                    )
+                }
+            }
+        }
+        MYSQL_TYPE_BLOB => {
+            let pack = meta(0)?;
+            let (max_bytes, prefix) = match pack {
+                1 => (255u64, "tiny"),
+                2 => (65_535, ""),
+                3 => (16_777_215, "medium"),
+                4 => (4_294_967_295, "long"),
+                p => return Err(meta_err(id, format!("column {name}: BLOB pack length {p}"))),
+            };
+            let json = ic.is_some_and(|ic| ic.json_check || ic.data_type == "json");
+            match text_charset() {
+                Charset::Binary => (
+                    ColumnType::Blob { max_bytes },
+                    ColumnDecoder::Blob {
+                        pack,
+                        content: BlobContent::Bytes,
+                    },
+                    format!("{prefix}blob"),
+                ),
+                cs if json => (
+                    ColumnType::Json,
+                    ColumnDecoder::Blob {
+                        pack,
+                        content: BlobContent::JsonText(cs),
+                    },
+                    "longtext".into(),
+                ),
+                cs => (
+                    ColumnType::Text { max_bytes },
+                    ColumnDecoder::Blob {
+                        pack,
+                        content: BlobContent::Text(cs),
+                    },
+                    format!("{prefix}text"),
+                ),
+            }
+        }
+        MYSQL_TYPE_JSON => (
+            ColumnType::Json,
+            ColumnDecoder::JsonBinary { pack: meta(0)? },
+            "json".into(),
+        ),
+        other => {
+            let ty = ic
+                .map(|ic| ic.column_type.clone())
+                .unwrap_or_else(|| format!("{other:?}"));
+            return Err(unsupported(id, name, ty));
+        }
+    })
+}
+
+fn with_fsp(base: &str, fsp: u8) -> String {
+    if fsp == 0 {
+        base.to_owned()
+    } else {
+        format!("{base}({fsp})")
+    }
+}
