@@ -799,7 +799,8 @@ impl MysqlSource {
                             .into(),
                     ));
                 }
-                self.txn = None;
+                // Nothing of ours in it; its GTID is consumed all the same.
+                self.commit(ev);
             }
             t if MARIA_COMPRESSED.contains(&t) => {
                 return Err(self.event_error(
@@ -1173,4 +1174,97 @@ fn starts_with_word(text: &[u8], w: &str) -> bool {
     }
     t.first()
         .is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_validation_and_redaction() {
+        let cfg: MysqlSourceConfig = toml_like(r#"{"url": "mysql://u:secret@db1:3306/app"}"#);
+        assert_eq!(cfg.server_id, DEFAULT_SERVER_ID);
+        assert_eq!(cfg.heartbeat_secs, DEFAULT_HEARTBEAT_SECS);
+        assert!(cfg.validate().is_empty(), "{:?}", cfg.validate());
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("secret") && dbg.contains("***"), "{dbg}");
+        assert!(MysqlSource::new(cfg.clone()).is_ok());
+
+        let bad = MysqlSourceConfig {
+            url: "postgres://x/".into(),
+            server_id: 0,
+            include: vec!["ok".into(), "a.".into()],
+            exclude: vec!["".into()],
+            heartbeat_secs: 0,
+        };
+        let errs = bad.validate();
+        assert_eq!(errs.len(), 5, "{errs:#?}");
+        assert!(
+            errs[0].starts_with("source.url: scheme must be mysql://"),
+            "{}",
+            errs[0]
+        );
+        assert!(errs[1].starts_with("source.server_id:"));
+        assert!(errs[2].starts_with("source.heartbeat_secs:"));
+        assert!(errs[3].starts_with("source.include[1]:"));
+        assert!(errs[4].starts_with("source.exclude[0]:"));
+        let err = MysqlSource::new(bad).unwrap_err();
+        assert!(!err.is_transient());
+        assert!(serde_json::from_str::<MysqlSourceConfig>(r#"{"url": "mysql://h/", "colour": 1}"#).is_err());
+    }
+
+    fn toml_like(json: &str) -> MysqlSourceConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn error_classes() {
+        let server = |code| {
+            mysql_async::Error::Server(mysql_async::ServerError {
+                code,
+                message: String::new(),
+                state: String::new(),
+            })
+        };
+        let d = |e| MysqlCaptureError::Driver {
+            context: "x".into(),
+            source: e,
+        };
+        assert!(d(server(1927)).is_transient()); // connection killed
+        assert!(d(server(1205)).is_transient()); // lock wait timeout
+        assert!(!d(server(1045)).is_transient()); // access denied
+        assert!(!d(server(1236)).is_transient()); // binlog gone
+        assert!(d(mysql_async::Error::Driver(
+            mysql_async::DriverError::ConnectionClosed
+        ))
+        .is_transient());
+        assert!(MysqlCaptureError::HeartbeatTimeout(Duration::from_secs(3)).is_transient());
+        assert!(MysqlCaptureError::StreamEnded.is_transient());
+        assert!(!MysqlCaptureError::NotStarted.is_transient());
+    }
+
+    #[test]
+    fn statement_words() {
+        assert_eq!(strip_comments(b"  /* a */ /*b*/ BEGIN"), b"BEGIN");
+        assert!(starts_with_word(b"BEGIN", "BEGIN"));
+        assert!(starts_with_word(b"xa  commit 'x'", "XA COMMIT"));
+        assert!(!starts_with_word(b"BEGINNING", "BEGIN"));
+        assert!(starts_with_word(b"ROLLBACK TO SAVEPOINT s", "ROLLBACK TO"));
+        assert!(starts_with_word(b"insert into t values (1)", "INSERT"));
+        assert!(!starts_with_word(b"inserted", "INSERT"));
+    }
+
+    #[test]
+    fn crc32_matches_the_reference() {
+        assert_eq!(crc32(&[b"123456789"]), 0xCBF4_3926);
+        assert_eq!(crc32(&[b"1234", b"56789"]), 0xCBF4_3926);
+    }
+
+    #[allow(dead_code)]
+    fn futures_are_send(s: &mut MysqlSource) {
+        fn send<T: Send>(_: T) {}
+        send(s.preflight());
+        send(s.start(None));
+        send(s.next_transaction());
+    }
 }
