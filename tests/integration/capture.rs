@@ -625,6 +625,28 @@ async fn resume_from_a_position_gives_exactly_what_followed() {
 }
 
 #[tokio::test]
+async fn capture_follows_binlog_rotation() {
+    let mut c = admin().await;
+    let db = fresh_db(&mut c, "cap_rotate").await;
+    c.query_drop("CREATE TABLE t (id INT PRIMARY KEY)").await.unwrap();
+    let mut src = started(config(&[&db], &[]), None).await;
+    c.query_drop("INSERT INTO t VALUES (1)").await.unwrap();
+    let t1 = next(&mut src).await;
+    c.query_drop("FLUSH BINARY LOGS").await.unwrap();
+    c.query_drop("INSERT INTO t VALUES (2)").await.unwrap();
+    let t2 = next(&mut src).await;
+    let (Position::Mysql(p1), Position::Mysql(p2)) = (&t1.position, &t2.position) else {
+        panic!()
+    };
+    assert!(p2.file_index() > p1.file_index(), "{p1:?} then {p2:?}");
+    assert!(t2.position > t1.position);
+    // Resuming from the end of the old file crosses the rotation too.
+    let mut again = started(config(&[&db], &[]), Some(t1.position.clone())).await;
+    assert_eq!(next(&mut again).await, t2);
+    drop_db(&mut c, &db).await;
+}
+
+#[tokio::test]
 async fn excluded_tables_and_databases_never_appear() {
     let mut c = admin().await;
     let db = fresh_db(&mut c, "cap_filter").await;
