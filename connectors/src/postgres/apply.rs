@@ -173,7 +173,7 @@ fn redact_url(url: &str) -> String {
 /// Why applying to a PostgreSQL replica failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresApplyError {
-    #[error("PostgreSQL replica, {context}: {source}")]
+    #[error("PostgreSQL replica, {context}: {}", describe(source))]
     Driver {
         context: String,
         #[source]
@@ -247,6 +247,21 @@ pub fn classify_driver(e: &tokio_postgres::Error) -> ErrorClass {
         ErrorClass::Transient
     } else {
         ErrorClass::Definite
+    }
+}
+
+/// The server's message and SQLSTATE when there is one (tokio-postgres
+/// displays only "db error" for those).
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!(" ({d})"));
+            }
+            s
+        }
+        None => e.to_string(),
     }
 }
 
