@@ -734,13 +734,13 @@ fn matrix_columns() -> Vec<MatrixColumn> {
     ]
 }
 
-fn matrix_schema(db: &str, columns: &[MatrixColumn]) -> Arc<TableSchema> {
+fn matrix_schema(db: &str, columns: &[MatrixColumn], keyed: bool) -> Arc<TableSchema> {
     let mut defs = vec![column("id", int(4, false), None, false)];
     defs.extend(columns.iter().map(|c| c.def.clone()));
     Arc::new(TableSchema {
         id: TableId::new(db, "matrix"),
         columns: defs,
-        primary_key: vec![0],
+        primary_key: if keyed { vec![0] } else { vec![] },
     })
 }
 
@@ -836,10 +836,13 @@ async fn assert_matrix(t: &mut Target, columns: &[MatrixColumn], expected: &BTre
     }
 }
 
-async fn type_matrix(engine: Engine) {
+/// With `keyed = false` the table has no primary key, so every update and
+/// delete below must find its row by comparing every column: the row match
+/// is exercised for every type.
+async fn type_matrix(engine: Engine, keyed: bool) {
     let mut t = Target::new(engine).await;
     let columns = matrix_columns();
-    let schema = matrix_schema(&t.db, &columns);
+    let schema = matrix_schema(&t.db, &columns, keyed);
     let mut sink = t.sink();
     assert_eq!(sink.open().await.unwrap(), 0);
 
@@ -902,12 +905,22 @@ async fn type_matrix(engine: Engine) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn type_matrix_mariadb() {
-    type_matrix(Engine::Mariadb).await;
+    type_matrix(Engine::Mariadb, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn type_matrix_no_key_mariadb() {
+    type_matrix(Engine::Mariadb, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn type_matrix_postgres() {
-    type_matrix(Engine::Postgres).await;
+    type_matrix(Engine::Postgres, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn type_matrix_no_key_postgres() {
+    type_matrix(Engine::Postgres, false).await;
 }
 
 /// Values only one side can hold: zero dates (MariaDB keeps them; PostgreSQL

@@ -24,13 +24,10 @@ use pipeline::value::{civil_from_days, Value};
 ///   silent truncation); zero dates allowed (the source has them);
 ///   `NO_AUTO_VALUE_ON_ZERO` so a replicated `0` in an AUTO_INCREMENT column
 ///   stays `0`; no `NO_BACKSLASH_ESCAPES`, which [`quote_string`] relies on.
-/// - `explicit_defaults_for_timestamp`: a `TIMESTAMP NOT NULL` column we
-///   create gets no implicit `ON UPDATE CURRENT_TIMESTAMP`.
 pub const SESSION_SETUP: &[&str] = &[
     "SET NAMES utf8mb4",
     "SET SESSION time_zone = '+00:00', \
-     sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO', \
-     explicit_defaults_for_timestamp = 1",
+     sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO'",
 ];
 
 /// The most parameters one prepared statement may carry (a protocol limit).
@@ -166,7 +163,16 @@ pub fn create_table_sql(
     let mut parts = Vec::with_capacity(schema.columns.len() + 1);
     for col in &schema.columns {
         let ty = column_type_sql(col, flavor).map_err(|m| (col.name.clone(), m))?;
-        let null = if col.nullable { "NULL" } else { "NOT NULL" };
+        // An explicit DEFAULT keeps a TIMESTAMP column free of the implicit
+        // `DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP` servers add
+        // when `explicit_defaults_for_timestamp` is off (every row we write
+        // sets every column, so the default itself is never used).
+        let null = match (&col.ty, col.nullable) {
+            (ColumnType::Timestamp { .. }, true) => "NULL DEFAULT NULL",
+            (ColumnType::Timestamp { .. }, false) => "NOT NULL DEFAULT '1970-01-01 00:00:01'",
+            (_, true) => "NULL",
+            (_, false) => "NOT NULL",
+        };
         parts.push(format!("{} {ty} {null}", quote_ident(&col.name)));
     }
     if schema.has_primary_key() {
@@ -561,6 +567,18 @@ mod tests {
         assert_eq!(t(ColumnType::Blob { max_bytes: 65535 }), "BLOB");
         assert_eq!(t(ColumnType::Bit { width: 64 }), "BIT(64)");
         assert_eq!(t(ColumnType::Timestamp { fsp: 6 }), "TIMESTAMP(6)");
+        let ts = ColumnDef {
+            nullable: false,
+            ..col("ts", ColumnType::Timestamp { fsp: 3 })
+        };
+        let s = TableSchema {
+            id: TableId::new("d", "t"),
+            columns: vec![ts],
+            primary_key: vec![],
+        };
+        assert!(create_table_sql(&TableId::new("d", "t"), &s, Flavor::Mysql)
+            .unwrap()
+            .contains("`ts` TIMESTAMP(3) NOT NULL DEFAULT '1970-01-01 00:00:01'"));
         assert_eq!(t(ColumnType::Uuid), "UUID");
         assert_eq!(
             column_type_sql(&col("c", ColumnType::Uuid), Flavor::Mysql).unwrap(),
