@@ -497,6 +497,108 @@ async fn type_matrix_insert_update_delete() {
 }
 
 #[tokio::test]
+async fn long_lengths_big_enums_and_composite_keys() {
+    let mut c = admin().await;
+    let db = fresh_db(&mut c, "cap_wide").await;
+    let labels: Vec<String> = (0..300).map(|i| format!("l{i}")).collect();
+    let members: Vec<String> = (0..64).map(|i| format!("m{i}")).collect();
+    let quoted = |v: &[String]| v.iter().map(|l| format!("'{l}'")).collect::<Vec<_>>().join(",");
+    c.query_drop(format!(
+        "CREATE TABLE w (
+            c255 CHAR(255), v300 VARCHAR(300) CHARACTER SET latin1, v70 VARCHAR(70),
+            k1 INT NOT NULL, b255 BINARY(255), vb300 VARBINARY(300),
+            tt TINYTEXT, mt MEDIUMTEXT, lb LONGBLOB,
+            k2 VARCHAR(10) NOT NULL,
+            e ENUM({}), s SET({}),
+            PRIMARY KEY (k2, k1)
+        ) DEFAULT CHARSET=utf8mb4",
+        quoted(&labels),
+        quoted(&members)
+    ))
+    .await
+    .unwrap();
+    c.query_drop("CREATE TABLE nokey (a INT)").await.unwrap();
+    let mut src = started(config(&[&db], &[]), None).await;
+
+    let c255 = "é".repeat(254) + "😀";
+    let v300 = "ü".repeat(300);
+    let v70 = "😀".repeat(70);
+    let b255 = vec![0xABu8; 255];
+    let vb300 = vec![0u8; 300];
+    c.exec_drop(
+        "INSERT INTO w VALUES (?, ?, ?, 7, ?, ?, 'tiny', ?, ?, 'key', 'l299', 'm0,m63')",
+        (
+            &c255,
+            &v300,
+            &v70,
+            &b255,
+            &vb300,
+            "m".repeat(70_000),
+            vec![0xEEu8; 100_000],
+        ),
+    )
+    .await
+    .unwrap();
+    c.query_drop("INSERT INTO nokey VALUES (1)").await.unwrap();
+
+    let t = next(&mut src).await;
+    let s = t.changes[0].0.clone();
+    let ty = |name: &str| s.columns[s.column_index(name).unwrap()].ty.clone();
+    assert_eq!(ty("c255"), ColumnType::Char { length: 255 });
+    assert_eq!(ty("v300"), ColumnType::VarChar { length: 300 });
+    assert_eq!(ty("v70"), ColumnType::VarChar { length: 70 });
+    assert_eq!(ty("b255"), ColumnType::Binary { length: 255 });
+    assert_eq!(ty("vb300"), ColumnType::VarBinary { length: 300 });
+    assert_eq!(ty("tt"), ColumnType::Text { max_bytes: 255 });
+    assert_eq!(
+        ty("mt"),
+        ColumnType::Text {
+            max_bytes: 16_777_215
+        }
+    );
+    assert_eq!(
+        ty("lb"),
+        ColumnType::Blob {
+            max_bytes: 4_294_967_295
+        }
+    );
+    assert_eq!(
+        ty("e"),
+        ColumnType::Enum {
+            labels: labels.clone()
+        }
+    );
+    assert_eq!(
+        ty("s"),
+        ColumnType::Set {
+            labels: members.clone()
+        }
+    );
+    assert_eq!(s.primary_key, vec![9, 3], "key order (k2, k1)");
+    assert_eq!(
+        inserted(&t.changes[0].1),
+        &[
+            text(&c255),
+            text(&v300),
+            text(&v70),
+            int(7),
+            Value::Bytes(b255),
+            Value::Bytes(vb300),
+            text("tiny"),
+            text(&"m".repeat(70_000)),
+            Value::Bytes(vec![0xEE; 100_000]),
+            text("key"),
+            Value::Enum("l299".into()),
+            Value::Set(vec!["m0".into(), "m63".into()]),
+        ]
+    );
+    let t = next(&mut src).await;
+    assert!(t.changes[0].0.primary_key.is_empty());
+    assert_eq!(inserted(&t.changes[0].1), &[int(1)]);
+    drop_db(&mut c, &db).await;
+}
+
+#[tokio::test]
 async fn transactions_are_whole_ordered_and_committed_only() {
     let mut c = admin().await;
     let db = fresh_db(&mut c, "cap_txn").await;

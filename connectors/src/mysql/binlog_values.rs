@@ -6,11 +6,11 @@
 //!   column of every row and re-parses the table map's optional metadata once
 //!   per row. Here a [`ColumnDecoder`] per column is prepared once per table map
 //!   and a row costs one `Vec<Value>` plus the text/byte buffers it holds.
-//! - **Exactness.** mysql_common decodes negative `TIME(1)`/`TIME(2)` values
-//!   wrongly (it misses the borrow from the integer part when the fractional
-//!   byte is non-zero, and overflows — a panic in debug builds). We decode
-//!   `TIME2` with the server's own algorithm (`my_time_packed_from_binary`), see
-//!   [`decode_time2`]. Text is decoded from the column charset (latin1 is cp1252
+//! - **Exactness.** mysql_common 0.37 (`binlog::misc::my_time_packed_from_binary`)
+//!   keeps the `TIME(1)`/`TIME(2)` fraction in a `u32`, so the borrow a negative
+//!   value with a non-zero fraction needs (`frac -= 0x100`) underflows: a panic
+//!   in debug builds, a huge wrong fraction in release. We decode `TIME2` with
+//!   the server's own algorithm in signed arithmetic, see [`decode_time2`]. Text is decoded from the column charset (latin1 is cp1252
 //!   on MariaDB/MySQL), `BINARY(n)` is re-padded with `0x00` as `SELECT` shows it.
 //! - **Control over errors.** A value we cannot represent is a definite error
 //!   naming the column, never a silent lossy conversion.
@@ -448,9 +448,9 @@ fn decode_datetime2(cur: &mut Cursor<'_>, fsp: u8) -> Result<DateTime, DecodeErr
 
 /// `TIME2`, exactly as the server's `my_time_packed_from_binary` +
 /// `TIME_from_longlong_time_packed`: the integer part is 3 bytes offset by
-/// 2^23; for `fsp` 1–4 the fraction is a separate signed field, and a negative
-/// value with a non-zero fraction borrows one second from the integer part
-/// (this borrow is what mysql_common 0.37 gets wrong for `TIME(1)`/`TIME(2)`);
+/// 2^23; for `fsp` 1–4 the fraction is a separate field, and a negative value
+/// with a non-zero fraction borrows one second from the integer part (the
+/// borrow that underflows in mysql_common 0.37 for `TIME(1)`/`TIME(2)`);
 /// for `fsp` 5–6 the whole value is one 6-byte integer offset by 2^47.
 pub fn decode_time2(cur: &mut Cursor<'_>, fsp: u8) -> Result<Time, DecodeError> {
     const INT_OFS: i64 = 0x80_0000;
@@ -833,6 +833,21 @@ mod tests {
                 day: 0
             })
         );
+    }
+
+    #[test]
+    fn mysql_binary_json() {
+        // {"a": 1}: small object, one key, INT16 inlined.
+        let obj = [0x00, 1, 0, 12, 0, 11, 0, 1, 0, 0x05, 1, 0, b'a'];
+        assert_eq!(jsonb_to_text(&obj).unwrap(), "{\"a\":1}");
+        // [true, "x"]: small array, a literal inlined and a string at offset 10.
+        let arr = [0x02, 2, 0, 12, 0, 0x04, 1, 0, 0x0C, 10, 0, 1, b'x'];
+        assert_eq!(jsonb_to_text(&arr).unwrap(), "[true,\"x\"]");
+        assert_eq!(jsonb_to_text(&[]).unwrap(), "null");
+        let d = ColumnDecoder::JsonBinary { pack: 4 };
+        let mut bytes = (obj.len() as u32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&obj);
+        assert_eq!(dec(&d, &bytes), Value::Json("{\"a\":1}".into()));
     }
 
     #[test]
