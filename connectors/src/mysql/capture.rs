@@ -474,6 +474,19 @@ impl MysqlSource {
 
     /// The master's current end of binlog, with its GTID state.
     pub async fn master_position(&mut self) -> Result<Position, MysqlCaptureError> {
+        let r = self.read_master_position().await;
+        self.forget_meta_on_driver_error(&r);
+        r
+    }
+
+    /// A connection error leaves the metadata connection unusable: reconnect next time.
+    fn forget_meta_on_driver_error<T>(&mut self, r: &Result<T, MysqlCaptureError>) {
+        if let Err(MysqlCaptureError::Driver { .. }) = r {
+            self.meta = None;
+        }
+    }
+
+    async fn read_master_position(&mut self) -> Result<Position, MysqlCaptureError> {
         let info = self.server_info().await?;
         let conn = self.meta().await?;
         let row: Option<mysql_async::Row> = match conn.query_first("SHOW MASTER STATUS").await {
@@ -724,6 +737,8 @@ impl MysqlSource {
                     name = &name[..name.len() - 4];
                 }
                 self.file = String::from_utf8_lossy(name).into_owned();
+                // Table ids are only meaningful within a stretch of binlog; keep the cache bounded.
+                self.tables.clear();
             }
             FORMAT_DESCRIPTION => self.seen_fde = true,
             MARIA_GTID => {
@@ -993,6 +1008,38 @@ impl Source for MysqlSource {
     }
 
     async fn start(&mut self, resume: Option<Position>) -> Result<(), MysqlCaptureError> {
+        let r = self.open_stream(resume).await;
+        self.forget_meta_on_driver_error(&r);
+        r
+    }
+
+    async fn next_transaction(&mut self) -> Result<CapturedTransaction, MysqlCaptureError> {
+        loop {
+            let ev = match self.pending.take() {
+                Some(ev) => ev,
+                None => self.next_event().await?,
+            };
+            if ev.header().event_type_raw() == TABLE_MAP {
+                if let Some((db, table)) = self.table_map_needs_lookup(&ev)? {
+                    // Kept until installed, so a dropped future does not lose the table map.
+                    self.pending = Some(ev.clone());
+                    let mariadb = self.server.as_ref().is_some_and(|s| s.mariadb);
+                    let info = self.table_info(&db, &table, mariadb).await?;
+                    self.pending = None;
+                    self.install_plan(&ev, &info)?;
+                }
+                continue;
+            }
+            if let Some(txn) = self.handle(&ev)? {
+                return Ok(txn);
+            }
+        }
+    }
+}
+
+impl MysqlSource {
+    /// `start` without the connection bookkeeping.
+    async fn open_stream(&mut self, resume: Option<Position>) -> Result<(), MysqlCaptureError> {
         self.stop().await;
         self.txn = None;
         self.pending = None;
@@ -1055,29 +1102,6 @@ impl Source for MysqlSource {
         self.file = p.file;
         self.seen_fde = false;
         Ok(())
-    }
-
-    async fn next_transaction(&mut self) -> Result<CapturedTransaction, MysqlCaptureError> {
-        loop {
-            let ev = match self.pending.take() {
-                Some(ev) => ev,
-                None => self.next_event().await?,
-            };
-            if ev.header().event_type_raw() == TABLE_MAP {
-                if let Some((db, table)) = self.table_map_needs_lookup(&ev)? {
-                    // Kept until installed, so a dropped future does not lose the table map.
-                    self.pending = Some(ev.clone());
-                    let mariadb = self.server.as_ref().is_some_and(|s| s.mariadb);
-                    let info = self.table_info(&db, &table, mariadb).await?;
-                    self.pending = None;
-                    self.install_plan(&ev, &info)?;
-                }
-                continue;
-            }
-            if let Some(txn) = self.handle(&ev)? {
-                return Ok(txn);
-            }
-        }
     }
 }
 
