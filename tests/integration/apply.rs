@@ -1115,6 +1115,34 @@ async fn offsets(engine: Engine) {
     assert_eq!(class, ErrorClass::Definite, "{msg}");
     assert!(msg.contains("not replicated yet"), "{msg}");
     assert_eq!(t.stored_offset().await, 7);
+
+    // max_transactions_per_commit = 1: each source transaction commits on its
+    // own, so a failure keeps the ones before it, and the offset says so.
+    let mut per_txn = match engine {
+        Engine::Mariadb => AnySink::My(MysqlSink::new(
+            "r1",
+            MysqlSinkConfig {
+                max_transactions_per_commit: 1,
+                ..t.mysql_config()
+            },
+        )),
+        Engine::Postgres => AnySink::Pg(PostgresSink::new(
+            "r1",
+            PostgresSinkConfig {
+                max_transactions_per_commit: 1,
+                ..t.pg_config()
+            },
+        )),
+    };
+    assert_eq!(per_txn.open().await.unwrap(), 7);
+    let mut seq = Seq(8);
+    let t8 = seq.txn(vec![ins(&log, 8, 8)]);
+    let t9 = seq.txn(vec![ins(&log, 9, 9)]);
+    let t10 = seq.txn(vec![ins(&broken, 2, 1_000_000)]);
+    let (class, _) = per_txn.apply(&[t8, t9, t10]).await.unwrap_err();
+    assert_eq!(class, ErrorClass::Definite);
+    assert_eq!(t.stored_offset().await, 9);
+    assert_eq!(t.count("log").await, 6);
     t.drop_all().await;
 }
 
