@@ -36,13 +36,19 @@ pub async fn serve(
     replicas: Vec<String>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let state = AppState { log, registry, replicas: Arc::new(replicas) };
+    let state = AppState {
+        log,
+        registry,
+        replicas: Arc::new(replicas),
+    };
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/log", get(read_log))
         .with_state(state);
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -50,13 +56,23 @@ async fn metrics(State(s): State<AppState>) -> Response {
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &s.registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }
 
 async fn status(State(s): State<AppState>) -> Response {
     let mut replicas = serde_json::Map::new();
     for r in s.replicas.iter() {
-        replicas.insert(r.clone(), serde_json::json!({ "applied_seq": s.log.acked(r).ok().flatten() }));
+        replicas.insert(
+            r.clone(),
+            serde_json::json!({ "applied_seq": s.log.acked(r).ok().flatten() }),
+        );
     }
     let last = s.log.last().ok().flatten();
     let body = serde_json::json!({
@@ -84,7 +100,9 @@ async fn read_log(State(s): State<AppState>, Query(q): Query<LogQuery>) -> Respo
             }
             ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
         }
-        Ok(Err(e @ pipeline::log::LogError::Truncated { .. })) => (StatusCode::GONE, e.to_string()).into_response(),
+        Ok(Err(e @ pipeline::log::LogError::Truncated { .. })) => {
+            (StatusCode::GONE, e.to_string()).into_response()
+        }
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }

@@ -23,6 +23,8 @@ use pipeline::log::FsyncPolicy;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+/// Default pipeline name.
+pub const DEFAULT_NAME: &str = "dbmux";
 /// Default data directory (the embedded log lives in `<data_dir>/log`).
 pub const DEFAULT_DATA_DIR: &str = "./dbmux-data";
 /// Default interval for `fsync = "interval"`.
@@ -36,19 +38,72 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9187";
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "DBMUX__";
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct Config {
+    /// The pipeline's name: replicas key their `dbmux_offsets` row by
+    /// `<name>/<replica name>`, so several pipelines can share a replica.
+    pub name: String,
     /// Where dbmux keeps its own state (the embedded log).
-    #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    #[serde(default)]
     pub log: LogConfig,
     pub source: SourceConfig,
-    #[serde(default, rename = "replica")]
     pub replicas: Vec<ReplicaConfig>,
-    #[serde(default)]
     pub admin: AdminConfig,
+}
+
+/// The file's shape with connector sections left raw, so each section is
+/// parsed on its own and the errors of all sections are reported together.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_name")]
+    name: String,
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    #[serde(default)]
+    log: LogConfig,
+    #[serde(default)]
+    source: RawSource,
+    #[serde(default)]
+    replica: Vec<RawReplica>,
+    #[serde(default)]
+    admin: AdminConfig,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    mysql: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplica {
+    #[serde(default)]
+    name: String,
+    #[serde(default = "default_max_batch_events")]
+    max_batch_events: usize,
+    mysql: Option<toml::Value>,
+    postgres: Option<toml::Value>,
+}
+
+fn section<T: serde::de::DeserializeOwned>(
+    v: Option<toml::Value>,
+    path: &str,
+    problems: &mut Vec<String>,
+) -> Option<T> {
+    let v = v?;
+    match v.try_into() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            problems.push(format!("{path}: {}", e.to_string().trim().replace('\n', " ")));
+            None
+        }
+    }
+}
+
+fn default_name() -> String {
+    DEFAULT_NAME.into()
 }
 
 fn default_data_dir() -> PathBuf {
@@ -64,8 +119,16 @@ pub struct LogConfig {
     pub fsync: String,
     #[serde(default = "default_fsync_interval")]
     pub fsync_interval_ms: u64,
+    /// Delete what every replica has applied (false keeps the whole history,
+    /// e.g. for downstream consumers reading with `dbmux tail`).
+    #[serde(default = "default_true")]
+    pub truncate: bool,
     #[serde(default = "default_truncate_interval")]
     pub truncate_interval_s: u64,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_fsync() -> String {
@@ -83,6 +146,7 @@ impl Default for LogConfig {
         Self {
             fsync: default_fsync(),
             fsync_interval_ms: DEFAULT_FSYNC_INTERVAL_MS,
+            truncate: true,
             truncate_interval_s: DEFAULT_TRUNCATE_INTERVAL_S,
         }
     }
@@ -99,19 +163,16 @@ impl LogConfig {
 }
 
 /// Exactly one source kind.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct SourceConfig {
     pub mysql: Option<MysqlSourceConfig>,
 }
 
 /// One replica: a name plus exactly one engine section.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct ReplicaConfig {
     pub name: String,
     /// Events per target transaction (whole source transactions are never split).
-    #[serde(default = "default_max_batch_events")]
     pub max_batch_events: usize,
     pub mysql: Option<MysqlSinkConfig>,
     pub postgres: Option<PostgresSinkConfig>,
@@ -135,7 +196,9 @@ fn default_admin_listen() -> String {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: default_admin_listen() }
+        Self {
+            listen: default_admin_listen(),
+        }
     }
 }
 
@@ -172,7 +235,9 @@ fn substitute_env(text: &str, get: &dyn Fn(&str) -> Option<String>, problems: &m
                 let name = &after[..end];
                 match get(name) {
                     Some(v) => out.push_str(&v),
-                    None => problems.push(format!("environment variable {name} is referenced as ${{{name}}} but not set")),
+                    None => problems.push(format!(
+                        "environment variable {name} is referenced as ${{{name}}} but not set"
+                    )),
                 }
                 rest = &after[end + 1..];
             }
@@ -189,7 +254,9 @@ fn substitute_env(text: &str, get: &dyn Fn(&str) -> Option<String>, problems: &m
 /// Applies `DBMUX__A__B=v` overrides to the parsed document.
 fn apply_overrides(doc: &mut toml::Table, vars: &[(String, String)], problems: &mut Vec<String>) {
     for (key, value) in vars {
-        let Some(path) = key.strip_prefix(ENV_PREFIX) else { continue };
+        let Some(path) = key.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
         let segments: Vec<String> = path.split("__").map(|s| s.to_ascii_lowercase()).collect();
         if segments.iter().any(String::is_empty) {
             problems.push(format!("{key}: empty path segment"));
@@ -210,14 +277,20 @@ fn set_path(doc: &mut toml::Table, segments: &[String], value: toml::Value) -> R
     let (last, parents) = segments.split_last().expect("non-empty");
     let mut cur = doc;
     for seg in parents {
-        let entry = cur.entry(seg.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = cur
+            .entry(seg.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         cur = match entry {
             toml::Value::Table(t) => t,
             toml::Value::Array(items) => {
                 let found = items.iter().position(|it| {
-                    it.get("name").and_then(toml::Value::as_str).is_some_and(|n| n.eq_ignore_ascii_case(seg))
+                    it.get("name")
+                        .and_then(toml::Value::as_str)
+                        .is_some_and(|n| n.eq_ignore_ascii_case(seg))
                 });
-                let idx = found.or_else(|| seg.parse::<usize>().ok()).ok_or(format!("no element named {seg:?}"))?;
+                let idx = found
+                    .or_else(|| seg.parse::<usize>().ok())
+                    .ok_or(format!("no element named {seg:?}"))?;
                 match items.get_mut(idx) {
                     Some(toml::Value::Table(t)) => t,
                     _ => return Err(format!("no element {seg:?}")),
@@ -233,10 +306,15 @@ fn set_path(doc: &mut toml::Table, segments: &[String], value: toml::Value) -> R
 impl Config {
     /// Loads and validates `path`, with the process environment for overrides.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         let vars: Vec<(String, String)> = std::env::vars().collect();
-        Self::parse(&text, &|k| std::env::var(k).ok(), &vars)
-            .map_err(|problems| ConfigError::Invalid { path: path.into(), problems })
+        Self::parse(&text, &|k| std::env::var(k).ok(), &vars).map_err(|problems| ConfigError::Invalid {
+            path: path.into(),
+            problems,
+        })
     }
 
     /// Parses and validates configuration text. Returns all problems.
@@ -257,18 +335,53 @@ impl Config {
         apply_overrides(&mut doc, vars, &mut problems);
         // Unknown keys are collected all at once (serde's deny_unknown_fields
         // would stop at the first one); then the typed parse reports type errors.
-        collect_unknown_keys(&doc, &mut problems);
-        let config: Config = match toml::Value::Table(doc).try_into() {
+        collect_unknown_keys(&mut doc, &mut problems);
+        let raw: RawConfig = match toml::Value::Table(doc).try_into() {
             Ok(c) => c,
             Err(e) => {
-                let msg = e.to_string().replace('\n', " ");
-                if !problems.iter().any(|p| msg.contains(p.as_str())) {
-                    problems.push(msg.trim().to_string());
-                }
+                problems.push(e.to_string().trim().replace('\n', " "));
                 return Err(problems);
             }
         };
-        problems.extend(config.validate());
+        let mysql_source = section(raw.source.mysql.clone(), "source.mysql", &mut problems);
+        let mut replicas = Vec::new();
+        for (i, r) in raw.replica.into_iter().enumerate() {
+            let mysql = section(r.mysql.clone(), &format!("replica[{i}].mysql"), &mut problems);
+            let postgres = section(
+                r.postgres.clone(),
+                &format!("replica[{i}].postgres"),
+                &mut problems,
+            );
+            // Presence is kept apart from the parsed value: a section that failed
+            // to parse was reported already and must not also count as missing.
+            replicas.push((
+                r.name,
+                r.max_batch_events,
+                mysql,
+                postgres,
+                r.mysql.is_some(),
+                r.postgres.is_some(),
+            ));
+        }
+        let source_present = raw.source.mysql.is_some();
+        let config = Config {
+            name: raw.name,
+            data_dir: raw.data_dir,
+            log: raw.log,
+            source: SourceConfig { mysql: mysql_source },
+            replicas: replicas
+                .iter()
+                .map(|(name, max, m, p, _, _)| ReplicaConfig {
+                    name: name.clone(),
+                    max_batch_events: *max,
+                    mysql: m.clone(),
+                    postgres: p.clone(),
+                })
+                .collect(),
+            admin: raw.admin,
+        };
+        let presence: Vec<(bool, bool)> = replicas.iter().map(|r| (r.4, r.5)).collect();
+        problems.extend(config.validate_with(source_present, &presence));
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -276,14 +389,31 @@ impl Config {
         }
     }
 
-    /// Semantic checks, every problem with its field path.
-    pub fn validate(&self) -> Vec<String> {
+    /// Semantic checks, every problem with its field path; told which sections
+    /// were present in the file (a section that failed to parse was reported
+    /// already and is not also "missing").
+    fn validate_with(&self, source_present: bool, presence: &[(bool, bool)]) -> Vec<String> {
         let mut p = Vec::new();
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            p.push(format!(
+                "name: {:?} must be 1-64 characters of [A-Za-z0-9_-]",
+                self.name
+            ));
+        }
         if self.data_dir.as_os_str().is_empty() {
             p.push("data_dir: must not be empty".into());
         }
         if !["always", "interval", "never"].contains(&self.log.fsync.as_str()) {
-            p.push(format!("log.fsync: {:?} is not one of \"always\", \"interval\", \"never\"", self.log.fsync));
+            p.push(format!(
+                "log.fsync: {:?} is not one of \"always\", \"interval\", \"never\"",
+                self.log.fsync
+            ));
         }
         if self.log.fsync == "interval" && self.log.fsync_interval_ms == 0 {
             p.push("log.fsync_interval_ms: must be > 0 with fsync = \"interval\"".into());
@@ -292,7 +422,8 @@ impl Config {
             p.push("log.truncate_interval_s: must be > 0".into());
         }
         match &self.source.mysql {
-            Some(m) => p.extend(m.validate().into_iter().map(|e| prefixed("source.mysql", e))),
+            Some(m) => p.extend(m.validate_at("source.mysql")),
+            None if source_present => {}
             None => p.push("source: exactly one source is required ([source.mysql])".into()),
         }
         if self.replicas.is_empty() {
@@ -302,26 +433,46 @@ impl Config {
         for (i, r) in self.replicas.iter().enumerate() {
             let at = format!("replica[{i}]");
             if r.name.is_empty()
-                || !r.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                || !r
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
                 || r.name.len() > 64
             {
-                p.push(format!("{at}.name: {:?} must be 1-64 characters of [A-Za-z0-9_-]", r.name));
+                p.push(format!(
+                    "{at}.name: {:?} must be 1-64 characters of [A-Za-z0-9_-]",
+                    r.name
+                ));
             } else if !names.insert(r.name.clone()) {
                 p.push(format!("{at}.name: {:?} is used by another replica", r.name));
             }
             if r.max_batch_events == 0 {
                 p.push(format!("{at}.max_batch_events: must be > 0"));
             }
-            match (&r.mysql, &r.postgres) {
-                (Some(m), None) => p.extend(m.validate().into_iter().map(|e| prefixed(&format!("{at}.mysql"), e))),
-                (None, Some(pg)) => {
-                    p.extend(pg.validate().into_iter().map(|e| prefixed(&format!("{at}.postgres"), e)))
-                }
-                _ => p.push(format!("{at}: exactly one of [replica.mysql] or [replica.postgres] is required")),
+            let (has_mysql, has_pg) = presence.get(i).copied().unwrap_or((false, false));
+            if has_mysql == has_pg {
+                p.push(format!(
+                    "{at}: exactly one of [replica.mysql] or [replica.postgres] is required"
+                ));
+            } else if let Some(m) = &r.mysql {
+                p.extend(
+                    m.validate()
+                        .into_iter()
+                        .map(|e| prefixed(&format!("{at}.mysql"), e)),
+                );
+            } else if let Some(pg) = &r.postgres {
+                p.extend(
+                    pg.validate()
+                        .into_iter()
+                        .map(|e| prefixed(&format!("{at}.postgres"), e)),
+                );
             }
         }
         if !self.admin.listen.is_empty() && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
-            p.push(format!("admin.listen: {:?} is not a host:port address", self.admin.listen));
+            p.push(format!(
+                "admin.listen: {:?} is not a host:port address",
+                self.admin.listen
+            ));
         }
         p
     }
@@ -337,32 +488,45 @@ fn prefixed(prefix: &str, msg: String) -> String {
 
 /// Known keys per table path (arrays of tables use `[]`). Sections owned by
 /// connectors are checked by their own `deny_unknown_fields`.
-fn collect_unknown_keys(doc: &toml::Table, problems: &mut Vec<String>) {
-    const TOP: &[&str] = &["data_dir", "log", "source", "replica", "admin"];
-    const LOG: &[&str] = &["fsync", "fsync_interval_ms", "truncate_interval_s"];
+fn collect_unknown_keys(doc: &mut toml::Table, problems: &mut Vec<String>) {
+    const TOP: &[&str] = &["name", "data_dir", "log", "source", "replica", "admin"];
+    const LOG: &[&str] = &["fsync", "fsync_interval_ms", "truncate", "truncate_interval_s"];
     const SOURCE: &[&str] = &["mysql"];
     const REPLICA: &[&str] = &["name", "max_batch_events", "mysql", "postgres"];
     const ADMIN: &[&str] = &["listen"];
-    let check = |t: &toml::Table, known: &[&str], at: &str, problems: &mut Vec<String>| {
-        for k in t.keys() {
-            if !known.contains(&k.as_str()) {
-                let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
-                problems.push(format!("{path}: unknown field (expected one of: {})", known.join(", ")));
-            }
+    // Reports and removes unknown keys, so the typed parse can go on to find
+    // the remaining problems.
+    let check = |t: &mut toml::Table, known: &[&str], at: &str, problems: &mut Vec<String>| {
+        let unknown: Vec<String> = t
+            .keys()
+            .filter(|k| !known.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for k in unknown {
+            let path = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            problems.push(format!(
+                "{path}: unknown field (expected one of: {})",
+                known.join(", ")
+            ));
+            t.remove(&k);
         }
     };
     check(doc, TOP, "", problems);
-    if let Some(toml::Value::Table(t)) = doc.get("log") {
+    if let Some(toml::Value::Table(t)) = doc.get_mut("log") {
         check(t, LOG, "log", problems);
     }
-    if let Some(toml::Value::Table(t)) = doc.get("source") {
+    if let Some(toml::Value::Table(t)) = doc.get_mut("source") {
         check(t, SOURCE, "source", problems);
     }
-    if let Some(toml::Value::Table(t)) = doc.get("admin") {
+    if let Some(toml::Value::Table(t)) = doc.get_mut("admin") {
         check(t, ADMIN, "admin", problems);
     }
-    if let Some(toml::Value::Array(items)) = doc.get("replica") {
-        for (i, it) in items.iter().enumerate() {
+    if let Some(toml::Value::Array(items)) = doc.get_mut("replica") {
+        for (i, it) in items.iter_mut().enumerate() {
             if let toml::Value::Table(t) = it {
                 check(t, REPLICA, &format!("replica[{i}]"), problems);
             }
@@ -378,14 +542,22 @@ mod tests {
     fn substitution_and_overrides() {
         let mut problems = Vec::new();
         let get = |k: &str| (k == "PW").then(|| "s3cret".to_string());
-        assert_eq!(substitute_env("a=${PW} b=${NOPE}", &get, &mut problems), "a=s3cret b=");
+        assert_eq!(
+            substitute_env("a=${PW} b=${NOPE}", &get, &mut problems),
+            "a=s3cret b="
+        );
         assert_eq!(problems.len(), 1);
         assert!(problems[0].contains("NOPE"));
 
-        let mut doc: toml::Table = "[[replica]]\nname = \"pg\"\n[log]\nfsync = \"always\"\n".parse().unwrap();
+        let mut doc: toml::Table = "[[replica]]\nname = \"pg\"\n[log]\nfsync = \"always\"\n"
+            .parse()
+            .unwrap();
         let vars = vec![
             ("DBMUX__LOG__FSYNC".to_string(), "never".to_string()),
-            ("DBMUX__REPLICA__pg__MAX_BATCH_EVENTS".to_string(), "7".to_string()),
+            (
+                "DBMUX__REPLICA__pg__MAX_BATCH_EVENTS".to_string(),
+                "7".to_string(),
+            ),
             ("DBMUX__REPLICA__nope__X".to_string(), "1".to_string()),
         ];
         let mut problems = Vec::new();

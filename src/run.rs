@@ -20,14 +20,19 @@ use tracing::{error, info};
 
 /// One line per part, secrets redacted (for `check-config` and the start-up log).
 pub fn describe(c: &Config) -> String {
-    let mut s = format!("data_dir: {}\nlog: fsync={}\n", c.data_dir.display(), c.log.fsync);
+    let mut s = format!(
+        "name: {}\ndata_dir: {}\nlog: fsync={}\n",
+        c.name,
+        c.data_dir.display(),
+        c.log.fsync
+    );
     if let Some(m) = &c.source.mysql {
-        s.push_str(&format!("source: mysql {}\n", redact_url(m.url())));
+        s.push_str(&format!("source: mysql {}\n", redact_url(&m.url)));
     }
     for r in &c.replicas {
         let url = match (&r.mysql, &r.postgres) {
-            (Some(m), _) => format!("mysql {}", redact_url(m.url())),
-            (_, Some(p)) => format!("postgres {}", redact_url(p.url())),
+            (Some(m), _) => format!("mysql {}", redact_url(&m.url)),
+            (_, Some(p)) => format!("postgres {}", redact_url(&p.url)),
             _ => "?".into(),
         };
         s.push_str(&format!("replica {}: {url}\n", r.name));
@@ -40,7 +45,8 @@ pub fn describe(c: &Config) -> String {
 
 async fn shutdown_signal(token: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = ctrl_c => info!("interrupted; shutting down"),
         _ = term.recv() => info!("terminated; shutting down"),
@@ -56,7 +62,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let dir = cfg.data_dir.join("log");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let policy = cfg.log.policy();
-    let log = Arc::new(EmbeddedLog::open(&dir, policy).with_context(|| format!("opening the log in {}", dir.display()))?);
+    let log = Arc::new(
+        EmbeddedLog::open(&dir, policy).with_context(|| format!("opening the log in {}", dir.display()))?,
+    );
     info!(last_seq = log.last_seq(), "log opened");
 
     let mut registry = Registry::with_prefix("");
@@ -68,37 +76,58 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let replica_names: Vec<String> = cfg.replicas.iter().map(|r| r.name.clone()).collect();
 
     if let Some(m) = cfg.source.mysql.clone() {
-        let source = connectors::mysql::capture::MysqlSource::new(m);
+        let source = connectors::mysql::capture::MysqlSource::new(m).context("configuring capture")?;
         let (log, metrics, sd) = (log.clone(), metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
-            ("capture".into(), runtime::run_capture(source, log, metrics, CaptureOptions::default(), sd).await)
+            (
+                "capture".into(),
+                runtime::run_capture(source, log, metrics, CaptureOptions::default(), sd).await,
+            )
         });
     }
     for r in &cfg.replicas {
         let (log, metrics, sd) = (log.clone(), metrics.clone(), shutdown.clone());
-        let opts = ApplyOptions { max_batch_events: r.max_batch_events };
+        let opts = ApplyOptions {
+            max_batch_events: r.max_batch_events,
+        };
         let name = r.name.clone();
         let task = format!("replica {name}");
+        // The replica's dbmux_offsets row: unique per pipeline and replica.
+        let consumer = format!("{}/{}", cfg.name, r.name);
         match (&r.mysql, &r.postgres) {
             (Some(m), _) => {
-                let sink = connectors::mysql::apply::MysqlSink::new(&name, m.clone());
-                tasks.spawn(async move { (task, runtime::run_apply(name, sink, log, metrics, opts, sd).await) });
+                let sink = connectors::mysql::apply::MysqlSink::new(&consumer, m.clone());
+                tasks.spawn(
+                    async move { (task, runtime::run_apply(name, sink, log, metrics, opts, sd).await) },
+                );
             }
             (_, Some(p)) => {
-                let sink = connectors::postgres::apply::PostgresSink::new(&name, p.clone());
-                tasks.spawn(async move { (task, runtime::run_apply(name, sink, log, metrics, opts, sd).await) });
+                let sink = connectors::postgres::apply::PostgresSink::new(&consumer, p.clone());
+                tasks.spawn(
+                    async move { (task, runtime::run_apply(name, sink, log, metrics, opts, sd).await) },
+                );
             }
             _ => unreachable!("validated"),
         }
     }
-    {
+    if cfg.log.truncate {
         let (log, sd, names) = (log.clone(), shutdown.clone(), replica_names.clone());
         let every = Duration::from_secs(cfg.log.truncate_interval_s);
-        tasks.spawn(async move { ("truncation".into(), runtime::run_truncation(log, names, every, sd).await) });
+        tasks.spawn(async move {
+            (
+                "truncation".into(),
+                runtime::run_truncation(log, names, every, sd).await,
+            )
+        });
     }
     if let FsyncPolicy::IntervalMs(ms) = policy {
         let (log, sd) = (log.clone(), shutdown.clone());
-        tasks.spawn(async move { ("fsync".into(), runtime::run_fsync(log, Duration::from_millis(ms), sd).await) });
+        tasks.spawn(async move {
+            (
+                "fsync".into(),
+                runtime::run_fsync(log, Duration::from_millis(ms), sd).await,
+            )
+        });
     }
     if !cfg.admin.listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&cfg.admin.listen)
@@ -110,7 +139,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let names = replica_names.clone();
         tasks.spawn(async move {
             let r = crate::admin::serve(listener, log, registry, names, sd).await;
-            ("admin".into(), r.map_err(|e| RuntimeError::Join(format!("admin server: {e}"))))
+            (
+                "admin".into(),
+                r.map_err(|e| RuntimeError::Join(format!("admin server: {e}"))),
+            )
         });
     }
 

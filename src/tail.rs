@@ -25,7 +25,12 @@ pub async fn tail(cfg: &Config, from: Option<u64>, limit: Option<u64>, follow: b
     }
 }
 
-async fn tail_direct(log: &EmbeddedLog, from: Option<u64>, limit: Option<u64>, follow: bool) -> anyhow::Result<()> {
+async fn tail_direct(
+    log: &EmbeddedLog,
+    from: Option<u64>,
+    limit: Option<u64>,
+    follow: bool,
+) -> anyhow::Result<()> {
     let mut next = match from {
         Some(s) => s,
         None => log.first_seq()?.unwrap_or(1),
@@ -57,13 +62,20 @@ async fn tail_direct(log: &EmbeddedLog, from: Option<u64>, limit: Option<u64>, f
 /// client and the admin server is on loopback; pulling an HTTP client crate
 /// into the binary for it would cost more than these lines.
 async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to admin {addr}"))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to admin {addr}"))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let text = String::from_utf8(buf).context("admin response is not UTF-8")?;
     let (head, body) = text.split_once("\r\n\r\n").context("malformed admin response")?;
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("malformed status line")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("malformed status line")?;
     Ok((code, body.to_string()))
 }
 

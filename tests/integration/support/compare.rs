@@ -14,7 +14,9 @@ pub async fn mysql_rows(url: &str, sql: &str) -> Rows {
             (0..r.len())
                 .map(|i| match r.as_ref(i).unwrap() {
                     mysql_async::Value::NULL => None,
-                    mysql_async::Value::Bytes(b) => Some(String::from_utf8(b.clone()).expect("canonical text is UTF-8")),
+                    mysql_async::Value::Bytes(b) => {
+                        Some(String::from_utf8(b.clone()).expect("canonical text is UTF-8"))
+                    }
                     other => Some(other.as_sql(true)),
                 })
                 .collect()
@@ -25,9 +27,14 @@ pub async fn mysql_rows(url: &str, sql: &str) -> Rows {
 }
 
 pub async fn pg_rows(sql: &str) -> Rows {
-    let (client, conn) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let rows = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let rows = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     rows.into_iter()
         .filter_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => {
@@ -56,12 +63,27 @@ pub async fn assert_identical(db: &str, p: &Projection<'_>, mariadb: bool, pg: b
     let master = mysql_rows(&with_db(&mysql_url(), db), &sql).await;
     if mariadb {
         let replica = mysql_rows(&with_db(&mysql_replica_url(), db), &sql).await;
-        assert_rows_eq(&master, &replica, &format!("{db}.{} on the MariaDB replica", p.table));
+        assert_rows_eq(
+            &master,
+            &replica,
+            &format!("{db}.{} on the MariaDB replica", p.table),
+        );
     }
     if pg {
-        let sql = format!("SELECT {} FROM \"{db}\".\"{}\" ORDER BY {}", p.pg, p.table, p.order);
+        // Qualified ORDER BY: a bare name would sort by the text output column.
+        let order: Vec<String> = p.order.split(',').map(|c| format!("t.{}", c.trim())).collect();
+        let sql = format!(
+            "SELECT {} FROM \"{db}\".\"{}\" AS t ORDER BY {}",
+            p.pg,
+            p.table,
+            order.join(", ")
+        );
         let replica = pg_rows(&sql).await;
-        assert_rows_eq(&master, &replica, &format!("{db}.{} on the PostgreSQL replica", p.table));
+        assert_rows_eq(
+            &master,
+            &replica,
+            &format!("{db}.{} on the PostgreSQL replica", p.table),
+        );
     }
     master.len()
 }
@@ -79,6 +101,10 @@ pub fn assert_rows_eq(master: &Rows, replica: &Rows, what: &str) {
             master.len(),
             replica.len()
         ),
-        None => panic!("{what}: {} rows on the master, {} on the replica", master.len(), replica.len()),
+        None => panic!(
+            "{what}: {} rows on the master, {} on the replica",
+            master.len(),
+            replica.len()
+        ),
     }
 }

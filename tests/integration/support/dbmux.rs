@@ -7,7 +7,11 @@ use std::time::Duration;
 
 /// A free loopback TCP port (bound then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A binlog dump `server_id` unique to this test process and call: MariaDB
@@ -25,7 +29,10 @@ pub struct Replicas {
     pub postgres: bool,
 }
 
-pub const BOTH: Replicas = Replicas { mariadb: true, postgres: true };
+pub const BOTH: Replicas = Replicas {
+    mariadb: true,
+    postgres: true,
+};
 
 /// A dbmux configuration for one test database, and the process running it.
 pub struct Dbmux {
@@ -44,11 +51,13 @@ impl Dbmux {
         let dir = tempfile::tempdir().unwrap();
         let admin = format!("127.0.0.1:{}", free_port());
         let mut toml = format!(
-            r#"data_dir = "{data}"
+            r#"name = "{db}"
+data_dir = "{data}"
 
 [log]
 fsync = "always"
-truncate_interval_s = 1
+# Tests read the whole history back with `dbmux tail`.
+truncate = false
 
 [admin]
 listen = "{admin}"
@@ -65,16 +74,26 @@ include = ["{db}"]
         if replicas.mariadb {
             toml.push_str(&format!(
                 "\n[[replica]]\nname = \"mariadb\"\n[replica.mysql]\nurl = \"{}\"\n",
-                with_db(&mysql_replica_url(), db)
+                with_db(&mysql_replica_url(), "")
             ));
         }
         if replicas.postgres {
-            toml.push_str(&format!("\n[[replica]]\nname = \"postgres\"\n[replica.postgres]\nurl = \"{}\"\n", pg_url()));
+            toml.push_str(&format!(
+                "\n[[replica]]\nname = \"postgres\"\n[replica.postgres]\nurl = \"{}\"\n",
+                pg_url()
+            ));
         }
         toml.push_str(extra);
         let config = dir.path().join("dbmux.toml");
         std::fs::write(&config, toml).unwrap();
-        Dbmux { dir, config, admin, db: db.to_string(), child: None, starts: 0 }
+        Dbmux {
+            dir,
+            config,
+            admin,
+            db: db.to_string(),
+            child: None,
+            starts: 0,
+        }
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -84,7 +103,11 @@ include = ["{db}"]
     /// Starts `dbmux run` (stdout and stderr appended to `dbmux.log`).
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_dbmux"))
             .args(["run", "--config"])
             .arg(&self.config)
@@ -136,12 +159,14 @@ include = ["{db}"]
     pub async fn admin_get(&self, path: &str) -> Option<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(&self.admin).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
         let text = String::from_utf8(buf).ok()?;
         let (head, body) = text.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+        (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
     }
 
     /// `/status` as JSON.
@@ -152,15 +177,21 @@ include = ["{db}"]
     /// Waits until the log holds at least `min_seq` and every replica applied all of it.
     pub async fn wait_caught_up(&mut self, min_seq: u64, timeout: Duration) -> u64 {
         let me = &*self;
-        wait_for(&format!("replicas to apply seq {min_seq}"), timeout, || async move {
-            let st = me.status().await?;
-            let last = st["log"]["last_seq"].as_u64()?;
-            if last < min_seq {
-                return None;
-            }
-            let reps = st["replicas"].as_object()?;
-            reps.values().all(|r| r["applied_seq"].as_u64() == Some(last)).then_some(last)
-        })
+        wait_for(
+            &format!("replicas to apply seq {min_seq}"),
+            timeout,
+            || async move {
+                let st = me.status().await?;
+                let last = st["log"]["last_seq"].as_u64()?;
+                if last < min_seq {
+                    return None;
+                }
+                let reps = st["replicas"].as_object()?;
+                reps.values()
+                    .all(|r| r["applied_seq"].as_u64() == Some(last))
+                    .then_some(last)
+            },
+        )
         .await
     }
 
@@ -172,8 +203,16 @@ include = ["{db}"]
             cmd.args(["--from", &f.to_string()]);
         }
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "tail failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        assert!(
+            out.status.success(),
+            "tail failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -185,7 +224,11 @@ impl Drop for Dbmux {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!("---- dbmux output ({} starts) ----\n{}", self.starts, self.output());
+            eprintln!(
+                "---- dbmux output ({} starts) ----\n{}",
+                self.starts,
+                self.output()
+            );
         }
     }
 }

@@ -21,11 +21,20 @@ impl PrivateMariadb {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let out = Command::new("mariadb-install-db")
-            .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
             .arg(format!("--datadir={}", data.display()))
             .output()
             .expect("mariadb-install-db (run scripts/services up first)");
-        assert!(out.status.success(), "mariadb-install-db: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mariadb-install-db: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut m = PrivateMariadb {
             dir,
             port: free_port(),
@@ -40,7 +49,11 @@ impl PrivateMariadb {
             .args(["-uroot", "-e", sql])
             .output()
             .unwrap();
-        assert!(out.status.success(), "creating the user: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "creating the user: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         m
     }
 
@@ -51,13 +64,22 @@ impl PrivateMariadb {
     async fn launch(&mut self) {
         let d = self.dir.path();
         let child = Command::new("mariadbd")
-            .args(["--no-defaults", "--user=root", "--bind-address=127.0.0.1", "--skip-name-resolve"])
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--bind-address=127.0.0.1",
+                "--skip-name-resolve",
+            ])
             .arg(format!("--datadir={}", d.join("data").display()))
             .arg(format!("--socket={}", self.socket()))
             .arg(format!("--port={}", self.port))
             .arg(format!("--log-error={}", d.join("error.log").display()))
             .arg(format!("--pid-file={}", d.join("mysqld.pid").display()))
-            .args(["--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M", "--skip-log-bin"])
+            .args([
+                "--innodb-buffer-pool-size=32M",
+                "--innodb-log-file-size=16M",
+                "--skip-log-bin",
+            ])
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -66,17 +88,21 @@ impl PrivateMariadb {
         self.child = Some(child);
         let url = format!("mysql://root@127.0.0.1:{}/", self.port);
         let sock = self.socket();
-        wait_for("the private MariaDB to accept connections", Duration::from_secs(60), || {
-            let _ = &url;
-            let ok = Command::new("mariadb-admin")
-                .arg(format!("--socket={sock}"))
-                .args(["-uroot", "ping"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            async move { ok.then_some(()) }
-        })
+        wait_for(
+            "the private MariaDB to accept connections",
+            Duration::from_secs(60),
+            || {
+                let _ = &url;
+                let ok = Command::new("mariadb-admin")
+                    .arg(format!("--socket={sock}"))
+                    .args(["-uroot", "ping"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                async move { ok.then_some(()) }
+            },
+        )
         .await;
     }
 

@@ -35,7 +35,9 @@ pub fn projections() -> Vec<Projection<'static>> {
 
 pub async fn create_database(db: &str) {
     let mut conn = mysql_async::Conn::from_url(mysql_url()).await.unwrap();
-    conn.query_drop(format!("CREATE DATABASE `{db}` CHARACTER SET utf8mb4")).await.unwrap();
+    conn.query_drop(format!("CREATE DATABASE `{db}` CHARACTER SET utf8mb4"))
+        .await
+        .unwrap();
     conn.query_drop(format!("USE `{db}`")).await.unwrap();
     for t in TABLES {
         conn.query_drop(*t).await.unwrap();
@@ -53,12 +55,16 @@ pub struct Stats {
 /// Runs `txns` transactions (plus some rolled back, which must never appear).
 /// `progress` counts committed row changes as they happen.
 pub async fn run(db: &str, txns: u64, seed: u64, progress: Arc<AtomicU64>) -> Stats {
-    let mut conn = mysql_async::Conn::from_url(with_db(&mysql_url(), db)).await.unwrap();
+    let mut conn = mysql_async::Conn::from_url(with_db(&mysql_url(), db))
+        .await
+        .unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut stats = Stats::default();
-    let mut next_account = 1i64;
-    let mut next_item = 1i64;
-    for t in 0..txns {
+    // Runs with different seeds use disjoint keys, so several runs can share a database.
+    let base = (seed % 200) as i64 * 10_000_000;
+    let mut next_account = base + 1;
+    let mut next_item = base + 1;
+    for t in base as u64..base as u64 + txns {
         let mut tx = conn.start_transaction(Default::default()).await.unwrap();
         let mut changes = 0u64;
         // Multi-row insert of accounts.
@@ -79,19 +85,27 @@ pub async fn run(db: &str, txns: u64, seed: u64, progress: Arc<AtomicU64>) -> St
             ));
             next_account += 1;
         }
-        changes += exec(&mut tx, format!("INSERT INTO accounts VALUES {}", values.join(","))).await;
+        changes += exec(
+            &mut tx,
+            format!("INSERT INTO accounts VALUES {}", values.join(",")),
+        )
+        .await;
         // Items: inserts, then a PK update and a delete.
         let m = rng.gen_range(3..10);
         let rows: Vec<String> = (0..m)
             .map(|i| {
-                let s = if i % 4 == 0 { "NULL".to_string() } else { format!("'s{}'", rng.gen::<u32>()) };
+                let s = if i % 4 == 0 {
+                    "NULL".to_string()
+                } else {
+                    format!("'s{}'", rng.gen::<u32>())
+                };
                 format!("({}, {}, {s})", next_item + i, rng.gen_range(0..1000))
             })
             .collect();
         changes += exec(&mut tx, format!("INSERT INTO items VALUES {}", rows.join(","))).await;
         next_item += m;
         // Multi-row update of recent accounts (values always change).
-        let lo = (next_account - 60).max(1);
+        let lo = (next_account - 60).max(base + 1);
         changes += exec(
             &mut tx,
             format!(
@@ -100,14 +114,18 @@ pub async fn run(db: &str, txns: u64, seed: u64, progress: Arc<AtomicU64>) -> St
             ),
         )
         .await;
-        if next_item > 20 && rng.gen_bool(0.5) {
+        if next_item > base + 20 && rng.gen_bool(0.5) {
             // Primary-key update: move one item to a fresh id.
-            let from = rng.gen_range(1..next_item);
-            let to = next_item + 1_000_000;
-            changes += exec(&mut tx, format!("UPDATE items SET id = {to}, k = k + 1 WHERE id = {from}")).await;
+            let from = rng.gen_range(base + 1..next_item);
+            let to = next_item + 5_000_000;
+            changes += exec(
+                &mut tx,
+                format!("UPDATE items SET id = {to}, k = k + 1 WHERE id = {from}"),
+            )
+            .await;
         }
         if rng.gen_bool(0.4) {
-            let victim = rng.gen_range(1..next_account);
+            let victim = rng.gen_range(base + 1..next_account);
             changes += exec(&mut tx, format!("DELETE FROM accounts WHERE id = {victim}")).await;
         }
         // Composite-key table: upsert-like churn.
@@ -118,7 +136,14 @@ pub async fn run(db: &str, txns: u64, seed: u64, progress: Arc<AtomicU64>) -> St
         )
         .await;
         if t % 7 == 3 {
-            changes += exec(&mut tx, format!("DELETE FROM pairs WHERE a = {a} AND b < {}", t / 2)).await;
+            changes += exec(
+                &mut tx,
+                format!(
+                    "DELETE FROM pairs WHERE a = {a} AND b BETWEEN {base} AND {}",
+                    base as u64 + (t - base as u64) / 2
+                ),
+            )
+            .await;
         }
         changes += exec(&mut tx, format!("INSERT INTO audit VALUES ({t}, 'txn {t}')")).await;
         tx.commit().await.unwrap();
@@ -128,7 +153,9 @@ pub async fn run(db: &str, txns: u64, seed: u64, progress: Arc<AtomicU64>) -> St
         // Every 50th: a transaction that is rolled back.
         if t % 50 == 49 {
             let mut tx = conn.start_transaction(Default::default()).await.unwrap();
-            tx.query_drop("INSERT INTO audit VALUES (-1, 'rolled back')").await.unwrap();
+            tx.query_drop("INSERT INTO audit VALUES (-1, 'rolled back')")
+                .await
+                .unwrap();
             tx.rollback().await.unwrap();
         }
     }
