@@ -61,7 +61,10 @@ pub fn run(path: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "proxy listening");
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(listen = %addr, "proxy listening");
+        // One line on stdout for scripts and tests (the port when listen = ":0").
+        println!("dbmux proxy listening on {addr}");
         proxy.run(listener, shutdown_signal()).await;
         ExitCode::SUCCESS
     })

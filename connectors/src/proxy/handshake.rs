@@ -91,7 +91,7 @@ pub const DEFAULT_COLLATION: u8 = 45;
 /// A client connection before or after the TLS upgrade.
 pub enum ClientStream {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::server::TlsStream<Rewind>>),
     /// Only while the TLS handshake owns the socket.
     Detached,
 }
@@ -99,6 +99,37 @@ pub enum ClientStream {
 impl ClientStream {
     pub fn is_tls(&self) -> bool {
         matches!(self, ClientStream::Tls(_))
+    }
+}
+
+/// A socket with bytes already read off it put back in front: a client may
+/// send its TLS ClientHello in the same segment as the SSLRequest.
+pub struct Rewind {
+    pre: BytesMut,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        if !me.pre.is_empty() {
+            let n = me.pre.len().min(buf.remaining());
+            buf.put_slice(&me.pre.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut me.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -387,14 +418,12 @@ pub async fn accept(
     let mut pkt = io.read_packet().await?.ok_or(HandshakeError::Closed)?;
     if is_ssl_request(&pkt.payload) {
         let acceptor = tls.ok_or(HandshakeError::Malformed)?;
-        if !io.rbuf.is_empty() {
-            return Err(HandshakeError::Malformed);
-        }
         let ClientStream::Plain(tcp) = std::mem::replace(&mut io.stream, ClientStream::Detached) else {
             return Err(HandshakeError::Malformed);
         };
+        let pre = io.rbuf.split();
         let stream = acceptor
-            .accept(tcp)
+            .accept(Rewind { pre, inner: tcp })
             .await
             .map_err(|e| HandshakeError::Tls(e.to_string()))?;
         io.stream = ClientStream::Tls(Box::new(stream));
@@ -402,6 +431,7 @@ pub async fn accept(
     }
     let mut seq = pkt.seq.wrapping_add(1);
     let Some(resp) = parse_response(&pkt.payload) else {
+        tracing::debug!(len = pkt.payload.len(), head = ?&pkt.payload[..pkt.payload.len().min(40)], tls = io.stream.is_tls(), "unreadable handshake response");
         io.send(seq, &err_payload(ER_HANDSHAKE, "08S01", "Bad handshake"))
             .await?;
         return Err(HandshakeError::Malformed);
@@ -467,7 +497,10 @@ pub async fn accept(
                 return Err(HandshakeError::Refused("no sha2 hash".into()));
             };
             if !user.require_full_auth {
-                let fast = verify_sha2(&h, &challenge, &auth);
+                // Some clients (PyMySQL ≤ 1.0) hash the auth-switch nonce with
+                // its trailing NUL; accept both readings of the same nonce.
+                let with_nul: Vec<u8> = challenge.iter().copied().chain([0]).collect();
+                let fast = verify_sha2(&h, &challenge, &auth) || verify_sha2(&h, &with_nul, &auth);
                 if fast {
                     seq = io.send(seq, &[0x01, 0x03]).await?;
                 }

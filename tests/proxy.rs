@@ -1,0 +1,1017 @@
+//! Black-box tests of the MySQL-protocol proxy: the real `dbmux` binary, real
+//! clients (the `mariadb` command-line client, mysql_async, PyMySQL), the
+//! MariaDB master and replica from `scripts/services up`.
+//!
+//! Which server answered is told by `@@server_id`: master 1, replica 2; the
+//! replica instances these tests start themselves use 3.
+//!
+//! Replication between the shared master and replica is simulated where a
+//! test needs it: the test copies rows and then advances a position row the
+//! proxy is configured to read (`applied_gtid_query`), which is exactly the
+//! contract of the pipeline's appliers.
+
+use mysql_async::prelude::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------
+// Environment
+
+fn services_env() -> &'static Vec<(String, String)> {
+    static ENV: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".dev/services.env");
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let l = l.trim().trim_start_matches("export ");
+                let (k, v) = l.split_once('=')?;
+                Some((k.to_string(), v.trim_matches('"').trim_matches('\'').to_string()))
+            })
+            .collect()
+    })
+}
+
+fn env(name: &str) -> String {
+    if let Ok(v) = std::env::var(name) {
+        return v;
+    }
+    services_env()
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("{name} is not set: run `scripts/services up` first"))
+}
+
+fn master_url() -> String {
+    env("DBMUX_TEST_MYSQL_URL")
+}
+fn replica_url() -> String {
+    env("DBMUX_TEST_MYSQL_REPLICA_URL")
+}
+
+/// `mysql://user:pw@host:port/` of a services URL, without its database.
+fn server_url(url: &str) -> String {
+    let mut u = url::Url::parse(url).unwrap();
+    u.set_path("/");
+    u.to_string()
+}
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 1_000_000;
+    format!(
+        "{prefix}_{}_{t}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn direct(url: &str) -> mysql_async::Conn {
+    let opts = mysql_async::Opts::from_url(&format!("{}?prefer_socket=false", server_url(url))).unwrap();
+    mysql_async::Conn::new(opts).await.unwrap()
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const PASSWORD: &str = "app-password";
+
+// ---------------------------------------------------------------------------
+// TLS material
+
+struct Tls {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A throwaway CA and a server certificate for localhost / 127.0.0.1.
+fn make_tls() -> Tls {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=dbmux test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
+    ]);
+    Tls {
+        ca: d.join("ca.pem"),
+        cert: d.join("server.pem"),
+        key: d.join("server.key"),
+        _dir: dir,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The proxy under test
+
+struct Proxy {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct ProxyOpts<'a> {
+    listen_host: &'a str,
+    allow: Vec<&'a str>,
+    replicas: Vec<(String, String, Option<String>)>,
+    tls: Option<&'a Tls>,
+}
+
+impl Default for ProxyOpts<'_> {
+    fn default() -> Self {
+        ProxyOpts {
+            listen_host: "127.0.0.1",
+            allow: vec![],
+            replicas: vec![("r1".into(), server_url(&replica_url()), None)],
+            tls: None,
+        }
+    }
+}
+
+fn hashes() -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dbmux"))
+        .args(["hash-password", PASSWORD])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    (
+        lines.next().unwrap().to_string(),
+        lines.next().unwrap().to_string(),
+    )
+}
+
+fn start_proxy(o: ProxyOpts<'_>) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    let (native, sha2) = hashes();
+    let mut cfg = format!(
+        "[proxy]\nlisten = \"{}:0\"\nmaster = \"{}\"\nhealth_interval_ms = 50\n",
+        o.listen_host,
+        server_url(&master_url())
+    );
+    if !o.allow.is_empty() {
+        cfg += &format!("allow = {:?}\n", o.allow);
+    }
+    for (name, url, q) in &o.replicas {
+        cfg += &format!("[[proxy.replicas]]\nname = \"{name}\"\nurl = \"{url}\"\n");
+        if let Some(q) = q {
+            cfg += &format!("applied_gtid_query = \"{q}\"\n");
+        }
+    }
+    for (user, extra) in [
+        ("app", ""),
+        ("app_sha2", "auth_plugin = \"caching_sha2_password\"\n"),
+        ("app_eventual", "consistency = \"eventual\"\n"),
+    ] {
+        cfg += &format!("[[proxy.users]]\nname = \"{user}\"\n{native}\n{sha2}\n{extra}");
+    }
+    if let Some(t) = o.tls {
+        cfg += &format!(
+            "[[proxy.users]]\nname = \"app_full\"\n{native}\n{sha2}\nauth_plugin = \"caching_sha2_password\"\nrequire_full_auth = true\n"
+        );
+        cfg += &format!(
+            "[proxy.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            t.cert.display(),
+            t.key.display()
+        );
+    }
+    let path = dir.path().join("dbmux.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let log = dir.path().join("proxy.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dbmux"))
+        .args(["proxy", "--config"])
+        .arg(&path)
+        .env("DBMUX_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Port 0: the proxy prints the address it got, so parallel tests never collide.
+    let mut line = String::new();
+    let stdout = child.stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    let mut p = Proxy {
+        child,
+        port: 0,
+        _dir: dir,
+        log,
+    };
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("proxy did not start ({line:?}): {}", p.log_text()));
+    p.port = port;
+    p
+}
+
+impl Proxy {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    fn url(&self, user: &str, db: &str) -> String {
+        format!(
+            "mysql://{user}:{PASSWORD}@127.0.0.1:{}/{db}?prefer_socket=false",
+            self.port
+        )
+    }
+    async fn conn(&self, user: &str, db: &str) -> mysql_async::Conn {
+        mysql_async::Conn::new(mysql_async::Opts::from_url(&self.url(user, db)).unwrap())
+            .await
+            .unwrap()
+    }
+    async fn tls_conn(&self, user: &str, db: &str, tls: &Tls) -> mysql_async::Conn {
+        let ssl = mysql_async::SslOpts::default().with_root_certs(vec![tls.ca.clone().into()]);
+        let opts =
+            mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&self.url(user, db)).unwrap())
+                .ssl_opts(ssl);
+        mysql_async::Conn::new(opts).await.unwrap()
+    }
+    /// Runs the `mariadb` client; returns (success, stdout, stderr).
+    fn cli(&self, user: &str, password: &str, extra: &[&str], sql: &str) -> (bool, String, String) {
+        let out = Command::new(env("DBMUX_TEST_MYSQL_CLIENT"))
+            .args([
+                "--no-defaults",
+                "-h127.0.0.1",
+                &format!("-P{}", self.port),
+                &format!("-u{user}"),
+            ])
+            .arg(format!("-p{password}"))
+            .args(["--batch", "--skip-column-names"])
+            .args(extra)
+            .args(["-e", sql])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+async fn server_id(c: &mut mysql_async::Conn) -> u32 {
+    c.query_first("SELECT @@server_id").await.unwrap().unwrap()
+}
+
+/// A fresh database on the master and the replica, with table `t`.
+async fn fresh_db(prefix: &str) -> String {
+    let db = unique(prefix);
+    for url in [master_url(), replica_url()] {
+        let mut c = direct(&url).await;
+        c.query_drop(format!("CREATE DATABASE {db}")).await.unwrap();
+        c.query_drop(format!(
+            "CREATE TABLE {db}.t (id INT PRIMARY KEY, v VARCHAR(64), b LONGBLOB)"
+        ))
+        .await
+        .unwrap();
+        c.query_drop(format!("CREATE TABLE {db}.pos (gtid VARCHAR(200) NOT NULL)"))
+            .await
+            .unwrap();
+        c.query_drop(format!("INSERT INTO {db}.pos VALUES ('')"))
+            .await
+            .unwrap();
+    }
+    db
+}
+
+// ---------------------------------------------------------------------------
+// Clients, plugins, TLS
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_cli_logs_in_with_each_plugin_with_and_without_tls() {
+    let tls = make_tls();
+    let p = start_proxy(ProxyOpts {
+        tls: Some(&tls),
+        ..Default::default()
+    });
+    let ca = format!("--ssl-ca={}", tls.ca.display());
+    let with_tls: Vec<&str> = vec!["--ssl", &ca, "--ssl-verify-server-cert"];
+    for user in ["app", "app_sha2"] {
+        for extra in [vec!["--skip-ssl"], with_tls.clone()] {
+            let (ok, out, err) = p.cli(user, PASSWORD, &extra, "SELECT @@server_id; SELECT 40 + 2");
+            assert!(ok, "{user} {extra:?}: {err}\n{}", p.log_text());
+            assert_eq!(
+                out.split_whitespace().collect::<Vec<_>>(),
+                ["2", "42"],
+                "{user} {extra:?}"
+            );
+            let (ok, status, err) = p.cli(user, PASSWORD, &extra, "status");
+            assert!(ok, "{err}");
+            let tls_used = extra.len() > 1;
+            assert_eq!(
+                status.contains("Cipher in use"),
+                tls_used,
+                "{user} {extra:?}: {status}"
+            );
+        }
+    }
+    // caching_sha2_password full authentication: clear password over TLS only.
+    let (ok, out, err) = p.cli("app_full", PASSWORD, &with_tls, "SELECT 7");
+    assert!(ok && out.trim() == "7", "{err}\n{}", p.log_text());
+    // Without TLS the client asks for an RSA key; the proxy has none and
+    // refuses (the client reports that as 2061).
+    let (ok, _, err) = p.cli("app_full", PASSWORD, &["--skip-ssl"], "SELECT 7");
+    assert!(!ok && (err.contains("1045") || err.contains("2061")), "{err}");
+    let (ok, _, err) = p.cli("app_full", "wrong", &with_tls, "SELECT 7");
+    assert!(!ok && err.contains("1045"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_async_queries_prepared_statements_and_transactions() {
+    let tls = make_tls();
+    let p = start_proxy(ProxyOpts {
+        tls: Some(&tls),
+        ..Default::default()
+    });
+    let db = fresh_db("pxy_async").await;
+    let mut n = 0;
+    for user in ["app", "app_sha2", "app_full"] {
+        for use_tls in [false, true] {
+            if user == "app_full" && !use_tls {
+                continue;
+            }
+            let mut c = if use_tls {
+                p.tls_conn(user, &db, &tls).await
+            } else {
+                p.conn(user, &db).await
+            };
+            // Text protocol, a replica read.
+            assert_eq!(server_id(&mut c).await, 2, "{user} tls={use_tls}");
+            // Prepared statements: write, then read back (read-your-writes → master).
+            n += 10;
+            c.exec_drop(
+                "INSERT INTO t (id, v) VALUES (?, ?), (?, ?)",
+                (n, "a", n + 1, "b"),
+            )
+            .await
+            .unwrap();
+            let v: Option<String> = c
+                .exec_first("SELECT v FROM t WHERE id = ?", (n + 1,))
+                .await
+                .unwrap();
+            assert_eq!(v.as_deref(), Some("b"));
+            let rows: Vec<(i32, String)> = c
+                .exec("SELECT id, v FROM t WHERE id >= ? ORDER BY id", (n,))
+                .await
+                .unwrap();
+            assert_eq!(rows, vec![(n, "a".to_string()), (n + 1, "b".to_string())]);
+            // Transactions: rollback leaves nothing, commit keeps.
+            let mut tx = c.start_transaction(mysql_async::TxOpts::default()).await.unwrap();
+            tx.exec_drop("INSERT INTO t (id, v) VALUES (?, 'rolled back')", (n + 2,))
+                .await
+                .unwrap();
+            assert_eq!(
+                tx.query_first::<u32, _>("SELECT @@server_id").await.unwrap(),
+                Some(1)
+            );
+            tx.rollback().await.unwrap();
+            let mut tx = c.start_transaction(mysql_async::TxOpts::default()).await.unwrap();
+            tx.exec_drop("INSERT INTO t (id, v) VALUES (?, 'committed')", (n + 3,))
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            let mut m = direct(&master_url()).await;
+            let ids: Vec<i32> = m
+                .exec(format!("SELECT id FROM {db}.t WHERE id >= ? ORDER BY id"), (n,))
+                .await
+                .unwrap();
+            assert_eq!(ids, vec![n, n + 1, n + 3], "{user} tls={use_tls}");
+            // COM_RESET_CONNECTION and COM_PING.
+            c.reset().await.unwrap();
+            c.ping().await.unwrap();
+            c.disconnect().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pymysql_logs_in_with_each_plugin_with_and_without_tls() {
+    let tls = make_tls();
+    let p = start_proxy(ProxyOpts {
+        tls: Some(&tls),
+        ..Default::default()
+    });
+    let db = fresh_db("pxy_py").await;
+    let script = r#"
+import sys, pymysql
+port, db, ca = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+out = []
+for i, (user, tls) in enumerate([("app", False), ("app", True), ("app_sha2", False), ("app_sha2", True), ("app_full", True)]):
+    kw = {"ssl": {"ca": ca}} if tls else {}
+    c = pymysql.connect(host="127.0.0.1", port=port, user=user, password="app-password", database=db,
+                        autocommit=True, **kw)
+    cur = c.cursor()
+    cur.execute("SELECT @@server_id")
+    sid = cur.fetchone()[0]
+    cur.execute("INSERT INTO t (id, v) VALUES (%s, %s)", (1000 + i, user))
+    c.commit()
+    cur.execute("SELECT v, @@server_id FROM t WHERE id = %s", (1000 + i,))
+    v, sid2 = cur.fetchone()
+    c.begin(); cur.execute("UPDATE t SET v = 'x' WHERE id = %s", (1000 + i,)); c.rollback()
+    cur.execute("SELECT v FROM t WHERE id = %s", (1000 + i,))
+    v2 = cur.fetchone()[0]
+    cipher = c._sock.cipher()[0] if tls else "-"
+    out.append(f"{user} {tls} {sid} {v} {sid2} {v2} {cipher != '-'}")
+    c.close()
+# PyMySQL's default is autocommit off: every statement is in a transaction,
+# so every read goes to the master.
+c = pymysql.connect(host="127.0.0.1", port=port, user="app", password="app-password")
+cur = c.cursor(); cur.execute("SELECT @@server_id"); out.append(f"autocommit off {cur.fetchone()[0]}")
+c.close()
+# An unsupported command gets an error packet, and the session survives.
+c = pymysql.connect(host="127.0.0.1", port=port, user="app", password="app-password")
+try:
+    c._execute_command(0x12, b"")  # COM_BINLOG_DUMP
+    c._read_packet()
+    out.append("no error")
+except pymysql.err.MySQLError as e:
+    out.append(f"unsupported {e.args[0]}")
+cur = c.cursor(); cur.execute("SELECT 5"); out.append(f"after {cur.fetchone()[0]}")
+print("\n".join(out))
+"#;
+    let out = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            script,
+            &p.port.to_string(),
+            &db,
+            &tls.ca.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        p.log_text()
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "app False 2 app 1 app False",
+            "app True 2 app 1 app True",
+            "app_sha2 False 2 app_sha2 1 app_sha2 False",
+            "app_sha2 True 2 app_sha2 1 app_sha2 True",
+            "app_full True 2 app_full 1 app_full True",
+            "autocommit off 1",
+            "unsupported 1047",
+            "after 5",
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Routing
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_sends_reads_to_the_replica_and_state_to_the_master() {
+    let p = start_proxy(ProxyOpts::default());
+    let db = fresh_db("pxy_route").await;
+    let mut c = p.conn("app_eventual", &db).await;
+    assert_eq!(server_id(&mut c).await, 2, "plain read");
+    c.query_drop("INSERT INTO t (id, v) VALUES (1, 'x')")
+        .await
+        .unwrap();
+    assert_eq!(
+        server_id(&mut c).await,
+        2,
+        "eventual user reads the replica right after a write"
+    );
+    let sid: Option<u32> = c
+        .query_first("SELECT @@server_id FROM t FOR UPDATE")
+        .await
+        .unwrap();
+    assert_eq!(sid, Some(1), "locking read");
+    let sid: Option<u32> = c
+        .query_first("SELECT @@server_id FROM t LOCK IN SHARE MODE")
+        .await
+        .unwrap();
+    assert_eq!(sid, Some(1), "unparsable (LOCK IN SHARE MODE)");
+    let sid: Option<(u32, u64)> = c
+        .query_first("SELECT @@server_id, LAST_INSERT_ID()")
+        .await
+        .unwrap();
+    assert_eq!(sid.unwrap().0, 1, "LAST_INSERT_ID");
+    // Transaction: everything on the master until COMMIT.
+    c.query_drop("BEGIN").await.unwrap();
+    assert_eq!(server_id(&mut c).await, 1);
+    c.query_drop("COMMIT").await.unwrap();
+    assert_eq!(server_id(&mut c).await, 2);
+    // autocommit=0 pins until it is switched back on.
+    c.query_drop("SET autocommit = 0").await.unwrap();
+    assert_eq!(server_id(&mut c).await, 1);
+    c.query_drop("SET autocommit = 1").await.unwrap();
+    assert_eq!(server_id(&mut c).await, 2);
+    // Session settings travel with the session to every backend.
+    c.query_drop("SET time_zone = '+05:00'").await.unwrap();
+    let tz: Option<(String, u32)> = c.query_first("SELECT @@time_zone, @@server_id").await.unwrap();
+    assert_eq!(tz, Some(("+05:00".into(), 2)));
+    // Multi-statements: reads stay on the replica, a write sends all to the master.
+    let mut r = c
+        .query_iter("SELECT @@server_id; SELECT @@server_id + 10")
+        .await
+        .unwrap();
+    let a: Vec<u32> = r.collect().await.unwrap();
+    let b: Vec<u32> = r.collect().await.unwrap();
+    drop(r);
+    assert_eq!((a, b), (vec![2], vec![12]));
+    let mut r = c
+        .query_iter("INSERT INTO t (id, v) VALUES (2, 'y'); SELECT @@server_id")
+        .await
+        .unwrap();
+    let _: Vec<u32> = r.collect().await.unwrap();
+    let b: Vec<u32> = r.collect().await.unwrap();
+    drop(r);
+    assert_eq!(b, vec![1]);
+    // User variables and GET_LOCK pin the session to the master.
+    c.query_drop("SET @x = 5").await.unwrap();
+    let v: Option<(u32, u32)> = c.query_first("SELECT @x, @@server_id").await.unwrap();
+    assert_eq!(v, Some((5, 1)));
+    assert_eq!(server_id(&mut c).await, 1);
+    let mut c2 = p.conn("app_eventual", &db).await;
+    assert_eq!(server_id(&mut c2).await, 2);
+    let _: Option<i32> = c2.query_first("SELECT GET_LOCK('pxy', 1)").await.unwrap();
+    assert_eq!(server_id(&mut c2).await, 1);
+    // COM_RESET_CONNECTION unpins.
+    c2.reset().await.unwrap();
+    assert_eq!(server_id(&mut c2).await, 2);
+    // Read-your-writes user: after a write, reads go to the master until the
+    // replica covers it (the shared replica reports no GTIDs: never here).
+    let mut c3 = p.conn("app", &db).await;
+    assert_eq!(server_id(&mut c3).await, 2);
+    c3.query_drop("INSERT INTO t (id, v) VALUES (3, 'z')")
+        .await
+        .unwrap();
+    assert_eq!(server_id(&mut c3).await, 1);
+    // Writes went to the master only.
+    let mut r = direct(&replica_url()).await;
+    let n: Option<i64> = r
+        .query_first(format!("SELECT COUNT(*) FROM {db}.t"))
+        .await
+        .unwrap();
+    assert_eq!(n, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_over_16_mib_pass_both_ways() {
+    let p = start_proxy(ProxyOpts::default());
+    let db = fresh_db("pxy_big").await;
+    let mut c = p.conn("app", &db).await;
+    let blob: Vec<u8> = (0..(17 << 20) + 5).map(|i| (i % 251) as u8).collect();
+    c.exec_drop("INSERT INTO t (id, b) VALUES (1, ?)", (blob.clone(),))
+        .await
+        .unwrap();
+    let back: Option<Vec<u8>> = c.exec_first("SELECT b FROM t WHERE id = 1", ()).await.unwrap();
+    assert!(back.as_ref() == Some(&blob), "prepared round trip");
+    let back: Option<Vec<u8>> = c.query_first("SELECT b FROM t WHERE id = 1").await.unwrap();
+    assert!(back.as_ref() == Some(&blob), "text round trip");
+    let q = format!("SELECT LENGTH('{}')", "x".repeat(17 << 20));
+    let n: Option<u64> = c.query_first(q).await.unwrap();
+    assert_eq!(n, Some(17 << 20), "17 MiB query text");
+}
+
+// ---------------------------------------------------------------------------
+// The door: allowlist and passwords
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowlist_and_wrong_passwords_are_refused_before_any_query() {
+    let db = fresh_db("pxy_door").await;
+    let p = start_proxy(ProxyOpts {
+        listen_host: "0.0.0.0",
+        allow: vec!["127.0.0.1/32"],
+        ..Default::default()
+    });
+    let insert = format!("INSERT INTO {db}.t (id, v) VALUES (1, 'must not happen')");
+    // From 127.0.0.2: refused with ER_HOST_NOT_PRIVILEGED as the first
+    // packet (the `mariadb` client cannot pick its source address; PyMySQL
+    // and a raw socket can).
+    let first = {
+        use tokio::io::AsyncReadExt;
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut s = sock.connect(([127, 0, 0, 1], p.port).into()).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        buf
+    };
+    assert_eq!(first.get(4), Some(&0xFF), "first packet is an ERR packet");
+    assert_eq!(u16::from_le_bytes([first[5], first[6]]), 1130);
+    let script = r#"
+import sys, pymysql
+try:
+    pymysql.connect(host="127.0.0.1", port=int(sys.argv[1]), user="app", password="app-password", bind_address="127.0.0.2")
+    print("connected")
+except pymysql.err.MySQLError as e:
+    print(e.args[0])
+"#;
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", script, &p.port.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1130");
+    // From 127.0.0.1 the same client gets in.
+    let (ok, out, err) = p.cli("app", PASSWORD, &[], "SELECT 1");
+    assert!(ok && out.trim() == "1", "{err}");
+    // Wrong password and unknown user: access denied, nothing ran.
+    let (ok, _, err) = p.cli("app", "wrong-password", &[], &insert);
+    assert!(!ok && err.contains("1045"), "{err}");
+    let (ok, _, err) = p.cli("app_sha2", "wrong-password", &[], &insert);
+    assert!(!ok && err.contains("1045"), "{err}");
+    let (ok, _, err) = p.cli("nobody", PASSWORD, &[], &insert);
+    assert!(!ok && err.contains("1045"), "{err}");
+    let opts = mysql_async::Opts::from_url(&format!(
+        "mysql://app:bad@127.0.0.1:{}/{db}?prefer_socket=false",
+        p.port
+    ))
+    .unwrap();
+    assert!(mysql_async::Conn::new(opts).await.is_err());
+    let mut m = direct(&master_url()).await;
+    let n: Option<i64> = m
+        .query_first(format!("SELECT COUNT(*) FROM {db}.t"))
+        .await
+        .unwrap();
+    assert_eq!(n, Some(0), "a refused client reached the engine");
+}
+
+// ---------------------------------------------------------------------------
+// Failure: a replica that stops
+
+/// A MariaDB server owned by one test (server_id 3), in a temporary directory.
+struct OwnMariadb {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnMariadb {
+    fn start() -> OwnMariadb {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let out = Command::new("mariadb-install-db")
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
+            .arg(format!("--datadir={}", data.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut m = OwnMariadb {
+            dir,
+            port: free_port(),
+            child: None,
+        };
+        m.run();
+        let sock = m.dir.path().join("mysqld.sock");
+        let grant = "CREATE USER dbmux@'%' IDENTIFIED BY 'dbmux-password'; GRANT ALL ON *.* TO dbmux@'%';";
+        let out = Command::new(env("DBMUX_TEST_MYSQL_CLIENT"))
+            .args(["--no-defaults", "-uroot"])
+            .arg(format!("--socket={}", sock.display()))
+            .args(["-e", grant])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        m
+    }
+
+    fn run(&mut self) {
+        let d = self.dir.path();
+        let child = Command::new("mariadbd")
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--bind-address=127.0.0.1",
+                "--server-id=3",
+                "--skip-log-bin",
+            ])
+            .arg(format!("--datadir={}", d.join("data").display()))
+            .arg(format!("--socket={}", d.join("mysqld.sock").display()))
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--log-error={}", d.join("error.log").display()))
+            .arg(format!("--pid-file={}", d.join("mysqld.pid").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "own mariadbd did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the server abruptly (no goodbye to its clients).
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mysql://dbmux:dbmux-password@127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for OwnMariadb {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replica_takes_no_traffic_and_clients_see_no_errors() {
+    let mut own = tokio::task::spawn_blocking(OwnMariadb::start).await.unwrap();
+    let p = start_proxy(ProxyOpts {
+        replicas: vec![("own".into(), own.url(), None)],
+        ..Default::default()
+    });
+    // Prepared and text reads from several sessions, all on the own replica.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut c = p.conn("app_eventual", "").await;
+        assert_eq!(server_id(&mut c).await, 3);
+        let s: Option<u32> = c.exec_first("SELECT @@server_id + ?", (0,)).await.unwrap();
+        assert_eq!(s, Some(3));
+        clients.push(c);
+    }
+    own.kill();
+    // Every read after the stop succeeds, on the master.
+    for round in 0..3 {
+        for c in clients.iter_mut() {
+            assert_eq!(server_id(c).await, 1, "round {round}");
+            let s: Option<u32> = c.exec_first("SELECT @@server_id + ?", (0,)).await.unwrap();
+            assert_eq!(s, Some(1));
+        }
+    }
+    let mut fresh = p.conn("app_eventual", "").await;
+    assert_eq!(
+        server_id(&mut fresh).await,
+        1,
+        "a new session avoids the down replica"
+    );
+    // Back up: traffic returns once the health check sees it.
+    let own = tokio::task::spawn_blocking(move || {
+        own.run();
+        own
+    })
+    .await
+    .unwrap();
+    wait_until(
+        "reads back on the restarted replica",
+        Duration::from_secs(20),
+        || {
+            let url = p.url("app_eventual", "");
+            async move {
+                let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).unwrap())
+                    .await
+                    .unwrap();
+                server_id(&mut c).await == 3
+            }
+        },
+    )
+    .await;
+    drop(own);
+}
+
+// ---------------------------------------------------------------------------
+// Read-your-writes
+
+/// Copies `t` from the master to the replica every `delay`, then advances
+/// the replica's `pos` row to the master GTID position read *before* the
+/// copy: a slow, honest replication stream.
+async fn slow_replication(db: String, delay: Duration, stop: tokio::sync::watch::Receiver<bool>) {
+    let mut m = direct(&master_url()).await;
+    let mut r = direct(&replica_url()).await;
+    while !*stop.borrow() {
+        tokio::time::sleep(delay).await;
+        let pos: Option<String> = m.query_first("SELECT @@gtid_binlog_pos").await.unwrap();
+        let rows: Vec<(i32, Option<String>)> = m.query(format!("SELECT id, v FROM {db}.t")).await.unwrap();
+        let mut tx = r.start_transaction(mysql_async::TxOpts::default()).await.unwrap();
+        for chunk in rows.chunks(500) {
+            let values: Vec<String> = chunk
+                .iter()
+                .map(|(id, v)| {
+                    format!(
+                        "({id}, {})",
+                        v.as_ref().map(|v| format!("'{v}'")).unwrap_or("NULL".into())
+                    )
+                })
+                .collect();
+            tx.query_drop(format!("REPLACE INTO {db}.t (id, v) VALUES {}", values.join(",")))
+                .await
+                .unwrap();
+        }
+        tx.exec_drop(
+            format!("UPDATE {db}.pos SET gtid = ?"),
+            (pos.unwrap_or_default(),),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_under_slow_replication_has_no_stale_reads() {
+    let db = fresh_db("pxy_ryw").await;
+    let q = format!("SELECT gtid FROM {db}.pos");
+    let p = start_proxy(ProxyOpts {
+        replicas: vec![("r1".into(), server_url(&replica_url()), Some(q))],
+        ..Default::default()
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let repl = tokio::spawn(slow_replication(db.clone(), Duration::from_millis(400), stop_rx));
+
+    const CLIENTS: i32 = 12;
+    const ROUNDS: i32 = 25;
+    let mut tasks = Vec::new();
+    for client in 0..CLIENTS {
+        let url = p.url("app", &db);
+        tasks.push(tokio::spawn(async move {
+            let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).unwrap())
+                .await
+                .unwrap();
+            let (mut stale, mut on_replica) = (0, 0);
+            for round in 0..ROUNDS {
+                let id = client * 1000 + round;
+                let v = format!("c{client}r{round}");
+                if round % 2 == 0 {
+                    c.exec_drop("INSERT INTO t (id, v) VALUES (?, ?)", (id, &v))
+                        .await
+                        .unwrap();
+                } else {
+                    c.query_drop(format!("INSERT INTO t (id, v) VALUES ({id}, '{v}')"))
+                        .await
+                        .unwrap();
+                }
+                // Immediately read it back, and an earlier row of ours.
+                let got: Option<(String, u32)> = c
+                    .exec_first("SELECT v, @@server_id FROM t WHERE id = ?", (id,))
+                    .await
+                    .unwrap();
+                match got {
+                    Some((g, sid)) if g == v => on_replica += (sid == 2) as i32,
+                    _ => stale += 1,
+                }
+                let earlier = client * 1000 + round / 2;
+                let got: Option<String> = c
+                    .query_first(format!("SELECT v FROM t WHERE id = {earlier}"))
+                    .await
+                    .unwrap();
+                if got.is_none() {
+                    stale += 1;
+                }
+                if round % 5 == 4 {
+                    // Pause now and then so replication can catch up with us.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let sid: Option<(String, u32)> = c
+                        .query_first(format!("SELECT v, @@server_id FROM t WHERE id = {earlier}"))
+                        .await
+                        .unwrap();
+                    match sid {
+                        Some((_, 2)) => on_replica += 1,
+                        Some(_) => {}
+                        None => stale += 1,
+                    }
+                }
+            }
+            (stale, on_replica)
+        }));
+    }
+    let (mut stale, mut on_replica) = (0, 0);
+    for t in tasks {
+        let (s, r) = t.await.unwrap();
+        stale += s;
+        on_replica += r;
+    }
+    assert_eq!(stale, 0, "stale reads through the proxy");
+    assert!(
+        on_replica > 0,
+        "no read ever reached the replica: the test proves nothing"
+    );
+
+    // The same workload with eventual consistency does read stale data: the
+    // replication delay is real.
+    let mut c = p.conn("app_eventual", &db).await;
+    let mut eventual_stale = 0;
+    for i in 0..5 {
+        c.exec_drop("INSERT INTO t (id, v) VALUES (?, 'e')", (900_000 + i,))
+            .await
+            .unwrap();
+        let got: Option<String> = c
+            .exec_first("SELECT v FROM t WHERE id = ?", (900_000 + i,))
+            .await
+            .unwrap();
+        eventual_stale += got.is_none() as i32;
+    }
+    assert!(
+        eventual_stale > 0,
+        "eventual reads were never stale: replication is not slow"
+    );
+    stop_tx.send(true).unwrap();
+    repl.await.unwrap();
+}
