@@ -883,6 +883,12 @@ async fn rows_of_tables_altered_or_dropped_since_are_decoded_from_the_binlog() {
         .unwrap();
     c.query_drop("DROP TABLE scratch").await.unwrap();
     c.query_drop("INSERT INTO kept VALUES (1, 'old')").await.unwrap();
+    c.query_drop("ALTER TABLE kept MODIFY v VARCHAR(7)")
+        .await
+        .unwrap();
+    c.query_drop("INSERT INTO kept VALUES (9, 'between')")
+        .await
+        .unwrap();
     c.query_drop("ALTER TABLE kept ADD COLUMN extra INT, MODIFY v VARCHAR(50)")
         .await
         .unwrap();
@@ -903,7 +909,16 @@ async fn rows_of_tables_altered_or_dropped_since_are_decoded_from_the_binlog() {
     let s = &t.changes[0].0;
     assert_eq!(s.columns.len(), 2, "the schema when the row was written");
     assert_eq!(s.columns[1].ty, ColumnType::VarChar { length: 5 });
+    assert_eq!(s.columns[1].source_type, "varchar(5)");
     assert_eq!(inserted(&t.changes[0].1), &[int(1), text("old")]);
+
+    // Same columns, other length: still described as written.
+    let t = next(&mut src).await;
+    let s = &t.changes[0].0;
+    assert_eq!(s.columns.len(), 2);
+    assert_eq!(s.columns[1].ty, ColumnType::VarChar { length: 7 });
+    assert_eq!(s.columns[1].source_type, "varchar(7)");
+    assert_eq!(inserted(&t.changes[0].1), &[int(9), text("between")]);
 
     let t = next(&mut src).await;
     let s = &t.changes[0].0;

@@ -1,21 +1,24 @@
 //! From a binlog TABLE_MAP event to a [`TableSchema`] and the decoders for its rows.
 //!
 //! # Where each fact comes from
-//! The table map (with `binlog_row_metadata=FULL`) is the authority for
-//! *decoding*: column types and their metadata (lengths, precision, fsp, BIT
-//! width), nullability, signedness, collations, ENUM/SET labels, names and the
-//! primary key, all as they were when the row was written. `information_schema`
-//! is read once per new table map for what the binlog does not carry: the
-//! server's `COLUMN_TYPE` text and, on MariaDB, whether a LONGTEXT is a JSON
-//! column (a `json_valid(col)` check constraint). Lengths in characters are
-//! exact from both (the binlog stores `chars × mbmaxlen` bytes).
+//! The table map (with `binlog_row_metadata=FULL`) is the authority: column
+//! types and their metadata (lengths, precision, fsp, BIT width), nullability,
+//! signedness, collations, ENUM/SET labels, names and the primary key, all as
+//! they were when the row was written. Lengths in characters are exact from it
+//! (the server stores `chars × mbmaxlen` bytes). `information_schema` is read
+//! once per new table map for what the binlog does not carry: the server's own
+//! `COLUMN_TYPE` spelling and, on MariaDB, whether a LONGTEXT is a JSON column
+//! (a `json_valid(col)` check constraint).
 //!
-//! `information_schema` shows the table *now*. When it no longer matches the
-//! table map (the table was altered or dropped after the binlog event was
-//! written — a capture catching up behind a migration that creates, fills and
-//! drops a table), the schema is built from the table map alone and a warning
-//! is logged: the values stay exact; only `source_type` is synthesized and a
-//! MariaDB JSON column shows as LONGTEXT.
+//! `information_schema` shows the table *now*. It is used only when it
+//! describes this table map: same column count, names and kinds, and every
+//! `COLUMN_TYPE` equal to the one synthesized from the binlog (up to integer
+//! display widths). Otherwise — the table was altered or dropped after the row
+//! was written, e.g. a capture catching up behind a migration that creates,
+//! fills and drops a table — the schema comes from the table map alone and a
+//! warning is logged: values and types stay exact; `source_type` is synthesized
+//! and a MariaDB JSON column shows as LONGTEXT. (We chose this over failing:
+//! a definite error there would stop replication on an ordinary migration.)
 
 use super::binlog_values::{BlobContent, Charset, ColumnDecoder};
 use super::capture::MysqlCaptureError;
@@ -243,25 +246,16 @@ pub fn build_plan(
             return Err(unsupported(&id, &ic.name, ic.column_type.clone()));
         }
     }
-    let consistent = info.len() == cols.len()
+    // Same names and kinds of columns: information_schema may describe this table map.
+    let same_shape = info.len() == cols.len()
         && cols.iter().zip(info).all(|(c, ic)| {
             c.name.as_deref().is_none_or(|n| n == ic.name) && same_family(&ic.data_type, c.ty)
         });
-    if !consistent {
-        tracing::warn!(
-            table = %id,
-            binlog_columns = cols.len(),
-            information_schema_columns = info.len(),
-            "information_schema no longer matches the binlog table map (table altered or dropped since); \
-             building the schema from the table map alone"
-        );
-    }
-    let info = if consistent { info } else { &[] };
 
     let mut columns = Vec::with_capacity(cols.len());
     let mut decoders = Vec::with_capacity(cols.len());
     for (i, c) in cols.iter().enumerate() {
-        let ic = info.get(i);
+        let ic = info.get(i).filter(|_| same_shape);
         let name = c
             .name
             .clone()
@@ -275,6 +269,7 @@ pub fn build_plan(
                     format!("column with collation id {coll}, unknown to this server"),
                 )
             })?),
+            // Without charset metadata (binlog_row_metadata=MINIMAL) fall back to the catalog.
             None if c.ty.is_character_type() || c.ty.is_enum_or_set_type() => {
                 ic.and_then(|ic| ic.charset.clone())
             }
@@ -287,8 +282,7 @@ pub fn build_plan(
             ),
             None => None,
         };
-        let (ty, decoder, synth) = column_type(c, charset, ic, &id, &name)?;
-        let source_type = ic.map(|ic| ic.column_type.clone()).unwrap_or(synth);
+        let (ty, decoder, source_type) = column_type(c, charset, &id, &name)?;
         columns.push(ColumnDef {
             name,
             ty,
@@ -300,6 +294,41 @@ pub fn build_plan(
             source_type,
         });
         decoders.push(decoder);
+    }
+
+    // information_schema describes the table map exactly when every column's type text agrees
+    // (an ALTER since the row was written changes at least one); then take its spelling of the
+    // types and, on MariaDB, which LONGTEXT columns are JSON.
+    let consistent = same_shape
+        && columns
+            .iter()
+            .zip(info)
+            .all(|(c, ic)| normalize_column_type(&c.source_type) == normalize_column_type(&ic.column_type));
+    if consistent {
+        for ((col, dec), ic) in columns.iter_mut().zip(decoders.iter_mut()).zip(info) {
+            col.source_type = ic.column_type.clone();
+            if let ColumnDecoder::Blob {
+                pack,
+                content: BlobContent::Text(cs),
+            } = *dec
+            {
+                if ic.json_check || ic.data_type == "json" {
+                    col.ty = ColumnType::Json;
+                    *dec = ColumnDecoder::Blob {
+                        pack,
+                        content: BlobContent::JsonText(cs),
+                    };
+                }
+            }
+        }
+    } else {
+        tracing::warn!(
+            table = %id,
+            binlog_columns = cols.len(),
+            information_schema_columns = info.len(),
+            "information_schema no longer matches the binlog table map (table altered or dropped since); \
+             describing the table from the table map alone"
+        );
     }
     let primary_key = primary_key(tme, &id, columns.len())?;
     Ok(TablePlan {
@@ -334,7 +363,6 @@ fn primary_key(tme: &TableMapEvent<'_>, id: &TableId, n: usize) -> Result<Vec<us
 fn column_type(
     c: &MapColumn,
     charset: Option<Charset>,
-    ic: Option<&InfoColumn>,
     id: &TableId,
     name: &str,
 ) -> Result<(ColumnType, ColumnDecoder, String), MysqlCaptureError> {
@@ -360,12 +388,8 @@ fn column_type(
         )
     };
     let text_charset = || charset.unwrap_or(Charset::Binary);
-    // Characters from a byte length, preferring information_schema's exact figure.
-    let chars = |bytes: u32, cs: Charset| -> u32 {
-        ic.and_then(|ic| ic.char_max_len)
-            .map(|l| l as u32)
-            .unwrap_or(bytes / cs.max_len())
-    };
+    // Characters from a byte length: the server stores `chars × mbmaxlen` bytes.
+    let chars = |bytes: u32, cs: Charset| -> u32 { bytes / cs.max_len() };
     let decode_labels = |labels: &Option<Vec<Vec<u8>>>| -> Result<Vec<String>, MysqlCaptureError> {
         let cs = charset.unwrap_or(Charset::Utf8);
         labels
@@ -541,7 +565,6 @@ fn column_type(
                 4 => (4_294_967_295, "long"),
                 p => return Err(meta_err(id, format!("column {name}: BLOB pack length {p}"))),
             };
-            let json = ic.is_some_and(|ic| ic.json_check || ic.data_type == "json");
             match text_charset() {
                 Charset::Binary => (
                     ColumnType::Blob { max_bytes },
@@ -550,14 +573,6 @@ fn column_type(
                         content: BlobContent::Bytes,
                     },
                     format!("{prefix}blob"),
-                ),
-                cs if json => (
-                    ColumnType::Json,
-                    ColumnDecoder::Blob {
-                        pack,
-                        content: BlobContent::JsonText(cs),
-                    },
-                    "longtext".into(),
                 ),
                 cs => (
                     ColumnType::Text { max_bytes },
@@ -575,12 +590,40 @@ fn column_type(
             "json".into(),
         ),
         other => {
-            let ty = ic
-                .map(|ic| ic.column_type.clone())
-                .unwrap_or_else(|| format!("{other:?}"));
+            let ty = format!("{other:?}");
+            let ty = ty.strip_prefix("MYSQL_TYPE_").unwrap_or(&ty).to_ascii_lowercase();
             return Err(unsupported(id, name, ty));
         }
     })
+}
+
+/// `COLUMN_TYPE` text without what the binlog cannot know: integer display widths,
+/// `ZEROFILL`, FLOAT/DOUBLE `(M,D)`.
+fn normalize_column_type(t: &str) -> String {
+    let t = t.trim().to_ascii_lowercase().replace(" zerofill", "");
+    let base_end = t
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(t.len());
+    let base = &t[..base_end];
+    let strip = matches!(
+        base,
+        "tinyint"
+            | "smallint"
+            | "mediumint"
+            | "int"
+            | "integer"
+            | "bigint"
+            | "year"
+            | "float"
+            | "double"
+            | "real"
+    );
+    if strip && t[base_end..].starts_with('(') {
+        if let Some(close) = t[base_end..].find(')') {
+            return format!("{base}{}", &t[base_end + close + 1..]);
+        }
+    }
+    t
 }
 
 fn with_fsp(base: &str, fsp: u8) -> String {
@@ -588,5 +631,25 @@ fn with_fsp(base: &str, fsp: u8) -> String {
         base.to_owned()
     } else {
         format!("{base}({fsp})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_type_text_normalization() {
+        assert_eq!(normalize_column_type("int(10) unsigned"), "int unsigned");
+        assert_eq!(normalize_column_type("INT(11) UNSIGNED ZEROFILL"), "int unsigned");
+        assert_eq!(normalize_column_type("year(4)"), "year");
+        assert_eq!(normalize_column_type("double(10,2)"), "double");
+        assert_eq!(normalize_column_type("decimal(10,2)"), "decimal(10,2)");
+        assert_eq!(normalize_column_type("varchar(50)"), "varchar(50)");
+        assert_eq!(normalize_column_type("enum('a','b')"), "enum('a','b')");
+        assert_ne!(
+            normalize_column_type("varchar(5)"),
+            normalize_column_type("varchar(50)")
+        );
     }
 }
