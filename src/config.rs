@@ -224,7 +224,20 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// Replaces `${NAME}` with environment values; unknown names are problems.
+/// Comment lines are left alone.
 fn substitute_env(text: &str, get: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<String>) -> String {
+    text.split_inclusive('\n')
+        .map(|line| {
+            if line.trim_start().starts_with('#') {
+                line.to_string()
+            } else {
+                substitute_line(line, get, problems)
+            }
+        })
+        .collect()
+}
+
+fn substitute_line(text: &str, get: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<String>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -548,6 +561,8 @@ mod tests {
         );
         assert_eq!(problems.len(), 1);
         assert!(problems[0].contains("NOPE"));
+        assert_eq!(substitute_env("# ${NOPE}\nx=${PW}\n", &get, &mut problems), "# ${NOPE}\nx=s3cret\n");
+        assert_eq!(problems.len(), 1);
 
         let mut doc: toml::Table = "[[replica]]\nname = \"pg\"\n[log]\nfsync = \"always\"\n"
             .parse()
