@@ -687,6 +687,32 @@ async fn transactions_are_whole_ordered_and_committed_only() {
 }
 
 #[tokio::test]
+async fn truncate_is_captured_as_its_own_transaction() {
+    let mut c = admin().await;
+    let db = fresh_db(&mut c, "cap_trunc").await;
+    c.query_drop("CREATE TABLE t (id INT PRIMARY KEY)").await.unwrap();
+    c.query_drop("CREATE TABLE other (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut src = started(config(&[&db], &[&format!("{db}.other")]), None).await;
+    c.query_drop("INSERT INTO t VALUES (1)").await.unwrap();
+    c.query_drop("TRUNCATE other").await.unwrap();
+    c.query_drop(format!("TRUNCATE TABLE `{db}`.t")).await.unwrap();
+    c.query_drop("INSERT INTO t VALUES (2)").await.unwrap();
+    let t1 = next(&mut src).await;
+    let trunc = next(&mut src).await;
+    assert_eq!(trunc.changes.len(), 1);
+    assert_eq!(trunc.changes[0].1, Op::Truncate);
+    assert!(
+        Arc::ptr_eq(&trunc.changes[0].0, &t1.changes[0].0),
+        "the table's captured schema"
+    );
+    assert!(trunc.position > t1.position);
+    assert_eq!(inserted(&next(&mut src).await.changes[0].1), &[int(2)]);
+    drop_db(&mut c, &db).await;
+}
+
+#[tokio::test]
 async fn resume_from_a_position_gives_exactly_what_followed() {
     let mut c = admin().await;
     let db = fresh_db(&mut c, "cap_resume").await;

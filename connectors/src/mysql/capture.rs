@@ -17,6 +17,9 @@
 //! transactions with at least one change of a captured table are returned;
 //! `ROLLBACK` discards the buffer. XA transactions touching captured tables are
 //! refused (definite error) rather than emitted before their outcome is known.
+//! `TRUNCATE` of a captured table becomes an [`Op::Truncate`] transaction; other
+//! DDL is not captured (it only refreshes the schema facts, see below), and a
+//! statement-based DML in a captured database is a definite error.
 //!
 //! # Resumption
 //! A transaction's [`Position`] is the binlog file and the offset right after
@@ -341,7 +344,10 @@ enum TxnGtid {
 struct OpenTxn {
     id: Option<String>,
     gtid: TxnGtid,
+    /// MariaDB `FL_STANDALONE`: one statement, no BEGIN/COMMIT.
     standalone: bool,
+    /// A `BEGIN` query was seen (MySQL groups DDL without one).
+    saw_begin: bool,
     xa_prepare: bool,
     start: String,
     payload_end: Option<u64>,
@@ -693,6 +699,7 @@ impl MysqlSource {
             id,
             gtid,
             standalone,
+            saw_begin: false,
             xa_prepare: false,
             start: self.here(h.log_pos(), h.event_size()),
             payload_end: None,
@@ -855,6 +862,9 @@ impl MysqlSource {
             if self.txn.is_none() {
                 self.begin(ev, None, TxnGtid::None, false);
             }
+            if let Some(t) = self.txn.as_mut() {
+                t.saw_begin = true;
+            }
             return Ok(None);
         }
         if word("COMMIT") || word("XA COMMIT") {
@@ -897,9 +907,37 @@ impl MysqlSource {
                 ),
             ));
         }
-        // DDL: information_schema facts may have changed.
-        self.ddl_epoch += 1;
-        if self.txn.as_ref().is_some_and(|t| t.standalone) {
+        match truncate_target(text) {
+            Some((db, table)) => {
+                let id = TableId::new(db.unwrap_or(schema), table);
+                if self.filter.matches(&id.schema, &id.name) {
+                    // The schema as last captured; a table never captured yet is named only.
+                    let table = match self.plans.get(&id) {
+                        Some(p) => p.schema.clone(),
+                        None => Arc::new(TableSchema {
+                            id,
+                            columns: Vec::new(),
+                            primary_key: Vec::new(),
+                        }),
+                    };
+                    if self.txn.is_none() {
+                        self.begin(ev, None, TxnGtid::None, false);
+                    }
+                    if let Some(t) = self.txn.as_mut() {
+                        t.changes.push((table, Op::Truncate));
+                    }
+                }
+            }
+            // Other DDL: information_schema facts may have changed.
+            None => self.ddl_epoch += 1,
+        }
+        // A DDL group ends with its statement: MariaDB flags it standalone, MySQL has no BEGIN.
+        let mariadb = self.server.as_ref().is_none_or(|s| s.mariadb);
+        if self
+            .txn
+            .as_ref()
+            .is_some_and(|t| t.standalone || (!mariadb && !t.saw_begin))
+        {
             return self.finish(ev);
         }
         Ok(None)
@@ -1157,6 +1195,53 @@ fn crc32(chunks: &[&[u8]]) -> u32 {
     !c
 }
 
+/// `TRUNCATE [TABLE] [db.]name` → (db, name), identifiers optionally backquoted.
+fn truncate_target(text: &[u8]) -> Option<(Option<String>, String)> {
+    if !starts_with_word(text, "TRUNCATE") {
+        return None;
+    }
+    let s = std::str::from_utf8(&text["TRUNCATE".len()..]).ok()?.trim_start();
+    let s = if starts_with_word(s.as_bytes(), "TABLE") {
+        s["TABLE".len()..].trim_start()
+    } else {
+        s
+    };
+    let (first, rest) = identifier(s)?;
+    match rest.trim_start().strip_prefix('.') {
+        Some(r) => {
+            let (second, _) = identifier(r.trim_start())?;
+            Some((Some(first), second))
+        }
+        None => Some((None, first)),
+    }
+}
+
+/// One identifier at the start of `s` (`` `a``b` `` or `name`), and the rest.
+fn identifier(s: &str) -> Option<(String, &str)> {
+    if let Some(r) = s.strip_prefix('`') {
+        let mut out = String::new();
+        let mut it = r.char_indices().peekable();
+        while let Some((i, c)) = it.next() {
+            if c == '`' {
+                if it.peek().is_some_and(|&(_, n)| n == '`') {
+                    it.next();
+                    out.push('`');
+                } else {
+                    return Some((out, &r[i + 1..]));
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        None
+    } else {
+        let end = s
+            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+            .unwrap_or(s.len());
+        (end > 0).then(|| (s[..end].to_string(), &s[end..]))
+    }
+}
+
 /// The statement text after leading whitespace and `/* … */` comments.
 fn strip_comments(raw: &[u8]) -> &[u8] {
     let mut s = raw;
@@ -1276,6 +1361,23 @@ mod tests {
         assert!(starts_with_word(b"ROLLBACK TO SAVEPOINT s", "ROLLBACK TO"));
         assert!(starts_with_word(b"insert into t values (1)", "INSERT"));
         assert!(!starts_with_word(b"inserted", "INSERT"));
+    }
+
+    #[test]
+    fn truncate_targets() {
+        let t = |s: &str| truncate_target(s.as_bytes());
+        assert_eq!(t("TRUNCATE TABLE t"), Some((None, "t".into())));
+        assert_eq!(
+            t("truncate `my db`.`we``ird`"),
+            Some((Some("my db".into()), "we`ird".into()))
+        );
+        assert_eq!(
+            t("TRUNCATE app . orders"),
+            Some((Some("app".into()), "orders".into()))
+        );
+        assert_eq!(t("TRUNCATE TABLE tablex"), Some((None, "tablex".into())));
+        assert_eq!(t("TRUNCATEX t"), None);
+        assert_eq!(t("CREATE TABLE t (a int)"), None);
     }
 
     #[test]
