@@ -315,3 +315,113 @@ url = "postgres://u:hunter2@127.0.0.1:1/app"
     }
     assert!(!err.contains("hunter2"), "a secret was printed:\n{err}");
 }
+
+/// Every MariaDB column type, through capture, the log and both appliers.
+/// The table is created while dbmux runs, so it also proves a new table is
+/// created on the replicas and replicated from its first row.
+const TYPE_MATRIX: &str = "CREATE TABLE types (
+    id INT PRIMARY KEY,
+    ti TINYINT, tiu TINYINT UNSIGNED, si SMALLINT, siu SMALLINT UNSIGNED,
+    mi MEDIUMINT, miu MEDIUMINT UNSIGNED, i INT, iu INT UNSIGNED, bi BIGINT, biu BIGINT UNSIGNED,
+    dec65 DECIMAL(65,30), f FLOAT, d DOUBLE,
+    dt DATE, dtm DATETIME(6), ts TIMESTAMP(6) NULL, tm TIME(6), tm1 TIME(1), tm2 TIME(2), yr YEAR,
+    b1 BIT(1), b64 BIT(64), en ENUM('a','b','c d'), st SET('x','y','z'), js JSON,
+    ch CHAR(10) CHARACTER SET utf8mb4, vc VARCHAR(100) CHARACTER SET utf8mb4, tx TEXT CHARACTER SET utf8mb4,
+    l1 VARCHAR(50) CHARACTER SET latin1, lt TEXT CHARACTER SET latin1,
+    bn BINARY(8), vb VARBINARY(300), bl BLOB
+)";
+
+const TYPE_ROWS: &[&str] = &[
+    // Minimums and empties.
+    "(1, -128, 0, -32768, 0, -8388608, 0, -2147483648, 0, -9223372036854775808, 0,
+      '-99999999999999999999999999999999999.999999999999999999999999999999', -3.40282e38, -1.7976931348623157e308,
+      '1000-01-01', '1000-01-01 00:00:00.000000', '1970-01-01 00:00:01.000000', '-838:59:59.000000', '-12:34:56.7', '-00:00:00.01', 1901,
+      b'0', b'0', 'a', '', '[]', '', '', '', '', '', X'00', X'', X'')",
+    // Maximums and the widest content.
+    "(2, 127, 255, 32767, 65535, 8388607, 16777215, 2147483647, 4294967295, 9223372036854775807, 18446744073709551615,
+      '99999999999999999999999999999999999.999999999999999999999999999999', 3.40282e38, 1.7976931348623157e308,
+      '9999-12-31', '9999-12-31 23:59:59.999999', '2038-01-19 03:14:07.999999', '838:59:59.000000', '-838:59:58.9', '-838:59:58.99', 2155,
+      b'1', 0xFFFFFFFFFFFFFFFF, 'c d', 'x,y,z', '{\"k\": [1, 2.5, \"é😀\", null, true], \"n\": {\"a\": {}}}',
+      'emoji😀ok', 'héllo wörld 😀🚀 中文 \\\\ '' \"', REPEAT('long text ✓ ', 500), 'Ünïcödé àéîõü ÿ', 'latin1 ÀÉÎ £ © «»',
+      X'00FF00FF00FF00FF', X'00FF7F80275C22', X'@ALLBYTES@')",
+    // NULL in every nullable column.
+    "(3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+      NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+    // Ordinary values.
+    "(4, -1, 1, -2, 2, -3, 3, -4, 4, -5, 5, '3.141592653589793238462643383279', 1.5, 0.1,
+      '2024-02-29', '2024-02-29 12:34:56.789012', '2024-02-29 12:34:56.789012', '-00:00:01.000001', '-00:00:00.1', '00:00:00.99', 2024,
+      b'1', b'101', 'b', 'y', '{\"a\": 1}', 'x', 'y', 'z', 'é', 'ü', X'01', X'02', X'03')",
+];
+
+fn type_projection() -> crate::support::compare::Projection<'static> {
+    crate::support::compare::Projection {
+        table: "types",
+        mysql: "CAST(id AS CHAR), CAST(ti AS CHAR), CAST(tiu AS CHAR), CAST(si AS CHAR), CAST(siu AS CHAR),
+            CAST(mi AS CHAR), CAST(miu AS CHAR), CAST(i AS CHAR), CAST(iu AS CHAR), CAST(bi AS CHAR), CAST(biu AS CHAR),
+            CAST(dec65 AS CHAR), CAST(CAST(f AS DOUBLE) AS CHAR), CAST(d AS CHAR),
+            DATE_FORMAT(dt, '%Y-%m-%d'), DATE_FORMAT(dtm, '%Y-%m-%d %H:%i:%s.%f'), CAST(UNIX_TIMESTAMP(ts) AS CHAR),
+            CAST(CAST(TIME_TO_SEC(tm) AS DECIMAL(20,6)) AS CHAR), CAST(CAST(TIME_TO_SEC(tm1) AS DECIMAL(20,6)) AS CHAR),
+            CAST(CAST(TIME_TO_SEC(tm2) AS DECIMAL(20,6)) AS CHAR), CAST(yr AS CHAR),
+            BIN(b1), LPAD(BIN(b64), 64, '0'), CAST(en AS CHAR), CAST(st AS CHAR), js,
+            ch, vc, tx, l1, lt, HEX(bn), HEX(vb), HEX(bl)",
+        pg: "id::text, ti::text, tiu::text, si::text, siu::text, mi::text, miu::text, i::text, iu::text, bi::text, biu::text,
+            dec65::text, f::float8::text, d::text,
+            to_char(dt, 'YYYY-MM-DD'), to_char(dtm, 'YYYY-MM-DD HH24:MI:SS.US'), extract(epoch from ts)::numeric(20,6)::text,
+            extract(epoch from tm)::numeric(20,6)::text, extract(epoch from tm1)::numeric(20,6)::text,
+            extract(epoch from tm2)::numeric(20,6)::text, yr::text,
+            b1::text, b64::text, en::text, st::text, js::text,
+            ch, vc, tx, l1, lt, upper(encode(bn, 'hex')), upper(encode(vb, 'hex')), upper(encode(bl, 'hex'))",
+        order: "id",
+        float_cols: &[12, 13],
+        json_cols: &[25],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn type_matrix_reaches_both_replicas_value_by_value() {
+    let db = unique_name("types");
+    let mut conn = mysql_async::Conn::from_url(mysql_url()).await.unwrap();
+    conn.query_drop(format!("CREATE DATABASE `{db}` CHARACTER SET utf8mb4"))
+        .await
+        .unwrap();
+    conn.query_drop(format!("USE `{db}`")).await.unwrap();
+    conn.query_drop("SET time_zone = '+00:00'").await.unwrap();
+    let mut dbmux = Dbmux::new(&db, BOTH, "");
+    dbmux.start();
+    wait_for("the admin server", Duration::from_secs(30), || async {
+        dbmux.status().await
+    })
+    .await;
+    // Created while dbmux runs.
+    conn.query_drop(TYPE_MATRIX).await.unwrap();
+    let all_bytes: String = (0..=255u8).map(|b| format!("{b:02X}")).collect();
+    let mut changes = 0;
+    for row in TYPE_ROWS {
+        conn.query_drop(format!(
+            "INSERT INTO types VALUES {}",
+            row.replace("@ALLBYTES@", &all_bytes)
+        ))
+        .await
+        .unwrap();
+        changes += 1;
+    }
+    dbmux.wait_caught_up(changes, CATCH_UP).await;
+    assert_eq!(assert_identical(&db, &type_projection(), true, true).await, 4);
+
+    // Updates (incl. NULL → value, value → NULL, a primary-key change) and a delete, in one transaction.
+    let mut tx = conn.start_transaction(Default::default()).await.unwrap();
+    for sql in [
+        "UPDATE types SET vc = 'updated ✓', biu = 12345678901234567890, js = '{\"b\": [1, 2]}',
+            tm = '-01:02:03.456789', ts = NULL, f = -0.25 WHERE id = 4",
+        "UPDATE types SET bl = X'FF00', l1 = 'now set: ß', dec65 = '-0.000000000000000000000000000001', b64 = 1 WHERE id = 3",
+        "UPDATE types SET id = 10, dt = '2000-01-01' WHERE id = 1",
+        "DELETE FROM types WHERE id = 2",
+    ] {
+        tx.query_drop(sql).await.unwrap();
+        changes += 1;
+    }
+    tx.commit().await.unwrap();
+    dbmux.wait_caught_up(changes, CATCH_UP).await;
+    assert_eq!(assert_identical(&db, &type_projection(), true, true).await, 3);
+    conn.disconnect().await.unwrap();
+}

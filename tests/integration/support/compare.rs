@@ -54,15 +54,46 @@ pub struct Projection<'a> {
     pub pg: &'a str,
     /// ORDER BY list (column names valid on both).
     pub order: &'a str,
+    /// Output columns holding floating-point text: compared as the f64 they
+    /// denote (the engines spell exponents differently: `e308` / `e+308`).
+    pub float_cols: &'a [usize],
+    /// Output columns holding JSON: compared as parsed documents (`jsonb`
+    /// normalizes whitespace and key order).
+    pub json_cols: &'a [usize],
+}
+
+fn normalize(rows: Rows, p: &Projection<'_>) -> Rows {
+    rows.into_iter()
+        .map(|row| {
+            row.into_iter()
+                .enumerate()
+                .map(|(i, cell)| {
+                    let cell = cell?;
+                    if p.float_cols.contains(&i) {
+                        let v: f64 = cell
+                            .parse()
+                            .unwrap_or_else(|_| panic!("column {i}: {cell:?} is not a float"));
+                        Some(format!("{v:e}"))
+                    } else if p.json_cols.contains(&i) {
+                        let v: serde_json::Value = serde_json::from_str(&cell)
+                            .unwrap_or_else(|_| panic!("column {i}: {cell:?} is not JSON"));
+                        Some(v.to_string())
+                    } else {
+                        Some(cell)
+                    }
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Asserts master, MariaDB replica and (when `pg`) PostgreSQL replica hold the
 /// same rows. Returns the row count.
 pub async fn assert_identical(db: &str, p: &Projection<'_>, mariadb: bool, pg: bool) -> usize {
     let sql = format!("SELECT {} FROM `{}` ORDER BY {}", p.mysql, p.table, p.order);
-    let master = mysql_rows(&with_db(&mysql_url(), db), &sql).await;
+    let master = normalize(mysql_rows(&with_db(&mysql_url(), db), &sql).await, p);
     if mariadb {
-        let replica = mysql_rows(&with_db(&mysql_replica_url(), db), &sql).await;
+        let replica = normalize(mysql_rows(&with_db(&mysql_replica_url(), db), &sql).await, p);
         assert_rows_eq(
             &master,
             &replica,
@@ -78,7 +109,7 @@ pub async fn assert_identical(db: &str, p: &Projection<'_>, mariadb: bool, pg: b
             p.table,
             order.join(", ")
         );
-        let replica = pg_rows(&sql).await;
+        let replica = normalize(pg_rows(&sql).await, p);
         assert_rows_eq(
             &master,
             &replica,

@@ -26,10 +26,12 @@ pub fn projections() -> Vec<Projection<'static>> {
             mysql: "CAST(id AS CHAR), owner, CAST(balance AS CHAR), DATE_FORMAT(updated, '%Y-%m-%d %H:%i:%s.%f'), HEX(note)",
             pg: "id::text, owner, balance::text, to_char(updated, 'YYYY-MM-DD HH24:MI:SS.US'), upper(encode(note, 'hex'))",
             order: "id",
+            float_cols: &[],
+            json_cols: &[],
         },
-        Projection { table: "items", mysql: "CAST(id AS CHAR), CAST(k AS CHAR), s", pg: "id::text, k::text, s", order: "id" },
-        Projection { table: "pairs", mysql: "CAST(a AS CHAR), CAST(b AS CHAR), v", pg: "a::text, b::text, v", order: "a, b" },
-        Projection { table: "audit", mysql: "CAST(txn AS CHAR), info", pg: "txn::text, info", order: "txn, info" },
+        Projection { table: "items", mysql: "CAST(id AS CHAR), CAST(k AS CHAR), s", pg: "id::text, k::text, s", order: "id", float_cols: &[], json_cols: &[] },
+        Projection { table: "pairs", mysql: "CAST(a AS CHAR), CAST(b AS CHAR), v", pg: "a::text, b::text, v", order: "a, b", float_cols: &[], json_cols: &[] },
+        Projection { table: "audit", mysql: "CAST(txn AS CHAR), info", pg: "txn::text, info", order: "txn, info", float_cols: &[], json_cols: &[] },
     ]
 }
 
