@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Proxy benchmark: sysbench oltp_point_select and oltp_read_only against the
+# scripts/services MariaDB replica, three ways in the same run:
+#   direct   sysbench → MariaDB replica
+#   haproxy  sysbench → HAProxy (TCP mode) → MariaDB replica
+#   dbmux    sysbench → dbmux proxy (reads routed to the replica) → MariaDB replica
+# and prints QPS, p95 latency and the ratios dbmux/direct and dbmux/haproxy.
+#
+# Usage: bench/proxy.sh            (needs `scripts/services up` and a release build:
+#                                   cargo build --release --bin dbmux)
+# Knobs: THREADS (8), SECONDS_PER_RUN (15), TABLE_SIZE (10000), DBMUX (binary path)
+#
+# oltp_read_only runs with --skip_trx=on: inside BEGIN…COMMIT dbmux sends
+# everything to the master by design, which would compare different servers.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ENV_FILE="$ROOT/.dev/services.env"
+[ -f "$ENV_FILE" ] || { echo "run scripts/services up first" >&2; exit 2; }
+# shellcheck disable=SC1090
+set -a; . "$ENV_FILE"; set +a
+
+THREADS=${THREADS:-8}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-15}
+TABLE_SIZE=${TABLE_SIZE:-10000}
+DBMUX=${DBMUX:-$ROOT/target/release/dbmux}
+[ -x "$DBMUX" ] || { echo "no $DBMUX: cargo build --release --bin dbmux" >&2; exit 2; }
+command -v sysbench >/dev/null || { echo "sysbench missing: apt-get install sysbench" >&2; exit 2; }
+command -v haproxy >/dev/null || { echo "haproxy missing: apt-get install haproxy" >&2; exit 2; }
+
+port_of() { echo "$1" | sed -E 's#.*:([0-9]+)/.*#\1#'; }
+MASTER_PORT=$(port_of "$DBMUX_TEST_MYSQL_URL")
+REPLICA_PORT=$(port_of "$DBMUX_TEST_MYSQL_REPLICA_URL")
+USER=dbmux
+PASS=dbmux-password
+DB=sbtest_proxy_bench
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+sb() { # sysbench TEST PORT USER PASS ACTION [extra...]
+  local test=$1 port=$2 user=$3 pass=$4 action=$5; shift 5
+  sysbench "$test" --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port="$port" \
+    --mysql-user="$user" --mysql-password="$pass" --mysql-db="$DB" --mysql-ssl=off \
+    --tables=1 --table-size="$TABLE_SIZE" "$@" "$action"
+}
+
+echo "== preparing $DB (table size $TABLE_SIZE) on master and replica"
+for port in "$MASTER_PORT" "$REPLICA_PORT"; do
+  mariadb --no-defaults -h127.0.0.1 -P"$port" -u"$USER" -p"$PASS" \
+    -e "DROP DATABASE IF EXISTS $DB; CREATE DATABASE $DB"
+  sb oltp_point_select "$port" "$USER" "$PASS" prepare >/dev/null
+done
+
+echo "== starting HAProxy (tcp mode) → replica"
+HA_PORT=$(free_port)
+cat > "$WORK/haproxy.cfg" <<EOF
+global
+  maxconn 4096
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+listen mysql
+  bind 127.0.0.1:$HA_PORT
+  server replica 127.0.0.1:$REPLICA_PORT
+EOF
+haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
+PIDS+=($!)
+
+echo "== starting dbmux proxy"
+HASHES=$("$DBMUX" hash-password bench-password)
+cat > "$WORK/dbmux.toml" <<EOF
+[proxy]
+listen = "127.0.0.1:0"
+master = "mysql://$USER:$PASS@127.0.0.1:$MASTER_PORT/"
+[[proxy.replicas]]
+name = "replica"
+url = "mysql://$USER:$PASS@127.0.0.1:$REPLICA_PORT/"
+[[proxy.users]]
+name = "bench"
+$HASHES
+EOF
+mkfifo "$WORK/dbmux.out"
+DBMUX_LOG=warn "$DBMUX" proxy --config "$WORK/dbmux.toml" >"$WORK/dbmux.out" 2>"$WORK/dbmux.log" &
+PIDS+=($!)
+read -r LINE <"$WORK/dbmux.out"
+DBMUX_PORT=${LINE##*:}
+for _ in $(seq 50); do
+  (exec 3<>/dev/tcp/127.0.0.1/"$HA_PORT") 2>/dev/null && break
+  sleep 0.1
+done
+
+declare -A QPS P95
+run() { # name test port user pass [extra]
+  local name=$1 test=$2 port=$3 user=$4 pass=$5; shift 5
+  local out
+  out=$(sb "$test" "$port" "$user" "$pass" run --threads="$THREADS" --time="$SECONDS_PER_RUN" \
+    --percentile=95 --report-interval=0 "$@")
+  QPS[$name/$test]=$(echo "$out" | awk '/queries:/ {gsub(/[()]/,"",$3); print $3; exit}')
+  P95[$name/$test]=$(echo "$out" | awk '/95th percentile:/ {print $3; exit}')
+  printf '%-8s %-18s %10s qps  p95 %6s ms\n' "$name" "$test" "${QPS[$name/$test]}" "${P95[$name/$test]}"
+}
+
+echo "== running: $THREADS threads, ${SECONDS_PER_RUN}s per run"
+for test in oltp_point_select oltp_read_only; do
+  extra=()
+  [ "$test" = oltp_read_only ] && extra=(--skip_trx=on)
+  run direct "$test" "$REPLICA_PORT" "$USER" "$PASS" "${extra[@]}"
+  run haproxy "$test" "$HA_PORT" "$USER" "$PASS" "${extra[@]}"
+  run dbmux "$test" "$DBMUX_PORT" bench bench-password "${extra[@]}"
+done
+
+echo
+echo "== ratios (QPS): dbmux / direct, dbmux / haproxy   (targets for point selects: ≥ 0.85, ≥ 0.95)"
+for test in oltp_point_select oltp_read_only; do
+  awk -v t="$test" -v d="${QPS[direct/$test]}" -v h="${QPS[haproxy/$test]}" -v x="${QPS[dbmux/$test]}" \
+    'BEGIN { printf "%-18s %.3f  %.3f\n", t, x / d, x / h }'
+done
+
+for port in "$MASTER_PORT" "$REPLICA_PORT"; do
+  mariadb --no-defaults -h127.0.0.1 -P"$port" -u"$USER" -p"$PASS" -e "DROP DATABASE IF EXISTS $DB"
+done
