@@ -561,7 +561,10 @@ mod tests {
         );
         assert_eq!(problems.len(), 1);
         assert!(problems[0].contains("NOPE"));
-        assert_eq!(substitute_env("# ${NOPE}\nx=${PW}\n", &get, &mut problems), "# ${NOPE}\nx=s3cret\n");
+        assert_eq!(
+            substitute_env("# ${NOPE}\nx=${PW}\n", &get, &mut problems),
+            "# ${NOPE}\nx=s3cret\n"
+        );
         assert_eq!(problems.len(), 1);
 
         let mut doc: toml::Table = "[[replica]]\nname = \"pg\"\n[log]\nfsync = \"always\"\n"
