@@ -735,6 +735,13 @@ impl Session {
     /// The backend statement id of `id` on `which`, preparing it there first
     /// if needed. `Ok(None)`: the replica is unusable, use the master.
     async fn ensure_prepared(&mut self, id: u32, which: Which) -> Result<Option<(u32, bool)>, Fail> {
+        // A replica connection that died since its last use is replaced by
+        // `take`; drop it here so the statement is prepared on the new one.
+        if let Some((_, c)) = &self.replica {
+            if c.is_stale() {
+                self.replica = None;
+            }
+        }
         let stmt = &self.stmts[&id];
         match which {
             Which::Master => {
