@@ -1009,6 +1009,76 @@ async fn a_killed_dump_connection_is_transient_and_resumable() {
     drop_db(&mut c, &db).await;
 }
 
+/// A TCP relay to the master that can go silent without closing (a dead network path).
+async fn freezable_relay() -> (u16, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::AtomicBool;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+    async fn pump(mut r: impl AsyncRead + Unpin, mut w: impl AsyncWrite + Unpin, frozen: Arc<AtomicBool>) {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = r.read(&mut buf).await {
+            // Frozen: swallow the bytes, keep the sockets open.
+            if !frozen.load(Ordering::SeqCst) && w.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    let frozen = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let u = url::Url::parse(&support::mysql_url()).unwrap();
+    let upstream_addr = format!("{}:{}", u.host_str().unwrap(), u.port().unwrap_or(3306));
+    let f = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = tokio::net::TcpStream::connect(&upstream_addr).await.unwrap();
+            let (cr, cw) = client.into_split();
+            let (ur, uw) = upstream.into_split();
+            tokio::spawn(pump(cr, uw, f.clone()));
+            tokio::spawn(pump(ur, cw, f.clone()));
+        }
+    });
+    (port, frozen)
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_detected_by_missing_heartbeats() {
+    let mut c = admin().await;
+    let db = fresh_db(&mut c, "cap_silent").await;
+    c.query_drop("CREATE TABLE t (id INT PRIMARY KEY)").await.unwrap();
+    let (port, frozen) = freezable_relay().await;
+    let mut url = url::Url::parse(&support::mysql_url()).unwrap();
+    url.set_port(Some(port)).unwrap();
+    // mysql_async would otherwise switch a loopback connection to the server's unix socket.
+    url.set_query(Some("prefer_socket=false"));
+    let mut src = started(
+        MysqlSourceConfig {
+            url: url.to_string(),
+            ..config(&[&db], &[])
+        },
+        None,
+    )
+    .await;
+    c.query_drop("INSERT INTO t VALUES (1)").await.unwrap();
+    next(&mut src).await;
+
+    frozen.store(true, Ordering::SeqCst);
+    let started_waiting = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(20), src.next_transaction())
+        .await
+        .expect("detected within 20 s")
+        .unwrap_err();
+    let waited = started_waiting.elapsed();
+    assert!(matches!(err, MysqlCaptureError::HeartbeatTimeout(_)), "{err}");
+    assert!(err.is_transient());
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
+    drop_db(&mut c, &db).await;
+}
+
 /// `cargo test --release --test integration capture::throughput -- --ignored --nocapture`
 #[tokio::test]
 #[ignore = "measurement; run by hand"]
