@@ -2,8 +2,8 @@
 
 pub mod apply;
 pub mod apply_sql;
-pub mod capture;
 pub mod binlog_table;
 pub mod binlog_values;
+pub mod capture;
 pub mod gtid;
 pub mod preflight;
