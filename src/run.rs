@@ -67,7 +67,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     info!(last_seq = log.last_seq(), "log opened");
 
-    let mut registry = Registry::with_prefix("");
+    let mut registry = Registry::default();
     let metrics = PipelineMetrics::new(&mut registry);
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));

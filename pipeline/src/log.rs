@@ -143,18 +143,20 @@ impl EmbeddedLog {
     /// Appends one whole transaction atomically. Its first `seq` must be the
     /// log's last + 1 (gapless). Returns once the write is as durable as the
     /// fsync policy promises.
-    pub fn append(&self, txn: &Transaction) -> Result<(), LogError> {
+    pub fn append(&self, txn: &Transaction) -> Result<u64, LogError> {
         self.append_many(std::slice::from_ref(txn))
     }
 
-    /// Appends several whole transactions in one atomic write.
-    pub fn append_many(&self, txns: &[Transaction]) -> Result<(), LogError> {
+    /// Appends several whole transactions in one atomic write; returns the
+    /// encoded bytes written.
+    pub fn append_many(&self, txns: &[Transaction]) -> Result<u64, LogError> {
         if txns.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let _guard = self.append_lock.lock().expect("append lock poisoned");
         let mut expect = self.last_seq() + 1;
         let mut batch = self.db.batch();
+        let mut bytes = 0u64;
         for txn in txns {
             txn.check().map_err(LogError::Invalid)?;
             if txn.first_seq() != expect {
@@ -165,7 +167,9 @@ impl EmbeddedLog {
             }
             let len = txn.len() as u32;
             for chunk in txn.events.chunks(CHUNK_EVENTS) {
-                batch.insert(&self.records, key(chunk[0].seq), codec::encode(chunk, len));
+                let record = codec::encode(chunk, len);
+                bytes += record.len() as u64;
+                batch.insert(&self.records, key(chunk[0].seq), record);
             }
             expect = txn.last_seq() + 1;
         }
@@ -176,7 +180,7 @@ impl EmbeddedLog {
         batch.commit()?;
         self.last_seq.store(expect - 1, Ordering::SeqCst);
         self.notify.send_replace(expect - 1);
-        Ok(())
+        Ok(bytes)
     }
 
     /// Syncs the journal to disk (used by the interval policy's background task).

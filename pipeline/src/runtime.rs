@@ -137,9 +137,10 @@ where
             let n = txns.len() as u64;
             let started = Instant::now();
             let log2 = log.clone();
-            tokio::task::spawn_blocking(move || log2.append_many(&txns))
+            let bytes = tokio::task::spawn_blocking(move || log2.append_many(&txns))
                 .await
                 .map_err(|e| RuntimeError::Join(e.to_string()))??;
+            metrics.log_appended_bytes.inc_by(bytes);
             metrics
                 .log_append_seconds
                 .observe(started.elapsed().as_secs_f64());
