@@ -813,6 +813,27 @@ async fn excluded_tables_and_databases_never_appear() {
 }
 
 #[tokio::test]
+async fn a_position_the_master_no_longer_has_is_a_definite_error() {
+    let mut src = MysqlSource::new(config(&["nothing_here"], &[])).unwrap();
+    let gone = Position::Mysql(pipeline::MysqlPosition {
+        file: "mysql-bin.999999".into(),
+        offset: 4,
+        gtid_set: None,
+    });
+    src.start(Some(gone)).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(30), src.next_transaction())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, MysqlCaptureError::PositionUnavailable { .. }),
+        "{err}"
+    );
+    assert!(!err.is_transient());
+    assert!(err.to_string().contains("mysql-bin.999999:4"), "{err}");
+}
+
+#[tokio::test]
 async fn preflight_passes_on_the_dev_master() {
     let mut src = MysqlSource::new(config(&[], &[])).unwrap();
     src.preflight().await.unwrap();

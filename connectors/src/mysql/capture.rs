@@ -368,6 +368,8 @@ pub struct MysqlSource {
     stream: Option<BinlogStream>,
     /// Current binlog file of the stream.
     file: String,
+    /// Where the current stream was asked to start (`file:offset`), for error messages.
+    requested: String,
     seen_fde: bool,
     gtid: GtidState,
     tables: HashMap<u64, TableEntry>,
@@ -407,6 +409,7 @@ impl MysqlSource {
             server: None,
             stream: None,
             file: String::new(),
+            requested: String::new(),
             seen_fde: false,
             gtid: GtidState::MariaDb(Default::default()),
             tables: HashMap::new(),
@@ -432,8 +435,7 @@ impl MysqlSource {
         Ok(self.meta.as_mut().expect("just connected"))
     }
 
-    /// Runs `f` on the metadata connection, dropping the connection when it fails
-    /// so the next call reconnects.
+    /// Flavour and collations of the master, read once.
     async fn server_info(&mut self) -> Result<ServerInfo, MysqlCaptureError> {
         if let Some(s) = &self.server {
             return Ok(s.clone());
@@ -559,7 +561,7 @@ impl MysqlSource {
             Ok(None) => MysqlCaptureError::StreamEnded,
             Ok(Some(Err(mysql_async::Error::Server(e)))) if e.code == 1236 => {
                 MysqlCaptureError::PositionUnavailable {
-                    position: self.file.clone(),
+                    position: self.requested.clone(),
                     message: e.message,
                 }
             }
@@ -1137,6 +1139,7 @@ impl MysqlSource {
         )))?;
         tracing::info!(file = %p.file, offset = p.offset, gtid = %gtid_text, server_id = self.config.server_id, "binlog capture started");
         self.stream = Some(stream);
+        self.requested = format!("{}:{}", p.file, p.offset);
         self.file = p.file;
         self.seen_fde = false;
         Ok(())
