@@ -64,7 +64,8 @@ pub enum Value {
     /// column definition).
     Text(String),
     Bytes(Vec<u8>),
-    /// JSON document as compact JSON text.
+    /// JSON document as text: MariaDB's stored text unchanged (MariaDB keeps
+    /// what the client wrote), MySQL's binary JSON rendered compactly.
     Json(String),
     /// ENUM label (the empty string is MySQL's invalid-value label).
     Enum(String),

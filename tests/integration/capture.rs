@@ -182,7 +182,7 @@ fn min_row() -> Vec<Value> {
         Value::Bit(0),
         Value::Enum("small".into()),
         Value::Set(vec![]),
-        Value::Json("{\"a\":[1,2.5,\"x y\"],\"b\":null}".into()),
+        Value::Json("{\"a\": [1, 2.5, \"x y\"], \"b\": null}".into()),
         text(""),
         text("😀 emoji"),
         text("plain text"),
@@ -294,7 +294,7 @@ fn odd_row() -> Vec<Value> {
         Value::Bit(0x8000_0000_0000_0001),
         Value::Enum(String::new()),
         Value::Set(vec!["a".into(), "d".into()]),
-        Value::Json("{\"k\":\"v\\\"q\",\"n\":-0.0}".into()),
+        Value::Json("{\"k\": \"v\\\"q\", \"n\": -0.0}".into()),
         text("ab"),
         text("trailing  "),
         text(""),
@@ -470,7 +470,7 @@ async fn type_matrix_insert_update_delete() {
     let mut want = max_row();
     want[1] = int(5);
     want[29] = text("changed 😀");
-    want[27] = Value::Json("{\"z\":1}".into());
+    want[27] = Value::Json("{\"z\": 1}".into());
     want[19] = t(true, 1, 0, 0, 900_000);
     assert_row("update after", &schema, after, &want);
 

@@ -385,7 +385,9 @@ impl ColumnDecoder {
                 match content {
                     BlobContent::Bytes => Value::Bytes(data.to_vec()),
                     BlobContent::Text(cs) => Value::Text(cs.decode(data)?),
-                    BlobContent::JsonText(cs) => Value::Json(compact_json(&cs.decode(data)?)),
+                    // MariaDB stores JSON as the text the client wrote; keep it
+                    // byte for byte so a MariaDB replica holds the same text.
+                    BlobContent::JsonText(cs) => Value::Json(cs.decode(data)?),
                 }
             }
             ColumnDecoder::JsonBinary { pack } => {
@@ -567,33 +569,6 @@ pub fn decode_decimal(bytes: &[u8], precision: u8, scale: u8) -> Result<String, 
         out.push_str(&frac_digits);
     }
     Ok(out)
-}
-
-/// Removes insignificant whitespace from JSON text, keeping everything else
-/// (key order, number spelling) byte for byte. Input that is not well-formed
-/// is returned unchanged apart from whitespace outside strings.
-pub fn compact_json(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    for c in text.chars() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-            }
-        } else if c == '"' {
-            in_string = true;
-            out.push(c);
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// MySQL 8 binary JSON → compact JSON text.
@@ -848,13 +823,5 @@ mod tests {
         let mut bytes = (obj.len() as u32).to_le_bytes().to_vec();
         bytes.extend_from_slice(&obj);
         assert_eq!(dec(&d, &bytes), Value::Json("{\"a\":1}".into()));
-    }
-
-    #[test]
-    fn json_compaction_keeps_strings() {
-        assert_eq!(
-            compact_json("{\"a b\": [1, 2.50],\n \"c\": \"x \\\" y\"}"),
-            "{\"a b\":[1,2.50],\"c\":\"x \\\" y\"}"
-        );
     }
 }
