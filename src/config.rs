@@ -287,32 +287,41 @@ fn apply_overrides(doc: &mut toml::Table, vars: &[(String, String)], problems: &
 }
 
 fn set_path(doc: &mut toml::Table, segments: &[String], value: toml::Value) -> Result<(), String> {
-    let (last, parents) = segments.split_last().expect("non-empty");
     let mut cur = doc;
-    for seg in parents {
+    let mut i = 0;
+    while i + 1 < segments.len() {
+        let seg = &segments[i];
         let entry = cur
             .entry(seg.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         cur = match entry {
             toml::Value::Table(t) => t,
             toml::Value::Array(items) => {
+                // An array of tables: the next segment names the element (by
+                // its `name`, or by index).
+                i += 1;
+                let sel = &segments[i];
+                if i + 1 >= segments.len() {
+                    return Err(format!("{seg}.{sel}: a key inside the element is needed"));
+                }
                 let found = items.iter().position(|it| {
                     it.get("name")
                         .and_then(toml::Value::as_str)
-                        .is_some_and(|n| n.eq_ignore_ascii_case(seg))
+                        .is_some_and(|n| n.eq_ignore_ascii_case(sel))
                 });
                 let idx = found
-                    .or_else(|| seg.parse::<usize>().ok())
-                    .ok_or(format!("no element named {seg:?}"))?;
+                    .or_else(|| sel.parse::<usize>().ok())
+                    .ok_or(format!("{seg} has no element named {sel:?}"))?;
                 match items.get_mut(idx) {
                     Some(toml::Value::Table(t)) => t,
-                    _ => return Err(format!("no element {seg:?}")),
+                    _ => return Err(format!("{seg} has no element {sel:?}")),
                 }
             }
             _ => return Err(format!("{seg} is not a table")),
         };
+        i += 1;
     }
-    cur.insert(last.clone(), value);
+    cur.insert(segments[segments.len() - 1].clone(), value);
     Ok(())
 }
 
