@@ -878,7 +878,7 @@ async fn a_stopped_replica_takes_no_traffic_and_clients_see_no_errors() {
     // included, and move back to the replica.
     for c in clients.iter_mut() {
         let s: Option<u32> = c.exec_first("SELECT @@server_id + ?", (0,)).await.unwrap();
-        assert_eq!(s, Some(3));
+        assert_eq!(s, Some(3), "{}", p.log_text());
         assert_eq!(server_id(c).await, 3);
     }
     drop(own);

@@ -107,7 +107,14 @@ pub struct BackendConn {
     pub dirty: bool,
     pub server_version: String,
     pub connection_id: u32,
+    /// When the last command was sent.
+    pub last_used: std::time::Instant,
+    /// The pool epoch this connection belongs to (see [`Pool::clear`]).
+    pub epoch: u64,
 }
+
+/// Idle time after which [`BackendConn::is_stale`] probes the socket.
+pub const PROBE_AFTER_IDLE: Duration = Duration::from_millis(500);
 
 /// Bytes buffered for the client before a flush mid-response.
 const CLIENT_FLUSH_AT: usize = 256 * 1024;
@@ -235,6 +242,8 @@ impl BackendConn {
             dirty: false,
             server_version: version,
             connection_id,
+            last_used: std::time::Instant::now(),
+            epoch: 0,
         })
     }
 
@@ -244,9 +253,17 @@ impl BackendConn {
 
     /// True when the server has sent something unasked (an error before
     /// closing) or closed the socket: the connection must not be used.
+    ///
+    /// The socket is only probed (one non-blocking read) after the
+    /// connection sat idle for [`PROBE_AFTER_IDLE`]: on a busy connection a
+    /// dead server shows up as a failed command, which the session handles
+    /// the same way, and the hot path saves a system call.
     pub fn is_stale(&self) -> bool {
         if !self.io.rbuf.is_empty() {
             return true;
+        }
+        if self.last_used.elapsed() < PROBE_AFTER_IDLE {
+            return false;
         }
         let mut b = [0u8; 1];
         match self.io.stream.try_read(&mut b) {
@@ -257,6 +274,7 @@ impl BackendConn {
 
     /// Sends one command (sequence id 0), without waiting.
     pub async fn send_command(&mut self, payload: &[u8]) -> Result<(), BackendError> {
+        self.last_used = std::time::Instant::now();
         self.io.send(0, payload).await?;
         Ok(())
     }
@@ -538,6 +556,8 @@ pub struct Pool {
     pub name: String,
     pub addr: BackendAddr,
     idle: Mutex<HashMap<PoolKey, Vec<BackendConn>>>,
+    /// Bumped by [`Pool::clear`]: connections of an older epoch are suspect.
+    epoch: std::sync::atomic::AtomicU64,
     max_idle_per_key: usize,
     connect_timeout: Duration,
 }
@@ -548,6 +568,7 @@ impl Pool {
             name: name.to_string(),
             addr,
             idle: Mutex::new(HashMap::new()),
+            epoch: std::sync::atomic::AtomicU64::new(0),
             max_idle_per_key,
             connect_timeout: Duration::from_secs(5),
         }
@@ -561,7 +582,12 @@ impl Pool {
             match conn {
                 Some(c) if !c.is_stale() => return Ok(c),
                 Some(_) => continue,
-                None => return BackendConn::connect(&self.addr, key, self.connect_timeout).await,
+                None => {
+                    let epoch = self.epoch();
+                    let mut c = BackendConn::connect(&self.addr, key, self.connect_timeout).await?;
+                    c.epoch = epoch;
+                    return Ok(c);
+                }
             }
         }
     }
@@ -571,7 +597,7 @@ impl Pool {
     /// `COM_RESET_CONNECTION` restores the *global* character set, not the
     /// one of the pool key.
     pub fn put(&self, conn: BackendConn) {
-        if conn.dirty {
+        if conn.dirty || !self.is_current(&conn) {
             return;
         }
         let mut idle = self.idle.lock().unwrap();
@@ -581,8 +607,19 @@ impl Pool {
         }
     }
 
-    /// Drops every idle connection (the backend went away).
+    /// Drops every idle connection and marks every connection handed out so
+    /// far as suspect (the backend went away, or one of them broke).
     pub fn clear(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.idle.lock().unwrap().clear();
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// False for a connection made before the last [`Pool::clear`].
+    pub fn is_current(&self, conn: &BackendConn) -> bool {
+        conn.epoch == self.epoch()
     }
 }

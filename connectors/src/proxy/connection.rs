@@ -418,7 +418,11 @@ impl Session {
             },
             Which::Replica(idx) => {
                 let held = match self.replica.take() {
-                    Some((i, c)) if i == idx && !c.is_stale() => Some(c),
+                    Some((i, c))
+                        if i == idx && !c.is_stale() && self.shared.replicas[i].pool.is_current(&c) =>
+                    {
+                        Some(c)
+                    }
                     Some((i, c)) => {
                         self.shared.replicas[i].pool.put(c);
                         None
@@ -737,8 +741,8 @@ impl Session {
     async fn ensure_prepared(&mut self, id: u32, which: Which) -> Result<Option<(u32, bool)>, Fail> {
         // A replica connection that died since its last use is replaced by
         // `take`; drop it here so the statement is prepared on the new one.
-        if let Some((_, c)) = &self.replica {
-            if c.is_stale() {
+        if let Some((i, c)) = &self.replica {
+            if c.is_stale() || !self.shared.replicas[*i].pool.is_current(c) {
                 self.replica = None;
             }
         }
