@@ -207,6 +207,8 @@ struct ProxyOpts<'a> {
     allow: Vec<&'a str>,
     replicas: Vec<(String, String, Option<String>)>,
     tls: Option<&'a Tls>,
+    /// Extra `key = value` lines for the `[proxy]` table.
+    extra: &'a str,
 }
 
 impl Default for ProxyOpts<'_> {
@@ -216,6 +218,7 @@ impl Default for ProxyOpts<'_> {
             allow: vec![],
             replicas: vec![("r1".into(), server_url(&replica_url()), None)],
             tls: None,
+            extra: "",
         }
     }
 }
@@ -245,6 +248,7 @@ fn start_proxy(o: ProxyOpts<'_>) -> Proxy {
     if !o.allow.is_empty() {
         cfg += &format!("allow = {:?}\n", o.allow);
     }
+    cfg += o.extra;
     for (name, url, q) in &o.replicas {
         cfg += &format!("[[proxy.replicas]]\nname = \"{name}\"\nurl = \"{url}\"\n");
         if let Some(q) = q {
@@ -728,6 +732,28 @@ except pymysql.err.MySQLError as e:
         .await
         .unwrap();
     assert_eq!(n, Some(0), "a refused client reached the engine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_and_idle_timeout() {
+    let p = start_proxy(ProxyOpts {
+        extra: "max_connections = 2\nidle_timeout_secs = 1\n",
+        ..Default::default()
+    });
+    let mut a = p.conn("app", "").await;
+    let mut b = p.conn("app", "").await;
+    assert_eq!(server_id(&mut a).await, 2);
+    // A third client gets ER_CON_COUNT_ERROR, not a hang.
+    let (ok, _, err) = p.cli("app", PASSWORD, &["--skip-ssl"], "SELECT 1");
+    assert!(!ok && err.contains("1040"), "{err}");
+    // Idle for longer than the timeout: the proxy closed the session.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert!(a.query_drop("SELECT 1").await.is_err(), "idle session still open");
+    let _ = b.query_drop("SELECT 1").await;
+    drop((a, b));
+    // Slots are free again.
+    let mut c = p.conn("app", "").await;
+    assert_eq!(server_id(&mut c).await, 2);
 }
 
 // ---------------------------------------------------------------------------
