@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use pipeline::log::EmbeddedLog;
+use pipeline::metrics::PipelineMetrics;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ pub const MAX_LOG_PAGE: usize = 10_000;
 #[derive(Clone)]
 struct AppState {
     log: Arc<EmbeddedLog>,
+    metrics: PipelineMetrics,
     registry: Arc<Registry>,
     replicas: Arc<Vec<String>>,
 }
@@ -32,17 +34,19 @@ struct LogQuery {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     log: Arc<EmbeddedLog>,
+    metrics: PipelineMetrics,
     registry: Arc<Registry>,
     replicas: Vec<String>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let state = AppState {
         log,
+        metrics,
         registry,
         replicas: Arc::new(replicas),
     };
     let app = Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics_page))
         .route("/status", get(status))
         .route("/log", get(read_log))
         .with_state(state);
@@ -51,7 +55,7 @@ pub async fn serve(
         .await
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+async fn metrics_page(State(s): State<AppState>) -> Response {
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &s.registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
@@ -76,6 +80,7 @@ async fn status(State(s): State<AppState>) -> Response {
     }
     let last = s.log.last().ok().flatten();
     let body = serde_json::json!({
+        "capture": { "connected": s.metrics.capture_connected.get() == 1 },
         "log": {
             "first_seq": s.log.first_seq().ok().flatten(),
             "last_seq": s.log.last_seq(),

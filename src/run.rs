@@ -134,11 +134,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the admin server to {}", cfg.admin.listen))?;
         info!("admin server on http://{}", listener.local_addr()?);
-        let (log, sd) = (log.clone(), shutdown.clone());
+        let (log, sd, metrics) = (log.clone(), shutdown.clone(), metrics.clone());
         let registry = Arc::new(registry);
         let names = replica_names.clone();
         tasks.spawn(async move {
-            let r = crate::admin::serve(listener, log, registry, names, sd).await;
+            let r = crate::admin::serve(listener, log, metrics, registry, names, sd).await;
             (
                 "admin".into(),
                 r.map_err(|e| RuntimeError::Join(format!("admin server: {e}"))),

@@ -16,6 +16,8 @@ use std::sync::atomic::AtomicU64;
 pub const CAPTURE_TRANSACTIONS: &str = "dbmux_capture_transactions";
 /// Row change events captured into the log.
 pub const CAPTURE_EVENTS: &str = "dbmux_capture_events";
+/// 1 while capture is connected and streaming from the source, else 0.
+pub const CAPTURE_CONNECTED: &str = "dbmux_capture_connected";
 /// Last `seq` written to the log.
 pub const LOG_LAST_SEQ: &str = "dbmux_log_last_seq";
 /// Bytes appended to the log.
@@ -53,6 +55,7 @@ pub struct ErrorLabels {
 pub struct PipelineMetrics {
     pub capture_transactions: Counter,
     pub capture_events: Counter,
+    pub capture_connected: Gauge,
     pub log_last_seq: Gauge<u64, AtomicU64>,
     pub log_appended_bytes: Counter,
     pub log_append_seconds: Histogram,
@@ -75,6 +78,7 @@ impl PipelineMetrics {
         let m = PipelineMetrics {
             capture_transactions: Counter::default(),
             capture_events: Counter::default(),
+            capture_connected: Gauge::default(),
             log_last_seq: Gauge::default(),
             log_appended_bytes: Counter::default(),
             log_append_seconds: seconds_histogram(),

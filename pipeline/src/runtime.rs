@@ -188,6 +188,7 @@ async fn read_source<S: Source>(
             Some(p) => info!(position = %p, "capture resuming"),
             None => info!("capture starting at the source's current end"),
         }
+        metrics.capture_connected.set(0);
         if let Err(e) = source.start(resume.clone()).await {
             if e.is_transient() {
                 metrics.error("capture", ErrorClass::Transient);
@@ -200,6 +201,7 @@ async fn read_source<S: Source>(
             metrics.error("capture", ErrorClass::Definite);
             return Err(RuntimeError::Capture(e.to_string()));
         }
+        metrics.capture_connected.set(1);
         loop {
             let next = tokio::select! {
                 r = source.next_transaction() => r,

@@ -65,10 +65,7 @@ async fn workload_reaches_both_replicas_identical() {
     let mut dbmux = Dbmux::new(&db, BOTH, "");
     dbmux.start();
     // Wait until dbmux is up (capture starts at the binlog's current end).
-    wait_for("the admin server", Duration::from_secs(30), || async {
-        dbmux.status().await
-    })
-    .await;
+    dbmux.wait_capturing().await;
     // Live: the replicas follow the master while it writes.
     let started = Instant::now();
     let progress = Arc::new(AtomicU64::new(0));
@@ -141,43 +138,52 @@ async fn sigkill_during_workload_loses_nothing_and_applies_nothing_twice() {
     workload::create_database(&db).await;
     let mut dbmux = Dbmux::new(&db, BOTH, "");
     dbmux.start();
-    wait_for("the admin server", Duration::from_secs(30), || async {
-        dbmux.status().await
-    })
-    .await;
+    dbmux.wait_capturing().await;
     let progress = Arc::new(AtomicU64::new(0));
     let writer = tokio::spawn({
         let db = db.clone();
         let progress = progress.clone();
-        async move { workload::run(&db, 600, 11, progress).await }
+        async move { workload::run(&db, 800, 11, progress).await }
     });
     let mut kills = 0;
-    let mut last_seen = 0;
-    while !writer.is_finished() && kills < 5 {
-        // Let the pipeline make progress, then kill it in the middle of its work.
-        let target = last_seen + 1500;
+    let mut kills_while_writing = 0;
+    let mut mark = (0u64, 0u64); // (log last seq, min applied seq) at the last restart
+    loop {
+        let writing = !writer.is_finished();
+        if kills >= 5 || (!writing && kills >= 3) {
+            break;
+        }
+        // Let the pipeline make some progress (capture or apply), then kill it
+        // in the middle of its work.
         let me = &dbmux;
         let reached = wait_for(
             "progress before the next kill",
-            Duration::from_secs(60),
+            Duration::from_secs(120),
             || async move {
                 let st = me.status().await?;
+                let log = st["log"]["last_seq"].as_u64()?;
                 let applied = st["replicas"]
                     .as_object()?
                     .values()
                     .filter_map(|r| r["applied_seq"].as_u64())
                     .min()?;
-                (applied >= target).then_some(applied)
+                (log >= mark.0 + 700 || applied >= mark.1 + 700).then_some((log, applied))
             },
         )
         .await;
-        last_seen = reached;
+        mark = reached;
         dbmux.kill();
         kills += 1;
+        if writing {
+            kills_while_writing += 1;
+        }
         dbmux.start();
     }
     let stats = writer.await.unwrap();
-    assert!(kills >= 3, "only {kills} kills happened during the workload");
+    assert!(
+        kills >= 3 && kills_while_writing >= 2,
+        "{kills} kills, {kills_while_writing} during the writes"
+    );
     let last = dbmux.wait_caught_up(stats.row_changes, CATCH_UP).await;
     assert_eq!(last, stats.row_changes);
     assert_all_identical(&db, true, true).await;
@@ -185,7 +191,10 @@ async fn sigkill_during_workload_loses_nothing_and_applies_nothing_twice() {
     // duplicate a row, a skipped one would lose it; assert_all_identical compared it
     // row for row. The log itself shows every seq and transaction exactly once:
     assert_log_well_formed(&dbmux.tail(Some(1)), stats.row_changes, stats.transactions);
-    println!("crash test: {kills} SIGKILLs, {} row changes", stats.row_changes);
+    println!(
+        "crash test: {kills} SIGKILLs ({kills_while_writing} while the master was being written), {} row changes",
+        stats.row_changes
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,10 +220,7 @@ async fn replica_outage_is_retried_and_the_checkpoint_never_passes_applied_data(
         &extra,
     );
     dbmux.start();
-    wait_for("the admin server", Duration::from_secs(30), || async {
-        dbmux.status().await
-    })
-    .await;
+    dbmux.wait_capturing().await;
     let progress = Arc::new(AtomicU64::new(0));
     let first = workload::run(&db, 40, 21, progress.clone()).await;
     dbmux.wait_caught_up(first.row_changes, CATCH_UP).await;
@@ -432,10 +438,7 @@ async fn type_matrix_reaches_both_replicas_value_by_value() {
     conn.query_drop("SET time_zone = '+00:00'").await.unwrap();
     let mut dbmux = Dbmux::new(&db, BOTH, "");
     dbmux.start();
-    wait_for("the admin server", Duration::from_secs(30), || async {
-        dbmux.status().await
-    })
-    .await;
+    dbmux.wait_capturing().await;
     // Created while dbmux runs.
     conn.query_drop(TYPE_MATRIX).await.unwrap();
     let all_bytes: String = (0..=255u8).map(|b| format!("{b:02X}")).collect();

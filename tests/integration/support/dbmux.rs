@@ -174,6 +174,21 @@ include = ["{db}"]
         serde_json::from_str(&self.admin_get("/status").await?).ok()
     }
 
+    /// Waits until capture streams from the master: on a first start capture
+    /// begins at the binlog's end as of that moment, so a test must not write
+    /// before this.
+    pub async fn wait_capturing(&self) {
+        wait_for(
+            "capture to stream from the master",
+            Duration::from_secs(60),
+            || async {
+                let st = self.status().await?;
+                (st["capture"]["connected"].as_bool() == Some(true)).then_some(())
+            },
+        )
+        .await
+    }
+
     /// Waits until the log holds at least `min_seq` and every replica applied all of it.
     pub async fn wait_caught_up(&mut self, min_seq: u64, timeout: Duration) -> u64 {
         let me = &*self;
