@@ -6,9 +6,9 @@
 //! replica instances these tests start themselves use 3.
 //!
 //! Replication between the shared master and replica is simulated where a
-//! test needs it: the test copies rows and then advances a position row the
-//! proxy is configured to read (`applied_gtid_query`), which is exactly the
-//! contract of the pipeline's appliers.
+//! test needs it: the test copies rows and then advances its row of
+//! `dbmux.dbmux_offsets` (seq and source position, in the same transaction as
+//! the data), which is exactly what the pipeline's MySQL applier does.
 
 use mysql_async::prelude::*;
 use std::path::{Path, PathBuf};
@@ -363,12 +363,6 @@ async fn fresh_db(prefix: &str) -> String {
         ))
         .await
         .unwrap();
-        c.query_drop(format!("CREATE TABLE {db}.pos (gtid VARCHAR(200) NOT NULL)"))
-            .await
-            .unwrap();
-        c.query_drop(format!("INSERT INTO {db}.pos VALUES ('')"))
-            .await
-            .unwrap();
     }
     db
 }
@@ -916,9 +910,33 @@ async fn a_stopped_replica_takes_no_traffic_and_clients_see_no_errors() {
 /// Copies `t` from the master to the replica every `delay`, then advances
 /// the replica's `pos` row to the master GTID position read *before* the
 /// copy: a slow, honest replication stream.
-async fn slow_replication(db: String, delay: Duration, stop: tokio::sync::watch::Receiver<bool>) {
+async fn slow_replication(
+    db: String,
+    consumer: String,
+    delay: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut m = direct(&master_url()).await;
     let mut r = direct(&replica_url()).await;
+    // The applier's offsets table (connectors::mysql::apply), same schema.
+    r.query_drop("CREATE DATABASE IF NOT EXISTS dbmux").await.unwrap();
+    r.query_drop(
+        "CREATE TABLE IF NOT EXISTS `dbmux`.`dbmux_offsets` (
+           `consumer` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,
+           `seq` BIGINT UNSIGNED NOT NULL,
+           `position` TEXT NULL,
+           `updated_at` TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+         ) ENGINE=InnoDB",
+    )
+    .await
+    .unwrap();
+    r.exec_drop(
+        "INSERT INTO dbmux.dbmux_offsets (consumer, seq) VALUES (?, 0)",
+        (&consumer,),
+    )
+    .await
+    .unwrap();
+    let mut seq = 0u64;
     while !*stop.borrow() {
         tokio::time::sleep(delay).await;
         let pos: Option<String> = m.query_first("SELECT @@gtid_binlog_pos").await.unwrap();
@@ -938,9 +956,12 @@ async fn slow_replication(db: String, delay: Duration, stop: tokio::sync::watch:
                 .await
                 .unwrap();
         }
+        // Like the applier: seq and source position in the data's transaction.
+        seq += 1;
+        let position = format!("mysql:mysql-bin.000001:4:{}", pos.unwrap_or_default());
         tx.exec_drop(
-            format!("UPDATE {db}.pos SET gtid = ?"),
-            (pos.unwrap_or_default(),),
+            "UPDATE dbmux.dbmux_offsets SET seq = ?, position = ? WHERE consumer = ?",
+            (seq, position, &consumer),
         )
         .await
         .unwrap();
@@ -951,13 +972,20 @@ async fn slow_replication(db: String, delay: Duration, stop: tokio::sync::watch:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_your_writes_under_slow_replication_has_no_stale_reads() {
     let db = fresh_db("pxy_ryw").await;
-    let q = format!("SELECT gtid FROM {db}.pos");
+    // The replica is named like its (simulated) applier: the proxy's default
+    // position query reads that applier's row of dbmux.dbmux_offsets.
+    let consumer = db.clone();
     let p = start_proxy(ProxyOpts {
-        replicas: vec![("r1".into(), server_url(&replica_url()), Some(q))],
+        replicas: vec![(consumer.clone(), server_url(&replica_url()), None)],
         ..Default::default()
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let repl = tokio::spawn(slow_replication(db.clone(), Duration::from_millis(400), stop_rx));
+    let repl = tokio::spawn(slow_replication(
+        db.clone(),
+        consumer,
+        Duration::from_millis(400),
+        stop_rx,
+    ));
 
     const CLIENTS: i32 = 12;
     const ROUNDS: i32 = 25;

@@ -14,8 +14,10 @@
 //! [[proxy.replicas]]
 //! name = "replica1"
 //! url = "mysql://dbmux:secret@127.0.0.1:13307/"
-//! # applied_gtid_query = "SELECT @@gtid_slave_pos"   # GTID set the replica has applied
-//! # applied_seq_query = "SELECT COALESCE(MAX(seq), 0) FROM dbmux_offsets"
+//! # Defaults: what the dbmux applier named like this replica stored, then
+//! # (for a native MariaDB replica) @@gtid_slave_pos. See `health`.
+//! # applied_gtid_query = "SELECT position FROM dbmux.dbmux_offsets WHERE consumer = 'replica1'"
+//! # applied_seq_query = "SELECT seq FROM dbmux.dbmux_offsets WHERE consumer = 'replica1'"
 //!
 //! [[proxy.users]]
 //! name = "app"
@@ -49,8 +51,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 28_800;
 pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 500;
 pub const DEFAULT_MAX_REPLICA_LAG: u64 = 10_000;
-pub const DEFAULT_APPLIED_GTID_QUERY: &str = "SELECT @@gtid_slave_pos";
-pub const DEFAULT_APPLIED_SEQ_QUERY: &str = "SELECT COALESCE(MAX(seq), 0) FROM dbmux_offsets";
+/// Where the dbmux appliers keep their offsets (`connectors::mysql::apply`).
+pub const OFFSETS_TABLE: &str = "dbmux.dbmux_offsets";
+/// The applied GTID state of a natively replicating MariaDB replica.
+pub const NATIVE_GTID_QUERY: &str = "SELECT @@gtid_slave_pos";
 
 fn default_listen() -> String {
     DEFAULT_LISTEN.to_string()
@@ -69,12 +73,6 @@ fn default_health_interval() -> u64 {
 }
 fn default_max_lag() -> u64 {
     DEFAULT_MAX_REPLICA_LAG
-}
-fn default_gtid_query() -> String {
-    DEFAULT_APPLIED_GTID_QUERY.to_string()
-}
-fn default_seq_query() -> String {
-    DEFAULT_APPLIED_SEQ_QUERY.to_string()
 }
 
 /// An authentication plugin the proxy speaks.
@@ -149,12 +147,38 @@ pub struct ProxyConfig {
 pub struct ReplicaConfig {
     pub name: String,
     pub url: BackendUrl,
-    /// Returns the GTID set the replica has applied (one row, one column).
-    #[serde(default = "default_gtid_query")]
-    pub applied_gtid_query: String,
+    /// Returns the GTID set the replica has applied (one row, one column):
+    /// a MariaDB GTID set, or a dbmux position text `mysql:file:offset:gtids`.
+    #[serde(default)]
+    pub applied_gtid_query: Option<String>,
     /// Returns the last applied pipeline `seq` (one row, one column).
-    #[serde(default = "default_seq_query")]
-    pub applied_seq_query: String,
+    #[serde(default)]
+    pub applied_seq_query: Option<String>,
+}
+
+impl ReplicaConfig {
+    /// The queries tried in order for the applied GTID set: the configured
+    /// one, or the dbmux applier's offsets row for this replica's name and
+    /// then `@@gtid_slave_pos`.
+    pub fn gtid_queries(&self) -> Vec<String> {
+        match &self.applied_gtid_query {
+            Some(q) => vec![q.clone()],
+            None => vec![
+                format!(
+                    "SELECT position FROM {OFFSETS_TABLE} WHERE consumer = '{}'",
+                    self.name
+                ),
+                NATIVE_GTID_QUERY.to_string(),
+            ],
+        }
+    }
+
+    /// The query for the last applied `seq`.
+    pub fn seq_query(&self) -> String {
+        self.applied_seq_query
+            .clone()
+            .unwrap_or_else(|| format!("SELECT seq FROM {OFFSETS_TABLE} WHERE consumer = '{}'", self.name))
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -326,8 +350,16 @@ impl ProxyConfig {
         }
         let mut names = std::collections::HashSet::new();
         for (i, r) in self.replicas.iter().enumerate() {
-            if r.name.is_empty() {
-                bad(format!("proxy.replicas[{i}].name"), "must not be empty".into());
+            if r.name.is_empty()
+                || !r
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            {
+                bad(
+                    format!("proxy.replicas[{i}].name"),
+                    "must be non-empty letters, digits, `_`, `-` or `.`".into(),
+                );
             } else if !names.insert(r.name.clone()) {
                 bad(
                     format!("proxy.replicas[{i}].name"),

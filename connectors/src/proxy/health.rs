@@ -3,11 +3,14 @@
 //! One task per backend keeps a dedicated connection, sends `COM_PING` every
 //! `health_interval_ms` and keeps an exponentially weighted latency. For a
 //! replica it also reads what the replica has applied:
-//! - `applied_gtid_query` (default `SELECT @@gtid_slave_pos`): a MariaDB GTID
-//!   set `domain-server-seq[,…]`, for read-your-writes;
-//! - `applied_seq_query` (default `SELECT COALESCE(MAX(seq), 0) FROM
-//!   dbmux_offsets`): the last applied pipeline `seq`, for lag, compared with
-//!   the master stream's latest `seq` from a `watch` channel the runtime feeds.
+//! - the applied GTID set, for read-your-writes: by default the `position`
+//!   the dbmux applier named like the replica stored in `dbmux.dbmux_offsets`
+//!   in the same transaction as the data (`mysql:file:offset:gtid-set`), and
+//!   if that table or row does not exist, `@@gtid_slave_pos` (a natively
+//!   replicating MariaDB replica); or `applied_gtid_query`;
+//! - the applied pipeline `seq` (`seq` of the same row, or
+//!   `applied_seq_query`), for lag, compared with the master stream's latest
+//!   `seq` from a `watch` channel the runtime feeds.
 //!
 //! A query that fails (no such table yet) leaves that value unknown; a failed
 //! ping marks the backend down at once. Sessions also mark a replica down the
@@ -51,8 +54,13 @@ impl std::fmt::Display for Gtid {
     }
 }
 
-/// Highest applied sequence number per GTID domain.
+/// Highest applied sequence number per GTID domain, from a MariaDB GTID set
+/// (`0-1-100,1-2-7`) or a dbmux position text (`mysql:file:offset:0-1-100`).
 pub fn parse_gtid_set(s: &str) -> HashMap<u32, u64> {
+    let s = match s.strip_prefix("mysql:") {
+        Some(rest) => rest.splitn(3, ':').nth(2).unwrap_or(""),
+        None => s,
+    };
     let mut m: HashMap<u32, u64> = HashMap::new();
     for g in s.split(',').filter_map(|p| p.parse::<Gtid>().ok()) {
         let e = m.entry(g.domain).or_default();
@@ -163,7 +171,8 @@ impl AppliedPosition for HealthPositions {
 /// Queries a replica's health task runs besides the ping.
 #[derive(Debug, Clone)]
 pub struct PositionQueries {
-    pub applied_gtid: String,
+    /// Tried in order; the first that runs and returns a row wins.
+    pub applied_gtid: Vec<String>,
     pub applied_seq: String,
 }
 
@@ -196,9 +205,14 @@ pub async fn monitor(
                 Ok(()) => {
                     health.record_latency(t.elapsed());
                     if let Some(q) = &queries {
-                        if let Ok(Ok(v)) = c.query_value(&q.applied_gtid).await {
-                            health.set_applied_gtids(v.as_deref().unwrap_or(""));
+                        let mut applied = String::new();
+                        for query in &q.applied_gtid {
+                            if let Ok(Ok(Some(v))) = c.query_value(query).await {
+                                applied = v;
+                                break;
+                            }
                         }
+                        health.set_applied_gtids(&applied);
                         let seq = match c.query_value(&q.applied_seq).await {
                             Ok(Ok(Some(v))) => v.trim().parse().unwrap_or(u64::MAX),
                             _ => u64::MAX,
@@ -258,6 +272,11 @@ mod tests {
         assert!(!pos.covers("r1", &g));
         h.set_applied_gtids("0-2-42, 1-1-100");
         assert!(pos.covers("r1", &g));
+        // The applier's position text.
+        h.set_applied_gtids("mysql:mysql-bin.000003:4711:0-1-42");
+        assert!(pos.covers("r1", &g));
+        h.set_applied_gtids("mysql:mysql-bin.000003:4711");
+        assert!(!pos.covers("r1", &g));
         assert!(!pos.covers("r2", &g));
         // seq mapping path
         h.set_applied_gtids("");

@@ -190,8 +190,8 @@ impl Proxy {
         )));
         for (r, rc) in s.replicas.iter().zip(&s.cfg.replicas) {
             let q = PositionQueries {
-                applied_gtid: rc.applied_gtid_query.clone(),
-                applied_seq: rc.applied_seq_query.clone(),
+                applied_gtid: rc.gtid_queries(),
+                applied_seq: rc.seq_query(),
             };
             tasks.push(tokio::spawn(health::monitor(
                 r.pool.clone(),
