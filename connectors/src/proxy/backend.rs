@@ -111,6 +111,8 @@ pub struct BackendConn {
     pub last_used: std::time::Instant,
     /// The pool epoch this connection belongs to (see [`Pool::clear`]).
     pub epoch: u64,
+    /// Status flags of the login OK (e.g. a global NO_BACKSLASH_ESCAPES).
+    pub login_status: u16,
 }
 
 /// Idle time after which [`BackendConn::is_stale`] probes the socket.
@@ -196,6 +198,7 @@ impl BackendConn {
         p.put_slice(&plugin);
         p.put_u8(0);
         io.send(g.seq.wrapping_add(1), &p).await?;
+        let login_status;
         loop {
             let r = io
                 .read_packet()
@@ -203,7 +206,10 @@ impl BackendConn {
                 .ok_or_else(|| proto("closed during login"))?;
             let seq = r.seq.wrapping_add(1);
             match r.payload.first() {
-                Some(0x00) => break,
+                Some(0x00) => {
+                    login_status = ok_status(&r.payload).unwrap_or(0);
+                    break;
+                }
                 Some(0xFF) => {
                     return Err(BackendError::Login(parse_err(&r.payload).unwrap_or(ErrPacket {
                         code: 0,
@@ -244,6 +250,7 @@ impl BackendConn {
             connection_id,
             last_used: std::time::Instant::now(),
             epoch: 0,
+            login_status,
         })
     }
 

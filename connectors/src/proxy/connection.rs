@@ -18,8 +18,11 @@ use super::command::{self, Command};
 use super::config::{Consistency, UserConfig};
 use super::handshake::{self, ClientStream, HandshakeError, CLIENT_DEPRECATE_EOF, CLIENT_MULTI_STATEMENTS};
 use super::health::{lag_ok, Gtid};
-use super::packet::{err_payload, ok_payload, ErrPacket, PacketIo, STATUS_AUTOCOMMIT, STATUS_IN_TRANS};
-use super::router::{classify, Route, Target};
+use super::packet::{
+    err_payload, ok_payload, ErrPacket, PacketIo, STATUS_AUTOCOMMIT, STATUS_IN_TRANS,
+    STATUS_NO_BACKSLASH_ESCAPES,
+};
+use super::router::{classify_cached as classify, Route, Target};
 use super::Shared;
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
@@ -145,6 +148,10 @@ struct Session {
     last_write: Option<Gtid>,
     stmts: HashMap<u32, Stmt>,
     next_stmt: u32,
+    /// A backend said this session's `sql_mode` has NO_BACKSLASH_ESCAPES:
+    /// the router would lex strings differently from the server, so every
+    /// statement goes to the master.
+    no_backslash_escapes: bool,
 }
 
 impl Session {
@@ -178,6 +185,7 @@ impl Session {
             last_write: None,
             stmts: HashMap::new(),
             next_stmt: 1,
+            no_backslash_escapes: false,
         }
     }
 
@@ -357,13 +365,20 @@ impl Session {
 
     /// The replica a plain read may go to now, if any.
     fn read_replica(&mut self) -> Option<usize> {
-        if self.pin.is_some() || self.in_txn() || self.shared.replicas.is_empty() {
+        let sh = &self.shared;
+        if self.pin.is_some()
+            || self.in_txn()
+            || sh.replicas.is_empty()
+            || self.no_backslash_escapes
+            || sh.master_health.no_backslash_escapes()
+        {
             return None;
         }
-        let sh = &self.shared;
         let usable = |i: usize| {
             let r = &sh.replicas[i];
-            r.health.is_up() && lag_ok(&r.health, &sh.latest_seq, sh.cfg.max_replica_lag)
+            r.health.is_up()
+                && !r.health.no_backslash_escapes()
+                && lag_ok(&r.health, &sh.latest_seq, sh.cfg.max_replica_lag)
         };
         let idx = match &self.replica {
             Some((i, _)) if usable(*i) => *i,
@@ -444,6 +459,9 @@ impl Session {
             }
         };
         if fresh {
+            if conn.login_status & STATUS_NO_BACKSLASH_ESCAPES != 0 {
+                self.no_backslash_escapes = true;
+            }
             for s in &self.settings {
                 conn.dirty = true;
                 let sum = conn
@@ -519,6 +537,9 @@ impl Session {
         .await;
         match r {
             Ok(sum) => {
+                if let Some(st) = sum.status {
+                    self.no_backslash_escapes = st & STATUS_NO_BACKSLASH_ESCAPES != 0;
+                }
                 if which == Which::Master {
                     if let Some(s) = sum.status {
                         self.master_status = s;

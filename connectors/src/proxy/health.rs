@@ -91,6 +91,8 @@ pub struct BackendHealth {
     /// Last applied `seq`; `u64::MAX` = unknown.
     applied_seq: AtomicU64,
     applied_gtids: RwLock<HashMap<u32, u64>>,
+    /// The server's default `sql_mode` has NO_BACKSLASH_ESCAPES.
+    no_backslash_escapes: AtomicBool,
 }
 
 impl BackendHealth {
@@ -101,6 +103,7 @@ impl BackendHealth {
             latency_us: AtomicU64::new(1000),
             applied_seq: AtomicU64::new(u64::MAX),
             applied_gtids: RwLock::new(HashMap::new()),
+            no_backslash_escapes: AtomicBool::new(false),
         }
     }
     pub fn is_up(&self) -> bool {
@@ -115,6 +118,12 @@ impl BackendHealth {
         if !self.up.swap(true, Ordering::Relaxed) {
             tracing::info!(backend = %self.name, "backend is up again");
         }
+    }
+    /// True when the server lexes strings without backslash escapes by
+    /// default; the router's parser assumes escapes, so reads stay on the
+    /// master.
+    pub fn no_backslash_escapes(&self) -> bool {
+        self.no_backslash_escapes.load(Ordering::Relaxed)
     }
     pub fn latency_us(&self) -> u64 {
         self.latency_us.load(Ordering::Relaxed)
@@ -191,7 +200,11 @@ pub async fn monitor(
     loop {
         if conn.is_none() {
             match BackendConn::connect(&pool.addr, key, interval.max(Duration::from_secs(1))).await {
-                Ok(c) => conn = Some(c),
+                Ok(c) => {
+                    let nbe = c.login_status & super::packet::STATUS_NO_BACKSLASH_ESCAPES != 0;
+                    health.no_backslash_escapes.store(nbe, Ordering::Relaxed);
+                    conn = Some(c);
+                }
                 Err(e) => {
                     tracing::debug!(backend = %health.name, error = %e, "health connect failed");
                     health.mark_down();

@@ -370,6 +370,9 @@ pub const STATUS_IN_TRANS: u16 = 0x0001;
 pub const STATUS_AUTOCOMMIT: u16 = 0x0002;
 /// `SERVER_MORE_RESULTS_EXISTS`
 pub const STATUS_MORE_RESULTS: u16 = 0x0008;
+/// `SERVER_STATUS_NO_BACKSLASH_ESCAPES`: the connection's `sql_mode` makes
+/// `\` an ordinary character in strings.
+pub const STATUS_NO_BACKSLASH_ESCAPES: u16 = 0x0200;
 
 /// An OK packet payload with the given status flags.
 pub fn ok_payload(affected: u64, status: u16) -> BytesMut {
