@@ -221,6 +221,11 @@ pub fn shape(sql: &str) -> Option<String> {
 
 /// Classifies SQL text (one or more `;`-separated statements).
 pub fn classify(sql: &str) -> Route {
+    // MySQL/MariaDB run the inside of `/*! … */` and `/*M! … */` comments,
+    // which the parser skips as comments: treat such text as unknown.
+    if sql.contains("/*!") || sql.contains("/*M!") {
+        return unparsable(sql);
+    }
     let statements = match Parser::parse_sql(&MySqlDialect {}, sql) {
         Ok(s) => s,
         // Unreadable: the master, and assume it wrote; pinned when it may
@@ -758,7 +763,7 @@ mod tests {
     }
 
     #[test]
-    fn writes_ddl_and_unknown_go_send_to() {
+    fn writes_ddl_and_unknown_go_to_master() {
         for sql in [
             "INSERT INTO t VALUES (1)",
             "UPDATE t SET a = 1",
@@ -774,6 +779,8 @@ mod tests {
             "SELECT db.f(1)",
             "SELECT 1; INSERT INTO t VALUES (1)",
             "CALL p()",
+            "SELECT * FROM t /*! FOR UPDATE */",
+            "SELECT 1 /*M!100100 , SLEEP(0) */",
             "garbage that does not parse",
         ] {
             assert_eq!(t(sql), WRITE, "{sql}");
@@ -781,7 +788,7 @@ mod tests {
     }
 
     #[test]
-    fn locking_and_connection_reads_go_send_to() {
+    fn locking_and_connection_reads_go_to_master() {
         for sql in [
             "SELECT * FROM t FOR UPDATE",
             "SELECT * FROM t FOR SHARE",
