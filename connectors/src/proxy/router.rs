@@ -659,6 +659,10 @@ impl Visitor for QueryCheck {
         if s.into.is_some() {
             return self.send_to(Route::pinned("SELECT INTO"));
         }
+        // FOUND_ROWS() afterwards runs on the master: count there too.
+        if s.select_modifiers.as_ref().is_some_and(|m| m.sql_calc_found_rows) {
+            return self.send_to(Route::master());
+        }
         ControlFlow::Continue(())
     }
 
@@ -797,6 +801,7 @@ mod tests {
             "SELECT @@last_gtid",
             "SELECT @x",
             "SELECT ROW_COUNT()",
+            "SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 1",
             "BEGIN",
             "START TRANSACTION READ ONLY",
             "SET autocommit = 0",
