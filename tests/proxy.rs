@@ -511,6 +511,28 @@ for i, (user, tls) in enumerate([("app", False), ("app", True), ("app_sha2", Fal
 c = pymysql.connect(host="127.0.0.1", port=port, user="app", password="app-password")
 cur = c.cursor(); cur.execute("SELECT @@server_id"); out.append(f"autocommit off {cur.fetchone()[0]}")
 c.close()
+# COM_INIT_DB, COM_PING, COM_SET_OPTION, COM_STATISTICS, COM_FIELD_LIST.
+from pymysql.constants import CLIENT
+c = pymysql.connect(host="127.0.0.1", port=port, user="app", password="app-password", autocommit=True,
+                    client_flag=CLIENT.MULTI_STATEMENTS)
+c.select_db(db)
+cur = c.cursor(); cur.execute("SELECT DATABASE()"); out.append(f"init_db {cur.fetchone()[0] == db}")
+c.ping(reconnect=False)
+c._execute_command(0x1b, b"\x01\x00"); c._read_packet()
+try:
+    cur.execute("SELECT 1; SELECT 2"); out.append("multi-statements still on")
+except pymysql.err.MySQLError as e:
+    out.append(f"multi off {e.args[0]}")
+c._execute_command(0x1b, b"\x00\x00"); c._read_packet()
+cur.execute("SELECT 1; SELECT 2"); cur.nextset(); out.append(f"multi on {cur.fetchone()[0]}")
+c._execute_command(0x09, b""); out.append(f"statistics {c._read_packet().get_all_data()[:7]}")
+c._execute_command(0x04, b"t\x00")
+fields = 0
+while not c._read_packet().is_eof_packet():
+    fields += 1
+out.append(f"field_list {fields}")
+cur.execute("SELECT 6"); out.append(f"after {cur.fetchone()[0]}")
+c.close()
 # An unsupported command gets an error packet, and the session survives.
 c = pymysql.connect(host="127.0.0.1", port=port, user="app", password="app-password")
 try:
@@ -549,6 +571,12 @@ print("\n".join(out))
             "app_sha2 True 2 app_sha2 1 app_sha2 True",
             "app_full True 2 app_full 1 app_full True",
             "autocommit off 1",
+            "init_db True",
+            "multi off 1064",
+            "multi on 2",
+            "statistics b'Uptime:'",
+            "field_list 3",
+            "after 6",
             "unsupported 1047",
             "after 5",
         ]
