@@ -388,6 +388,14 @@ async fn mariadb_cli_logs_in_with_each_plugin_with_and_without_tls() {
                 ["2", "42"],
                 "{user} {extra:?}"
             );
+            let sql = "BEGIN; SELECT @@server_id; COMMIT; SELECT @@server_id";
+            let (ok, out, err) = p.cli(user, PASSWORD, &extra, sql);
+            assert!(ok, "{err}");
+            assert_eq!(
+                out.split_whitespace().collect::<Vec<_>>(),
+                ["1", "2"],
+                "transaction on the master"
+            );
             let (ok, status, err) = p.cli(user, PASSWORD, &extra, "status");
             assert!(ok, "{err}");
             let tls_used = extra.len() > 1;
@@ -670,7 +678,9 @@ async fn routing_sends_reads_to_the_replica_and_state_to_the_master() {
     // parser assumes escapes, so such a session reads from the master.
     let mut c4 = p.conn("app_eventual", &db).await;
     assert_eq!(server_id(&mut c4).await, 2);
-    c4.query_drop("SET sql_mode = 'NO_BACKSLASH_ESCAPES'").await.unwrap();
+    c4.query_drop("SET sql_mode = 'NO_BACKSLASH_ESCAPES'")
+        .await
+        .unwrap();
     let v: Option<(String, u32)> = c4.query_first(r"SELECT 'a\b', @@server_id").await.unwrap();
     assert_eq!(v, Some((r"a\b".to_string(), 1)));
     c4.query_drop("SET sql_mode = DEFAULT").await.unwrap();
