@@ -405,6 +405,12 @@ impl Session {
             }
         };
         if self.user.consistency == Consistency::ReadYourWrites {
+            // A write whose commit position is not captured yet (it may
+            // still be open): nothing can prove a replica has it.
+            if self.wrote {
+                sh.metrics.ryw_master_reads.inc();
+                return None;
+            }
             if let Some(g) = &self.last_write {
                 if !sh.positions.covers(&sh.replicas[idx].name, g) {
                     sh.metrics.ryw_master_reads.inc();
