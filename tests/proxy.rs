@@ -251,8 +251,8 @@ fn start_proxy(o: ProxyOpts<'_>) -> Proxy {
     cfg += o.extra;
     for (name, url, q) in &o.replicas {
         cfg += &format!("[[proxy.replicas]]\nname = \"{name}\"\nurl = \"{url}\"\n");
-        if let Some(q) = q {
-            cfg += &format!("applied_gtid_query = \"{q}\"\n");
+        if let Some(extra) = q {
+            cfg += extra;
         }
     }
     for (user, extra) in [
@@ -1019,11 +1019,16 @@ async fn slow_replication(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_your_writes_under_slow_replication_has_no_stale_reads() {
     let db = fresh_db("pxy_ryw").await;
-    // The replica is named like its (simulated) applier: the proxy's default
-    // position query reads that applier's row of dbmux.dbmux_offsets.
-    let consumer = db.clone();
+    // The replica's (simulated) applier has consumer "pxy/<db>", as `dbmux
+    // run` names them "<pipeline>/<replica>": the proxy's default position
+    // query reads that row of dbmux.dbmux_offsets.
+    let consumer = format!("pxy/{db}");
     let p = start_proxy(ProxyOpts {
-        replicas: vec![(consumer.clone(), server_url(&replica_url()), None)],
+        replicas: vec![(
+            "r1".into(),
+            server_url(&replica_url()),
+            Some(format!("consumer = \"{consumer}\"\n")),
+        )],
         ..Default::default()
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -14,6 +14,7 @@
 //! [[proxy.replicas]]
 //! name = "replica1"
 //! url = "mysql://dbmux:secret@127.0.0.1:13307/"
+//! # consumer = "main/replica1"   # its applier's dbmux_offsets row; default: name
 //! # Defaults: what the dbmux applier named like this replica stored, then
 //! # (for a native MariaDB replica) @@gtid_slave_pos. See `health`.
 //! # applied_gtid_query = "SELECT position FROM dbmux.dbmux_offsets WHERE consumer = 'replica1'"
@@ -147,6 +148,10 @@ pub struct ProxyConfig {
 pub struct ReplicaConfig {
     pub name: String,
     pub url: BackendUrl,
+    /// The `consumer` of this replica's dbmux applier in `dbmux_offsets`
+    /// (`dbmux run` uses `<pipeline name>/<replica name>`); default: `name`.
+    #[serde(default)]
+    pub consumer: Option<String>,
     /// Returns the GTID set the replica has applied (one row, one column):
     /// a MariaDB GTID set, or a dbmux position text `mysql:file:offset:gtids`.
     #[serde(default)]
@@ -166,7 +171,7 @@ impl ReplicaConfig {
             None => vec![
                 format!(
                     "SELECT position FROM {OFFSETS_TABLE} WHERE consumer = '{}'",
-                    self.name
+                    self.consumer()
                 ),
                 NATIVE_GTID_QUERY.to_string(),
             ],
@@ -175,9 +180,17 @@ impl ReplicaConfig {
 
     /// The query for the last applied `seq`.
     pub fn seq_query(&self) -> String {
-        self.applied_seq_query
-            .clone()
-            .unwrap_or_else(|| format!("SELECT seq FROM {OFFSETS_TABLE} WHERE consumer = '{}'", self.name))
+        self.applied_seq_query.clone().unwrap_or_else(|| {
+            format!(
+                "SELECT seq FROM {OFFSETS_TABLE} WHERE consumer = '{}'",
+                self.consumer()
+            )
+        })
+    }
+
+    /// The applier's `dbmux_offsets.consumer` for this replica.
+    pub fn consumer(&self) -> &str {
+        self.consumer.as_deref().unwrap_or(&self.name)
     }
 }
 
@@ -369,6 +382,14 @@ impl ProxyConfig {
             if let Err(e) = r.url.parse() {
                 bad(format!("proxy.replicas[{i}].url"), e);
             }
+            if let Some(c) = &r.consumer {
+                if c.is_empty() || !c.chars().all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c)) {
+                    bad(
+                        format!("proxy.replicas[{i}].consumer"),
+                        "must be non-empty letters, digits, `_`, `-`, `.` or `/`".into(),
+                    );
+                }
+            }
         }
         if self.users.is_empty() {
             bad(
@@ -497,6 +518,27 @@ mysql_native_password = "*D9B2D1C2B0E3E8AD0B8B4C5F3F6B1F43AE2CC3DE"
         assert!(!dbg.contains("topsecret"), "{dbg}");
         assert!(!dbg.contains("D9B2D1"), "{dbg}");
         assert_eq!(c.master.parse().unwrap().password, "topsecret");
+    }
+
+    #[test]
+    fn replica_position_queries_follow_the_applier_consumer() {
+        let c: ProxyConfig = toml::from_str(sample()).unwrap();
+        let r = &c.replicas[0];
+        assert_eq!(
+            r.gtid_queries(),
+            [
+                "SELECT position FROM dbmux.dbmux_offsets WHERE consumer = 'r1'".to_string(),
+                "SELECT @@gtid_slave_pos".to_string()
+            ]
+        );
+        let r = ReplicaConfig {
+            consumer: Some("main/r1".into()),
+            ..r.clone()
+        };
+        assert_eq!(
+            r.seq_query(),
+            "SELECT seq FROM dbmux.dbmux_offsets WHERE consumer = 'main/r1'"
+        );
     }
 
     #[test]
