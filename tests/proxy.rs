@@ -674,6 +674,14 @@ async fn routing_sends_reads_to_the_replica_and_state_to_the_master() {
         .await
         .unwrap();
     assert_eq!(server_id(&mut c3).await, 1);
+    // A setting made while only the master connection is open is replayed
+    // on the replica connection opened later.
+    let mut c5 = p.conn("app_eventual", &db).await;
+    c5.query_drop("BEGIN").await.unwrap();
+    c5.query_drop("SET time_zone = '-03:00'").await.unwrap();
+    c5.query_drop("COMMIT").await.unwrap();
+    let tz: Option<(String, u32)> = c5.query_first("SELECT @@time_zone, @@server_id").await.unwrap();
+    assert_eq!(tz, Some(("-03:00".into(), 2)));
     // NO_BACKSLASH_ESCAPES changes how strings are lexed; the router's
     // parser assumes escapes, so such a session reads from the master.
     let mut c4 = p.conn("app_eventual", &db).await;
