@@ -471,4 +471,20 @@ async fn type_matrix_reaches_both_replicas_value_by_value() {
     dbmux.wait_caught_up(changes, CATCH_UP).await;
     assert_eq!(assert_identical(&db, &type_projection(), true, true).await, 3);
     conn.disconnect().await.unwrap();
+    // With dbmux stopped, `tail` opens the log itself (while it runs, it reads
+    // through the admin server, as the workload test does).
+    assert!(dbmux.stop().success());
+    let envelopes = dbmux.tail(Some(1));
+    assert_eq!(envelopes.len() as u64, changes);
+    let ops: Vec<&str> = envelopes.iter().map(|e| e["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["c", "c", "c", "c", "u", "u", "u", "d"]);
+    let max_row = &envelopes[1]["after"];
+    assert_eq!(max_row["biu"], serde_json::json!(18446744073709551615u64));
+    assert_eq!(max_row["dec65"], "99999999999999999999999999999999999.999999999999999999999999999999");
+    assert_eq!(max_row["tm"], "838:59:59");
+    assert_eq!(max_row["ts"], "2038-01-19T03:14:07.999999Z");
+    assert_eq!(max_row["st"], serde_json::json!(["x", "y", "z"]));
+    assert_eq!(max_row["js"]["k"][2], "é😀");
+    assert_eq!(envelopes[6]["before"]["id"], 1);
+    assert_eq!(envelopes[6]["after"]["id"], 10);
 }

@@ -96,7 +96,11 @@ pub async fn assert_identical(db: &str, p: &Projection<'_>, mariadb: bool, pg: b
     // normalizes it, so only that comparison parses JSON.
     let master = normalize(master_rows.clone(), p, false);
     if mariadb {
-        let replica = normalize(mysql_rows(&with_db(&mysql_replica_url(), db), &sql).await, p, false);
+        let replica = normalize(
+            mysql_rows(&with_db(&mysql_replica_url(), db), &sql).await,
+            p,
+            false,
+        );
         assert_rows_eq(
             &master,
             &replica,
