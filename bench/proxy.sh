@@ -102,8 +102,9 @@ done
 declare -A QPS P95
 run() { # name test port user pass [extra]
   local name=$1 test=$2 port=$3 user=$4 pass=$5; shift 5
-  local out
-  out=$(sb "$test" "$port" "$user" "$pass" run --threads="$THREADS" --time="$SECONDS_PER_RUN" \
+  local script=$test out
+  [ "$test" = point_select_text ] && script=oltp_point_select
+  out=$(sb "$script" "$port" "$user" "$pass" run --threads="$THREADS" --time="$SECONDS_PER_RUN" \
     --percentile=95 --report-interval=0 "$@")
   QPS[$name/$test]=$(echo "$out" | awk '/queries:/ {gsub(/[()]/,"",$3); print $3; exit}')
   P95[$name/$test]=$(echo "$out" | awk '/95th percentile:/ {print $3; exit}')
@@ -111,17 +112,23 @@ run() { # name test port user pass [extra]
 }
 
 echo "== running: $THREADS threads, ${SECONDS_PER_RUN}s per run"
-for test in oltp_point_select oltp_read_only; do
+# point_select_text: the same point selects as text queries (no server-side
+# prepared statements), so every statement passes the proxy's SQL router.
+TESTS=(oltp_point_select point_select_text oltp_read_only)
+for name in "${TESTS[@]}"; do
   extra=()
-  [ "$test" = oltp_read_only ] && extra=(--skip_trx=on)
-  run direct "$test" "$REPLICA_PORT" "$USER" "$PASS" "${extra[@]}"
-  run haproxy "$test" "$HA_PORT" "$USER" "$PASS" "${extra[@]}"
-  run dbmux "$test" "$DBMUX_PORT" bench bench-password "${extra[@]}"
+  case $name in
+    oltp_read_only) extra=(--skip_trx=on) ;;
+    point_select_text) extra=(--db-ps-mode=disable) ;;
+  esac
+  run direct "$name" "$REPLICA_PORT" "$USER" "$PASS" "${extra[@]}"
+  run haproxy "$name" "$HA_PORT" "$USER" "$PASS" "${extra[@]}"
+  run dbmux "$name" "$DBMUX_PORT" bench bench-password "${extra[@]}"
 done
 
 echo
 echo "== ratios (QPS): dbmux / direct, dbmux / haproxy   (targets for point selects: ≥ 0.85, ≥ 0.95)"
-for test in oltp_point_select oltp_read_only; do
+for test in "${TESTS[@]}"; do
   awk -v t="$test" -v d="${QPS[direct/$test]}" -v h="${QPS[haproxy/$test]}" -v x="${QPS[dbmux/$test]}" \
     'BEGIN { printf "%-18s %.3f  %.3f\n", t, x / d, x / h }'
 done

@@ -41,10 +41,22 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    // DBMUX_PROXY_THREADS: worker threads (default: one per core). 1 runs the
+    // proxy on a single-threaded runtime, which avoids cross-thread wake-ups.
+    let threads: usize = std::env::var("DBMUX_PROXY_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b.enable_all().build()
+    }
+    .expect("tokio runtime");
     rt.block_on(async move {
         let (_latest_tx, latest_rx) = tokio::sync::watch::channel(0u64);
         let proxy = match Proxy::new(cfg, latest_rx, None).await {
