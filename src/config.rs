@@ -49,6 +49,9 @@ pub struct Config {
     pub source: SourceConfig,
     pub replicas: Vec<ReplicaConfig>,
     pub admin: AdminConfig,
+    /// The MySQL-protocol front door (`[proxy]`), when configured.
+    #[cfg(feature = "proxy")]
+    pub proxy: Option<connectors::proxy::config::ProxyConfig>,
 }
 
 /// The file's shape with connector sections left raw, so each section is
@@ -68,6 +71,8 @@ struct RawConfig {
     replica: Vec<RawReplica>,
     #[serde(default)]
     admin: AdminConfig,
+    #[serde(default)]
+    proxy: Option<toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -401,6 +406,8 @@ impl Config {
                 })
                 .collect(),
             admin: raw.admin,
+            #[cfg(feature = "proxy")]
+            proxy: section(raw.proxy.clone(), "proxy", &mut problems),
         };
         let presence: Vec<(bool, bool)> = replicas.iter().map(|r| (r.4, r.5)).collect();
         problems.extend(config.validate_with(source_present, &presence));
@@ -443,13 +450,25 @@ impl Config {
         if self.log.truncate_interval_s == 0 {
             p.push("log.truncate_interval_s: must be > 0".into());
         }
-        match &self.source.mysql {
-            Some(m) => p.extend(m.validate_at("source.mysql")),
-            None if source_present => {}
-            None => p.push("source: exactly one source is required ([source.mysql])".into()),
+        #[cfg(feature = "proxy")]
+        let has_proxy = self.proxy.is_some();
+        #[cfg(not(feature = "proxy"))]
+        let has_proxy = false;
+        #[cfg(feature = "proxy")]
+        if let Some(proxy) = &self.proxy {
+            p.extend(proxy.validate().into_iter().map(|e| e.to_string()));
         }
-        if self.replicas.is_empty() {
-            p.push("replica: at least one [[replica]] is required".into());
+        // A pipeline needs a source and replicas; a proxy-only file needs neither.
+        let pipeline = source_present || !self.replicas.is_empty() || !has_proxy;
+        if pipeline {
+            match &self.source.mysql {
+                Some(m) => p.extend(m.validate_at("source.mysql")),
+                None if source_present => {}
+                None => p.push("source: exactly one source is required ([source.mysql])".into()),
+            }
+            if self.replicas.is_empty() {
+                p.push("replica: at least one [[replica]] is required".into());
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (i, r) in self.replicas.iter().enumerate() {
@@ -511,7 +530,7 @@ fn prefixed(prefix: &str, msg: String) -> String {
 /// Known keys per table path (arrays of tables use `[]`). Sections owned by
 /// connectors are checked by their own `deny_unknown_fields`.
 fn collect_unknown_keys(doc: &mut toml::Table, problems: &mut Vec<String>) {
-    const TOP: &[&str] = &["name", "data_dir", "log", "source", "replica", "admin"];
+    const TOP: &[&str] = &["name", "data_dir", "log", "source", "replica", "admin", "proxy"];
     const LOG: &[&str] = &["fsync", "fsync_interval_ms", "truncate", "truncate_interval_s"];
     const SOURCE: &[&str] = &["mysql"];
     const REPLICA: &[&str] = &["name", "max_batch_events", "mysql", "postgres"];

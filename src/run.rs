@@ -40,6 +40,18 @@ pub fn describe(c: &Config) -> String {
     if !c.admin.listen.is_empty() {
         s.push_str(&format!("admin: http://{}\n", c.admin.listen));
     }
+    #[cfg(feature = "proxy")]
+    if let Some(p) = &c.proxy {
+        s.push_str(&format!(
+            "proxy: {} → master {}",
+            p.listen,
+            redact_url(&p.master.0)
+        ));
+        for r in &p.replicas {
+            s.push_str(&format!(", replica {} {}", r.name, redact_url(&r.url.0)));
+        }
+        s.push('\n');
+    }
     s
 }
 
@@ -76,6 +88,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let replica_names: Vec<String> = cfg.replicas.iter().map(|r| r.name.clone()).collect();
 
     if let Some(m) = cfg.source.mysql.clone() {
+        // (A proxy-only configuration has no source and no replicas.)
         let source = connectors::mysql::capture::MysqlSource::new(m).context("configuring capture")?;
         let (log, metrics, sd) = (log.clone(), metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -143,6 +156,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 "admin".into(),
                 r.map_err(|e| RuntimeError::Join(format!("admin server: {e}"))),
             )
+        });
+    }
+
+    #[cfg(feature = "proxy")]
+    if let Some(mut pcfg) = cfg.proxy.clone() {
+        // Replicas fed by this pipeline report their progress in the offsets
+        // row `<pipeline name>/<replica name>`.
+        for r in &mut pcfg.replicas {
+            if r.consumer.is_none() && replica_names.contains(&r.name) {
+                r.consumer = Some(format!("{}/{}", cfg.name, r.name));
+            }
+        }
+        let proxy = connectors::proxy::Proxy::new(pcfg, log.subscribe(), None)
+            .await
+            .map_err(|e| anyhow::anyhow!("proxy: {e}"))?;
+        let listener = proxy.bind().await.map_err(|e| anyhow::anyhow!("proxy: {e}"))?;
+        info!("proxy listening on {}", listener.local_addr()?);
+        let sd = shutdown.clone();
+        tasks.spawn(async move {
+            proxy.run(listener, async move { sd.cancelled().await }).await;
+            ("proxy".into(), Ok(()))
         });
     }
 
