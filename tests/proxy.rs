@@ -693,6 +693,26 @@ async fn routing_sends_reads_to_the_replica_and_state_to_the_master() {
     assert_eq!(v, Some((r"a\b".to_string(), 1)));
     c4.query_drop("SET sql_mode = DEFAULT").await.unwrap();
     assert_eq!(server_id(&mut c4).await, 2);
+    // A statement prepared on the replica that no longer prepares on the
+    // master (its table is gone there) reports the server's error; the
+    // session goes on.
+    let mut c6 = p.conn("app", &db).await;
+    let mut m = direct(&master_url()).await;
+    m.query_drop(format!("CREATE TABLE {db}.gone (a INT)"))
+        .await
+        .unwrap();
+    let mut r = direct(&replica_url()).await;
+    r.query_drop(format!("CREATE TABLE {db}.gone (a INT)"))
+        .await
+        .unwrap();
+    let stmt = c6.prep("SELECT a FROM gone WHERE a = ?").await.unwrap();
+    m.query_drop(format!("DROP TABLE {db}.gone")).await.unwrap();
+    c6.query_drop("INSERT INTO t (id, v) VALUES (6, 'w')")
+        .await
+        .unwrap(); // reads → master now
+    let e = c6.exec_first::<i32, _, _>(&stmt, (1,)).await.unwrap_err();
+    assert!(e.to_string().contains("1146"), "{e}");
+    assert_eq!(server_id(&mut c6).await, 1);
     // Writes went to the master only.
     let mut r = direct(&replica_url()).await;
     let n: Option<i64> = r

@@ -92,6 +92,9 @@ enum Fail {
     MasterUnavailable(BackendError),
     /// Part of a replica's reply reached the client before the replica broke.
     ReplicaBrokeMidReply(BackendError),
+    /// The server refused something the proxy did for the command (e.g.
+    /// re-preparing a statement whose table is gone): report it, keep going.
+    Sql(ErrPacket),
 }
 
 impl From<std::io::Error> for Fail {
@@ -245,6 +248,11 @@ impl Session {
                 Err(Fail::ReplicaBrokeMidReply(e)) => {
                     tracing::warn!(error = %e, "replica broke in the middle of a reply; ending the client session");
                     return;
+                }
+                Err(Fail::Sql(e)) => {
+                    if self.reply_err(e.code, "HY000", &e.message).await.is_err() {
+                        return;
+                    }
                 }
                 Err(Fail::MasterUnavailable(e)) => {
                     let msg = format!("dbmux: master backend unavailable: {e}");
@@ -428,12 +436,16 @@ impl Session {
             Which::Master => match self.master.take() {
                 Some(c) => (c, false),
                 None => {
-                    let c = self
+                    let mut c = self
                         .shared
                         .master
                         .get(self.key)
                         .await
                         .map_err(TakeError::Backend)?;
+                    // Never pooled again: a session can leave state on the
+                    // master connection no rule here sees (`SET TRANSACTION`
+                    // for the next transaction, session status, …).
+                    c.dirty = true;
                     (c, true)
                 }
             },
@@ -804,7 +816,7 @@ impl Session {
             }
             Err(TakeError::Sql(_)) if which != Which::Master => return Ok(None),
             Err(TakeError::Sql(e)) => {
-                return Err(Fail::MasterUnavailable(BackendError::Protocol(e.message)));
+                return Err(Fail::Sql(e));
             }
         };
         let r = conn.command(&p, Reply::Prepare).await;
@@ -827,7 +839,7 @@ impl Session {
                 if which != Which::Master {
                     return Ok(None);
                 }
-                return Err(Fail::MasterUnavailable(BackendError::Protocol(e.message)));
+                return Err(Fail::Sql(e));
             }
             Err(e) => {
                 return match which {
