@@ -15,8 +15,11 @@
 //! keeps it until it ends, so transactions, locks, temporary tables and user
 //! variables behave as on a direct connection. It takes one replica
 //! connection for reads and keeps it while that replica is healthy. Both come
-//! from pools keyed by the client's capability flags and collation, and go
-//! back (reset) when the session ends.
+//! from pools keyed by the client's capability flags and collation. When the
+//! session ends, a replica connection it left no state on goes back to its
+//! pool; master connections and connections with session settings or
+//! prepared statements are closed (`COM_RESET_CONNECTION` would restore the
+//! server's global character set, not the pool key's).
 //!
 //! # Read-your-writes
 //! After a statement that may have written has committed on the master (the
