@@ -825,6 +825,33 @@ async fn connection_limit_and_idle_timeout() {
     assert_eq!(server_id(&mut c).await, 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_result_does_not_mark_the_replica_down() {
+    let p = start_proxy(ProxyOpts::default());
+    let db = fresh_db("pxy_abort").await;
+    // ~100 MB of rows from the replica; read one row, then drop the socket.
+    let script = r#"
+import os, sys, pymysql, pymysql.cursors
+c = pymysql.connect(host="127.0.0.1", port=int(sys.argv[1]), user="app_eventual", password="app-password",
+                    database=sys.argv[2], autocommit=True, cursorclass=pymysql.cursors.SSCursor)
+cur = c.cursor()
+cur.execute("SELECT REPEAT('x', 1000), @@server_id FROM seq_1_to_100000")
+print(cur.fetchone()[1], flush=True)
+os._exit(0)  # no clean-up: the socket closes with the result half read
+"#;
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", script, &p.port.to_string(), &db])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = p.log_text();
+    assert!(!log.contains("marked down"), "{log}");
+    let mut c = p.conn("app_eventual", &db).await;
+    assert_eq!(server_id(&mut c).await, 2);
+}
+
 // ---------------------------------------------------------------------------
 // Failure: a replica that stops
 

@@ -49,6 +49,10 @@ pub enum BackendError {
     /// The server says it is going away (shutdown, killed connection).
     #[error("backend is going away: {} {}", .0.code, .0.message)]
     Gone(ErrPacket),
+    /// Writing the relayed reply to the *client* failed: the backend is
+    /// fine, the client went away.
+    #[error("client write: {0}")]
+    Client(std::io::Error),
 }
 
 fn proto(msg: impl Into<String>) -> BackendError {
@@ -392,7 +396,7 @@ impl BackendConn {
                 if let Some(o) = out.as_deref_mut() {
                     o.wbuf.extend_from_slice(&$f.raw);
                     if o.wbuf.len() >= CLIENT_FLUSH_AT {
-                        o.flush().await?;
+                        o.flush().await.map_err(BackendError::Client)?;
                         sum.flushed = true;
                     }
                 }

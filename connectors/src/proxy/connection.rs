@@ -566,6 +566,9 @@ impl Session {
                 self.give(which, conn);
                 Ok(Exec::Done(sum))
             }
+            // The client left mid-reply; the backend connection is in the
+            // middle of a response and is dropped, the backend is fine.
+            Err(BackendError::Client(e)) => Err(Fail::Client(e)),
             Err(e) => match which {
                 Which::Replica(i) => {
                     tracing::warn!(replica = %self.shared.replicas[i].name, error = %e, "replica failed; reading from the master");
