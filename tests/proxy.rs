@@ -723,6 +723,32 @@ async fn routing_sends_reads_to_the_replica_and_state_to_the_master() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_user_starts_a_new_session_as_the_new_user() {
+    let p = start_proxy(ProxyOpts::default());
+    let db = fresh_db("pxy_cu").await;
+    let mut c = p.conn("app", &db).await;
+    c.query_drop("SET @x = 1").await.unwrap();
+    assert_eq!(server_id(&mut c).await, 1, "pinned by the user variable");
+    let to = |user: &str, pass: &str| {
+        mysql_async::ChangeUserOpts::default()
+            .with_user(Some(user.into()))
+            .with_pass(Some(pass.into()))
+            .with_db_name(Some(db.clone()))
+    };
+    c.change_user(to("app_eventual", PASSWORD)).await.unwrap();
+    // A new session: unpinned, and the new user's (eventual) consistency.
+    c.query_drop("INSERT INTO t (id, v) VALUES (1, 'a')")
+        .await
+        .unwrap();
+    assert_eq!(server_id(&mut c).await, 2);
+    let x: Option<Option<i64>> = c.query_first("SELECT @x").await.unwrap();
+    assert_eq!(x, Some(None), "user variables are gone");
+    c.change_user(to("app_sha2", PASSWORD)).await.unwrap();
+    assert_eq!(server_id(&mut c).await, 2);
+    assert!(c.change_user(to("app", "wrong")).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packets_over_16_mib_pass_both_ways() {
     let p = start_proxy(ProxyOpts::default());
     let db = fresh_db("pxy_big").await;

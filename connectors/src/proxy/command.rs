@@ -11,6 +11,7 @@ pub const COM_QUERY: u8 = 0x03;
 pub const COM_FIELD_LIST: u8 = 0x04;
 pub const COM_STATISTICS: u8 = 0x09;
 pub const COM_PING: u8 = 0x0E;
+pub const COM_CHANGE_USER: u8 = 0x11;
 pub const COM_STMT_PREPARE: u8 = 0x16;
 pub const COM_STMT_EXECUTE: u8 = 0x17;
 pub const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
@@ -52,6 +53,8 @@ pub enum Command {
         stmt_id: u32,
     },
     ResetConnection,
+    /// `COM_CHANGE_USER`: decoded by the session, which knows the capabilities.
+    ChangeUser,
     /// Anything else: answered with an "unknown command" error.
     Unsupported(u8),
 }
@@ -104,6 +107,7 @@ impl Command {
                 stmt_id: stmt_id(code, payload)?,
             },
             COM_RESET_CONNECTION => Command::ResetConnection,
+            COM_CHANGE_USER => Command::ChangeUser,
             other => Command::Unsupported(other),
         })
     }
@@ -125,6 +129,7 @@ impl Command {
             Command::SetOption(_) => "set_option",
             Command::StmtFetch { .. } => "stmt_fetch",
             Command::ResetConnection => "reset_connection",
+            Command::ChangeUser => "change_user",
             Command::Unsupported(_) => "unsupported",
         }
     }

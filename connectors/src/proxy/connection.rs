@@ -11,7 +11,7 @@
 //!
 //! # Unsupported
 //! Server-side cursors (`COM_STMT_EXECUTE` with cursor flags, `COM_STMT_FETCH`),
-//! `COM_CHANGE_USER`, replication commands and LOCAL INFILE get an ERR packet.
+//! replication commands and LOCAL INFILE get an ERR packet.
 
 use super::backend::{BackendConn, BackendError, PoolKey, Reply, Summary};
 use super::command::{self, Command};
@@ -333,6 +333,7 @@ impl Session {
                 self.reply_ok().await?;
                 Ok(Some(M_LOCAL))
             }
+            Command::ChangeUser => self.change_user(&payload).await.map(Some),
             Command::StmtFetch { .. } => {
                 self.reply_err(
                     ER_NOT_SUPPORTED,
@@ -983,6 +984,55 @@ impl Session {
         }
         self.reply_ok().await?;
         Ok(M_LOCAL)
+    }
+
+    /// `COM_CHANGE_USER`: authenticate again (always through an auth switch
+    /// with a fresh nonce), then start over as a new session of that user.
+    /// A failed attempt ends the connection, as on a server.
+    async fn change_user(&mut self, payload: &[u8]) -> Result<usize, Fail> {
+        let Some(cu) = handshake::parse_change_user(payload, self.caps) else {
+            self.reply_err(handshake::ER_HANDSHAKE, "08S01", "Bad COM_CHANGE_USER packet")
+                .await?;
+            return Ok(M_LOCAL);
+        };
+        let login = handshake::Login {
+            user: &cu.user,
+            caps: self.caps,
+            plugin: cu.plugin.as_deref(),
+            auth: cu.auth.clone(),
+        };
+        let shared = self.shared.clone();
+        match handshake::authenticate(&mut self.client, &shared.cfg, login, handshake::nonce(), 1, true).await
+        {
+            Ok(user) => {
+                self.release();
+                self.reset_state();
+                self.user = user;
+                self.db = cu.db;
+                if let Some(c) = cu.collation {
+                    self.key.collation = c;
+                }
+                Ok(M_LOCAL)
+            }
+            Err(HandshakeError::Io(e)) => Err(Fail::Client(e)),
+            Err(e) => {
+                self.shared.metrics.auth_failures.inc();
+                Err(Fail::Client(std::io::Error::other(format!(
+                    "COM_CHANGE_USER refused: {e}"
+                ))))
+            }
+        }
+    }
+
+    /// Forgets everything the session set up (not the connections).
+    fn reset_state(&mut self) {
+        self.settings.clear();
+        self.stmts.clear();
+        self.pin = None;
+        self.wrote = false;
+        self.master_status = STATUS_AUTOCOMMIT;
+        self.multi_statements = self.caps & CLIENT_MULTI_STATEMENTS != 0;
+        self.no_backslash_escapes = false;
     }
 
     async fn reset_connection(&mut self) {

@@ -403,7 +403,7 @@ pub async fn accept(
     conn_id: u32,
 ) -> Result<Authenticated, HandshakeError> {
     let mut io = PacketIo::new(ClientStream::Plain(socket));
-    let mut challenge = nonce();
+    let challenge = nonce();
     io.send(
         0,
         &greeting(
@@ -429,22 +429,58 @@ pub async fn accept(
         io.stream = ClientStream::Tls(Box::new(stream));
         pkt = io.read_packet().await?.ok_or(HandshakeError::Closed)?;
     }
-    let mut seq = pkt.seq.wrapping_add(1);
+    let seq = pkt.seq.wrapping_add(1);
     let Some(resp) = parse_response(&pkt.payload) else {
         tracing::debug!(len = pkt.payload.len(), head = ?&pkt.payload[..pkt.payload.len().min(40)], tls = io.stream.is_tls(), "unreadable handshake response");
         io.send(seq, &err_payload(ER_HANDSHAKE, "08S01", "Bad handshake"))
             .await?;
         return Err(HandshakeError::Malformed);
     };
+    let login = Login {
+        user: &resp.user,
+        caps: resp.caps,
+        plugin: resp.plugin.as_deref(),
+        auth: resp.auth.clone(),
+    };
+    let user = authenticate(&mut io, cfg, login, challenge, seq, false).await?;
+    Ok(Authenticated {
+        io,
+        user,
+        caps: resp.caps,
+        collation: resp.collation,
+        db: resp.db,
+    })
+}
+
+/// What a client sent to log in: from a HandshakeResponse or a COM_CHANGE_USER.
+pub struct Login<'a> {
+    pub user: &'a str,
+    pub caps: u32,
+    pub plugin: Option<&'a [u8]>,
+    pub auth: Vec<u8>,
+}
+
+/// Verifies a login, switching plugins when needed, and sends the final OK
+/// (or ERR). `challenge` is the nonce the client answered; `switch` forces
+/// an AuthSwitchRequest with a fresh nonce (COM_CHANGE_USER, whose answer
+/// was computed from the greeting's nonce).
+pub async fn authenticate(
+    io: &mut PacketIo<ClientStream>,
+    cfg: &ProxyConfig,
+    login: Login<'_>,
+    mut challenge: [u8; 20],
+    mut seq: u8,
+    switch: bool,
+) -> Result<UserConfig, HandshakeError> {
     let is_tls = io.stream.is_tls();
     let deny = |msg: &str| {
-        let using = if resp.auth.is_empty() { "NO" } else { "YES" };
+        let using = if login.auth.is_empty() { "NO" } else { "YES" };
         err_payload(
             ER_ACCESS_DENIED,
             "28000",
             &format!(
                 "Access denied for user '{}' (using password: {using}){msg}",
-                resp.user
+                login.user
             ),
         )
     };
@@ -452,22 +488,21 @@ pub async fn accept(
         io.send(seq, &deny(": TLS is required")).await?;
         return Err(HandshakeError::Refused("TLS required".into()));
     }
-    let Some(user) = cfg.user(&resp.user).cloned() else {
+    let Some(user) = cfg.user(login.user).cloned() else {
         io.send(seq, &deny("")).await?;
-        return Err(HandshakeError::Refused(format!("unknown user {:?}", resp.user)));
+        return Err(HandshakeError::Refused(format!("unknown user {:?}", login.user)));
     };
 
     // Switch to the user's plugin when the client answered for another one.
-    let mut auth = resp.auth.clone();
+    let mut auth = login.auth.clone();
     let wanted = user.auth_plugin;
-    let client_plugin = resp.plugin.as_deref().and_then(AuthPlugin::from_name);
-    let offered = if resp.caps & CLIENT_PLUGIN_AUTH != 0 {
-        client_plugin
+    let offered = if login.caps & CLIENT_PLUGIN_AUTH != 0 {
+        login.plugin.and_then(AuthPlugin::from_name)
     } else {
         Some(AuthPlugin::MysqlNativePassword)
     };
-    if offered != Some(wanted) {
-        if resp.caps & CLIENT_PLUGIN_AUTH == 0 {
+    if switch || offered != Some(wanted) {
+        if login.caps & CLIENT_PLUGIN_AUTH == 0 {
             io.send(seq, &deny(": client does not support plugin authentication"))
                 .await?;
             return Err(HandshakeError::Refused("no plugin auth".into()));
@@ -531,12 +566,50 @@ pub async fn accept(
         )));
     }
     io.send(seq, &ok_payload(0, STATUS_AUTOCOMMIT)).await?;
-    Ok(Authenticated {
-        io,
+    Ok(user)
+}
+
+/// A decoded COM_CHANGE_USER.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeUser {
+    pub user: String,
+    pub auth: Vec<u8>,
+    pub db: Option<String>,
+    pub collation: Option<u8>,
+    pub plugin: Option<Vec<u8>>,
+}
+
+/// Parses a COM_CHANGE_USER payload (first byte 0x11) sent by a client with
+/// capabilities `caps`.
+pub fn parse_change_user(p: &[u8], caps: u32) -> Option<ChangeUser> {
+    let mut s = p.get(1..)?;
+    let user = String::from_utf8_lossy(get_null_str(&mut s)?).into_owned();
+    let auth = if caps & CLIENT_SECURE_CONNECTION != 0 {
+        let n = *s.first()? as usize;
+        let a = s.get(1..1 + n)?.to_vec();
+        s = &s[1 + n..];
+        a
+    } else {
+        get_null_str(&mut s)?.to_vec()
+    };
+    let db = get_null_str(&mut s)
+        .map(|d| String::from_utf8_lossy(d).into_owned())
+        .filter(|d| !d.is_empty());
+    let mut collation = None;
+    if s.len() >= 2 {
+        collation = Some(s[0]);
+        s = &s[2..];
+    }
+    let mut plugin = None;
+    if caps & CLIENT_PLUGIN_AUTH != 0 && !s.is_empty() {
+        plugin = Some(get_null_str(&mut s).unwrap_or(s).to_vec());
+    }
+    Some(ChangeUser {
         user,
-        caps: resp.caps,
-        collation: resp.collation,
-        db: resp.db,
+        auth,
+        db,
+        collation,
+        plugin,
     })
 }
 
