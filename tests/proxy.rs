@@ -209,6 +209,8 @@ struct ProxyOpts<'a> {
     tls: Option<&'a Tls>,
     /// Extra `key = value` lines for the `[proxy]` table.
     extra: &'a str,
+    /// `[proxy.tls] require`.
+    tls_require: bool,
 }
 
 impl Default for ProxyOpts<'_> {
@@ -219,6 +221,7 @@ impl Default for ProxyOpts<'_> {
             replicas: vec![("r1".into(), server_url(&replica_url()), None)],
             tls: None,
             extra: "",
+            tls_require: false,
         }
     }
 }
@@ -267,9 +270,10 @@ fn start_proxy(o: ProxyOpts<'_>) -> Proxy {
             "[[proxy.users]]\nname = \"app_full\"\n{native}\n{sha2}\nauth_plugin = \"caching_sha2_password\"\nrequire_full_auth = true\n"
         );
         cfg += &format!(
-            "[proxy.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            "[proxy.tls]\ncert = \"{}\"\nkey = \"{}\"\nrequire = {}\n",
             t.cert.display(),
-            t.key.display()
+            t.key.display(),
+            o.tls_require
         );
     }
     let path = dir.path().join("dbmux.toml");
@@ -415,6 +419,31 @@ async fn mariadb_cli_logs_in_with_each_plugin_with_and_without_tls() {
     assert!(!ok && (err.contains("1045") || err.contains("2061")), "{err}");
     let (ok, _, err) = p.cli("app_full", "wrong", &with_tls, "SELECT 7");
     assert!(!ok && err.contains("1045"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_required_refuses_plain_clients() {
+    let tls = make_tls();
+    let p = start_proxy(ProxyOpts {
+        tls: Some(&tls),
+        tls_require: true,
+        ..Default::default()
+    });
+    let (ok, _, err) = p.cli("app", PASSWORD, &["--skip-ssl"], "SELECT 1");
+    assert!(
+        !ok && err.contains("1045") && err.contains("TLS is required"),
+        "{err}"
+    );
+    let ca = format!("--ssl-ca={}", tls.ca.display());
+    let (ok, out, err) = p.cli(
+        "app",
+        PASSWORD,
+        &["--ssl", &ca, "--ssl-verify-server-cert"],
+        "SELECT 1",
+    );
+    assert!(ok && out.trim() == "1", "{err}");
+    let mut c = p.tls_conn("app_sha2", "", &tls).await;
+    assert_eq!(server_id(&mut c).await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

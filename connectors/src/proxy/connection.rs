@@ -395,7 +395,7 @@ impl Session {
                 // Weighted by inverse latency: the ping chart.
                 let candidates: Vec<(usize, f64)> = (0..sh.replicas.len())
                     .filter(|&i| usable(i))
-                    .map(|i| (i, 1.0 / (sh.replicas[i].health.latency_us() as f64 + 50.0)))
+                    .map(|i| (i, replica_weight(&sh.replicas[i].health, *sh.latest_seq.borrow())))
                     .collect();
                 let total: f64 = candidates.iter().map(|c| c.1).sum();
                 if candidates.is_empty() {
@@ -1070,6 +1070,19 @@ impl Session {
     }
 }
 
+/// How much read traffic a usable replica should get, relative to the
+/// others: inversely proportional to its measured ping latency (the "ping
+/// chart") and shrinking with its replication lag in `seq` (unknown lag
+/// counts as none).
+fn replica_weight(h: &super::health::BackendHealth, latest_seq: u64) -> f64 {
+    let latency = h.latency_us() as f64 + 50.0;
+    let lag = match h.applied_seq() {
+        Some(applied) if latest_seq > 0 => latest_seq.saturating_sub(applied) as f64,
+        _ => 0.0,
+    };
+    1.0 / (latency * (1.0 + lag / 100.0))
+}
+
 /// A `COM_STMT_EXECUTE` payload for backend statement `bid`, with the
 /// parameter types added when this backend has not seen them yet.
 fn build_execute(
@@ -1097,6 +1110,22 @@ fn build_execute(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replica_weights_follow_latency_and_lag() {
+        use super::super::health::BackendHealth;
+        let fast = BackendHealth::new("fast");
+        let slow = BackendHealth::new("slow");
+        for _ in 0..50 {
+            fast.record_latency(Duration::from_micros(100));
+            slow.record_latency(Duration::from_micros(1000));
+        }
+        assert!(replica_weight(&fast, 0) > 5.0 * replica_weight(&slow, 0));
+        // Lag shrinks the weight; unknown latest seq means no lag.
+        fast.set_applied_seq(1000);
+        assert_eq!(replica_weight(&fast, 0), replica_weight(&fast, 1000));
+        assert!(replica_weight(&fast, 1500) < replica_weight(&fast, 1000) / 5.0);
+    }
 
     #[test]
     fn execute_gets_types_added_for_a_new_backend() {

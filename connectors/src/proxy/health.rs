@@ -128,7 +128,7 @@ impl BackendHealth {
     pub fn latency_us(&self) -> u64 {
         self.latency_us.load(Ordering::Relaxed)
     }
-    fn record_latency(&self, sample: Duration) {
+    pub(crate) fn record_latency(&self, sample: Duration) {
         let s = sample.as_micros().min(u64::MAX as u128) as u64;
         let old = self.latency_us.load(Ordering::Relaxed);
         self.latency_us.store((old * 7 + s) / 8, Ordering::Relaxed);
@@ -138,6 +138,10 @@ impl BackendHealth {
             u64::MAX => None,
             s => Some(s),
         }
+    }
+    /// Sets the last applied `seq` (for tests and external feeds).
+    pub fn set_applied_seq(&self, seq: u64) {
+        self.applied_seq.store(seq, Ordering::Relaxed);
     }
     /// True when the replica's applied GTID set reaches `g` in its domain.
     pub fn has_gtid(&self, g: &Gtid) -> bool {
