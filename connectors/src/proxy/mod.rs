@@ -171,6 +171,22 @@ impl Proxy {
         })
     }
 
+    /// Everything in one call, for the runtime: validate, bind, serve until
+    /// `shutdown`. Errors are definite (configuration, TLS files, address in
+    /// use).
+    pub async fn serve(
+        cfg: ProxyConfig,
+        latest_seq: watch::Receiver<u64>,
+        gtid_to_seq: Option<GtidToSeq>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ProxyError> {
+        let proxy = Proxy::new(cfg, latest_seq, gtid_to_seq).await?;
+        let listener = proxy.bind().await?;
+        tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "proxy listening");
+        proxy.run(listener, shutdown).await;
+        Ok(())
+    }
+
     /// Binds the configured listen address.
     pub async fn bind(&self) -> Result<TcpListener, ProxyError> {
         let addr = self.shared.cfg.listen.clone();
