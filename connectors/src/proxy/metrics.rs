@@ -21,6 +21,13 @@ pub const RYW_MASTER_READS_TOTAL: &str = "dbmux_proxy_ryw_master_reads_total";
 /// Counter: reads retried on the master after a replica failed.
 pub const REPLICA_FAILOVERS_TOTAL: &str = "dbmux_proxy_replica_failovers_total";
 
+/// Gauge (seconds), label `backend`: smoothed ping round trip (the ping chart).
+pub const BACKEND_PING_SECONDS: &str = "dbmux_proxy_backend_ping_seconds";
+/// Gauge, label `backend`: 1 when the last ping was answered.
+pub const BACKEND_UP: &str = "dbmux_proxy_backend_up";
+/// Gauge, label `backend`: the replica's last applied `seq` (absent = unknown).
+pub const BACKEND_APPLIED_SEQ: &str = "dbmux_proxy_backend_applied_seq";
+
 /// Label values of `route`.
 pub const ROUTES: [&str; 4] = ["master", "replica", "session", "local"];
 

@@ -187,6 +187,27 @@ impl Proxy {
         Ok(())
     }
 
+    /// Prometheus text for the proxy: query counters and latency histograms
+    /// by route, plus per-backend ping latency, up and applied seq.
+    pub fn render_metrics(&self) -> String {
+        let s = &self.shared;
+        let mut out = s.metrics.render();
+        let backends = std::iter::once(&s.master_health).chain(s.replicas.iter().map(|r| &r.health));
+        for h in backends {
+            let b = &h.name;
+            out += &format!(
+                "{}{{backend=\"{b}\"}} {}\n",
+                metrics::BACKEND_PING_SECONDS,
+                h.latency_us() as f64 / 1e6
+            );
+            out += &format!("{}{{backend=\"{b}\"}} {}\n", metrics::BACKEND_UP, h.is_up() as u8);
+            if let Some(seq) = h.applied_seq() {
+                out += &format!("{}{{backend=\"{b}\"}} {seq}\n", metrics::BACKEND_APPLIED_SEQ);
+            }
+        }
+        out
+    }
+
     /// Binds the configured listen address.
     pub async fn bind(&self) -> Result<TcpListener, ProxyError> {
         let addr = self.shared.cfg.listen.clone();
@@ -223,5 +244,50 @@ impl Proxy {
         for t in tasks {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn metrics_text_names_routes_and_backends() {
+        let (native, _) = config::hash_password("pw");
+        let cfg: ProxyConfig = toml::from_str(&format!(
+            r#"
+server_version = "10.11.0-test"
+master = "mysql://u:p@127.0.0.1:1/"
+[[replicas]]
+name = "r1"
+url = "mysql://u:p@127.0.0.1:2/"
+[[users]]
+name = "app"
+mysql_native_password = "{native}"
+"#
+        ))
+        .unwrap();
+        let (_tx, rx) = watch::channel(0);
+        let p = Proxy::new(cfg, rx, None).await.unwrap();
+        p.shared.metrics.record(1, Duration::from_micros(300));
+        let text = p.render_metrics();
+        assert!(
+            text.contains("dbmux_proxy_queries_total{route=\"replica\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("dbmux_proxy_query_duration_seconds_bucket{route=\"replica\",le=\"0.0005\"} 1"));
+        assert!(text.contains("dbmux_proxy_backend_up{backend=\"r1\"} 1"));
+        assert!(text.contains("dbmux_proxy_backend_ping_seconds{backend=\"master\"}"));
+        // An invalid section is refused with every problem listed.
+        let bad: ProxyConfig = toml::from_str("master = \"nope\"\n").unwrap();
+        let err = Proxy::new(bad, watch::channel(0).1, None)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("proxy.master") && err.contains("proxy.users"),
+            "{err}"
+        );
     }
 }
