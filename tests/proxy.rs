@@ -357,7 +357,7 @@ async fn server_id(c: &mut mysql_async::Conn) -> u32 {
 }
 
 /// A fresh database on the master and the replica, with table `t`.
-async fn fresh_db(prefix: &str) -> String {
+async fn fresh_db(prefix: &str) -> TestDb {
     let db = unique(prefix);
     for url in [master_url(), replica_url()] {
         let mut c = direct(&url).await;
@@ -368,7 +368,48 @@ async fn fresh_db(prefix: &str) -> String {
         .await
         .unwrap();
     }
-    db
+    TestDb(db)
+}
+
+/// A per-test database on the master and the replica, dropped (with its
+/// offsets row, if a test made one) when the test ends.
+struct TestDb(String);
+
+impl std::ops::Deref for TestDb {
+    type Target = String;
+    fn deref(&self) -> &String {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for TestDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let sql = format!(
+            "DROP DATABASE IF EXISTS {0}; DELETE FROM dbmux.dbmux_offsets WHERE consumer = 'pxy/{0}'",
+            self.0
+        );
+        for url in [master_url(), replica_url()] {
+            let u = url::Url::parse(&url).unwrap();
+            let _ = Command::new(env("DBMUX_TEST_MYSQL_CLIENT"))
+                .args([
+                    "--no-defaults",
+                    "--force",
+                    "-h",
+                    u.host_str().unwrap_or("127.0.0.1"),
+                ])
+                .arg(format!("-P{}", u.port().unwrap_or(3306)))
+                .arg(format!("-u{}", u.username()))
+                .arg(format!("-p{}", u.password().unwrap_or("")))
+                .args(["-e", &sql])
+                .output();
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
