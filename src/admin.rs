@@ -17,8 +17,12 @@ use tokio_util::sync::CancellationToken;
 /// Most events one `/log` request returns.
 pub const MAX_LOG_PAGE: usize = 10_000;
 
+/// Renders more Prometheus text for `/metrics`.
+pub type MetricsFn = Box<dyn Fn() -> String + Send + Sync>;
+
 #[derive(Clone)]
 struct AppState {
+    extra: Arc<Vec<MetricsFn>>,
     log: Arc<EmbeddedLog>,
     metrics: PipelineMetrics,
     registry: Arc<Registry>,
@@ -36,10 +40,12 @@ pub async fn serve(
     log: Arc<EmbeddedLog>,
     metrics: PipelineMetrics,
     registry: Arc<Registry>,
+    extra: Vec<MetricsFn>,
     replicas: Vec<String>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let state = AppState {
+        extra: Arc::new(extra),
         log,
         metrics,
         registry,
@@ -60,11 +66,16 @@ async fn metrics_page(State(s): State<AppState>) -> Response {
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &s.registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
     }
+    // The proxy renders its own text; serve everything as the classic text
+    // format (which Prometheus reads either way), so drop OpenMetrics' `# EOF`.
+    if let Some(body) = out.strip_suffix("# EOF\n") {
+        out.truncate(body.len());
+    }
+    for render in s.extra.iter() {
+        out.push_str(&render());
+    }
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         out,
     )
         .into_response()

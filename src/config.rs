@@ -216,17 +216,7 @@ pub enum ConfigError {
     Invalid { path: PathBuf, problems: Vec<String> },
 }
 
-/// Replaces the password in a URL by `***` for printing.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "<unparsable url>".into(),
-    }
-}
+pub use pipeline::secret::redact_url;
 
 /// Replaces `${NAME}` with environment values; unknown names are problems.
 /// Comment lines are left alone.
@@ -611,11 +601,5 @@ mod tests {
         assert_eq!(doc["log"]["fsync"].as_str(), Some("never"));
         assert_eq!(doc["replica"][0]["max_batch_events"].as_integer(), Some(7));
         assert_eq!(problems.len(), 1, "{problems:?}");
-    }
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact_url("mysql://u:pw@h:1/db"), "mysql://u:***@h:1/db");
-        assert!(!redact_url("postgres://u:topsecret@h/db").contains("topsecret"));
     }
 }

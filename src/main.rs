@@ -12,7 +12,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "dbmux", version, about = "Keeps databases in step: binlog capture, an embedded change log, replica appliers")]
+#[command(
+    name = "dbmux",
+    version,
+    about = "Keeps databases in step: binlog capture, an embedded change log, replica appliers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,7 +60,10 @@ enum Command {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("DBMUX_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -89,7 +96,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
             match rt.block_on(run::run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -99,7 +109,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Tail { config, from, limit, follow } => {
+        Command::Tail {
+            config,
+            from,
+            limit,
+            follow,
+        } => {
             let cfg = match config::Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -107,7 +122,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
             match rt.block_on(tail::tail(&cfg, from, limit, follow)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

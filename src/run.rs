@@ -142,23 +142,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             )
         });
     }
-    if !cfg.admin.listen.is_empty() {
-        let listener = tokio::net::TcpListener::bind(&cfg.admin.listen)
-            .await
-            .with_context(|| format!("binding the admin server to {}", cfg.admin.listen))?;
-        info!("admin server on http://{}", listener.local_addr()?);
-        let (log, sd, metrics) = (log.clone(), shutdown.clone(), metrics.clone());
-        let registry = Arc::new(registry);
-        let names = replica_names.clone();
-        tasks.spawn(async move {
-            let r = crate::admin::serve(listener, log, metrics, registry, names, sd).await;
-            (
-                "admin".into(),
-                r.map_err(|e| RuntimeError::Join(format!("admin server: {e}"))),
-            )
-        });
-    }
-
+    // Text appended to /metrics by parts with their own exposition (the proxy).
+    #[allow(unused_mut)]
+    let mut extra_metrics: Vec<crate::admin::MetricsFn> = Vec::new();
     #[cfg(feature = "proxy")]
     if let Some(mut pcfg) = cfg.proxy.clone() {
         // Replicas fed by this pipeline report their progress in the offsets
@@ -172,11 +158,32 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("proxy: {e}"))?;
         let listener = proxy.bind().await.map_err(|e| anyhow::anyhow!("proxy: {e}"))?;
+        let handle = connectors::proxy::Proxy {
+            shared: proxy.shared.clone(),
+        };
+        extra_metrics.push(Box::new(move || handle.render_metrics()));
         info!("proxy listening on {}", listener.local_addr()?);
         let sd = shutdown.clone();
         tasks.spawn(async move {
             proxy.run(listener, async move { sd.cancelled().await }).await;
             ("proxy".into(), Ok(()))
+        });
+    }
+
+    if !cfg.admin.listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&cfg.admin.listen)
+            .await
+            .with_context(|| format!("binding the admin server to {}", cfg.admin.listen))?;
+        info!("admin server on http://{}", listener.local_addr()?);
+        let (log, sd, metrics) = (log.clone(), shutdown.clone(), metrics.clone());
+        let registry = Arc::new(registry);
+        let names = replica_names.clone();
+        tasks.spawn(async move {
+            let r = crate::admin::serve(listener, log, metrics, registry, extra_metrics, names, sd).await;
+            (
+                "admin".into(),
+                r.map_err(|e| RuntimeError::Join(format!("admin server: {e}"))),
+            )
         });
     }
 

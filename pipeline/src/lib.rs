@@ -13,6 +13,7 @@ pub mod position;
 pub mod retry;
 pub mod runtime;
 pub mod schema;
+pub mod secret;
 pub mod sink;
 pub mod source;
 pub mod value;

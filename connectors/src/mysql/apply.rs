@@ -44,6 +44,7 @@ use pipeline::batch::{self, Action, PlanError};
 use pipeline::event::{Row, Transaction};
 use pipeline::retry::{Classify, ErrorClass};
 use pipeline::schema::{TableId, TableSchema};
+use pipeline::secret::redact_url;
 use pipeline::sink::Sink;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -173,18 +174,6 @@ impl fmt::Debug for MysqlSinkConfig {
             .field("max_statement_bytes", &self.max_statement_bytes)
             .field("max_transactions_per_commit", &self.max_transactions_per_commit)
             .finish()
-    }
-}
-
-/// `url` with any password replaced by `***`.
-fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "<unparsable URL>".into(),
     }
 }
 

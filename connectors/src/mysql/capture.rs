@@ -187,15 +187,7 @@ impl MysqlSourceConfig {
 
     /// The URL with its password replaced by `***`.
     pub fn redacted_url(&self) -> String {
-        match url::Url::parse(&self.url) {
-            Ok(mut u) => {
-                if u.password().is_some() {
-                    let _ = u.set_password(Some("***"));
-                }
-                u.to_string()
-            }
-            Err(_) => "<invalid url>".to_owned(),
-        }
+        pipeline::secret::redact_url(&self.url)
     }
 }
 

@@ -33,6 +33,7 @@ use pipeline::batch::{self, Action, PlanError};
 use pipeline::event::{Row, Transaction};
 use pipeline::retry::{Classify, ErrorClass};
 use pipeline::schema::{TableId, TableSchema};
+use pipeline::secret::redact_url;
 use pipeline::sink::Sink;
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
@@ -156,17 +157,6 @@ impl fmt::Debug for PostgresSinkConfig {
             .field("max_transactions_per_commit", &self.max_transactions_per_commit)
             .field("zero_dates", &self.zero_dates)
             .finish()
-    }
-}
-
-fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "<unparsable URL>".into(),
     }
 }
 
