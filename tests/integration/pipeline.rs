@@ -480,7 +480,10 @@ async fn type_matrix_reaches_both_replicas_value_by_value() {
     assert_eq!(ops, ["c", "c", "c", "c", "u", "u", "u", "d"]);
     let max_row = &envelopes[1]["after"];
     assert_eq!(max_row["biu"], serde_json::json!(18446744073709551615u64));
-    assert_eq!(max_row["dec65"], "99999999999999999999999999999999999.999999999999999999999999999999");
+    assert_eq!(
+        max_row["dec65"],
+        "99999999999999999999999999999999999.999999999999999999999999999999"
+    );
     assert_eq!(max_row["tm"], "838:59:59");
     assert_eq!(max_row["ts"], "2038-01-19T03:14:07.999999Z");
     assert_eq!(max_row["st"], serde_json::json!(["x", "y", "z"]));
