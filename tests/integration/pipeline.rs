@@ -491,3 +491,150 @@ async fn type_matrix_reaches_both_replicas_value_by_value() {
     assert_eq!(envelopes[6]["before"]["id"], 1);
     assert_eq!(envelopes[6]["after"]["id"], 10);
 }
+
+/// The front door in front of the real pipeline: a session that wrote reads
+/// its own write even while replication is deliberately slowed, a session of
+/// an `eventual` user does not, and once the replica has caught up plain
+/// reads are served by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_read_your_writes_over_the_real_pipeline() {
+    let db = unique_name("ryw");
+    let mut conn = mysql_async::Conn::from_url(mysql_url()).await.unwrap();
+    conn.query_drop(format!("CREATE DATABASE `{db}`")).await.unwrap();
+    conn.query_drop(format!(
+        "CREATE TABLE `{db}`.ryw (id INT PRIMARY KEY, v INT NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    conn.disconnect().await.unwrap();
+    let port = crate::support::dbmux::free_port();
+    let hashes = "mysql_native_password = \"*F142931D9296BB66D4600D47418DBC1475D27D29\"\n\
+                  caching_sha2_password = \"6681bbfe12153c1b4a0268cf4733a0a3021ff47751fafc3c0a4bdae5a0a89db6\"\n";
+    let extra = format!(
+        "\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nmaster = \"{}\"\nhealth_interval_ms = 100\n\
+         [[proxy.replicas]]\nname = \"mariadb\"\nurl = \"{}\"\n\
+         [[proxy.users]]\nname = \"app\"\n{hashes}\
+         [[proxy.users]]\nname = \"eventual\"\nconsistency = \"eventual\"\n{hashes}",
+        with_db(&mysql_url(), ""),
+        with_db(&crate::support::mysql_replica_url(), "")
+    );
+    let mut dbmux = Dbmux::new(
+        &db,
+        Replicas {
+            mariadb: true,
+            postgres: false,
+        },
+        &extra,
+    );
+    dbmux.start();
+    dbmux.wait_capturing().await;
+    let proxy_url =
+        |user: &str| format!("mysql://{user}:app-password@127.0.0.1:{port}/{db}?prefer_socket=false");
+
+    // Seed one row per client and let it replicate, so the offsets row exists.
+    let clients = 8i32;
+    {
+        let mut c = mysql_async::Conn::from_url(proxy_url("app")).await.unwrap();
+        for id in 0..clients * 2 {
+            c.exec_drop(&format!("INSERT INTO `{db}`.ryw VALUES (?, 0)"), (id,))
+                .await
+                .unwrap();
+        }
+        c.disconnect().await.unwrap();
+    }
+    dbmux.wait_caught_up(clients as u64 * 2, CATCH_UP).await;
+
+    // Slow replication down: hold the applier's offsets row locked most of the time.
+    let consumer = format!("{db}/mariadb");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slower = tokio::spawn({
+        let stop = stop.clone();
+        let url = crate::support::mysql_replica_url();
+        async move {
+            let mut c = mysql_async::Conn::from_url(url).await.unwrap();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut tx = c.start_transaction(Default::default()).await.unwrap();
+                let _: Option<u64> = tx
+                    .exec_first(
+                        "SELECT seq FROM dbmux.dbmux_offsets WHERE consumer = ? FOR UPDATE",
+                        (&consumer,),
+                    )
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                tx.commit().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+    });
+
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        // Even clients read their writes; odd ones are `eventual`.
+        let user = if client % 2 == 0 { "app" } else { "eventual" };
+        let url = proxy_url(user);
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = mysql_async::Conn::from_url(url).await.unwrap();
+            let (mut stale, mut from_replica) = (0u32, 0u32);
+            for round in 1..=15 {
+                let id = client;
+                c.exec_drop(&format!("UPDATE `{db}`.ryw SET v = ? WHERE id = ?"), (round, id))
+                    .await
+                    .unwrap();
+                let (v, server): (i32, u32) = c
+                    .exec_first(
+                        &format!("SELECT v, @@server_id FROM `{db}`.ryw WHERE id = ?"),
+                        (id,),
+                    )
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if v != round {
+                    stale += 1;
+                }
+                if server == 2 {
+                    from_replica += 1;
+                }
+            }
+            c.disconnect().await.unwrap();
+            (user, stale, from_replica)
+        }));
+    }
+    let mut stale_ryw = 0;
+    let mut stale_eventual = 0;
+    for t in tasks {
+        let (user, stale, _) = t.await.unwrap();
+        if user == "app" {
+            stale_ryw += stale;
+        } else {
+            stale_eventual += stale;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    slower.await.unwrap();
+    assert_eq!(stale_ryw, 0, "a read-your-writes session read stale data");
+    assert!(
+        stale_eventual > 0,
+        "replication was not slow enough to show the difference"
+    );
+
+    // Caught up: a plain read from a fresh session is served by the replica.
+    let last = dbmux.status().await.unwrap()["log"]["last_seq"].as_u64().unwrap();
+    dbmux.wait_caught_up(last, CATCH_UP).await;
+    // (Health checks refresh the replica's applied position every 100 ms.)
+    let url = proxy_url("app");
+    let query = format!("SELECT @@server_id FROM `{db}`.ryw LIMIT 1");
+    let server = wait_for("a replica-served read", Duration::from_secs(30), || {
+        let (url, query) = (url.clone(), query.clone());
+        async move {
+            let mut c = mysql_async::Conn::from_url(url).await.unwrap();
+            let s: Option<u32> = c.query_first(query).await.unwrap();
+            c.disconnect().await.unwrap();
+            (s == Some(2)).then_some(2)
+        }
+    })
+    .await;
+    assert_eq!(server, 2);
+    println!("read-your-writes over the pipeline: 0 stale reads for read_your_writes users, {stale_eventual} for eventual ones");
+}
