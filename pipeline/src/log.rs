@@ -215,13 +215,8 @@ impl EmbeddedLog {
                 seq: chunk_seq,
                 source,
             })?;
-            if let Some(e) = events.last() {
-                if e.seq < from_seq {
-                    if out.is_empty() && chunk_seq == start && e.seq + 1 < from_seq {
-                        // from_seq lies in a gap after truncation: the log starts later.
-                    }
-                    continue;
-                }
+            if events.last().is_some_and(|e| e.seq < from_seq) {
+                continue; // the whole chunk is before `from_seq`
             }
             for e in events {
                 if e.seq < from_seq {
@@ -260,12 +255,12 @@ impl EmbeddedLog {
     /// the newest chunk. `consumers` are the names that must all have passed.
     /// Returns the number of events removed.
     pub fn truncate(&self, consumers: &[&str]) -> Result<u64, LogError> {
+        if consumers.is_empty() {
+            return Ok(0);
+        }
         let mut upto = u64::MAX;
         for c in consumers {
             upto = upto.min(self.acked(c)?.unwrap_or(0));
-        }
-        if consumers.is_empty() {
-            return Ok(0);
         }
         self.truncate_through(upto)
     }
