@@ -6,7 +6,8 @@
 //! event to an encoded chunk (see [`crate::codec`]); a transaction larger than
 //! [`CHUNK_EVENTS`] is split into several chunks written in **one atomic batch**,
 //! so a reader never sees part of a transaction. Keyspace `consumers` holds each
-//! registered consumer's acknowledged `seq`.
+//! registered consumer's acknowledged `seq`; keyspace `meta` the position where
+//! capture first began.
 //!
 //! # Durability
 //! [`FsyncPolicy::Always`] syncs the journal (`fdatasync`) before `append`
@@ -32,6 +33,8 @@ use tokio::sync::watch;
 /// Events per stored chunk: keeps records small enough to decode cheaply when
 /// a consumer starts reading in the middle of a large transaction.
 pub const CHUNK_EVENTS: usize = 1024;
+
+const START_POSITION_KEY: &str = "capture_start_position";
 
 /// When the log syncs its journal to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +73,8 @@ pub struct EmbeddedLog {
     db: Database,
     records: Keyspace,
     consumers: Keyspace,
+    /// Small facts about the log itself (the capture start position).
+    meta: Keyspace,
     policy: FsyncPolicy,
     /// Serializes appends so the gapless check and the write are one step.
     append_lock: Mutex<()>,
@@ -91,10 +96,12 @@ impl EmbeddedLog {
         let db = Database::builder(dir).manual_journal_persist(true).open()?;
         let records = db.keyspace("records", KeyspaceCreateOptions::default)?;
         let consumers = db.keyspace("consumers", KeyspaceCreateOptions::default)?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
         let log = EmbeddedLog {
             db,
             records,
             consumers,
+            meta,
             policy,
             append_lock: Mutex::new(()),
             last_seq: AtomicU64::new(0),
@@ -238,6 +245,28 @@ impl EmbeddedLog {
             }
         }
         Ok(out)
+    }
+
+    /// Where capture began, stored once before the first transaction (see
+    /// [`crate::runtime::run_capture`]); `None` when never set.
+    pub fn start_position(&self) -> Result<Option<Position>, LogError> {
+        match self.meta.get(START_POSITION_KEY)? {
+            Some(v) => {
+                let text = String::from_utf8_lossy(&v).to_string();
+                text.parse()
+                    .map(Some)
+                    .map_err(|e: crate::position::ParsePositionError| LogError::Invalid(e.to_string()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Stores the capture start position durably (synced whatever the policy).
+    pub fn set_start_position(&self, position: &Position) -> Result<(), LogError> {
+        self.meta
+            .insert(START_POSITION_KEY, position.to_string().into_bytes())?;
+        self.db.persist(PersistMode::SyncAll)?;
+        Ok(())
     }
 
     /// Records that consumer `name` has durably applied everything up to `seq`.

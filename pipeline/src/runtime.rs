@@ -98,11 +98,17 @@ where
     S: Source + 'static,
 {
     let (tx, mut rx) = mpsc::channel::<CapturedTransaction>(options.channel_capacity.max(1));
-    let resume = log.last()?.map(|(_, p)| p);
+    // Resume after the newest transaction in the log; before the first one,
+    // from the start position stored on the very first start.
+    let resume = match log.last()? {
+        Some((_, p)) => Some(p),
+        None => log.start_position()?,
+    };
     let reader_shutdown = shutdown.child_token();
     let reader_metrics = metrics.clone();
     let reader = tokio::spawn(read_source(
         source,
+        log.clone(),
         resume,
         tx,
         reader_metrics,
@@ -160,6 +166,7 @@ where
 
 async fn read_source<S: Source>(
     mut source: S,
+    log: Arc<EmbeddedLog>,
     mut resume: Option<crate::position::Position>,
     tx: mpsc::Sender<CapturedTransaction>,
     metrics: PipelineMetrics,
@@ -181,6 +188,36 @@ async fn read_source<S: Source>(
                 return Err(RuntimeError::Capture(e.to_string()));
             }
         }
+    }
+    backoff.reset();
+    if resume.is_none() {
+        // First start ever: pin "the source's current end" to a concrete
+        // position and store it durably before streaming, so that a crash
+        // before the first transaction reaches the log resumes here instead
+        // of at a later "current end".
+        let position = loop {
+            match source.current_position().await {
+                Ok(p) => break p,
+                Err(e) if e.is_transient() => {
+                    metrics.error("capture", ErrorClass::Transient);
+                    warn!(error = %e, "capture could not read the source position; retrying");
+                    if sleep_or_cancel(backoff.next_delay(), &shutdown).await {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    metrics.error("capture", ErrorClass::Definite);
+                    return Err(RuntimeError::Capture(e.to_string()));
+                }
+            }
+        };
+        let log2 = log.clone();
+        let p2 = position.clone();
+        tokio::task::spawn_blocking(move || log2.set_start_position(&p2))
+            .await
+            .map_err(|e| RuntimeError::Join(e.to_string()))??;
+        info!(position = %position, "capture start position stored");
+        resume = Some(position);
     }
     backoff.reset();
     loop {
@@ -443,6 +480,13 @@ mod tests {
         type Error = Fault;
         async fn preflight(&mut self) -> Result<(), Fault> {
             Ok(())
+        }
+        async fn current_position(&mut self) -> Result<Position, Fault> {
+            Ok(Position::Mysql(MysqlPosition {
+                file: "b.000001".into(),
+                offset: 0,
+                gtid_set: None,
+            }))
         }
         async fn start(&mut self, resume: Option<Position>) -> Result<(), Fault> {
             self.next = match resume {

@@ -32,6 +32,11 @@ pub trait Source: Send {
     /// the expected and the actual value. Errors here are definite.
     fn preflight(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
+    /// The source's current end: where a capture that starts now begins. The
+    /// runtime stores it before the first start, so a crash before the first
+    /// transaction reaches the log cannot skip what committed meanwhile.
+    fn current_position(&mut self) -> impl Future<Output = Result<Position, Self::Error>> + Send;
+
     /// Begins streaming after `resume`, or from the source's current end when `None`.
     fn start(&mut self, resume: Option<Position>) -> impl Future<Output = Result<(), Self::Error>> + Send;
 

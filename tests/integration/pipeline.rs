@@ -638,3 +638,21 @@ async fn proxy_read_your_writes_over_the_real_pipeline() {
     assert_eq!(server, 2);
     println!("read-your-writes over the pipeline: 0 stale reads for read_your_writes users, {stale_eventual} for eventual ones");
 }
+
+/// Killed before the first transaction reached the log: what the master
+/// committed while dbmux was down is still captured (the start position was
+/// stored on the first start; capture does not jump to a later "current end").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_before_the_first_transaction_loses_nothing() {
+    let db = unique_name("first");
+    workload::create_database(&db).await;
+    let mut dbmux = Dbmux::new(&db, BOTH, "");
+    dbmux.start();
+    dbmux.wait_capturing().await;
+    dbmux.kill();
+    let stats = workload::run(&db, 20, 31, Arc::new(AtomicU64::new(0))).await;
+    dbmux.start();
+    let last = dbmux.wait_caught_up(stats.row_changes, CATCH_UP).await;
+    assert_eq!(last, stats.row_changes);
+    assert_all_identical(&db, true, true).await;
+}

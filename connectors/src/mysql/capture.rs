@@ -1021,6 +1021,10 @@ impl MysqlSource {
 impl Source for MysqlSource {
     type Error = MysqlCaptureError;
 
+    async fn current_position(&mut self) -> Result<Position, MysqlCaptureError> {
+        self.master_position().await
+    }
+
     async fn preflight(&mut self) -> Result<(), MysqlCaptureError> {
         let server_id = self.config.server_id;
         let conn = self.meta().await?;
