@@ -536,7 +536,7 @@ async fn proxy_read_your_writes_over_the_real_pipeline() {
     {
         let mut c = mysql_async::Conn::from_url(proxy_url("app")).await.unwrap();
         for id in 0..clients * 2 {
-            c.exec_drop(&format!("INSERT INTO `{db}`.ryw VALUES (?, 0)"), (id,))
+            c.exec_drop(format!("INSERT INTO `{db}`.ryw VALUES (?, 0)"), (id,))
                 .await
                 .unwrap();
         }
@@ -579,7 +579,7 @@ async fn proxy_read_your_writes_over_the_real_pipeline() {
             let (mut stale, mut from_replica) = (0u32, 0u32);
             for round in 1..=15 {
                 let id = client;
-                c.exec_drop(&format!("UPDATE `{db}`.ryw SET v = ? WHERE id = ?"), (round, id))
+                c.exec_drop(format!("UPDATE `{db}`.ryw SET v = ? WHERE id = ?"), (round, id))
                     .await
                     .unwrap();
                 let (v, server): (i32, u32) = c
