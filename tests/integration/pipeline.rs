@@ -584,7 +584,7 @@ async fn proxy_read_your_writes_over_the_real_pipeline() {
                     .unwrap();
                 let (v, server): (i32, u32) = c
                     .exec_first(
-                        &format!("SELECT v, @@server_id FROM `{db}`.ryw WHERE id = ?"),
+                        format!("SELECT v, @@server_id FROM `{db}`.ryw WHERE id = ?"),
                         (id,),
                     )
                     .await
