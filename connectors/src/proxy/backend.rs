@@ -290,6 +290,15 @@ impl BackendConn {
         Ok(())
     }
 
+    /// Sends one `COM_STMT_*` command (sequence id 0) with its statement id
+    /// replaced by `id`, without waiting.
+    pub async fn send_command_with_stmt_id(&mut self, payload: &[u8], id: u32) -> Result<(), BackendError> {
+        self.last_used = std::time::Instant::now();
+        self.io.put_with_stmt_id(0, payload, id);
+        self.io.flush().await?;
+        Ok(())
+    }
+
     /// Sends a command and reads its whole reply without forwarding it.
     pub async fn command(&mut self, payload: &[u8], reply: Reply) -> Result<Summary, BackendError> {
         self.send_command(payload).await?;

@@ -24,7 +24,7 @@ use super::packet::{
 };
 use super::router::{classify_cached as classify, Route, Target};
 use super::Shared;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -202,14 +202,34 @@ impl Session {
 
     async fn serve(&mut self) {
         let idle = Duration::from_secs(self.shared.cfg.idle_timeout_secs);
+        // One idle timer for the whole session instead of one per command
+        // (registering and removing a timer costs two locks of the timer
+        // wheel per command): when it fires early it is moved to the end of
+        // the current wait.
+        let timer = tokio::time::sleep(idle);
+        tokio::pin!(timer);
         loop {
-            let pkt = match tokio::time::timeout(idle, self.client.read_packet()).await {
-                Err(_) => {
+            let waiting_since = tokio::time::Instant::now();
+            let read = loop {
+                tokio::select! {
+                    biased;
+                    r = self.client.read_packet() => break Some(r),
+                    () = &mut timer => {
+                        let deadline = waiting_since + idle;
+                        if tokio::time::Instant::now() >= deadline {
+                            break None;
+                        }
+                        timer.as_mut().reset(deadline);
+                    }
+                }
+            };
+            let pkt = match read {
+                None => {
                     tracing::debug!(user = %self.user.name, "idle timeout");
                     return;
                 }
-                Ok(Err(_)) | Ok(Ok(None)) => return,
-                Ok(Ok(Some(p))) => p,
+                Some(Err(_)) | Some(Ok(None)) => return,
+                Some(Ok(Some(p))) => p,
             };
             let cmd = match Command::parse(&pkt.payload) {
                 Ok(c) => c,
@@ -519,6 +539,7 @@ impl Session {
         reply: Reply,
         rewrite: Option<u32>,
         long_data: &[Vec<u8>],
+        stmt_id: Option<u32>,
     ) -> Result<Exec, Fail> {
         let flushes = self.client.flushes;
         let mark = self.client.wbuf.len();
@@ -550,7 +571,10 @@ impl Session {
             for ld in long_data {
                 conn.io.put(0, ld);
             }
-            conn.send_command(payload).await?;
+            match stmt_id {
+                Some(id) => conn.send_command_with_stmt_id(payload, id).await?,
+                None => conn.send_command(payload).await?,
+            }
             conn.relay(reply, Some(&mut self.client), false, rewrite).await
         }
         .await;
@@ -601,12 +625,15 @@ impl Session {
         rewrite: Option<u32>,
     ) -> Result<(Which, Summary), Fail> {
         if let Which::Replica(_) = which {
-            if let Exec::Done(s) = self.exec(which, payload, reply, rewrite, &[]).await? {
+            if let Exec::Done(s) = self.exec(which, payload, reply, rewrite, &[], None).await? {
                 return Ok((which, s));
             }
             self.shared.metrics.replica_failovers.inc();
         }
-        match self.exec(Which::Master, payload, reply, rewrite, &[]).await? {
+        match self
+            .exec(Which::Master, payload, reply, rewrite, &[], None)
+            .await?
+        {
             Exec::Done(s) => Ok((Which::Master, s)),
             Exec::Retry => unreachable!("the master is never retried"),
         }
@@ -884,18 +911,22 @@ impl Session {
         let bound = n > 0 && payload.get(bound_at) == Some(&1);
         if bound {
             if let Some(t) = payload.get(bound_at + 1..bound_at + 1 + 2 * n) {
-                stmt.param_types = Some(t.to_vec());
+                // Clients re-send the same types with every execution: copy
+                // them only when they change.
+                if stmt.param_types.as_deref() != Some(t) {
+                    stmt.param_types = Some(t.to_vec());
+                }
             }
         }
-        let route = stmt.route.clone();
+        let (target, write, pin) = (stmt.route.target, stmt.route.write, stmt.route.pin);
         let long_data = std::mem::take(&mut stmt.long_data);
-        if let Some(p) = route.pin {
+        if let Some(p) = pin {
             self.pin.get_or_insert(p);
         }
-        if route.write {
+        if write {
             self.wrote = true;
         }
-        let mut which = match route.target {
+        let mut which = match target {
             Target::Replica => self.read_replica().map(Which::Replica).unwrap_or(Which::Master),
             _ => Which::Master,
         };
@@ -906,9 +937,15 @@ impl Session {
                 continue;
             };
             let stmt = &self.stmts[&id];
-            let body = build_execute(&payload, bid, n, bound, types_sent, stmt.param_types.as_deref());
+            // Usually the client's payload goes out as it is, with only the
+            // statement id replaced while it is buffered for the backend.
+            let with_types = with_param_types(&payload, n, bound, types_sent, stmt.param_types.as_deref());
+            let body = with_types.as_deref().unwrap_or(&payload);
             let chunks: Vec<Vec<u8>> = long_data.iter().map(|c| command::with_stmt_id(c, bid)).collect();
-            match self.exec(which, &body, Reply::ResultSets, None, &chunks).await? {
+            match self
+                .exec(which, body, Reply::ResultSets, None, &chunks, Some(bid))
+                .await?
+            {
                 Exec::Done(_) => {
                     if n > 0 && (bound || types_sent) {
                         let stmt = self.stmts.get_mut(&id).expect("exists");
@@ -1083,27 +1120,28 @@ fn replica_weight(h: &super::health::BackendHealth, latest_seq: u64) -> f64 {
     1.0 / (latency * (1.0 + lag / 100.0))
 }
 
-/// A `COM_STMT_EXECUTE` payload for backend statement `bid`, with the
-/// parameter types added when this backend has not seen them yet.
-fn build_execute(
+/// A `COM_STMT_EXECUTE` payload with the parameter types added, for a
+/// backend that has not seen them (the client sent them with an earlier
+/// execution only); `None` when the client's payload can go as it is. The
+/// statement id is replaced when the payload is sent.
+fn with_param_types(
     payload: &[u8],
-    bid: u32,
     n: usize,
     bound: bool,
     types_sent: bool,
     types: Option<&[u8]>,
-) -> Vec<u8> {
+) -> Option<Vec<u8>> {
     let bound_at = 10 + n.div_ceil(8);
     match types {
         Some(t) if n > 0 && !bound && !types_sent && payload.len() > bound_at => {
-            let mut p = BytesMut::with_capacity(payload.len() + t.len());
-            p.put_slice(&payload[..bound_at]);
-            p.put_u8(1);
-            p.put_slice(t);
-            p.put_slice(&payload[bound_at + 1..]);
-            command::with_stmt_id(&p, bid)
+            let mut p = Vec::with_capacity(payload.len() + t.len());
+            p.extend_from_slice(&payload[..bound_at]);
+            p.push(1);
+            p.extend_from_slice(t);
+            p.extend_from_slice(&payload[bound_at + 1..]);
+            Some(p)
         }
-        _ => command::with_stmt_id(payload, bid),
+        _ => None,
     }
 }
 
@@ -1132,12 +1170,18 @@ mod tests {
         // id 7, flags 0, iteration 1, 1 param: null bitmap 0, bound 0, value i32 5
         let mut p = vec![0x17, 7, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0];
         p.extend_from_slice(&5i32.to_le_bytes());
-        let out = build_execute(&p, 9, 1, false, false, Some(&[3, 0]));
-        assert_eq!(&out[1..5], &9u32.to_le_bytes());
+        let out = with_param_types(&p, 1, false, false, Some(&[3, 0])).unwrap();
+        assert_eq!(&out[..11], &p[..11]);
         assert_eq!(&out[11..14], &[1, 3, 0]);
         assert_eq!(&out[14..], &5i32.to_le_bytes());
-        // Types already known to that backend: untouched but for the id.
-        let same = build_execute(&p, 9, 1, false, true, Some(&[3, 0]));
-        assert_eq!(same.len(), p.len());
+        // Types already known to that backend, or sent by the client: untouched.
+        assert_eq!(with_param_types(&p, 1, false, true, Some(&[3, 0])), None);
+        assert_eq!(with_param_types(&out, 1, true, false, Some(&[3, 0])), None);
+        // The statement id is replaced as the payload is buffered, frame header first.
+        let mut io = PacketIo::new(tokio::io::duplex(64).0);
+        io.put_with_stmt_id(0, &out, 9);
+        assert_eq!(&io.wbuf[..4], &[out.len() as u8, 0, 0, 0]);
+        assert_eq!(&io.wbuf[5..9], &9u32.to_le_bytes());
+        assert_eq!(&io.wbuf[9..], &out[5..]);
     }
 }

@@ -340,6 +340,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketIo<S> {
         put_packet(&mut self.wbuf, seq, payload)
     }
 
+    /// Buffers one logical packet whose payload bytes 1..5 (the statement id
+    /// of a `COM_STMT_*` command) are replaced by `id`, without copying the
+    /// payload anywhere else first. Returns the next sequence id.
+    pub fn put_with_stmt_id(&mut self, seq: u8, payload: &[u8], id: u32) -> u8 {
+        let at = self.wbuf.len() + HEADER_LEN;
+        let next = self.put(seq, payload);
+        if payload.len() >= 5 {
+            // The first frame holds at least 5 payload bytes.
+            self.wbuf[at + 1..at + 5].copy_from_slice(&id.to_le_bytes());
+        }
+        next
+    }
+
     pub async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
             self.flushes += 1;
