@@ -11,47 +11,24 @@
 //! the data), which is exactly what the pipeline's MySQL applier does.
 
 use mysql_async::prelude::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------
-// Environment
+// Environment: the integration tests' shared helpers.
 
-fn services_env() -> &'static Vec<(String, String)> {
-    static ENV: OnceLock<Vec<(String, String)>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".dev/services.env");
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let l = l.trim().trim_start_matches("export ");
-                let (k, v) = l.split_once('=')?;
-                Some((k.to_string(), v.trim_matches('"').trim_matches('\'').to_string()))
-            })
-            .collect()
-    })
-}
+#[path = "integration/support/mod.rs"]
+mod support;
 
-fn env(name: &str) -> String {
-    if let Ok(v) = std::env::var(name) {
-        return v;
-    }
-    services_env()
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| panic!("{name} is not set: run `scripts/services up` first"))
-}
+use support::dbmux::free_port;
+use support::{env, unique_name as unique};
 
 fn master_url() -> String {
-    env("DBMUX_TEST_MYSQL_URL")
+    support::mysql_url()
 }
 fn replica_url() -> String {
-    env("DBMUX_TEST_MYSQL_REPLICA_URL")
+    support::mysql_replica_url()
 }
 
 /// `mysql://user:pw@host:port/` of a services URL, without its database.
@@ -59,28 +36,6 @@ fn server_url(url: &str) -> String {
     let mut u = url::Url::parse(url).unwrap();
     u.set_path("/");
     u.to_string()
-}
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        % 1_000_000;
-    format!(
-        "{prefix}_{}_{t}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn direct(url: &str) -> mysql_async::Conn {
@@ -93,13 +48,12 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_for(what, timeout, || {
+        let done = f();
+        async move { done.await.then_some(()) }
+    })
+    .await
 }
-
 const PASSWORD: &str = "app-password";
 
 // ---------------------------------------------------------------------------
