@@ -127,6 +127,27 @@ impl Time {
     }
 }
 
+/// 16 bytes as a UUID's canonical text `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+pub fn format_uuid(b: &[u8; 16]) -> String {
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// [`format_uuid`] for a slice, which must hold exactly 16 bytes.
+pub fn uuid_text(b: &[u8]) -> Result<String, String> {
+    let b: &[u8; 16] = b
+        .try_into()
+        .map_err(|_| format!("a UUID needs 16 bytes, got {}", b.len()))?;
+    Ok(format_uuid(b))
+}
+
 /// Formats a `Timestamp` value (µs since epoch, UTC) as `YYYY-MM-DD HH:MM:SS[.ffffff]` in UTC.
 pub fn format_timestamp_utc(micros: i64) -> String {
     let secs = micros.div_euclid(1_000_000);
@@ -192,5 +213,7 @@ mod tests {
             "2038-01-19 03:14:07.999999"
         );
         assert_eq!(format_timestamp_utc(-1), "1969-12-31 23:59:59.999999");
+        assert_eq!(format_uuid(&[0x3e; 16]), "3e3e3e3e-3e3e-3e3e-3e3e-3e3e3e3e3e3e");
+        assert!(uuid_text(&[0; 15]).unwrap_err().contains("16 bytes"));
     }
 }

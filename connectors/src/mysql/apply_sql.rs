@@ -365,7 +365,7 @@ pub fn to_param(v: &Value, col: &ColumnDef) -> Result<My, String> {
         Value::Year(y) => My::UInt(u64::from(*y)),
         Value::Text(s) => My::Bytes(s.as_bytes().to_vec()),
         Value::Bytes(b) => match &col.ty {
-            ColumnType::Uuid => My::Bytes(uuid_text(b)?.into_bytes()),
+            ColumnType::Uuid => My::Bytes(pipeline::value::uuid_text(b)?.into_bytes()),
             ColumnType::Binary { length } if b.len() < *length as usize => {
                 // MySQL stores and returns BINARY(n) right-padded with 0x00.
                 let mut padded = b.clone();
@@ -404,22 +404,6 @@ fn utc_parts(us: i64) -> Result<My, String> {
         (sod % 3600 / 60) as u8,
         (sod % 60) as u8,
         micros,
-    ))
-}
-
-/// 16 bytes as `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
-pub fn uuid_text(b: &[u8]) -> Result<String, String> {
-    if b.len() != 16 {
-        return Err(format!("a UUID needs 16 bytes, got {}", b.len()));
-    }
-    let h = hex::encode(b);
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
     ))
 }
 

@@ -58,7 +58,7 @@
 
 use super::binlog_table::{build_plan, Collations, InfoColumn, TablePlan};
 use super::binlog_values::{Cursor, DecodeError};
-use super::gtid::{format_uuid, parse_gtid_list, GtidState, MariaGtid, FL_PREPARED_XA};
+use super::gtid::{parse_gtid_list, GtidState, MariaGtid, FL_PREPARED_XA};
 use super::preflight;
 use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
@@ -69,6 +69,7 @@ use pipeline::position::MysqlPosition;
 use pipeline::retry::{Classify, ErrorClass};
 use pipeline::schema::{TableId, TableSchema};
 use pipeline::source::{CapturedTransaction, Source};
+use pipeline::value::format_uuid;
 use pipeline::{Op, Position, Value};
 use serde::Deserialize;
 use std::collections::HashMap;

@@ -217,19 +217,6 @@ impl fmt::Display for GtidState {
     }
 }
 
-/// Formats a 16-byte MySQL server UUID.
-pub fn format_uuid(sid: &[u8; 16]) -> String {
-    let h = hex::encode(sid);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +288,5 @@ mod tests {
         let t = GtidState::parse_mysql(&format!("{u}:1-3:tag1:1-2")).unwrap();
         assert_eq!(t.to_string(), format!("{u}:1-3,{u}:tag1:1-2"));
         assert!(GtidState::parse_mysql(&format!("{u}:5-2")).is_err());
-        assert_eq!(format_uuid(&[0x3e; 16]), "3e3e3e3e-3e3e-3e3e-3e3e-3e3e3e3e3e3e");
     }
 }

@@ -317,7 +317,7 @@ pub fn to_text(v: &Value, col: &ColumnDef, zero: ZeroDates) -> Result<Option<Str
         Value::Text(s) | Value::Json(s) | Value::Enum(s) => return text(s),
         Value::Set(members) => return text(&members.join(",")),
         Value::Bytes(b) => match &col.ty {
-            ColumnType::Uuid => Some(crate_uuid_text(b)?),
+            ColumnType::Uuid => Some(pipeline::value::uuid_text(b)?),
             ColumnType::Binary { length } if b.len() < *length as usize => {
                 // MySQL stores and returns BINARY(n) right-padded with 0x00.
                 let mut padded = b.clone();
@@ -359,21 +359,6 @@ fn float_text(x: f64, finite: bool, shortest: String) -> String {
     } else {
         "-Infinity".into()
     }
-}
-
-fn crate_uuid_text(b: &[u8]) -> Result<String, String> {
-    if b.len() != 16 {
-        return Err(format!("a UUID needs 16 bytes, got {}", b.len()));
-    }
-    let h = hex::encode(b);
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    ))
 }
 
 /// Appends one element to an array literal being built in `out` (without the braces).
