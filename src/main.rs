@@ -66,6 +66,18 @@ fn init_tracing() {
         .init();
 }
 
+/// Loads and validates the configuration, printing every problem when it is not valid.
+fn load_config(path: &std::path::Path) -> Option<config::Config> {
+    config::Config::load(path).map_err(|e| eprintln!("{e}")).ok()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -89,17 +101,10 @@ fn main() -> ExitCode {
         },
         Command::Run { config } => {
             init_tracing();
-            let cfg = match config::Config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+            let Some(cfg) = load_config(&config) else {
+                return ExitCode::from(2);
             };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let rt = runtime();
             match rt.block_on(run::run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -115,17 +120,10 @@ fn main() -> ExitCode {
             limit,
             follow,
         } => {
-            let cfg = match config::Config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+            let Some(cfg) = load_config(&config) else {
+                return ExitCode::from(2);
             };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let rt = runtime();
             match rt.block_on(tail::tail(&cfg, from, limit, follow)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
