@@ -13,7 +13,7 @@
 use mysql_async::prelude::*;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 // ---------------------------------------------------------------------------
 // Environment: the integration tests' shared helpers.
@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 #[path = "integration/support/mod.rs"]
 mod support;
 
-use support::dbmux::free_port;
 use support::{env, unique_name as unique};
 
 fn master_url() -> String {
@@ -905,100 +904,12 @@ os._exit(0)  # no clean-up: the socket closes with the result half read
 // ---------------------------------------------------------------------------
 // Failure: a replica that stops
 
-/// A MariaDB server owned by one test (server_id 3), in a temporary directory.
-struct OwnMariadb {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnMariadb {
-    fn start() -> OwnMariadb {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let out = Command::new("mariadb-install-db")
-            .args([
-                "--no-defaults",
-                "--user=root",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-            ])
-            .arg(format!("--datadir={}", data.display()))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let mut m = OwnMariadb {
-            dir,
-            port: free_port(),
-            child: None,
-        };
-        m.run();
-        let sock = m.dir.path().join("mysqld.sock");
-        let grant = "CREATE USER dbmux@'%' IDENTIFIED BY 'dbmux-password'; GRANT ALL ON *.* TO dbmux@'%';";
-        let out = Command::new(env("DBMUX_TEST_MYSQL_CLIENT"))
-            .args(["--no-defaults", "-uroot"])
-            .arg(format!("--socket={}", sock.display()))
-            .args(["-e", grant])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        m
-    }
-
-    fn run(&mut self) {
-        let d = self.dir.path();
-        let child = Command::new("mariadbd")
-            .args([
-                "--no-defaults",
-                "--user=root",
-                "--bind-address=127.0.0.1",
-                "--server-id=3",
-                "--skip-log-bin",
-            ])
-            .arg(format!("--datadir={}", d.join("data").display()))
-            .arg(format!("--socket={}", d.join("mysqld.sock").display()))
-            .arg(format!("--port={}", self.port))
-            .arg(format!("--log-error={}", d.join("error.log").display()))
-            .arg(format!("--pid-file={}", d.join("mysqld.pid").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "own mariadbd did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Kills the server abruptly (no goodbye to its clients).
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("mysql://dbmux:dbmux-password@127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for OwnMariadb {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_replica_takes_no_traffic_and_clients_see_no_errors() {
-    let mut own = tokio::task::spawn_blocking(OwnMariadb::start).await.unwrap();
+    // A MariaDB server owned by this test (server_id 3), so it can be stopped.
+    let mut own = support::private::PrivateMariadb::start(&["--server-id=3"]).await;
     let p = start_proxy(ProxyOpts {
-        replicas: vec![("own".into(), own.url(), None)],
+        replicas: vec![("own".into(), own.url(""), None)],
         ..Default::default()
     });
     // Prepared and text reads from several sessions, all on the own replica.
@@ -1026,12 +937,7 @@ async fn a_stopped_replica_takes_no_traffic_and_clients_see_no_errors() {
         "a new session avoids the down replica"
     );
     // Back up: traffic returns once the health check sees it.
-    let own = tokio::task::spawn_blocking(move || {
-        own.run();
-        own
-    })
-    .await
-    .unwrap();
+    own.restart().await;
     wait_until(
         "reads back on the restarted replica",
         Duration::from_secs(20),
