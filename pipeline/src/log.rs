@@ -347,25 +347,12 @@ mod tests {
     use super::*;
     use crate::event::{sequence_transaction, Op};
     use crate::position::MysqlPosition;
-    use crate::schema::{ColumnDef, ColumnType, TableId, TableSchema};
+    use crate::schema::TableSchema;
     use crate::value::Value;
     use std::sync::Arc;
 
     fn schema() -> Arc<TableSchema> {
-        Arc::new(TableSchema {
-            id: TableId::new("app", "t"),
-            columns: vec![ColumnDef {
-                name: "id".into(),
-                ty: ColumnType::Integer {
-                    bytes: 4,
-                    unsigned: false,
-                },
-                nullable: false,
-                charset: None,
-                source_type: "int".into(),
-            }],
-            primary_key: vec![0],
-        })
+        crate::schema::test_table()
     }
 
     fn txn(first: u64, n: usize) -> Transaction {

@@ -440,7 +440,7 @@ mod tests {
     use crate::event::{Op, Transaction};
     use crate::position::{MysqlPosition, Position};
     use crate::retry::Classify;
-    use crate::schema::{ColumnDef, ColumnType, TableId, TableSchema};
+    use crate::schema::TableSchema;
     use crate::value::Value;
     use std::sync::Mutex;
 
@@ -454,20 +454,7 @@ mod tests {
     }
 
     fn schema() -> Arc<TableSchema> {
-        Arc::new(TableSchema {
-            id: TableId::new("app", "t"),
-            columns: vec![ColumnDef {
-                name: "id".into(),
-                ty: ColumnType::Integer {
-                    bytes: 8,
-                    unsigned: false,
-                },
-                nullable: false,
-                charset: None,
-                source_type: "bigint".into(),
-            }],
-            primary_key: vec![0],
-        })
+        crate::schema::test_table()
     }
 
     /// Transaction `i` (0-based) has `i % 3 + 1` inserts; its position offset is `i + 1`.

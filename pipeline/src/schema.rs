@@ -125,3 +125,22 @@ impl TableSchema {
         self.columns.iter().position(|c| c.name == name)
     }
 }
+
+/// A test table `app.t` with one `int` primary-key column `id`.
+#[cfg(test)]
+pub(crate) fn test_table() -> std::sync::Arc<TableSchema> {
+    std::sync::Arc::new(TableSchema {
+        id: TableId::new("app", "t"),
+        columns: vec![ColumnDef {
+            name: "id".into(),
+            ty: ColumnType::Integer {
+                bytes: 4,
+                unsigned: false,
+            },
+            nullable: false,
+            charset: None,
+            source_type: "int".into(),
+        }],
+        primary_key: vec![0],
+    })
+}
