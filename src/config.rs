@@ -360,46 +360,31 @@ impl Config {
                 return Err(problems);
             }
         };
-        let mysql_source = section(raw.source.mysql.clone(), "source.mysql", &mut problems);
-        let mut replicas = Vec::new();
-        for (i, r) in raw.replica.into_iter().enumerate() {
-            let mysql = section(r.mysql.clone(), &format!("replica[{i}].mysql"), &mut problems);
-            let postgres = section(
-                r.postgres.clone(),
-                &format!("replica[{i}].postgres"),
-                &mut problems,
-            );
-            // Presence is kept apart from the parsed value: a section that failed
-            // to parse was reported already and must not also count as missing.
-            replicas.push((
-                r.name,
-                r.max_batch_events,
-                mysql,
-                postgres,
-                r.mysql.is_some(),
-                r.postgres.is_some(),
-            ));
-        }
         let source_present = raw.source.mysql.is_some();
+        let mysql_source = section(raw.source.mysql, "source.mysql", &mut problems);
+        // Presence is kept apart from the parsed value: a section that failed
+        // to parse was reported already and must not also count as missing.
+        let mut presence = Vec::with_capacity(raw.replica.len());
+        let mut replicas = Vec::with_capacity(raw.replica.len());
+        for (i, r) in raw.replica.into_iter().enumerate() {
+            presence.push((r.mysql.is_some(), r.postgres.is_some()));
+            replicas.push(ReplicaConfig {
+                name: r.name,
+                max_batch_events: r.max_batch_events,
+                mysql: section(r.mysql, &format!("replica[{i}].mysql"), &mut problems),
+                postgres: section(r.postgres, &format!("replica[{i}].postgres"), &mut problems),
+            });
+        }
         let config = Config {
             name: raw.name,
             data_dir: raw.data_dir,
             log: raw.log,
             source: SourceConfig { mysql: mysql_source },
-            replicas: replicas
-                .iter()
-                .map(|(name, max, m, p, _, _)| ReplicaConfig {
-                    name: name.clone(),
-                    max_batch_events: *max,
-                    mysql: m.clone(),
-                    postgres: p.clone(),
-                })
-                .collect(),
+            replicas,
             admin: raw.admin,
             #[cfg(feature = "proxy")]
-            proxy: section(raw.proxy.clone(), "proxy", &mut problems),
+            proxy: section(raw.proxy, "proxy", &mut problems),
         };
-        let presence: Vec<(bool, bool)> = replicas.iter().map(|r| (r.4, r.5)).collect();
         problems.extend(config.validate_with(source_present, &presence));
         if problems.is_empty() {
             Ok(config)
