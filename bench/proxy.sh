@@ -164,9 +164,9 @@ done
 
 echo "== check: the table read through dbmux equals the master's"
 SUMQ="SELECT COUNT(*), SUM(CRC32(CONCAT_WS('|', id, k, c, pad))) FROM $DB.sbtest1"
-ON_MASTER=$(MYSQL_PWD=$PASS mariadb --no-defaults -h127.0.0.1 -P"$MASTER_PORT" -u"$USER" -N -e "$SUMQ")
-ON_REPLICA=$(MYSQL_PWD=$PASS mariadb --no-defaults -h127.0.0.1 -P"$REPLICA_PORT" -u"$USER" -N -e "$SUMQ")
-VIA_DBMUX=$(MYSQL_PWD=bench-password mariadb --no-defaults -h127.0.0.1 -P"$DBMUX_PORT" -ubench -N -e "$SUMQ")
+ON_MASTER=$(MYSQL_PWD=$PASS mariadb --no-defaults -h127.0.0.1 -P"$MASTER_PORT" -u"$USER" -N -e "$SUMQ" | tr "\t" " ")
+ON_REPLICA=$(MYSQL_PWD=$PASS mariadb --no-defaults -h127.0.0.1 -P"$REPLICA_PORT" -u"$USER" -N -e "$SUMQ" | tr "\t" " ")
+VIA_DBMUX=$(MYSQL_PWD=bench-password mariadb --no-defaults -h127.0.0.1 -P"$DBMUX_PORT" -ubench -N -e "$SUMQ" | tr "\t" " ")
 CHECK=ok
 if [ "$ON_MASTER" != "$ON_REPLICA" ] || [ "$ON_MASTER" != "$VIA_DBMUX" ]; then
   CHECK=failed

@@ -35,6 +35,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", help="output directory (default: bench/out/<date-time>)")
     ap.add_argument("--keep", action="store_true", help="keep the databases and work files (for debugging)")
     ap.add_argument("--dbmux", default=os.environ.get("DBMUX_BIN", ""), help="dbmux binary")
+    ap.add_argument("--perf", action="store_true", help="profile every dbmux process with perf record; "
+                    "top symbols in <out>/profiles/ (the sampling costs dbmux some CPU: figures are then rougher)")
+    ap.add_argument("--ab", metavar="BEFORE_BINARY", help="A/B: run each scenario alternately with this "
+                    "dbmux binary and with --dbmux (the 'after'), --ab-rounds times each, and print after÷before "
+                    "per figure (medians): the before/after ratio of a performance change, same run")
+    ap.add_argument("--ab-rounds", type=int, default=3)
     ap.add_argument("--note", default="", help="a note stored with the results (e.g. the machine's load)")
     args = ap.parse_args(argv)
 
@@ -70,21 +76,38 @@ def main(argv: list[str]) -> int:
         print(f"no dbmux binary at {dbmux_bin}: cargo build --release --bin dbmux", file=sys.stderr)
         return 2
 
-    ctx = Context(root, out, args.quick, dbmux_bin, keep=args.keep)
+    ctx = Context(root, out, args.quick, dbmux_bin, keep=args.keep, perf=args.perf)
     started = datetime.datetime.now(datetime.timezone.utc)
     ctx.log(f"dbmux bench run {ctx.run_id}: {', '.join(chosen)}{' (quick)' if args.quick else ''} → {out}")
     load_before = load_snapshot()
     results = []
+    ab_rows: list[tuple[str, ...]] = []
     t0 = time.monotonic()
     try:
         for n in chosen:
             ctx.current = n
-            results.append(harness.run_scenario(ctx, harness.REGISTRY[n](), sizes[n], ctx.log))
+            if not args.ab:
+                results.append(harness.run_scenario(ctx, harness.REGISTRY[n](), sizes[n], ctx.log))
+                continue
+            runs: dict[str, list[harness.Result]] = {"before": [], "after": []}
+            for i in range(args.ab_rounds):
+                for side, binary in (("before", args.ab), ("after", dbmux_bin)):
+                    ctx.dbmux_bin = binary
+                    ctx.log(f"-- A/B round {i + 1}/{args.ab_rounds}: {side} ({binary})")
+                    r = harness.run_scenario(ctx, harness.REGISTRY[n](), sizes[n], ctx.log)
+                    runs[side].append(r)
+                    results.append(r)
+            ctx.dbmux_bin = dbmux_bin
+            ab_rows += harness.ab_compare(n, runs["before"], runs["after"])
     finally:
         ctx.close()
     load_after = load_snapshot()
 
     text = harness.table(results)
+    if ab_rows:
+        ab_rows = [ab_rows[0]] + [r for r in ab_rows if r[0] != "scenario"]
+        text += "\n\nA/B (median of each side; after = " + dbmux_bin + ", before = " + args.ab + ")\n"
+        text += harness.markdown(ab_rows)
     failed = [r for r in results if r.check_ok is False]
     errored = [r for r in results if r.error and r.check_ok is not False]
     doc = {

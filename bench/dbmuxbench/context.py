@@ -17,8 +17,11 @@ from .process import Dbmux
 
 
 class Context:
-    def __init__(self, root: str, out_dir: str, quick: bool, dbmux_bin: str, keep: bool = False):
+    def __init__(self, root: str, out_dir: str, quick: bool, dbmux_bin: str, keep: bool = False,
+                 perf: bool = False):
         self.root = root
+        #: Attach `perf record` to every dbmux process; flat profiles land in <out>/profiles/.
+        self.perf = perf
         self.out_dir = out_dir
         self.plots_dir = os.path.join(out_dir, "plots")
         os.makedirs(self.plots_dir, exist_ok=True)

@@ -270,6 +270,11 @@ def table(results: list[Result]) -> str:
             )
         if r.error:
             rows.append(("", "error: " + r.error[:100], "", "", "", "", "", ""))
+    return markdown(rows)
+
+
+def markdown(rows: list[tuple[str, ...]]) -> str:
+    """Rows (the first is the header) as an aligned Markdown table."""
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     lines = []
     for n, row in enumerate(rows):
@@ -277,3 +282,21 @@ def table(results: list[Result]) -> str:
         if n == 0:
             lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def ab_compare(name: str, before: list[Result], after: list[Result]) -> list[tuple[str, ...]]:
+    """Per figure: the median dbmux value of each side and after ÷ before. Rows for `markdown` (with header)."""
+    import statistics
+
+    rows: list[tuple[str, ...]] = [("scenario", "figure", "before (median)", "after (median)", "after ÷ before",
+                                     "values before", "values after")]
+    names = [f.name for f in (before[0].figures if before else [])]
+    for fname in names:
+        b = [f.dbmux for r in before for f in r.figures if f.name == fname and f.dbmux is not None]
+        a = [f.dbmux for r in after for f in r.figures if f.name == fname and f.dbmux is not None]
+        if not a or not b:
+            continue
+        mb, ma = statistics.median(b), statistics.median(a)
+        rows.append((name, fname, fmt(mb), fmt(ma), f"{ma / mb:.3f}" if mb else "—",
+                     " ".join(fmt(x) for x in b), " ".join(fmt(x) for x in a)))
+    return rows

@@ -30,7 +30,7 @@ def line_plot(path: str, title: str, xlabel: str, ylabel: str,
         style = "points pt 7 ps 0.3" if points else "lines lw 2"
         plots.append(f"'{dat}' using 1:2 with {style} title '{label.replace(chr(39), '')}'")
     script = [
-        "set terminal pngcairo size 1000,500 font 'sans,10'",
+        "set terminal pngcairo size 1000,500 font 'sans,10' noenhanced",
         f"set output '{path}'",
         f"set title '{title}'",
         f"set xlabel '{xlabel}'",

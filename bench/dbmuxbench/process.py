@@ -74,6 +74,7 @@ class Dbmux:
         self.admin_port = free_port()
         self.replicas = replicas
         self.proc: subprocess.Popen[bytes] | None = None
+        self.perf: subprocess.Popen[bytes] | None = None
         self.cpu_before_kill = 0.0  # CPU of earlier lifetimes (after kill -9 and restart)
         self.peak_hwm_kb = 0
         self.starts = 0
@@ -123,6 +124,13 @@ class Dbmux:
                                      stderr=log, env=env, start_new_session=True)
         log.close()
         self.starts += 1
+        if getattr(self.ctx, "perf", False):
+            self._perf_data = os.path.join(self.workdir, f"perf-{self.starts}.data")
+            # BENCH_PERF_CALLGRAPH=1 adds DWARF call graphs (then the report counts callees in callers).
+            graph = ["--call-graph", "dwarf,32768"] if os.environ.get("BENCH_PERF_CALLGRAPH") else []
+            self.perf = subprocess.Popen(["perf", "record", "-F", "499", "-q", *graph, "-o", self._perf_data,
+                                          "-p", str(self.proc.pid)], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
         if wait:
             self.wait_for(lambda s: s["capture"]["connected"], timeout, "capture connected")
         return t0
@@ -150,6 +158,7 @@ class Dbmux:
             self.proc.wait()
             raise BenchError(f"dbmux did not stop within {timeout}s of SIGTERM (see {self.stderr_path})")
         self.cpu_before_kill = self._cpu_total_at_exit
+        self._finish_perf()
         if self.proc.returncode not in (0, -signal.SIGTERM):
             raise BenchError(f"dbmux exited with {self.proc.returncode} (see {self.stderr_path})")
 
@@ -161,6 +170,27 @@ class Dbmux:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         self.cpu_before_kill = self._cpu_total_at_exit
+        self._finish_perf()
+
+    def _finish_perf(self) -> None:
+        """Stops perf and writes its flat profile (top symbols) to <out>/profiles/."""
+        if self.perf is None:
+            return
+        self.perf.send_signal(signal.SIGINT)
+        try:
+            self.perf.wait(60)
+        except subprocess.TimeoutExpired:
+            self.perf.kill()
+        self.perf = None
+        out_dir = os.path.join(self.ctx.out_dir, "profiles")
+        os.makedirs(out_dir, exist_ok=True)
+        out = os.path.join(out_dir, f"{self.ctx.current}-{os.path.basename(self.workdir)}-{self.starts}.txt")
+        mode = ["--children", "-g", "none"] if os.environ.get("BENCH_PERF_CALLGRAPH") else ["--no-children"]
+        rep = subprocess.run(["perf", "report", "-i", self._perf_data, "--stdio", *mode,
+                              "--sort", "dso,symbol", "--percent-limit", "0.7"], capture_output=True, text=True)
+        with open(out, "w") as f:
+            f.write("\n".join(line for line in rep.stdout.splitlines() if line.strip()))
+        os.remove(self._perf_data)
 
     def _remember_usage(self) -> None:
         cpu = proc_cpu_seconds(self.pid)

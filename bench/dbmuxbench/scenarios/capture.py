@@ -62,15 +62,16 @@ class Capture(Scenario):
     name = "capture"
     title = "capture decode into the log vs mariadb-binlog --read-from-remote-server --raw"
     size_unit = "row events"
-    full_size = 200_000
-    quick_size = 40_000
+    full_size = 300_000
+    quick_size = 100_000
 
     def run(self, ctx: Any, size: Any, result: Result) -> None:
         n = int(size)
         db = ctx.db("cap")
         ctx.master.execute(f"CREATE DATABASE `{db}`")
         capture = ctx.dbmux(db, down=("mariadb", "postgres"), truncate=False)
-        capture.start()
+        t_start = capture.start()
+        startup = time.monotonic() - t_start  # process start → capture connected (part of the timed run too)
         capture.stop()
 
         ctx.master.execute("FLUSH BINARY LOGS")
@@ -102,11 +103,21 @@ class Capture(Scenario):
             raise BenchError(f"the workload wrote only {expected} row events (wanted about {n})")
 
         # dbmux: capture alone until the log holds every row event.
+        cpu0 = capture.cpu_seconds()  # the first, position-pinning start is not part of the figure
         t0 = capture.start(wait=False)
-        capture.wait_for(lambda s: s["log"]["last_seq"] >= expected, timeout=max(300.0, n / 1000),
-                         what=f"the log to hold {expected} events", poll=0.02)
-        dt = time.monotonic() - t0
-        cpu = capture.cpu_seconds()
+        connected: list[float] = []
+
+        def caught_up(s: dict[str, Any]) -> bool:
+            if s["capture"]["connected"] and not connected:
+                connected.append(time.monotonic())
+            return s["log"]["last_seq"] >= expected
+
+        capture.wait_for(caught_up, timeout=max(300.0, n / 1000), what=f"the log to hold {expected} events",
+                         poll=0.05)
+        done = time.monotonic()
+        dt = done - t0
+        streaming = done - (connected[0] if connected else t0)
+        cpu = capture.cpu_seconds() - cpu0
         mem = capture.memory_kb()
         time.sleep(1.0)  # anything beyond the expected events would have arrived by now
         got = capture.last_seq()
@@ -114,13 +125,17 @@ class Capture(Scenario):
         result.check(got == expected, f"the log holds {got} events; the binlog has {expected} row events of {db}")
 
         rate, base_rate = expected / dt, expected / t_raw
-        result.figure("capture rate", rate, "events/s", base_rate, "mariadb-binlog --raw", Target(">=", 0.9))
+        result.figure("capture rate", rate, "events/s", base_rate, "mariadb-binlog --raw", Target(">=", 0.9),
+                      note="from process start (start-up included)")
+        result.figure("capture rate once connected", expected / streaming, "events/s", base_rate,
+                      "mariadb-binlog --raw", Target(">=", 0.9),
+                      note="from the first /status poll that shows capture connected (±50 ms)")
         result.figure("events per dbmux CPU-second", expected / cpu, "events/s",
                       target=Target(">=", 250_000, on="value"))
         result.figure("capture rate (bytes)", nbytes / dt / 1e6, "MB/s", nbytes / t_raw / 1e6,
                       "mariadb-binlog --raw")
         result.figure("dbmux peak RSS", mem.get("VmHWM", 0) / 1024, "MiB")
-        result.metrics.update(events=expected, binlog_bytes=nbytes, binlog_files=files, dbmux_s=dt,
+        result.metrics.update(startup_s=startup, streaming_s=streaming, events=expected, binlog_bytes=nbytes, binlog_files=files, dbmux_s=dt,
                               dbmux_cpu_s=cpu, raw_s=t_raw, dbmux_memory_kb=mem)
 
         # Correctness: the captured log, applied, reproduces the master on both replicas.

@@ -128,6 +128,9 @@ class KeepsUp(Scenario):
                       f"master alone, {best_t} thr", Target(">=", 1.0))
         for r in dbmux.replicas:
             result.figure(f"apply rate {r}", rates[r], "rows/s", best, "master alone")
+        result.figure("apply rate, slowest replica, vs writes", slowest, "rows/s", during,
+                      "master while replicating", Target(">=", 0.95),
+                      note="did the replicas keep up with what the master actually wrote meanwhile")
         result.figure("master rate while replicating", during, "rows/s", best, "master alone",
                       note="2 shared cores: dbmux and both replicas compete with the master")
         result.figure("catch-up after the writer stopped", max(done.values()) - t_end, "s")
