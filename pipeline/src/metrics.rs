@@ -101,6 +101,11 @@ impl PipelineMetrics {
             m.capture_events.clone(),
         );
         registry.register(
+            CAPTURE_CONNECTED,
+            "1 while capture is connected and streaming from the source",
+            m.capture_connected.clone(),
+        );
+        registry.register(
             LOG_LAST_SEQ,
             "Last seq written to the log",
             m.log_last_seq.clone(),
@@ -161,5 +166,48 @@ impl PipelineMetrics {
                 class: class.into(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every documented pipeline metric is on the page (dbmux_capture_connected was documented but never
+    /// registered, so `/metrics` lacked it).
+    #[test]
+    fn every_metric_name_is_exposed() {
+        let mut registry = Registry::default();
+        let m = PipelineMetrics::new(&mut registry);
+        let label = ReplicaLabel { replica: "r".into() };
+        m.apply_last_seq.get_or_create(&label).set(1);
+        m.apply_lag_events.get_or_create(&label).set(1);
+        m.apply_lag_seconds.get_or_create(&label).set(1.0);
+        m.apply_batches.get_or_create(&label).inc();
+        m.apply_events.get_or_create(&label).inc();
+        m.apply_batch_seconds.get_or_create(&label).observe(0.1);
+        m.error("capture", crate::retry::ErrorClass::Transient);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for name in [
+            CAPTURE_TRANSACTIONS,
+            CAPTURE_EVENTS,
+            CAPTURE_CONNECTED,
+            LOG_LAST_SEQ,
+            LOG_APPENDED_BYTES,
+            LOG_APPEND_SECONDS,
+            APPLY_LAST_SEQ,
+            APPLY_LAG_EVENTS,
+            APPLY_LAG_SECONDS,
+            APPLY_BATCHES,
+            APPLY_EVENTS,
+            APPLY_BATCH_SECONDS,
+            ERRORS,
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "{name} missing from /metrics:\n{text}"
+            );
+        }
     }
 }
