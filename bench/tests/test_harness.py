@@ -95,6 +95,25 @@ General statistics:
         self.assertIn("1 differ (3)", text)
 
 
+class Metrics(unittest.TestCase):
+    def test_progress_from_the_gauges(self):
+        from dbmuxbench.process import parse_metrics
+
+        text = """# HELP dbmux_log_last_seq x
+# TYPE dbmux_log_last_seq gauge
+dbmux_log_last_seq 1234
+dbmux_capture_connected 1
+dbmux_apply_last_seq{replica="mariadb"} 1200
+dbmux_apply_last_seq{replica="postgres"} 1100
+dbmux_apply_lag_events{replica="postgres"} 134
+"""
+        s = parse_metrics(text)
+        self.assertEqual(s["log"]["last_seq"], 1234)
+        self.assertTrue(s["capture"]["connected"])
+        self.assertEqual(s["replicas"], {"mariadb": {"applied_seq": 1200}, "postgres": {"applied_seq": 1100}})
+        self.assertEqual(parse_metrics("")["replicas"], {})
+
+
 class Rss(unittest.TestCase):
     def test_flat_and_growing(self):
         flat = [(t * 1.0, 50.0) for t in range(0, 100)]
