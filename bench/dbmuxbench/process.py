@@ -250,6 +250,19 @@ class Dbmux:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=timeout) as r:
             return parse_metrics(r.read().decode())
 
+    def append_latency(self) -> dict[str, float]:
+        """Log appends so far and their mean duration incl. fsync (`dbmux_log_append_seconds`)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+        out = {}
+        for k in ("sum", "count"):
+            m = re.search(rf"^dbmux_log_append_seconds_{k} ([0-9.eE+-]+)$", text, re.M)
+            if m:
+                out[k] = float(m.group(1))
+        if out.get("count"):
+            out["mean_ms"] = out["sum"] / out["count"] * 1000
+        return out
+
     def status_json(self, timeout: float = 2.0) -> dict[str, Any]:
         """The real `/status` (costly on a long-running log: see `status`)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/status", timeout=timeout) as r:

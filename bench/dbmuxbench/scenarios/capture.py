@@ -119,6 +119,7 @@ class Capture(Scenario):
         streaming = done - (connected[0] if connected else t0)
         cpu = capture.cpu_seconds() - cpu0
         mem = capture.memory_kb()
+        appends = capture.append_latency()
         time.sleep(1.0)  # anything beyond the expected events would have arrived by now
         got = capture.last_seq()
         capture.stop()
@@ -135,7 +136,12 @@ class Capture(Scenario):
         result.figure("capture rate (bytes)", nbytes / dt / 1e6, "MB/s", nbytes / t_raw / 1e6,
                       "mariadb-binlog --raw")
         result.figure("dbmux peak RSS", mem.get("VmHWM", 0) / 1024, "MiB")
-        result.metrics.update(startup_s=startup, streaming_s=streaming, events=expected, binlog_bytes=nbytes, binlog_files=files, dbmux_s=dt,
+        if appends.get("count"):
+            result.figure("log appends (group commits)", appends["count"], "",
+                          note=f"{expected / appends['count']:.0f} events per append")
+            result.figure("log append incl. fsync, mean", appends["mean_ms"], "ms",
+                          note="capture waits for the fsync when the reader's channel is full")
+        result.metrics.update(log_appends=appends, startup_s=startup, streaming_s=streaming, events=expected, binlog_bytes=nbytes, binlog_files=files, dbmux_s=dt,
                               dbmux_cpu_s=cpu, raw_s=t_raw, dbmux_memory_kb=mem)
 
         # Correctness: the captured log, applied, reproduces the master on both replicas.
