@@ -95,6 +95,12 @@ class Result:
         self.figures.append(f)
         return f
 
+    def keep_series(self, prefix: str, series: dict[str, list[tuple[float, float]]], most: int = 600) -> None:
+        """Stores plotted series in the JSON (every n-th point, at most `most` per series)."""
+        for label, pts in series.items():
+            step = max(1, len(pts) // most)
+            self.series[f"{prefix}: {label}"] = [(round(t, 3), round(v, 3)) for t, v in pts[::step]]
+
     def check(self, ok: bool, what: str) -> None:
         """Records one correctness check; a failed one raises `CorrectnessError` at once."""
         self.checks.append(("ok: " if ok else "FAILED: ") + what)
@@ -116,7 +122,7 @@ class Result:
             "check_ok": self.check_ok,
             "error": self.error,
             "plots": self.plots,
-            "series": {k: [[round(t, 3), v] for t, v in s] for k, s in self.series.items()},
+            "series": {k: [[t, v] for t, v in s] for k, s in self.series.items()},
         }
 
 

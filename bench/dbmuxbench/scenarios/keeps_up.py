@@ -41,6 +41,7 @@ def progress_plots(ctx: Any, result: Result, samples: Any, replicas: tuple[str, 
         thr["captured into the log/s"] = rate_series(samples.series("last_seq"))
     for r in replicas:
         thr[f"applied/s {r}"] = rate_series(samples.series(f"applied.{r}"))
+    result.keep_series("throughput (per s)", thr)
     p = line_plot(plot_name(ctx.plots_dir, result.name, "throughput"), f"{result.name}: throughput over time",
                   "seconds", "row changes per second", thr, marks=marks)
     if p:
@@ -57,6 +58,7 @@ def progress_plots(ctx: Any, result: Result, samples: Any, replicas: tuple[str, 
             (s["t"], max(0.0, s["master_rows"] - s["last_seq"])) for s in samples.samples
             if "master_rows" in s and "last_seq" in s
         ]
+    result.keep_series("lag (changes behind)", lag)
     p = line_plot(plot_name(ctx.plots_dir, result.name, "lag"), f"{result.name}: lag over time (changes behind)",
                   "seconds", "row changes behind", lag, marks=marks)
     if p:

@@ -58,6 +58,7 @@ class Lag(Scenario):
             result.figure(f"lag p99 {r}", st["p99_ms"], "ms", target=Target("<=", 10.0, on="value"))
             result.figure(f"lag max {r}", st["max_ms"], "ms")
         result.figure("achieved write rate", w["transactions_per_s"], "txn/s", float(rate), "requested rate")
+        result.keep_series("lag per row (s, ms)", per_row, most=2000)
         p = line_plot(plot_name(ctx.plots_dir, self.name, "lag-per-row"),
                       f"lag per row at {rate} single-row txn/s", "seconds (row created on the master)",
                       "lag (ms)", {r: pts for r, pts in per_row.items()}, points=True)

@@ -146,6 +146,8 @@ class Soak(Scenario):
         result.metrics.update(duration_s=duration, kill_every_s=kill_every, kills=kills, restarts_s=restarts,
                               txn_rate=txn_rate, probe_rate=probe_rate, writer=w, probe_writer=pw, rss=rss,
                               lag=lag_info, drained_at=done, sustainable_rows_per_s=sustainable)
+        result.keep_series("rss (s, MiB)", {"dbmux": sampler.series("rss_mb")})
+        result.keep_series("lag per probe row (s, ms)", per_row, most=2000)
         p = line_plot(plot_name(ctx.plots_dir, self.name, "rss"), "soak: dbmux RSS over time (red: kill -9)",
                       "seconds", "RSS (MiB)", {"dbmux RSS": sampler.series("rss_mb")}, marks=kills)
         if p:
