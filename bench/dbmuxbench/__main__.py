@@ -41,6 +41,8 @@ def main(argv: list[str]) -> int:
                     "dbmux binary and with --dbmux (the 'after'), --ab-rounds times each, and print after÷before "
                     "per figure (medians): the before/after ratio of a performance change, same run")
     ap.add_argument("--ab-rounds", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="run each scenario N times; the table shows each figure's median (all runs in the JSON)")
     ap.add_argument("--note", default="", help="a note stored with the results (e.g. the machine's load)")
     args = ap.parse_args(argv)
 
@@ -87,7 +89,9 @@ def main(argv: list[str]) -> int:
         for n in chosen:
             ctx.current = n
             if not args.ab:
-                results.append(harness.run_scenario(ctx, harness.REGISTRY[n](), sizes[n], ctx.log))
+                runs_n = [harness.run_scenario(ctx, harness.REGISTRY[n](), sizes[n], ctx.log)
+                          for _ in range(max(1, args.repeat))]
+                results.append(runs_n[0] if len(runs_n) == 1 else harness.median_result(runs_n))
                 continue
             runs: dict[str, list[harness.Result]] = {"before": [], "after": []}
             for i in range(args.ab_rounds):

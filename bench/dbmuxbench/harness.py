@@ -290,6 +290,30 @@ def markdown(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+def median_result(runs: list[Result]) -> Result:
+    """One result whose figures are the medians of `runs` (same scenario); the check passes only if every run's
+    did; each run's figures stay in `metrics.runs`."""
+    import statistics
+
+    first = runs[0]
+    out = Result(name=first.name, title=f"{first.title} (median of {len(runs)} runs)", size=first.size)
+    for f in first.figures:
+        vals = [g for r in runs for g in r.figures if g.name == f.name]
+        dm = [g.dbmux for g in vals if g.dbmux is not None]
+        bl = [g.baseline for g in vals if g.baseline is not None]
+        out.figures.append(Figure(f.name, statistics.median(dm) if dm else None, f.unit,
+                                  statistics.median(bl) if bl else None, f.baseline_name, f.target, f.note))
+    out.metrics = {"runs": [r.to_json() for r in runs]}
+    out.series, out.plots = first.series, first.plots
+    out.checks = [c for r in runs for c in r.checks]
+    oks = [r.check_ok for r in runs]
+    out.check_ok = False if False in oks else (None if None in oks else True)
+    errors = [r.error for r in runs if r.error]
+    out.error = "; ".join(errors) if errors else None
+    out.duration_s = sum(r.duration_s for r in runs)
+    return out
+
+
 def ab_compare(name: str, before: list[Result], after: list[Result]) -> list[tuple[str, ...]]:
     """Per figure: the median dbmux value of each side and after ÷ before. Rows for `markdown` (with header)."""
     import statistics

@@ -66,6 +66,23 @@ class Targets(unittest.TestCase):
         self.assertIn("FAILED", text)
 
 
+class Repeats(unittest.TestCase):
+    def test_median_of_runs_and_any_failed_check_fails(self):
+        runs = []
+        for v, ok in ((10.0, True), (30.0, True), (20.0, False)):
+            r = Result("s", "t", 1)
+            r.figure("rate", v, "rows/s", 2 * v, "base", Target(">=", 1.0))
+            r.check_ok = ok
+            runs.append(r)
+        m = harness.median_result(runs)
+        self.assertEqual(m.figures[0].dbmux, 20.0)
+        self.assertEqual(m.figures[0].baseline, 40.0)
+        self.assertFalse(m.check_ok)
+        self.assertEqual(len(m.metrics["runs"]), 3)
+        runs[2].check_ok = True
+        self.assertTrue(harness.median_result(runs).check_ok)
+
+
 class Parsing(unittest.TestCase):
     def test_sysbench_output(self):
         out = """
