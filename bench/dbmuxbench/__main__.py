@@ -32,6 +32,9 @@ def main(argv: list[str]) -> int:
                     help="size knob of one scenario (repeatable), e.g. --size drain=1000000")
     ap.add_argument("--soak", metavar="DURATION", help="run the soak scenario for DURATION (e.g. 30m); alone "
                     "unless scenarios are named")
+    ap.add_argument("--soak-kill-every", metavar="DURATION",
+                    help="soak: kill -9 dbmux this often (default: the duration / 6, 20 s to 5 min; 0: never, "
+                    "to watch RSS over one long lifetime)")
     ap.add_argument("--out", help="output directory (default: bench/out/<date-time>)")
     ap.add_argument("--keep", action="store_true", help="keep the databases and work files (for debugging)")
     ap.add_argument("--dbmux", default=os.environ.get("DBMUX_BIN", ""), help="dbmux binary")
@@ -79,6 +82,9 @@ def main(argv: list[str]) -> int:
         return 2
 
     ctx = Context(root, out, args.quick, dbmux_bin, keep=args.keep, perf=args.perf)
+    if args.soak_kill_every is not None:
+        ctx.shared["soak_kill_every_s"] = 0.0 if args.soak_kill_every.strip() in ("0", "0s") else \
+            parse_duration(args.soak_kill_every)
     started = datetime.datetime.now(datetime.timezone.utc)
     ctx.log(f"dbmux bench run {ctx.run_id}: {', '.join(chosen)}{' (quick)' if args.quick else ''} → {out}")
     load_before = load_snapshot()

@@ -66,7 +66,10 @@ class Soak(Scenario):
 
     def run(self, ctx: Any, size: Any, result: Result) -> None:
         duration = float(size)
-        kill_every = min(300.0, max(20.0, duration / 6))
+        kill_every = float(ctx.shared.get("soak_kill_every_s", min(300.0, max(20.0, duration / 6))))
+        never = kill_every <= 0
+        if never:
+            kill_every = duration * 2  # bounds below stay meaningful; no kill happens
         sustainable = sustainable_rate(ctx)
         rows_per_s = max(20.0, sustainable * 0.5)
         probe_rate = int(min(50, max(5, rows_per_s * 0.05)))
@@ -78,7 +81,7 @@ class Soak(Scenario):
         table_rows = 10_000
         sysbench(ctx, ctx.master, "oltp_write_only", db, "prepare", "--tables=1", f"--table-size={table_rows}")
         ctx.log(f"   {duration:.0f}s at {txn_rate} txn/s (≈{txn_rate * 4} changes/s) + {probe_rate} probe rows/s, "
-                f"kill -9 every {kill_every:.0f}s")
+                + ("no kill" if never else f"kill -9 every {kill_every:.0f}s"))
 
         def pid_probe() -> dict[str, float]:
             return {"pid": float(dbmux.pid) if dbmux.alive() else 0.0}
@@ -94,7 +97,7 @@ class Soak(Scenario):
         start = time.monotonic()
         kills: list[float] = []
         restarts: list[float] = []
-        next_kill = start + kill_every
+        next_kill = start + (duration * 10 if never else kill_every)
         while writer.poll() is None:
             dbmux.check_running()
             if time.monotonic() >= next_kill and time.monotonic() < start + duration - 5:
@@ -121,7 +124,8 @@ class Soak(Scenario):
         for s in sampler.samples:
             if s.get("pid") and "rss_mb" in s:
                 lifetimes.setdefault(s["pid"], []).append((s["t"], s["rss_mb"]))
-        warmup = min(WARMUP_S, kill_every / 4)
+        # Without kills: RSS after 40 % of the run vs at its end (an LSM's memtables take minutes to fill).
+        warmup = duration * 0.4 if never else min(WARMUP_S, kill_every / 4)
         rss = rss_verdict(list(lifetimes.values()), warmup)
         # Lag from the probe rows: overall, and how long after each kill it took to be back under 1 s.
         per_row = lag_rows(ctx, db)
