@@ -1,7 +1,10 @@
-//! The admin HTTP server: `/metrics` (Prometheus text), `/status` (JSON) and
+//! The admin HTTP server: `/` (the live status page), `/metrics` (every
+//! metric of the process, OpenMetrics text), `/status` (JSON),
+//! `/status/history` (the last minutes, for the page's charts) and
 //! `/log?from=SEQ&limit=N` (JSON envelopes, one per line; how `dbmux tail`
 //! reads the log while dbmux holds its lock).
 
+use crate::status::StatusBoard;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,16 +20,15 @@ use tokio_util::sync::CancellationToken;
 /// Most events one `/log` request returns.
 pub const MAX_LOG_PAGE: usize = 10_000;
 
-/// Renders more Prometheus text for `/metrics`.
-pub type MetricsFn = Box<dyn Fn() -> String + Send + Sync>;
+/// OpenMetrics text, which Prometheus asks for first.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone)]
 struct AppState {
-    extra: Arc<Vec<MetricsFn>>,
     log: Arc<EmbeddedLog>,
     metrics: PipelineMetrics,
     registry: Arc<Registry>,
-    replicas: Arc<Vec<String>>,
+    board: Arc<StatusBoard>,
 }
 
 #[derive(Deserialize)]
@@ -40,20 +42,20 @@ pub async fn serve(
     log: Arc<EmbeddedLog>,
     metrics: PipelineMetrics,
     registry: Arc<Registry>,
-    extra: Vec<MetricsFn>,
-    replicas: Vec<String>,
+    board: Arc<StatusBoard>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let state = AppState {
-        extra: Arc::new(extra),
         log,
         metrics,
         registry,
-        replicas: Arc::new(replicas),
+        board,
     };
     let app = Router::new()
+        .route("/", get(page))
         .route("/metrics", get(metrics_page))
         .route("/status", get(status))
+        .route("/status/history", get(history))
         .route("/log", get(read_log))
         .with_state(state);
     axum::serve(listener, app)
@@ -61,45 +63,36 @@ pub async fn serve(
         .await
 }
 
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        crate::status::PAGE,
+    )
+        .into_response()
+}
+
 async fn metrics_page(State(s): State<AppState>) -> Response {
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &s.registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
     }
-    // The proxy renders its own text; serve everything as the classic text
-    // format (which Prometheus reads either way), so drop OpenMetrics' `# EOF`.
-    if let Some(body) = out.strip_suffix("# EOF\n") {
-        out.truncate(body.len());
-    }
-    for render in s.extra.iter() {
-        out.push_str(&render());
-    }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        out,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, OPENMETRICS)], out).into_response()
 }
 
 async fn status(State(s): State<AppState>) -> Response {
-    let mut replicas = serde_json::Map::new();
-    for r in s.replicas.iter() {
-        replicas.insert(
-            r.clone(),
-            serde_json::json!({ "applied_seq": s.log.acked(r).ok().flatten() }),
-        );
+    let (board, log, metrics) = (s.board.clone(), s.log.clone(), s.metrics.clone());
+    // Reads the log's newest chunk: off the async workers.
+    match tokio::task::spawn_blocking(move || board.status(&log, &metrics)).await {
+        Ok(body) => axum::Json(body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
-    let last = s.log.last().ok().flatten();
-    let body = serde_json::json!({
-        "capture": { "connected": s.metrics.capture_connected.get() == 1 },
-        "log": {
-            "first_seq": s.log.first_seq().ok().flatten(),
-            "last_seq": s.log.last_seq(),
-            "resume_position": last.map(|(_, p)| p.to_string()),
-        },
-        "replicas": replicas,
-    });
-    axum::Json(body).into_response()
+}
+
+async fn history(State(s): State<AppState>) -> Response {
+    axum::Json(s.board.history()).into_response()
 }
 
 async fn read_log(State(s): State<AppState>, Query(q): Query<LogQuery>) -> Response {

@@ -2,9 +2,11 @@
 
 mod admin;
 mod config;
+mod observe;
 #[cfg(feature = "proxy")]
 mod proxy_cmd;
 mod run;
+mod status;
 mod tail;
 
 use clap::{Parser, Subcommand};
@@ -58,11 +60,18 @@ enum Command {
 }
 
 fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter = EnvFilter::try_from_env("DBMUX_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
+        // Warnings and errors also go to the status page, whatever DBMUX_LOG says.
+        .with(status::ErrorLayer.with_filter(tracing_subscriber::filter::LevelFilter::WARN))
         .init();
 }
 

@@ -320,6 +320,11 @@ impl EmbeddedLog {
         }
         Ok(removed)
     }
+
+    /// Disk space the log uses (tables and journal), in bytes.
+    pub fn disk_bytes(&self) -> Result<u64, LogError> {
+        Ok(self.db.disk_space()?)
+    }
 }
 
 /// Groups consecutive events into whole transactions (events must be whole

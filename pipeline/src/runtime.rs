@@ -130,6 +130,7 @@ where
             }
             let mut next_seq = log.last_seq() + 1;
             let mut events = 0u64;
+            let newest_commit_us = pending.iter().map(|t| t.commit_ts_us).max().unwrap_or(0);
             let txns: Vec<_> = pending
                 .into_iter()
                 .filter(|t| !t.changes.is_empty())
@@ -153,6 +154,11 @@ where
             metrics.capture_transactions.inc_by(n);
             metrics.capture_events.inc_by(events);
             metrics.log_last_seq.set(log.last_seq());
+            if newest_commit_us > 0 {
+                metrics
+                    .capture_last_commit_timestamp
+                    .set(newest_commit_us as f64 / 1e6);
+            }
         }
     };
     let result: Result<(), RuntimeError> = writer.await;
@@ -354,6 +360,10 @@ pub async fn run_apply<K: Sink>(
                         .apply_batch_seconds
                         .get_or_create(&label)
                         .observe(started.elapsed().as_secs_f64());
+                    metrics
+                        .apply_batch_events
+                        .get_or_create(&label)
+                        .observe(n_events as f64);
                     metrics.apply_batches.get_or_create(&label).inc();
                     metrics.apply_events.get_or_create(&label).inc_by(n_events);
                     metrics.apply_last_seq.get_or_create(&label).set(applied);
