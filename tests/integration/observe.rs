@@ -423,8 +423,20 @@ async fn dashboards_and_alert_rules_query_a_real_prometheus() {
             r["name"]
         );
     }
-    // A chart Prometheus draws from the data (its own graph page).
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // A chart Prometheus draws from the data (its own graph page), once it
+    // has some 20 seconds of it.
+    wait_for(
+        "20 s of samples in Prometheus",
+        Duration::from_secs(60),
+        || async {
+            let r = prom
+                .query("count_over_time(dbmux_apply_events_total{replica=\"mariadb\"}[30s]) >= 20")
+                .await
+                .ok()?;
+            (!r.is_empty()).then_some(())
+        },
+    )
+    .await;
     let expr: String =
         url::form_urlencoded::byte_serialize(b"sum by (replica) (rate(dbmux_apply_events_total[10s]))")
             .collect();
@@ -476,7 +488,11 @@ async fn status_page_shows_replicas_and_moving_figures_in_headless_chromium() {
     assert!(outside.is_empty(), "the page refers to other sites: {outside:?}");
     let load = Load::start(&db, port);
     // Some history first, so the chart has lines when the page opens.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    wait_for("5 s of status history", Duration::from_secs(30), || async {
+        let h: serde_json::Value = serde_json::from_str(&dbmux.admin_get("/status/history").await?).ok()?;
+        (h["samples"].as_array()?.len() >= 5).then_some(())
+    })
+    .await;
     let shot = screenshot_dir().join("status-page.png");
     let seen = node(
         "status-page.mjs",
