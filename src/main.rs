@@ -6,6 +6,7 @@ mod observe;
 #[cfg(feature = "proxy")]
 mod proxy_cmd;
 mod run;
+mod source;
 mod status;
 mod tail;
 

@@ -26,8 +26,8 @@ pub fn describe(c: &Config) -> String {
         c.data_dir.display(),
         c.log.fsync
     );
-    if let Some(m) = &c.source.mysql {
-        s.push_str(&format!("source: mysql {}\n", redact_url(&m.url)));
+    if let Some(source) = &c.source {
+        s.push_str(&format!("source: {}\n", source.describe()));
     }
     for r in &c.replicas {
         let url = match (&r.mysql, &r.postgres) {
@@ -95,12 +95,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     #[allow(unused_mut)]
     let mut backlog: Option<crate::observe::Backlog> = None;
 
-    if let Some(m) = cfg.source.mysql.clone() {
+    if let Some(source_config) = &cfg.source {
         // (A proxy-only configuration has no source and no replicas.)
-        backlog = connectors::mysql::backlog::BinlogBacklog::new(&m.url)
-            .ok()
-            .map(crate::observe::Backlog::Mysql);
-        let source = connectors::mysql::capture::MysqlSource::new(m).context("configuring capture")?;
+        if let crate::config::SourceConfig::Mysql(m) = source_config {
+            backlog = connectors::mysql::backlog::BinlogBacklog::new(&m.url)
+                .ok()
+                .map(crate::observe::Backlog::Mysql);
+        }
+        let source = crate::source::build(source_config).context("configuring capture")?;
         let (log, metrics, sd) = (log.clone(), metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
             (
@@ -194,7 +196,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the admin server to {}", cfg.admin.listen))?;
         info!("admin server on http://{}", listener.local_addr()?);
-        let source = cfg.source.mysql.as_ref().map(|m| redact_url(&m.url));
+        let source = cfg.source.as_ref().map(|s| s.describe());
         let board = Arc::new(crate::status::StatusBoard::new(
             &cfg.name,
             source,
