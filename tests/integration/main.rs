@@ -8,4 +8,5 @@ mod support;
 mod apply;
 mod capture;
 mod observe;
+mod pg_source;
 mod pipeline;
