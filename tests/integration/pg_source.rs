@@ -153,3 +153,230 @@ async fn pg_capture_whole_transactions_in_order_and_slot_confirms_only_what_is_d
     );
     again.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_preflight_names_missing_replica_identity_permissions_and_publication() {
+    let db = PgSourceDb::create("pgpre").await;
+    db.exec(
+        "CREATE TABLE nokey (a int, b text); CREATE TABLE nothing (id int PRIMARY KEY); \
+         ALTER TABLE nothing REPLICA IDENTITY NOTHING; CREATE TABLE arr (id int PRIMARY KEY, xs int[]); \
+         CREATE TABLE fine (id int PRIMARY KEY); CREATE TABLE full_ok (a int); ALTER TABLE full_ok REPLICA IDENTITY FULL",
+    )
+    .await;
+    let mut src = PostgresSource::new(config(&db)).unwrap();
+    let e = src.preflight().await.unwrap_err();
+    assert!(!e.is_transient());
+    let text = e.to_string();
+    for want in [
+        "public.nokey: missing REPLICA IDENTITY (no primary key)",
+        "public.nothing: REPLICA IDENTITY is NOTHING",
+        "public.arr.xs: unsupported column type integer[]",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("public.fine") && !text.contains("full_ok"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("\n  - ").count(),
+        3,
+        "every problem at once:\n{text}"
+    );
+
+    // A missing publication that dbmux may not create.
+    let mut cfg = config(&db);
+    cfg.publication = "nope".into();
+    cfg.create_publication = false;
+    let e = PostgresSource::new(cfg).unwrap().preflight().await.unwrap_err();
+    assert!(
+        matches!(e, PostgresCaptureError::PublicationMissing { .. }),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("CREATE PUBLICATION \"nope\" FOR ALL TABLES"),
+        "{e}"
+    );
+
+    // A role without REPLICATION (and not a superuser).
+    let role = support::unique_name("norepl");
+    db.exec(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'pw' NOSUPERUSER NOREPLICATION"
+    ))
+    .await;
+    let mut u = url::Url::parse(&db.url).unwrap();
+    u.set_username(&role).unwrap();
+    u.set_password(Some("pw")).unwrap();
+    let cfg = PostgresSourceConfig {
+        url: u.to_string(),
+        ..config(&db)
+    };
+    let e = PostgresSource::new(cfg).unwrap().preflight().await.unwrap_err();
+    db.exec(&format!("DROP ROLE {role}")).await;
+    assert!(
+        e.to_string()
+            .contains("permissions: expected a role with the REPLICATION attribute"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_dropped_slot_and_dropped_publication_stop_with_a_clear_error() {
+    let db = PgSourceDb::create("pgdrop").await;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let mut src = PostgresSource::new(config(&db)).unwrap();
+    src.preflight().await.unwrap();
+    let start = src.current_position().await.unwrap();
+    src.start(Some(start.clone())).await.unwrap();
+    db.exec("INSERT INTO t VALUES (1)").await;
+    let t1 = next(&mut src).await;
+    src.stop().await;
+    // The slot is gone when capture comes back: a definite error, no new slot.
+    wait_for(
+        "the walsender to release the slot",
+        Duration::from_secs(10),
+        || async {
+            let c = db.client().await;
+            c.query_opt("SELECT pg_drop_replication_slot($1::text)::text", &[&db.name])
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+    let e = src.start(Some(t1.position.clone())).await.unwrap_err();
+    assert!(matches!(e, PostgresCaptureError::SlotMissing { .. }), "{e}");
+    assert!(!e.is_transient());
+    assert!(e.to_string().contains("does not exist (dropped?)"), "{e}");
+    assert_eq!(
+        db.slot_confirmed(&db.name).await,
+        None,
+        "no slot is created behind the user's back"
+    );
+
+    // A publication dropped while capture streams.
+    let db2 = PgSourceDb::create("pgdroppub").await;
+    db2.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let mut src = PostgresSource::new(config(&db2)).unwrap();
+    src.preflight().await.unwrap();
+    let start = src.current_position().await.unwrap();
+    src.start(Some(start)).await.unwrap();
+    db2.exec(&format!("DROP PUBLICATION \"{}\"", db2.name)).await;
+    db2.exec("INSERT INTO t VALUES (1)").await;
+    let e = tokio::time::timeout(Duration::from_secs(30), src.next_transaction())
+        .await
+        .expect("an error within 30 s")
+        .unwrap_err();
+    assert!(
+        matches!(e, PostgresCaptureError::PublicationMissing { .. }),
+        "{e}"
+    );
+    assert!(!e.is_transient());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_unchanged_toast_values_are_filled_from_the_old_row_or_stop_capture() {
+    let db = PgSourceDb::create("pgtoast").await;
+    db.exec(
+        "CREATE TABLE full_t (id int PRIMARY KEY, n int, big text); ALTER TABLE full_t REPLICA IDENTITY FULL; \
+         CREATE TABLE dflt (id int PRIMARY KEY, n int, big text)",
+    )
+    .await;
+    let mut src = PostgresSource::new(config(&db)).unwrap();
+    src.preflight().await.unwrap();
+    let start = src.current_position().await.unwrap();
+    src.start(Some(start)).await.unwrap();
+    // md5 chains do not compress: 200 kB stored out of line (TOAST).
+    let big = "(SELECT string_agg(md5(i::text), '') FROM generate_series(1, 6400) i)";
+    db.exec(&format!("INSERT INTO full_t VALUES (1, 0, {big})")).await;
+    let t = next(&mut src).await;
+    let Op::Insert { after } = &t.changes[0].1 else {
+        panic!()
+    };
+    let Value::Text(original) = &after[2] else {
+        panic!("{:?}", after[2])
+    };
+    assert_eq!(original.len(), 6400 * 32);
+    db.exec("UPDATE full_t SET n = n + 1 WHERE id = 1").await;
+    let t = next(&mut src).await;
+    match &t.changes[0].1 {
+        Op::Update { before, after } => {
+            assert_eq!(after[1], Value::Int(1));
+            assert_eq!(
+                after[2],
+                Value::Text(original.clone()),
+                "unchanged TOAST value filled in"
+            );
+            assert_eq!(before[2], Value::Text(original.clone()));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without the old row the value is unknown: capture stops, loudly.
+    db.exec(&format!("INSERT INTO dflt VALUES (1, 0, {big})")).await;
+    next(&mut src).await;
+    db.exec("UPDATE dflt SET n = 5 WHERE id = 1").await;
+    let e = tokio::time::timeout(Duration::from_secs(30), src.next_transaction())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(e, PostgresCaptureError::ToastUnchanged { .. }), "{e}");
+    assert!(!e.is_transient());
+    assert!(e.to_string().contains("public.dflt.big"), "{e}");
+    assert!(e.to_string().contains("REPLICA IDENTITY FULL"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_keepalives_are_answered_and_a_killed_walsender_is_transient() {
+    let db = PgSourceDb::create("pgkeep").await;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    // The server drops a silent client after 1 s; our own status updates
+    // come only every 30 s, so only answering keepalives keeps it alive.
+    let mut cfg = config(&db);
+    cfg.status_interval_secs = 30;
+    cfg.url = format!("{}?options=-c%20wal_sender_timeout%3D1000", db.url);
+    let mut src = PostgresSource::new(cfg).unwrap();
+    src.preflight().await.unwrap();
+    let start = src.current_position().await.unwrap();
+    src.start(Some(start)).await.unwrap();
+    let slot = db.name.clone();
+    let pid = || async {
+        let c = db.client().await;
+        let r = c
+            .query_opt(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap();
+        r.and_then(|r| r.get::<_, Option<i32>>(0))
+    };
+    let before = pid().await.expect("streaming");
+    idle(&mut src, Duration::from_secs(4)).await;
+    db.exec("INSERT INTO t VALUES (1)").await;
+    let t = next(&mut src).await;
+    assert_eq!(t.changes.len(), 1);
+    assert_eq!(
+        pid().await,
+        Some(before),
+        "the same walsender streamed throughout"
+    );
+
+    // The walsender is killed: a transient error, and a restart resumes.
+    db.exec(&format!("SELECT pg_terminate_backend({before})")).await;
+    let e = tokio::time::timeout(Duration::from_secs(30), src.next_transaction())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    db.exec("INSERT INTO t VALUES (2)").await;
+    // (The runtime retries `start` with backoff; so does this loop.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while let Err(e) = src.start(Some(t.position.clone())).await {
+        assert!(e.is_transient(), "{e}");
+        assert!(std::time::Instant::now() < deadline, "no reconnect: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let t2 = next(&mut src).await;
+    assert!(matches!(&t2.changes[0].1, Op::Insert { after } if after[0] == Value::Int(2)));
+}

@@ -1037,6 +1037,63 @@ impl PostgresSource {
     }
 }
 
+/// The server settings and role attributes preflight checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    pub wal_level: String,
+    pub max_replication_slots: i32,
+    pub max_wal_senders: i32,
+    pub server_encoding: String,
+    pub version_num: i32,
+    pub superuser: bool,
+    pub replication: bool,
+}
+
+impl ServerSettings {
+    /// Each problem names the setting, the value needed and the value found.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.wal_level != "logical" {
+            problems.push(format!(
+                "wal_level: expected logical, found {} (set wal_level = logical and restart PostgreSQL)",
+                self.wal_level
+            ));
+        }
+        if self.max_replication_slots < 1 {
+            problems.push(format!(
+                "max_replication_slots: expected at least 1, found {}",
+                self.max_replication_slots
+            ));
+        }
+        if self.max_wal_senders < 1 {
+            problems.push(format!(
+                "max_wal_senders: expected at least 1, found {}",
+                self.max_wal_senders
+            ));
+        }
+        if self.server_encoding != "UTF8" {
+            problems.push(format!(
+                "server_encoding: expected UTF8, found {}",
+                self.server_encoding
+            ));
+        }
+        if self.version_num < 100_000 {
+            problems.push(format!(
+                "server_version_num: expected PostgreSQL 10 or later, found {}",
+                self.version_num
+            ));
+        }
+        if !self.superuser && !self.replication {
+            problems.push(
+                "permissions: expected a role with the REPLICATION attribute (ALTER ROLE … REPLICATION) or a \
+                 superuser, found neither"
+                    .into(),
+            );
+        }
+        problems
+    }
+}
+
 impl Source for PostgresSource {
     type Error = PostgresCaptureError;
 
@@ -1053,54 +1110,18 @@ impl Source for PostgresSource {
             )
             .await
             .map_err(catalog("reading server settings"))?;
-        let (wal_level, slots, senders, encoding, version, superuser, replication): (
-            String,
-            i32,
-            i32,
-            String,
-            i32,
-            bool,
-            bool,
-        ) = (
-            row.get(0),
-            row.get(1),
-            row.get(2),
-            row.get(3),
-            row.get(4),
-            row.get(5),
-            row.get(6),
-        );
-        let mut problems = Vec::new();
-        if wal_level != "logical" {
-            problems.push(format!(
-                "wal_level: expected logical, found {wal_level} (set wal_level = logical and restart PostgreSQL)"
-            ));
-        }
-        if slots < 1 {
-            problems.push(format!(
-                "max_replication_slots: expected at least 1, found {slots}"
-            ));
-        }
-        if senders < 1 {
-            problems.push(format!("max_wal_senders: expected at least 1, found {senders}"));
-        }
-        if encoding != "UTF8" {
-            problems.push(format!("server_encoding: expected UTF8, found {encoding}"));
-        }
-        if version < 100_000 {
-            problems.push(format!(
-                "server_version_num: expected PostgreSQL 10 or later, found {version}"
-            ));
-        }
-        if !superuser && !replication {
-            problems.push(
-                "permissions: the user needs the REPLICATION attribute (ALTER ROLE … REPLICATION) or superuser; \
-                 it has neither"
-                    .into(),
-            );
-        }
+        let settings = ServerSettings {
+            wal_level: row.get(0),
+            max_replication_slots: row.get(1),
+            max_wal_senders: row.get(2),
+            server_encoding: row.get(3),
+            version_num: row.get(4),
+            superuser: row.get(5),
+            replication: row.get(6),
+        };
+        let mut problems = settings.problems();
         if problems.is_empty() {
-            self.check_and_create_publication(&mut problems, superuser)
+            self.check_and_create_publication(&mut problems, settings.superuser)
                 .await?;
         }
         if problems.is_empty() {
@@ -1308,6 +1329,34 @@ mod tests {
             .validate_at("s")
             .is_empty());
         assert!(!format!("{:?}", PostgresSourceConfig::new("postgres://u:secret@h/db")).contains("secret"));
+    }
+
+    #[test]
+    fn preflight_settings() {
+        let good = ServerSettings {
+            wal_level: "logical".into(),
+            max_replication_slots: 10,
+            max_wal_senders: 10,
+            server_encoding: "UTF8".into(),
+            version_num: 150_000,
+            superuser: false,
+            replication: true,
+        };
+        assert!(good.problems().is_empty());
+        let bad = ServerSettings {
+            wal_level: "replica".into(),
+            max_replication_slots: 0,
+            server_encoding: "LATIN1".into(),
+            replication: false,
+            ..good
+        };
+        let p = bad.problems();
+        assert_eq!(p.len(), 4, "{p:?}");
+        assert_eq!(
+            p[0],
+            "wal_level: expected logical, found replica (set wal_level = logical and restart PostgreSQL)"
+        );
+        assert!(p[3].contains("REPLICATION"));
     }
 
     #[test]
