@@ -380,3 +380,290 @@ async fn pg_keepalives_are_answered_and_a_killed_walsender_is_transient() {
     let t2 = next(&mut src).await;
     assert!(matches!(&t2.changes[0].1, Op::Insert { after } if after[0] == Value::Int(2)));
 }
+
+// ---------------------------------------------------------------------------
+// End to end through the real binary: PostgreSQL → MariaDB and PostgreSQL.
+
+/// How a compared column is normalized before comparing engines.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Plain,
+    /// `real`: compared as the f32 the text denotes.
+    F4,
+    /// `double precision`: compared as the f64.
+    F8,
+    /// Exact decimal text: trailing fractional zeros are not significant
+    /// (MariaDB's DECIMAL(65,30) pads `numeric` values to 30 places).
+    Dec,
+    /// JSON: compared as parsed documents (`jsonb` normalizes).
+    Json,
+}
+
+/// One compared column: the PostgreSQL expression (source and PostgreSQL
+/// replica alike) and the MariaDB one producing the same canonical text.
+struct Col(&'static str, &'static str, Kind);
+
+type Rows = Vec<Vec<Option<String>>>;
+
+/// PostgreSQL rows as text, in the session the canonical forms assume.
+async fn pg_canonical(url: &str, sql: &str) -> Rows {
+    let c = crate::support::pg_source::connect(url).await;
+    c.batch_execute("SET TimeZone = 'UTC'; SET IntervalStyle = 'iso_8601'; SET extra_float_digits = 1")
+        .await
+        .unwrap();
+    c.simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// MariaDB rows through the binary protocol (floats exact).
+async fn my_canonical(url: &str, sql: &str) -> Rows {
+    use mysql_async::prelude::Queryable;
+    let mut conn = mysql_async::Conn::from_url(url).await.unwrap();
+    let rows: Vec<mysql_async::Row> = conn.exec(sql, ()).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    conn.disconnect().await.unwrap();
+    rows.into_iter()
+        .map(|r| {
+            r.unwrap()
+                .into_iter()
+                .map(|v| match v {
+                    mysql_async::Value::NULL => None,
+                    mysql_async::Value::Bytes(b) => Some(String::from_utf8(b).expect("UTF-8")),
+                    mysql_async::Value::Float(f) => Some(format!("{f:e}")),
+                    mysql_async::Value::Double(f) => Some(format!("{f:e}")),
+                    mysql_async::Value::Int(i) => Some(i.to_string()),
+                    mysql_async::Value::UInt(u) => Some(u.to_string()),
+                    other => Some(other.as_sql(true)),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn normalize(rows: Rows, cols: &[Col]) -> Rows {
+    rows.into_iter()
+        .map(|r| {
+            r.into_iter()
+                .zip(cols)
+                .map(|(cell, col)| {
+                    let cell = cell?;
+                    Some(match col.2 {
+                        Kind::Plain => cell,
+                        Kind::F4 => {
+                            format!("{:e}", cell.parse::<f32>().unwrap_or_else(|_| panic!("{cell:?}")))
+                        }
+                        Kind::F8 => {
+                            format!("{:e}", cell.parse::<f64>().unwrap_or_else(|_| panic!("{cell:?}")))
+                        }
+                        Kind::Dec if cell.contains('.') => {
+                            cell.trim_end_matches('0').trim_end_matches('.').to_string()
+                        }
+                        Kind::Dec => cell,
+                        Kind::Json => serde_json::from_str::<serde_json::Value>(&cell)
+                            .unwrap_or_else(|_| panic!("{cell:?} is not JSON"))
+                            .to_string(),
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn assert_same(what: &str, want: &Rows, got: &Rows) {
+    if want == got {
+        return;
+    }
+    let i = want.iter().zip(got).position(|(a, b)| a != b);
+    match i {
+        Some(i) => {
+            let j = want[i].iter().zip(&got[i]).position(|(a, b)| a != b).unwrap_or(0);
+            let short = |c: &Option<String>| c.as_ref().map(|s| s.chars().take(120).collect::<String>());
+            panic!(
+                "{what}: row {i} column {j} differs:\n source:  {:?}\n replica: {:?}",
+                short(&want[i][j]),
+                short(&got[i][j])
+            )
+        }
+        None => panic!(
+            "{what}: {} rows at the source, {} on the replica",
+            want.len(),
+            got.len()
+        ),
+    }
+}
+
+/// Asserts the source table, the MariaDB replica's and the PostgreSQL
+/// replica's hold the same rows. Returns the row count.
+async fn assert_table_identical(src: &PgSourceDb, table: &str, order: &str, cols: &[Col]) -> usize {
+    let pg_list: Vec<&str> = cols.iter().map(|c| c.0).collect();
+    let my_list: Vec<&str> = cols.iter().map(|c| c.1).collect();
+    let source = normalize(
+        pg_canonical(
+            &src.url,
+            &format!(
+                "SELECT {} FROM public.\"{table}\" ORDER BY {order}",
+                pg_list.join(", ")
+            ),
+        )
+        .await,
+        cols,
+    );
+    let pg_replica = normalize(
+        pg_canonical(
+            &pg_url(),
+            &format!(
+                "SELECT {} FROM \"{}\".\"{table}\" ORDER BY {order}",
+                pg_list.join(", "),
+                src.name
+            ),
+        )
+        .await,
+        cols,
+    );
+    assert_same(
+        &format!("{table} on the PostgreSQL replica"),
+        &source,
+        &pg_replica,
+    );
+    let mariadb = normalize(
+        my_canonical(
+            &with_db(&mysql_replica_url(), &src.name),
+            &format!("SELECT {} FROM `{table}` ORDER BY {order}", my_list.join(", ")),
+        )
+        .await,
+        cols,
+    );
+    assert_same(&format!("{table} on the MariaDB replica"), &source, &mariadb);
+    source.len()
+}
+
+const MATRIX: &str = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE matrix (id int PRIMARY KEY, b boolean, i2 smallint, i4 integer, i8 bigint,
+  n numeric(20,5), nu numeric, f4 real, f8 double precision, c char(5), vc varchar(20), t text,
+  by bytea, d date, tm time(6), ts timestamp(6), tz timestamptz(6), iv interval, u uuid,
+  j json, jb jsonb, bt bit(10), e mood, ip inet)";
+
+fn matrix_cols() -> Vec<Col> {
+    use Kind::*;
+    vec![
+        Col("id::text", "CAST(id AS CHAR)", Plain),
+        Col(
+            "CASE WHEN b THEN '1' WHEN NOT b THEN '0' END",
+            "CAST(b AS CHAR)",
+            Plain,
+        ),
+        Col("i2::text", "CAST(i2 AS CHAR)", Plain),
+        Col("i4::text", "CAST(i4 AS CHAR)", Plain),
+        Col("i8::text", "CAST(i8 AS CHAR)", Plain),
+        Col("n::text", "CAST(n AS CHAR)", Plain),
+        Col("nu::text", "CAST(nu AS CHAR)", Dec),
+        Col("f4::text", "f4", F4),
+        Col("f8::text", "f8", F8),
+        Col("c::text", "c", Plain),
+        Col("vc", "vc", Plain),
+        Col("t", "t", Plain),
+        Col("encode(by, 'hex')", "LOWER(HEX(`by`))", Plain),
+        Col("d::text", "CAST(d AS CHAR)", Plain),
+        Col(
+            "to_char(tm, 'HH24:MI:SS.US')",
+            "TIME_FORMAT(tm, '%H:%i:%s.%f')",
+            Plain,
+        ),
+        Col(
+            "to_char(ts, 'YYYY-MM-DD HH24:MI:SS.US')",
+            "DATE_FORMAT(ts, '%Y-%m-%d %H:%i:%s.%f')",
+            Plain,
+        ),
+        Col(
+            "to_char(tz, 'YYYY-MM-DD HH24:MI:SS.US')",
+            "DATE_FORMAT(tz, '%Y-%m-%d %H:%i:%s.%f')",
+            Plain,
+        ),
+        Col("iv::text", "iv", Plain),
+        Col("u::text", "CAST(u AS CHAR)", Plain),
+        Col("j::text", "j", Json),
+        Col("jb::text", "jb", Json),
+        Col("bt::text", "LPAD(BIN(bt + 0), 10, '0')", Plain),
+        Col("e::text", "CAST(e AS CHAR)", Plain),
+        Col("ip", "ip", Plain),
+    ]
+}
+
+const MATRIX_ROWS: &str = r#"
+INSERT INTO matrix VALUES
+ (1, false, -32768, -2147483648, -9223372036854775808, -999999999999999.99999,
+  -12345678901234567890123456789012345.123456789012345678901234567890, -3.4028235e38, -1.7976931348623157e308,
+  '', '', '', '\x', '0001-01-01', '00:00:00', '0001-01-01 00:00:00', '0001-01-01 00:00:00+00',
+  '-1 years -2 mons -3 days -04:05:06.789', '00000000-0000-0000-0000-000000000000', '[]', '{}',
+  B'0000000000', 'sad', '0.0.0.0'),
+ (2, true, 32767, 2147483647, 9223372036854775807, 999999999999999.99999,
+  99999999999999999999999999999999999.999999999999999999999999999999, 3.4028235e38, 1.7976931348623157e308,
+  'abcde', 'vingt caractères é😀!', (SELECT string_agg(chr(i), '') FROM generate_series(1, 1114111) i WHERE i NOT BETWEEN 55296 AND 57343),
+  (SELECT string_agg(set_byte('\x00'::bytea, 0, i), ''::bytea) FROM generate_series(0, 255) i),
+  '9999-12-31', '24:00:00', '9999-12-31 23:59:59.999999', '9999-12-31 23:59:59.999999+00',
+  '178000000 years 11 mons 30 days 23:59:59.999999', 'ffffffff-ffff-ffff-ffff-ffffffffffff',
+  '{"a": [1, 2.5, "x\u00e9"],  "b": null, "a": 2}', '{"z": 1, "a": {"b": [true, false]}}',
+  B'1111111111', 'happy', '2001:db8::ff/64'),
+ (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL),
+ (4, true, 0, 0, 0, 0.00001, 0.000000000000000000000000000001, 1.401298e-45, 5e-324,
+  'a b', ' lead', E'tab\there\nnewline "quotes" \\ back''slash', '\x00', '1970-01-01', '12:34:56.789012',
+  '1970-01-01 00:00:00', '1970-01-01 00:00:00+00', '0 seconds', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+  '"str"', 'null', B'0101010101', 'ok', '192.168.0.1/32');
+UPDATE matrix SET f8 = -0.1, nu = 1.5, tz = '2038-01-19 03:14:08+00' WHERE id = 4;
+UPDATE matrix SET id = 5 WHERE id = 4;
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_source_type_matrix_toast_and_truncate_reach_both_replicas_identical() {
+    let src = PgSourceDb::create("pgmx").await;
+    src.exec("CREATE TABLE aux (id int PRIMARY KEY, v text)").await;
+    let mut dbmux = Dbmux::with_pg_source(&src.name, BOTH, "");
+    dbmux.start();
+    dbmux.wait_capturing().await;
+    // Created while dbmux runs: captured from their first row.
+    src.exec(MATRIX).await;
+    src.exec(MATRIX_ROWS).await;
+    src.exec(
+        "CREATE TABLE docs (id int PRIMARY KEY, n int, big text); ALTER TABLE docs REPLICA IDENTITY FULL;
+         INSERT INTO docs VALUES (1, 0, (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 6400) i));
+         UPDATE docs SET n = 1 WHERE id = 1;
+         INSERT INTO aux VALUES (1, 'x'), (2, 'y'); TRUNCATE aux; INSERT INTO aux VALUES (3, 'after truncate');",
+    )
+    .await;
+    // 4 inserts + 2 updates (matrix), 2 (docs), 2 + 1 truncate + 1 (aux).
+    let last = dbmux.wait_caught_up(12, Duration::from_secs(120)).await;
+    assert_eq!(last, 12, "one event per row change:\n{}", dbmux.output());
+    assert_eq!(
+        assert_table_identical(&src, "matrix", "id", &matrix_cols()).await,
+        4
+    );
+    let docs = [
+        Col("id::text", "CAST(id AS CHAR)", Kind::Plain),
+        Col("n::text", "CAST(n AS CHAR)", Kind::Plain),
+        Col("md5(big)", "MD5(big)", Kind::Plain),
+        Col("length(big)::text", "CAST(CHAR_LENGTH(big) AS CHAR)", Kind::Plain),
+    ];
+    assert_eq!(assert_table_identical(&src, "docs", "id", &docs).await, 1);
+    let aux = [
+        Col("id::text", "CAST(id AS CHAR)", Kind::Plain),
+        Col("v", "v", Kind::Plain),
+    ];
+    assert_eq!(assert_table_identical(&src, "aux", "id", &aux).await, 1);
+    // The log says TRUNCATE, as a consumer sees it.
+    let ops: Vec<String> = dbmux
+        .tail(Some(1))
+        .iter()
+        .map(|e| e["op"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ops.iter().filter(|o| *o == "t").count(), 1, "{ops:?}");
+    assert!(dbmux.stop().success(), "clean shutdown:\n{}", dbmux.output());
+}
