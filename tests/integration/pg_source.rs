@@ -504,12 +504,15 @@ fn assert_same(what: &str, want: &Rows, got: &Rows) {
 /// replica's hold the same rows. Returns the row count.
 async fn assert_table_identical(src: &PgSourceDb, table: &str, order: &str, cols: &[Col]) -> usize {
     let pg_list: Vec<&str> = cols.iter().map(|c| c.0).collect();
+    // Qualified: a bare name would sort by the text output column of that name.
+    let pg_order: Vec<String> = order.split(',').map(|c| format!("t.{}", c.trim())).collect();
+    let pg_order = pg_order.join(", ");
     let my_list: Vec<&str> = cols.iter().map(|c| c.1).collect();
     let source = normalize(
         pg_canonical(
             &src.url,
             &format!(
-                "SELECT {} FROM public.\"{table}\" ORDER BY {order}",
+                "SELECT {} FROM public.\"{table}\" AS t ORDER BY {pg_order}",
                 pg_list.join(", ")
             ),
         )
@@ -520,7 +523,7 @@ async fn assert_table_identical(src: &PgSourceDb, table: &str, order: &str, cols
         pg_canonical(
             &pg_url(),
             &format!(
-                "SELECT {} FROM \"{}\".\"{table}\" ORDER BY {order}",
+                "SELECT {} FROM \"{}\".\"{table}\" AS t ORDER BY {pg_order}",
                 pg_list.join(", "),
                 src.name
             ),
@@ -666,4 +669,263 @@ async fn pg_source_type_matrix_toast_and_truncate_reach_both_replicas_identical(
         .collect();
     assert_eq!(ops.iter().filter(|o| *o == "t").count(), 1, "{ops:?}");
     assert!(dbmux.stop().success(), "clean shutdown:\n{}", dbmux.output());
+}
+
+const WORKLOAD_TABLES: &str = "
+CREATE TABLE accounts (id bigint PRIMARY KEY, owner varchar(64) NOT NULL, balance numeric(14,2) NOT NULL,
+  updated timestamptz(6), note bytea);
+CREATE TABLE items (id int PRIMARY KEY, k int NOT NULL, s varchar(40));
+CREATE TABLE pairs (a int NOT NULL, b bigint NOT NULL, v text NOT NULL, PRIMARY KEY (a, b));
+CREATE TABLE audit (txn bigint NOT NULL, info varchar(32) NOT NULL);
+ALTER TABLE audit REPLICA IDENTITY FULL;";
+
+fn workload_projections() -> Vec<(&'static str, &'static str, Vec<Col>)> {
+    use Kind::Plain;
+    vec![
+        (
+            "accounts",
+            "id",
+            vec![
+                Col("id::text", "CAST(id AS CHAR)", Plain),
+                Col("owner", "owner", Plain),
+                Col("balance::text", "CAST(balance AS CHAR)", Plain),
+                Col(
+                    "to_char(updated, 'YYYY-MM-DD HH24:MI:SS.US')",
+                    "DATE_FORMAT(updated, '%Y-%m-%d %H:%i:%s.%f')",
+                    Plain,
+                ),
+                Col("encode(note, 'hex')", "LOWER(HEX(note))", Plain),
+            ],
+        ),
+        (
+            "items",
+            "id",
+            vec![
+                Col("id::text", "CAST(id AS CHAR)", Plain),
+                Col("k::text", "CAST(k AS CHAR)", Plain),
+                Col("s", "s", Plain),
+            ],
+        ),
+        (
+            "pairs",
+            "a, b",
+            vec![
+                Col("a::text", "CAST(a AS CHAR)", Plain),
+                Col("b::text", "CAST(b AS CHAR)", Plain),
+                Col("v", "v", Plain),
+            ],
+        ),
+        (
+            "audit",
+            "txn, info",
+            vec![
+                Col("txn::text", "CAST(txn AS CHAR)", Plain),
+                Col("info", "info", Plain),
+            ],
+        ),
+    ]
+}
+
+/// A mixed OLTP workload on the PostgreSQL source (like the MariaDB one):
+/// multi-row inserts, range updates, primary-key updates, deletes, upserts on
+/// a composite key, and inserts into `audit`, which has no primary key (a
+/// replayed insert would duplicate a row there). Returns (transactions, row changes).
+async fn pg_workload(
+    url: &str,
+    txns: u64,
+    seed: u64,
+    progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> (u64, u64) {
+    use rand::{Rng, SeedableRng};
+    let mut client = crate::support::pg_source::connect(url).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut next_account, mut next_item, mut changes_total) = (1i64, 1i32, 0u64);
+    for t in 0..txns as i64 {
+        let tx = client.transaction().await.unwrap();
+        let mut changes = 0u64;
+        let n = rng.gen_range(5..25);
+        let mut values = Vec::new();
+        for _ in 0..n {
+            let note = if rng.gen_bool(0.3) {
+                "NULL".to_string()
+            } else {
+                let bytes: Vec<u8> = (0..rng.gen_range(0..16)).map(|_| rng.gen()).collect();
+                format!(
+                    "'\\x{}'",
+                    bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                )
+            };
+            values.push(format!(
+                "({next_account}, 'owner-{next_account}-é😀', {}.{:02}, '2024-01-02 03:04:05.{:06}+00', {note})",
+                rng.gen_range(-100_000..100_000),
+                rng.gen_range(0..100),
+                rng.gen_range(0..1_000_000)
+            ));
+            next_account += 1;
+        }
+        let mut exec = |sql: String| {
+            let tx = &tx;
+            async move {
+                tx.execute(sql.as_str(), &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+            }
+        };
+        changes += exec(format!("INSERT INTO accounts VALUES {}", values.join(","))).await;
+        let m = rng.gen_range(3..10);
+        let rows: Vec<String> = (0..m)
+            .map(|i| {
+                let s = if i % 4 == 0 {
+                    "NULL".to_string()
+                } else {
+                    format!("'s{}'", rng.gen::<u32>())
+                };
+                format!("({}, {}, {s})", next_item + i, rng.gen_range(0..1000))
+            })
+            .collect();
+        changes += exec(format!("INSERT INTO items VALUES {}", rows.join(","))).await;
+        next_item += m;
+        let lo = (next_account - 60).max(1);
+        changes += exec(format!(
+            "UPDATE accounts SET balance = balance + 1.25, updated = clock_timestamp() WHERE id BETWEEN {lo} AND {}",
+            lo + rng.gen_range(0..20)
+        ))
+        .await;
+        if next_item > 20 && rng.gen_bool(0.5) {
+            let from = rng.gen_range(1..next_item);
+            changes += exec(format!(
+                "UPDATE items SET id = {}, k = k + 1 WHERE id = {from}",
+                next_item + 5_000_000
+            ))
+            .await;
+        }
+        if rng.gen_bool(0.4) {
+            let victim = rng.gen_range(1..next_account);
+            changes += exec(format!("DELETE FROM accounts WHERE id = {victim}")).await;
+        }
+        let a = rng.gen_range(0..50);
+        changes += exec(format!(
+            "INSERT INTO pairs VALUES ({a}, {t}, 'v{t}') ON CONFLICT (a, b) DO UPDATE SET v = pairs.v || 'x'"
+        ))
+        .await;
+        if t % 7 == 3 {
+            changes += exec(format!(
+                "DELETE FROM pairs WHERE a = {a} AND b BETWEEN 0 AND {}",
+                t / 2
+            ))
+            .await;
+        }
+        changes += exec(format!("INSERT INTO audit VALUES ({t}, 'txn {t}')")).await;
+        tx.commit().await.unwrap();
+        changes_total += changes;
+        progress.fetch_add(changes, std::sync::atomic::Ordering::SeqCst);
+        if t % 50 == 49 {
+            let tx = client.transaction().await.unwrap();
+            tx.execute("INSERT INTO audit VALUES (-1, 'rolled back')", &[])
+                .await
+                .unwrap();
+            tx.rollback().await.unwrap();
+        }
+    }
+    (txns, changes_total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_source_workload_with_sigkills_loses_and_repeats_nothing() {
+    let src = PgSourceDb::create("pgwl").await;
+    src.exec(WORKLOAD_TABLES).await;
+    let mut dbmux = Dbmux::with_pg_source(&src.name, BOTH, "");
+    dbmux.start();
+    dbmux.wait_capturing().await;
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = tokio::spawn({
+        let url = src.url.clone();
+        let progress = progress.clone();
+        async move { pg_workload(&url, 1500, 21, progress).await }
+    });
+    let (mut kills, mut kills_while_writing) = (0, 0);
+    let lsn_checks = std::sync::atomic::AtomicU64::new(0);
+    let mut mark = 0u64;
+    loop {
+        let writing = !writer.is_finished();
+        if kills >= 5 || (!writing && kills >= 3) {
+            break;
+        }
+        let me = &dbmux;
+        let slot = src.name.clone();
+        let src = &src;
+        let checks = &lsn_checks;
+        // Let the pipeline progress; meanwhile the slot must never be
+        // confirmed past what the log holds (slot read first, log second:
+        // the log only grows in between).
+        let reached = wait_for("progress before the next kill", Duration::from_secs(120), || {
+            let slot = slot.clone();
+            async move {
+                let confirmed = src.slot_confirmed(&slot).await;
+                let st = me.status().await?;
+                if let (Some(c), Some(p)) = (confirmed, st["log"]["resume_position"].as_str()) {
+                    let held = parse_lsn(p);
+                    assert!(
+                        c <= held,
+                        "slot confirmed {c:X} beyond the log's newest position {held:X}"
+                    );
+                    checks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                let last = st["log"]["last_seq"].as_u64()?;
+                (last >= mark + 3000).then_some(last)
+            }
+        })
+        .await;
+        mark = reached;
+        dbmux.kill();
+        kills += 1;
+        if writing {
+            kills_while_writing += 1;
+        }
+        dbmux.start();
+    }
+    let (txns, changes) = writer.await.unwrap();
+    assert!(changes >= 50_000, "workload too small: {changes}");
+    assert!(
+        kills >= 3 && kills_while_writing >= 2,
+        "{kills} kills, {kills_while_writing} while writing"
+    );
+    let last = dbmux.wait_caught_up(changes, Duration::from_secs(300)).await;
+    assert_eq!(last, changes, "every row change is one event, once");
+    let mut rows = 0;
+    for (table, order, cols) in workload_projections() {
+        rows += assert_table_identical(&src, table, order, &cols).await;
+    }
+    assert!(rows > 10_000);
+    // The log: seq 1..=n without gaps, whole transactions, each exactly once.
+    let envelopes = dbmux.tail(Some(1));
+    assert_eq!(envelopes.len() as u64, changes);
+    let mut seen = std::collections::HashSet::new();
+    for (i, e) in envelopes.iter().enumerate() {
+        assert_eq!(e["seq"].as_u64(), Some(i as u64 + 1));
+        if e["source"]["txn_index"].as_u64() == Some(0) {
+            assert!(
+                seen.insert(e["source"]["txn"].as_str().unwrap().to_string()),
+                "a transaction twice"
+            );
+        }
+    }
+    assert_eq!(seen.len() as u64, txns, "transactions in the log");
+    // Once caught up and stopped cleanly, the slot holds exactly the log's end.
+    assert!(dbmux.stop().success(), "clean shutdown:\n{}", dbmux.output());
+    let confirmed = src.slot_confirmed(&src.name).await.unwrap();
+    let end = envelopes.last().unwrap()["source"]["position"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        confirmed <= parse_lsn(&end),
+        "confirmed {confirmed:X} beyond the log end {end}"
+    );
+    let lsn_checks = lsn_checks.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(lsn_checks >= 10, "only {lsn_checks} slot-vs-log checks");
+    println!(
+        "pg crash test: {kills} SIGKILLs ({kills_while_writing} while writing), {changes} row changes in {txns} \
+         transactions, {lsn_checks} slot-vs-log checks"
+    );
 }
