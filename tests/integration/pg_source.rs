@@ -929,3 +929,127 @@ async fn pg_source_workload_with_sigkills_loses_and_repeats_nothing() {
          transactions, {lsn_checks} slot-vs-log checks"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn examples_postgres_source_toml_works_as_is() {
+    use mysql_async::prelude::Queryable;
+    let path = support::repo_root().join("examples/postgres-source.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for needle in [
+        "name = \"dbmux-shop\"",
+        "15432/shop",
+        "slot = \"dbmux_shop\"",
+        "public = \"shop\"",
+        "schema = \"shop\"",
+    ] {
+        assert!(text.contains(needle), "{needle} not in the example");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dbmux"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The database `shop` comes from scripts/services; the slot may be left
+    // over from an earlier run of this test.
+    let shop = with_db(&pg_url(), "shop");
+    let admin = crate::support::pg_source::connect(&shop).await;
+    let table = support::unique_name("ex");
+    admin
+        .batch_execute(&format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = 'dbmux_shop' AND NOT active; \
+             CREATE TABLE public.\"{table}_old\" (id int PRIMARY KEY)"
+        ))
+        .await
+        .unwrap();
+    forget_example_offsets().await;
+    // Run the file as is; only where dbmux keeps its state and its admin port
+    // move (environment overrides), so the test leaves the checkout alone.
+    let dir = tempfile::tempdir().unwrap();
+    let admin_addr = format!("127.0.0.1:{}", crate::support::dbmux::free_port());
+    let log = std::fs::File::create(dir.path().join("dbmux.log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dbmux"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("DBMUX__DATA_DIR", dir.path().join("data").display().to_string())
+        .env("DBMUX__ADMIN__LISTEN", &admin_addr)
+        .stderr(log.try_clone().unwrap())
+        .stdout(log)
+        .spawn()
+        .unwrap();
+    let output = || std::fs::read_to_string(dir.path().join("dbmux.log")).unwrap_or_default();
+    wait_for("the example to stream", Duration::from_secs(60), || async {
+        let c = crate::support::pg_source::connect(&shop).await;
+        let active: Option<bool> = c
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = 'dbmux_shop'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        (active == Some(true)).then_some(())
+    })
+    .await;
+    // A table created while dbmux runs, and a change to one created before.
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE public.\"{table}\" (id int PRIMARY KEY, item text); \
+             INSERT INTO public.\"{table}\" VALUES (1, 'tea'), (2, 'crème brûlée'); \
+             INSERT INTO public.\"{table}_old\" VALUES (7)"
+        ))
+        .await
+        .unwrap();
+    let replica = with_db(&mysql_replica_url(), "shop");
+    let t = table.clone();
+    let got = wait_for("both replicas to hold the rows", Duration::from_secs(60), || {
+        let (replica, t) = (replica.clone(), t.clone());
+        async move {
+            let mut my = mysql_async::Conn::from_url(replica).await.ok()?;
+            let rows: Vec<(i32, String)> = my
+                .query(format!("SELECT id, item FROM `{t}` ORDER BY id"))
+                .await
+                .ok()?;
+            let old: Vec<i32> = my.query(format!("SELECT id FROM `{t}_old`")).await.ok()?;
+            let pg = crate::support::pg_source::connect(&pg_url()).await;
+            let pg_rows = pg
+                .query(&format!("SELECT id, item FROM shop.\"{t}\" ORDER BY id"), &[])
+                .await
+                .ok()?;
+            let pg_rows: Vec<(i32, String)> = pg_rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            (rows.len() == 2 && old == vec![7] && pg_rows == rows).then_some(rows)
+        }
+    })
+    .await;
+    assert_eq!(got, vec![(1, "tea".to_string()), (2, "crème brûlée".to_string())]);
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean shutdown:\n{}", output());
+    forget_example_offsets().await;
+    // Leave shop as it was: no slot, no test tables.
+    admin
+        .batch_execute(&format!(
+            "SELECT pg_drop_replication_slot('dbmux_shop'); DROP TABLE public.\"{table}\", public.\"{table}_old\""
+        ))
+        .await
+        .unwrap();
+}
+
+/// The example's replicas start from an empty log here: forget what an
+/// earlier run applied (its `dbmux_offsets` rows), or dbmux rightly refuses.
+async fn forget_example_offsets() {
+    use mysql_async::prelude::Queryable;
+    let mut my = mysql_async::Conn::from_url(mysql_replica_url()).await.unwrap();
+    let _ = my
+        .query_drop("DELETE FROM dbmux.dbmux_offsets WHERE consumer LIKE 'dbmux-shop/%'")
+        .await;
+    my.disconnect().await.unwrap();
+    let pg = crate::support::pg_source::connect(&pg_url()).await;
+    let _ = pg
+        .batch_execute("DELETE FROM dbmux.dbmux_offsets WHERE consumer LIKE 'dbmux-shop/%'")
+        .await;
+}
