@@ -626,4 +626,61 @@ mod tests {
         assert_eq!(doc["replica"][0]["max_batch_events"].as_integer(), Some(7));
         assert_eq!(problems.len(), 1, "{problems:?}");
     }
+
+    #[test]
+    fn source_is_exactly_one_kind() {
+        let replica = "[[replica]]\nname = \"r\"\n[replica.postgres]\nurl = \"postgres://u@h/app\"\n";
+        let parse = |text: &str| Config::parse(text, &|_| None, &[]);
+        let pg = parse(&format!(
+            "[source.postgres]\nurl = \"postgres://u:pw@h:5432/shop\"\nslot = \"s1\"\n{replica}"
+        ))
+        .unwrap();
+        match &pg.source {
+            Some(SourceConfig::Postgres(p)) => {
+                assert_eq!(p.slot, "s1");
+                assert_eq!(p.publication, "dbmux");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            pg.source.as_ref().unwrap().describe(),
+            "postgres postgres://u:***@h:5432/shop (slot s1)"
+        );
+        let both = parse(&format!(
+            "[source.mysql]\nurl = \"mysql://u@h/\"\n[source.postgres]\nurl = \"postgres://u@h/shop\"\n{replica}"
+        ))
+        .unwrap_err();
+        assert!(
+            both.iter()
+                .any(|p| p.contains("exactly one of [source.mysql] or [source.postgres]")),
+            "{both:?}"
+        );
+        let bad = parse(&format!(
+            "[source.postgres]\nurl = \"postgres://u@h/\"\nslot = \"Bad\"\nwhat = 1\n{replica}"
+        ))
+        .unwrap_err();
+        assert!(
+            bad.iter()
+                .any(|p| p.starts_with("source.postgres: unknown field `what`")),
+            "{bad:?}"
+        );
+        let bad = parse(&format!(
+            "[source.postgres]\nurl = \"postgres://u@h/\"\nslot = \"Bad\"\n{replica}"
+        ))
+        .unwrap_err();
+        assert!(
+            bad.iter()
+                .any(|p| p.starts_with("source.postgres.url: name the source database")),
+            "{bad:?}"
+        );
+        assert!(
+            bad.iter().any(|p| p.starts_with("source.postgres.slot:")),
+            "{bad:?}"
+        );
+        let none = parse(replica).unwrap_err();
+        assert!(
+            none.iter().any(|p| p.contains("exactly one source is required")),
+            "{none:?}"
+        );
+    }
 }

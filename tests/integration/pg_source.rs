@@ -763,7 +763,7 @@ async fn pg_workload(
             ));
             next_account += 1;
         }
-        let mut exec = |sql: String| {
+        let exec = |sql: String| {
             let tx = &tx;
             async move {
                 tx.execute(sql.as_str(), &[])

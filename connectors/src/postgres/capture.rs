@@ -706,7 +706,9 @@ impl PostgresSource {
         }
         pk.sort();
         // Columns: the Relation message's when there is one, else the catalog's.
-        let columns: Vec<(String, bool, Option<(u32, i32)>)> = match rel {
+        // (name, part of the replica identity key, WAL type oid and modifier)
+        type WalColumn = (String, bool, Option<(u32, i32)>);
+        let columns: Vec<WalColumn> = match rel {
             Some(rel) => rel
                 .columns
                 .iter()
