@@ -959,6 +959,9 @@ async fn examples_postgres_source_toml_works_as_is() {
         .batch_execute(&format!(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
              WHERE slot_name = 'dbmux_shop' AND NOT active; \
+             DO $$ DECLARE t text; BEGIN FOR t IN SELECT tablename FROM pg_tables \
+               WHERE schemaname = 'public' AND tablename LIKE 'ex\\_%' LOOP \
+               EXECUTE format('DROP TABLE public.%I', t); END LOOP; END $$; \
              CREATE TABLE public.\"{table}_old\" (id int PRIMARY KEY)"
         ))
         .await
@@ -969,7 +972,7 @@ async fn examples_postgres_source_toml_works_as_is() {
     let dir = tempfile::tempdir().unwrap();
     let admin_addr = format!("127.0.0.1:{}", crate::support::dbmux::free_port());
     let log = std::fs::File::create(dir.path().join("dbmux.log")).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dbmux"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_dbmux"))
         .args(["run", "--config"])
         .arg(&path)
         .env("DBMUX__DATA_DIR", dir.path().join("data").display().to_string())
@@ -979,17 +982,34 @@ async fn examples_postgres_source_toml_works_as_is() {
         .spawn()
         .unwrap();
     let output = || std::fs::read_to_string(dir.path().join("dbmux.log")).unwrap_or_default();
+    // Killed, and its output shown, if anything below fails.
+    struct Running(std::process::Child, std::path::PathBuf);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            if std::thread::panicking() {
+                eprintln!(
+                    "---- dbmux output ----\n{}",
+                    std::fs::read_to_string(&self.1).unwrap_or_default()
+                );
+            }
+        }
+    }
+    let mut running = Running(child, dir.path().join("dbmux.log"));
+    // Streaming, not merely creating its slot (a slot is "active" while it
+    // waits for its consistent point, and what commits before that point is
+    // not captured): capture reports itself connected only once streaming.
     wait_for("the example to stream", Duration::from_secs(60), || async {
-        let c = crate::support::pg_source::connect(&shop).await;
-        let active: Option<bool> = c
-            .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = 'dbmux_shop'",
-                &[],
-            )
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&admin_addr).await.ok()?;
+        s.write_all(b"GET /status HTTP/1.0\r\nHost: x\r\n\r\n")
             .await
-            .unwrap()
-            .map(|r| r.get(0));
-        (active == Some(true)).then_some(())
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.ok()?;
+        let json: serde_json::Value = serde_json::from_str(body.split_once("\r\n\r\n")?.1).ok()?;
+        (json["capture"]["connected"].as_bool() == Some(true)).then_some(())
     })
     .await;
     // A table created while dbmux runs, and a change to one created before.
@@ -1025,9 +1045,9 @@ async fn examples_postgres_source_toml_works_as_is() {
     assert_eq!(got, vec![(1, "tea".to_string()), (2, "crème brûlée".to_string())]);
     let _ = std::process::Command::new("kill")
         .arg("-TERM")
-        .arg(child.id().to_string())
+        .arg(running.0.id().to_string())
         .status();
-    let status = child.wait().unwrap();
+    let status = running.0.wait().unwrap();
     assert!(status.success(), "clean shutdown:\n{}", output());
     forget_example_offsets().await;
     // Leave shop as it was: no slot, no test tables.
