@@ -465,12 +465,14 @@ mod tests {
             },
             nullable: false,
             charset: None,
+            collation: None,
             source_type: "int".into(),
         };
         Arc::new(TableSchema {
             id: TableId::new("db", name),
             columns: vec![col("id"), col("v")],
             primary_key: if with_key { vec![0] } else { vec![] },
+            ..Default::default()
         })
     }
 

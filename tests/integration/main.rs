@@ -7,4 +7,5 @@ mod support;
 
 mod apply;
 mod capture;
+mod equality;
 mod pipeline;

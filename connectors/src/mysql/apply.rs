@@ -408,6 +408,24 @@ impl MysqlSink {
             if self.known_tables.contains(&target) {
                 continue;
             }
+            if ev.table.columns_unknown() {
+                // A TRUNCATE of a table capture has no definition for (its first
+                // event after a restart, or a table created while dbmux runs):
+                // truncate it if the replica has it; a missing table is empty,
+                // and `apply_in` skips the truncate.
+                let conn = self.conn.as_mut().expect("connected");
+                let exists: Option<u8> = conn
+                    .exec_first(
+                        "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                        (&target.schema, &target.name),
+                    )
+                    .await
+                    .map_err(driver(format!("looking for table {target}")))?;
+                if exists.is_some() {
+                    self.known_tables.insert(target);
+                }
+                continue;
+            }
             let create =
                 sql::create_table_sql(&target, &ev.table, self.flavor).map_err(|(column, message)| {
                     MysqlApplyError::UnsupportedColumn {
@@ -578,6 +596,10 @@ impl MysqlSink {
                     }
                 }
                 Action::Truncate => {
+                    let target = self.table_sql(step.table).target.clone();
+                    if step.table.columns_unknown() && !self.known_tables.contains(&target) {
+                        continue; // the replica has no such table: nothing to truncate
+                    }
                     let t = self.table_sql(step.table);
                     let (stmt, table) = (t.truncate.clone(), t.target_text.clone());
                     conn.query_drop(stmt)

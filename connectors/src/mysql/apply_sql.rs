@@ -89,11 +89,25 @@ fn charset_name(col: &ColumnDef) -> Result<&str, String> {
     }
 }
 
+/// The source column's collation, checked to be a plain word (spliced into DDL).
+fn collation_name(col: &ColumnDef) -> Result<Option<&str>, String> {
+    match col.collation.as_deref() {
+        None => Ok(None),
+        Some(c) if !c.is_empty() && c.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => Ok(Some(c)),
+        Some(c) => Err(format!("collation {c:?} is not a valid name")),
+    }
+}
+
 /// The column type to create on the replica: the source's own type, with the
-/// source column's character set for text.
+/// source column's character set and collation for text (so keys compare as
+/// on the source: `utf8mb4_bin` keeps `'a'` and `'A'` apart).
 pub fn column_type_sql(col: &ColumnDef, flavor: Flavor) -> Result<String, String> {
     let text = |base: String| -> Result<String, String> {
-        Ok(format!("{base} CHARACTER SET {}", charset_name(col)?))
+        let mut t = format!("{base} CHARACTER SET {}", charset_name(col)?);
+        if let Some(c) = collation_name(col)? {
+            t.push_str(&format!(" COLLATE {c}"));
+        }
+        Ok(t)
     };
     let labels = |ls: &[String]| ls.iter().map(|l| quote_string(l)).collect::<Vec<_>>().join(",");
     Ok(match &col.ty {
@@ -418,6 +432,7 @@ mod tests {
             ty,
             nullable: true,
             charset: None,
+            collation: None,
             source_type: String::new(),
         }
     }
@@ -443,6 +458,7 @@ mod tests {
                 ),
             ],
             primary_key: pk,
+            ..Default::default()
         }
     }
 
@@ -492,6 +508,7 @@ mod tests {
         let mut s = schema(vec![0]);
         s.columns.push(ColumnDef {
             charset: Some("latin1".into()),
+            collation: None,
             nullable: false,
             ..col(
                 "e",
@@ -518,8 +535,23 @@ mod tests {
                 .0,
             "x"
         );
+        let bin = ColumnDef {
+            charset: Some("utf8mb4".into()),
+            collation: Some("utf8mb4_bin".into()),
+            ..col("c", ColumnType::VarChar { length: 5 })
+        };
+        assert_eq!(
+            column_type_sql(&bin, Flavor::MariaDb).unwrap(),
+            "VARCHAR(5) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        );
+        let bad_coll = ColumnDef {
+            collation: Some("x; DROP".into()),
+            ..bin
+        };
+        assert!(column_type_sql(&bad_coll, Flavor::MariaDb).is_err());
         let bad_cs = ColumnDef {
             charset: Some("latin1; DROP".into()),
+            collation: None,
             ..col("c", ColumnType::Text { max_bytes: 65535 })
         };
         assert!(column_type_sql(&bad_cs, Flavor::Mysql).is_err());
@@ -559,6 +591,7 @@ mod tests {
             id: TableId::new("d", "t"),
             columns: vec![ts],
             primary_key: vec![],
+            ..Default::default()
         };
         assert!(create_table_sql(&TableId::new("d", "t"), &s, Flavor::Mysql)
             .unwrap()

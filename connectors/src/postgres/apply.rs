@@ -439,7 +439,7 @@ impl PostgresSink {
             if ev.seq <= self.applied
                 || matches!(ev.op, pipeline::Op::Ddl { .. })
                 || !seen.insert(Arc::as_ptr(&ev.table) as usize)
-                || self.tables.contains_key(&ev.table)
+                || (self.tables.contains_key(&ev.table) && !ev.table.columns_unknown())
             {
                 continue;
             }
@@ -448,6 +448,22 @@ impl PostgresSink {
                 table: target.to_string(),
                 message,
             };
+            if ev.table.columns_unknown() {
+                // A TRUNCATE of a table capture has no definition for (its first
+                // event after a restart, or a table created while dbmux runs):
+                // truncate it if the replica has it; a missing table is empty.
+                let client = &self.conn.as_ref().expect("connected").client;
+                let exists = read_columns(client, &target).await?.is_some();
+                let statements = sql::TableStatements::truncate_only(&target, exists).map_err(table_err)?;
+                self.tables.insert(
+                    ev.table.clone(),
+                    Arc::new(TableSql {
+                        target_text: target.to_string(),
+                        statements,
+                    }),
+                );
+                continue;
+            }
             if !self.known_tables.contains_key(&target) {
                 let create = sql::create_table_sql(&target, &ev.table).map_err(|(column, m)| {
                     table_err(if column.is_empty() {
@@ -465,29 +481,15 @@ impl PostgresSink {
                 )
                 .await?;
                 ddl(client, &create, &format!("creating table {target}")).await?;
-                let rows = client
-                    .query(
-                        "SELECT a.attname::text, format('%I.%I', tn.nspname, t.typname), t.typcategory::text \
-                         FROM pg_attribute a \
-                         JOIN pg_class c ON c.oid = a.attrelid \
-                         JOIN pg_namespace n ON n.oid = c.relnamespace \
-                         JOIN pg_type t ON t.oid = a.atttypid \
-                         JOIN pg_namespace tn ON tn.oid = t.typnamespace \
-                         WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-                        &[&target.schema, &target.name],
-                    )
-                    .await
-                    .map_err(driver(format!("reading the columns of {target}")))?;
-                let mut columns = HashMap::new();
-                for r in rows {
-                    let (name, ty, category): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-                    if category == "A" {
-                        return Err(table_err(format!(
-                            "column {name} is an array, which dbmux does not write"
-                        )));
-                    }
-                    columns.insert(name, ty);
+                let columns = read_columns(client, &target)
+                    .await?
+                    .ok_or_else(|| table_err("it does not exist right after CREATE TABLE".into()))?;
+                if let Some((name, _)) = columns.iter().find(|(_, (_, category))| category == "A") {
+                    return Err(table_err(format!(
+                        "column {name} is an array, which dbmux does not write"
+                    )));
                 }
+                let columns = columns.into_iter().map(|(n, (ty, _))| (n, ty)).collect();
                 self.known_tables.insert(target.clone(), columns);
             }
             let columns = &self.known_tables[&target];
@@ -645,6 +647,7 @@ impl PostgresSink {
                         });
                     }
                 }
+                Action::Truncate if s.truncate.is_empty() => {} // the replica has no such table
                 Action::Truncate => {
                     conn.client
                         .batch_execute(&s.truncate)
@@ -724,6 +727,35 @@ impl PostgresSink {
             })
             .collect()
     }
+}
+
+/// The columns of `target` (name → qualified type name and type category),
+/// `None` when the table does not exist.
+async fn read_columns(
+    client: &Client,
+    target: &TableId,
+) -> Result<Option<HashMap<String, (String, String)>>> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format('%I.%I', tn.nspname, t.typname), t.typcategory::text \
+             FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_type t ON t.oid = a.atttypid \
+             JOIN pg_namespace tn ON tn.oid = t.typnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&target.schema, &target.name],
+        )
+        .await
+        .map_err(driver(format!("reading the columns of {target}")))?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        rows.into_iter()
+            .map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2))))
+            .collect(),
+    ))
 }
 
 /// Runs idempotent DDL; a concurrent creator of the same object makes the

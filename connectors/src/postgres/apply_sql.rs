@@ -120,15 +120,20 @@ pub fn column_type_sql(col: &ColumnDef) -> Result<(String, Option<String>), Stri
         ColumnType::DateTime { fsp } => (format!("timestamp({fsp}) without time zone"), None),
         ColumnType::Timestamp { fsp } => (format!("timestamp({fsp}) with time zone"), None),
         ColumnType::Year => ("smallint".into(), None),
-        ColumnType::Char { length } | ColumnType::VarChar { length } => (format!("varchar({length})"), None),
-        ColumnType::Text { .. } => ("text".into(), None),
+        ColumnType::Char { length } | ColumnType::VarChar { length } => {
+            (format!("varchar({length}){}", text_collation(col)), None)
+        }
+        ColumnType::Text { .. } => (format!("text{}", text_collation(col)), None),
         ColumnType::Binary { .. } | ColumnType::VarBinary { .. } | ColumnType::Blob { .. } => {
             ("bytea".into(), None)
         }
         ColumnType::Json => ("jsonb".into(), None),
-        ColumnType::Enum { labels: ls } => ("text".into(), Some(format!("{q} IN ({})", labels(ls)?))),
+        ColumnType::Enum { labels: ls } => (
+            format!("text{}", text_collation(col)),
+            Some(format!("{q} IN ({})", labels(ls)?)),
+        ),
         ColumnType::Set { labels: ls } => (
-            "text".into(),
+            format!("text{}", text_collation(col)),
             Some(format!(
                 "{q} = '' OR string_to_array({q}, ',') <@ ARRAY[{}]::text[]",
                 labels(ls)?
@@ -138,6 +143,20 @@ pub fn column_type_sql(col: &ColumnDef) -> Result<(String, Option<String>), Stri
         ColumnType::Uuid => ("uuid".into(), None),
         ColumnType::Other { name } => return Err(format!("source type {name:?} has no mapping")),
     })
+}
+
+/// The `COLLATE` clause for a text column. PostgreSQL's own collations are
+/// deterministic (two strings are equal only when their bytes are), so keys
+/// never merge rows the source keeps apart, whatever the source collation.
+/// A binary source collation (`*_bin`) also *orders* by code point, which is
+/// what `"C"` does with UTF-8; other source collations (case- or
+/// accent-insensitive) have no PostgreSQL equivalent that compares alike, so
+/// the database's default collation is used (see `docs/type-mapping.md`).
+pub fn text_collation(col: &ColumnDef) -> &'static str {
+    match col.collation.as_deref() {
+        Some(c) if c.ends_with("_bin") => " COLLATE \"C\"",
+        _ => "",
+    }
 }
 
 /// `CREATE TABLE IF NOT EXISTS` from the source definition.
@@ -185,6 +204,25 @@ pub struct TableStatements {
     pub update_one: String,
     pub delete_one: String,
     pub truncate: String,
+}
+
+impl TableStatements {
+    /// Only `truncate` (for a table known by name alone); empty when the
+    /// replica has no such table (nothing to truncate).
+    pub fn truncate_only(target: &TableId, exists: bool) -> Result<Self, String> {
+        Ok(TableStatements {
+            upsert: String::new(),
+            insert: String::new(),
+            delete: String::new(),
+            update_one: String::new(),
+            delete_one: String::new(),
+            truncate: if exists {
+                format!("TRUNCATE TABLE {}", quote_table(target)?)
+            } else {
+                String::new()
+            },
+        })
+    }
 }
 
 pub fn table_statements(
@@ -392,6 +430,7 @@ mod tests {
             ty,
             nullable: true,
             charset: None,
+            collation: None,
             source_type: String::new(),
         }
     }
@@ -438,6 +477,11 @@ mod tests {
             "timestamp(6) with time zone"
         );
         assert_eq!(t(ColumnType::Char { length: 3 }).0, "varchar(3)");
+        let bin = ColumnDef {
+            collation: Some("utf8mb4_bin".into()),
+            ..col("c", ColumnType::VarChar { length: 3 })
+        };
+        assert_eq!(column_type_sql(&bin).unwrap().0, "varchar(3) COLLATE \"C\"");
         assert_eq!(
             t(ColumnType::Enum {
                 labels: vec!["a'".into(), "b".into()]
@@ -468,6 +512,7 @@ mod tests {
                 col("v", ColumnType::Text { max_bytes: 65535 }),
             ],
             primary_key: vec![0],
+            ..Default::default()
         };
         let types = vec![
             "\"pg_catalog\".\"int4\"".to_string(),
