@@ -261,3 +261,103 @@ const MARIADB_ONLY: Replicas = Replicas {
     mariadb: true,
     postgres: false,
 };
+
+/// Item 7: configurations that merge two source databases into one replica
+/// database or schema are refused by `check-config`, naming the fields.
+#[test]
+fn merging_two_source_databases_into_one_target_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("merge.toml");
+    std::fs::write(
+        &config,
+        r#"
+[source.mysql]
+url = "mysql://u:hunter2@127.0.0.1:1/"
+include = ["app", "shop"]
+[[replica]]
+name = "pg"
+[replica.postgres]
+url = "postgres://u:hunter2@127.0.0.1:1/x"
+schema = "everything"
+[[replica]]
+name = "my"
+[replica.mysql]
+url = "mysql://u:hunter2@127.0.0.1:1/"
+databases = { app = "merged", shop = "merged" }
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dbmux"))
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for needle in [
+        "replica[0].postgres.schema",
+        "replica[1].mysql.databases",
+        "overwrite",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+/// Runs `dbmux tail --from 1` and returns its raw lines (not re-parsed, so no
+/// precision is lost on the way).
+fn tail_lines(dbmux: &Dbmux) -> Vec<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dbmux"))
+        .args(["tail", "--from", "1", "--config"])
+        .arg(&dbmux.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Item 9: the JSON envelope carries JSON numbers beyond f64 exactly and a
+/// zero TIMESTAMP as its documented special value, through `dbmux tail`
+/// (both while dbmux runs, via the admin server, and from the log itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_carries_values_exactly() {
+    let db = unique_name("envelope");
+    let mut c = master(&db).await;
+    exec(
+        &mut c,
+        &["CREATE TABLE e (id INT PRIMARY KEY, j JSON, ts TIMESTAMP NULL, d DATE NULL, dt DATETIME NULL)"],
+    )
+    .await;
+    let mut dbmux = Dbmux::new(&db, MARIADB_ONLY, "");
+    dbmux.start();
+    dbmux.wait_capturing().await;
+    exec(
+        &mut c,
+        &[
+            "SET SESSION sql_mode = ''",
+            "INSERT INTO e VALUES (1, '{\"n\": 123456789012345678901234567890, \"x\": [1.000000000000000000001]}', \
+             '0000-00-00 00:00:00', '0000-00-00', '2024-00-15 10:00:00')",
+        ],
+    )
+    .await;
+    dbmux.wait_caught_up(1, CATCH_UP).await;
+    for lines in [tail_lines(&dbmux), {
+        assert!(dbmux.stop().success());
+        tail_lines(&dbmux)
+    }] {
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0];
+        for exact in [
+            r#""j":{"n":123456789012345678901234567890,"x":[1.000000000000000000001]}"#,
+            r#""ts":"0000-00-00T00:00:00Z""#,
+            r#""d":"0000-00-00""#,
+            r#""dt":"2024-00-15T10:00:00""#,
+        ] {
+            assert!(line.contains(exact), "{exact} not in {line}");
+        }
+    }
+}
