@@ -111,7 +111,7 @@ async fn read_log(State(s): State<AppState>, Query(q): Query<LogQuery>) -> Respo
         Ok(Ok(events)) => {
             let mut body = String::new();
             for e in events.iter().take(limit.max(1)) {
-                body.push_str(&pipeline::envelope::to_envelope(e).as_str());
+                body.push_str(pipeline::envelope::to_envelope(e).as_str());
                 body.push('\n');
             }
             ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
