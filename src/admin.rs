@@ -1,16 +1,22 @@
-//! The admin HTTP server: `/metrics` (Prometheus text), `/status` (JSON) and
+//! The admin HTTP server: `/metrics` (Prometheus text), `/status` (JSON),
 //! `/log?from=SEQ&limit=N` (JSON envelopes, one per line; how `dbmux tail`
-//! reads the log while dbmux holds its lock).
+//! reads the log while dbmux holds its lock) and
+//! `POST /replicas/NAME/resume?table=DB.TABLE` (how `dbmux resume-table` lifts
+//! a quarantine while dbmux runs).
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use pipeline::log::EmbeddedLog;
 use pipeline::metrics::PipelineMetrics;
+use pipeline::replica::ReplicaBoard;
+use pipeline::runtime::ResumeRequest;
+use pipeline::schema::TableId;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -20,13 +26,26 @@ pub const MAX_LOG_PAGE: usize = 10_000;
 /// Renders more Prometheus text for `/metrics`.
 pub type MetricsFn = Box<dyn Fn() -> String + Send + Sync>;
 
+/// The appliers as the admin server sees them.
+#[derive(Clone, Default)]
+pub struct Pipeline {
+    pub board: ReplicaBoard,
+    /// Where to send a replica's resume requests.
+    pub resume: Arc<HashMap<String, tokio::sync::mpsc::Sender<ResumeRequest>>>,
+}
+
 #[derive(Clone)]
 struct AppState {
     extra: Arc<Vec<MetricsFn>>,
     log: Arc<EmbeddedLog>,
     metrics: PipelineMetrics,
     registry: Arc<Registry>,
-    replicas: Arc<Vec<String>>,
+    pipeline: Pipeline,
+}
+
+#[derive(Deserialize)]
+struct ResumeQuery {
+    table: String,
 }
 
 #[derive(Deserialize)]
@@ -41,7 +60,7 @@ pub async fn serve(
     metrics: PipelineMetrics,
     registry: Arc<Registry>,
     extra: Vec<MetricsFn>,
-    replicas: Vec<String>,
+    pipeline: Pipeline,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let state = AppState {
@@ -49,12 +68,13 @@ pub async fn serve(
         log,
         metrics,
         registry,
-        replicas: Arc::new(replicas),
+        pipeline,
     };
     let app = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/status", get(status))
         .route("/log", get(read_log))
+        .route("/replicas/{name}/resume", post(resume_table))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -62,6 +82,9 @@ pub async fn serve(
 }
 
 async fn metrics_page(State(s): State<AppState>) -> Response {
+    // Lag is computed now, from the log's head and each replica's position, so
+    // it grows while a replica is down.
+    pipeline::runtime::refresh_lag(&s.metrics, &s.log, &s.pipeline.board);
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &s.registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
@@ -82,13 +105,7 @@ async fn metrics_page(State(s): State<AppState>) -> Response {
 }
 
 async fn status(State(s): State<AppState>) -> Response {
-    let mut replicas = serde_json::Map::new();
-    for r in s.replicas.iter() {
-        replicas.insert(
-            r.clone(),
-            serde_json::json!({ "applied_seq": s.log.acked(r).ok().flatten() }),
-        );
-    }
+    let replicas = serde_json::to_value(s.pipeline.board.all()).unwrap_or_default();
     let last = s.log.last().ok().flatten();
     let body = serde_json::json!({
         "capture": { "connected": s.metrics.capture_connected.get() == 1 },
@@ -100,6 +117,42 @@ async fn status(State(s): State<AppState>) -> Response {
         "replicas": replicas,
     });
     axum::Json(body).into_response()
+}
+
+/// Lifts a table's quarantine on one replica: the applier re-applies the
+/// table's skipped events and answers when done.
+async fn resume_table(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ResumeQuery>,
+) -> Response {
+    let Some((db, table)) = q.table.split_once('.') else {
+        return (StatusCode::BAD_REQUEST, "table must be DB.TABLE\n").into_response();
+    };
+    let Some(tx) = s.pipeline.resume.get(&name) else {
+        return (StatusCode::NOT_FOUND, format!("no replica named {name:?}\n")).into_response();
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let req = ResumeRequest {
+        table: TableId::new(db, table),
+        reply,
+    };
+    if tx.send(req).await.is_err() {
+        return (
+            StatusCode::CONFLICT,
+            format!("replica {name} is stopped; see /status\n"),
+        )
+            .into_response();
+    }
+    match answer.await {
+        Ok(Ok(msg)) => (StatusCode::OK, format!("{msg}\n")).into_response(),
+        Ok(Err(msg)) => (StatusCode::CONFLICT, format!("{msg}\n")).into_response(),
+        Err(_) => (
+            StatusCode::CONFLICT,
+            format!("replica {name} stopped before answering; see /status\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn read_log(State(s): State<AppState>, Query(q): Query<LogQuery>) -> Response {

@@ -36,7 +36,7 @@
 //! applier must execute against exactly one row equal to the before image.
 
 use crate::event::{Op, Row, Transaction};
-use crate::schema::TableSchema;
+use crate::schema::{TableId, TableSchema};
 use crate::value::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -47,20 +47,49 @@ pub enum PlanError {
     #[error("event seq {seq} on {table}: schema changes are not replicated yet ({statement:?})")]
     DdlNotSupported {
         seq: u64,
-        table: String,
+        table: TableId,
         statement: String,
     },
     #[error("event seq {seq} on {table}: row image has {got} values but the table has {expected} columns")]
     RowWidth {
         seq: u64,
-        table: String,
+        table: TableId,
         got: usize,
         expected: usize,
     },
     #[error("table {table}: primary key column index {index} is out of range")]
-    BadPrimaryKey { table: String, index: usize },
+    BadPrimaryKey { table: TableId, index: usize },
     #[error("event seq {seq} follows seq {previous}: events must arrive in increasing seq order")]
     OutOfOrder { seq: u64, previous: u64 },
+}
+
+impl PlanError {
+    /// The source table the error belongs to (all but `OutOfOrder`).
+    pub fn table(&self) -> Option<&TableId> {
+        match self {
+            PlanError::DdlNotSupported { table, .. }
+            | PlanError::RowWidth { table, .. }
+            | PlanError::BadPrimaryKey { table, .. } => Some(table),
+            PlanError::OutOfOrder { .. } => None,
+        }
+    }
+}
+
+/// What to plan (see [`plan_with`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanOptions<'a> {
+    /// Events at or below this `seq` are already in the target: left out.
+    pub applied: u64,
+    /// Tables whose events are left out (quarantined or excluded); they still
+    /// count for `last_seq`, so the offset moves past them.
+    pub skip: Option<&'a HashSet<TableId>>,
+    /// When set, only the events of these tables are planned (resuming
+    /// quarantined tables).
+    pub only: Option<&'a HashSet<TableId>>,
+    /// Every event its own step, in source order: nothing merged or moved.
+    /// The fallback when a set-based plan would break a constraint of the
+    /// target (see "Unique keys" in the module documentation).
+    pub source_order: bool,
 }
 
 /// One statement's worth of work on one table.
@@ -118,6 +147,18 @@ pub struct Plan<'a> {
 
 /// Plans `txns`, skipping every event with `seq <= applied` (already in the target).
 pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
+    plan_with(
+        txns,
+        &PlanOptions {
+            applied,
+            ..PlanOptions::default()
+        },
+    )
+}
+
+/// Plans `txns` as `options` say.
+pub fn plan_with<'a>(txns: &'a [Transaction], options: &PlanOptions<'_>) -> Result<Plan<'a>, PlanError> {
+    let applied = options.applied;
     let mut b = Builder::default();
     let mut previous: Option<u64> = None;
     for ev in txns.iter().flat_map(|t| t.events.iter()) {
@@ -134,6 +175,12 @@ pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
             continue;
         }
         let table = &ev.table;
+        let skipped = options.skip.is_some_and(|s| s.contains(&table.id))
+            || options.only.is_some_and(|o| !o.contains(&table.id));
+        if skipped {
+            b.last_seq = Some(ev.seq);
+            continue;
+        }
         let width = table.columns.len();
         let check = |row: &Row| {
             if row.len() == width {
@@ -141,7 +188,7 @@ pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
             } else {
                 Err(PlanError::RowWidth {
                     seq: ev.seq,
-                    table: table.id.to_string(),
+                    table: table.id.clone(),
                     got: row.len(),
                     expected: width,
                 })
@@ -149,7 +196,7 @@ pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
         };
         if let Some(&index) = table.primary_key.iter().find(|&&i| i >= width) {
             return Err(PlanError::BadPrimaryKey {
-                table: table.id.to_string(),
+                table: table.id.clone(),
                 index,
             });
         }
@@ -157,7 +204,7 @@ pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
             Op::Ddl { statement } => {
                 return Err(PlanError::DdlNotSupported {
                     seq: ev.seq,
-                    table: table.id.to_string(),
+                    table: table.id.clone(),
                     statement: statement.clone(),
                 })
             }
@@ -171,7 +218,7 @@ pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
             Op::Insert { after } => {
                 check(after)?;
                 if table.has_primary_key() {
-                    b.upsert(table, after);
+                    b.upsert(table, after, None);
                 } else {
                     b.insert_no_key(table, after);
                 }
@@ -182,8 +229,10 @@ pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
                 if table.has_primary_key() {
                     if key_of(table, before) != key_of(table, after) {
                         b.delete(table, before);
+                        b.upsert(table, after, None);
+                    } else {
+                        b.upsert(table, after, Some(before));
                     }
-                    b.upsert(table, after);
                 } else {
                     b.close();
                     b.steps.push(Step {
@@ -211,6 +260,9 @@ pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
         }
         b.last_seq = Some(ev.seq);
         b.events += 1;
+        if options.source_order {
+            b.close();
+        }
     }
     b.close();
     Ok(Plan {
@@ -232,6 +284,9 @@ struct Run<'a> {
     delete_keys: HashSet<Vec<u8>>,
     upserts: Vec<&'a Row>,
     upsert_slots: HashMap<Vec<u8>, usize>,
+    /// Unique-key values (key index, encoded values) that rows updated in this
+    /// run held when it started, with the primary key of the row holding each.
+    initial_unique: HashMap<(usize, Vec<u8>), Vec<u8>>,
 }
 
 /// The open run of plain inserts into one table without a key.
@@ -285,14 +340,34 @@ impl<'a> Builder<'a> {
                 delete_keys: HashSet::new(),
                 upserts: Vec::new(),
                 upsert_slots: HashMap::new(),
+                initial_unique: HashMap::new(),
             });
         }
         self.run.as_mut().expect("just opened")
     }
 
-    fn upsert(&mut self, table: &'a Arc<TableSchema>, row: &'a Row) {
+    /// Upserts `row`; `before` is the row's image before this event when the
+    /// event is an update that keeps the key.
+    fn upsert(&mut self, table: &'a Arc<TableSchema>, row: &'a Row, before: Option<&'a Row>) {
         let key = key_of(table, row);
+        if !table.unique_keys.is_empty() {
+            // Would this row, written at its slot, take a unique value that
+            // another row of the run still holds from before the run? Then the
+            // run cannot be executed set-based: start a new one here.
+            let conflict = matches!(&self.run, Some(r) if same_table(r.table, table)
+                && unique_values(table, row).any(|v| r.initial_unique.get(&v).is_some_and(|k| *k != key)));
+            if conflict {
+                self.close();
+            }
+        }
         let run = self.run_for(table);
+        if let Some(before) = before {
+            if !table.unique_keys.is_empty() && !run.upsert_slots.contains_key(&key) {
+                for v in unique_values(table, before) {
+                    run.initial_unique.entry(v).or_insert_with(|| key.clone());
+                }
+            }
+        }
         match run.upsert_slots.get(&key) {
             Some(&slot) => run.upserts[slot] = row,
             None => {
@@ -326,6 +401,21 @@ impl<'a> Builder<'a> {
         }
         self.inserts.as_mut().expect("just opened").rows.push(row);
     }
+}
+
+/// The values of `row` in each unique key of `table` (key index, encoded
+/// values), leaving out keys with a NULL part (they never collide).
+fn unique_values<'r>(table: &'r TableSchema, row: &'r Row) -> impl Iterator<Item = (usize, Vec<u8>)> + 'r {
+    table.unique_keys.iter().enumerate().filter_map(move |(i, cols)| {
+        if cols.iter().any(|&c| row.get(c).is_none_or(Value::is_null)) {
+            return None;
+        }
+        let mut out = Vec::new();
+        for &c in cols {
+            encode_key_value(&row[c], &mut out);
+        }
+        Some((i, out))
+    })
 }
 
 /// The primary-key values of `row`, encoded so that equal bytes mean equal
@@ -478,6 +568,13 @@ mod tests {
 
     fn row(id: i64, v: i64) -> Row {
         vec![Value::Int(id), Value::Int(v)]
+    }
+
+    /// Table `u`: `id` primary key, `v` a UNIQUE key.
+    fn unique_table() -> Arc<TableSchema> {
+        let mut t = (*table("u", true)).clone();
+        t.unique_keys = vec![vec![1]];
+        Arc::new(t)
     }
 
     fn txn(seq: u64, changes: Vec<(Arc<TableSchema>, Op)>) -> Transaction {
@@ -755,11 +852,16 @@ mod tests {
                 }
                 continue;
             }
+            let unique = !ev.table.unique_keys.is_empty();
             let m = state.keyed.entry(name).or_default();
             match &ev.op {
                 Op::Insert { after } => {
                     let (k, v) = pair(after);
                     m.insert(k, v);
+                    assert!(
+                        !unique || m.values().filter(|&&x| x == v).count() == 1,
+                        "invalid history"
+                    );
                 }
                 Op::Update { before, after } => {
                     m.remove(&pair(before).0);
@@ -782,10 +884,16 @@ mod tests {
             match &s.action {
                 Action::Upsert(rows) => {
                     let mut seen = HashSet::new();
+                    let unique = !s.table.unique_keys.is_empty();
                     let m = state.keyed.entry(name).or_default();
                     for r in rows {
                         let (k, v) = pair(r);
                         assert!(seen.insert(k), "duplicate key {k} in one upsert step");
+                        // The replica's unique index checks every row as it is written.
+                        assert!(
+                            !unique || !m.iter().any(|(&k2, &v2)| k2 != k && v2 == v),
+                            "upsert of {k}={v} collides with a unique value another row still holds"
+                        );
                         m.insert(k, v);
                     }
                 }
@@ -824,6 +932,7 @@ mod tests {
     fn random_history(rng: &mut StdRng, start: &State) -> Vec<Transaction> {
         let tables = [table("a", true), table("b", true)];
         let bag_table = table("n", false);
+        let u = unique_table();
         let mut state = start.clone();
         let mut txns = Vec::new();
         let mut seq = 1;
@@ -831,6 +940,89 @@ mod tests {
             let mut changes = Vec::new();
             for _ in 0..rng.gen_range(1..12) {
                 let v = rng.gen_range(0..100);
+                if rng.gen_bool(0.3) {
+                    // Table `u` with a UNIQUE `v` (values 0..6, so most are taken).
+                    let m = state.keyed.entry("u".into()).or_default();
+                    let free_v = |m: &BTreeMap<i64, i64>| {
+                        (0..6)
+                            .filter(|x| !m.values().any(|v| v == x))
+                            .collect::<Vec<i64>>()
+                    };
+                    let free_k: Vec<i64> = (0..6).filter(|k| !m.contains_key(k)).collect();
+                    let fv = free_v(m);
+                    let keys: Vec<i64> = m.keys().copied().collect();
+                    match rng.gen_range(0..6) {
+                        0 if !free_k.is_empty() && !fv.is_empty() => {
+                            let (k, nv) = (
+                                free_k[rng.gen_range(0..free_k.len())],
+                                fv[rng.gen_range(0..fv.len())],
+                            );
+                            m.insert(k, nv);
+                            changes.push((u.clone(), Op::Insert { after: row(k, nv) }));
+                        }
+                        1 if !keys.is_empty() && !fv.is_empty() => {
+                            let k = keys[rng.gen_range(0..keys.len())];
+                            let (old, nv) = (m[&k], fv[rng.gen_range(0..fv.len())]);
+                            m.insert(k, nv);
+                            changes.push((
+                                u.clone(),
+                                Op::Update {
+                                    before: row(k, old),
+                                    after: row(k, nv),
+                                },
+                            ));
+                        }
+                        2 if keys.len() >= 2 && !fv.is_empty() => {
+                            // Swap two rows' unique values through a temporary one.
+                            let k1 = keys[rng.gen_range(0..keys.len())];
+                            let k2 = *keys.iter().find(|&&k| k != k1).unwrap();
+                            let (a, b, t) = (m[&k1], m[&k2], fv[0]);
+                            changes.push((
+                                u.clone(),
+                                Op::Update {
+                                    before: row(k1, a),
+                                    after: row(k1, t),
+                                },
+                            ));
+                            changes.push((
+                                u.clone(),
+                                Op::Update {
+                                    before: row(k2, b),
+                                    after: row(k2, a),
+                                },
+                            ));
+                            changes.push((
+                                u.clone(),
+                                Op::Update {
+                                    before: row(k1, t),
+                                    after: row(k1, b),
+                                },
+                            ));
+                            m.insert(k1, b);
+                            m.insert(k2, a);
+                        }
+                        3 if !keys.is_empty() => {
+                            let k = keys[rng.gen_range(0..keys.len())];
+                            let old = m.remove(&k).unwrap();
+                            changes.push((u.clone(), Op::Delete { before: row(k, old) }));
+                        }
+                        4 if !keys.is_empty() && !free_k.is_empty() => {
+                            let k = keys[rng.gen_range(0..keys.len())];
+                            let nk = free_k[rng.gen_range(0..free_k.len())];
+                            let old = m.remove(&k).unwrap();
+                            m.insert(nk, old);
+                            changes.push((
+                                u.clone(),
+                                Op::Update {
+                                    before: row(k, old),
+                                    after: row(nk, old),
+                                },
+                            ));
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
                 if rng.gen_bool(0.2) {
                     // key-less table
                     let op = if state.bag.is_empty() || rng.gen_bool(0.4) {
@@ -928,6 +1120,14 @@ mod tests {
             }
             for _ in 0..rng.gen_range(0..4) {
                 start.bag.push((rng.gen_range(0..3), rng.gen_range(0..3)));
+            }
+            let m = start.keyed.entry("u".into()).or_default();
+            let mut vs: Vec<i64> = (0..6).collect();
+            for k in 0..6 {
+                if rng.gen_bool(0.6) {
+                    let i = rng.gen_range(0..vs.len());
+                    m.insert(k, vs.remove(i));
+                }
             }
             start.bag.sort();
             let txns = random_history(&mut rng, &start);

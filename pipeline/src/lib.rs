@@ -10,6 +10,7 @@ pub mod filter;
 pub mod log;
 pub mod metrics;
 pub mod position;
+pub mod replica;
 pub mod retry;
 pub mod runtime;
 pub mod schema;

@@ -26,9 +26,10 @@ pub const LOG_APPENDED_BYTES: &str = "dbmux_log_appended_bytes";
 pub const LOG_APPEND_SECONDS: &str = "dbmux_log_append_seconds";
 /// Last `seq` a replica committed (label `replica`).
 pub const APPLY_LAST_SEQ: &str = "dbmux_apply_last_seq";
-/// `log last seq - replica applied seq` (label `replica`).
+/// `log last seq - replica applied seq`, computed when scraped (label `replica`).
 pub const APPLY_LAG_EVENTS: &str = "dbmux_apply_lag_events";
-/// Seconds between the source commit of the last applied transaction and its apply (label `replica`).
+/// Age of the oldest transaction a replica has not applied (now − its source
+/// commit time), computed when scraped; 0 when caught up (label `replica`).
 pub const APPLY_LAG_SECONDS: &str = "dbmux_apply_lag_seconds";
 /// Target transactions (batches) committed (label `replica`).
 pub const APPLY_BATCHES: &str = "dbmux_apply_batches";
@@ -36,6 +37,14 @@ pub const APPLY_BATCHES: &str = "dbmux_apply_batches";
 pub const APPLY_EVENTS: &str = "dbmux_apply_events";
 /// Seconds per applied batch, histogram (label `replica`).
 pub const APPLY_BATCH_SECONDS: &str = "dbmux_apply_batch_seconds";
+/// 1 while a replica is stopped for good or needs a snapshot (label `replica`).
+pub const APPLY_STOPPED: &str = "dbmux_apply_stopped";
+/// 1 while a replica cannot start from the log and needs a snapshot (label `replica`).
+pub const APPLY_NEEDS_SNAPSHOT: &str = "dbmux_apply_needs_snapshot";
+/// Tables quarantined on a replica (label `replica`).
+pub const APPLY_QUARANTINED_TABLES: &str = "dbmux_apply_quarantined_tables";
+/// Tables put into quarantine (label `replica`).
+pub const APPLY_QUARANTINES: &str = "dbmux_apply_quarantines";
 /// Errors by component and class (labels `component`, `class`).
 pub const ERRORS: &str = "dbmux_errors";
 
@@ -65,6 +74,10 @@ pub struct PipelineMetrics {
     pub apply_batches: Family<ReplicaLabel, Counter>,
     pub apply_events: Family<ReplicaLabel, Counter>,
     pub apply_batch_seconds: Family<ReplicaLabel, Histogram>,
+    pub apply_stopped: Family<ReplicaLabel, Gauge<u64, AtomicU64>>,
+    pub apply_needs_snapshot: Family<ReplicaLabel, Gauge<u64, AtomicU64>>,
+    pub apply_quarantined_tables: Family<ReplicaLabel, Gauge<u64, AtomicU64>>,
+    pub apply_quarantines: Family<ReplicaLabel, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
 }
 
@@ -88,6 +101,10 @@ impl PipelineMetrics {
             apply_batches: Family::default(),
             apply_events: Family::default(),
             apply_batch_seconds: Family::new_with_constructor(seconds_histogram),
+            apply_stopped: Family::default(),
+            apply_needs_snapshot: Family::default(),
+            apply_quarantined_tables: Family::default(),
+            apply_quarantines: Family::default(),
             errors: Family::default(),
         };
         registry.register(
@@ -127,7 +144,7 @@ impl PipelineMetrics {
         );
         registry.register(
             APPLY_LAG_SECONDS,
-            "Source commit to replica commit delay of the last batch",
+            "Age of the oldest transaction the replica has not applied",
             m.apply_lag_seconds.clone(),
         );
         registry.register(
@@ -140,6 +157,26 @@ impl PipelineMetrics {
             APPLY_BATCH_SECONDS,
             "Seconds per applied batch",
             m.apply_batch_seconds.clone(),
+        );
+        registry.register(
+            APPLY_STOPPED,
+            "1 while a replica is stopped for good or needs a snapshot",
+            m.apply_stopped.clone(),
+        );
+        registry.register(
+            APPLY_NEEDS_SNAPSHOT,
+            "1 while a replica needs a snapshot to start",
+            m.apply_needs_snapshot.clone(),
+        );
+        registry.register(
+            APPLY_QUARANTINED_TABLES,
+            "Tables quarantined on a replica",
+            m.apply_quarantined_tables.clone(),
+        );
+        registry.register(
+            APPLY_QUARANTINES,
+            "Tables put into quarantine",
+            m.apply_quarantines.clone(),
         );
         registry.register(ERRORS, "Errors by component and class", m.errors.clone());
         m

@@ -44,15 +44,15 @@ fn flat<E: Classify + std::fmt::Display>(e: E) -> (ErrorClass, String) {
 impl AnySink {
     async fn open(&mut self) -> SinkResult<u64> {
         match self {
-            AnySink::My(s) => s.open().await.map_err(flat),
-            AnySink::Pg(s) => s.open().await.map_err(flat),
+            AnySink::My(s) => s.open().await.map(|o| o.applied).map_err(flat),
+            AnySink::Pg(s) => s.open().await.map(|o| o.applied).map_err(flat),
         }
     }
 
     async fn apply(&mut self, txns: &[Transaction]) -> SinkResult<()> {
         match self {
-            AnySink::My(s) => s.apply(txns).await.map_err(flat),
-            AnySink::Pg(s) => s.apply(txns).await.map_err(flat),
+            AnySink::My(s) => s.apply(txns, &Default::default()).await.map_err(flat),
+            AnySink::Pg(s) => s.apply(txns, &Default::default()).await.map_err(flat),
         }
     }
 }
@@ -1029,9 +1029,12 @@ async fn zero_dates_and_nul_text() {
         },
     );
     sink.open().await.unwrap();
-    sink.apply(&[txn(1, vec![(schema.clone(), row(Value::Null))])])
-        .await
-        .unwrap();
+    sink.apply(
+        &[txn(1, vec![(schema.clone(), row(Value::Null))])],
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let got = t
         .rows(&format!("SELECT d, dt, ts, half FROM {}", t.table("z")))
         .await;

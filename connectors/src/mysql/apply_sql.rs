@@ -219,24 +219,39 @@ fn placeholders_rows(width: usize, rows: usize) -> String {
 }
 
 /// Multi-row upsert by primary key: `INSERT … ON DUPLICATE KEY UPDATE` of every
-/// non-key column (a no-op assignment when every column is in the key).
+/// non-key column.
+///
+/// `ON DUPLICATE KEY UPDATE` fires on a collision with *any* unique key: a
+/// new row whose primary key is free but whose other unique value another row
+/// holds would silently update that other row. The first assignment is a
+/// guard against it: it keeps the first key column when the colliding row has
+/// the new row's primary key, and sets it to NULL otherwise, which a primary
+/// key column refuses in strict mode (error 1048) — the applier then retries
+/// the batch in source order instead of diverging.
 pub fn upsert_sql(target: &TableId, schema: &TableSchema, rows: usize) -> String {
-    let non_key: Vec<String> = schema
-        .columns
+    let same_key = schema
+        .primary_key
         .iter()
-        .enumerate()
-        .filter(|(i, _)| !schema.primary_key.contains(i))
-        .map(|(_, c)| {
-            let q = quote_ident(&c.name);
-            format!("{q}=VALUES({q})")
+        .map(|&i| {
+            let q = quote_ident(&schema.columns[i].name);
+            format!("{q} <=> VALUES({q})")
         })
-        .collect();
-    let update = if non_key.is_empty() {
-        let q = quote_ident(&schema.columns[schema.primary_key[0]].name);
-        format!("{q}={q}")
-    } else {
-        non_key.join(",")
-    };
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let first = quote_ident(&schema.columns[schema.primary_key[0]].name);
+    let mut assignments = vec![format!("{first}=IF({same_key},{first},NULL)")];
+    assignments.extend(
+        schema
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !schema.primary_key.contains(i))
+            .map(|(_, c)| {
+                let q = quote_ident(&c.name);
+                format!("{q}=VALUES({q})")
+            }),
+    );
+    let update = assignments.join(",");
     format!(
         "INSERT INTO {} ({}) VALUES {} ON DUPLICATE KEY UPDATE {update}",
         quote_table(target),
@@ -478,7 +493,7 @@ mod tests {
         assert_eq!(
             upsert_sql(&t, &s, 2),
             "INSERT INTO `db`.`t` (`id`,`we``ird`,`d`) VALUES (?,?,?),(?,?,?) \
-             ON DUPLICATE KEY UPDATE `we``ird`=VALUES(`we``ird`),`d`=VALUES(`d`)"
+             ON DUPLICATE KEY UPDATE `id`=IF(`id` <=> VALUES(`id`),`id`,NULL),`we``ird`=VALUES(`we``ird`),`d`=VALUES(`d`)"
         );
         assert_eq!(
             delete_sql(&t, &s, 3),
@@ -493,7 +508,10 @@ mod tests {
             primary_key: vec![0, 1, 2],
             ..schema(vec![])
         };
-        assert!(upsert_sql(&t, &all_key, 1).ends_with("ON DUPLICATE KEY UPDATE `id`=`id`"));
+        assert!(upsert_sql(&t, &all_key, 1).ends_with(
+            "ON DUPLICATE KEY UPDATE `id`=IF(`id` <=> VALUES(`id`) AND `we``ird` <=> VALUES(`we``ird`) \
+             AND `d` <=> VALUES(`d`),`id`,NULL)"
+        ));
         assert_eq!(
             update_one_sql(&t, &schema(vec![]), Flavor::MariaDb),
             "UPDATE `db`.`t` SET `id`=?,`we``ird`=?,`d`=? WHERE `id` <=> ? AND \

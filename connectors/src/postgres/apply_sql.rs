@@ -47,6 +47,45 @@ pub enum ZeroDates {
     Null,
 }
 
+/// PostgreSQL's system column names: a user column cannot have one.
+pub const SYSTEM_COLUMNS: &[&str] = &["tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"];
+
+/// True when `name` is a PostgreSQL system column name.
+pub fn is_system_column(name: &str) -> bool {
+    SYSTEM_COLUMNS.contains(&name)
+}
+
+/// A name PostgreSQL can hold: `name` itself when it fits in 63 bytes, else
+/// its first bytes (up to 54, on a character boundary), `_` and 8 hex digits
+/// of the CRC-32 of the whole name, so that two long names that share a
+/// prefix stay apart and the mapping never changes.
+pub fn pg_name(name: &str) -> String {
+    if name.len() <= MAX_IDENT_BYTES {
+        return name.to_string();
+    }
+    let mut end = 54;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}_{:08x}", &name[..end], crc32(name.as_bytes()))
+}
+
+/// CRC-32 (IEEE), bitwise: names are short and rare.
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
 /// `"name"` with `"` doubled; refuses names PostgreSQL would truncate or cannot hold.
 pub fn quote_ident(name: &str) -> Result<String, String> {
     if name.is_empty() || name.len() > MAX_IDENT_BYTES || name.contains('\0') {
@@ -433,6 +472,19 @@ mod tests {
             collation: None,
             source_type: String::new(),
         }
+    }
+
+    #[test]
+    fn long_and_system_names() {
+        assert_eq!(pg_name("short"), "short");
+        let long = "a".repeat(70);
+        let mapped = pg_name(&long);
+        assert_eq!(mapped.len(), 63);
+        assert!(mapped.starts_with(&"a".repeat(54)));
+        assert_ne!(pg_name(&format!("{long}x")), mapped);
+        assert_eq!(pg_name(&"é".repeat(40)).len(), 54 + 9);
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert!(is_system_column("xmin") && !is_system_column("xmin_"));
     }
 
     #[test]
