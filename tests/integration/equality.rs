@@ -361,3 +361,251 @@ async fn envelope_carries_values_exactly() {
         }
     }
 }
+
+/// Item 6: one master transaction that swaps unique values through a
+/// temporary one, and one whose set-based plan would make MariaDB's
+/// `ON DUPLICATE KEY UPDATE` silently update another row (a value equal under
+/// the column's case-insensitive collation), reach both replicas identical;
+/// replica tables carry the source's unique keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_value_swaps_apply_on_both_replicas() {
+    let db = unique_name("uniq");
+    let mut c = master(&db).await;
+    exec(
+        &mut c,
+        &["CREATE TABLE u (id INT PRIMARY KEY, v VARCHAR(10) COLLATE utf8mb4_general_ci NOT NULL UNIQUE, w INT)"],
+    )
+    .await;
+    let mut dbmux = Dbmux::new(&db, BOTH, "");
+    dbmux.start();
+    dbmux.wait_capturing().await;
+    exec(&mut c, &["INSERT INTO u VALUES (1, 'a', 10), (2, 'b', 20)"]).await;
+    let mut tx = c.start_transaction(Default::default()).await.unwrap();
+    for s in [
+        "UPDATE u SET v = 'tmp' WHERE id = 1",
+        "UPDATE u SET v = 'a', w = 21 WHERE id = 2",
+        "UPDATE u SET v = 'b', w = 11 WHERE id = 1",
+    ] {
+        tx.query_drop(s).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    // Now 1 = 'b', 2 = 'a'. Row 3's final 'A' equals row 2's old 'a' under the
+    // collation, and row 3 comes first in the set-based upsert.
+    let mut tx = c.start_transaction(Default::default()).await.unwrap();
+    for s in [
+        "INSERT INTO u VALUES (3, 'q', 30)",
+        "UPDATE u SET v = 'x' WHERE id = 2",
+        "UPDATE u SET v = 'A', w = 31 WHERE id = 3",
+    ] {
+        tx.query_drop(s).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    dbmux.wait_caught_up(8, CATCH_UP).await;
+    let rows = assert_same(&db, "u", "id, v, w", "id").await;
+    assert_eq!(
+        rows,
+        vec![
+            vec![Some("1".into()), Some("b".into()), Some("11".into())],
+            vec![Some("2".into()), Some("x".into()), Some("21".into())],
+            vec![Some("3".into()), Some("A".into()), Some("31".into())],
+        ]
+    );
+    // The replicas have the unique key.
+    let uk = mysql_rows(
+        &with_db(&mysql_replica_url(), &db),
+        &format!(
+            "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = '{db}' \
+             AND TABLE_NAME = 'u' AND COLUMN_NAME = 'v' AND NON_UNIQUE = 0"
+        ),
+    )
+    .await;
+    assert_eq!(uk, vec![vec![Some("1".into())]]);
+    let pg = pg_rows(&format!(
+        "SELECT count(*)::text FROM pg_indexes WHERE schemaname = '{db}' AND tablename = 'u' \
+         AND indexdef LIKE 'CREATE UNIQUE INDEX%(v)'"
+    ))
+    .await;
+    assert_eq!(pg, vec![vec![Some("1".into())]]);
+    // The MariaDB upsert guard caught the collision the byte-wise planner
+    // cannot see, and the batch went through in source order.
+    assert!(
+        dbmux.output().contains("applying it in source order"),
+        "{}",
+        dbmux.output()
+    );
+    assert!(dbmux.try_exit().is_none());
+    let status = dbmux.status().await.unwrap();
+    for r in ["mariadb", "postgres"] {
+        assert_eq!(status["replicas"][r]["state"], "running", "{status}");
+        assert_eq!(
+            status["replicas"][r]["quarantined"],
+            serde_json::json!([]),
+            "{status}"
+        );
+    }
+    assert!(dbmux.stop().success());
+}
+
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// Item 10: a value one replica cannot take (a zero date on PostgreSQL)
+/// quarantines that table on that replica only: the MariaDB replica applies
+/// everything, PostgreSQL applies every other table, `/status`, `/metrics` and
+/// the log say so; after the operator fixes the cause, `dbmux resume-table`
+/// re-applies exactly what was skipped — once with dbmux stopped, once
+/// through the running dbmux's admin server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_table_is_quarantined_per_replica_and_resumed() {
+    let db = unique_name("quar");
+    let mut c = master(&db).await;
+    exec(
+        &mut c,
+        &[
+            "SET SESSION sql_mode = ''",
+            "CREATE TABLE ok (id INT PRIMARY KEY, v INT)",
+            "CREATE TABLE z (id INT PRIMARY KEY, d DATE)",
+            "CREATE TABLE y (id INT PRIMARY KEY, d DATE)",
+        ],
+    )
+    .await;
+    let mut dbmux = Dbmux::new(&db, BOTH, "");
+    dbmux.start();
+    dbmux.wait_capturing().await;
+    exec(&mut c, &["INSERT INTO ok VALUES (1, 1)"]).await;
+    let mut tx = c.start_transaction(Default::default()).await.unwrap();
+    tx.query_drop("INSERT INTO z VALUES (1, '0000-00-00'), (2, '2024-02-29')")
+        .await
+        .unwrap();
+    tx.query_drop("INSERT INTO ok VALUES (2, 2)").await.unwrap();
+    tx.commit().await.unwrap();
+    exec(
+        &mut c,
+        &[
+            "INSERT INTO ok VALUES (3, 3)",
+            "UPDATE z SET d = '2000-01-01' WHERE id = 2",
+            "INSERT INTO y VALUES (1, '2024-00-10')",
+        ],
+    )
+    .await;
+    // seq: ok1, z1, z2, ok2, ok3, z2', y1 = 7 events; both replicas reach 7.
+    dbmux.wait_caught_up(7, CATCH_UP).await;
+    let status = dbmux.status().await.unwrap();
+    let pg = &status["replicas"]["postgres"];
+    assert_eq!(pg["state"], "running", "{status}");
+    let quarantined: Vec<&str> = pg["quarantined"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["table"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(quarantined, ["y", "z"], "{status}");
+    assert!(
+        pg["quarantined"][1]["reason"].as_str().unwrap().contains("zero"),
+        "{status}"
+    );
+    assert_eq!(
+        status["replicas"]["mariadb"]["quarantined"],
+        serde_json::json!([])
+    );
+    let metrics = dbmux.admin_get("/metrics").await.unwrap();
+    assert_eq!(
+        metric(&metrics, "dbmux_apply_quarantined_tables{replica=\"postgres\"}"),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert!(dbmux.output().contains("table quarantined on this replica"));
+    // The MariaDB replica has everything; PostgreSQL everything but z and y.
+    let rep = with_db(&mysql_replica_url(), &db);
+    assert_eq!(
+        mysql_rows(&rep, "SELECT id, CAST(d AS CHAR) FROM z ORDER BY id").await,
+        vec![
+            vec![Some("1".into()), Some("0000-00-00".into())],
+            vec![Some("2".into()), Some("2000-01-01".into())]
+        ]
+    );
+    assert_eq!(
+        pg_rows(&format!("SELECT id FROM \"{db}\".ok ORDER BY id"))
+            .await
+            .len(),
+        3
+    );
+    assert!(pg_rows(&format!("SELECT id FROM \"{db}\".z")).await.is_empty());
+
+    // The operator maps zero dates on PostgreSQL and resumes z while dbmux is stopped.
+    assert!(dbmux.stop().success());
+    let text = std::fs::read_to_string(&dbmux.config).unwrap();
+    std::fs::write(
+        &dbmux.config,
+        text.replace(
+            "[replica.postgres]\n",
+            "[replica.postgres]\nzero_dates = \"neg_infinity\"\n",
+        ),
+    )
+    .unwrap();
+    let config = dbmux.config.clone();
+    let resume = |table: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dbmux"))
+            .args(["resume-table", "--replica", "postgres", "--table"])
+            .arg(format!("{db}.{table}"))
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let out = resume("z");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3 skipped event(s) re-applied"),
+        "{out:?}"
+    );
+    assert_eq!(
+        pg_rows(&format!("SELECT id, d::text FROM \"{db}\".z ORDER BY id")).await,
+        vec![
+            vec![Some("1".into()), Some("-infinity".into())],
+            vec![Some("2".into()), Some("2000-01-01".into())]
+        ]
+    );
+    // z flows again; y is resumed through the running dbmux.
+    dbmux.start();
+    dbmux.wait_capturing().await;
+    exec(
+        &mut c,
+        &[
+            "INSERT INTO z VALUES (3, '2025-01-01')",
+            "INSERT INTO y VALUES (2, '2025-01-02')",
+        ],
+    )
+    .await;
+    dbmux.wait_caught_up(9, CATCH_UP).await;
+    assert_eq!(pg_rows(&format!("SELECT id FROM \"{db}\".z")).await.len(), 3);
+    assert!(pg_rows(&format!("SELECT id FROM \"{db}\".y")).await.is_empty());
+    let out = resume("y");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 skipped event(s) re-applied"),
+        "{out:?}"
+    );
+    assert_eq!(
+        pg_rows(&format!("SELECT id, d::text FROM \"{db}\".y ORDER BY id")).await,
+        vec![
+            vec![Some("1".into()), Some("-infinity".into())],
+            vec![Some("2".into()), Some("2025-01-02".into())]
+        ]
+    );
+    let status = dbmux.status().await.unwrap();
+    assert_eq!(
+        status["replicas"]["postgres"]["quarantined"],
+        serde_json::json!([]),
+        "{status}"
+    );
+    // Resuming a table that is not quarantined is an error that says so.
+    let out = resume("ok");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not quarantined"));
+    assert!(dbmux.stop().success());
+}

@@ -197,6 +197,12 @@ pub fn create_table_sql(
             .collect();
         parts.push(format!("PRIMARY KEY ({})", key.join(",")));
     }
+    // The source's other UNIQUE keys: rows stay as distinct as on the source,
+    // and the applier's plans are checked against them (see pipeline::batch).
+    for uk in &schema.unique_keys {
+        let cols: Vec<String> = uk.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect();
+        parts.push(format!("UNIQUE ({})", cols.join(",")));
+    }
     Ok(format!(
         "CREATE TABLE IF NOT EXISTS {} ({}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
         quote_table(target),

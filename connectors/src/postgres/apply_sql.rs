@@ -216,6 +216,14 @@ pub fn create_table_sql(target: &TableId, schema: &TableSchema) -> Result<String
             key_list(schema).map_err(|m| (String::new(), m))?
         ));
     }
+    for uk in &schema.unique_keys {
+        let cols = uk
+            .iter()
+            .map(|&i| quote_ident(&schema.columns[i].name))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| (String::new(), m))?;
+        parts.push(format!("UNIQUE ({})", cols.join(",")));
+    }
     Ok(format!(
         "CREATE TABLE IF NOT EXISTS {} ({})",
         quote_table(target).map_err(|m| (String::new(), m))?,
