@@ -380,6 +380,9 @@ async fn unique_value_swaps_apply_on_both_replicas() {
     dbmux.start();
     dbmux.wait_capturing().await;
     exec(&mut c, &["INSERT INTO u VALUES (1, 'a', 10), (2, 'b', 20)"]).await;
+    // Each transaction in a batch of its own, so that its rows exist on the
+    // replicas before it (one batch with the inserts would only insert).
+    dbmux.wait_caught_up(2, CATCH_UP).await;
     let mut tx = c.start_transaction(Default::default()).await.unwrap();
     for s in [
         "UPDATE u SET v = 'tmp' WHERE id = 1",
@@ -389,6 +392,7 @@ async fn unique_value_swaps_apply_on_both_replicas() {
         tx.query_drop(s).await.unwrap();
     }
     tx.commit().await.unwrap();
+    dbmux.wait_caught_up(5, CATCH_UP).await;
     // Now 1 = 'b', 2 = 'a'. Row 3's final 'A' equals row 2's old 'a' under the
     // collation, and row 3 comes first in the set-based upsert.
     let mut tx = c.start_transaction(Default::default()).await.unwrap();
