@@ -613,3 +613,172 @@ async fn one_bad_table_is_quarantined_per_replica_and_resumed() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not quarantined"));
     assert!(dbmux.stop().success());
 }
+
+/// Items 8 and 10 (exclude): while a replica is down, `dbmux_apply_lag_events`
+/// and `dbmux_apply_lag_seconds` grow with the log (they are computed when
+/// scraped, not when the last batch committed); and a table added to `exclude`
+/// after its events reached the log is skipped by the appliers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_grows_during_an_outage_and_exclude_applies_to_logged_events() {
+    use crate::support::private::PrivateMariadb;
+    let db = unique_name("lag");
+    let mut c = master(&db).await;
+    exec(
+        &mut c,
+        &[
+            "CREATE TABLE t (id INT PRIMARY KEY)",
+            "CREATE TABLE x (id INT PRIMARY KEY)",
+        ],
+    )
+    .await;
+    let mut replica = PrivateMariadb::start(&["--server-id=79"]).await;
+    let extra = format!(
+        "\n[[replica]]\nname = \"flaky\"\n[replica.mysql]\nurl = \"{}\"\n",
+        replica.url("")
+    );
+    let none = Replicas {
+        mariadb: false,
+        postgres: false,
+    };
+    let mut dbmux = Dbmux::new(&db, none, &extra);
+    dbmux.start();
+    dbmux.wait_capturing().await;
+    exec(&mut c, &["INSERT INTO t VALUES (1)", "INSERT INTO x VALUES (1)"]).await;
+    dbmux.wait_caught_up(2, CATCH_UP).await;
+    let lag = |m: &str| {
+        (
+            metric(m, "dbmux_apply_lag_events{replica=\"flaky\"}").unwrap(),
+            metric(m, "dbmux_apply_lag_seconds{replica=\"flaky\"}").unwrap(),
+        )
+    };
+    assert_eq!(lag(&dbmux.admin_get("/metrics").await.unwrap()), (0.0, 0.0));
+
+    replica.kill();
+    exec(
+        &mut c,
+        &[
+            "INSERT INTO t VALUES (2)",
+            "INSERT INTO x VALUES (2)",
+            "INSERT INTO t VALUES (3)",
+        ],
+    )
+    .await;
+    wait_log(&dbmux, 5).await;
+    let (events, first) = lag(&dbmux.admin_get("/metrics").await.unwrap());
+    assert_eq!(events, 3.0);
+    assert!(first > 0.0, "{first}");
+    // Seconds keep growing while nothing is applied.
+    let me = &dbmux;
+    let later = wait_for("lag seconds to grow", Duration::from_secs(30), || async move {
+        let (_, s) = lag(&me.admin_get("/metrics").await?);
+        (s >= first + 1.0).then_some(s)
+    })
+    .await;
+    exec(&mut c, &["INSERT INTO t VALUES (4)"]).await;
+    wait_log(&dbmux, 6).await;
+    let (events, s) = lag(&dbmux.admin_get("/metrics").await.unwrap());
+    assert_eq!(events, 4.0);
+    assert!(s >= later, "{s} < {later}");
+
+    // x is excluded now, with x's seq 4 in the log and not applied.
+    assert!(dbmux.stop().success());
+    let text = std::fs::read_to_string(&dbmux.config).unwrap();
+    std::fs::write(
+        &dbmux.config,
+        text.replace(
+            &format!("include = [\"{db}\"]\n"),
+            &format!("include = [\"{db}\"]\nexclude = [\"{db}.x\"]\n"),
+        ),
+    )
+    .unwrap();
+    replica.restart().await;
+    dbmux.start();
+    dbmux.wait_caught_up(6, CATCH_UP).await;
+    let url = replica.url(&db);
+    assert_eq!(mysql_rows(&url, "SELECT id FROM t ORDER BY id").await.len(), 4);
+    assert_eq!(
+        mysql_rows(&url, "SELECT id FROM x ORDER BY id").await,
+        vec![vec![Some("1".into())]],
+        "an excluded table's logged event was applied"
+    );
+    assert_eq!(lag(&dbmux.admin_get("/metrics").await.unwrap()), (0.0, 0.0));
+    assert!(dbmux.stop().success());
+}
+
+/// Item 11: a replica added after the log was truncated cannot start from the
+/// log: it is stopped alone, loudly, shown as `needs_snapshot` on `/status` and
+/// in the metrics, while capture and the other replica keep flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_added_after_truncation_is_stopped_alone() {
+    let db = unique_name("late");
+    let mut c = master(&db).await;
+    exec(&mut c, &["CREATE TABLE t (id INT PRIMARY KEY)"]).await;
+    let mut dbmux = Dbmux::new(&db, MARIADB_ONLY, "");
+    let text = std::fs::read_to_string(&dbmux.config).unwrap();
+    std::fs::write(
+        &dbmux.config,
+        text.replace("truncate = false", "truncate = true\ntruncate_interval_s = 1"),
+    )
+    .unwrap();
+    dbmux.start();
+    dbmux.wait_capturing().await;
+    for i in 1..=3 {
+        exec(&mut c, &[&format!("INSERT INTO t VALUES ({i})")]).await;
+    }
+    dbmux.wait_caught_up(3, CATCH_UP).await;
+    let me = &dbmux;
+    wait_for("the log to be truncated", CATCH_UP, || async move {
+        let st = me.status().await?;
+        (st["log"]["first_seq"].as_u64()? > 1).then_some(())
+    })
+    .await;
+    assert!(dbmux.stop().success());
+    let text = std::fs::read_to_string(&dbmux.config).unwrap();
+    std::fs::write(
+        &dbmux.config,
+        format!(
+            "{text}\n[[replica]]\nname = \"late\"\n[replica.postgres]\nurl = \"{}\"\n",
+            crate::support::pg_url()
+        ),
+    )
+    .unwrap();
+    dbmux.start();
+    let me = &dbmux;
+    let late = wait_for("the late replica to be stopped", CATCH_UP, || async move {
+        let st = me.status().await?;
+        (st["replicas"]["late"]["state"] == "needs_snapshot").then(|| st["replicas"]["late"].clone())
+    })
+    .await;
+    assert_eq!(late["needed_seq"], 1, "{late}");
+    assert!(late["log_first_seq"].as_u64().unwrap() > 1, "{late}");
+    // Capture and the MariaDB replica go on.
+    exec(&mut c, &["INSERT INTO t VALUES (4)", "INSERT INTO t VALUES (5)"]).await;
+    let me = &dbmux;
+    wait_for("the MariaDB replica to apply seq 5", CATCH_UP, || async move {
+        let st = me.status().await?;
+        (st["replicas"]["mariadb"]["applied_seq"].as_u64()? == 5).then_some(())
+    })
+    .await;
+    assert_eq!(
+        mysql_rows(&with_db(&mysql_replica_url(), &db), "SELECT id FROM t")
+            .await
+            .len(),
+        5
+    );
+    let metrics = dbmux.admin_get("/metrics").await.unwrap();
+    assert_eq!(
+        metric(&metrics, "dbmux_apply_needs_snapshot{replica=\"late\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&metrics, "dbmux_apply_stopped{replica=\"late\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&metrics, "dbmux_apply_stopped{replica=\"mariadb\"}"),
+        Some(0.0)
+    );
+    assert!(dbmux.try_exit().is_none(), "{}", dbmux.output());
+    assert!(dbmux.output().contains("needs a snapshot"));
+    assert!(dbmux.stop().success());
+}
