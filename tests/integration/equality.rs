@@ -782,3 +782,44 @@ async fn a_replica_added_after_truncation_is_stopped_alone() {
     assert!(dbmux.output().contains("needs a snapshot"));
     assert!(dbmux.stop().success());
 }
+
+/// Item 3: a session whose default database is *not* captured, writing with
+/// `binlog_format=STATEMENT` to a captured table by its qualified name, stops
+/// capture with the clear error (its rows are not in the binlog); the same
+/// kind of write to a table that is not captured does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_format_write_to_a_captured_table_stops_capture() {
+    let db = unique_name("stmt");
+    let other = unique_name("stmtother");
+    let mut c = master(&db).await;
+    exec(&mut c, &["CREATE TABLE t (id INT PRIMARY KEY)"]).await;
+    let mut o = master(&other).await;
+    exec(&mut o, &["CREATE TABLE o (id INT PRIMARY KEY)"]).await;
+    let mut dbmux = Dbmux::new(&db, MARIADB_ONLY, "");
+    dbmux.start();
+    dbmux.wait_capturing().await;
+    exec(&mut c, &["INSERT INTO t VALUES (1)"]).await;
+    dbmux.wait_caught_up(1, CATCH_UP).await;
+    // `o` sits in the default database `other`, which is not captured.
+    exec(
+        &mut o,
+        &[
+            "SET SESSION binlog_format = 'STATEMENT'",
+            "INSERT INTO o VALUES (1)",
+        ],
+    )
+    .await;
+    exec(&mut c, &["INSERT INTO t VALUES (2)"]).await;
+    dbmux.wait_caught_up(2, CATCH_UP).await;
+    assert!(dbmux.try_exit().is_none(), "{}", dbmux.output());
+    exec(&mut o, &[&format!("INSERT INTO `{db}`.t VALUES (3)")]).await;
+    let status = dbmux.wait_exit(CATCH_UP).await;
+    assert!(!status.success());
+    let out = dbmux.output();
+    assert!(
+        out.contains("statement-based change")
+            && out.contains(&format!("{db}.t"))
+            && out.contains("binlog_format=ROW"),
+        "{out}"
+    );
+}

@@ -1085,21 +1085,32 @@ impl MysqlSource {
             return Ok(None);
         }
         let schema = q.schema().into_owned();
-        if ["INSERT", "UPDATE", "DELETE", "REPLACE", "LOAD"]
+        let dml = ["INSERT", "UPDATE", "DELETE", "REPLACE", "LOAD", "WITH"]
             .iter()
-            .any(|w| word(w))
-            && (schema.is_empty() || self.filter.may_match_schema(&schema))
-        {
-            return Err(self.event_error(
-                ev,
-                format!(
-                    "statement-based change in the binlog (default database {schema:?}): a session wrote with \
-                     binlog_format=STATEMENT or MIXED, so its rows cannot be captured; keep binlog_format=ROW \
-                     for every session"
-                ),
-            ));
+            .any(|w| word(w));
+        if dml {
+            // A statement-based row change (a session wrote with
+            // binlog_format=STATEMENT or MIXED): its rows are not in the binlog.
+            // Harmless only when it certainly writes no captured table.
+            let captured = match statement_tables(text, &schema) {
+                Some(tables) => tables
+                    .into_iter()
+                    .find(|(db, t)| self.filter.matches(db, t))
+                    .map(|(db, t)| format!("it writes {db}.{t}, which is captured")),
+                None => Some("dbmux cannot tell which tables it writes".into()),
+            };
+            if let Some(why) = captured {
+                return Err(self.event_error(
+                    ev,
+                    format!(
+                        "statement-based change in the binlog (default database {schema:?}; {why}): a session \
+                         wrote with binlog_format=STATEMENT or MIXED, so its rows cannot be captured; keep \
+                         binlog_format=ROW for every session"
+                    ),
+                ));
+            }
         }
-        match truncate_target(text) {
+        match truncate_target(text).filter(|_| !dml) {
             Some((db, table)) => {
                 let id = TableId::new(db.unwrap_or(schema), table);
                 if self.filter.matches(&id.schema, &id.name) {
@@ -1122,7 +1133,8 @@ impl MysqlSource {
                 }
             }
             // Other DDL: information_schema facts may have changed.
-            None => self.ddl_epoch += 1,
+            None if !dml => self.ddl_epoch += 1,
+            None => {}
         }
         // A DDL group ends with its statement: MariaDB flags it standalone, MySQL has no BEGIN.
         let mariadb = self.server.as_ref().is_none_or(|s| s.mariadb);
@@ -1393,6 +1405,50 @@ fn crc32(chunks: &[&[u8]]) -> u32 {
     !c
 }
 
+/// The tables a statement-based DML statement may write, as (database, table),
+/// with `default_db` for unqualified names: every table the statement names
+/// (a multi-table UPDATE or DELETE may write any of them; an INSERT … SELECT
+/// also lists what it reads, which errs on the safe side). `None` when the
+/// statement cannot be read or names a table without a database to put it in:
+/// the caller must then assume the worst.
+fn statement_tables(text: &[u8], default_db: &str) -> Option<Vec<(String, String)>> {
+    use sqlparser::ast::visit_relations;
+    use sqlparser::dialect::MySqlDialect;
+    use sqlparser::parser::Parser;
+    use std::ops::ControlFlow;
+    let sql = std::str::from_utf8(text).ok()?;
+    if starts_with_word(text, "LOAD") {
+        // `LOAD DATA … INTO TABLE [db.]name …` (sqlparser does not read LOAD DATA).
+        let upper = sql.to_ascii_uppercase();
+        let at = upper.find("INTO TABLE")? + "INTO TABLE".len();
+        let rest = sql[at..].trim_start();
+        let (first, rest) = identifier(rest)?;
+        return match rest.trim_start().strip_prefix('.') {
+            Some(r) => Some(vec![(first, identifier(r.trim_start())?.0)]),
+            None if !default_db.is_empty() => Some(vec![(default_db.to_string(), first)]),
+            None => None,
+        };
+    }
+    let statements = Parser::parse_sql(&MySqlDialect {}, sql).ok()?;
+    let mut out = Vec::new();
+    let mut unsure = false;
+    let _ = visit_relations(&statements, |name| {
+        let parts: Vec<&str> = name
+            .0
+            .iter()
+            .map(|p| p.as_ident().map(|i| i.value.as_str()))
+            .collect::<Option<_>>()
+            .unwrap_or_default();
+        match parts.as_slice() {
+            [t] if !default_db.is_empty() => out.push((default_db.to_string(), t.to_string())),
+            [d, t] => out.push((d.to_string(), t.to_string())),
+            _ => unsure = true,
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    (!unsure && !out.is_empty()).then_some(out)
+}
+
 /// `TRUNCATE [TABLE] [db.]name` → (db, name), identifiers optionally backquoted.
 fn truncate_target(text: &[u8]) -> Option<(Option<String>, String)> {
     if !starts_with_word(text, "TRUNCATE") {
@@ -1576,6 +1632,51 @@ mod tests {
         assert_eq!(t("TRUNCATE TABLE tablex"), Some((None, "tablex".into())));
         assert_eq!(t("TRUNCATEX t"), None);
         assert_eq!(t("CREATE TABLE t (a int)"), None);
+    }
+
+    #[test]
+    fn statement_targets() {
+        let t = |s: &str, db: &str| statement_tables(s.as_bytes(), db);
+        let pair = |d: &str, t: &str| (d.to_string(), t.to_string());
+        assert_eq!(
+            t("INSERT INTO app.t VALUES (1)", "other"),
+            Some(vec![pair("app", "t")])
+        );
+        assert_eq!(
+            t("insert into t values (1)", "other"),
+            Some(vec![pair("other", "t")])
+        );
+        assert_eq!(
+            t("INSERT IGNORE INTO `my db`.`t``x` (a) SELECT a FROM o", "d"),
+            Some(vec![pair("my db", "t`x"), pair("d", "o")])
+        );
+        assert_eq!(
+            t("UPDATE a JOIN app.b ON a.id = b.id SET b.v = 1", "d"),
+            Some(vec![pair("d", "a"), pair("app", "b")])
+        );
+        assert_eq!(
+            t("DELETE FROM app.t WHERE id = 1", "d"),
+            Some(vec![pair("app", "t")])
+        );
+        assert_eq!(t("REPLACE INTO t VALUES (1) ", "d"), Some(vec![pair("d", "t")]));
+        assert_eq!(
+            t(
+                "INSERT INTO t VALUES (1) ON DUPLICATE KEY UPDATE v = VALUES(v)",
+                "d"
+            ),
+            Some(vec![pair("d", "t")])
+        );
+        assert_eq!(
+            t(
+                "LOAD DATA LOCAL INFILE '/x' REPLACE INTO TABLE app.t FIELDS TERMINATED BY ','",
+                "d"
+            ),
+            Some(vec![pair("app", "t")])
+        );
+        // No default database for an unqualified name, or unreadable: unsure.
+        assert_eq!(t("INSERT INTO t VALUES (1)", ""), None);
+        assert_eq!(t("INSERT INTO t VALUES (", "d"), None);
+        assert_eq!(t("INSERT INTO a.b.c VALUES (1)", "d"), None);
     }
 
     #[test]
