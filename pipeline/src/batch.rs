@@ -121,6 +121,10 @@ pub enum Action<'a> {
     DeleteOne { seq: u64, before: &'a Row },
     /// Delete every row of the table.
     Truncate,
+    /// Perform the foreign-key cascades of this change of the table's rows
+    /// (see [`crate::cascade`]): placed right before the deletes, or right
+    /// after the update, it belongs to.
+    Cascade(crate::cascade::Change<'a>),
 }
 
 impl Action<'_> {
@@ -129,7 +133,7 @@ impl Action<'_> {
         match self {
             Action::Upsert(r) | Action::Delete(r) | Action::Insert(r) => r.len(),
             Action::UpdateOne { .. } | Action::DeleteOne { .. } => 1,
-            Action::Truncate => 0,
+            Action::Truncate | Action::Cascade(_) => 0,
         }
     }
 }
@@ -227,11 +231,22 @@ pub fn plan_with<'a>(txns: &'a [Transaction], options: &PlanOptions<'_>) -> Resu
                 check(before)?;
                 check(after)?;
                 if table.has_primary_key() {
+                    let cascades = changes_referenced(table, before, after);
+                    if cascades {
+                        b.close();
+                    }
                     if key_of(table, before) != key_of(table, after) {
                         b.delete(table, before);
                         b.upsert(table, after, None);
                     } else {
                         b.upsert(table, after, Some(before));
+                    }
+                    if cascades {
+                        b.close();
+                        b.steps.push(Step {
+                            table,
+                            action: Action::Cascade(crate::cascade::Change::Update { before, after }),
+                        });
                     }
                 } else {
                     b.close();
@@ -243,14 +258,28 @@ pub fn plan_with<'a>(txns: &'a [Transaction], options: &PlanOptions<'_>) -> Resu
                             after,
                         },
                     });
+                    if changes_referenced(table, before, after) {
+                        b.steps.push(Step {
+                            table,
+                            action: Action::Cascade(crate::cascade::Change::Update { before, after }),
+                        });
+                    }
                 }
             }
             Op::Delete { before } => {
                 check(before)?;
-                if table.has_primary_key() {
+                if table.has_primary_key() && is_cascade_parent(table) {
+                    b.cascading_delete(table, before);
+                } else if table.has_primary_key() {
                     b.delete(table, before);
                 } else {
                     b.close();
+                    if is_cascade_parent(table) {
+                        b.steps.push(Step {
+                            table,
+                            action: Action::Cascade(crate::cascade::Change::Delete(vec![before.as_slice()])),
+                        });
+                    }
                     b.steps.push(Step {
                         table,
                         action: Action::DeleteOne { seq: ev.seq, before },
@@ -270,6 +299,24 @@ pub fn plan_with<'a>(txns: &'a [Transaction], options: &PlanOptions<'_>) -> Resu
         last_seq: b.last_seq,
         events: b.events,
     })
+}
+
+/// True when other tables' foreign keys reference `table` with an action that
+/// changes their rows.
+fn is_cascade_parent(table: &TableSchema) -> bool {
+    table.cascades.iter().any(|e| e.referenced_table == table.id)
+}
+
+/// True when an update from `before` to `after` changes columns that a
+/// foreign key with an `ON UPDATE` action references.
+fn changes_referenced(table: &TableSchema, before: &Row, after: &Row) -> bool {
+    table
+        .cascades
+        .iter()
+        .filter(|e| e.referenced_table == table.id && e.on_update.changes_rows())
+        .flat_map(|e| &e.referenced_columns)
+        .filter_map(|c| table.column_index(c))
+        .any(|i| before.get(i) != after.get(i))
 }
 
 /// Same table: the same definition (pointer equality first, it is the common case).
@@ -295,11 +342,18 @@ struct Inserts<'a> {
     rows: Vec<&'a Row>,
 }
 
+/// Deletes from one cascade parent: the table, the rows, their keys.
+type CascadingDeletes<'a> = (&'a Arc<TableSchema>, Vec<&'a Row>, HashSet<Vec<u8>>);
+
 #[derive(Default)]
 struct Builder<'a> {
     steps: Vec<Step<'a>>,
     run: Option<Run<'a>>,
     inserts: Option<Inserts<'a>>,
+    /// Consecutive deletes from a table whose rows other tables' foreign keys
+    /// reference with a cascading action: emitted as one cascade step and
+    /// one delete step.
+    cascading_deletes: Option<CascadingDeletes<'a>>,
     last_seq: Option<u64>,
     events: usize,
 }
@@ -307,6 +361,18 @@ struct Builder<'a> {
 impl<'a> Builder<'a> {
     /// Emits whatever is open.
     fn close(&mut self) {
+        if let Some((table, rows, _)) = self.cascading_deletes.take() {
+            self.steps.push(Step {
+                table,
+                action: Action::Cascade(crate::cascade::Change::Delete(
+                    rows.iter().map(|r| r.as_slice()).collect(),
+                )),
+            });
+            self.steps.push(Step {
+                table,
+                action: Action::Delete(rows),
+            });
+        }
         if let Some(run) = self.run.take() {
             if !run.deletes.is_empty() {
                 self.steps.push(Step {
@@ -387,6 +453,21 @@ impl<'a> Builder<'a> {
         let run = self.run_for(table);
         if run.delete_keys.insert(key) {
             run.deletes.push(row);
+        }
+    }
+
+    /// A delete from a cascade parent (a table with a primary key).
+    fn cascading_delete(&mut self, table: &'a Arc<TableSchema>, row: &'a Row) {
+        let reuse = matches!(&self.cascading_deletes, Some((t, _, _)) if same_table(t, table))
+            && self.run.is_none()
+            && self.inserts.is_none();
+        if !reuse {
+            self.close();
+            self.cascading_deletes = Some((table, Vec::new(), HashSet::new()));
+        }
+        let (_, rows, keys) = self.cascading_deletes.as_mut().expect("just opened");
+        if keys.insert(key_of(table, row)) {
+            rows.push(row);
         }
     }
 
@@ -621,6 +702,7 @@ mod tests {
                     }
                     Action::DeleteOne { before, .. } => format!("d:{t}[{}]", ids(&[before])),
                     Action::Truncate => format!("T:{t}"),
+                    Action::Cascade(_) => format!("C:{t}"),
                 }
             })
             .collect()
@@ -915,6 +997,7 @@ mod tests {
                     let i = state.bag.iter().position(|r| *r == pair(before)).unwrap();
                     state.bag.remove(i);
                 }
+                Action::Cascade(_) => {}
                 Action::Truncate => {
                     if s.table.has_primary_key() {
                         state.keyed.entry(name).or_default().clear();

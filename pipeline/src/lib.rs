@@ -3,6 +3,7 @@
 //! Dependency direction: the `dbmux` binary → `connectors` → `pipeline`.
 
 pub mod batch;
+pub mod cascade;
 pub mod codec;
 pub mod envelope;
 pub mod event;

@@ -823,3 +823,107 @@ async fn statement_format_write_to_a_captured_table_stops_capture() {
         "{out}"
     );
 }
+
+/// Item 2: foreign-key cascades the master performs inside InnoDB (never in
+/// the binlog) reach both replicas: ON DELETE CASCADE, ON UPDATE CASCADE,
+/// SET NULL on delete and on update, several levels, a self-referencing tree,
+/// a key referenced through a UNIQUE column, and a session with
+/// `foreign_key_checks = 0` (no cascade on the master, none on the replicas).
+/// Every table ends value-by-value identical to the master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_key_cascades_reach_both_replicas() {
+    let db = unique_name("fk");
+    let mut c = master(&db).await;
+    exec(
+        &mut c,
+        &[
+            "CREATE TABLE parent (id INT PRIMARY KEY, code VARCHAR(10) NOT NULL UNIQUE, v INT)",
+            "CREATE TABLE child (id INT PRIMARY KEY, pid INT, pcode VARCHAR(10), note VARCHAR(10), \
+             FOREIGN KEY (pid) REFERENCES parent(id) ON DELETE CASCADE ON UPDATE CASCADE, \
+             FOREIGN KEY (pcode) REFERENCES parent(code) ON DELETE SET NULL ON UPDATE CASCADE)",
+            "CREATE TABLE grandchild (id INT PRIMARY KEY, cid INT NOT NULL, \
+             FOREIGN KEY (cid) REFERENCES child(id) ON DELETE CASCADE ON UPDATE CASCADE)",
+            "CREATE TABLE tree (id INT PRIMARY KEY, parent_id INT NULL, \
+             FOREIGN KEY (parent_id) REFERENCES tree(id) ON DELETE CASCADE)",
+            "CREATE TABLE nullme (id INT PRIMARY KEY, pid INT NULL, \
+             FOREIGN KEY (pid) REFERENCES parent(id) ON DELETE SET NULL ON UPDATE SET NULL)",
+        ],
+    )
+    .await;
+    let mut dbmux = Dbmux::new(&db, BOTH, "");
+    dbmux.start();
+    dbmux.wait_capturing().await;
+    exec(
+        &mut c,
+        &[
+            "INSERT INTO parent VALUES (1, 'a', 1), (2, 'b', 2), (3, 'c', 3)",
+            "INSERT INTO child VALUES (10, 1, 'a', 'x'), (11, 2, 'b', 'y'), (12, 1, 'c', 'z'), (13, 3, 'a', 'w')",
+            "INSERT INTO grandchild VALUES (100, 10), (101, 11), (102, 12)",
+            "INSERT INTO tree VALUES (1, NULL), (2, 1), (3, 2), (4, 1), (5, NULL)",
+            "INSERT INTO nullme VALUES (1, 1), (2, 2)",
+        ],
+    )
+    .await;
+    // Each change in a batch of its own, after the rows it cascades to.
+    dbmux.wait_caught_up(17, CATCH_UP).await;
+    let steps: &[&[&str]] = &[
+        // child 10 and 12 go, with grandchildren 100 and 102; child 13's pcode
+        // and nullme 1's pid become NULL.
+        &["DELETE FROM parent WHERE id = 1"],
+        // child 11 follows both keys; nullme 2's pid becomes NULL.
+        &["UPDATE parent SET id = 20, code = 'bb' WHERE id = 2"],
+        // grandchild 101 follows child 11's new key.
+        &["UPDATE child SET id = 110 WHERE id = 11"],
+        // 1 takes 2 and 4 with it, and 2 takes 3.
+        &["DELETE FROM tree WHERE id = 1"],
+        // No cascade on the master: child 13 stays, pointing at a missing parent.
+        &[
+            "SET SESSION foreign_key_checks = 0",
+            "DELETE FROM parent WHERE id = 3",
+            "SET SESSION foreign_key_checks = 1",
+        ],
+    ];
+    let mut seq = 17;
+    for s in steps {
+        exec(&mut c, s).await;
+        seq += 1;
+        dbmux.wait_caught_up(seq, CATCH_UP).await;
+    }
+    let parent = assert_same(&db, "parent", "id, code, v", "id").await;
+    assert_eq!(parent.len(), 1, "{parent:?}");
+    let child = assert_same(&db, "child", "id, pid, pcode, note", "id").await;
+    assert_eq!(
+        child,
+        vec![
+            vec![Some("13".into()), Some("3".into()), None, Some("w".into())],
+            vec![
+                Some("110".into()),
+                Some("20".into()),
+                Some("bb".into()),
+                Some("y".into())
+            ],
+        ]
+    );
+    assert_eq!(
+        assert_same(&db, "grandchild", "id, cid", "id").await,
+        vec![vec![Some("101".into()), Some("110".into())]]
+    );
+    assert_eq!(
+        assert_same(&db, "tree", "id, parent_id", "id").await,
+        vec![vec![Some("5".into()), None]]
+    );
+    assert_eq!(
+        assert_same(&db, "nullme", "id, pid", "id").await,
+        vec![vec![Some("1".into()), None], vec![Some("2".into()), None]]
+    );
+    assert!(dbmux.try_exit().is_none());
+    let status = dbmux.status().await.unwrap();
+    for r in ["mariadb", "postgres"] {
+        assert_eq!(
+            status["replicas"][r]["quarantined"],
+            serde_json::json!([]),
+            "{status}"
+        );
+    }
+    assert!(dbmux.stop().success());
+}

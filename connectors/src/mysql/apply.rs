@@ -41,6 +41,7 @@ use super::apply_sql::{self as sql, Flavor};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Params};
 use pipeline::batch::{self, Action, PlanError, PlanOptions};
+use pipeline::cascade::{CascadeError, CascadeStore, Skip};
 use pipeline::event::{Row, Transaction};
 use pipeline::replica::Quarantine;
 use pipeline::retry::{Classify, ErrorClass};
@@ -558,6 +559,11 @@ impl MysqlSink {
             }
             return Ok(());
         }
+        if let Some(f) = pipeline::cascade::uncaptured_parent(&ev.table) {
+            return Err(MysqlApplyError::Internal(
+                pipeline::cascade::uncaptured_parent_message(f),
+            ));
+        }
         let create =
             sql::create_table_sql(&target, &ev.table, self.flavor).map_err(|(column, message)| {
                 MysqlApplyError::UnsupportedColumn {
@@ -675,9 +681,15 @@ impl MysqlSink {
             }
         };
         let plan = batch::plan_with(txns, &options)?;
+        // Cascades leave quarantined tables alone; while resuming a table they
+        // change that table only (see docs/operations.md).
+        let skip: Box<Skip<'_>> = match mode {
+            Mode::Stream { skip } => Box::new(move |t: &TableId| skip.contains(t)),
+            Mode::Resume { table, .. } => Box::new(move |t: &TableId| t != table),
+        };
         if let Mode::Resume { table, next, .. } = mode {
             for step in &plan.steps {
-                self.run_step(conn, step)
+                self.run_step(conn, step, &*skip)
                     .await
                     .map_err(|e| e.in_table(&step.table.id))?;
             }
@@ -719,7 +731,7 @@ impl MysqlSink {
             });
         }
         for step in &plan.steps {
-            self.run_step(conn, step)
+            self.run_step(conn, step, &*skip)
                 .await
                 .map_err(|e| e.in_table(&step.table.id))?;
         }
@@ -743,7 +755,7 @@ impl MysqlSink {
     }
 
     /// Executes one step of a plan inside the open transaction.
-    async fn run_step(&mut self, conn: &mut Conn, step: &batch::Step<'_>) -> Result<()> {
+    async fn run_step(&mut self, conn: &mut Conn, step: &batch::Step<'_>, skip: &Skip<'_>) -> Result<()> {
         let max_rows = self.config.max_rows_per_statement;
         let max_bytes = self.config.max_statement_bytes;
         let width = step.table.columns.len();
@@ -829,6 +841,19 @@ impl MysqlSink {
                 conn.query_drop(stmt)
                     .await
                     .map_err(driver(format!("truncating {table}")))?;
+            }
+            Action::Cascade(change) => {
+                let mut store = MysqlCascade {
+                    conn,
+                    config: &self.config,
+                    known: &mut self.known_tables,
+                };
+                pipeline::cascade::cascade(&mut store, step.table, change, skip)
+                    .await
+                    .map_err(|e| match e {
+                        CascadeError::Store(e) => e,
+                        e => MysqlApplyError::Internal(e.to_string()),
+                    })?;
             }
         }
         Ok(())
@@ -996,6 +1021,162 @@ impl Sink for MysqlSink {
         let mode = Mode::Resume { table, from, next };
         self.prepare(txns, mode).await?;
         self.apply_group(txns, mode).await
+    }
+}
+
+/// Foreign-key cascades on a MySQL / MariaDB replica (see [`pipeline::cascade`]),
+/// inside the applier's open transaction. Values travel as typed parameters;
+/// rows are matched with `=` under the replica column's collation, as InnoDB
+/// matches them on the source.
+struct MysqlCascade<'a> {
+    conn: &'a mut Conn,
+    config: &'a MysqlSinkConfig,
+    /// Replica tables known to exist.
+    known: &'a mut HashSet<TableId>,
+}
+
+/// Keys per cascade statement.
+const CASCADE_KEYS_PER_STATEMENT: usize = 500;
+
+impl MysqlCascade<'_> {
+    fn target(&self, table: &TableId) -> TableId {
+        TableId::new(self.config.target_database(&table.schema), table.name.clone())
+    }
+
+    /// Whether the replica has the table (a table it does not have has no rows to change).
+    async fn exists(&mut self, target: &TableId) -> Result<bool> {
+        if self.known.contains(target) {
+            return Ok(true);
+        }
+        let found: Option<u8> = self
+            .conn
+            .exec_first(
+                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (&target.schema, &target.name),
+            )
+            .await
+            .map_err(driver(format!("looking for table {target}")))?;
+        if found.is_some() {
+            self.known.insert(target.clone());
+        }
+        Ok(found.is_some())
+    }
+
+    /// `(a = ? AND b = ?) OR …` for `n` keys, and its parameters.
+    fn condition(cols: &[String], keys: &[Vec<mysql_async::Value>]) -> (String, Vec<mysql_async::Value>) {
+        let one = cols
+            .iter()
+            .map(|c| format!("{} = ?", sql::quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let cond = vec![format!("({one})"); keys.len()].join(" OR ");
+        (cond, keys.iter().flatten().cloned().collect())
+    }
+}
+
+impl CascadeStore for MysqlCascade<'_> {
+    type Val = mysql_async::Value;
+    type Error = MysqlApplyError;
+
+    fn value(&self, table: &TableSchema, col: usize, v: &pipeline::Value) -> Result<Self::Val> {
+        let c = &table.columns[col];
+        sql::to_param(v, c).map_err(|message| MysqlApplyError::Value {
+            table: table.id.to_string(),
+            column: c.name.clone(),
+            message,
+        })
+    }
+
+    fn is_null(v: &Self::Val) -> bool {
+        matches!(v, mysql_async::Value::NULL)
+    }
+
+    fn null() -> Self::Val {
+        mysql_async::Value::NULL
+    }
+
+    async fn select(
+        &mut self,
+        table: &TableId,
+        cols: &[String],
+        keys: &[Vec<Self::Val>],
+        want: &[String],
+    ) -> Result<Vec<Vec<Self::Val>>> {
+        let target = self.target(table);
+        if !self.exists(&target).await? {
+            return Ok(Vec::new());
+        }
+        let list = want
+            .iter()
+            .map(|c| sql::quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut out = Vec::new();
+        for chunk in keys.chunks(CASCADE_KEYS_PER_STATEMENT) {
+            let (cond, params) = Self::condition(cols, chunk);
+            let rows: Vec<mysql_async::Row> = self
+                .conn
+                .exec(
+                    format!("SELECT {list} FROM {} WHERE {cond}", sql::quote_table(&target)),
+                    Params::Positional(params),
+                )
+                .await
+                .map_err(driver(format!("reading rows a cascade reaches in {target}")))?;
+            out.extend(rows.into_iter().map(|r| r.unwrap()));
+        }
+        Ok(out)
+    }
+
+    async fn delete(&mut self, table: &TableId, cols: &[String], keys: &[Vec<Self::Val>]) -> Result<()> {
+        let target = self.target(table);
+        if !self.exists(&target).await? {
+            return Ok(());
+        }
+        for chunk in keys.chunks(CASCADE_KEYS_PER_STATEMENT) {
+            let (cond, params) = Self::condition(cols, chunk);
+            self.conn
+                .exec_drop(
+                    format!("DELETE FROM {} WHERE {cond}", sql::quote_table(&target)),
+                    Params::Positional(params),
+                )
+                .await
+                .map_err(driver(format!("cascading a delete into {target}")))?;
+        }
+        Ok(())
+    }
+
+    async fn update(
+        &mut self,
+        table: &TableId,
+        cols: &[String],
+        keys: &[Vec<Self::Val>],
+        new: Option<&[Self::Val]>,
+    ) -> Result<()> {
+        let target = self.target(table);
+        if !self.exists(&target).await? {
+            return Ok(());
+        }
+        let set = cols
+            .iter()
+            .map(|c| match new {
+                Some(_) => format!("{} = ?", sql::quote_ident(c)),
+                None => format!("{} = NULL", sql::quote_ident(c)),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        for chunk in keys.chunks(CASCADE_KEYS_PER_STATEMENT) {
+            let (cond, key_params) = Self::condition(cols, chunk);
+            let mut params: Vec<mysql_async::Value> = new.map(<[_]>::to_vec).unwrap_or_default();
+            params.extend(key_params);
+            self.conn
+                .exec_drop(
+                    format!("UPDATE {} SET {set} WHERE {cond}", sql::quote_table(&target)),
+                    Params::Positional(params),
+                )
+                .await
+                .map_err(driver(format!("cascading an update into {target}")))?;
+        }
+        Ok(())
     }
 }
 

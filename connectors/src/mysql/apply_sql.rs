@@ -203,6 +203,12 @@ pub fn create_table_sql(
         let cols: Vec<String> = uk.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect();
         parts.push(format!("UNIQUE ({})", cols.join(",")));
     }
+    // An index on every foreign key's columns: the applier finds the rows a
+    // cascade reaches by them (the source has one for each key).
+    for f in &schema.foreign_keys {
+        let cols: Vec<String> = f.columns.iter().map(|c| quote_ident(c)).collect();
+        parts.push(format!("KEY ({})", cols.join(",")));
+    }
     Ok(format!(
         "CREATE TABLE IF NOT EXISTS {} ({}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
         quote_table(target),

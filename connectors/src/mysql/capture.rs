@@ -1189,6 +1189,20 @@ impl MysqlSource {
             UPDATE_ROWS_V1 | UPDATE_ROWS => 1,
             _ => 2,
         };
+        // A session with foreign_key_checks=0 changed these rows: InnoDB ran no
+        // cascades for them, so neither may the appliers.
+        let schema = if data
+            .flags()
+            .contains(mysql_common::binlog::consts::RowsEventFlags::NO_FOREIGN_KEY_CHECKS)
+            && !plan.schema.cascades.is_empty()
+        {
+            Arc::new(TableSchema {
+                cascades: Vec::new(),
+                ..(*plan.schema).clone()
+            })
+        } else {
+            plan.schema.clone()
+        };
         let position = || self.here(ev.header().log_pos(), ev.header().event_size());
         let decode_err = |(col, e): (Option<usize>, DecodeError)| MysqlCaptureError::Decode {
             table: plan.schema.id.to_string(),
@@ -1217,7 +1231,7 @@ impl MysqlSource {
                     before: decode_image(&plan, &mut cur).map_err(decode_err)?,
                 },
             };
-            ops.push((plan.schema.clone(), op));
+            ops.push((schema.clone(), op));
         }
         let txn = self.txn.as_mut().expect("begun above");
         if txn.changes.is_empty() {

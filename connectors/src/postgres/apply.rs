@@ -30,6 +30,7 @@
 
 use super::apply_sql::{self as sql, ZeroDates};
 use pipeline::batch::{self, Action, PlanError, PlanOptions};
+use pipeline::cascade::{CascadeError, CascadeStore, Skip};
 use pipeline::event::{Row, Transaction};
 use pipeline::replica::Quarantine;
 use pipeline::retry::{Classify, ErrorClass};
@@ -660,6 +661,9 @@ impl PostgresSink {
             );
             return Ok(());
         }
+        if let Some(f) = pipeline::cascade::uncaptured_parent(source) {
+            return Err(table_err(pipeline::cascade::uncaptured_parent_message(f)));
+        }
         let renamed = self.renamed(source).map_err(table_err)?;
         if !self.known_tables.contains_key(&target) {
             let create = sql::create_table_sql(&target, &renamed).map_err(|(column, m)| {
@@ -678,6 +682,28 @@ impl PostgresSink {
             )
             .await?;
             ddl(client, &create, &format!("creating table {target}")).await?;
+            // An index on every foreign key's columns: the applier finds the
+            // rows a cascade reaches by them (the source has one for each key).
+            for f in &source.foreign_keys {
+                let cols = f
+                    .columns
+                    .iter()
+                    .map(|c| sql::quote_ident(&self.config.target_column(&source.id, c)))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(table_err)?;
+                let index = sql::quote_ident(&sql::pg_name(&format!("{}_{}_fk", target.name, f.name)))
+                    .map_err(table_err)?;
+                ddl(
+                    client,
+                    &format!(
+                        "CREATE INDEX IF NOT EXISTS {index} ON {} ({})",
+                        sql::quote_table(&target).map_err(table_err)?,
+                        cols.join(", ")
+                    ),
+                    &format!("indexing {target}"),
+                )
+                .await?;
+            }
             let columns = read_columns(client, &target)
                 .await?
                 .ok_or_else(|| table_err("it does not exist right after CREATE TABLE".into()))?;
@@ -791,9 +817,15 @@ impl PostgresSink {
             }
         };
         let plan = batch::plan_with(txns, &options)?;
+        // Cascades leave quarantined tables alone; while resuming a table they
+        // change that table only (see docs/operations.md).
+        let skip: Box<Skip<'_>> = match mode {
+            Mode::Stream { skip } => Box::new(move |t: &TableId| skip.contains(t)),
+            Mode::Resume { table, .. } => Box::new(move |t: &TableId| t != table),
+        };
         if let Mode::Resume { table, next, .. } = mode {
             for step in &plan.steps {
-                self.run_step(conn, step)
+                self.run_step(conn, step, &*skip)
                     .await
                     .map_err(|e| e.in_table(&step.table.id))?;
             }
@@ -853,7 +885,7 @@ impl PostgresSink {
             });
         }
         for step in &plan.steps {
-            self.run_step(conn, step)
+            self.run_step(conn, step, &*skip)
                 .await
                 .map_err(|e| e.in_table(&step.table.id))?;
         }
@@ -884,7 +916,7 @@ impl PostgresSink {
     }
 
     /// Executes one step of a plan inside the open transaction.
-    async fn run_step(&self, conn: &mut Connection, step: &batch::Step<'_>) -> Result<()> {
+    async fn run_step(&self, conn: &mut Connection, step: &batch::Step<'_>, skip: &Skip<'_>) -> Result<()> {
         let t = self
             .tables
             .get(step.table)
@@ -964,6 +996,19 @@ impl PostgresSink {
                     .batch_execute(&s.truncate)
                     .await
                     .map_err(driver(format!("truncating {}", t.target_text)))?;
+            }
+            Action::Cascade(change) => {
+                let mut store = PgCascade {
+                    conn,
+                    config: &self.config,
+                    types: HashMap::new(),
+                };
+                pipeline::cascade::cascade(&mut store, step.table, change, skip)
+                    .await
+                    .map_err(|e| match e {
+                        CascadeError::Store(e) => e,
+                        e => PostgresApplyError::Internal(e.to_string()),
+                    })?;
             }
         }
         Ok(())
@@ -1200,6 +1245,198 @@ impl Sink for PostgresSink {
         let mode = Mode::Resume { table, from, next };
         self.prepare(txns, mode).await?;
         self.apply_group(txns, mode).await
+    }
+}
+
+/// Foreign-key cascades on a PostgreSQL replica (see [`pipeline::cascade`]),
+/// inside the applier's open transaction. Values travel in text format, cast
+/// to the replica columns' own types; rows read back are cast to text and
+/// bound again the same way, so nothing is converted on the way.
+struct PgCascade<'a> {
+    conn: &'a mut Connection,
+    config: &'a PostgresSinkConfig,
+    /// Replica column types per table (`None`: the replica has no such table).
+    types: HashMap<TableId, Option<HashMap<String, String>>>,
+}
+
+impl PgCascade<'_> {
+    /// The replica table and its column types, `None` when it has no such table.
+    async fn table(&mut self, table: &TableId) -> Result<Option<(TableId, HashMap<String, String>)>> {
+        let target = self.config.target_table(table);
+        if !self.types.contains_key(table) {
+            let cols = read_columns(&self.conn.client, &target)
+                .await?
+                .map(|c| c.into_iter().map(|(n, (ty, _))| (n, ty)).collect());
+            self.types.insert(table.clone(), cols);
+        }
+        Ok(self.types[table].clone().map(|t| (target, t)))
+    }
+
+    /// Replica names and types of `cols` of source table `table`.
+    fn columns(
+        &self,
+        table: &TableId,
+        cols: &[String],
+        types: &HashMap<String, String>,
+    ) -> Result<Vec<(String, String)>> {
+        cols.iter()
+            .map(|c| {
+                let name = self.config.target_column(table, c);
+                let ty = types
+                    .get(&name)
+                    .cloned()
+                    .ok_or_else(|| PostgresApplyError::Table {
+                        table: table.to_string(),
+                        message: format!("a cascade needs column {name:?}, which the replica table lacks"),
+                    })?;
+                Ok((sql::quote_ident(&name).map_err(PostgresApplyError::Internal)?, ty))
+            })
+            .collect()
+    }
+
+    /// `(a, b) IN (SELECT * FROM unnest($1::ta[], $2::tb[]))` from parameter `first`.
+    fn condition(cols: &[(String, String)], first: usize) -> String {
+        let names = cols
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let arrays = cols
+            .iter()
+            .enumerate()
+            .map(|(i, (_, ty))| format!("${}::{ty}[]", first + i))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("({names}) IN (SELECT * FROM unnest({arrays}))")
+    }
+
+    /// One array literal per column of `keys`.
+    fn arrays(keys: &[Vec<Option<String>>], width: usize) -> Vec<TextParam> {
+        (0..width)
+            .map(|i| {
+                let mut a = String::from("{");
+                for k in keys {
+                    sql::push_array_element(&mut a, k[i].as_deref());
+                }
+                a.push('}');
+                TextParam(Some(a))
+            })
+            .collect()
+    }
+}
+
+impl CascadeStore for PgCascade<'_> {
+    type Val = Option<String>;
+    type Error = PostgresApplyError;
+
+    fn value(&self, table: &TableSchema, col: usize, v: &pipeline::Value) -> Result<Self::Val> {
+        let c = &table.columns[col];
+        sql::to_text(v, c, self.config.zero_dates).map_err(|message| PostgresApplyError::Value {
+            table: table.id.to_string(),
+            column: c.name.clone(),
+            message,
+        })
+    }
+
+    fn is_null(v: &Self::Val) -> bool {
+        v.is_none()
+    }
+
+    fn null() -> Self::Val {
+        None
+    }
+
+    async fn select(
+        &mut self,
+        table: &TableId,
+        cols: &[String],
+        keys: &[Vec<Self::Val>],
+        want: &[String],
+    ) -> Result<Vec<Vec<Self::Val>>> {
+        let Some((target, types)) = self.table(table).await? else {
+            return Ok(Vec::new());
+        };
+        let m = self.columns(table, cols, &types)?;
+        let w = self.columns(table, want, &types)?;
+        let list = w
+            .iter()
+            .map(|(n, _)| format!("{n}::text"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let q = format!(
+            "SELECT {list} FROM {} WHERE {}",
+            sql::quote_table(&target).map_err(PostgresApplyError::Internal)?,
+            Self::condition(&m, 1)
+        );
+        let params = Self::arrays(keys, m.len());
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        let rows = self
+            .conn
+            .client
+            .query(&q, &refs)
+            .await
+            .map_err(driver(format!("reading rows a cascade reaches in {target}")))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (0..w.len()).map(|i| r.get::<_, Option<String>>(i)).collect())
+            .collect())
+    }
+
+    async fn delete(&mut self, table: &TableId, cols: &[String], keys: &[Vec<Self::Val>]) -> Result<()> {
+        let Some((target, types)) = self.table(table).await? else {
+            return Ok(());
+        };
+        let m = self.columns(table, cols, &types)?;
+        let q = format!(
+            "DELETE FROM {} WHERE {}",
+            sql::quote_table(&target).map_err(PostgresApplyError::Internal)?,
+            Self::condition(&m, 1)
+        );
+        let params = Self::arrays(keys, m.len());
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        self.conn
+            .client
+            .execute(&q, &refs)
+            .await
+            .map_err(driver(format!("cascading a delete into {target}")))?;
+        Ok(())
+    }
+
+    async fn update(
+        &mut self,
+        table: &TableId,
+        cols: &[String],
+        keys: &[Vec<Self::Val>],
+        new: Option<&[Self::Val]>,
+    ) -> Result<()> {
+        let Some((target, types)) = self.table(table).await? else {
+            return Ok(());
+        };
+        let m = self.columns(table, cols, &types)?;
+        let (set, mut params): (Vec<String>, Vec<TextParam>) = match new {
+            Some(values) => (
+                m.iter()
+                    .enumerate()
+                    .map(|(i, (n, ty))| format!("{n} = ${}::{ty}", i + 1))
+                    .collect(),
+                values.iter().map(|v| TextParam(v.clone())).collect(),
+            ),
+            None => (m.iter().map(|(n, _)| format!("{n} = NULL")).collect(), Vec::new()),
+        };
+        let q = format!(
+            "UPDATE {} SET {} WHERE {}",
+            sql::quote_table(&target).map_err(PostgresApplyError::Internal)?,
+            set.join(", "),
+            Self::condition(&m, params.len() + 1)
+        );
+        params.extend(Self::arrays(keys, m.len()));
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        self.conn
+            .client
+            .execute(&q, &refs)
+            .await
+            .map_err(driver(format!("cascading an update into {target}")))?;
+        Ok(())
     }
 }
 
