@@ -681,7 +681,7 @@ mod tests {
             for k in hits {
                 let mut r = m.remove(&k).unwrap();
                 for (j, c) in cols.iter().enumerate() {
-                    r[col(t, c)] = new.map_or(None, |n| from_row(&vec![n[j].clone()])[0]);
+                    r[col(t, c)] = new.and_then(|n| from_row(&vec![n[j].clone()])[0]);
                 }
                 m.insert(r[0].unwrap(), r);
             }
@@ -706,7 +706,7 @@ mod tests {
                         st.get_mut(t).unwrap().remove(&from_row(r)[0].unwrap());
                     }
                 }
-                Action::Cascade(change) => cascade(&mut Mem(st), &s.table, change, &no_skip).await.unwrap(),
+                Action::Cascade(change) => cascade(&mut Mem(st), s.table, change, &no_skip).await.unwrap(),
                 Action::Truncate => st.get_mut(t).unwrap().clear(),
                 other => panic!("unexpected step {other:?}"),
             }
