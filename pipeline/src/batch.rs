@@ -26,9 +26,26 @@
 //! Nothing is reordered across tables, across a truncate, or across events of
 //! a table without a primary key.
 //!
-//! The argument assumes the target identifies rows by the primary key alone
-//! (no other unique constraint, no triggers) and compares keys the way the
-//! source does: tables an applier creates satisfy that.
+//! The argument assumes the target compares keys the way the source does
+//! (replica columns carry the source collation) and has no triggers.
+//!
+//! # Unique keys
+//! Other UNIQUE keys make the order of writes matter: upserting row A to a
+//! value row B still holds collides, though the end state is valid. A run
+//! therefore never writes a unique value that another row of the run held when
+//! the run started (its before image): such an upsert starts a new run. Rows
+//! not in the run keep their values and the run's end state is the source's,
+//! so no other collision is possible. Equality under a collation (`'A'` = `'a'`)
+//! is invisible here; the appliers catch it and re-plan with
+//! [`PlanOptions::source_order`].
+//!
+//! # Foreign-key cascades
+//! A delete from a table other tables' foreign keys reference with a cascading
+//! action becomes a [`Action::Cascade`] step followed by the delete step
+//! (consecutive deletes of the table share them); an update that changes
+//! referenced columns closes the run and is followed by its cascade step. So
+//! every cascade happens exactly where the source's did, relative to every
+//! other table's changes (see [`crate::cascade`]).
 //!
 //! # Tables without a primary key
 //! Rows cannot be named, so nothing is merged or reordered: consecutive inserts
