@@ -754,6 +754,7 @@ impl MysqlSource {
             }
         }
         let epoch = self.ddl_epoch;
+        let filter = self.filter.clone();
         let conn = self.meta().await?;
         type FkRow = (
             String,
@@ -766,17 +767,34 @@ impl MysqlSource {
             String,
             String,
         );
-        let rows: Result<Vec<FkRow>, _> = conn
-            .query(
-                "SELECT rc.CONSTRAINT_SCHEMA, rc.TABLE_NAME, rc.CONSTRAINT_NAME, rc.UPDATE_RULE, rc.DELETE_RULE, \
-                 k.COLUMN_NAME, k.REFERENCED_TABLE_SCHEMA, k.REFERENCED_TABLE_NAME, k.REFERENCED_COLUMN_NAME \
-                 FROM information_schema.REFERENTIAL_CONSTRAINTS rc \
-                 JOIN information_schema.KEY_COLUMN_USAGE k ON k.CONSTRAINT_SCHEMA = rc.CONSTRAINT_SCHEMA \
-                 AND k.CONSTRAINT_NAME = rc.CONSTRAINT_NAME AND k.TABLE_NAME = rc.TABLE_NAME \
-                 AND k.REFERENCED_TABLE_NAME IS NOT NULL \
-                 ORDER BY rc.CONSTRAINT_SCHEMA, rc.TABLE_NAME, rc.CONSTRAINT_NAME, k.ORDINAL_POSITION",
-            )
-            .await;
+        // Keys live in the referencing table's database; only databases capture
+        // may read can hold a key whose referencing table a replica has. One
+        // query per such database, each restricted to it (cheap for the
+        // server: information_schema opens only that database's tables).
+        let rows: Result<Vec<FkRow>, mysql_async::Error> = async {
+            let schemas: Vec<String> = conn
+                .query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY 1")
+                .await?;
+            let mut rows = Vec::new();
+            for schema in schemas.iter().filter(|s| filter.may_match_schema(s)) {
+                let part: Vec<FkRow> = conn
+                    .exec(
+                        "SELECT rc.CONSTRAINT_SCHEMA, rc.TABLE_NAME, rc.CONSTRAINT_NAME, rc.UPDATE_RULE, \
+                         rc.DELETE_RULE, k.COLUMN_NAME, k.REFERENCED_TABLE_SCHEMA, k.REFERENCED_TABLE_NAME, \
+                         k.REFERENCED_COLUMN_NAME \
+                         FROM information_schema.REFERENTIAL_CONSTRAINTS rc \
+                         JOIN information_schema.KEY_COLUMN_USAGE k ON k.CONSTRAINT_SCHEMA = rc.CONSTRAINT_SCHEMA \
+                         AND k.CONSTRAINT_NAME = rc.CONSTRAINT_NAME AND k.TABLE_NAME = rc.TABLE_NAME \
+                         WHERE rc.CONSTRAINT_SCHEMA = ? AND k.TABLE_SCHEMA = ? AND k.REFERENCED_TABLE_NAME IS NOT NULL \
+                         ORDER BY rc.TABLE_NAME, rc.CONSTRAINT_NAME, k.ORDINAL_POSITION",
+                        (schema, schema),
+                    )
+                    .await?;
+                rows.extend(part);
+            }
+            Ok(rows)
+        }
+        .await;
         let rows = rows.map_err(|e| {
             self.meta = None;
             driver("reading the master's foreign keys")(e)
