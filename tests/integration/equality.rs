@@ -927,3 +927,79 @@ async fn foreign_key_cascades_reach_both_replicas() {
     }
     assert!(dbmux.stop().success());
 }
+
+/// Item 10 (identifiers): names PostgreSQL cannot hold are mapped instead of
+/// stopping: a column named like a system column gets `_` appended, a table
+/// name over 63 bytes is shortened with a hash suffix, and a configured rename
+/// wins; the MariaDB replica keeps the source names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identifiers_postgres_cannot_hold_are_renamed() {
+    let db = unique_name("names");
+    let long = format!("t_{}", "x".repeat(62));
+    let mut c = master(&db).await;
+    exec(
+        &mut c,
+        &[
+            "CREATE TABLE sys (id INT PRIMARY KEY, xmin INT, ctid VARCHAR(5), other INT)",
+            &format!("CREATE TABLE `{long}` (id INT PRIMARY KEY, v INT)"),
+        ],
+    )
+    .await;
+    let extra = format!("rename_columns.\"{db}.sys\" = {{ other = \"renamed\" }}\n");
+    let mut dbmux = Dbmux::new(&db, BOTH, "");
+    let text = std::fs::read_to_string(&dbmux.config).unwrap();
+    std::fs::write(
+        &dbmux.config,
+        text.replace("[replica.postgres]\n", &format!("[replica.postgres]\n{extra}")),
+    )
+    .unwrap();
+    dbmux.start();
+    dbmux.wait_capturing().await;
+    exec(
+        &mut c,
+        &[
+            "INSERT INTO sys VALUES (1, 10, 'a', 100)",
+            &format!("INSERT INTO `{long}` VALUES (1, 5)"),
+        ],
+    )
+    .await;
+    dbmux.wait_caught_up(2, CATCH_UP).await;
+    let pg = pg_rows(&format!("SELECT id, xmin_, ctid_, renamed FROM \"{db}\".sys")).await;
+    assert_eq!(
+        pg,
+        vec![vec![
+            Some("1".into()),
+            Some("10".into()),
+            Some("a".into()),
+            Some("100".into())
+        ]]
+    );
+    let tables = pg_rows(&format!(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = '{db}' AND tablename LIKE 't\\_x%'"
+    ))
+    .await;
+    assert_eq!(tables.len(), 1, "{tables:?}");
+    let name = tables[0][0].clone().unwrap();
+    assert_eq!(name.len(), 63, "{name}");
+    assert!(name.starts_with(&long[..54]), "{name}");
+    assert_eq!(
+        pg_rows(&format!("SELECT id, v FROM \"{db}\".\"{name}\"")).await,
+        vec![vec![Some("1".into()), Some("5".into())]]
+    );
+    let my = mysql_rows(
+        &with_db(&mysql_replica_url(), &db),
+        "SELECT xmin, ctid, other FROM sys",
+    )
+    .await;
+    assert_eq!(
+        my,
+        vec![vec![Some("10".into()), Some("a".into()), Some("100".into())]]
+    );
+    let status = dbmux.status().await.unwrap();
+    assert_eq!(
+        status["replicas"]["postgres"]["quarantined"],
+        serde_json::json!([]),
+        "{status}"
+    );
+    assert!(dbmux.stop().success());
+}
