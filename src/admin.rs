@@ -1,19 +1,25 @@
 //! The admin HTTP server: `/` (the live status page), `/metrics` (every
 //! metric of the process, OpenMetrics text), `/status` (JSON),
-//! `/status/history` (the last minutes, for the page's charts) and
+//! `/status/history` (the last minutes, for the page's charts),
 //! `/log?from=SEQ&limit=N` (JSON envelopes, one per line; how `dbmux tail`
-//! reads the log while dbmux holds its lock).
+//! reads the log while dbmux holds its lock) and
+//! `POST /replicas/NAME/resume?table=DB.TABLE` (how `dbmux resume-table` lifts
+//! a quarantine while dbmux runs).
 
 use crate::status::StatusBoard;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use pipeline::log::EmbeddedLog;
 use pipeline::metrics::PipelineMetrics;
+use pipeline::replica::ReplicaBoard;
+use pipeline::runtime::ResumeRequest;
+use pipeline::schema::TableId;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -23,12 +29,26 @@ pub const MAX_LOG_PAGE: usize = 10_000;
 /// OpenMetrics text, which Prometheus asks for first.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// The appliers as the admin server sees them.
+#[derive(Clone, Default)]
+pub struct Pipeline {
+    pub board: ReplicaBoard,
+    /// Where to send a replica's resume requests.
+    pub resume: Arc<HashMap<String, tokio::sync::mpsc::Sender<ResumeRequest>>>,
+}
+
 #[derive(Clone)]
 struct AppState {
     log: Arc<EmbeddedLog>,
     metrics: PipelineMetrics,
     registry: Arc<Registry>,
     board: Arc<StatusBoard>,
+    pipeline: Pipeline,
+}
+
+#[derive(Deserialize)]
+struct ResumeQuery {
+    table: String,
 }
 
 #[derive(Deserialize)]
@@ -43,6 +63,7 @@ pub async fn serve(
     metrics: PipelineMetrics,
     registry: Arc<Registry>,
     board: Arc<StatusBoard>,
+    pipeline: Pipeline,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let state = AppState {
@@ -50,6 +71,7 @@ pub async fn serve(
         metrics,
         registry,
         board,
+        pipeline,
     };
     let app = Router::new()
         .route("/", get(page))
@@ -57,6 +79,7 @@ pub async fn serve(
         .route("/status", get(status))
         .route("/status/history", get(history))
         .route("/log", get(read_log))
+        .route("/replicas/{name}/resume", post(resume_table))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -75,6 +98,9 @@ async fn page() -> Response {
 }
 
 async fn metrics_page(State(s): State<AppState>) -> Response {
+    // Lag is computed now, from the log's head and each replica's position, so
+    // it grows while a replica is down.
+    pipeline::runtime::refresh_lag(&s.metrics, &s.log, &s.pipeline.board);
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &s.registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
@@ -83,9 +109,19 @@ async fn metrics_page(State(s): State<AppState>) -> Response {
 }
 
 async fn status(State(s): State<AppState>) -> Response {
-    let (board, log, metrics) = (s.board.clone(), s.log.clone(), s.metrics.clone());
+    let (board, log, metrics, replicas) = (
+        s.board.clone(),
+        s.log.clone(),
+        s.metrics.clone(),
+        s.pipeline.board.clone(),
+    );
     // Reads the log's newest chunk: off the async workers.
-    match tokio::task::spawn_blocking(move || board.status(&log, &metrics)).await {
+    match tokio::task::spawn_blocking(move || {
+        pipeline::runtime::refresh_lag(&metrics, &log, &replicas);
+        board.status(&log, &metrics, &replicas)
+    })
+    .await
+    {
         Ok(body) => axum::Json(body).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
@@ -93,6 +129,42 @@ async fn status(State(s): State<AppState>) -> Response {
 
 async fn history(State(s): State<AppState>) -> Response {
     axum::Json(s.board.history()).into_response()
+}
+
+/// Lifts a table's quarantine on one replica: the applier re-applies the
+/// table's skipped events and answers when done.
+async fn resume_table(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ResumeQuery>,
+) -> Response {
+    let Some((db, table)) = q.table.split_once('.') else {
+        return (StatusCode::BAD_REQUEST, "table must be DB.TABLE\n").into_response();
+    };
+    let Some(tx) = s.pipeline.resume.get(&name) else {
+        return (StatusCode::NOT_FOUND, format!("no replica named {name:?}\n")).into_response();
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let req = ResumeRequest {
+        table: TableId::new(db, table),
+        reply,
+    };
+    if tx.send(req).await.is_err() {
+        return (
+            StatusCode::CONFLICT,
+            format!("replica {name} is stopped; see /status\n"),
+        )
+            .into_response();
+    }
+    match answer.await {
+        Ok(Ok(msg)) => (StatusCode::OK, format!("{msg}\n")).into_response(),
+        Ok(Err(msg)) => (StatusCode::CONFLICT, format!("{msg}\n")).into_response(),
+        Err(_) => (
+            StatusCode::CONFLICT,
+            format!("replica {name} stopped before answering; see /status\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn read_log(State(s): State<AppState>, Query(q): Query<LogQuery>) -> Response {
@@ -104,7 +176,7 @@ async fn read_log(State(s): State<AppState>, Query(q): Query<LogQuery>) -> Respo
         Ok(Ok(events)) => {
             let mut body = String::new();
             for e in events.iter().take(limit.max(1)) {
-                body.push_str(&pipeline::envelope::to_envelope(e).to_string());
+                body.push_str(pipeline::envelope::to_envelope(e).as_str());
                 body.push('\n');
             }
             ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()

@@ -5,6 +5,7 @@ mod config;
 mod observe;
 #[cfg(feature = "proxy")]
 mod proxy_cmd;
+mod resume;
 mod run;
 mod source;
 mod status;
@@ -47,6 +48,19 @@ enum Command {
         /// Keep waiting for new events.
         #[arg(long, short)]
         follow: bool,
+    },
+    /// Lift the quarantine of a table on one replica: re-apply the table's
+    /// skipped events from the log, then apply it again (through the admin
+    /// server while dbmux runs, by itself when it does not).
+    ResumeTable {
+        #[arg(long, short, env = "DBMUX_CONFIG")]
+        config: PathBuf,
+        /// The replica's name.
+        #[arg(long)]
+        replica: String,
+        /// The source table, `DB.TABLE`.
+        #[arg(long)]
+        table: String,
     },
     /// Run only the MySQL-protocol proxy from the [proxy] section.
     #[cfg(feature = "proxy")]
@@ -120,6 +134,26 @@ fn main() -> ExitCode {
                 Err(e) => {
                     tracing::error!("dbmux stopped: {e:#}");
                     eprintln!("dbmux stopped: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::ResumeTable {
+            config,
+            replica,
+            table,
+        } => {
+            let Some(cfg) = load_config(&config) else {
+                return ExitCode::from(2);
+            };
+            let rt = runtime();
+            match rt.block_on(resume::resume_table(&cfg, &replica, &table)) {
+                Ok(msg) => {
+                    println!("{}", msg.trim_end());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dbmux resume-table: {e:#}");
                     ExitCode::FAILURE
                 }
             }

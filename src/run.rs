@@ -10,8 +10,10 @@ use crate::config::{redact_url, Config};
 use anyhow::Context;
 use pipeline::log::{EmbeddedLog, FsyncPolicy};
 use pipeline::metrics::PipelineMetrics;
-use pipeline::runtime::{self, ApplyOptions, CaptureOptions, RuntimeError};
+use pipeline::replica::ReplicaBoard;
+use pipeline::runtime::{self, ApplyOptions, CaptureOptions, ResumeRequest, RuntimeError};
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -94,6 +96,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     #[allow(unused_mut)]
     let mut backlog: Option<crate::observe::Backlog> = None;
+    // Every replica's state, for /status, /metrics and truncation.
+    let replica_board = ReplicaBoard::new(&replica_names);
+    // Resume requests for quarantined tables, per replica (from the admin server).
+    let mut resume: HashMap<String, tokio::sync::mpsc::Sender<ResumeRequest>> = HashMap::new();
+    // The capture's table filter as configured now: the appliers skip events of
+    // tables excluded after they reached the log.
+    let filter = match &cfg.source {
+        Some(s) => s
+            .filter()
+            .map_err(anyhow::Error::msg)
+            .context("the table filter")?,
+        None => pipeline::filter::TableFilter::all(),
+    };
 
     if let Some(source_config) = &cfg.source {
         // (A proxy-only configuration has no source and no replicas.)
@@ -115,23 +130,33 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let (log, metrics, sd) = (log.clone(), metrics.clone(), shutdown.clone());
         let opts = ApplyOptions {
             max_batch_events: r.max_batch_events,
+            filter: filter.clone(),
         };
         let name = r.name.clone();
+        let (req_tx, req_rx) = tokio::sync::mpsc::channel(8);
+        resume.insert(name.clone(), req_tx);
+        let board = replica_board.clone();
         let task = format!("replica {name}");
         // The replica's dbmux_offsets row: unique per pipeline and replica.
         let consumer = format!("{}/{}", cfg.name, r.name);
         match (&r.mysql, &r.postgres) {
             (Some(m), _) => {
                 let sink = connectors::mysql::apply::MysqlSink::new(&consumer, m.clone());
-                tasks.spawn(
-                    async move { (task, runtime::run_apply(name, sink, log, metrics, opts, sd).await) },
-                );
+                tasks.spawn(async move {
+                    (
+                        task,
+                        runtime::run_apply(name, sink, log, metrics, board, opts, req_rx, sd).await,
+                    )
+                });
             }
             (_, Some(p)) => {
                 let sink = connectors::postgres::apply::PostgresSink::new(&consumer, p.clone());
-                tasks.spawn(
-                    async move { (task, runtime::run_apply(name, sink, log, metrics, opts, sd).await) },
-                );
+                tasks.spawn(async move {
+                    (
+                        task,
+                        runtime::run_apply(name, sink, log, metrics, board, opts, req_rx, sd).await,
+                    )
+                });
             }
             _ => unreachable!("validated"),
         }
@@ -139,10 +164,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.log.truncate {
         let (log, sd, names) = (log.clone(), shutdown.clone(), replica_names.clone());
         let every = Duration::from_secs(cfg.log.truncate_interval_s);
+        let board = replica_board.clone();
         tasks.spawn(async move {
             (
                 "truncation".into(),
-                runtime::run_truncation(log, names, every, sd).await,
+                runtime::run_truncation(log, names, board, every, sd).await,
             )
         });
     }
@@ -212,8 +238,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         let (log, sd, metrics) = (log.clone(), shutdown.clone(), metrics.clone());
         let registry = Arc::new(registry);
+        let admin = crate::admin::Pipeline {
+            board: replica_board.clone(),
+            resume: Arc::new(resume),
+        };
         tasks.spawn(async move {
-            let r = crate::admin::serve(listener, log, metrics, registry, board, sd).await;
+            let r = crate::admin::serve(listener, log, metrics, registry, board, admin, sd).await;
             (
                 "admin".into(),
                 r.map_err(|e| RuntimeError::Join(format!("admin server: {e}"))),

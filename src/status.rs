@@ -15,6 +15,7 @@
 
 use pipeline::log::EmbeddedLog;
 use pipeline::metrics::{PipelineMetrics, ReplicaLabel};
+use pipeline::replica::ReplicaBoard;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -258,24 +259,33 @@ impl StatusBoard {
         }
     }
 
-    /// The `/status` document.
-    pub fn status(&self, log: &EmbeddedLog, metrics: &PipelineMetrics) -> serde_json::Value {
+    /// The `/status` document. Each replica shows its applier's `state`
+    /// (`running`, `stopped`, `needs_snapshot`, with the reason and its
+    /// quarantined tables) and, while running, what it is doing (`activity`:
+    /// `caught up`, `applying`, `retrying` or `stalled`).
+    pub fn status(
+        &self,
+        log: &EmbeddedLog,
+        metrics: &PipelineMetrics,
+        appliers: &ReplicaBoard,
+    ) -> serde_json::Value {
         let mut replicas = serde_json::Map::new();
         for r in &self.replicas {
             let (applied, behind) = Self::lag_of(log, r);
             let label = ReplicaLabel { replica: r.clone() };
             let lag_seconds = metrics.apply_lag_seconds.get(&label).map(|g| g.get());
             let events = metrics.apply_events.get(&label).map_or(0, |c| c.get());
-            replicas.insert(
-                r.clone(),
-                serde_json::json!({
-                    "applied_seq": applied,
-                    "lag_events": behind,
-                    "lag_seconds": lag_seconds,
-                    "events_applied": events,
-                    "state": self.replica_state(r, behind),
-                }),
-            );
+            let mut entry = serde_json::to_value(appliers.get(r).unwrap_or_default()).unwrap_or_default();
+            if let Some(e) = entry.as_object_mut() {
+                if e.get("applied_seq").is_none_or(|v| v.is_null()) {
+                    e.insert("applied_seq".into(), applied.into());
+                }
+                e.insert("lag_events".into(), behind.into());
+                e.insert("lag_seconds".into(), lag_seconds.into());
+                e.insert("events_applied".into(), events.into());
+                e.insert("activity".into(), self.replica_state(r, behind).into());
+            }
+            replicas.insert(r.clone(), entry);
         }
         let last = log.last().ok().flatten();
         let position = last.as_ref().map(|(_, p)| p.to_string());

@@ -56,9 +56,12 @@ pub const LOG_APPEND_SECONDS: &str = "dbmux_log_append_seconds";
 
 /// Gauge, label `replica`: last `seq` the replica committed.
 pub const APPLY_LAST_SEQ: &str = "dbmux_apply_last_seq";
-/// Gauge, label `replica`: log events not yet applied (`log last seq - applied seq`).
+/// Gauge, label `replica`: log events not yet applied (`log last seq - applied
+/// seq`), computed when scraped, so it grows while a replica is down.
 pub const APPLY_LAG_EVENTS: &str = "dbmux_apply_lag_events";
-/// Gauge (seconds), label `replica`: source commit → replica commit of the last batch.
+/// Gauge (seconds), label `replica`: age of the oldest transaction the replica
+/// has not applied (now − its source commit time), computed when scraped; 0
+/// when caught up.
 pub const APPLY_LAG_SECONDS: &str = "dbmux_apply_lag_seconds";
 /// Counter, label `replica`: target transactions (batches) committed.
 pub const APPLY_BATCHES: &str = "dbmux_apply_batches";
@@ -68,6 +71,14 @@ pub const APPLY_EVENTS: &str = "dbmux_apply_events";
 pub const APPLY_BATCH_SECONDS: &str = "dbmux_apply_batch_seconds";
 /// Histogram (events), label `replica`: row events per applied batch.
 pub const APPLY_BATCH_EVENTS: &str = "dbmux_apply_batch_events";
+/// Gauge, label `replica`: 1 while the replica is stopped for good or needs a snapshot.
+pub const APPLY_STOPPED: &str = "dbmux_apply_stopped";
+/// Gauge, label `replica`: 1 while the replica cannot start from the log and needs a snapshot.
+pub const APPLY_NEEDS_SNAPSHOT: &str = "dbmux_apply_needs_snapshot";
+/// Gauge, label `replica`: tables quarantined on the replica.
+pub const APPLY_QUARANTINED_TABLES: &str = "dbmux_apply_quarantined_tables";
+/// Counter, label `replica`: tables put into quarantine.
+pub const APPLY_QUARANTINES: &str = "dbmux_apply_quarantines";
 
 /// Counter, labels `component` ([`COMPONENTS`]) and `class` ([`ERROR_CLASSES`]).
 pub const ERRORS: &str = "dbmux_errors";
@@ -115,6 +126,10 @@ pub struct PipelineMetrics {
     pub apply_events: Family<ReplicaLabel, Counter>,
     pub apply_batch_seconds: Family<ReplicaLabel, Histogram>,
     pub apply_batch_events: Family<ReplicaLabel, Histogram>,
+    pub apply_stopped: Family<ReplicaLabel, Gauge<u64, AtomicU64>>,
+    pub apply_needs_snapshot: Family<ReplicaLabel, Gauge<u64, AtomicU64>>,
+    pub apply_quarantined_tables: Family<ReplicaLabel, Gauge<u64, AtomicU64>>,
+    pub apply_quarantines: Family<ReplicaLabel, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
 }
 
@@ -151,6 +166,10 @@ impl PipelineMetrics {
             apply_events: Family::default(),
             apply_batch_seconds: Family::new_with_constructor(seconds_histogram),
             apply_batch_events: Family::new_with_constructor(events_histogram),
+            apply_stopped: Family::default(),
+            apply_needs_snapshot: Family::default(),
+            apply_quarantined_tables: Family::default(),
+            apply_quarantines: Family::default(),
             errors: Family::default(),
         };
         let r = registry;
@@ -226,7 +245,7 @@ impl PipelineMetrics {
         );
         r.register(
             APPLY_LAG_SECONDS,
-            "Source commit to replica commit delay of the last batch",
+            "Age of the oldest transaction the replica has not applied",
             m.apply_lag_seconds.clone(),
         );
         r.register(
@@ -244,6 +263,26 @@ impl PipelineMetrics {
             APPLY_BATCH_EVENTS,
             "Row events per applied batch",
             m.apply_batch_events.clone(),
+        );
+        r.register(
+            APPLY_STOPPED,
+            "1 while a replica is stopped for good or needs a snapshot",
+            m.apply_stopped.clone(),
+        );
+        r.register(
+            APPLY_NEEDS_SNAPSHOT,
+            "1 while a replica needs a snapshot to start",
+            m.apply_needs_snapshot.clone(),
+        );
+        r.register(
+            APPLY_QUARANTINED_TABLES,
+            "Tables quarantined on a replica",
+            m.apply_quarantined_tables.clone(),
+        );
+        r.register(
+            APPLY_QUARANTINES,
+            "Tables put into quarantine",
+            m.apply_quarantines.clone(),
         );
         r.register(ERRORS, "Errors by component and class", m.errors.clone());
         for component in COMPONENTS {
@@ -275,6 +314,10 @@ impl PipelineMetrics {
         let _ = self.apply_events.get_or_create(&label);
         let _ = self.apply_batch_seconds.get_or_create(&label);
         let _ = self.apply_batch_events.get_or_create(&label);
+        let _ = self.apply_stopped.get_or_create(&label);
+        let _ = self.apply_needs_snapshot.get_or_create(&label);
+        let _ = self.apply_quarantined_tables.get_or_create(&label);
+        let _ = self.apply_quarantines.get_or_create(&label);
     }
 
     pub fn error(&self, component: &str, class: crate::retry::ErrorClass) {
@@ -341,6 +384,10 @@ mod tests {
             LOG_DISK_BYTES,
             APPLY_LAG_EVENTS,
             APPLY_BATCH_EVENTS,
+            APPLY_STOPPED,
+            APPLY_NEEDS_SNAPSHOT,
+            APPLY_QUARANTINED_TABLES,
+            APPLY_QUARANTINES,
             ERRORS,
         ] {
             assert!(families.contains(&name), "{name} missing:\n{text}");

@@ -761,6 +761,11 @@ impl PostgresSource {
                 ty,
                 nullable,
                 charset: text.then(|| "utf8mb4".to_string()),
+                // PostgreSQL's collations are deterministic: values that differ
+                // are different keys, trailing spaces included. A binary,
+                // no-pad collation makes a MariaDB replica compare the same way
+                // (and gives "C" on a PostgreSQL replica).
+                collation: text.then(|| "utf8mb4_nopad_bin".to_string()),
                 source_type: facts.spelled,
             });
         }
@@ -780,11 +785,11 @@ impl PostgresSource {
                 .collect(),
         };
         Ok(RelPlan {
-            schema: Arc::new(TableSchema {
-                id: TableId::new(schema, name),
-                columns: defs,
-                primary_key,
-            }),
+            // Unique keys and foreign keys are not carried from a PostgreSQL
+            // source: its WAL logs the rows that cascades change, so the
+            // appliers need no cascade metadata, and replica tables get no
+            // secondary unique keys that could collide.
+            schema: Arc::new(TableSchema::new(TableId::new(schema, name), defs, primary_key)),
             decoders,
         })
     }
