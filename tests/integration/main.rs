@@ -7,4 +7,7 @@ mod support;
 
 mod apply;
 mod capture;
+mod equality;
+mod observe;
+mod pg_source;
 mod pipeline;
