@@ -2,6 +2,7 @@
 //!
 //! Dependency direction: the `dbmux` binary → `connectors` → `pipeline`.
 
+pub mod apply;
 pub mod batch;
 pub mod cascade;
 pub mod codec;
