@@ -2,12 +2,13 @@
 //! `/log?from=SEQ&limit=N` (JSON envelopes, one per line; how `dbmux tail`
 //! reads the log while dbmux holds its lock).
 
+use crate::log::AnyLog;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use pipeline::log::EmbeddedLog;
+use pipeline::log::{Log, LogError, LogReader};
 use pipeline::metrics::PipelineMetrics;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
@@ -23,7 +24,7 @@ pub type MetricsFn = Box<dyn Fn() -> String + Send + Sync>;
 #[derive(Clone)]
 struct AppState {
     extra: Arc<Vec<MetricsFn>>,
-    log: Arc<EmbeddedLog>,
+    log: AnyLog,
     metrics: PipelineMetrics,
     registry: Arc<Registry>,
     replicas: Arc<Vec<String>>,
@@ -37,7 +38,7 @@ struct LogQuery {
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    log: Arc<EmbeddedLog>,
+    log: AnyLog,
     metrics: PipelineMetrics,
     registry: Arc<Registry>,
     extra: Vec<MetricsFn>,
@@ -86,14 +87,17 @@ async fn status(State(s): State<AppState>) -> Response {
     for r in s.replicas.iter() {
         replicas.insert(
             r.clone(),
-            serde_json::json!({ "applied_seq": s.log.acked(r).ok().flatten() }),
+            serde_json::json!({ "applied_seq": s.log.acked(r).await.ok().flatten() }),
         );
     }
-    let last = s.log.last().ok().flatten();
+    // The embedded log answers from local storage; Kafka from the brokers
+    // (an unreachable broker leaves these null rather than failing /status).
+    let last = s.log.last().await.ok().flatten();
     let body = serde_json::json!({
         "capture": { "connected": s.metrics.capture_connected.get() == 1 },
         "log": {
-            "first_seq": s.log.first_seq().ok().flatten(),
+            "kind": if s.log.is_embedded() { "embedded" } else { "kafka" },
+            "first_seq": s.log.first_seq().await.ok().flatten(),
             "last_seq": s.log.last_seq(),
             "resume_position": last.map(|(_, p)| p.to_string()),
         },
@@ -105,21 +109,24 @@ async fn status(State(s): State<AppState>) -> Response {
 async fn read_log(State(s): State<AppState>, Query(q): Query<LogQuery>) -> Response {
     let from = q.from.unwrap_or(1).max(1);
     let limit = q.limit.unwrap_or(1000).clamp(1, MAX_LOG_PAGE);
-    let log = s.log.clone();
-    let res = tokio::task::spawn_blocking(move || log.read(from, limit)).await;
+    let res = match s.log.reader("admin").await {
+        Ok(mut reader) => reader.read(from, limit).await,
+        Err(e) => Err(e),
+    };
     match res {
-        Ok(Ok(events)) => {
+        Ok(txns) => {
             let mut body = String::new();
-            for e in events.iter().take(limit.max(1)) {
-                body.push_str(&pipeline::envelope::to_envelope(e).to_string());
+            for env in txns
+                .iter()
+                .flat_map(pipeline::envelope::transaction_envelopes)
+                .take(limit)
+            {
+                body.push_str(&env.to_string());
                 body.push('\n');
             }
             ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
         }
-        Ok(Err(e @ pipeline::log::LogError::Truncated { .. })) => {
-            (StatusCode::GONE, e.to_string()).into_response()
-        }
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e @ LogError::Truncated { .. }) => (StatusCode::GONE, e.to_string()).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

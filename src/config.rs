@@ -46,6 +46,9 @@ pub struct Config {
     /// Where dbmux keeps its own state (the embedded log).
     pub data_dir: PathBuf,
     pub log: LogConfig,
+    /// `[log.kafka]`, when `log.kind = "kafka"`.
+    #[cfg(feature = "kafka")]
+    pub kafka: Option<connectors::kafka::KafkaLogConfig>,
     pub source: SourceConfig,
     pub replicas: Vec<ReplicaConfig>,
     pub admin: AdminConfig,
@@ -115,9 +118,18 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from(DEFAULT_DATA_DIR)
 }
 
+/// The log kinds (`[log] kind`).
+pub const LOG_KINDS: &[&str] = &["embedded", "kafka"];
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
+    /// `embedded` (fjall in `data_dir`, one process) or `kafka` (`[log.kafka]`).
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// `[log.kafka]`, parsed on its own (see [`Config::kafka`]).
+    #[serde(default)]
+    pub kafka: Option<toml::Value>,
     /// `always` (sync before a transaction counts as captured; the only mode
     /// that survives power loss), `interval`, or `never`.
     #[serde(default = "default_fsync")]
@@ -136,6 +148,10 @@ fn default_true() -> bool {
     true
 }
 
+fn default_kind() -> String {
+    "embedded".into()
+}
+
 fn default_fsync() -> String {
     "always".into()
 }
@@ -149,6 +165,8 @@ fn default_truncate_interval() -> u64 {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
+            kind: default_kind(),
+            kafka: None,
             fsync: default_fsync(),
             fsync_interval_ms: DEFAULT_FSYNC_INTERVAL_MS,
             truncate: true,
@@ -375,22 +393,67 @@ impl Config {
                 postgres: section(r.postgres, &format!("replica[{i}].postgres"), &mut problems),
             });
         }
+        let mut log = raw.log;
+        let kafka_present = log.kafka.is_some();
+        #[cfg(feature = "kafka")]
+        let kafka = section(log.kafka.take(), "log.kafka", &mut problems);
         let config = Config {
             name: raw.name,
             data_dir: raw.data_dir,
-            log: raw.log,
+            log,
+            #[cfg(feature = "kafka")]
+            kafka,
             source: SourceConfig { mysql: mysql_source },
             replicas,
             admin: raw.admin,
             #[cfg(feature = "proxy")]
             proxy: section(raw.proxy, "proxy", &mut problems),
         };
+        problems.extend(config.validate_log(kafka_present));
         problems.extend(config.validate_with(source_present, &presence));
         if problems.is_empty() {
             Ok(config)
         } else {
             Err(problems)
         }
+    }
+
+    /// `[log]`: the kind and, for Kafka, its section.
+    fn validate_log(&self, kafka_present: bool) -> Vec<String> {
+        let mut p = Vec::new();
+        match self.log.kind.as_str() {
+            "embedded" => {
+                if kafka_present {
+                    p.push("log.kafka: only used with log.kind = \"kafka\"".into());
+                }
+            }
+            "kafka" => {
+                #[cfg(feature = "kafka")]
+                match &self.kafka {
+                    Some(k) => p.extend(
+                        k.validate(&self.name)
+                            .into_iter()
+                            .map(|e| format!("log.kafka.{e}")),
+                    ),
+                    None if kafka_present => {}
+                    None => p.push(
+                        "log.kafka: required with log.kind = \"kafka\" (at least brokers = \"host:port\")"
+                            .into(),
+                    ),
+                }
+                #[cfg(not(feature = "kafka"))]
+                p.push("log.kind: this dbmux was built without the `kafka` feature".into());
+            }
+            other => p.push(format!(
+                "log.kind: {other:?} is not one of {}",
+                LOG_KINDS
+                    .iter()
+                    .map(|k| format!("{k:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+        p
     }
 
     /// Semantic checks, every problem with its field path; told which sections
@@ -506,7 +569,14 @@ fn prefixed(prefix: &str, msg: String) -> String {
 /// connectors are checked by their own `deny_unknown_fields`.
 fn collect_unknown_keys(doc: &mut toml::Table, problems: &mut Vec<String>) {
     const TOP: &[&str] = &["name", "data_dir", "log", "source", "replica", "admin", "proxy"];
-    const LOG: &[&str] = &["fsync", "fsync_interval_ms", "truncate", "truncate_interval_s"];
+    const LOG: &[&str] = &[
+        "kind",
+        "kafka",
+        "fsync",
+        "fsync_interval_ms",
+        "truncate",
+        "truncate_interval_s",
+    ];
     const SOURCE: &[&str] = &["mysql"];
     const REPLICA: &[&str] = &["name", "max_batch_events", "mysql", "postgres"];
     const ADMIN: &[&str] = &["listen"];

@@ -1,5 +1,8 @@
-//! `dbmux run`: wires capture, the log, appliers and the admin server into
-//! tasks and stops them all together.
+//! `dbmux run`, `dbmux capture`, `dbmux apply`: wire capture, the log,
+//! appliers, the proxy and the admin server into tasks and stop them all
+//! together. `run` runs every part in one process (either log); `capture`
+//! and `apply --replica NAME` run one part each, as separate processes on
+//! separate hosts with the Kafka log between them.
 //!
 //! Any task that stops with an error stops the process (after the others shut
 //! down cleanly), with a non-zero exit: a pipeline that cannot go on says so
@@ -7,8 +10,9 @@
 //! retry them with backoff.
 
 use crate::config::{redact_url, Config};
+use crate::log::{AnyLog, Role};
 use anyhow::Context;
-use pipeline::log::{EmbeddedLog, FsyncPolicy};
+use pipeline::log::{FsyncPolicy, Log};
 use pipeline::metrics::PipelineMetrics;
 use pipeline::runtime::{self, ApplyOptions, CaptureOptions, RuntimeError};
 use prometheus_client::registry::Registry;
@@ -20,12 +24,25 @@ use tracing::{error, info};
 
 /// One line per part, secrets redacted (for `check-config` and the start-up log).
 pub fn describe(c: &Config) -> String {
-    let mut s = format!(
-        "name: {}\ndata_dir: {}\nlog: fsync={}\n",
-        c.name,
-        c.data_dir.display(),
-        c.log.fsync
-    );
+    let mut s = format!("name: {}\ndata_dir: {}\n", c.name, c.data_dir.display());
+    match c.log.kind.as_str() {
+        #[cfg(feature = "kafka")]
+        "kafka" => {
+            if let Some(k) = &c.kafka {
+                s.push_str(&format!(
+                    "log: kafka {} topic={}{}\n",
+                    k.brokers,
+                    k.log_topic(&c.name),
+                    if k.change_events.enabled {
+                        format!(", change events on {}", k.change_events.topic)
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+        }
+        _ => s.push_str(&format!("log: embedded, fsync={}\n", c.log.fsync)),
+    }
     if let Some(m) = &c.source.mysql {
         s.push_str(&format!("source: mysql {}\n", redact_url(&m.url)));
     }
@@ -67,16 +84,58 @@ async fn shutdown_signal(token: CancellationToken) {
     token.cancel();
 }
 
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+/// Which replicas a process applies to.
+#[derive(Debug, Clone)]
+pub enum Appliers {
+    All,
+    One(String),
+    None,
+}
+
+/// Which parts a process runs.
+#[derive(Debug, Clone)]
+pub struct Parts {
+    pub capture: bool,
+    pub appliers: Appliers,
+    pub proxy: bool,
+}
+
+impl Parts {
+    /// `dbmux run`: everything configured.
+    pub const ALL: Parts = Parts {
+        capture: true,
+        appliers: Appliers::All,
+        proxy: true,
+    };
+}
+
+pub async fn run(mut cfg: Config, parts: Parts) -> anyhow::Result<()> {
     for line in describe(&cfg).lines() {
         info!("{line}");
     }
-    let dir = cfg.data_dir.join("log");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    match &parts.appliers {
+        Appliers::All => {}
+        Appliers::One(name) => {
+            if !cfg.replicas.iter().any(|r| &r.name == name) {
+                let known: Vec<&str> = cfg.replicas.iter().map(|r| r.name.as_str()).collect();
+                anyhow::bail!("no [[replica]] named {name:?} (configured: {})", known.join(", "));
+            }
+            cfg.replicas.retain(|r| &r.name == name);
+        }
+        Appliers::None => cfg.replicas.clear(),
+    }
+    if !parts.capture {
+        cfg.source.mysql = None;
+    } else if cfg.source.mysql.is_none() && matches!(parts.appliers, Appliers::None) {
+        anyhow::bail!("dbmux capture: the configuration has no [source.mysql]");
+    }
+    let role = if cfg.source.mysql.is_some() {
+        Role::Capture
+    } else {
+        Role::Follow
+    };
+    let log = AnyLog::open(&cfg, role).await?;
     let policy = cfg.log.policy();
-    let log = Arc::new(
-        EmbeddedLog::open(&dir, policy).with_context(|| format!("opening the log in {}", dir.display()))?,
-    );
     info!(last_seq = log.last_seq(), "log opened");
 
     let mut registry = Registry::default();
@@ -123,7 +182,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             _ => unreachable!("validated"),
         }
     }
-    if cfg.log.truncate {
+    // The process that writes the embedded log also trims it (Kafka: the
+    // topic's retention does).
+    if cfg.log.truncate && log.is_embedded() && role == Role::Capture {
         let (log, sd, names) = (log.clone(), shutdown.clone(), replica_names.clone());
         let every = Duration::from_secs(cfg.log.truncate_interval_s);
         tasks.spawn(async move {
@@ -133,7 +194,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             )
         });
     }
-    if let FsyncPolicy::IntervalMs(ms) = policy {
+    if let (FsyncPolicy::IntervalMs(ms), true) = (policy, log.is_embedded()) {
         let (log, sd) = (log.clone(), shutdown.clone());
         tasks.spawn(async move {
             (
@@ -146,7 +207,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     #[allow(unused_mut)]
     let mut extra_metrics: Vec<crate::admin::MetricsFn> = Vec::new();
     #[cfg(feature = "proxy")]
-    if let Some(mut pcfg) = cfg.proxy.clone() {
+    if let Some(mut pcfg) = cfg.proxy.clone().filter(|_| parts.proxy) {
         // Replicas fed by this pipeline report their progress in the offsets
         // row `<pipeline name>/<replica name>`.
         for r in &mut pcfg.replicas {
@@ -203,7 +264,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     }
     // Make what was captured durable whatever the policy.
-    let _ = log.sync();
+    let _ = log.sync().await;
     match first_error {
         Some(e) => Err(e),
         None => {

@@ -13,7 +13,8 @@ use crate::schema::TableSchema;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-const FORMAT_VERSION: u8 = 1;
+/// The record format this build writes (stored as the first byte).
+pub const FORMAT_VERSION: u8 = 1;
 
 /// The record could not be decoded: the log is damaged or from a newer dbmux.
 #[derive(Debug, thiserror::Error)]

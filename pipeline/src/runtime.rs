@@ -14,12 +14,11 @@
 //! atomic (and, with `fsync = "always"`, one synced) write.
 
 use crate::event::sequence_transaction;
-use crate::log::{into_transactions, EmbeddedLog, LogError};
+use crate::log::{Log, LogError, LogReader};
 use crate::metrics::{PipelineMetrics, ReplicaLabel};
 use crate::retry::{Backoff, Classify, ErrorClass};
 use crate::sink::Sink;
 use crate::source::{CapturedTransaction, Source};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -87,23 +86,21 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
 
 /// Reads committed transactions from `source` and appends them to `log` with
 /// gapless `seq`s until `shutdown` or a definite error.
-pub async fn run_capture<S>(
+pub async fn run_capture<S, L>(
     source: S,
-    log: Arc<EmbeddedLog>,
+    log: L,
     metrics: PipelineMetrics,
     options: CaptureOptions,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError>
 where
     S: Source + 'static,
+    L: Log,
 {
     let (tx, mut rx) = mpsc::channel::<CapturedTransaction>(options.channel_capacity.max(1));
     // Resume after the newest transaction in the log; before the first one,
     // from the start position stored on the very first start.
-    let resume = match log.last()? {
-        Some((_, p)) => Some(p),
-        None => log.start_position()?,
-    };
+    let resume = log.resume_position().await?;
     let reader_shutdown = shutdown.child_token();
     let reader_metrics = metrics.clone();
     let reader = tokio::spawn(read_source(
@@ -142,10 +139,12 @@ where
                 .collect();
             let n = txns.len() as u64;
             let started = Instant::now();
-            let log2 = log.clone();
-            let bytes = tokio::task::spawn_blocking(move || log2.append_many(&txns))
-                .await
-                .map_err(|e| RuntimeError::Join(e.to_string()))??;
+            // An append the shutdown interrupts is either whole in the log or
+            // not at all (the log's contract); the next start reads which.
+            let bytes = tokio::select! {
+                r = log.append(txns) => r?,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
             metrics.log_appended_bytes.inc_by(bytes);
             metrics
                 .log_append_seconds
@@ -164,9 +163,9 @@ where
     }
 }
 
-async fn read_source<S: Source>(
+async fn read_source<S: Source, L: Log>(
     mut source: S,
-    log: Arc<EmbeddedLog>,
+    log: L,
     mut resume: Option<crate::position::Position>,
     tx: mpsc::Sender<CapturedTransaction>,
     metrics: PipelineMetrics,
@@ -211,11 +210,7 @@ async fn read_source<S: Source>(
                 }
             }
         };
-        let log2 = log.clone();
-        let p2 = position.clone();
-        tokio::task::spawn_blocking(move || log2.set_start_position(&p2))
-            .await
-            .map_err(|e| RuntimeError::Join(e.to_string()))??;
+        log.set_start_position(&position).await?;
         info!(position = %position, "capture start position stored");
         resume = Some(position);
     }
@@ -272,10 +267,10 @@ async fn read_source<S: Source>(
 /// Applies the log to one replica, from the replica's own stored offset, until
 /// `shutdown` or a definite error. Transient errors are retried with backoff
 /// forever (logged loudly); the offset never moves past what the replica committed.
-pub async fn run_apply<K: Sink>(
+pub async fn run_apply<K: Sink, L: Log>(
     name: String,
     mut sink: K,
-    log: Arc<EmbeddedLog>,
+    log: L,
     metrics: PipelineMetrics,
     options: ApplyOptions,
     shutdown: CancellationToken,
@@ -289,6 +284,25 @@ pub async fn run_apply<K: Sink>(
         replica: name.clone(),
         message: e.to_string(),
     };
+    let mut reader = log.reader(&name).await?;
+    // A transient log error (a broker restarting) is retried like a replica
+    // outage: back off, re-open the sink (re-reading its offset), re-read.
+    macro_rules! log_try {
+        ($open:lifetime, $e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) if e.is_transient() => {
+                    metrics.error("apply", ErrorClass::Transient);
+                    warn!(replica = %name, error = %e, attempt = backoff.attempts() + 1, "log unavailable; retrying");
+                    if sleep_or_cancel(backoff.next_delay(), &shutdown).await {
+                        return Ok(());
+                    }
+                    continue $open;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+    }
     'open: loop {
         if shutdown.is_cancelled() {
             return Ok(());
@@ -308,7 +322,7 @@ pub async fn run_apply<K: Sink>(
                 return Err(fail(&e));
             }
         };
-        let log_last = log.last_seq();
+        let log_last = log_try!('open, log.last().await).map_or(0, |(s, _)| s);
         if applied > log_last {
             return Err(RuntimeError::ReplicaAhead {
                 replica: name.clone(),
@@ -317,31 +331,28 @@ pub async fn run_apply<K: Sink>(
             });
         }
         info!(replica = %name, applied, "applier resuming");
-        log.ack(&name, applied)?;
+        log_try!('open, reader.ack(applied).await);
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
             notify.borrow_and_update();
-            let log2 = log.clone();
-            let from = applied + 1;
-            let max = options.max_batch_events;
-            let events = tokio::task::spawn_blocking(move || log2.read(from, max))
-                .await
-                .map_err(|e| RuntimeError::Join(e.to_string()))??;
+            let txns = log_try!('open, reader.read(applied + 1, options.max_batch_events).await);
             let log_last = log.last_seq();
             metrics
                 .apply_lag_events
                 .get_or_create(&label)
                 .set(log_last.saturating_sub(applied));
-            if events.is_empty() {
+            if txns.is_empty() {
+                // A shared log's head watch may run ahead of or behind this
+                // reader's own fetches: look again now and then regardless.
                 tokio::select! {
                     _ = notify.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.cancelled() => return Ok(()),
                 }
                 continue;
             }
-            let txns = into_transactions(events);
             let n_events: u64 = txns.iter().map(|t| t.len() as u64).sum();
             let started = Instant::now();
             match sink.apply(&txns).await {
@@ -349,7 +360,7 @@ pub async fn run_apply<K: Sink>(
                     backoff.reset();
                     let last = txns.last().expect("non-empty");
                     applied = last.last_seq();
-                    log.ack(&name, applied)?;
+                    log_try!('open, reader.ack(applied).await);
                     metrics
                         .apply_batch_seconds
                         .get_or_create(&label)
@@ -390,8 +401,8 @@ pub async fn run_apply<K: Sink>(
 }
 
 /// Periodically deletes log chunks every named consumer has applied.
-pub async fn run_truncation(
-    log: Arc<EmbeddedLog>,
+pub async fn run_truncation<L: Log>(
+    log: L,
     consumers: Vec<String>,
     every: Duration,
     shutdown: CancellationToken,
@@ -400,14 +411,7 @@ pub async fn run_truncation(
         if sleep_or_cancel(every, &shutdown).await {
             return Ok(());
         }
-        let log2 = log.clone();
-        let names = consumers.clone();
-        let removed = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            log2.truncate(&refs)
-        })
-        .await
-        .map_err(|e| RuntimeError::Join(e.to_string()))??;
+        let removed = log.truncate(consumers.clone()).await?;
         if removed > 0 {
             tracing::debug!(removed, "log truncated");
         }
@@ -415,20 +419,17 @@ pub async fn run_truncation(
 }
 
 /// Syncs the log's journal every `every` (the `interval` fsync policy).
-pub async fn run_fsync(
-    log: Arc<EmbeddedLog>,
+pub async fn run_fsync<L: Log>(
+    log: L,
     every: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     loop {
         if sleep_or_cancel(every, &shutdown).await {
-            let _ = log.sync();
+            let _ = log.sync().await;
             return Ok(());
         }
-        let log2 = log.clone();
-        tokio::task::spawn_blocking(move || log2.sync())
-            .await
-            .map_err(|e| RuntimeError::Join(e.to_string()))??;
+        log.sync().await?;
     }
 }
 
@@ -442,7 +443,7 @@ mod tests {
     use crate::retry::Classify;
     use crate::schema::TableSchema;
     use crate::value::Value;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     #[derive(Debug, thiserror::Error)]
     #[error("injected {0:?} failure")]
@@ -557,7 +558,7 @@ mod tests {
         let total_events: u64 = (0..total_txns).map(|i| (i % 3 + 1) as u64).sum();
         // Several "process lifetimes": each reopens the log and stops early.
         for round in 0..3 {
-            let log = Arc::new(EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap());
+            let log = crate::log::EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap();
             let shutdown = CancellationToken::new();
             let metrics = PipelineMetrics::unregistered();
             let source = MemSource {
@@ -626,7 +627,7 @@ mod tests {
             }
         }
         let dir = tempfile::tempdir().unwrap();
-        let log = Arc::new(EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap());
+        let log = crate::log::EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap();
         let s = schema();
         let pos = Position::Postgres(1);
         log.append(&sequence_transaction(
