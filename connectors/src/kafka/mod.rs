@@ -51,8 +51,10 @@ use pipeline::event::Transaction;
 use pipeline::log::{Log, LogError};
 use pipeline::position::Position;
 use pipeline::retry::{Classify, ErrorClass};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::error::RDKafkaErrorCode;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -167,6 +169,43 @@ impl KafkaError {
     }
 }
 
+/// The clients' callbacks: librdkafka's messages go to `tracing` at a level
+/// that fits dbmux (a broker restarting is a warning: the client reconnects
+/// and the operation that needed it reports a transient error), and the end
+/// of a partition, which readers ask for, is not an error at all.
+pub struct Context;
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::warn!(target: "librdkafka", "{fac} {message}")
+            }
+            RDKafkaLogLevel::Warning | RDKafkaLogLevel::Notice => {
+                tracing::info!(target: "librdkafka", "{fac} {message}")
+            }
+            _ => tracing::debug!(target: "librdkafka", "{fac} {message}"),
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            tracing::warn!(target: "librdkafka", error = %error, "{reason}");
+        }
+    }
+}
+
+impl ConsumerContext for Context {}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = ();
+    // Delivery is confirmed by the transaction commit, which fails if any
+    // record of the transaction was not delivered.
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+}
+
+pub type Consumer = rdkafka::consumer::BaseConsumer<Context>;
+
 /// What this process does with the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -205,7 +244,7 @@ impl Resolved {
 
     /// A read_committed consumer that reports the end of the partition and
     /// never commits by itself. `group` keys its offset hints.
-    pub fn consumer(&self, group: &str) -> Result<BaseConsumer, KafkaError> {
+    pub fn consumer(&self, group: &str) -> Result<Consumer, KafkaError> {
         self.client_config()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
@@ -214,7 +253,7 @@ impl Resolved {
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", "100")
-            .create()
+            .create_with_context(Context)
             .map_err(KafkaError::from_client)
     }
 
@@ -228,7 +267,7 @@ pub(crate) struct Inner {
     admin: topic::Admin,
     writer: Option<Arc<Mutex<writer::Writer>>>,
     /// For one-off reads (last record, first record, meta).
-    util: Arc<Mutex<BaseConsumer>>,
+    util: Arc<Mutex<Consumer>>,
     head: watch::Sender<u64>,
     /// Change-event topics known to exist.
     known_topics: Mutex<HashSet<String>>,
@@ -261,7 +300,7 @@ impl KafkaLog {
         let admin: topic::Admin = Arc::new(
             resolved
                 .client_config()
-                .create()
+                .create_with_context(Context)
                 .map_err(|e| LogError::from(KafkaError::from_client(e)))?,
         );
         topic::ensure(&admin, &resolved.cfg, &resolved.topic, topic::TopicRole::Log).await?;
@@ -319,7 +358,7 @@ impl KafkaLog {
 
     async fn util<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&BaseConsumer, &Resolved) -> Result<T, KafkaError> + Send + 'static,
+        f: impl FnOnce(&Consumer, &Resolved) -> Result<T, KafkaError> + Send + 'static,
     ) -> Result<T, LogError> {
         let (util, resolved) = (self.0.util.clone(), self.0.resolved.clone());
         tokio::task::spawn_blocking(move || {

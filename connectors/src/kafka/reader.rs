@@ -19,7 +19,8 @@ use super::{Inner, KafkaError, Resolved, HEADER_LAST_SEQ, HEADER_SEQ};
 use pipeline::codec;
 use pipeline::event::{ChangeEvent, Transaction};
 use pipeline::log::{into_transactions, LogError, LogReader};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use super::Consumer as KConsumer;
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::VecDeque;
@@ -70,14 +71,14 @@ fn seq_range(m: &BorrowedMessage<'_>) -> Result<(u64, u64), KafkaError> {
     }
 }
 
-fn assign(c: &BaseConsumer, topic: &str, offset: Offset) -> Result<(), KafkaError> {
+fn assign(c: &KConsumer, topic: &str, offset: Offset) -> Result<(), KafkaError> {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, offset)
         .map_err(KafkaError::from_client)?;
     c.assign(&tpl).map_err(KafkaError::from_client)
 }
 
-fn watermarks(c: &BaseConsumer, topic: &str, timeout: Duration) -> Result<(i64, i64), KafkaError> {
+fn watermarks(c: &KConsumer, topic: &str, timeout: Duration) -> Result<(i64, i64), KafkaError> {
     c.fetch_watermarks(topic, 0, timeout)
         .map_err(KafkaError::from_client)
 }
@@ -85,7 +86,7 @@ fn watermarks(c: &BaseConsumer, topic: &str, timeout: Duration) -> Result<(i64, 
 /// Polls until a data record arrives (`Some`), the end of the partition is
 /// reached (`None`), or `timeout` passes (a transient error).
 fn next_record<'c>(
-    c: &'c BaseConsumer,
+    c: &'c KConsumer,
     topic: &str,
     timeout: Duration,
 ) -> Result<Option<BorrowedMessage<'c>>, KafkaError> {
@@ -114,7 +115,7 @@ fn next_record<'c>(
 /// Reads a growing window back from the end: aborted records and
 /// transaction markers at the tail take offsets but are not returned.
 pub fn last_record(
-    c: &BaseConsumer,
+    c: &KConsumer,
     topic: &str,
     timeout: Duration,
 ) -> Result<Option<Vec<ChangeEvent>>, KafkaError> {
@@ -159,7 +160,7 @@ fn emptied<T>(topic: &str, low: i64) -> Result<Option<T>, KafkaError> {
 }
 
 /// The `seq` of the oldest stored event.
-pub fn first_seq(c: &BaseConsumer, topic: &str, timeout: Duration) -> Result<Option<u64>, KafkaError> {
+pub fn first_seq(c: &KConsumer, topic: &str, timeout: Duration) -> Result<Option<u64>, KafkaError> {
     let (low, high) = watermarks(c, topic, timeout)?;
     if high <= low {
         return Ok(None);
@@ -173,7 +174,7 @@ pub fn first_seq(c: &BaseConsumer, topic: &str, timeout: Duration) -> Result<Opt
 
 /// The newest committed value of `key` in the meta topic.
 pub fn meta(
-    c: &BaseConsumer,
+    c: &KConsumer,
     topic: &str,
     key: &str,
     timeout: Duration,
@@ -246,7 +247,7 @@ pub(crate) fn spawn_head_watcher(
 
 /// The cursor's state, moved into blocking tasks.
 struct Cursor {
-    consumer: BaseConsumer,
+    consumer: KConsumer,
     resolved: Arc<Resolved>,
     /// The `seq` the next [`Cursor::read`] continues from without repositioning.
     next: Option<u64>,

@@ -20,13 +20,12 @@
 use super::config::{KafkaLogConfig, LOG_TOPIC_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES};
 use super::KafkaError;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub type Admin = Arc<AdminClient<DefaultClientContext>>;
+pub type Admin = Arc<AdminClient<super::Context>>;
 
 /// What a topic is for: the settings it is created with and checked against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,9 +23,8 @@ use pipeline::codec;
 use pipeline::event::{ChangeEvent, Transaction};
 use pipeline::log::{LogError, CHUNK_EVENTS};
 use pipeline::retry::Backoff;
-use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -34,7 +33,7 @@ use tracing::{info, warn};
 /// is larger): small records keep fetches and reads cheap.
 pub const TARGET_RECORD_BYTES: usize = 512 * 1024;
 
-type TxProducer = ThreadedProducer<DefaultProducerContext>;
+type TxProducer = ThreadedProducer<super::Context>;
 
 /// One record to produce inside a transaction.
 pub struct Outgoing {
@@ -48,7 +47,7 @@ pub struct Outgoing {
 pub struct Writer {
     resolved: Arc<Resolved>,
     producer: TxProducer,
-    recovery: BaseConsumer,
+    recovery: super::Consumer,
     last_seq: u64,
 }
 
@@ -75,7 +74,7 @@ fn producer(r: &Resolved) -> Result<TxProducer, KafkaError> {
             super::config::LOG_TOPIC_MAX_MESSAGE_BYTES.to_string(),
         )
         .set("queue.buffering.max.kbytes", "1048576")
-        .create()
+        .create_with_context(super::Context)
         .map_err(KafkaError::from_client)
 }
 
