@@ -68,7 +68,6 @@ enum Command {
     },
     /// Run only the MySQL-protocol proxy from the [proxy] section.
     #[cfg(feature = "proxy")]
-    #[command(hide = true)]
     Proxy {
         #[arg(long, short, env = "DBMUX_CONFIG")]
         config: PathBuf,

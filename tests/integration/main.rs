@@ -7,4 +7,5 @@ mod support;
 
 mod apply;
 mod capture;
+mod kafka;
 mod pipeline;

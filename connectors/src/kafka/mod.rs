@@ -54,8 +54,8 @@ use pipeline::retry::{Classify, ErrorClass};
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::ConsumerContext;
-use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{DeliveryResult, ProducerContext};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -178,7 +178,10 @@ pub struct Context;
 impl ClientContext for Context {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
                 tracing::warn!(target: "librdkafka", "{fac} {message}")
             }
             RDKafkaLogLevel::Warning | RDKafkaLogLevel::Notice => {

@@ -15,11 +15,11 @@
 //! anything else is a definite error naming both `seq`s (a log written by
 //! two writers, or damaged), never a silent skip.
 
+use super::Consumer as KConsumer;
 use super::{Inner, KafkaError, Resolved, HEADER_LAST_SEQ, HEADER_SEQ};
 use pipeline::codec;
 use pipeline::event::{ChangeEvent, Transaction};
 use pipeline::log::{into_transactions, LogError, LogReader};
-use super::Consumer as KConsumer;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -173,12 +173,7 @@ pub fn first_seq(c: &KConsumer, topic: &str, timeout: Duration) -> Result<Option
 }
 
 /// The newest committed value of `key` in the meta topic.
-pub fn meta(
-    c: &KConsumer,
-    topic: &str,
-    key: &str,
-    timeout: Duration,
-) -> Result<Option<Vec<u8>>, KafkaError> {
+pub fn meta(c: &KConsumer, topic: &str, key: &str, timeout: Duration) -> Result<Option<Vec<u8>>, KafkaError> {
     let (low, high) = watermarks(c, topic, timeout)?;
     if high <= low {
         return Ok(None);

@@ -44,8 +44,14 @@ pub struct Outgoing {
     pub headers: Option<OwnedHeaders>,
 }
 
+/// Fault injection for crash tests: milliseconds to wait between producing a
+/// transaction's records and committing it, so a test can kill capture in
+/// exactly that window. Never set in production.
+pub const FAULT_COMMIT_DELAY_ENV: &str = "DBMUX_FAULT_KAFKA_COMMIT_DELAY_MS";
+
 pub struct Writer {
     resolved: Arc<Resolved>,
+    commit_delay: Option<Duration>,
     producer: TxProducer,
     recovery: super::Consumer,
     last_seq: u64,
@@ -90,8 +96,16 @@ impl Writer {
         })?
         .and_then(|events| events.last().map(|e| e.seq))
         .unwrap_or(0);
+        let commit_delay = std::env::var(FAULT_COMMIT_DELAY_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis);
+        if let Some(d) = commit_delay {
+            warn!(delay = ?d, "fault injection: {FAULT_COMMIT_DELAY_ENV} delays every Kafka commit");
+        }
         Ok(Writer {
             resolved,
+            commit_delay,
             producer,
             recovery,
             last_seq,
@@ -254,6 +268,11 @@ impl Writer {
         self.producer.begin_transaction().map_err(classify)?;
         for r in records {
             self.send(r)?;
+        }
+        if let Some(d) = self.commit_delay {
+            self.producer.flush(d).ok();
+            info!("fault injection: records produced, waiting {d:?} before the commit");
+            std::thread::sleep(d);
         }
         // A commit that times out may be called again: the broker completes
         // the same transaction.
