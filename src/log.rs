@@ -135,6 +135,10 @@ impl Log for AnyLog {
     async fn sync(&self) -> Result<(), LogError> {
         dispatch!(self, l => Log::sync(l).await)
     }
+
+    async fn heartbeat(&self) -> Result<(), LogError> {
+        dispatch!(self, l => Log::heartbeat(l).await)
+    }
 }
 
 impl LogReader for AnyReader {

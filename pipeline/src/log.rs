@@ -129,6 +129,13 @@ pub trait Log: Clone + Send + Sync + 'static {
     /// Makes buffered appends durable (the embedded log's `interval` policy).
     fn sync(&self) -> impl Future<Output = Result<(), LogError>> + Send;
 
+    /// Called by an idle writer now and then: a shared log checks that this
+    /// writer still owns the stream ([`LogError::Fenced`] if another capture
+    /// took it over), so a fenced capture stops even when nothing is written.
+    fn heartbeat(&self) -> impl Future<Output = Result<(), LogError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Where capture began, stored once before its first transaction.
     fn start_position(&self) -> impl Future<Output = Result<Option<Position>, LogError>> + Send {
         async move {

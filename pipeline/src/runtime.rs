@@ -43,6 +43,10 @@ pub enum RuntimeError {
     Join(String),
 }
 
+/// How long the log writer may sit idle before it calls [`Log::heartbeat`]
+/// (with Kafka: how soon a capture that another one fenced notices and stops).
+pub const WRITER_HEARTBEAT: Duration = Duration::from_secs(2);
+
 /// Capture tuning.
 #[derive(Debug, Clone)]
 pub struct CaptureOptions {
@@ -116,6 +120,10 @@ where
         loop {
             let first = tokio::select! {
                 t = rx.recv() => match t { Some(t) => t, None => return Ok(()) },
+                _ = tokio::time::sleep(WRITER_HEARTBEAT) => {
+                    log.heartbeat().await?;
+                    continue;
+                }
                 _ = shutdown.cancelled() => return Ok(()),
             };
             let mut pending = vec![first];

@@ -66,6 +66,8 @@ use tokio::sync::watch;
 pub const HEADER_SEQ: &str = "dbmux-seq";
 /// Record header: `seq` of the last event in the record (decimal text).
 pub const HEADER_LAST_SEQ: &str = "dbmux-last-seq";
+/// Meta key of capture's heartbeat (see [`Log::heartbeat`]).
+pub const HEARTBEAT_KEY: &str = "capture_heartbeat";
 /// Record header: the payload's format (the log codec's version).
 pub const HEADER_FORMAT: &str = "dbmux-format";
 
@@ -480,5 +482,30 @@ impl Log for KafkaLog {
     /// Appends return only after the Kafka commit: nothing is buffered.
     async fn sync(&self) -> Result<(), LogError> {
         Ok(())
+    }
+
+    /// A tiny transaction on the meta topic (`capture_heartbeat`: time and
+    /// process id): it fails with [`LogError::Fenced`] once another capture
+    /// has taken over the transactional id, so an idle capture stops too.
+    async fn heartbeat(&self) -> Result<(), LogError> {
+        let Some(writer) = self.0.writer.clone() else {
+            return Ok(());
+        };
+        let value = serde_json::json!({
+            "ts_ms": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            "pid": std::process::id(),
+            "last_seq": self.last_seq(),
+        })
+        .to_string();
+        tokio::task::spawn_blocking(move || {
+            writer
+                .lock()
+                .expect("writer lock")
+                .set_meta(HEARTBEAT_KEY, value.as_bytes())
+        })
+        .await
+        .map_err(|e| LogError::Backend(format!("log task: {e}")))?
     }
 }
