@@ -281,9 +281,10 @@ async fn three_broker_cluster_keeps_replicating_with_a_broker_down() {
         async move { (n > 2000).then_some(()) }
     })
     .await;
-    // Kill the broker that leads the log topic's partition, if we can tell,
-    // else the second one.
-    kafka.kill(1);
+    // Kill the broker that leads the log topic's partition.
+    let leader = crate::support::kafka::leader(&brokers, &format!("dbmux-test.{db}"));
+    let victim = kafka.nodes.iter().position(|n| n.id as i32 == leader).unwrap();
+    kafka.kill(victim);
     let down_at = mariadb_offset(&format!("{db}/mariadb")).await.unwrap_or(0);
     // Replication continues with two of three brokers.
     wait_for(
@@ -300,7 +301,7 @@ async fn three_broker_cluster_keeps_replicating_with_a_broker_down() {
     .await;
     let stats = writer.await.unwrap();
     wait_replicas_at(&db, stats.row_changes).await;
-    kafka.restart(1).await;
+    kafka.restart(victim).await;
     kafka.wait_ready(3).await;
     assert_all_identical(&db).await;
     assert_eq!(

@@ -238,8 +238,12 @@ impl Resolved {
     /// Settings every client gets: the brokers and the user's extra properties.
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
+        // Metadata refreshed every few seconds: after a broker dies, clients
+        // learn the partition's new leader quickly instead of after the
+        // default five minutes.
         c.set("bootstrap.servers", &self.cfg.brokers)
             .set("client.id", "dbmux")
+            .set("topic.metadata.refresh.interval.ms", "5000")
             .set("log_level", "4");
         for (k, v) in &self.cfg.properties {
             c.set(k, v);
@@ -367,8 +371,14 @@ impl KafkaLog {
     ) -> Result<T, LogError> {
         let (util, resolved) = (self.0.util.clone(), self.0.resolved.clone());
         tokio::task::spawn_blocking(move || {
-            let c = util.lock().expect("util consumer lock");
-            f(&c, &resolved)
+            let mut c = util.lock().expect("util consumer lock");
+            let r = f(&c, &resolved);
+            if matches!(r, Err(KafkaError::Transient(_))) {
+                // A fresh consumer next time: this one's metadata may name a
+                // broker that is gone.
+                *c = resolved.consumer(&resolved.group_for("dbmux-util"))?;
+            }
+            r
         })
         .await
         .map_err(|e| LogError::Backend(format!("log task: {e}")))?

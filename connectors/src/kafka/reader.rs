@@ -194,7 +194,8 @@ pub(crate) fn spawn_head_watcher(
     head: watch::Sender<u64>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), KafkaError> {
-    let consumer = resolved.consumer(&resolved.group_for("dbmux-head"))?;
+    let group = resolved.group_for("dbmux-head");
+    let mut consumer = resolved.consumer(&group)?;
     std::thread::Builder::new()
         .name("dbmux-kafka-head".into())
         .spawn(move || {
@@ -209,6 +210,9 @@ pub(crate) fn spawn_head_watcher(
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the head of the Kafka log; retrying");
                         std::thread::sleep(backoff.next_delay());
+                        if let Ok(c) = resolved.consumer(&group) {
+                            consumer = c;
+                        }
                         continue;
                     }
                 }
@@ -244,6 +248,7 @@ pub(crate) fn spawn_head_watcher(
 struct Cursor {
     consumer: KConsumer,
     resolved: Arc<Resolved>,
+    group: String,
     /// The `seq` the next [`Cursor::read`] continues from without repositioning.
     next: Option<u64>,
     /// Events fetched but not returned yet (the rest of a record).
@@ -258,6 +263,17 @@ struct Cursor {
 impl Cursor {
     /// Reads whole transactions from `from` (see [`LogReader::read`]).
     fn read(&mut self, from: u64, max_events: usize) -> Result<Vec<Transaction>, KafkaError> {
+        let r = self.read_inner(from, max_events);
+        if matches!(r, Err(KafkaError::Transient(_))) {
+            // Start over with a fresh consumer: the old one's metadata may
+            // name a broker that is gone.
+            self.next = None;
+            self.consumer = self.resolved.consumer(&self.group)?;
+        }
+        r
+    }
+
+    fn read_inner(&mut self, from: u64, max_events: usize) -> Result<Vec<Transaction>, KafkaError> {
         if self.next != Some(from) {
             self.next = None;
             self.position(from)?;
@@ -460,13 +476,15 @@ pub struct KafkaReader {
 impl KafkaReader {
     pub(crate) fn new(inner: Arc<Inner>, name: &str) -> Result<KafkaReader, KafkaError> {
         let resolved = inner.resolved.clone();
-        let consumer = resolved.consumer(&resolved.group_for(name))?;
+        let group = resolved.group_for(name);
+        let consumer = resolved.consumer(&group)?;
         Ok(KafkaReader {
             inner,
             name: name.to_string(),
             cursor: Arc::new(Mutex::new(Cursor {
                 consumer,
                 resolved,
+                group,
                 next: None,
                 buf: VecDeque::new(),
                 expect: None,

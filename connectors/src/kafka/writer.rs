@@ -161,7 +161,7 @@ impl Writer {
             records.extend(events::records(&self.resolved.cfg, txns));
         }
         let before = self.last_seq;
-        self.transact(&records, |w| {
+        self.transact(&records, move |w| {
             // After a re-initialization: did the batch land?
             let last = w.recover()?;
             if last == batch_last {
@@ -192,10 +192,17 @@ impl Writer {
         self.transact(std::slice::from_ref(&record), |_| Ok(false))
     }
 
-    /// The last committed `seq` in the log topic, read again.
-    fn recover(&self) -> Result<u64, LogError> {
+    /// The last committed `seq` in the log topic, read again (with a fresh
+    /// consumer after a failure: its metadata may name a dead leader).
+    fn recover(&mut self) -> Result<u64, LogError> {
+        let resolved = self.resolved.clone();
+        let recovery = &mut self.recovery;
         Ok(with_retry("reading the end of the log topic", || {
-            reader::last_record(&self.recovery, &self.resolved.topic, self.resolved.timeout())
+            let r = reader::last_record(recovery, &resolved.topic, resolved.timeout());
+            if r.is_err() {
+                *recovery = resolved.consumer(&resolved.group_for("dbmux-capture"))?;
+            }
+            r
         })?
         .and_then(|events| events.last().map(|e| e.seq))
         .unwrap_or(0))
@@ -207,7 +214,7 @@ impl Writer {
     fn transact(
         &mut self,
         records: &[Outgoing],
-        landed: impl Fn(&Writer) -> Result<bool, LogError>,
+        landed: impl Fn(&mut Writer) -> Result<bool, LogError>,
     ) -> Result<(), LogError> {
         let mut backoff = Backoff::default();
         loop {

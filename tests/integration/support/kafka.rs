@@ -288,3 +288,15 @@ pub fn assert_committed_gapless(brokers: &str, topic: &str) -> u64 {
     }
     next - 1
 }
+
+/// The broker id leading partition 0 of `topic`.
+pub fn leader(brokers: &str, topic: &str) -> i32 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let leader = md.topics()[0].partitions()[0].leader();
+    drop(md);
+    leader
+}
