@@ -393,6 +393,7 @@ impl Config {
                 postgres: section(r.postgres, &format!("replica[{i}].postgres"), &mut problems),
             });
         }
+        #[cfg_attr(not(feature = "kafka"), allow(unused_mut))]
         let mut log = raw.log;
         let kafka_present = log.kafka.is_some();
         #[cfg(feature = "kafka")]
