@@ -658,4 +658,36 @@ mod tests {
         assert_eq!(doc["replica"][0]["max_batch_events"].as_integer(), Some(7));
         assert_eq!(problems.len(), 1, "{problems:?}");
     }
+
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn log_kind_and_kafka_section_are_validated_with_field_paths() {
+        let base = "[source.mysql]\nurl = \"mysql://u:p@127.0.0.1:1/app\"\n\
+                    [[replica]]\nname = \"r\"\n[replica.mysql]\nurl = \"mysql://u:p@127.0.0.1:2/app\"\n";
+        let parse = |log: &str| Config::parse(&format!("{log}\n{base}"), &|_| None, &[]);
+        let ok = parse("[log]\nkind = \"kafka\"\n[log.kafka]\nbrokers = \"127.0.0.1:19092\"").unwrap();
+        assert_eq!(ok.kafka.unwrap().log_topic(&ok.name), "dbmux.dbmux.log");
+        let problems = |log: &str| parse(log).err().unwrap().join("\n");
+        let p = problems("[log]\nkind = \"kafka\"");
+        assert!(p.contains("log.kafka: required"), "{p}");
+        let p = problems("[log]\nkind = \"kafka\"\n[log.kafka]\nbrokers = \"b:1\"\ncolour = 1");
+        assert!(p.contains("log.kafka: unknown field `colour`"), "{p}");
+        let p =
+            problems("[log]\nkind = \"kafka\"\n[log.kafka]\nbrokers = \"nohost\"\nmin_insync_replicas = 2");
+        assert!(
+            p.contains("log.kafka.brokers: \"nohost\" is not host:port"),
+            "{p}"
+        );
+        assert!(p.contains("log.kafka.min_insync_replicas"), "{p}");
+        let p = problems("[log]\nkind = \"bogus\"");
+        assert!(
+            p.contains("log.kind: \"bogus\" is not one of \"embedded\", \"kafka\""),
+            "{p}"
+        );
+        let p = problems("[log.kafka]\nbrokers = \"b:1\"");
+        assert!(
+            p.contains("log.kafka: only used with log.kind = \"kafka\""),
+            "{p}"
+        );
+    }
 }

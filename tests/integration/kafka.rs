@@ -612,3 +612,119 @@ fn kafka_example_config_is_valid() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("log: kafka 127.0.0.1:19092"), "{text}");
 }
+
+/// The `Log` contract, checked the same way on both implementations:
+/// gapless appends (a gap is refused), whole transactions on read (also
+/// from the middle of one spanning many records), the newest seq and its
+/// resume position, metadata, and nothing past the end.
+async fn log_contract<L: pipeline::log::Log>(log: L) {
+    use pipeline::event::{sequence_transaction, Op};
+    use pipeline::log::{LogError, LogReader};
+    use pipeline::position::{MysqlPosition, Position};
+    use pipeline::schema::{ColumnDef, ColumnType, TableId, TableSchema};
+    use pipeline::value::Value;
+    let table = Arc::new(TableSchema {
+        id: TableId::new("contract", "t"),
+        columns: vec![ColumnDef {
+            name: "id".into(),
+            ty: ColumnType::Integer {
+                bytes: 8,
+                unsigned: false,
+            },
+            nullable: false,
+            charset: None,
+            source_type: "bigint".into(),
+        }],
+        primary_key: vec![0],
+    });
+    let txn = |first: u64, n: usize| {
+        let pos = Position::Mysql(MysqlPosition {
+            file: "b.000001".into(),
+            offset: first,
+            gtid_set: Some(format!("0-1-{first}")),
+        });
+        let changes = (0..n)
+            .map(|i| {
+                (
+                    table.clone(),
+                    Op::Insert {
+                        after: vec![Value::Int((first + i as u64) as i64)],
+                    },
+                )
+            })
+            .collect();
+        sequence_transaction(first, format!("0-1-{first}"), 1_000_000, pos, changes)
+    };
+    assert_eq!(log.last().await.unwrap(), None);
+    assert_eq!(log.start_position().await.unwrap(), None);
+    let start = Position::Mysql(MysqlPosition {
+        file: "b.000001".into(),
+        offset: 4,
+        gtid_set: None,
+    });
+    log.set_start_position(&start).await.unwrap();
+    assert_eq!(log.resume_position().await.unwrap(), Some(start));
+    log.append(vec![txn(1, 3)]).await.unwrap();
+    // A transaction spanning several records, then a small one, in one append.
+    log.append(vec![txn(4, 2500), txn(2504, 1)]).await.unwrap();
+    assert!(matches!(
+        log.append(vec![txn(2600, 1)]).await,
+        Err(LogError::Gap { .. })
+    ));
+    let (last, pos) = log.last().await.unwrap().unwrap();
+    assert_eq!(last, 2504);
+    assert_eq!(pos.to_string(), "mysql:b.000001:2504:0-1-2504");
+    assert_eq!(log.resume_position().await.unwrap(), Some(pos));
+    assert_eq!(log.first_seq().await.unwrap(), Some(1));
+
+    let mut reader = log.reader("contract").await.unwrap();
+    let t = reader.read(1, 1).await.unwrap();
+    assert_eq!(t.len(), 1);
+    assert_eq!((t[0].first_seq(), t[0].last_seq()), (1, 3));
+    // Continues without repositioning; the big transaction comes whole.
+    let t = reader.read(4, 10).await.unwrap();
+    assert_eq!((t[0].first_seq(), t[0].last_seq(), t.len()), (4, 2503, 1));
+    reader.ack(2503).await.unwrap();
+    // From the middle of the big transaction (repositioning): its rest, whole.
+    let mut other = log.reader("contract-2").await.unwrap();
+    let t = other.read(1000, 1).await.unwrap();
+    assert_eq!(t[0].first_seq(), 1000);
+    assert_eq!(t[0].last_seq(), 2503);
+    assert!(t[0].events.last().unwrap().txn.last);
+    let t = other.read(2504, 100).await.unwrap();
+    assert_eq!((t.len(), t[0].first_seq()), (1, 2504));
+    // Nothing past the end (yet).
+    assert!(other.read(2505, 100).await.unwrap().is_empty());
+    log.append(vec![txn(2505, 2)]).await.unwrap();
+    let t = other.read(2505, 100).await.unwrap();
+    assert_eq!((t[0].first_seq(), t[0].last_seq()), (2505, 2506));
+    // Back to the start with the first reader.
+    let t = reader.read(1, 5000).await.unwrap();
+    assert_eq!(t.iter().map(|t| t.len()).sum::<usize>(), 2506);
+    assert_eq!(log.acked("contract").await.unwrap(), Some(2503));
+    log.set_meta("k", b"v1".to_vec()).await.unwrap();
+    log.set_meta("k", b"v2".to_vec()).await.unwrap();
+    assert_eq!(log.meta("k").await.unwrap(), Some(b"v2".to_vec()));
+    assert_eq!(log.meta("absent").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_contract_holds_for_the_embedded_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = pipeline::log::EmbeddedLog::open(dir.path(), pipeline::log::FsyncPolicy::Never).unwrap();
+    log_contract(log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_contract_holds_for_the_kafka_log() {
+    let name = unique_name("kcontract");
+    let cfg: connectors::kafka::KafkaLogConfig = toml::from_str(&format!(
+        "brokers = \"{}\"\ntopic = \"dbmux-test.{name}\"",
+        kafka_brokers()
+    ))
+    .unwrap();
+    let log = connectors::kafka::KafkaLog::open(cfg, &name, connectors::kafka::Role::Capture)
+        .await
+        .unwrap();
+    log_contract(log).await;
+}
