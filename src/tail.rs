@@ -1,8 +1,9 @@
-//! `dbmux tail`: print the log as JSON envelopes.
+//! `dbmux tail`: print the log as JSON envelopes (docs/change-events.md).
 //!
-//! The embedded log is locked by the process that writes it, so when dbmux is
-//! running, `tail` reads through the admin server's `/log` endpoint; otherwise
-//! it opens the log directly.
+//! The Kafka log is read directly, as a `read_committed` consumer. The
+//! embedded log is locked by the process that writes it, so when dbmux is
+//! running, `tail` reads through the admin server's `/log` endpoint;
+//! otherwise it opens the log directly.
 
 use crate::config::Config;
 use crate::log::{AnyLog, Role};

@@ -182,6 +182,21 @@ async fn split_processes_survive_kills_and_a_second_capture_is_fenced() {
         "the new capture keeps running:\n{}",
         second.output()
     );
+    // Each applier process follows the log's head (it started on an empty
+    // topic) and reports what it applied.
+    for part in [&maria, &pg] {
+        let total = stats.row_changes;
+        wait_for(
+            &format!("{} to see the head", part.label),
+            Duration::from_secs(60),
+            || async move {
+                let st = part.status().await?;
+                let applied = st["replicas"].as_object()?.values().next()?["applied_seq"].as_u64()?;
+                (st["log"]["last_seq"].as_u64() == Some(total) && applied == total).then_some(())
+            },
+        )
+        .await;
+    }
     assert_all_identical(&db).await;
     assert_eq!(assert_committed_gapless(&brokers, &topic), stats.row_changes);
     // Aborted records exist: the produce/commit kill left records that a
@@ -586,9 +601,22 @@ async fn proxy_read_your_writes_with_the_applier_in_another_process() {
         stale_eventual > 0,
         "replication was not slow enough to show the difference"
     );
-    // The proxy process follows the Kafka log's head: its lag metric knows the
-    // latest seq although no pipeline part runs in it.
     assert!(proxy.try_exit().is_none(), "{}", proxy.output());
+    // The applier process, started on an empty log topic and never
+    // restarted, follows the log's head (for its lag metric).
+    let head = capture.status().await.unwrap()["log"]["last_seq"]
+        .as_u64()
+        .unwrap();
+    assert!(head > clients as u64);
+    wait_for(
+        "the applier process to see the head",
+        Duration::from_secs(60),
+        || async {
+            let st = apply.status().await?;
+            (st["log"]["last_seq"].as_u64() == Some(head)).then_some(())
+        },
+    )
+    .await;
     assert!(capture.stop().success());
     assert!(apply.stop().success());
     println!("read-your-writes with a separate applier: 0 stale reads, {stale_eventual} for eventual users");

@@ -206,7 +206,14 @@ pub(crate) fn spawn_head_watcher(
                         let seq = events.last().map_or(0, |e| e.seq);
                         head.send_if_modified(|h| std::mem::replace(h, seq) != seq);
                     }
-                    Ok(None) => {}
+                    Ok(None) => {
+                        // An empty log: follow it from its beginning.
+                        if let Err(e) = assign(&consumer, &resolved.topic, Offset::Beginning) {
+                            tracing::warn!(error = %e, "cannot follow the head of the Kafka log; retrying");
+                            std::thread::sleep(backoff.next_delay());
+                            continue;
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the head of the Kafka log; retrying");
                         std::thread::sleep(backoff.next_delay());

@@ -143,7 +143,9 @@ async fn create(admin: &Admin, cfg: &KafkaLogConfig, topic: &str, role: TopicRol
             .set("retention.ms", &retention)
             .set("retention.bytes", "-1")
             .set("max.message.bytes", &max_bytes),
-        TopicRole::Meta => t.set("cleanup.policy", "compact"),
+        // Rolled hourly so compaction keeps only the newest value of each
+        // key (the heartbeat writes one every few seconds while idle).
+        TopicRole::Meta => t.set("cleanup.policy", "compact").set("segment.ms", "3600000"),
         TopicRole::Events { .. } => t,
     };
     let results = admin
