@@ -54,9 +54,9 @@ pub struct KafkaLogConfig {
     /// `none`, `gzip`, `snappy`, `lz4` or `zstd` (producer compression).
     #[serde(default = "default_compression")]
     pub compression: String,
-    /// Extra librdkafka properties for every client (TLS, SASL…), e.g.
-    /// `{ "security.protocol" = "SSL" }`. Those dbmux's guarantees rest on
-    /// (isolation level, idempotence, acks, transactional id) cannot be set here.
+    /// Extra librdkafka properties for every client. Those dbmux's
+    /// guarantees rest on (isolation level, idempotence, acks, transactional
+    /// id) cannot be set here. (librdkafka is built without TLS and SASL.)
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
     /// Downstream change events on per-table topics.
