@@ -25,6 +25,8 @@ ROWS_PER_TXN=${ROWS_PER_TXN:-100}
 LAG_RATE=${LAG_RATE:-200}
 LAG_SECONDS=${LAG_SECONDS:-30}
 DBMUX=${DBMUX:-$ROOT/target/release/dbmux}
+# Debian's python3 has PyMySQL (python3-pymysql, installed by scripts/services).
+PY=${PY:-/usr/bin/python3}
 BROKERS=${DBMUX_TEST_KAFKA_BROKERS:-127.0.0.1:19092}
 [ -x "$DBMUX" ] || { echo "no $DBMUX: cargo build --release --bin dbmux" >&2; exit 2; }
 command -v kcat >/dev/null || { echo "kcat missing: apt-get install kcat" >&2; exit 2; }
@@ -56,11 +58,11 @@ wait_seq() { # admin seq timeout
   done
 }
 
-config() { # file kind admin db
-  local file=$1 kind=$2 admin=$3 db=$4
+config() { # file kind admin db [events]
+  local file=$1 kind=$2 admin=$3 db=$4 events=${5:-true}
   cat >"$file" <<EOF
-name = "$db-$kind"
-data_dir = "$WORK/$kind-data"
+name = "$db-$kind-$events"
+data_dir = "$WORK/$kind-$events-data"
 [admin]
 listen = "$admin"
 [source.mysql]
@@ -78,9 +80,9 @@ EOF
 kind = "kafka"
 [log.kafka]
 brokers = "$BROKERS"
-topic = "bench.$RUN_ID.$db.log"
+topic = "bench.$RUN_ID.$db.$events.log"
 [log.kafka.change_events]
-enabled = true
+enabled = $events
 topic = "bench.$RUN_ID.{db}.{table}"
 transaction_topic = "bench.$RUN_ID.transaction"
 EOF
@@ -93,16 +95,23 @@ echo "== database $DB"
 "${MASTER[@]}" -e "CREATE DATABASE $DB; CREATE TABLE $DB.t (id INT PRIMARY KEY, v VARCHAR(100) NOT NULL)"
 
 # ---------------------------------------------------------------------------------------------- throughput
-ADMIN="127.0.0.1:$(free_port)"
-config "$WORK/capture.toml" kafka "$ADMIN" "$DB"
-# First start pins the start position; then stop and write the backlog.
-"$DBMUX" capture --config "$WORK/capture.toml" >"$WORK/capture.log" 2>&1 &
-PID=$!; PIDS+=("$PID")
-until status "$ADMIN" | grep -q '"connected":true'; do sleep 0.1; done
-kill -TERM "$PID"; wait "$PID" || true
+# Three captures of the same backlog: Kafka with change events (the measured one), Kafka without them, and
+# the embedded log (fsync = always), to see where the time goes. Each is started once first, so that its
+# start position is pinned before the backlog is written.
+VARIANTS=("kafka true" "kafka false" "embedded false")
+declare -A ADMINS SECONDS_OF
+for v in "${VARIANTS[@]}"; do
+  read -r kind events <<<"$v"
+  admin="127.0.0.1:$(free_port)"; ADMINS[$v]=$admin
+  config "$WORK/capture-$kind-$events.toml" "$kind" "$admin" "$DB" "$events"
+  "$DBMUX" capture --config "$WORK/capture-$kind-$events.toml" >"$WORK/capture-$kind-$events.log" 2>&1 &
+  PID=$!; PIDS+=("$PID")
+  until status "$admin" | grep -q '"connected":true'; do sleep 0.1; done
+  kill -TERM "$PID"; wait "$PID" || true
+done
 
 echo "== writing a backlog of $ROWS rows ($ROWS_PER_TXN per transaction)"
-python3 - "$DB" "$ROWS" "$ROWS_PER_TXN" <<'PY'
+"$PY" - "$DB" "$ROWS" "$ROWS_PER_TXN" <<'PY'
 import sys, pymysql
 db, rows, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 c = pymysql.connect(host="127.0.0.1", port=13306, user="dbmux", password="dbmux-password", database=db)
@@ -113,23 +122,29 @@ for start in range(0, rows, per):
     c.commit()
 PY
 
-echo "== dbmux capture drains it into Kafka"
-t0=$(now)
-"$DBMUX" capture --config "$WORK/capture.toml" >>"$WORK/capture.log" 2>&1 &
-PID=$!; PIDS+=("$PID")
-wait_seq "$ADMIN" "$ROWS" 600
-t1=$(now)
-kill -TERM "$PID"; wait "$PID" || true
+for v in "${VARIANTS[@]}"; do
+  read -r kind events <<<"$v"
+  echo "== dbmux capture drains it ($kind log, change events: $events)"
+  t0=$(now)
+  "$DBMUX" capture --config "$WORK/capture-$kind-$events.toml" >>"$WORK/capture-$kind-$events.log" 2>&1 &
+  PID=$!; PIDS+=("$PID")
+  wait_seq "${ADMINS[$v]}" "$ROWS" 600
+  t1=$(now)
+  kill -TERM "$PID"; wait "$PID" || true
+  SECONDS_OF[$v]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+done
+t0=0; t1=${SECONDS_OF[kafka true]}
 TOPIC="bench.$RUN_ID.$DB.t"
 # Messages produced: the per-table topic, the log topic records, the markers.
 count() { kcat -b "$BROKERS" -C -t "$1" -e -q -X isolation.level=read_committed -f '%S\n' | awk '{n++; b+=$1} END {printf "%d %d", n, b}'; }
 read -r TABLE_MSGS TABLE_BYTES <<<"$(count "$TOPIC")"
-read -r LOG_MSGS _ <<<"$(count "bench.$RUN_ID.$DB.log")"
+read -r LOG_MSGS _ <<<"$(count "bench.$RUN_ID.$DB.true.log")"
 read -r MARKER_MSGS _ <<<"$(count "bench.$RUN_ID.transaction")"
 MSGS=$(( TABLE_MSGS + LOG_MSGS + MARKER_MSGS ))
 AVG=$(( TABLE_BYTES / TABLE_MSGS ))
 DBMUX_RATE=$(awk -v n="$MSGS" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
 ROW_RATE=$(awk -v n="$ROWS" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
+rows_per_s() { awk -v n="$ROWS" -v s="${SECONDS_OF[$1]}" 'BEGIN { printf "%.0f", n / s }'; }
 
 echo "== kcat -P: $MSGS messages of $AVG bytes"
 python3 -c "import sys
@@ -148,7 +163,7 @@ KCAT_RATE=$(awk -v n="$MSGS" -v a="$k0" -v b="$k1" 'BEGIN { printf "%.0f", n / (
 # ---------------------------------------------------------------------------------------------- lag
 lag_run() { # kind: a database of its own, dbmux run, the probe
   local kind=$1 admin pid db="${DB}_$1"
-  "${MASTER[@]}" -e "CREATE DATABASE $db; CREATE TABLE $db.load (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(100) NOT NULL);
+  "${MASTER[@]}" -e "CREATE DATABASE $db; CREATE TABLE $db.bg (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(100) NOT NULL);
     CREATE TABLE $db.probe (id INT PRIMARY KEY)"
   admin="127.0.0.1:$(free_port)"
   config "$WORK/lag-$kind.toml" "$kind" "$admin" "$db"
@@ -156,10 +171,10 @@ lag_run() { # kind: a database of its own, dbmux run, the probe
   pid=$!; PIDS+=("$pid")
   until status "$admin" | grep -q '"connected":true'; do sleep 0.1; done
   # Warm up: the replica tables exist before the probe starts.
-  "${MASTER[@]}" -e "INSERT INTO $db.probe VALUES (0); INSERT INTO $db.load (v) VALUES ('w')"
+  "${MASTER[@]}" -e "INSERT INTO $db.probe VALUES (0); INSERT INTO $db.bg (v) VALUES ('w')"
   until "${REPLICA[@]}" -N -e "SELECT COUNT(*) FROM $db.probe" 2>/dev/null | grep -q '^1$'; do sleep 0.1; done
   "${MASTER[@]}" -e "DELETE FROM $db.probe"
-  python3 "$ROOT/bench/kafka_lag.py" 13306 13307 "$db" "$LAG_RATE" "$LAG_SECONDS"
+  "$PY" "$ROOT/bench/kafka_lag.py" 13306 13307 "$db" "$LAG_RATE" "$LAG_SECONDS"
   kill -TERM "$pid"; wait "$pid" || true
   "${MASTER[@]}" -e "DROP DATABASE $db"
   "${REPLICA[@]}" -e "DROP DATABASE IF EXISTS $db"
@@ -175,6 +190,7 @@ LAG_KAFKA=$(lag_run kafka)
 echo
 echo "capture -> Kafka: $ROWS row events in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')s = $ROW_RATE rows/s, $MSGS messages ($TABLE_MSGS change events of $AVG bytes avg, $LOG_MSGS log records, $MARKER_MSGS markers) = $DBMUX_RATE messages/s"
 echo "kcat -P (same count and size, idempotent, acks=all, lz4): $KCAT_RATE messages/s"
+echo "same backlog, capture only: Kafka without change events $(rows_per_s "kafka false") rows/s, embedded log (fsync=always) $(rows_per_s "embedded false") rows/s"
 echo "ratio dbmux/kcat: $(awk -v a="$DBMUX_RATE" -v b="$KCAT_RATE" 'BEGIN { printf "%.2f", a / b }')"
 echo "lag embedded: $LAG_EMBEDDED"
 echo "lag kafka:    $LAG_KAFKA"

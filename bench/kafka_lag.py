@@ -3,7 +3,7 @@
 
     kafka_lag.py MASTER_PORT REPLICA_PORT DB RATE SECONDS
 
-Writes RATE single-row transactions per second to DB.load on the master (background load), and meanwhile
+Writes RATE single-row transactions per second to DB.bg on the master (background load), and meanwhile
 every 100 ms a probe row to DB.probe; for each probe, polls the replica every millisecond until the row is
 there. Prints one JSON line: probes, p50_ms, p99_ms, max_ms, the load actually written per second, and the
 number of probes that never arrived (timeouts after 30 s).
@@ -28,7 +28,7 @@ def load(port, db, rate, stop, written):
     next_at = time.monotonic()
     i = 0
     while not stop.is_set():
-        cur.execute("INSERT INTO load (v) VALUES (%s)", ("x" * 64,))
+        cur.execute("INSERT INTO bg (v) VALUES (%s)", ("x" * 64,))
         i += 1
         written[0] = i
         next_at += period

@@ -12,6 +12,8 @@ pub const DEFAULT_TRANSACTION_TOPIC: &str = "dbmux.transaction";
 pub const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 10_000;
 /// Default for broker requests dbmux waits on (metadata, offsets, admin).
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Default `fetch.wait.max.ms` of readers (see [`KafkaLogConfig::fetch_wait_max_ms`]).
+pub const DEFAULT_FETCH_WAIT_MAX_MS: u64 = 10;
 /// Largest record the log topic is created to accept (`max.message.bytes`);
 /// records are chunks of at most ~512 KiB, a single event may be larger.
 pub const LOG_TOPIC_MAX_MESSAGE_BYTES: u64 = 64 * 1024 * 1024;
@@ -51,6 +53,12 @@ pub struct KafkaLogConfig {
     pub transaction_timeout_ms: u64,
     #[serde(default = "default_request_timeout")]
     pub request_timeout_ms: u64,
+    /// Longest a reader's fetch waits at the end of the log for new records.
+    /// Kafka answers a waiting `read_committed` fetch when this expires
+    /// rather than when a transaction commits, so this bounds how long a
+    /// committed change can sit unseen: it is the floor of apply lag.
+    #[serde(default = "default_fetch_wait")]
+    pub fetch_wait_max_ms: u64,
     /// `none`, `gzip`, `snappy`, `lz4` or `zstd` (producer compression).
     #[serde(default = "default_compression")]
     pub compression: String,
@@ -112,6 +120,9 @@ fn default_txn_timeout() -> u64 {
 }
 fn default_request_timeout() -> u64 {
     DEFAULT_REQUEST_TIMEOUT_MS
+}
+fn default_fetch_wait() -> u64 {
+    DEFAULT_FETCH_WAIT_MAX_MS
 }
 fn default_compression() -> String {
     "lz4".into()
@@ -236,6 +247,9 @@ impl KafkaLogConfig {
         }
         if self.transaction_timeout_ms < 1000 || self.transaction_timeout_ms > 900_000 {
             p.push("transaction_timeout_ms: must be between 1000 and 900000".into());
+        }
+        if self.fetch_wait_max_ms > 5000 {
+            p.push("fetch_wait_max_ms: must be at most 5000".into());
         }
         if self.request_timeout_ms < 100 {
             p.push("request_timeout_ms: must be >= 100".into());

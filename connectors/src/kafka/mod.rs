@@ -261,7 +261,7 @@ impl Resolved {
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "100")
+            .set("fetch.wait.max.ms", self.cfg.fetch_wait_max_ms.to_string())
             .create_with_context(Context)
             .map_err(KafkaError::from_client)
     }
