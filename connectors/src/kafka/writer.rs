@@ -24,7 +24,7 @@ use pipeline::event::{ChangeEvent, Transaction};
 use pipeline::log::{LogError, CHUNK_EVENTS};
 use pipeline::retry::Backoff;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -33,7 +33,11 @@ use tracing::{info, warn};
 /// is larger): small records keep fetches and reads cheap.
 pub const TARGET_RECORD_BYTES: usize = 512 * 1024;
 
-type TxProducer = ThreadedProducer<super::Context>;
+/// A `BaseProducer` served by the thread that produces: rdkafka's
+/// `commit_transaction` flushes by polling this producer's queue for
+/// delivery reports, and a `ThreadedProducer`'s own polling thread would take
+/// them first, making every commit wait out a 100 ms poll.
+type TxProducer = BaseProducer<super::Context>;
 
 /// One record to produce inside a transaction.
 pub struct Outgoing {
@@ -272,9 +276,19 @@ impl Writer {
                 other => Failure::Stop(other),
             }
         };
+        let started = Instant::now();
         self.producer.begin_transaction().map_err(classify)?;
         for r in records {
             self.send(r)?;
+        }
+        let produced = started.elapsed();
+        // rdkafka's commit flushes by polling in 100 ms slices that do not
+        // end early; serving the delivery reports here in 1 ms slices first
+        // saves ~100 ms per transaction (the commit's own flush then finds
+        // nothing outstanding). Bounded: the commit flushes whatever is left.
+        let flush_until = Instant::now() + Duration::from_millis(500);
+        while self.producer.in_flight_count() > 0 && Instant::now() < flush_until {
+            self.producer.poll(Duration::from_millis(1));
         }
         if let Some(d) = self.commit_delay {
             self.producer.flush(d).ok();
@@ -286,7 +300,10 @@ impl Writer {
         let deadline = Instant::now() + Duration::from_millis(self.resolved.cfg.transaction_timeout_ms * 3);
         loop {
             match self.producer.commit_transaction(self.resolved.timeout()) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    tracing::debug!(records = records.len(), ?produced, total = ?started.elapsed(), "Kafka transaction committed");
+                    return Ok(());
+                }
                 Err(rdkafka::error::KafkaError::Transaction(t))
                     if t.is_retriable() && Instant::now() < deadline =>
                 {
@@ -318,10 +335,10 @@ impl Writer {
                     ),
                     back,
                 )) => {
-                    // The local queue is full: the background thread is
-                    // delivering; wait for room.
+                    // The local queue is full: serve delivery reports while
+                    // librdkafka sends, then try again.
                     record = back;
-                    std::thread::sleep(Duration::from_millis(5));
+                    self.producer.poll(Duration::from_millis(10));
                 }
                 Err((e, _)) => {
                     return Err(match KafkaError::from_client(e) {
