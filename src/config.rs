@@ -19,6 +19,7 @@
 use connectors::mysql::apply::MysqlSinkConfig;
 use connectors::mysql::capture::MysqlSourceConfig;
 use connectors::postgres::apply::PostgresSinkConfig;
+use connectors::postgres::capture::PostgresSourceConfig;
 use pipeline::log::FsyncPolicy;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -49,7 +50,8 @@ pub struct Config {
     /// `[log.kafka]`, when `log.kind = "kafka"`.
     #[cfg(feature = "kafka")]
     pub kafka: Option<connectors::kafka::KafkaLogConfig>,
-    pub source: SourceConfig,
+    /// `None` only in a proxy-only file.
+    pub source: Option<SourceConfig>,
     pub replicas: Vec<ReplicaConfig>,
     pub admin: AdminConfig,
     /// The MySQL-protocol front door (`[proxy]`), when configured.
@@ -82,6 +84,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawSource {
     mysql: Option<toml::Value>,
+    postgres: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -185,10 +188,52 @@ impl LogConfig {
     }
 }
 
-/// Exactly one source kind.
-#[derive(Debug)]
-pub struct SourceConfig {
-    pub mysql: Option<MysqlSourceConfig>,
+/// The source: exactly one kind (`[source.mysql]` or `[source.postgres]`).
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    Mysql(MysqlSourceConfig),
+    Postgres(PostgresSourceConfig),
+}
+
+impl SourceConfig {
+    /// The kind's section path, for messages.
+    pub fn path(&self) -> &'static str {
+        match self {
+            SourceConfig::Mysql(_) => "source.mysql",
+            SourceConfig::Postgres(_) => "source.postgres",
+        }
+    }
+
+    /// `kind url` with the password redacted.
+    pub fn describe(&self) -> String {
+        match self {
+            SourceConfig::Mysql(m) => format!("mysql {}", redact_url(&m.url)),
+            SourceConfig::Postgres(p) => format!("postgres {} (slot {})", redact_url(&p.url), p.slot),
+        }
+    }
+
+    /// The source's table filter (`include` / `exclude`).
+    pub fn filter(&self) -> Result<pipeline::filter::TableFilter, String> {
+        match self {
+            SourceConfig::Mysql(m) => m.filter().map_err(|e| e.to_string()),
+            SourceConfig::Postgres(p) => p.filter().map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The `include` patterns.
+    pub fn include(&self) -> &[String] {
+        match self {
+            SourceConfig::Mysql(m) => &m.include,
+            SourceConfig::Postgres(p) => &p.include,
+        }
+    }
+
+    fn validate(&self) -> Vec<String> {
+        match self {
+            SourceConfig::Mysql(m) => m.validate_at(self.path()),
+            SourceConfig::Postgres(p) => p.validate_at(self.path()),
+        }
+    }
 }
 
 /// One replica: a name plus exactly one engine section.
@@ -378,8 +423,16 @@ impl Config {
                 return Err(problems);
             }
         };
-        let source_present = raw.source.mysql.is_some();
-        let mysql_source = section(raw.source.mysql, "source.mysql", &mut problems);
+        let kinds = usize::from(raw.source.mysql.is_some()) + usize::from(raw.source.postgres.is_some());
+        let source_present = kinds > 0;
+        if kinds > 1 {
+            problems.push("source: exactly one of [source.mysql] or [source.postgres] is allowed".into());
+        }
+        let source = match (raw.source.mysql, raw.source.postgres) {
+            (Some(m), _) => section(Some(m), "source.mysql", &mut problems).map(SourceConfig::Mysql),
+            (None, Some(p)) => section(Some(p), "source.postgres", &mut problems).map(SourceConfig::Postgres),
+            (None, None) => None,
+        };
         // Presence is kept apart from the parsed value: a section that failed
         // to parse was reported already and must not also count as missing.
         let mut presence = Vec::with_capacity(raw.replica.len());
@@ -404,7 +457,7 @@ impl Config {
             log,
             #[cfg(feature = "kafka")]
             kafka,
-            source: SourceConfig { mysql: mysql_source },
+            source,
             replicas,
             admin: raw.admin,
             #[cfg(feature = "proxy")]
@@ -500,10 +553,12 @@ impl Config {
         // A pipeline needs a source and replicas; a proxy-only file needs neither.
         let pipeline = source_present || !self.replicas.is_empty() || !has_proxy;
         if pipeline {
-            match &self.source.mysql {
-                Some(m) => p.extend(m.validate_at("source.mysql")),
+            match &self.source {
+                Some(s) => p.extend(s.validate()),
                 None if source_present => {}
-                None => p.push("source: exactly one source is required ([source.mysql])".into()),
+                None => p.push(
+                    "source: exactly one source is required ([source.mysql] or [source.postgres])".into(),
+                ),
             }
             if self.replicas.is_empty() {
                 p.push("replica: at least one [[replica]] is required".into());
@@ -548,11 +603,111 @@ impl Config {
                 );
             }
         }
+        p.extend(self.merge_problems());
         if !self.admin.listen.is_empty() && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
             p.push(format!(
                 "admin.listen: {:?} is not a host:port address",
                 self.admin.listen
             ));
+        }
+        p
+    }
+}
+
+impl Config {
+    /// Configurations that would write two source tables into one replica
+    /// table (rows of one would overwrite the other's): two source databases
+    /// mapped to one replica database, a mapping onto a database that is also
+    /// captured under its own name, a fixed PostgreSQL `schema` while capture
+    /// may read several databases, or a source database written over the
+    /// replica's own offsets database/schema.
+    fn merge_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let Some(src) = &self.source else {
+            return p;
+        };
+        let Ok(filter) = src.filter() else {
+            return p; // the patterns were reported already
+        };
+        // The databases capture may read, when the include patterns name them all
+        // literally; `None` when some pattern (or an empty list) lets in any database.
+        let literal: Option<std::collections::BTreeSet<String>> = if src.include().is_empty() {
+            None
+        } else {
+            src.include()
+                .iter()
+                .map(|pat| {
+                    let schema = pat.split_once('.').map_or(pat.as_str(), |(s, _)| s);
+                    (!schema.contains(['*', '?'])).then(|| schema.to_string())
+                })
+                .collect::<Option<_>>()
+                .map(|set: std::collections::BTreeSet<String>| {
+                    set.into_iter().filter(|d| filter.may_match_schema(d)).collect()
+                })
+        };
+        let named_literally = |db: &str| literal.as_ref().is_some_and(|l| l.contains(db));
+        for (i, r) in self.replicas.iter().enumerate() {
+            if let Some(m) = &r.mysql {
+                let at = format!("replica[{i}].mysql");
+                let mut targets: std::collections::BTreeMap<&str, &str> = Default::default();
+                for (from, to) in &m.databases {
+                    if !filter.may_match_schema(from) {
+                        continue;
+                    }
+                    if let Some(other) = targets.insert(to.as_str(), from.as_str()) {
+                        p.push(format!(
+                            "{at}.databases: source databases {other:?} and {from:?} are both written to {to:?}; \
+                             tables of the same name would overwrite each other's rows"
+                        ));
+                    }
+                    if to != from && !m.databases.contains_key(to) && filter.may_match_schema(to) {
+                        p.push(format!(
+                            "{at}.databases.{from}: {from:?} is written to {to:?}, which capture may also read \
+                             as a source database of its own (written to itself); map {to:?} elsewhere or exclude it"
+                        ));
+                    }
+                    if *to == m.offsets_database {
+                        p.push(format!(
+                            "{at}.databases.{from}: {to:?} is the replica's offsets_database; choose another"
+                        ));
+                    }
+                }
+                if named_literally(&m.offsets_database) && !m.databases.contains_key(&m.offsets_database) {
+                    p.push(format!(
+                        "{at}.offsets_database: {:?} is also a captured source database; map it elsewhere with \
+                         `databases` or choose another offsets_database",
+                        m.offsets_database
+                    ));
+                }
+            }
+            if let Some(pg) = &r.postgres {
+                let at = format!("replica[{i}].postgres");
+                match (&pg.schema, &literal) {
+                    (Some(schema), None) => p.push(format!(
+                        "{at}.schema: every table goes into schema {schema:?}, but source.mysql.include may \
+                         capture several databases (empty or with wildcards in the database part); tables of \
+                         the same name would overwrite each other's rows: name one database in include, or \
+                         remove schema (each database then gets its own schema)"
+                    )),
+                    (Some(schema), Some(dbs)) if dbs.len() > 1 => p.push(format!(
+                        "{at}.schema: every table goes into schema {schema:?}, but capture reads databases {}; \
+                         tables of the same name would overwrite each other's rows: remove schema (each \
+                         database then gets its own schema) or run one replica per database",
+                        dbs.iter().map(|d| format!("{d:?}")).collect::<Vec<_>>().join(", ")
+                    )),
+                    _ => {}
+                }
+                let offsets_clash = match &pg.schema {
+                    Some(s) => *s == pg.offsets_schema,
+                    None => named_literally(&pg.offsets_schema),
+                };
+                if offsets_clash {
+                    p.push(format!(
+                        "{at}.offsets_schema: {:?} would also receive replicated tables; choose another",
+                        pg.offsets_schema
+                    ));
+                }
+            }
         }
         p
     }
@@ -578,7 +733,7 @@ fn collect_unknown_keys(doc: &mut toml::Table, problems: &mut Vec<String>) {
         "truncate",
         "truncate_interval_s",
     ];
-    const SOURCE: &[&str] = &["mysql"];
+    const SOURCE: &[&str] = &["mysql", "postgres"];
     const REPLICA: &[&str] = &["name", "max_batch_events", "mysql", "postgres"];
     const ADMIN: &[&str] = &["listen"];
     // Reports and removes unknown keys, so the typed parse can go on to find
@@ -689,5 +844,125 @@ mod tests {
             p.contains("log.kafka: only used with log.kind = \"kafka\""),
             "{p}"
         );
+    }
+    #[test]
+    fn source_is_exactly_one_kind() {
+        let replica = "[[replica]]\nname = \"r\"\n[replica.postgres]\nurl = \"postgres://u@h/app\"\n";
+        let parse = |text: &str| Config::parse(text, &|_| None, &[]);
+        let pg = parse(&format!(
+            "[source.postgres]\nurl = \"postgres://u:pw@h:5432/shop\"\nslot = \"s1\"\n{replica}"
+        ))
+        .unwrap();
+        match &pg.source {
+            Some(SourceConfig::Postgres(p)) => {
+                assert_eq!(p.slot, "s1");
+                assert_eq!(p.publication, "dbmux");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            pg.source.as_ref().unwrap().describe(),
+            "postgres postgres://u:***@h:5432/shop (slot s1)"
+        );
+        let both = parse(&format!(
+            "[source.mysql]\nurl = \"mysql://u@h/\"\n[source.postgres]\nurl = \"postgres://u@h/shop\"\n{replica}"
+        ))
+        .unwrap_err();
+        assert!(
+            both.iter()
+                .any(|p| p.contains("exactly one of [source.mysql] or [source.postgres]")),
+            "{both:?}"
+        );
+        let bad = parse(&format!(
+            "[source.postgres]\nurl = \"postgres://u@h/\"\nslot = \"Bad\"\nwhat = 1\n{replica}"
+        ))
+        .unwrap_err();
+        assert!(
+            bad.iter()
+                .any(|p| p.starts_with("source.postgres: unknown field `what`")),
+            "{bad:?}"
+        );
+        let bad = parse(&format!(
+            "[source.postgres]\nurl = \"postgres://u@h/\"\nslot = \"Bad\"\n{replica}"
+        ))
+        .unwrap_err();
+        assert!(
+            bad.iter()
+                .any(|p| p.starts_with("source.postgres.url: name the source database")),
+            "{bad:?}"
+        );
+        assert!(
+            bad.iter().any(|p| p.starts_with("source.postgres.slot:")),
+            "{bad:?}"
+        );
+        let none = parse(replica).unwrap_err();
+        assert!(
+            none.iter().any(|p| p.contains("exactly one source is required")),
+            "{none:?}"
+        );
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        Config::parse(text, &|_| None, &[]).err().unwrap_or_default()
+    }
+
+    #[test]
+    fn merging_source_databases_into_one_target_is_refused() {
+        let base = "[source.mysql]\nurl = \"mysql://u@h/\"\n";
+        let pg = |include: &str, extra: &str| {
+            format!(
+                "{base}include = {include}\n[[replica]]\nname = \"p\"\n[replica.postgres]\n\
+                 url = \"postgres://u@h/d\"\n{extra}"
+            )
+        };
+        // One database into a fixed schema: fine. Several, or any: refused.
+        assert!(problems(&pg("[\"app\"]", "schema = \"x\"")).is_empty());
+        assert!(problems(&pg("[\"app.t1\", \"app.t2\"]", "schema = \"x\"")).is_empty());
+        let p = problems(&pg("[\"app\", \"shop\"]", "schema = \"x\""));
+        assert!(
+            p.iter()
+                .any(|e| e.starts_with("replica[0].postgres.schema:") && e.contains("\"shop\"")),
+            "{p:?}"
+        );
+        let p = problems(&pg("[\"app*\"]", "schema = \"x\""));
+        assert!(
+            p.iter().any(|e| e.starts_with("replica[0].postgres.schema:")),
+            "{p:?}"
+        );
+        let p = problems(&pg("[]", "schema = \"x\""));
+        assert!(
+            p.iter().any(|e| e.starts_with("replica[0].postgres.schema:")),
+            "{p:?}"
+        );
+        let p = problems(&pg("[\"app\"]", "schema = \"dbmux\""));
+        assert!(
+            p.iter()
+                .any(|e| e.starts_with("replica[0].postgres.offsets_schema:")),
+            "{p:?}"
+        );
+        // Without a fixed schema each database has its own: fine.
+        assert!(problems(&pg("[\"app\", \"shop\"]", "")).is_empty());
+
+        let my = |include: &str, map: &str| {
+            format!(
+                "{base}include = {include}\n[[replica]]\nname = \"m\"\n[replica.mysql]\n\
+                 url = \"mysql://u@h/\"\ndatabases = {map}\n"
+            )
+        };
+        assert!(problems(&my("[\"a\", \"b\"]", "{ a = \"a2\", b = \"b2\" }")).is_empty());
+        let p = problems(&my("[\"a\", \"b\"]", "{ a = \"x\", b = \"x\" }"));
+        assert!(
+            p.iter().any(|e| e.starts_with("replica[0].mysql.databases:")),
+            "{p:?}"
+        );
+        let p = problems(&my("[\"a\", \"b\"]", "{ a = \"b\" }"));
+        assert!(
+            p.iter().any(|e| e.starts_with("replica[0].mysql.databases.a:")),
+            "{p:?}"
+        );
+        // `b` is not captured: writing `a` into a database named `b` is fine.
+        assert!(problems(&my("[\"a\"]", "{ a = \"b\" }")).is_empty());
+        let p = problems(&my("[\"a\"]", "{ a = \"dbmux\" }"));
+        assert!(p.iter().any(|e| e.contains("offsets_database")), "{p:?}");
     }
 }

@@ -132,6 +132,14 @@ impl Log for AnyLog {
         dispatch!(self, l => Log::truncate(l, consumers).await)
     }
 
+    async fn commit_ts_at(&self, seq: u64) -> Result<Option<i64>, LogError> {
+        dispatch!(self, l => Log::commit_ts_at(l, seq).await)
+    }
+
+    async fn disk_bytes(&self) -> Result<Option<u64>, LogError> {
+        dispatch!(self, l => Log::disk_bytes(l).await)
+    }
+
     async fn sync(&self) -> Result<(), LogError> {
         dispatch!(self, l => Log::sync(l).await)
     }

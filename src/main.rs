@@ -3,9 +3,13 @@
 mod admin;
 mod config;
 mod log;
+mod observe;
 #[cfg(feature = "proxy")]
 mod proxy_cmd;
+mod resume;
 mod run;
+mod source;
+mod status;
 mod tail;
 
 use clap::{Parser, Subcommand};
@@ -66,6 +70,23 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Lift the quarantine of a table on one replica: re-apply the table's
+    /// skipped events from the log, then apply it again (through the admin
+    /// server while dbmux runs, by itself when it does not).
+    ResumeTable {
+        #[arg(long, short, env = "DBMUX_CONFIG")]
+        config: PathBuf,
+        /// The replica's name.
+        #[arg(long)]
+        replica: String,
+        /// The source table, `DB.TABLE`.
+        #[arg(long)]
+        table: String,
+        /// Admin server of the process that applies to the replica (overrides
+        /// [admin] listen; with the Kafka log, the `dbmux apply` process's).
+        #[arg(long)]
+        admin: Option<String>,
+    },
     /// Run only the MySQL-protocol proxy from the [proxy] section.
     #[cfg(feature = "proxy")]
     Proxy {
@@ -78,11 +99,18 @@ enum Command {
 }
 
 fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter = EnvFilter::try_from_env("DBMUX_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
+        // Warnings and errors also go to the status page, whatever DBMUX_LOG says.
+        .with(status::ErrorLayer.with_filter(tracing_subscriber::filter::LevelFilter::WARN))
         .init();
 }
 
@@ -166,6 +194,30 @@ fn main() -> ExitCode {
                 proxy: false,
             },
         ),
+        Command::ResumeTable {
+            config,
+            replica,
+            table,
+            admin,
+        } => {
+            let Some(mut cfg) = load_config(&config) else {
+                return ExitCode::from(2);
+            };
+            if let Some(a) = admin {
+                cfg.admin.listen = a;
+            }
+            let rt = runtime();
+            match rt.block_on(resume::resume_table(&cfg, &replica, &table)) {
+                Ok(msg) => {
+                    println!("{}", msg.trim_end());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dbmux resume-table: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Tail {
             config,
             from,

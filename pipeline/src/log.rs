@@ -126,6 +126,18 @@ pub trait Log: Clone + Send + Sync + 'static {
     /// retention is the server's business, as with Kafka).
     fn truncate(&self, consumers: Vec<String>) -> impl Future<Output = Result<u64, LogError>> + Send;
 
+    /// The source commit time (µs since the Unix epoch) of the event `seq`,
+    /// read from the log; `None` when the log does not hold it (not written
+    /// yet, or truncated). For lag at scrape time: it may read storage or the
+    /// network, so callers ask for the few `seq`s they need, not ranges.
+    fn commit_ts_at(&self, seq: u64) -> impl Future<Output = Result<Option<i64>, LogError>> + Send;
+
+    /// Local disk space the log uses, in bytes; `None` where the records are
+    /// kept by a server (Kafka: the brokers' own metrics report it).
+    fn disk_bytes(&self) -> impl Future<Output = Result<Option<u64>, LogError>> + Send {
+        async { Ok(None) }
+    }
+
     /// Makes buffered appends durable (the embedded log's `interval` policy).
     fn sync(&self) -> impl Future<Output = Result<(), LogError>> + Send;
 

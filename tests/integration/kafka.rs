@@ -651,9 +651,9 @@ async fn log_contract<L: pipeline::log::Log>(log: L) {
     use pipeline::position::{MysqlPosition, Position};
     use pipeline::schema::{ColumnDef, ColumnType, TableId, TableSchema};
     use pipeline::value::Value;
-    let table = Arc::new(TableSchema {
-        id: TableId::new("contract", "t"),
-        columns: vec![ColumnDef {
+    let table = Arc::new(TableSchema::new(
+        TableId::new("contract", "t"),
+        vec![ColumnDef {
             name: "id".into(),
             ty: ColumnType::Integer {
                 bytes: 8,
@@ -661,10 +661,13 @@ async fn log_contract<L: pipeline::log::Log>(log: L) {
             },
             nullable: false,
             charset: None,
+            collation: None,
             source_type: "bigint".into(),
         }],
-        primary_key: vec![0],
-    });
+        vec![0],
+    ));
+    // Each transaction's commit time derives from its first seq.
+    let commit_us = |first: u64| first as i64 * 1_000 + 7;
     let txn = |first: u64, n: usize| {
         let pos = Position::Mysql(MysqlPosition {
             file: "b.000001".into(),
@@ -681,7 +684,7 @@ async fn log_contract<L: pipeline::log::Log>(log: L) {
                 )
             })
             .collect();
-        sequence_transaction(first, format!("0-1-{first}"), 1_000_000, pos, changes)
+        sequence_transaction(first, format!("0-1-{first}"), commit_us(first), pos, changes)
     };
     assert_eq!(log.last().await.unwrap(), None);
     assert_eq!(log.start_position().await.unwrap(), None);
@@ -704,6 +707,25 @@ async fn log_contract<L: pipeline::log::Log>(log: L) {
     assert_eq!(pos.to_string(), "mysql:b.000001:2504:0-1-2504");
     assert_eq!(log.resume_position().await.unwrap(), Some(pos));
     assert_eq!(log.first_seq().await.unwrap(), Some(1));
+    // The commit time of single events (lag at scrape time), also inside a
+    // transaction spanning several records, and asked in any order.
+    for (seq, first) in [
+        (1000, 4),
+        (2, 1),
+        (2504, 2504),
+        (3, 1),
+        (4, 4),
+        (2503, 4),
+        (2503, 4),
+    ] {
+        assert_eq!(
+            log.commit_ts_at(seq).await.unwrap(),
+            Some(commit_us(first)),
+            "commit time of seq {seq}"
+        );
+    }
+    assert_eq!(log.commit_ts_at(0).await.unwrap(), None);
+    assert_eq!(log.commit_ts_at(2505).await.unwrap(), None, "not written yet");
 
     let mut reader = log.reader("contract").await.unwrap();
     let t = reader.read(1, 1).await.unwrap();
@@ -726,6 +748,7 @@ async fn log_contract<L: pipeline::log::Log>(log: L) {
     log.append(vec![txn(2505, 2)]).await.unwrap();
     let t = other.read(2505, 100).await.unwrap();
     assert_eq!((t[0].first_seq(), t[0].last_seq()), (2505, 2506));
+    assert_eq!(log.commit_ts_at(2506).await.unwrap(), Some(commit_us(2505)));
     // Back to the start with the first reader.
     let t = reader.read(1, 5000).await.unwrap();
     assert_eq!(t.iter().map(|t| t.len()).sum::<usize>(), 2506);

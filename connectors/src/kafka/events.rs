@@ -19,66 +19,62 @@
 
 use super::config::KafkaLogConfig;
 use super::writer::Outgoing;
-use pipeline::envelope::{key_of, transaction_envelopes, transaction_marker};
+use pipeline::envelope::{data_collection_orders, envelope_part, key_of, transaction_marker, Part};
 use pipeline::event::{Op, Transaction};
-use serde_json::{json, Value as Json};
-
-fn bytes(v: &Json) -> Vec<u8> {
-    serde_json::to_vec(v).expect("JSON values serialize")
-}
+use serde_json::json;
 
 /// Every change-event record of `txns`, in order.
 pub fn records(cfg: &KafkaLogConfig, txns: &[Transaction]) -> Vec<Outgoing> {
     let ce = &cfg.change_events;
     let mut out = Vec::new();
-    let record = |topic: &str, key: Option<&Json>, value: Option<&Json>| Outgoing {
+    // Keys and envelopes are JSON text rendered exactly (see
+    // `pipeline::envelope`); markers carry no row values.
+    let record = |topic: &str, key: Option<&String>, value: Option<Vec<u8>>| Outgoing {
         topic: topic.to_string(),
-        key: key.map(bytes),
-        value: value.map(bytes),
+        key: key.map(|k| k.as_bytes().to_vec()),
+        value,
         headers: None,
     };
+    let marker = |v: serde_json::Value| Some(serde_json::to_vec(&v).expect("JSON values serialize"));
     for txn in txns {
         if txn.is_empty() {
             continue;
         }
-        let marker_key = json!({"id": txn.events[0].txn.id});
+        let marker_key = json!({"id": txn.events[0].txn.id}).to_string();
         if !ce.transaction_topic.is_empty() {
             out.push(record(
                 &ce.transaction_topic,
                 Some(&marker_key),
-                Some(&transaction_marker(txn, true)),
+                marker(transaction_marker(txn, true)),
             ));
         }
-        for (event, env) in txn.events.iter().zip(transaction_envelopes(txn)) {
+        for (event, order) in txn.events.iter().zip(data_collection_orders(txn)) {
             let topic = cfg.table_topic(&event.table.id.schema, &event.table.id.name);
+            let env = |part: Part| Some(envelope_part(event, part, Some(order)).into_string().into_bytes());
             match &event.op {
-                Op::Insert { after } => out.push(record(&topic, key_of(event, after).as_ref(), Some(&env))),
+                Op::Insert { after } => {
+                    out.push(record(&topic, key_of(event, after).as_ref(), env(Part::Whole)))
+                }
                 Op::Update { before, after } => {
                     let (old, new) = (key_of(event, before), key_of(event, after));
                     if old == new {
-                        out.push(record(&topic, new.as_ref(), Some(&env)));
+                        out.push(record(&topic, new.as_ref(), env(Part::Whole)));
                     } else {
-                        let mut delete = env.clone();
-                        delete["op"] = json!("d");
-                        delete["after"] = Json::Null;
-                        out.push(record(&topic, old.as_ref(), Some(&delete)));
+                        out.push(record(&topic, old.as_ref(), env(Part::OldRowDeleted)));
                         if ce.tombstones && old.is_some() {
                             out.push(record(&topic, old.as_ref(), None));
                         }
-                        let mut create = env;
-                        create["op"] = json!("c");
-                        create["before"] = Json::Null;
-                        out.push(record(&topic, new.as_ref(), Some(&create)));
+                        out.push(record(&topic, new.as_ref(), env(Part::NewRowCreated)));
                     }
                 }
                 Op::Delete { before } => {
                     let key = key_of(event, before);
-                    out.push(record(&topic, key.as_ref(), Some(&env)));
+                    out.push(record(&topic, key.as_ref(), env(Part::Whole)));
                     if ce.tombstones && key.is_some() {
                         out.push(record(&topic, key.as_ref(), None));
                     }
                 }
-                Op::Truncate => out.push(record(&topic, None, Some(&env))),
+                Op::Truncate => out.push(record(&topic, None, env(Part::Whole))),
                 // Schema changes are not row changes; consumers get the new
                 // shape with the next row (its `after` names every column).
                 Op::Ddl { .. } => {}
@@ -88,7 +84,7 @@ pub fn records(cfg: &KafkaLogConfig, txns: &[Transaction]) -> Vec<Outgoing> {
             out.push(record(
                 &ce.transaction_topic,
                 Some(&marker_key),
-                Some(&transaction_marker(txn, false)),
+                marker(transaction_marker(txn, false)),
             ));
         }
     }
@@ -102,6 +98,7 @@ mod tests {
     use pipeline::position::Position;
     use pipeline::schema::{ColumnDef, ColumnType, TableId, TableSchema};
     use pipeline::value::Value;
+    use serde_json::Value as Json;
     use std::sync::Arc;
 
     fn table(pk: bool) -> Arc<TableSchema> {
@@ -113,13 +110,14 @@ mod tests {
             },
             nullable: false,
             charset: None,
+            collation: None,
             source_type: "int".into(),
         };
-        Arc::new(TableSchema {
-            id: TableId::new("shop", if pk { "items" } else { "log" }),
-            columns: vec![col("id"), col("qty")],
-            primary_key: if pk { vec![0] } else { vec![] },
-        })
+        Arc::new(TableSchema::new(
+            TableId::new("shop", if pk { "items" } else { "log" }),
+            vec![col("id"), col("qty")],
+            if pk { vec![0] } else { vec![] },
+        ))
     }
 
     fn json_of(v: &Option<Vec<u8>>) -> Json {

@@ -287,6 +287,10 @@ pub(crate) struct Inner {
     known_topics: Mutex<HashSet<String>>,
     /// What this process's readers acknowledged.
     pub acks: Mutex<HashMap<String, u64>>,
+    /// The last [`Log::commit_ts_at`] answer, `(seq, commit µs, offset of its
+    /// record)`: a stopped replica asks for the same `seq` at every scrape,
+    /// a moving one for a later `seq`, whose search starts at that offset.
+    commit_ts_seen: Mutex<Option<(u64, i64, i64)>>,
     /// Stops the head watcher when the last handle goes.
     stop: Arc<AtomicBool>,
 }
@@ -361,6 +365,7 @@ impl KafkaLog {
             head,
             known_topics: Mutex::new(HashSet::new()),
             acks: Mutex::new(HashMap::new()),
+            commit_ts_seen: Mutex::new(None),
             stop,
         })))
     }
@@ -486,6 +491,33 @@ impl Log for KafkaLog {
 
     async fn acked(&self, consumer: &str) -> Result<Option<u64>, LogError> {
         Ok(self.0.acks.lock().expect("acks lock").get(consumer).copied())
+    }
+
+    /// Finds the record by binary search over the partition (its
+    /// `dbmux-seq` headers), starting from the last answer's offset when
+    /// `seq` is at or after it.
+    async fn commit_ts_at(&self, seq: u64) -> Result<Option<i64>, LogError> {
+        if seq == 0 {
+            return Ok(None);
+        }
+        let seen = *self.0.commit_ts_seen.lock().expect("commit ts lock");
+        if let Some((s, ts, _)) = seen {
+            if s == seq {
+                return Ok(Some(ts));
+            }
+        }
+        let from = seen.filter(|(s, _, _)| *s <= seq).map(|(_, _, off)| off);
+        let found = self
+            .util(move |c, r| reader::record_holding(c, &r.topic, seq, from, r.timeout()))
+            .await?;
+        let Some((offset, events)) = found else {
+            return Ok(None);
+        };
+        let ts = events.iter().find(|e| e.seq == seq).map(|e| e.txn.commit_ts_us);
+        if let Some(ts) = ts {
+            *self.0.commit_ts_seen.lock().expect("commit ts lock") = Some((seq, ts, offset));
+        }
+        Ok(ts)
     }
 
     /// Kafka keeps records for the topic's retention (checked at start);

@@ -172,6 +172,70 @@ pub fn first_seq(c: &KConsumer, topic: &str, timeout: Duration) -> Result<Option
     }
 }
 
+/// The first committed record at or after `offset`: `(its offset, first seq, last seq)`.
+fn probe_at(
+    c: &KConsumer,
+    topic: &str,
+    offset: i64,
+    timeout: Duration,
+) -> Result<Option<(i64, u64, u64)>, KafkaError> {
+    assign(c, topic, Offset::Offset(offset))?;
+    match next_record(c, topic, timeout)? {
+        Some(m) => {
+            let (a, b) = seq_range(&m)?;
+            Ok(Some((m.offset(), a, b)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The record holding `seq`: its offset and events; `None` when the topic
+/// does not hold it (older than its first record, or not written yet).
+/// `from` is an offset known to be at or before that record (a hint from an
+/// earlier search, checked): the binary search then covers only what lies
+/// beyond it.
+pub fn record_holding(
+    c: &KConsumer,
+    topic: &str,
+    seq: u64,
+    from: Option<i64>,
+    timeout: Duration,
+) -> Result<Option<(i64, Vec<ChangeEvent>)>, KafkaError> {
+    let (low, high) = watermarks(c, topic, timeout)?;
+    if high <= low {
+        return Ok(None);
+    }
+    let mut lo = match from.filter(|o| *o > low && *o < high) {
+        Some(h) => match probe_at(c, topic, h, timeout)? {
+            Some((off, first, _)) if first <= seq => Some(off),
+            _ => None,
+        },
+        None => None,
+    };
+    if lo.is_none() {
+        match probe_at(c, topic, low, timeout)? {
+            Some((off, first, _)) if first <= seq => lo = Some(off),
+            _ => return Ok(None),
+        }
+    }
+    let mut lo = lo.expect("set above");
+    let mut hi = high;
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match probe_at(c, topic, mid, timeout)? {
+            Some((off, first, _)) if first <= seq => lo = off,
+            _ => hi = mid,
+        }
+    }
+    assign(c, topic, Offset::Offset(lo))?;
+    let Some(m) = next_record(c, topic, timeout)? else {
+        return Ok(None);
+    };
+    let events = decode(&m)?;
+    let holds = events.first().is_some_and(|e| e.seq <= seq) && events.last().is_some_and(|e| e.seq >= seq);
+    Ok(holds.then(|| (m.offset(), events)))
+}
+
 /// The newest committed value of `key` in the meta topic.
 pub fn meta(c: &KConsumer, topic: &str, key: &str, timeout: Duration) -> Result<Option<Vec<u8>>, KafkaError> {
     let (low, high) = watermarks(c, topic, timeout)?;

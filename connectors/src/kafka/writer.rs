@@ -410,17 +410,18 @@ mod tests {
 
     #[test]
     fn chunks_are_bounded_and_decode_back_to_the_transaction() {
-        let s = std::sync::Arc::new(TableSchema {
-            id: TableId::new("app", "t"),
-            columns: vec![ColumnDef {
+        let s = std::sync::Arc::new(TableSchema::new(
+            TableId::new("app", "t"),
+            vec![ColumnDef {
                 name: "v".into(),
                 ty: ColumnType::VarChar { length: 30_000 },
                 nullable: false,
                 charset: Some("utf8mb4".into()),
+                collation: Some("utf8mb4_bin".into()),
                 source_type: "varchar(30000)".into(),
             }],
-            primary_key: vec![],
-        });
+            vec![],
+        ));
         let big = "x".repeat(20_000);
         let changes = (0..300)
             .map(|i| {

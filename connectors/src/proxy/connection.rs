@@ -18,6 +18,7 @@ use super::command::{self, Command};
 use super::config::{Consistency, UserConfig};
 use super::handshake::{self, ClientStream, HandshakeError, CLIENT_DEPRECATE_EOF, CLIENT_MULTI_STATEMENTS};
 use super::health::{lag_ok, Gtid};
+use super::metrics;
 use super::packet::{
     err_payload, ok_payload, ErrPacket, PacketIo, STATUS_AUTOCOMMIT, STATUS_IN_TRANS,
     STATUS_NO_BACKSLASH_ESCAPES,
@@ -155,6 +156,9 @@ struct Session {
     /// the router would lex strings differently from the server, so every
     /// statement goes to the master.
     no_backslash_escapes: bool,
+    /// The current command's reply to the client was an SQL error (the
+    /// `outcome` of the query metrics).
+    answered_err: bool,
 }
 
 impl Session {
@@ -189,6 +193,7 @@ impl Session {
             stmts: HashMap::new(),
             next_stmt: 1,
             no_backslash_escapes: false,
+            answered_err: false,
         }
     }
 
@@ -248,12 +253,21 @@ impl Session {
                 return;
             }
             let started = Instant::now();
-            match self.dispatch(cmd, pkt.payload).await {
-                Ok(route) => {
-                    if let Some(r) = route {
-                        self.shared.metrics.record(r, started.elapsed());
-                    }
-                }
+            self.answered_err = false;
+            let result = self.dispatch(cmd, pkt.payload).await;
+            let outcome = match &result {
+                Ok(Some(r)) if self.answered_err => Some((*r, metrics::ERROR)),
+                Ok(Some(r)) => Some((*r, metrics::OK)),
+                Ok(None) | Err(Fail::Client(_)) => None,
+                Err(Fail::Sql(_)) => Some((M_MASTER, metrics::ERROR)),
+                Err(Fail::MasterBroken(_) | Fail::MasterUnavailable(_)) => Some((M_MASTER, metrics::FAILED)),
+                Err(Fail::ReplicaBrokeMidReply(_)) => Some((M_REPLICA, metrics::FAILED)),
+            };
+            if let Some((route, outcome)) = outcome {
+                self.shared.metrics.record(route, outcome, started.elapsed());
+            }
+            match result {
+                Ok(_) => {}
                 Err(Fail::Client(e)) => {
                     tracing::debug!(error = %e, "client connection failed");
                     return;
@@ -377,6 +391,7 @@ impl Session {
     }
 
     async fn reply_err(&mut self, code: u16, state: &str, msg: &str) -> std::io::Result<()> {
+        self.answered_err = true;
         self.client
             .send(1, &err_payload(code, state, msg))
             .await
@@ -550,6 +565,7 @@ impl Session {
                     return Ok(Exec::Retry);
                 }
                 self.client.put(1, &err_payload(e.code, "HY000", &e.message));
+                self.answered_err = true;
                 return Ok(Exec::Done(Summary {
                     err: Some(e),
                     ..Summary::default()
@@ -580,6 +596,7 @@ impl Session {
         .await;
         match r {
             Ok(sum) => {
+                self.answered_err |= sum.err.is_some();
                 if let Some(st) = sum.status {
                     self.no_backslash_escapes = st & STATUS_NO_BACKSLASH_ESCAPES != 0;
                 }

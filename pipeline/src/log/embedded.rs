@@ -229,6 +229,29 @@ impl EmbeddedLog {
         Ok(out)
     }
 
+    /// The source commit time (µs) of the event `seq`, decoding only the chunk
+    /// holding it; `None` when the log does not have it.
+    pub fn commit_ts_at(&self, seq: u64) -> Result<Option<i64>, LogError> {
+        if seq == 0 || seq > self.last_seq() {
+            return Ok(None);
+        }
+        let Some(kv) = self.0.records.range(..=key(seq)).next_back() else {
+            return Ok(None);
+        };
+        let (k, v) = kv.into_inner()?;
+        let chunk_seq = seq_of(&k);
+        let events = codec::decode(&v).map_err(|source| LogError::Corrupt {
+            seq: chunk_seq,
+            source,
+        })?;
+        Ok(events.iter().find(|e| e.seq == seq).map(|e| e.txn.commit_ts_us))
+    }
+
+    /// Disk space the log uses (tables and journal), in bytes.
+    pub fn disk_bytes(&self) -> Result<u64, LogError> {
+        Ok(self.0.db.disk_space()?)
+    }
+
     /// A small durable value stored beside the records (see [`Log::meta`]).
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, LogError> {
         Ok(self.0.meta.get(key)?.map(|v| v.to_vec()))
@@ -357,6 +380,16 @@ impl Log for EmbeddedLog {
             EmbeddedLog::truncate(&log, &names)
         })
         .await
+    }
+
+    async fn commit_ts_at(&self, seq: u64) -> Result<Option<i64>, LogError> {
+        let log = self.clone();
+        blocking(move || EmbeddedLog::commit_ts_at(&log, seq)).await
+    }
+
+    async fn disk_bytes(&self) -> Result<Option<u64>, LogError> {
+        let log = self.clone();
+        blocking(move || EmbeddedLog::disk_bytes(&log).map(Some)).await
     }
 
     async fn sync(&self) -> Result<(), LogError> {

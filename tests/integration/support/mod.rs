@@ -4,6 +4,8 @@
 pub mod compare;
 pub mod dbmux;
 pub mod kafka;
+pub mod observe;
+pub mod pg_source;
 pub mod private;
 pub mod workload;
 
