@@ -9,8 +9,8 @@
 //! `DBMUX_KAFKA_CAMPAIGN=long` (see `scripts/kafka-campaign`) makes the
 //! crash tests longer: more transactions and more kills.
 
-use crate::support::compare::{assert_identical, assert_rows_eq, mysql_rows};
-use crate::support::dbmux::{kafka_brokers, log_section, Dbmux, LogKind, Part, Replicas, BOTH};
+use crate::support::compare::{assert_identical, assert_rows_eq, mysql_rows, pg_rows};
+use crate::support::dbmux::{admin_get, kafka_brokers, log_section, Dbmux, LogKind, Part, Replicas, BOTH};
 use crate::support::kafka::{assert_committed_gapless, create_topic, read_all, PrivateKafka};
 use crate::support::{
     mysql_replica_url, mysql_url, pg_url, repo_root, unique_name, wait_for, with_db, workload,
@@ -784,4 +784,261 @@ async fn log_contract_holds_for_the_kafka_log() {
         .await
         .unwrap();
     log_contract(log).await;
+}
+
+/// A sample's value in an OpenMetrics text (`name{labels}` as written there).
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// Quarantine with the Kafka log and split processes: a value the PostgreSQL
+/// replica cannot take quarantines that table in the `dbmux apply --replica
+/// postgres` process only (the MariaDB applier takes everything); its
+/// `/status` and `/metrics` say so. `dbmux resume-table` refuses to work by
+/// itself (an applier may run on another host) and, pointed at the applier's
+/// admin server with `--admin`, has the applier re-apply exactly the skipped
+/// events, read back from the Kafka topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantine_and_resume_with_the_kafka_log_and_split_processes() {
+    let db = unique_name("kquar");
+    let master = with_db(&mysql_url(), "");
+    let mut c = mysql_async::Conn::from_url(master.as_str()).await.unwrap();
+    for s in [
+        format!("CREATE DATABASE `{db}`"),
+        format!("CREATE TABLE `{db}`.ok (id INT PRIMARY KEY, v INT)"),
+        format!("CREATE TABLE `{db}`.z (id INT PRIMARY KEY, d DATE)"),
+        format!("CREATE TABLE `{db}`.y (id INT PRIMARY KEY, d DATE)"),
+    ] {
+        c.query_drop(s).await.unwrap();
+    }
+    c.query_drop(format!("USE `{db}`")).await.unwrap();
+    c.query_drop("SET SESSION sql_mode = ''").await.unwrap();
+    let dbmux = Dbmux::with_log(&db, BOTH, "", LogKind::Kafka);
+    let mut capture = dbmux.part("capture", &["capture"]);
+    let mut maria = dbmux.part("apply-mariadb", &["apply", "--replica", "mariadb"]);
+    let mut pg = dbmux.part("apply-postgres", &["apply", "--replica", "postgres"]);
+    capture.start();
+    maria.start();
+    pg.start();
+    wait_capturing(&capture).await;
+    for s in [
+        "INSERT INTO ok VALUES (1, 1)",
+        "INSERT INTO z VALUES (1, '0000-00-00'), (2, '2024-02-29')",
+        "INSERT INTO ok VALUES (2, 2)",
+        "UPDATE z SET d = '2000-01-01' WHERE id = 2",
+        "INSERT INTO y VALUES (1, '2024-00-10')",
+    ] {
+        c.query_drop(s).await.unwrap();
+    }
+    // seq: ok1, z1, z2, ok2, z2', y1 = 6 events; both replicas reach 6.
+    wait_replicas_at(&db, 6).await;
+    let status = pg.status().await.unwrap();
+    assert_eq!(status["log"]["kind"], "kafka", "{status}");
+    assert_eq!(status["log"]["last_seq"], 6, "{status}");
+    let p = &status["replicas"]["postgres"];
+    assert_eq!(p["state"], "running", "{status}");
+    let quarantined: Vec<&str> = p["quarantined"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["table"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(quarantined, ["y", "z"], "{status}");
+    assert!(status["replicas"].get("mariadb").is_none(), "{status}");
+    assert_eq!(
+        maria.status().await.unwrap()["replicas"]["mariadb"]["quarantined"],
+        serde_json::json!([])
+    );
+    let metrics = admin_get(&pg.admin, "/metrics").await.unwrap();
+    assert_eq!(
+        metric(&metrics, "dbmux_apply_quarantined_tables{replica=\"postgres\"}"),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "dbmux_apply_lag_events{replica=\"postgres\"}"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert!(pg_rows(&format!("SELECT id FROM \"{db}\".z")).await.is_empty());
+    assert_eq!(pg_rows(&format!("SELECT id FROM \"{db}\".ok")).await.len(), 2);
+
+    let resume = |table: &str, admin: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dbmux"))
+            .args(["resume-table", "--replica", "postgres", "--table"])
+            .arg(format!("{db}.{table}"))
+            .arg("--config")
+            .arg(&dbmux.config)
+            .args(["--admin", admin])
+            .output()
+            .unwrap()
+    };
+    // Nothing answers there: with Kafka it does not work beside a possibly
+    // running applier, and says what to do instead.
+    let nobody = format!("127.0.0.1:{}", crate::support::dbmux::free_port());
+    let out = resume("z", &nobody);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Kafka") && err.contains("--admin"), "{err}");
+
+    // The operator maps zero dates on PostgreSQL, restarts that applier and
+    // resumes z, then y, through it.
+    assert!(pg.stop().success());
+    let text = std::fs::read_to_string(&dbmux.config).unwrap();
+    std::fs::write(
+        &dbmux.config,
+        text.replace(
+            "[replica.postgres]\n",
+            "[replica.postgres]\nzero_dates = \"neg_infinity\"\n",
+        ),
+    )
+    .unwrap();
+    pg.start();
+    let me = &pg;
+    wait_for("the PostgreSQL applier to run again", CATCH_UP, || async move {
+        let st = me.status().await?;
+        (st["replicas"]["postgres"]["state"] == "running").then_some(())
+    })
+    .await;
+    let out = resume("z", &pg.admin);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3 skipped event(s) re-applied"),
+        "{out:?}"
+    );
+    let out = resume("y", &pg.admin);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 skipped event(s) re-applied"),
+        "{out:?}"
+    );
+    assert_eq!(
+        pg_rows(&format!("SELECT id, d::text FROM \"{db}\".z ORDER BY id")).await,
+        vec![
+            vec![Some("1".into()), Some("-infinity".into())],
+            vec![Some("2".into()), Some("2000-01-01".into())]
+        ]
+    );
+    // Both tables flow again.
+    for s in [
+        "INSERT INTO z VALUES (3, '2025-01-01')",
+        "INSERT INTO y VALUES (2, '2025-01-02')",
+    ] {
+        c.query_drop(s).await.unwrap();
+    }
+    wait_replicas_at(&db, 8).await;
+    assert_eq!(
+        pg_rows(&format!("SELECT id, d::text FROM \"{db}\".y ORDER BY id")).await,
+        vec![
+            vec![Some("1".into()), Some("-infinity".into())],
+            vec![Some("2".into()), Some("2025-01-02".into())]
+        ]
+    );
+    assert_eq!(pg_rows(&format!("SELECT id FROM \"{db}\".z")).await.len(), 3);
+    let status = pg.status().await.unwrap();
+    assert_eq!(
+        status["replicas"]["postgres"]["quarantined"],
+        serde_json::json!([]),
+        "{status}"
+    );
+    for part in [&mut capture, &mut maria, &mut pg] {
+        assert!(part.stop().success(), "{} did not stop cleanly", part.label);
+    }
+}
+
+/// The Kafka topic's retention deleted records a replica still needs (here:
+/// the test deletes them, as retention would): a replica added then is
+/// stopped alone as `needs_snapshot` (`/status`, metrics), while capture and
+/// the other replica go on; `dbmux_log_first_seq` follows the topic's start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_needing_expired_kafka_records_is_stopped_alone() {
+    use rdkafka::admin::AdminOptions;
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let db = unique_name("kexp");
+    let mut c = mysql_async::Conn::from_url(with_db(&mysql_url(), "").as_str())
+        .await
+        .unwrap();
+    c.query_drop(format!("CREATE DATABASE `{db}`")).await.unwrap();
+    c.query_drop(format!("CREATE TABLE `{db}`.t (id INT PRIMARY KEY)"))
+        .await
+        .unwrap();
+    let maria_only = Replicas {
+        mariadb: true,
+        postgres: false,
+    };
+    let mut dbmux = Dbmux::with_log(&db, maria_only, "", LogKind::Kafka);
+    dbmux.start();
+    dbmux.wait_capturing().await;
+    for i in 1..=3 {
+        c.query_drop(format!("INSERT INTO `{db}`.t VALUES ({i})"))
+            .await
+            .unwrap();
+    }
+    dbmux.wait_caught_up(3, CATCH_UP).await;
+    assert!(dbmux.stop().success());
+    // Delete the records before the one holding seq 2.
+    let brokers = kafka_brokers();
+    let topic = format!("dbmux-test.{db}");
+    let offset = read_all(&brokers, &topic, "read_committed")
+        .into_iter()
+        .find(|r| r.1 == Some(2))
+        .expect("a record starting at seq 2")
+        .0;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(offset))
+        .unwrap();
+    crate::support::kafka::admin(&brokers)
+        .delete_records(&tpl, &AdminOptions::new())
+        .await
+        .expect("deleting records");
+    let text = std::fs::read_to_string(&dbmux.config).unwrap();
+    std::fs::write(
+        &dbmux.config,
+        format!(
+            "{text}\n[[replica]]\nname = \"late\"\n[replica.postgres]\nurl = \"{}\"\n",
+            pg_url()
+        ),
+    )
+    .unwrap();
+    dbmux.start();
+    let me = &dbmux;
+    let late = wait_for("the late replica to be stopped", CATCH_UP, || async move {
+        let st = me.status().await?;
+        (st["replicas"]["late"]["state"] == "needs_snapshot").then(|| st["replicas"]["late"].clone())
+    })
+    .await;
+    assert_eq!(late["needed_seq"], 1, "{late}");
+    assert_eq!(late["log_first_seq"], 2, "{late}");
+    assert_eq!(dbmux.status().await.unwrap()["log"]["first_seq"], 2);
+    let me = &dbmux;
+    wait_for(
+        "dbmux_log_first_seq to follow the topic",
+        CATCH_UP,
+        || async move {
+            let m = me.admin_get("/metrics").await?;
+            (metric(&m, "dbmux_log_first_seq") == Some(2.0)).then_some(())
+        },
+    )
+    .await;
+    let m = dbmux.admin_get("/metrics").await.unwrap();
+    assert_eq!(
+        metric(&m, "dbmux_apply_needs_snapshot{replica=\"late\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    // Capture and the MariaDB replica go on.
+    c.query_drop(format!("INSERT INTO `{db}`.t VALUES (4)"))
+        .await
+        .unwrap();
+    let me = &dbmux;
+    wait_for("the MariaDB replica to apply seq 4", CATCH_UP, || async move {
+        let st = me.status().await?;
+        (st["replicas"]["mariadb"]["applied_seq"].as_u64()? == 4).then_some(())
+    })
+    .await;
+    assert!(dbmux.output().contains("needs a snapshot"));
+    assert!(dbmux.stop().success());
 }

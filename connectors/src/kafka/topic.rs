@@ -172,6 +172,41 @@ async fn check(
     partitions: usize,
     rf: usize,
 ) -> Result<(), KafkaError> {
+    // Right after a create, a broker that has not received the topic's
+    // configuration yet answers with no entries at all (a real topic always
+    // lists every setting, defaults included): ask again rather than report
+    // every setting as unsafe.
+    let mut attempts = 0;
+    let settings = loop {
+        let settings = describe_settings(admin, cfg, topic).await?;
+        if !settings.is_empty() {
+            break settings;
+        }
+        attempts += 1;
+        if attempts >= 50 {
+            return Err(KafkaError::Transient(format!(
+                "the brokers do not show the configuration of topic {topic} yet"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let problems = problems(cfg, role, partitions, rf, &settings);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(KafkaError::Unsafe(format!(
+            "topic {topic}: {}",
+            problems.join("; ")
+        )))
+    }
+}
+
+/// A topic's settings as the brokers describe them (empty: not known yet).
+async fn describe_settings(
+    admin: &Admin,
+    cfg: &KafkaLogConfig,
+    topic: &str,
+) -> Result<HashMap<String, String>, KafkaError> {
     let results = admin
         .describe_configs([&ResourceSpecifier::Topic(topic)], &options(cfg))
         .await
@@ -185,20 +220,11 @@ async fn check(
             )))
         }
     };
-    let settings: HashMap<String, String> = resource
+    Ok(resource
         .entries
         .iter()
         .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
-        .collect();
-    let problems = problems(cfg, role, partitions, rf, &settings);
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(KafkaError::Unsafe(format!(
-            "topic {topic}: {}",
-            problems.join("; ")
-        )))
-    }
+        .collect())
 }
 
 /// The unsafe settings of a topic, each naming the setting, the value needed

@@ -135,16 +135,23 @@ include = ["{db}"]
     /// through slot and publication `db`, into MariaDB replica database `db`
     /// and PostgreSQL replica schema `db`.
     pub fn with_pg_source(db: &str, replicas: Replicas, extra: &str) -> Dbmux {
+        Self::with_pg_source_log(db, replicas, extra, LogKind::Embedded)
+    }
+
+    /// As [`Dbmux::with_pg_source`], with the given log.
+    pub fn with_pg_source_log(db: &str, replicas: Replicas, extra: &str, kind: LogKind) -> Dbmux {
         let dir = tempfile::tempdir().unwrap();
         let admin = format!("127.0.0.1:{}", free_port());
+        let brokers = if kind == LogKind::Kafka {
+            kafka_brokers()
+        } else {
+            String::new()
+        };
         let mut toml = format!(
             r#"name = "{db}"
 data_dir = "{data}"
 
-[log]
-fsync = "always"
-truncate = false
-
+{log}
 [admin]
 listen = "{admin}"
 
@@ -157,6 +164,7 @@ status_interval_secs = 1
 "#,
             data = dir.path().join("data").display(),
             source = with_db(&pg_url(), db),
+            log = log_section(kind, db, &brokers),
         );
         if replicas.mariadb {
             toml.push_str(&format!(
