@@ -1,5 +1,5 @@
-//! Gauges nobody sets on the hot path: the log's size and oldest `seq`, the
-//! capture position and how far the master's binlog is ahead of it.
+//! Gauges nobody sets on the hot path: the log's size, oldest and newest `seq`,
+//! the capture position and how far the master's binlog is ahead of it.
 //!
 //! One task refreshes them every [`EVERY`]; the binlog distance needs a query
 //! on the master, so it is asked every [`BACKLOG_EVERY`] only. The newest
@@ -64,6 +64,9 @@ pub async fn run_observer<L: Log>(
             metrics.log_disk_bytes.set(d);
         }
         let head = log.last_seq();
+        // Capture sets it on every append; a process that only reads the log
+        // (`dbmux apply` with Kafka) learns the head from the log's watch.
+        metrics.log_last_seq.set(head);
         if known.as_ref().is_none_or(|(seq, _)| *seq != head) {
             // Before the first transaction the position capture started from
             // is the one stored on the first start.
