@@ -1,5 +1,7 @@
 //! dbmux connectors: one module (and one cargo feature) per external system.
 
+#[doc(hidden)]
+pub mod fuzz;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "postgres")]

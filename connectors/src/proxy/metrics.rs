@@ -21,6 +21,17 @@ pub const RYW_MASTER_READS_TOTAL: &str = "dbmux_proxy_ryw_master_reads_total";
 /// Counter: reads retried on the master after a replica failed.
 pub const REPLICA_FAILOVERS_TOTAL: &str = "dbmux_proxy_replica_failovers_total";
 
+/// Gauge: bytes of client data held now under `max_memory` (big packets,
+/// long data, prepared statement texts).
+pub const CLIENT_MEMORY_BYTES: &str = "dbmux_proxy_client_memory_bytes";
+/// Counter: client packets refused for `max_allowed_packet` or `max_memory`.
+pub const PACKETS_REFUSED_TOTAL: &str = "dbmux_proxy_packets_refused_total";
+/// Counter: sessions ended by a panic in the proxy (a bug; the process and
+/// the other sessions go on).
+pub const SESSION_PANICS_TOTAL: &str = "dbmux_proxy_session_panics_total";
+/// Counter: `KILL` statements the proxy carried out.
+pub const KILLS_TOTAL: &str = "dbmux_proxy_kills_total";
+
 /// Gauge (seconds), label `backend`: smoothed ping round trip (the ping chart).
 pub const BACKEND_PING_SECONDS: &str = "dbmux_proxy_backend_ping_seconds";
 /// Gauge, label `backend`: 1 when the last ping was answered.
@@ -80,6 +91,9 @@ pub struct Metrics {
     pub auth_failures: Counter,
     pub ryw_master_reads: Counter,
     pub replica_failovers: Counter,
+    pub packets_refused: Counter,
+    pub session_panics: Counter,
+    pub kills: Counter,
 }
 
 impl Metrics {
@@ -110,6 +124,9 @@ impl Metrics {
         s += &format!("{AUTH_FAILURES_TOTAL} {}\n", self.auth_failures.get());
         s += &format!("{RYW_MASTER_READS_TOTAL} {}\n", self.ryw_master_reads.get());
         s += &format!("{REPLICA_FAILOVERS_TOTAL} {}\n", self.replica_failovers.get());
+        s += &format!("{PACKETS_REFUSED_TOTAL} {}\n", self.packets_refused.get());
+        s += &format!("{SESSION_PANICS_TOTAL} {}\n", self.session_panics.get());
+        s += &format!("{KILLS_TOTAL} {}\n", self.kills.get());
         s
     }
 }
