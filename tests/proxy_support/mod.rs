@@ -206,10 +206,13 @@ pub fn start_proxy(o: ProxyOpts<'_>) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     let (native, sha2) = hashes();
     let mut cfg = format!(
-        "[proxy]\nlisten = \"{}:0\"\nmaster = \"{}\"\nhealth_interval_ms = 50\n",
+        "[proxy]\nlisten = \"{}:0\"\nmaster = \"{}\"\n",
         o.listen_host,
         o.master.clone().unwrap_or_else(|| server_url(&master_url()))
     );
+    if !o.extra.contains("health_interval_ms") {
+        cfg += "health_interval_ms = 50\n";
+    }
     if !o.allow.is_empty() {
         cfg += &format!("allow = {:?}\n", o.allow);
     }

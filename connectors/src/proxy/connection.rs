@@ -468,6 +468,7 @@ impl Session {
                         // The rest of the packet is still unread: the
                         // connection cannot go on (as on a server).
                         let _ = self.reply_err(code, "08S01", &msg).await;
+                        super::packet::drain(&mut self.client).await;
                     }
                     return;
                 }
@@ -924,6 +925,9 @@ impl Session {
         let flushes = self.client.flushes;
         let mark = self.client.wbuf.len();
         let health = self.health(which);
+        // Whether the master connection holds state of this session now
+        // (before `take` moves it out): losing it then ends the session.
+        let held = self.master_held_state();
         let r = tokio::select! {
             biased;
             r = self.exec_on(which, payload, reply, rewrite, long_data, stmt_id) => r,
@@ -964,7 +968,7 @@ impl Session {
                     }
                     Ok(Exec::Retry)
                 }
-                Which::Master if self.master_held_state() => Err(Fail::MasterBroken(e)),
+                Which::Master if held => Err(Fail::MasterBroken(e)),
                 Which::Master => Err(Fail::MasterUnavailable(e)),
             },
             // The client left mid-reply; the backend connection is in the
@@ -990,7 +994,12 @@ impl Session {
                 }
                 Which::Master => {
                     self.shared.master_health.probe();
-                    Err(Fail::MasterBroken(e))
+                    if held || self.client.flushes != flushes {
+                        Err(Fail::MasterBroken(e))
+                    } else {
+                        self.client.wbuf.truncate(mark);
+                        Err(Fail::MasterUnavailable(e))
+                    }
                 }
             },
         }
@@ -1024,10 +1033,11 @@ impl Session {
         Ok((conn, sum))
     }
 
-    /// True when the master connection (if any) carries session state a
-    /// new connection would not have.
+    /// True when the master connection carries session state a new
+    /// connection would not have. (A pin without a master connection was set
+    /// by the command now running: nothing is on a master yet.)
     fn master_held_state(&self) -> bool {
-        self.master.is_some() || self.pin.is_some() || self.master_status & STATUS_IN_TRANS != 0
+        self.master.is_some() || self.master_status & STATUS_IN_TRANS != 0
     }
 
     /// Runs on `which`; a replica failure falls back to the master.
@@ -1419,6 +1429,7 @@ impl Session {
         p.push(command::COM_STMT_PREPARE);
         p.extend_from_slice(&stmt.sql);
         let health = self.health(which);
+        let held = self.master_held_state();
         let taken = tokio::select! {
             biased;
             r = self.take(which) => r,
@@ -1437,7 +1448,7 @@ impl Session {
                         }
                         Ok(None)
                     }
-                    Which::Master if self.master_held_state() => Err(Fail::MasterBroken(e)),
+                    Which::Master if held => Err(Fail::MasterBroken(e)),
                     Which::Master => Err(Fail::MasterUnavailable(e)),
                 }
             }

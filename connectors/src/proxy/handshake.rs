@@ -526,6 +526,7 @@ async fn too_large(io: &mut PacketIo<ClientStream>, e: io::Error) -> HandshakeEr
                 ),
             )
             .await;
+        super::packet::drain(io).await;
     }
     HandshakeError::Io(e)
 }

@@ -480,6 +480,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketIo<S> {
     }
 }
 
+/// After refusing a packet: stops sending, and reads and drops what the
+/// client still sends (for at most 2 s and 256 MiB) so that closing the
+/// socket does not reset the connection before the client read the error.
+pub async fn drain<S: AsyncRead + AsyncWrite + Unpin>(io: &mut PacketIo<S>) {
+    let _ = io.stream.shutdown().await;
+    io.rbuf.clear();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left: usize = 256 << 20;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while left > 0 {
+            match io.stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
 fn eof() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed mid-packet")
 }
