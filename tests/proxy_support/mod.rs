@@ -164,6 +164,8 @@ pub struct ProxyOpts<'a> {
     pub users: &'a str,
     /// A command the binary runs under (`["prlimit", "--nofile=64:64", "--"]`).
     pub wrapper: Option<&'a [&'a str]>,
+    /// `DBMUX_PROXY_THREADS` (default: the binary's choice).
+    pub threads: Option<usize>,
 }
 
 impl Default for ProxyOpts<'_> {
@@ -178,6 +180,7 @@ impl Default for ProxyOpts<'_> {
             master: None,
             users: "",
             wrapper: None,
+            threads: None,
         }
     }
 }
@@ -253,6 +256,9 @@ pub fn start_proxy(o: ProxyOpts<'_>) -> Proxy {
         }
         None => Command::new(dbmux_bin()),
     };
+    if let Some(n) = o.threads {
+        cmd.env("DBMUX_PROXY_THREADS", n.to_string());
+    }
     let mut child = cmd
         .args(["proxy", "--config"])
         .arg(&path)
