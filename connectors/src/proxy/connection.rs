@@ -313,6 +313,8 @@ struct Session {
     shared: Arc<Shared>,
     client: PacketIo<ClientStream>,
     user: UserConfig,
+    /// The user's name, for error messages relayed from backends.
+    mask_as: Arc<str>,
     handle: Arc<SessionHandle>,
     key: PoolKey,
     /// Pool account for replica connections ([`PoolKey::account`]).
@@ -374,6 +376,7 @@ impl Session {
         Session {
             shared,
             client,
+            mask_as: user.name.as_str().into(),
             user,
             handle,
             key,
@@ -862,7 +865,9 @@ impl Session {
                 }
             }
         };
-        conn.mask_as = Some(self.user.name.as_str().into());
+        if conn.mask_as.as_ref() != Some(&self.mask_as) {
+            conn.mask_as = Some(self.mask_as.clone());
+        }
         if fresh {
             if conn.login_status & STATUS_NO_BACKSLASH_ESCAPES != 0 {
                 self.no_backslash_escapes = true;
@@ -1674,6 +1679,7 @@ impl Session {
                 self.key.account = m;
                 self.replica_account = r;
                 self.handle.set_user(&user.name);
+                self.mask_as = user.name.as_str().into();
                 self.user = user;
                 self.db = cu.db;
                 if let Some(c) = cu.collation {

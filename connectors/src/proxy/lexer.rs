@@ -177,7 +177,7 @@ pub const MAX_PARSED_TOKENS: usize = 2000;
 
 /// What one pass over the text found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Measure {
+pub struct Measure<'a> {
     /// Tokens that can deepen a parse tree: words and operator symbols.
     pub deepening: usize,
     /// All tokens, literals included (what a parse of the text costs).
@@ -192,9 +192,8 @@ pub struct Measure {
     pub stateful: bool,
     /// The text contains `/*! … */` or `/*M! … */`, which the server runs.
     pub executable_comment: bool,
-    /// The first word of each statement, lower-cased (at most 8 statements
-    /// are recorded, enough to recognise the ones handled specially).
-    pub first_words: Vec<String>,
+    /// The first word of the first statement, as written.
+    pub first_word: &'a str,
     /// A quote or comment is not closed.
     pub unterminated: bool,
     /// The word `KILL` appears outside strings and comments (anywhere: a
@@ -211,7 +210,7 @@ pub struct Measure {
 /// and records each statement's first word. Inside executable comments the
 /// text counts as code. `backslash_escapes` is false under
 /// `NO_BACKSLASH_ESCAPES`.
-pub fn measure(sql: &str, backslash_escapes: bool) -> Measure {
+pub fn measure(sql: &str, backslash_escapes: bool) -> Measure<'_> {
     let b = sql.as_bytes();
     let mut m = Measure::default();
     let mut at_statement_start = true;
@@ -254,10 +253,9 @@ pub fn measure(sql: &str, backslash_escapes: bool) -> Measure {
                         Some(_) => i += 1,
                     }
                 }
-                if c == b'`' && at_statement_start {
+                if c == b'`' {
                     // A quoted identifier can start a statement only in
-                    // odd ways (`x` := …); record it as a word.
-                    m.first_words.push(String::new());
+                    // odd ways (`x` := …): no first word.
                     at_statement_start = false;
                 }
                 m.deepening += (c == b'`') as usize;
@@ -331,8 +329,8 @@ pub fn measure(sql: &str, backslash_escapes: bool) -> Measure {
                     && STATEFUL_FIRST_WORDS.iter().any(|s| w.eq_ignore_ascii_case(s)))
                     || STATEFUL_WORDS.iter().any(|s| w.eq_ignore_ascii_case(s));
                 if at_statement_start {
-                    if m.first_words.len() < 8 {
-                        m.first_words.push(w.to_ascii_lowercase());
+                    if m.statements <= 1 && m.first_word.is_empty() {
+                        m.first_word = w;
                     }
                     at_statement_start = false;
                 }
@@ -408,14 +406,13 @@ mod tests {
         let text = to_parser_text(sql, ClientCharset::Gbk).unwrap();
         assert_eq!(text, "SELECT '\u{FFFD}'; INSERT INTO t VALUES (1) -- '");
         let m = measure(&text, true);
-        assert_eq!(m.first_words, ["select", "insert"]);
-        assert_eq!(m.statements, 2);
+        assert_eq!((m.statements, m.first_word), (2, "SELECT"));
         // As UTF-8 the same bytes are one unterminated-looking string.
         let utf8 = to_parser_text(sql, ClientCharset::AsciiSafe).unwrap();
-        assert_eq!(measure(&utf8, true).first_words, ["select"]);
+        assert_eq!(measure(&utf8, true).statements, 1);
         for cs in [ClientCharset::Big5, ClientCharset::Sjis, ClientCharset::Gb18030] {
             let t = to_parser_text(b"SELECT '\xE0\x5C'; DELETE FROM t -- '", cs).unwrap();
-            assert_eq!(measure(&t, true).first_words, ["select", "delete"], "{cs:?}");
+            assert_eq!(measure(&t, true).statements, 2, "{cs:?}");
         }
         // gb18030 four-byte characters; a lone lead byte stands alone.
         let t = to_parser_text(b"\x81\x30\x81\x30'\xFF", ClientCharset::Gb18030).unwrap();
@@ -449,7 +446,7 @@ mod tests {
         assert_eq!(measure(&chain, true).deepening, 101);
         let m = measure("/*!50000 KILL */ 5; select 1 /* c */ # x\n", true);
         assert!(m.executable_comment);
-        assert_eq!(m.first_words, ["kill", "select"]);
+        assert_eq!((m.statements, m.first_word, m.kill), (2, "KILL", true));
         assert!(measure("SELECT 'open", true).unterminated);
         assert!(measure(r"SELECT 'a\'", true).unterminated);
         assert!(!measure(r"SELECT 'a\'", false).unterminated);

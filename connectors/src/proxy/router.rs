@@ -306,9 +306,9 @@ pub fn classify(sql: &str) -> Route {
 }
 
 /// Classifies parser text already measured by [`lexer::measure`].
-fn classify_measured(sql: &str, m: &Measure) -> Route {
+fn classify_measured(sql: &str, m: &Measure<'_>) -> Route {
     if m.kill {
-        return match (m.first_words.len(), parse_kill(sql)) {
+        return match (m.statements, parse_kill(sql)) {
             (1, Some((query, id))) => Route::local(Local::Kill { query, id }),
             _ => Route::local(Local::Refuse(KILL_ALONE)),
         };
@@ -326,8 +326,8 @@ fn classify_measured(sql: &str, m: &Measure) -> Route {
     {
         return unparsable(m);
     }
-    if m.first_words.len() == 1 {
-        if let Some(r) = previous_statement_diagnostics(sql, &m.first_words[0]) {
+    if m.statements == 1 {
+        if let Some(r) = previous_statement_diagnostics(sql, m.first_word) {
             return r;
         }
     }
@@ -353,9 +353,12 @@ fn previous_statement_diagnostics(sql: &str, first: &str) -> Option<Route> {
     let mut words = sql
         .split(|c: char| c.is_ascii_whitespace() || c == ';')
         .filter(|w| !w.is_empty());
+    if !(first.eq_ignore_ascii_case("show") || first.eq_ignore_ascii_case("get")) {
+        return None;
+    }
     words.next()?;
     let second = words.next()?.to_ascii_lowercase();
-    let about_last = match first {
+    let about_last = match first.to_ascii_lowercase().as_str() {
         "show" => {
             matches!(second.as_str(), "warnings" | "errors")
                 || (second.starts_with("count(") && {
@@ -397,7 +400,7 @@ fn parse_kill(sql: &str) -> Option<(bool, u64)> {
     words.next().is_none().then_some((query, id))
 }
 
-fn unparsable(m: &Measure) -> Route {
+fn unparsable(m: &Measure<'_>) -> Route {
     if m.stateful {
         Route::pinned("unparsable statement with session state")
     } else {
