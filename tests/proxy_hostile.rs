@@ -1006,8 +1006,8 @@ async fn item11_user_names_cannot_be_probed() {
         answers.contains(&"switch") && answers.contains(&"err"),
         "{answers:?}"
     );
-    for i in 0..6 {
-        assert_eq!(first_answer(p.port, format!("nobody{i}").as_bytes()), answers[i]);
+    for (i, first) in answers.iter().enumerate().take(6) {
+        assert_eq!(first_answer(p.port, format!("nobody{i}").as_bytes()), *first);
     }
 }
 

@@ -63,6 +63,10 @@ const ER_MAX_PREPARED_STMT_COUNT_REACHED: u16 = 1461;
 const ER_CONNECTION_KILLED: u16 = 1927;
 const ER_BAD_DB: u16 = 1049;
 
+/// Errors after which the server closes the connection (packet too large,
+/// network read/write errors and timeouts).
+const CLOSING_CODES: &[u16] = &[1153, 1158, 1159, 1160, 1161];
+
 /// Session settings replayed on new backend connections; beyond this many
 /// distinct ones the session is pinned to the master instead.
 const MAX_SETTINGS: usize = 32;
@@ -215,7 +219,6 @@ pub async fn run(
     drop(prelogin);
     match accepted {
         Ok(Ok(mut a)) => {
-            shared.door.succeeded(peer.ip());
             tracing::debug!(%peer, user = %clip(&a.user.name, 64), tls = a.io.stream.is_tls(), "client logged in");
             a.io.max_packet = shared.cfg.max_allowed_packet;
             a.io.budget = Some(shared.memory.clone());
@@ -355,6 +358,9 @@ struct Session {
     /// the router would lex strings differently from the server, so every
     /// statement goes to the master.
     no_backslash_escapes: bool,
+    /// The master closed this session's connection (with its state): end
+    /// the session after the current reply.
+    close_after: bool,
 }
 
 impl Session {
@@ -399,6 +405,7 @@ impl Session {
             stmts: HashMap::new(),
             next_stmt: 1,
             no_backslash_escapes: false,
+            close_after: false,
         }
     }
 
@@ -542,6 +549,10 @@ impl Session {
                 let _ = self
                     .reply_err(ER_CONNECTION_KILLED, "70100", "Connection was killed")
                     .await;
+                return;
+            }
+            if self.close_after {
+                let _ = self.client.flush().await;
                 return;
             }
         }
@@ -940,6 +951,19 @@ impl Session {
         };
         match r {
             Ok((conn, sum)) => {
+                if sum.err.as_ref().is_some_and(|e| CLOSING_CODES.contains(&e.code)) {
+                    // The server closes the connection after these: a
+                    // client's oversized packet must not cost the next
+                    // statement its backend (nor, once that fails, anyone
+                    // the backend).
+                    self.last = Some((which, self.replica_gen));
+                    if which == Which::Master && held {
+                        // With it went the session's state: end the session
+                        // once the client has the server's error.
+                        self.close_after = true;
+                    }
+                    return Ok(Exec::Done(sum));
+                }
                 if let Some(st) = sum.status {
                     self.no_backslash_escapes = st & STATUS_NO_BACKSLASH_ESCAPES != 0;
                 }
@@ -1288,7 +1312,9 @@ impl Session {
             self.db = Some(db);
         } else {
             self.settings.retain(|s| *s != payload);
-            self.settings.push(payload);
+            // A copy: the payload shares the allocation of the read buffer
+            // it was cut from, which it would keep alive.
+            self.settings.push(Bytes::copy_from_slice(&payload));
             if self.settings.len() > MAX_SETTINGS {
                 self.pin.get_or_insert("too many session settings");
             }
@@ -1359,7 +1385,8 @@ impl Session {
                 long_data: Vec::new(),
                 long_data_len: 0,
                 long_data_overflow: false,
-                sql: payload.slice(1..),
+                // Copied for the same reason as settings.
+                sql: Bytes::copy_from_slice(&payload[1..]),
                 _text: text,
             };
             match ran {
@@ -1402,7 +1429,7 @@ impl Session {
             return;
         }
         s.long_data_len += payload.len();
-        s.long_data.push((payload, lease));
+        s.long_data.push((Bytes::copy_from_slice(&payload), lease));
     }
 
     /// The backend statement id of `id` on `which`, preparing it there first

@@ -8,7 +8,9 @@
 //!   connections of its address still logging in, or no file descriptor
 //!   left → ER_CON_COUNT_ERROR (1040);
 //! - `max_login_failures` failed logins from its address within
-//!   `login_block_secs` → ER_HOST_IS_BLOCKED (1129) until that time passed.
+//!   `login_block_secs` → ER_HOST_IS_BLOCKED (1129) until that time passed
+//!   (a successful login does not clear the count: with an account of its
+//!   own an attacker could otherwise reset it between guesses).
 //!
 //! # File descriptors
 //! At start the proxy raises its soft `RLIMIT_NOFILE` to the hard limit and
@@ -124,11 +126,6 @@ impl Door {
         e.0 += 1;
     }
 
-    /// A successful login clears the address's failures.
-    pub fn succeeded(&self, ip: IpAddr) {
-        self.failures().remove(&canonical(ip));
-    }
-
     /// A slot for one more connection of `ip` in the login phase, or `None`
     /// when the address holds `max_prelogin_per_address` already.
     pub fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<PreLogin> {
@@ -182,7 +179,7 @@ pub fn raise_fd_limit(max_connections: usize) {
     if let (Some(cur), Some(max)) = (lim.current, lim.maximum) {
         if cur < max {
             lim.current = Some(max);
-            match setrlimit(Resource::Nofile, lim.clone()) {
+            match setrlimit(Resource::Nofile, lim) {
                 Ok(()) => tracing::info!(from = cur, to = max, "raised the open files limit"),
                 Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
             }
@@ -346,8 +343,6 @@ mod tests {
         }
         assert!(door.blocked(a));
         assert!(!door.blocked(b));
-        door.succeeded(a);
-        assert!(!door.blocked(a));
         let x = door.enter(a).unwrap();
         let _y = door.enter(a).unwrap();
         assert!(door.enter(a).is_none());
