@@ -235,6 +235,24 @@ pub struct Timing {
     pub timeout: Duration,
 }
 
+/// [`monitor`], started again (after a second) if it ever panics: a backend
+/// must not stay unwatched because of one bad answer.
+pub async fn supervised(
+    pool: Arc<Pool>,
+    health: Arc<BackendHealth>,
+    queries: Option<PositionQueries>,
+    timing: Timing,
+) {
+    use futures_util::FutureExt;
+    loop {
+        let run = monitor(pool.clone(), health.clone(), queries.clone(), timing);
+        if std::panic::AssertUnwindSafe(run).catch_unwind().await.is_err() {
+            tracing::error!(backend = %health.name, "the health check panicked; restarting it");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
 /// Runs forever: ping, read positions, sleep (or wake up early for a
 /// [`BackendHealth::probe`]). Cancel by dropping the task.
 pub async fn monitor(

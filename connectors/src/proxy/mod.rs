@@ -296,7 +296,7 @@ impl Proxy {
         };
         listener::raise_fd_limit(s.cfg.max_connections);
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(health::monitor(
+        tasks.push(tokio::spawn(health::supervised(
             s.master.clone(),
             s.master_health.clone(),
             None,
@@ -307,7 +307,7 @@ impl Proxy {
                 applied_gtid: rc.gtid_queries(),
                 applied_seq: rc.seq_query(),
             };
-            tasks.push(tokio::spawn(health::monitor(
+            tasks.push(tokio::spawn(health::supervised(
                 r.pool.clone(),
                 r.health.clone(),
                 Some(q),
