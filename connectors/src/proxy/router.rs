@@ -179,12 +179,15 @@ impl Route {
 const KILL_ALONE: &str =
     "dbmux accepts KILL only as a statement of its own: KILL [QUERY | CONNECTION] thread_id";
 
-/// Entries kept by [`classify_cached`] before the cache starts over.
+/// Entries kept by [`classify_cached`] before the cache starts over …
 const CACHE_ENTRIES: usize = 8192;
 
-/// Texts longer than this are classified without the cache: a cache of
-/// shapes must not hold copies of multi-megabyte statements.
-const MAX_CACHED_SHAPE: usize = 4096;
+/// … or bytes of shapes (16 MiB): the cache's memory is bounded whatever
+/// statements clients send.
+const CACHE_BYTES: usize = 16 << 20;
+
+/// Texts longer than this are classified without the cache.
+const MAX_CACHED_SHAPE: usize = 64 << 10;
 
 /// [`classify_text`] for a session's raw bytes in its character set, with a
 /// process-wide cache keyed by the statement's *shape*: the text with number
@@ -195,14 +198,16 @@ const MAX_CACHED_SHAPE: usize = 4096;
 /// both go to the master, `LIMIT 1` and `LIMIT 2` are both reads. Two texts of
 /// one shape therefore classify alike. Routes that carry a value taken from
 /// the text (`USE`'s database, `SET NAMES`' character set, `SET autocommit`'s
-/// value, `KILL`'s thread id) are never cached. The shape is taken of the
+/// value, `KILL`'s thread id) are never cached, nor texts over 64 KiB. The shape is taken of the
 /// parser text (see [`lexer::to_parser_text`]), which already reflects the
 /// character set. Parsing costs several microseconds per statement; the shape
 /// costs a scan.
 pub fn classify_cached(sql: &[u8], charset: ClientCharset) -> Route {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
-    static CACHE: OnceLock<Mutex<HashMap<String, Route>>> = OnceLock::new();
+    /// The routes, and the bytes of their keys.
+    type Cache = (HashMap<String, Route>, usize);
+    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
     let Some(text) = lexer::to_parser_text(sql, charset) else {
         return Route::pinned("a client character set dbmux cannot read");
     };
@@ -217,17 +222,18 @@ pub fn classify_cached(sql: &[u8], charset: ClientCharset) -> Route {
     };
     // A poisoned lock only means another session panicked while holding
     // it; the map itself is always consistent (one insert or clear).
-    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(r) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+    let cache = CACHE.get_or_init(|| Mutex::new((HashMap::new(), 0)));
+    if let Some(r) = cache.lock().unwrap_or_else(|e| e.into_inner()).0.get(&key) {
         return r.clone();
     }
     let route = classify_measured(&text, &m);
     if route.shareable() {
         let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
-        if c.len() >= CACHE_ENTRIES {
-            c.clear();
+        if c.0.len() >= CACHE_ENTRIES || c.1 + key.len() > CACHE_BYTES {
+            *c = (HashMap::new(), 0);
         }
-        c.insert(key, route.clone());
+        c.1 += key.len();
+        c.0.insert(key, route.clone());
     }
     route
 }
