@@ -10,6 +10,13 @@
 //! master = "mysql://dbmux:secret@127.0.0.1:13306/"
 //! health_interval_ms = 500             # ping period per backend
 //! max_replica_lag = 10000              # seq distance above which a replica takes no reads
+//! max_allowed_packet = 67108864        # largest client command; bigger → 1153, connection closed
+//! max_memory = 1073741824              # client bytes (big packets, long data, statement texts) of all sessions
+//! connect_timeout_ms = 5000            # opening a backend connection
+//! health_timeout_ms = 2000             # an unanswered health check marks the backend down
+//! max_login_failures = 10              # failed logins of one address before 1129 …
+//! login_block_secs = 60                # … for this long
+//! max_prelogin_per_address = 32        # connections of one address still logging in
 //!
 //! [[proxy.replicas]]
 //! name = "replica1"
@@ -27,6 +34,10 @@
 //! caching_sha2_password = "9c1185a5c5e9fc54..."   # HEX(SHA256(SHA256(pw)))
 //! auth_plugin = "caching_sha2_password"           # plugin this user logs in with; default native
 //! consistency = "read_your_writes"                # or "eventual"; default read_your_writes
+//! # backend_user = "app_rw"                       # the user's own backend account (default: the URLs')
+//! # backend_password = "${APP_RW_PASSWORD}"
+//! # replica_user = "app_ro"                       # its account on the replicas (default: backend_user)
+//! # replica_password = "${APP_RO_PASSWORD}"
 //!
 //! [proxy.tls]
 //! cert = "/etc/dbmux/proxy.crt"   # PEM chain
@@ -669,6 +680,21 @@ mysql_native_password = "*D9B2D1C2B0E3E8AD0B8B4C5F3F6B1F43AE2CC3DE"
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("topsecret"), "{dbg}");
         assert!(!dbg.contains("D9B2D1"), "{dbg}");
+        let with_account: ProxyConfig = toml::from_str(&format!(
+            "{}backend_user = \"app_rw\"\nbackend_password = \"hunter2\"\n",
+            sample()
+        ))
+        .unwrap();
+        assert!(with_account.validate().is_empty());
+        assert!(!format!("{with_account:?}").contains("hunter2"));
+        assert_eq!(
+            with_account.users[0].master_account(),
+            Some(("app_rw", "hunter2"))
+        );
+        assert_eq!(
+            with_account.users[0].replica_account(),
+            Some(("app_rw", "hunter2"))
+        );
         assert_eq!(c.master.parse().unwrap().password, "topsecret");
     }
 
@@ -706,11 +732,19 @@ mysql_native_password = "*D9B2D1C2B0E3E8AD0B8B4C5F3F6B1F43AE2CC3DE"
 listen = "nowhere"
 allow = ["10.0.0.0/8", "banana"]
 master = "http://x"
+max_allowed_packet = 10
+max_memory = 5
+health_timeout_ms = 0
+connect_timeout_ms = 0
+max_prelogin_per_address = 0
+max_login_failures = 0
 [[users]]
 name = "a"
 mysql_native_password = "nope"
 auth_plugin = "caching_sha2_password"
 require_full_auth = true
+backend_password = "secret-of-a"
+replica_user = ""
 "#,
         )
         .unwrap();
@@ -722,6 +756,14 @@ require_full_auth = true
             "proxy.users[0].mysql_native_password",
             "proxy.users[0].auth_plugin",
             "proxy.users[0].require_full_auth",
+            "proxy.max_allowed_packet",
+            "proxy.max_memory",
+            "proxy.health_timeout_ms",
+            "proxy.connect_timeout_ms",
+            "proxy.max_prelogin_per_address",
+            "proxy.max_login_failures",
+            "proxy.users[0].backend_password",
+            "proxy.users[0].replica_user",
         ] {
             assert!(paths.iter().any(|p| p == want), "{want} missing from {paths:?}");
         }
