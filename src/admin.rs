@@ -1,32 +1,54 @@
-//! The admin HTTP server: `/metrics` (Prometheus text), `/status` (JSON) and
+//! The admin HTTP server: `/` (the live status page), `/metrics` (every
+//! metric of the process, OpenMetrics text), `/status` (JSON),
+//! `/status/history` (the last minutes, for the page's charts),
 //! `/log?from=SEQ&limit=N` (JSON envelopes, one per line; how `dbmux tail`
-//! reads the log while dbmux holds its lock).
+//! reads the log while dbmux holds its lock) and
+//! `POST /replicas/NAME/resume?table=DB.TABLE` (how `dbmux resume-table` lifts
+//! a quarantine while dbmux runs).
 
-use axum::extract::{Query, State};
+use crate::status::StatusBoard;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use pipeline::log::EmbeddedLog;
 use pipeline::metrics::PipelineMetrics;
+use pipeline::replica::ReplicaBoard;
+use pipeline::runtime::ResumeRequest;
+use pipeline::schema::TableId;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Most events one `/log` request returns.
 pub const MAX_LOG_PAGE: usize = 10_000;
 
-/// Renders more Prometheus text for `/metrics`.
-pub type MetricsFn = Box<dyn Fn() -> String + Send + Sync>;
+/// OpenMetrics text, which Prometheus asks for first.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The appliers as the admin server sees them.
+#[derive(Clone, Default)]
+pub struct Pipeline {
+    pub board: ReplicaBoard,
+    /// Where to send a replica's resume requests.
+    pub resume: Arc<HashMap<String, tokio::sync::mpsc::Sender<ResumeRequest>>>,
+}
 
 #[derive(Clone)]
 struct AppState {
-    extra: Arc<Vec<MetricsFn>>,
     log: Arc<EmbeddedLog>,
     metrics: PipelineMetrics,
     registry: Arc<Registry>,
-    replicas: Arc<Vec<String>>,
+    board: Arc<StatusBoard>,
+    pipeline: Pipeline,
+}
+
+#[derive(Deserialize)]
+struct ResumeQuery {
+    table: String,
 }
 
 #[derive(Deserialize)]
@@ -40,66 +62,109 @@ pub async fn serve(
     log: Arc<EmbeddedLog>,
     metrics: PipelineMetrics,
     registry: Arc<Registry>,
-    extra: Vec<MetricsFn>,
-    replicas: Vec<String>,
+    board: Arc<StatusBoard>,
+    pipeline: Pipeline,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let state = AppState {
-        extra: Arc::new(extra),
         log,
         metrics,
         registry,
-        replicas: Arc::new(replicas),
+        board,
+        pipeline,
     };
     let app = Router::new()
+        .route("/", get(page))
         .route("/metrics", get(metrics_page))
         .route("/status", get(status))
+        .route("/status/history", get(history))
         .route("/log", get(read_log))
+        .route("/replicas/{name}/resume", post(resume_table))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
 
-async fn metrics_page(State(s): State<AppState>) -> Response {
-    let mut out = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &s.registry) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
-    }
-    // The proxy renders its own text; serve everything as the classic text
-    // format (which Prometheus reads either way), so drop OpenMetrics' `# EOF`.
-    if let Some(body) = out.strip_suffix("# EOF\n") {
-        out.truncate(body.len());
-    }
-    for render in s.extra.iter() {
-        out.push_str(&render());
-    }
+async fn page() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        out,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        crate::status::PAGE,
     )
         .into_response()
 }
 
-async fn status(State(s): State<AppState>) -> Response {
-    let mut replicas = serde_json::Map::new();
-    for r in s.replicas.iter() {
-        replicas.insert(
-            r.clone(),
-            serde_json::json!({ "applied_seq": s.log.acked(r).ok().flatten() }),
-        );
+async fn metrics_page(State(s): State<AppState>) -> Response {
+    // Lag is computed now, from the log's head and each replica's position, so
+    // it grows while a replica is down.
+    pipeline::runtime::refresh_lag(&s.metrics, &s.log, &s.pipeline.board);
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &s.registry) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
     }
-    let last = s.log.last().ok().flatten();
-    let body = serde_json::json!({
-        "capture": { "connected": s.metrics.capture_connected.get() == 1 },
-        "log": {
-            "first_seq": s.log.first_seq().ok().flatten(),
-            "last_seq": s.log.last_seq(),
-            "resume_position": last.map(|(_, p)| p.to_string()),
-        },
-        "replicas": replicas,
-    });
-    axum::Json(body).into_response()
+    ([(header::CONTENT_TYPE, OPENMETRICS)], out).into_response()
+}
+
+async fn status(State(s): State<AppState>) -> Response {
+    let (board, log, metrics, replicas) = (
+        s.board.clone(),
+        s.log.clone(),
+        s.metrics.clone(),
+        s.pipeline.board.clone(),
+    );
+    // Reads the log's newest chunk: off the async workers.
+    match tokio::task::spawn_blocking(move || {
+        pipeline::runtime::refresh_lag(&metrics, &log, &replicas);
+        board.status(&log, &metrics, &replicas)
+    })
+    .await
+    {
+        Ok(body) => axum::Json(body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn history(State(s): State<AppState>) -> Response {
+    axum::Json(s.board.history()).into_response()
+}
+
+/// Lifts a table's quarantine on one replica: the applier re-applies the
+/// table's skipped events and answers when done.
+async fn resume_table(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ResumeQuery>,
+) -> Response {
+    let Some((db, table)) = q.table.split_once('.') else {
+        return (StatusCode::BAD_REQUEST, "table must be DB.TABLE\n").into_response();
+    };
+    let Some(tx) = s.pipeline.resume.get(&name) else {
+        return (StatusCode::NOT_FOUND, format!("no replica named {name:?}\n")).into_response();
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let req = ResumeRequest {
+        table: TableId::new(db, table),
+        reply,
+    };
+    if tx.send(req).await.is_err() {
+        return (
+            StatusCode::CONFLICT,
+            format!("replica {name} is stopped; see /status\n"),
+        )
+            .into_response();
+    }
+    match answer.await {
+        Ok(Ok(msg)) => (StatusCode::OK, format!("{msg}\n")).into_response(),
+        Ok(Err(msg)) => (StatusCode::CONFLICT, format!("{msg}\n")).into_response(),
+        Err(_) => (
+            StatusCode::CONFLICT,
+            format!("replica {name} stopped before answering; see /status\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn read_log(State(s): State<AppState>, Query(q): Query<LogQuery>) -> Response {
@@ -111,7 +176,7 @@ async fn read_log(State(s): State<AppState>, Query(q): Query<LogQuery>) -> Respo
         Ok(Ok(events)) => {
             let mut body = String::new();
             for e in events.iter().take(limit.max(1)) {
-                body.push_str(&pipeline::envelope::to_envelope(e).to_string());
+                body.push_str(pipeline::envelope::to_envelope(e).as_str());
                 body.push('\n');
             }
             ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()

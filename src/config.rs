@@ -484,11 +484,111 @@ impl Config {
                 );
             }
         }
+        p.extend(self.merge_problems());
         if !self.admin.listen.is_empty() && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
             p.push(format!(
                 "admin.listen: {:?} is not a host:port address",
                 self.admin.listen
             ));
+        }
+        p
+    }
+}
+
+impl Config {
+    /// Configurations that would write two source tables into one replica
+    /// table (rows of one would overwrite the other's): two source databases
+    /// mapped to one replica database, a mapping onto a database that is also
+    /// captured under its own name, a fixed PostgreSQL `schema` while capture
+    /// may read several databases, or a source database written over the
+    /// replica's own offsets database/schema.
+    fn merge_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let Some(src) = &self.source.mysql else {
+            return p;
+        };
+        let Ok(filter) = src.filter() else {
+            return p; // the patterns were reported already
+        };
+        // The databases capture may read, when the include patterns name them all
+        // literally; `None` when some pattern (or an empty list) lets in any database.
+        let literal: Option<std::collections::BTreeSet<String>> = if src.include.is_empty() {
+            None
+        } else {
+            src.include
+                .iter()
+                .map(|pat| {
+                    let schema = pat.split_once('.').map_or(pat.as_str(), |(s, _)| s);
+                    (!schema.contains(['*', '?'])).then(|| schema.to_string())
+                })
+                .collect::<Option<_>>()
+                .map(|set: std::collections::BTreeSet<String>| {
+                    set.into_iter().filter(|d| filter.may_match_schema(d)).collect()
+                })
+        };
+        let named_literally = |db: &str| literal.as_ref().is_some_and(|l| l.contains(db));
+        for (i, r) in self.replicas.iter().enumerate() {
+            if let Some(m) = &r.mysql {
+                let at = format!("replica[{i}].mysql");
+                let mut targets: std::collections::BTreeMap<&str, &str> = Default::default();
+                for (from, to) in &m.databases {
+                    if !filter.may_match_schema(from) {
+                        continue;
+                    }
+                    if let Some(other) = targets.insert(to.as_str(), from.as_str()) {
+                        p.push(format!(
+                            "{at}.databases: source databases {other:?} and {from:?} are both written to {to:?}; \
+                             tables of the same name would overwrite each other's rows"
+                        ));
+                    }
+                    if to != from && !m.databases.contains_key(to) && filter.may_match_schema(to) {
+                        p.push(format!(
+                            "{at}.databases.{from}: {from:?} is written to {to:?}, which capture may also read \
+                             as a source database of its own (written to itself); map {to:?} elsewhere or exclude it"
+                        ));
+                    }
+                    if *to == m.offsets_database {
+                        p.push(format!(
+                            "{at}.databases.{from}: {to:?} is the replica's offsets_database; choose another"
+                        ));
+                    }
+                }
+                if named_literally(&m.offsets_database) && !m.databases.contains_key(&m.offsets_database) {
+                    p.push(format!(
+                        "{at}.offsets_database: {:?} is also a captured source database; map it elsewhere with \
+                         `databases` or choose another offsets_database",
+                        m.offsets_database
+                    ));
+                }
+            }
+            if let Some(pg) = &r.postgres {
+                let at = format!("replica[{i}].postgres");
+                match (&pg.schema, &literal) {
+                    (Some(schema), None) => p.push(format!(
+                        "{at}.schema: every table goes into schema {schema:?}, but source.mysql.include may \
+                         capture several databases (empty or with wildcards in the database part); tables of \
+                         the same name would overwrite each other's rows: name one database in include, or \
+                         remove schema (each database then gets its own schema)"
+                    )),
+                    (Some(schema), Some(dbs)) if dbs.len() > 1 => p.push(format!(
+                        "{at}.schema: every table goes into schema {schema:?}, but capture reads databases {}; \
+                         tables of the same name would overwrite each other's rows: remove schema (each \
+                         database then gets its own schema) or run one replica per database",
+                        dbs.iter().map(|d| format!("{d:?}")).collect::<Vec<_>>().join(", ")
+                    )),
+                    _ => {}
+                }
+                let offsets_clash = match &pg.schema {
+                    Some(s) => *s == pg.offsets_schema,
+                    None => named_literally(&pg.offsets_schema),
+                };
+                if offsets_clash {
+                    p.push(format!(
+                        "{at}.offsets_schema: {:?} would also receive replicated tables; choose another",
+                        pg.offsets_schema
+                    ));
+                }
+            }
         }
         p
     }
@@ -586,5 +686,69 @@ mod tests {
         assert_eq!(doc["log"]["fsync"].as_str(), Some("never"));
         assert_eq!(doc["replica"][0]["max_batch_events"].as_integer(), Some(7));
         assert_eq!(problems.len(), 1, "{problems:?}");
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        Config::parse(text, &|_| None, &[]).err().unwrap_or_default()
+    }
+
+    #[test]
+    fn merging_source_databases_into_one_target_is_refused() {
+        let base = "[source.mysql]\nurl = \"mysql://u@h/\"\n";
+        let pg = |include: &str, extra: &str| {
+            format!(
+                "{base}include = {include}\n[[replica]]\nname = \"p\"\n[replica.postgres]\n\
+                 url = \"postgres://u@h/d\"\n{extra}"
+            )
+        };
+        // One database into a fixed schema: fine. Several, or any: refused.
+        assert!(problems(&pg("[\"app\"]", "schema = \"x\"")).is_empty());
+        assert!(problems(&pg("[\"app.t1\", \"app.t2\"]", "schema = \"x\"")).is_empty());
+        let p = problems(&pg("[\"app\", \"shop\"]", "schema = \"x\""));
+        assert!(
+            p.iter()
+                .any(|e| e.starts_with("replica[0].postgres.schema:") && e.contains("\"shop\"")),
+            "{p:?}"
+        );
+        let p = problems(&pg("[\"app*\"]", "schema = \"x\""));
+        assert!(
+            p.iter().any(|e| e.starts_with("replica[0].postgres.schema:")),
+            "{p:?}"
+        );
+        let p = problems(&pg("[]", "schema = \"x\""));
+        assert!(
+            p.iter().any(|e| e.starts_with("replica[0].postgres.schema:")),
+            "{p:?}"
+        );
+        let p = problems(&pg("[\"app\"]", "schema = \"dbmux\""));
+        assert!(
+            p.iter()
+                .any(|e| e.starts_with("replica[0].postgres.offsets_schema:")),
+            "{p:?}"
+        );
+        // Without a fixed schema each database has its own: fine.
+        assert!(problems(&pg("[\"app\", \"shop\"]", "")).is_empty());
+
+        let my = |include: &str, map: &str| {
+            format!(
+                "{base}include = {include}\n[[replica]]\nname = \"m\"\n[replica.mysql]\n\
+                 url = \"mysql://u@h/\"\ndatabases = {map}\n"
+            )
+        };
+        assert!(problems(&my("[\"a\", \"b\"]", "{ a = \"a2\", b = \"b2\" }")).is_empty());
+        let p = problems(&my("[\"a\", \"b\"]", "{ a = \"x\", b = \"x\" }"));
+        assert!(
+            p.iter().any(|e| e.starts_with("replica[0].mysql.databases:")),
+            "{p:?}"
+        );
+        let p = problems(&my("[\"a\", \"b\"]", "{ a = \"b\" }"));
+        assert!(
+            p.iter().any(|e| e.starts_with("replica[0].mysql.databases.a:")),
+            "{p:?}"
+        );
+        // `b` is not captured: writing `a` into a database named `b` is fine.
+        assert!(problems(&my("[\"a\"]", "{ a = \"b\" }")).is_empty());
+        let p = problems(&my("[\"a\"]", "{ a = \"dbmux\" }"));
+        assert!(p.iter().any(|e| e.contains("offsets_database")), "{p:?}");
     }
 }

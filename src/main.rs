@@ -2,9 +2,12 @@
 
 mod admin;
 mod config;
+mod observe;
 #[cfg(feature = "proxy")]
 mod proxy_cmd;
+mod resume;
 mod run;
+mod status;
 mod tail;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +48,19 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Lift the quarantine of a table on one replica: re-apply the table's
+    /// skipped events from the log, then apply it again (through the admin
+    /// server while dbmux runs, by itself when it does not).
+    ResumeTable {
+        #[arg(long, short, env = "DBMUX_CONFIG")]
+        config: PathBuf,
+        /// The replica's name.
+        #[arg(long)]
+        replica: String,
+        /// The source table, `DB.TABLE`.
+        #[arg(long)]
+        table: String,
+    },
     /// Run only the MySQL-protocol proxy from the [proxy] section.
     #[cfg(feature = "proxy")]
     #[command(hide = true)]
@@ -58,11 +74,18 @@ enum Command {
 }
 
 fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter = EnvFilter::try_from_env("DBMUX_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
+        // Warnings and errors also go to the status page, whatever DBMUX_LOG says.
+        .with(status::ErrorLayer.with_filter(tracing_subscriber::filter::LevelFilter::WARN))
         .init();
 }
 
@@ -117,6 +140,26 @@ fn main() -> ExitCode {
                 Err(e) => {
                     tracing::error!("dbmux stopped: {e:#}");
                     eprintln!("dbmux stopped: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::ResumeTable {
+            config,
+            replica,
+            table,
+        } => {
+            let Some(cfg) = load_config(&config) else {
+                return ExitCode::from(2);
+            };
+            let rt = runtime();
+            match rt.block_on(resume::resume_table(&cfg, &replica, &table)) {
+                Ok(msg) => {
+                    println!("{}", msg.trim_end());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dbmux resume-table: {e:#}");
                     ExitCode::FAILURE
                 }
             }

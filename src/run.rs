@@ -10,8 +10,10 @@ use crate::config::{redact_url, Config};
 use anyhow::Context;
 use pipeline::log::{EmbeddedLog, FsyncPolicy};
 use pipeline::metrics::PipelineMetrics;
-use pipeline::runtime::{self, ApplyOptions, CaptureOptions, RuntimeError};
+use pipeline::replica::ReplicaBoard;
+use pipeline::runtime::{self, ApplyOptions, CaptureOptions, ResumeRequest, RuntimeError};
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -79,16 +81,37 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     info!(last_seq = log.last_seq(), "log opened");
 
+    // The process's one metrics registry: the pipeline, the proxy, and
+    // whatever part comes next register here.
     let mut registry = Registry::default();
     let metrics = PipelineMetrics::new(&mut registry);
+    pipeline::metrics::register_build_info(&mut registry, env!("CARGO_PKG_VERSION"));
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));
 
     let mut tasks: JoinSet<(String, Result<(), RuntimeError>)> = JoinSet::new();
     let replica_names: Vec<String> = cfg.replicas.iter().map(|r| r.name.clone()).collect();
+    for name in &replica_names {
+        metrics.init_replica(name);
+    }
+    #[allow(unused_mut)]
+    let mut backlog: Option<crate::observe::Backlog> = None;
+    // Every replica's state, for /status, /metrics and truncation.
+    let replica_board = ReplicaBoard::new(&replica_names);
+    // Resume requests for quarantined tables, per replica (from the admin server).
+    let mut resume: HashMap<String, tokio::sync::mpsc::Sender<ResumeRequest>> = HashMap::new();
+    // The capture's table filter as configured now: the appliers skip events of
+    // tables excluded after they reached the log.
+    let filter = match &cfg.source.mysql {
+        Some(m) => m.filter().context("the table filter")?,
+        None => pipeline::filter::TableFilter::all(),
+    };
 
     if let Some(m) = cfg.source.mysql.clone() {
         // (A proxy-only configuration has no source and no replicas.)
+        backlog = connectors::mysql::backlog::BinlogBacklog::new(&m.url)
+            .ok()
+            .map(crate::observe::Backlog::Mysql);
         let source = connectors::mysql::capture::MysqlSource::new(m).context("configuring capture")?;
         let (log, metrics, sd) = (log.clone(), metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -102,23 +125,33 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let (log, metrics, sd) = (log.clone(), metrics.clone(), shutdown.clone());
         let opts = ApplyOptions {
             max_batch_events: r.max_batch_events,
+            filter: filter.clone(),
         };
         let name = r.name.clone();
+        let (req_tx, req_rx) = tokio::sync::mpsc::channel(8);
+        resume.insert(name.clone(), req_tx);
+        let board = replica_board.clone();
         let task = format!("replica {name}");
         // The replica's dbmux_offsets row: unique per pipeline and replica.
         let consumer = format!("{}/{}", cfg.name, r.name);
         match (&r.mysql, &r.postgres) {
             (Some(m), _) => {
                 let sink = connectors::mysql::apply::MysqlSink::new(&consumer, m.clone());
-                tasks.spawn(
-                    async move { (task, runtime::run_apply(name, sink, log, metrics, opts, sd).await) },
-                );
+                tasks.spawn(async move {
+                    (
+                        task,
+                        runtime::run_apply(name, sink, log, metrics, board, opts, req_rx, sd).await,
+                    )
+                });
             }
             (_, Some(p)) => {
                 let sink = connectors::postgres::apply::PostgresSink::new(&consumer, p.clone());
-                tasks.spawn(
-                    async move { (task, runtime::run_apply(name, sink, log, metrics, opts, sd).await) },
-                );
+                tasks.spawn(async move {
+                    (
+                        task,
+                        runtime::run_apply(name, sink, log, metrics, board, opts, req_rx, sd).await,
+                    )
+                });
             }
             _ => unreachable!("validated"),
         }
@@ -126,10 +159,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.log.truncate {
         let (log, sd, names) = (log.clone(), shutdown.clone(), replica_names.clone());
         let every = Duration::from_secs(cfg.log.truncate_interval_s);
+        let board = replica_board.clone();
         tasks.spawn(async move {
             (
                 "truncation".into(),
-                runtime::run_truncation(log, names, every, sd).await,
+                runtime::run_truncation(log, names, board, every, sd).await,
             )
         });
     }
@@ -142,9 +176,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             )
         });
     }
-    // Text appended to /metrics by parts with their own exposition (the proxy).
+    {
+        let (log, metrics, sd) = (log.clone(), metrics.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            crate::observe::run_observer(log, metrics, backlog, sd).await;
+            ("observer".into(), Ok(()))
+        });
+    }
     #[allow(unused_mut)]
-    let mut extra_metrics: Vec<crate::admin::MetricsFn> = Vec::new();
+    let mut proxy_view: Option<crate::status::ProxyFn> = None;
     #[cfg(feature = "proxy")]
     if let Some(mut pcfg) = cfg.proxy.clone() {
         // Replicas fed by this pipeline report their progress in the offsets
@@ -158,10 +198,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("proxy: {e}"))?;
         let listener = proxy.bind().await.map_err(|e| anyhow::anyhow!("proxy: {e}"))?;
+        proxy.register_metrics(&mut registry);
         let handle = connectors::proxy::Proxy {
             shared: proxy.shared.clone(),
         };
-        extra_metrics.push(Box::new(move || handle.render_metrics()));
+        let listen = listener.local_addr()?.to_string();
+        proxy_view = Some(Box::new(move || proxy_status(&handle, &listen)));
         info!("proxy listening on {}", listener.local_addr()?);
         let sd = shutdown.clone();
         tasks.spawn(async move {
@@ -175,11 +217,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the admin server to {}", cfg.admin.listen))?;
         info!("admin server on http://{}", listener.local_addr()?);
+        let source = cfg.source.mysql.as_ref().map(|m| redact_url(&m.url));
+        let board = Arc::new(crate::status::StatusBoard::new(
+            &cfg.name,
+            source,
+            replica_names.clone(),
+            proxy_view,
+        ));
+        {
+            let (board, log, sd) = (board.clone(), log.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                crate::status::run_sampler(board, log, sd).await;
+                ("status sampler".into(), Ok(()))
+            });
+        }
         let (log, sd, metrics) = (log.clone(), shutdown.clone(), metrics.clone());
         let registry = Arc::new(registry);
-        let names = replica_names.clone();
+        let admin = crate::admin::Pipeline {
+            board: replica_board.clone(),
+            resume: Arc::new(resume),
+        };
         tasks.spawn(async move {
-            let r = crate::admin::serve(listener, log, metrics, registry, extra_metrics, names, sd).await;
+            let r = crate::admin::serve(listener, log, metrics, registry, board, admin, sd).await;
             (
                 "admin".into(),
                 r.map_err(|e| RuntimeError::Join(format!("admin server: {e}"))),
@@ -210,5 +269,34 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             info!("stopped cleanly");
             Ok(())
         }
+    }
+}
+
+/// The proxy as the status page shows it.
+#[cfg(feature = "proxy")]
+fn proxy_status(p: &connectors::proxy::Proxy, listen: &str) -> crate::status::ProxySample {
+    use connectors::proxy::metrics::{OUTCOMES, ROUTES};
+    let m = &p.shared.metrics;
+    let queries = (0..ROUTES.len())
+        .flat_map(|r| (0..OUTCOMES.len()).map(move |o| (r, o)))
+        .map(|(r, o)| m.queries(r, o))
+        .sum();
+    crate::status::ProxySample {
+        listen: listen.to_string(),
+        sessions: m.connections.get(),
+        queries,
+        backends: p
+            .backends()
+            .into_iter()
+            .map(|b| crate::status::BackendSample {
+                name: b.name,
+                role: b.role,
+                up: b.up,
+                ping_ms: b.ping_seconds * 1e3,
+                applied_seq: b.applied_seq,
+                open_connections: b.open_connections,
+                idle_connections: b.idle_connections,
+            })
+            .collect(),
     }
 }

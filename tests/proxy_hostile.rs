@@ -1262,3 +1262,215 @@ async fn campaign_of_mutated_packets_and_sql_keeps_the_proxy_up_and_bounded() {
          peak {peak} KiB (bound {rss_bound_kib} KiB)"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Metrics of the hardening paths, in the process's registry.
+
+/// The value of one series (`name{labels}`, labels as the encoder writes
+/// them) in an OpenMetrics scrape.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+/// An in-process proxy (its registry is the test's to scrape) in front of
+/// the shared master and replica: KILLs, refused statements and oversized
+/// packets are counted as `local` outcomes and in their own counters, the
+/// client memory gauge follows the budget, and the pool gauges count the
+/// connections of every backend account exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_local_answers_kills_refused_packets_and_per_account_pools() {
+    use connectors::proxy::{config::ProxyConfig, Proxy as InProcess};
+    let db = fresh_db("pxy_metrics").await;
+    let alice = unique("pm");
+    let _accounts = Accounts(vec![alice.clone()]);
+    for url in [master_url(), replica_url()] {
+        let mut c = direct(&url).await;
+        c.query_drop(format!("CREATE USER '{alice}'@'%' IDENTIFIED BY 'pw-{alice}'"))
+            .await
+            .unwrap();
+        c.query_drop(format!("GRANT SELECT, INSERT ON {db}.* TO '{alice}'@'%'"))
+            .await
+            .unwrap();
+    }
+    let (native, _) = hashes();
+    let cfg: ProxyConfig = toml::from_str(&format!(
+        "listen = \"127.0.0.1:0\"\nmaster = \"{}\"\nhealth_interval_ms = 50\n\
+         max_allowed_packet = 1048576\nmax_memory = 16777216\n\
+         [[replicas]]\nname = \"r1\"\nurl = \"{}\"\n\
+         [[users]]\nname = \"app\"\n{native}\n\
+         [[users]]\nname = \"alice\"\n{native}\nconsistency = \"eventual\"\n\
+         backend_user = \"{alice}\"\nbackend_password = \"pw-{alice}\"\n",
+        server_url(&master_url()),
+        server_url(&replica_url())
+    ))
+    .unwrap();
+    let (_latest, latest_rx) = tokio::sync::watch::channel(0);
+    let proxy = InProcess::new(cfg, latest_rx, None).await.unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    proxy.register_metrics(&mut registry);
+    let listener = proxy.bind().await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(proxy.run(listener, async move {
+        let _ = stop_rx.await;
+    }));
+    let scrape = || {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    };
+    let q = |route: &str, outcome: &str| {
+        format!("dbmux_proxy_queries_total{{route=\"{route}\",outcome=\"{outcome}\"}}")
+    };
+    let url = |user: &str| format!("mysql://{user}:{PASSWORD}@127.0.0.1:{port}/{db}?prefer_socket=false");
+    let conn = |user: &str| mysql_async::Conn::new(mysql_async::Opts::from_url(&url(user)).unwrap());
+    let before = scrape();
+    let err = |e: mysql_async::Error| e.to_string();
+
+    // Two users, each with a replica and a master connection of its own
+    // backend account.
+    let mut app = conn("app").await.unwrap();
+    let mut al = conn("alice").await.unwrap();
+    let replica_id: u32 = direct(&replica_url())
+        .await
+        .query_first("SELECT @@server_id")
+        .await
+        .unwrap()
+        .unwrap();
+    for c in [&mut app, &mut al] {
+        assert_eq!(server_id(c).await, replica_id, "the read runs on the replica");
+    }
+    let who: String = al.query_first("SELECT CURRENT_USER()").await.unwrap().unwrap();
+    assert!(who.starts_with(&alice), "{who}");
+    app.query_drop("INSERT INTO t (id, v) VALUES (1, 'app')")
+        .await
+        .unwrap();
+    al.query_drop("INSERT INTO t (id, v) VALUES (2, 'alice')")
+        .await
+        .unwrap();
+    let during = scrape();
+    for b in ["master", "r1"] {
+        assert!(
+            sample(
+                &during,
+                &format!("dbmux_proxy_backend_connections{{backend=\"{b}\"}}")
+            ) >= 2.0,
+            "{b}: one connection per account at least:\n{during}"
+        );
+    }
+
+    // Answered by dbmux: an unknown thread, a refused statement, a KILL
+    // QUERY of another session, a KILL of the session's own connection.
+    let e = app.query_drop("KILL 4000000").await.map_err(err).unwrap_err();
+    assert!(e.contains("1094"), "{e}");
+    let e = app.query_drop("SELECT 1; KILL 5").await.map_err(err).unwrap_err();
+    assert!(e.contains("1235"), "{e}");
+    let mut sleeper = conn("app").await.unwrap();
+    let sleeper_id = sleeper.id();
+    let sleeping = tokio::spawn(async move {
+        let r = sleeper.query_drop("SELECT SLEEP(20)").await.map_err(err);
+        let _ = sleeper.disconnect().await;
+        r
+    });
+    wait_until("the sleep running", Duration::from_secs(10), || async {
+        let mut r = direct(&replica_url()).await;
+        let mut m = direct(&master_url()).await;
+        let probe = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(20)'";
+        let n: i64 = r.query_first(probe).await.unwrap().unwrap();
+        let k: i64 = m.query_first(probe).await.unwrap().unwrap();
+        n + k >= 1
+    })
+    .await;
+    app.query_drop(format!("KILL QUERY {sleeper_id}")).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), sleeping)
+        .await
+        .expect("KILL QUERY stopped the sleep")
+        .unwrap();
+    assert!(r.as_ref().is_err_and(|e| e.contains("1317")), "{r:?}");
+    let mut own = conn("app").await.unwrap();
+    let own_id = own.id();
+    let e = own
+        .query_drop(format!("KILL {own_id}"))
+        .await
+        .map_err(err)
+        .unwrap_err();
+    assert!(e.contains("1927"), "{e}");
+    // An SQL error of the master.
+    let e = app
+        .query_drop("INSERT INTO no_such_table VALUES (1)")
+        .await
+        .map_err(err)
+        .unwrap_err();
+    assert!(e.contains("1146"), "{e}");
+    // A prepared statement's text over 64 KiB is held under max_memory
+    // until it is closed.
+    let text = format!("SELECT ? /* {} */", "m".repeat(100_000));
+    let stmt = app.prep(text.as_str()).await.unwrap();
+    let held = sample(&scrape(), "dbmux_proxy_client_memory_bytes");
+    assert!(held >= 100_000.0, "{held}");
+    app.close(stmt).await.unwrap();
+    // A packet over max_allowed_packet: refused unread, the session closed.
+    let mut big = conn("app").await.unwrap();
+    let e = big
+        .query_drop(format!("SELECT '{}'", "x".repeat(2 << 20)))
+        .await
+        .map_err(err)
+        .unwrap_err();
+    assert!(e.contains("1153"), "{e}");
+
+    let after = scrape();
+    let delta = |series: &str| sample(&after, series) - sample(&before, series);
+    // Unknown thread, refused statement, own KILL (1927), oversized packet.
+    assert_eq!(delta(&q("local", "error")), 4.0, "{after}");
+    assert_eq!(delta("dbmux_proxy_kills_total"), 2.0);
+    assert_eq!(delta("dbmux_proxy_packets_refused_total"), 1.0);
+    assert_eq!(delta("dbmux_proxy_session_panics_total"), 0.0);
+    // The missing table, and the killed sleep wherever it ran.
+    assert_eq!(
+        delta(&q("master", "error")) + delta(&q("replica", "error")),
+        2.0,
+        "{after}"
+    );
+    assert!(delta(&q("local", "ok")) >= 1.0, "KILL QUERY answered OK");
+    assert!(delta(&q("replica", "ok")) >= 3.0);
+    assert!(delta(&q("master", "ok")) >= 2.0);
+    // dbmux's own answers never count as a backend failure.
+    assert_eq!(delta(&q("local", "failed")), 0.0);
+
+    // Every session gone: no connection leaked or counted twice; the replica
+    // keeps one idle connection per account key, the master none (a master
+    // connection is never pooled again).
+    for c in [app, al, own, big] {
+        let _ = c.disconnect().await;
+    }
+    wait_until("the sessions ended", Duration::from_secs(10), || async {
+        sample(&scrape(), "dbmux_proxy_connections") == 0.0
+    })
+    .await;
+    let end = scrape();
+    for b in ["master", "r1"] {
+        let open = sample(
+            &end,
+            &format!("dbmux_proxy_backend_connections{{backend=\"{b}\"}}"),
+        );
+        let idle = sample(
+            &end,
+            &format!("dbmux_proxy_pool_idle_connections{{backend=\"{b}\"}}"),
+        );
+        assert_eq!(
+            open, idle,
+            "{b}: connections open but neither idle nor in use:\n{end}"
+        );
+    }
+    assert!(
+        sample(&end, "dbmux_proxy_pool_idle_connections{backend=\"r1\"}") >= 2.0,
+        "{end}"
+    );
+    assert!(sample(&end, "dbmux_proxy_backend_connects_total{backend=\"master\"}") >= 2.0);
+    assert_eq!(sample(&end, "dbmux_proxy_client_memory_bytes"), 0.0, "{end}");
+    let _ = stop_tx.send(());
+    server.await.unwrap();
+}

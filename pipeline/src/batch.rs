@@ -26,9 +26,26 @@
 //! Nothing is reordered across tables, across a truncate, or across events of
 //! a table without a primary key.
 //!
-//! The argument assumes the target identifies rows by the primary key alone
-//! (no other unique constraint, no triggers) and compares keys the way the
-//! source does: tables an applier creates satisfy that.
+//! The argument assumes the target compares keys the way the source does
+//! (replica columns carry the source collation) and has no triggers.
+//!
+//! # Unique keys
+//! Other UNIQUE keys make the order of writes matter: upserting row A to a
+//! value row B still holds collides, though the end state is valid. A run
+//! therefore never writes a unique value that another row of the run held when
+//! the run started (its before image): such an upsert starts a new run. Rows
+//! not in the run keep their values and the run's end state is the source's,
+//! so no other collision is possible. Equality under a collation (`'A'` = `'a'`)
+//! is invisible here; the appliers catch it and re-plan with
+//! [`PlanOptions::source_order`].
+//!
+//! # Foreign-key cascades
+//! A delete from a table other tables' foreign keys reference with a cascading
+//! action becomes a [`Action::Cascade`] step followed by the delete step
+//! (consecutive deletes of the table share them); an update that changes
+//! referenced columns closes the run and is followed by its cascade step. So
+//! every cascade happens exactly where the source's did, relative to every
+//! other table's changes (see [`crate::cascade`]).
 //!
 //! # Tables without a primary key
 //! Rows cannot be named, so nothing is merged or reordered: consecutive inserts
@@ -36,7 +53,7 @@
 //! applier must execute against exactly one row equal to the before image.
 
 use crate::event::{Op, Row, Transaction};
-use crate::schema::TableSchema;
+use crate::schema::{TableId, TableSchema};
 use crate::value::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -47,20 +64,49 @@ pub enum PlanError {
     #[error("event seq {seq} on {table}: schema changes are not replicated yet ({statement:?})")]
     DdlNotSupported {
         seq: u64,
-        table: String,
+        table: TableId,
         statement: String,
     },
     #[error("event seq {seq} on {table}: row image has {got} values but the table has {expected} columns")]
     RowWidth {
         seq: u64,
-        table: String,
+        table: TableId,
         got: usize,
         expected: usize,
     },
     #[error("table {table}: primary key column index {index} is out of range")]
-    BadPrimaryKey { table: String, index: usize },
+    BadPrimaryKey { table: TableId, index: usize },
     #[error("event seq {seq} follows seq {previous}: events must arrive in increasing seq order")]
     OutOfOrder { seq: u64, previous: u64 },
+}
+
+impl PlanError {
+    /// The source table the error belongs to (all but `OutOfOrder`).
+    pub fn table(&self) -> Option<&TableId> {
+        match self {
+            PlanError::DdlNotSupported { table, .. }
+            | PlanError::RowWidth { table, .. }
+            | PlanError::BadPrimaryKey { table, .. } => Some(table),
+            PlanError::OutOfOrder { .. } => None,
+        }
+    }
+}
+
+/// What to plan (see [`plan_with`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanOptions<'a> {
+    /// Events at or below this `seq` are already in the target: left out.
+    pub applied: u64,
+    /// Tables whose events are left out (quarantined or excluded); they still
+    /// count for `last_seq`, so the offset moves past them.
+    pub skip: Option<&'a HashSet<TableId>>,
+    /// When set, only the events of these tables are planned (resuming
+    /// quarantined tables).
+    pub only: Option<&'a HashSet<TableId>>,
+    /// Every event its own step, in source order: nothing merged or moved.
+    /// The fallback when a set-based plan would break a constraint of the
+    /// target (see "Unique keys" in the module documentation).
+    pub source_order: bool,
 }
 
 /// One statement's worth of work on one table.
@@ -92,6 +138,10 @@ pub enum Action<'a> {
     DeleteOne { seq: u64, before: &'a Row },
     /// Delete every row of the table.
     Truncate,
+    /// Perform the foreign-key cascades of this change of the table's rows
+    /// (see [`crate::cascade`]): placed right before the deletes, or right
+    /// after the update, it belongs to.
+    Cascade(crate::cascade::Change<'a>),
 }
 
 impl Action<'_> {
@@ -100,7 +150,7 @@ impl Action<'_> {
         match self {
             Action::Upsert(r) | Action::Delete(r) | Action::Insert(r) => r.len(),
             Action::UpdateOne { .. } | Action::DeleteOne { .. } => 1,
-            Action::Truncate => 0,
+            Action::Truncate | Action::Cascade(_) => 0,
         }
     }
 }
@@ -118,6 +168,18 @@ pub struct Plan<'a> {
 
 /// Plans `txns`, skipping every event with `seq <= applied` (already in the target).
 pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
+    plan_with(
+        txns,
+        &PlanOptions {
+            applied,
+            ..PlanOptions::default()
+        },
+    )
+}
+
+/// Plans `txns` as `options` say.
+pub fn plan_with<'a>(txns: &'a [Transaction], options: &PlanOptions<'_>) -> Result<Plan<'a>, PlanError> {
+    let applied = options.applied;
     let mut b = Builder::default();
     let mut previous: Option<u64> = None;
     for ev in txns.iter().flat_map(|t| t.events.iter()) {
@@ -134,6 +196,12 @@ pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
             continue;
         }
         let table = &ev.table;
+        let skipped = options.skip.is_some_and(|s| s.contains(&table.id))
+            || options.only.is_some_and(|o| !o.contains(&table.id));
+        if skipped {
+            b.last_seq = Some(ev.seq);
+            continue;
+        }
         let width = table.columns.len();
         let check = |row: &Row| {
             if row.len() == width {
@@ -141,7 +209,7 @@ pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
             } else {
                 Err(PlanError::RowWidth {
                     seq: ev.seq,
-                    table: table.id.to_string(),
+                    table: table.id.clone(),
                     got: row.len(),
                     expected: width,
                 })
@@ -149,7 +217,7 @@ pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
         };
         if let Some(&index) = table.primary_key.iter().find(|&&i| i >= width) {
             return Err(PlanError::BadPrimaryKey {
-                table: table.id.to_string(),
+                table: table.id.clone(),
                 index,
             });
         }
@@ -157,7 +225,7 @@ pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
             Op::Ddl { statement } => {
                 return Err(PlanError::DdlNotSupported {
                     seq: ev.seq,
-                    table: table.id.to_string(),
+                    table: table.id.clone(),
                     statement: statement.clone(),
                 })
             }
@@ -171,7 +239,7 @@ pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
             Op::Insert { after } => {
                 check(after)?;
                 if table.has_primary_key() {
-                    b.upsert(table, after);
+                    b.upsert(table, after, None);
                 } else {
                     b.insert_no_key(table, after);
                 }
@@ -180,10 +248,23 @@ pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
                 check(before)?;
                 check(after)?;
                 if table.has_primary_key() {
+                    let cascades = changes_referenced(table, before, after);
+                    if cascades {
+                        b.close();
+                    }
                     if key_of(table, before) != key_of(table, after) {
                         b.delete(table, before);
+                        b.upsert(table, after, None);
+                    } else {
+                        b.upsert(table, after, Some(before));
                     }
-                    b.upsert(table, after);
+                    if cascades {
+                        b.close();
+                        b.steps.push(Step {
+                            table,
+                            action: Action::Cascade(crate::cascade::Change::Update { before, after }),
+                        });
+                    }
                 } else {
                     b.close();
                     b.steps.push(Step {
@@ -194,14 +275,28 @@ pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
                             after,
                         },
                     });
+                    if changes_referenced(table, before, after) {
+                        b.steps.push(Step {
+                            table,
+                            action: Action::Cascade(crate::cascade::Change::Update { before, after }),
+                        });
+                    }
                 }
             }
             Op::Delete { before } => {
                 check(before)?;
-                if table.has_primary_key() {
+                if table.has_primary_key() && is_cascade_parent(table) {
+                    b.cascading_delete(table, before);
+                } else if table.has_primary_key() {
                     b.delete(table, before);
                 } else {
                     b.close();
+                    if is_cascade_parent(table) {
+                        b.steps.push(Step {
+                            table,
+                            action: Action::Cascade(crate::cascade::Change::Delete(vec![before.as_slice()])),
+                        });
+                    }
                     b.steps.push(Step {
                         table,
                         action: Action::DeleteOne { seq: ev.seq, before },
@@ -211,6 +306,9 @@ pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
         }
         b.last_seq = Some(ev.seq);
         b.events += 1;
+        if options.source_order {
+            b.close();
+        }
     }
     b.close();
     Ok(Plan {
@@ -218,6 +316,24 @@ pub fn plan(txns: &[Transaction], applied: u64) -> Result<Plan<'_>, PlanError> {
         last_seq: b.last_seq,
         events: b.events,
     })
+}
+
+/// True when other tables' foreign keys reference `table` with an action that
+/// changes their rows.
+fn is_cascade_parent(table: &TableSchema) -> bool {
+    table.cascades.iter().any(|e| e.referenced_table == table.id)
+}
+
+/// True when an update from `before` to `after` changes columns that a
+/// foreign key with an `ON UPDATE` action references.
+fn changes_referenced(table: &TableSchema, before: &Row, after: &Row) -> bool {
+    table
+        .cascades
+        .iter()
+        .filter(|e| e.referenced_table == table.id && e.on_update.changes_rows())
+        .flat_map(|e| &e.referenced_columns)
+        .filter_map(|c| table.column_index(c))
+        .any(|i| before.get(i) != after.get(i))
 }
 
 /// Same table: the same definition (pointer equality first, it is the common case).
@@ -232,6 +348,9 @@ struct Run<'a> {
     delete_keys: HashSet<Vec<u8>>,
     upserts: Vec<&'a Row>,
     upsert_slots: HashMap<Vec<u8>, usize>,
+    /// Unique-key values (key index, encoded values) that rows updated in this
+    /// run held when it started, with the primary key of the row holding each.
+    initial_unique: HashMap<(usize, Vec<u8>), Vec<u8>>,
 }
 
 /// The open run of plain inserts into one table without a key.
@@ -240,11 +359,18 @@ struct Inserts<'a> {
     rows: Vec<&'a Row>,
 }
 
+/// Deletes from one cascade parent: the table, the rows, their keys.
+type CascadingDeletes<'a> = (&'a Arc<TableSchema>, Vec<&'a Row>, HashSet<Vec<u8>>);
+
 #[derive(Default)]
 struct Builder<'a> {
     steps: Vec<Step<'a>>,
     run: Option<Run<'a>>,
     inserts: Option<Inserts<'a>>,
+    /// Consecutive deletes from a table whose rows other tables' foreign keys
+    /// reference with a cascading action: emitted as one cascade step and
+    /// one delete step.
+    cascading_deletes: Option<CascadingDeletes<'a>>,
     last_seq: Option<u64>,
     events: usize,
 }
@@ -252,6 +378,18 @@ struct Builder<'a> {
 impl<'a> Builder<'a> {
     /// Emits whatever is open.
     fn close(&mut self) {
+        if let Some((table, rows, _)) = self.cascading_deletes.take() {
+            self.steps.push(Step {
+                table,
+                action: Action::Cascade(crate::cascade::Change::Delete(
+                    rows.iter().map(|r| r.as_slice()).collect(),
+                )),
+            });
+            self.steps.push(Step {
+                table,
+                action: Action::Delete(rows),
+            });
+        }
         if let Some(run) = self.run.take() {
             if !run.deletes.is_empty() {
                 self.steps.push(Step {
@@ -285,14 +423,34 @@ impl<'a> Builder<'a> {
                 delete_keys: HashSet::new(),
                 upserts: Vec::new(),
                 upsert_slots: HashMap::new(),
+                initial_unique: HashMap::new(),
             });
         }
         self.run.as_mut().expect("just opened")
     }
 
-    fn upsert(&mut self, table: &'a Arc<TableSchema>, row: &'a Row) {
+    /// Upserts `row`; `before` is the row's image before this event when the
+    /// event is an update that keeps the key.
+    fn upsert(&mut self, table: &'a Arc<TableSchema>, row: &'a Row, before: Option<&'a Row>) {
         let key = key_of(table, row);
+        if !table.unique_keys.is_empty() {
+            // Would this row, written at its slot, take a unique value that
+            // another row of the run still holds from before the run? Then the
+            // run cannot be executed set-based: start a new one here.
+            let conflict = matches!(&self.run, Some(r) if same_table(r.table, table)
+                && unique_values(table, row).any(|v| r.initial_unique.get(&v).is_some_and(|k| *k != key)));
+            if conflict {
+                self.close();
+            }
+        }
         let run = self.run_for(table);
+        if let Some(before) = before {
+            if !table.unique_keys.is_empty() && !run.upsert_slots.contains_key(&key) {
+                for v in unique_values(table, before) {
+                    run.initial_unique.entry(v).or_insert_with(|| key.clone());
+                }
+            }
+        }
         match run.upsert_slots.get(&key) {
             Some(&slot) => run.upserts[slot] = row,
             None => {
@@ -315,6 +473,21 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// A delete from a cascade parent (a table with a primary key).
+    fn cascading_delete(&mut self, table: &'a Arc<TableSchema>, row: &'a Row) {
+        let reuse = matches!(&self.cascading_deletes, Some((t, _, _)) if same_table(t, table))
+            && self.run.is_none()
+            && self.inserts.is_none();
+        if !reuse {
+            self.close();
+            self.cascading_deletes = Some((table, Vec::new(), HashSet::new()));
+        }
+        let (_, rows, keys) = self.cascading_deletes.as_mut().expect("just opened");
+        if keys.insert(key_of(table, row)) {
+            rows.push(row);
+        }
+    }
+
     fn insert_no_key(&mut self, table: &'a Arc<TableSchema>, row: &'a Row) {
         let reuse = matches!(&self.inserts, Some(i) if same_table(i.table, table));
         if !reuse {
@@ -326,6 +499,21 @@ impl<'a> Builder<'a> {
         }
         self.inserts.as_mut().expect("just opened").rows.push(row);
     }
+}
+
+/// The values of `row` in each unique key of `table` (key index, encoded
+/// values), leaving out keys with a NULL part (they never collide).
+fn unique_values<'r>(table: &'r TableSchema, row: &'r Row) -> impl Iterator<Item = (usize, Vec<u8>)> + 'r {
+    table.unique_keys.iter().enumerate().filter_map(move |(i, cols)| {
+        if cols.iter().any(|&c| row.get(c).is_none_or(Value::is_null)) {
+            return None;
+        }
+        let mut out = Vec::new();
+        for &c in cols {
+            encode_key_value(&row[c], &mut out);
+        }
+        Some((i, out))
+    })
 }
 
 /// The primary-key values of `row`, encoded so that equal bytes mean equal
@@ -465,17 +653,26 @@ mod tests {
             },
             nullable: false,
             charset: None,
+            collation: None,
             source_type: "int".into(),
         };
         Arc::new(TableSchema {
             id: TableId::new("db", name),
             columns: vec![col("id"), col("v")],
             primary_key: if with_key { vec![0] } else { vec![] },
+            ..Default::default()
         })
     }
 
     fn row(id: i64, v: i64) -> Row {
         vec![Value::Int(id), Value::Int(v)]
+    }
+
+    /// Table `u`: `id` primary key, `v` a UNIQUE key.
+    fn unique_table() -> Arc<TableSchema> {
+        let mut t = (*table("u", true)).clone();
+        t.unique_keys = vec![vec![1]];
+        Arc::new(t)
     }
 
     fn txn(seq: u64, changes: Vec<(Arc<TableSchema>, Op)>) -> Transaction {
@@ -522,6 +719,7 @@ mod tests {
                     }
                     Action::DeleteOne { before, .. } => format!("d:{t}[{}]", ids(&[before])),
                     Action::Truncate => format!("T:{t}"),
+                    Action::Cascade(_) => format!("C:{t}"),
                 }
             })
             .collect()
@@ -753,11 +951,16 @@ mod tests {
                 }
                 continue;
             }
+            let unique = !ev.table.unique_keys.is_empty();
             let m = state.keyed.entry(name).or_default();
             match &ev.op {
                 Op::Insert { after } => {
                     let (k, v) = pair(after);
                     m.insert(k, v);
+                    assert!(
+                        !unique || m.values().filter(|&&x| x == v).count() == 1,
+                        "invalid history"
+                    );
                 }
                 Op::Update { before, after } => {
                     m.remove(&pair(before).0);
@@ -780,10 +983,16 @@ mod tests {
             match &s.action {
                 Action::Upsert(rows) => {
                     let mut seen = HashSet::new();
+                    let unique = !s.table.unique_keys.is_empty();
                     let m = state.keyed.entry(name).or_default();
                     for r in rows {
                         let (k, v) = pair(r);
                         assert!(seen.insert(k), "duplicate key {k} in one upsert step");
+                        // The replica's unique index checks every row as it is written.
+                        assert!(
+                            !unique || !m.iter().any(|(&k2, &v2)| k2 != k && v2 == v),
+                            "upsert of {k}={v} collides with a unique value another row still holds"
+                        );
                         m.insert(k, v);
                     }
                 }
@@ -805,6 +1014,7 @@ mod tests {
                     let i = state.bag.iter().position(|r| *r == pair(before)).unwrap();
                     state.bag.remove(i);
                 }
+                Action::Cascade(_) => {}
                 Action::Truncate => {
                     if s.table.has_primary_key() {
                         state.keyed.entry(name).or_default().clear();
@@ -822,6 +1032,7 @@ mod tests {
     fn random_history(rng: &mut StdRng, start: &State) -> Vec<Transaction> {
         let tables = [table("a", true), table("b", true)];
         let bag_table = table("n", false);
+        let u = unique_table();
         let mut state = start.clone();
         let mut txns = Vec::new();
         let mut seq = 1;
@@ -829,6 +1040,89 @@ mod tests {
             let mut changes = Vec::new();
             for _ in 0..rng.gen_range(1..12) {
                 let v = rng.gen_range(0..100);
+                if rng.gen_bool(0.3) {
+                    // Table `u` with a UNIQUE `v` (values 0..6, so most are taken).
+                    let m = state.keyed.entry("u".into()).or_default();
+                    let free_v = |m: &BTreeMap<i64, i64>| {
+                        (0..6)
+                            .filter(|x| !m.values().any(|v| v == x))
+                            .collect::<Vec<i64>>()
+                    };
+                    let free_k: Vec<i64> = (0..6).filter(|k| !m.contains_key(k)).collect();
+                    let fv = free_v(m);
+                    let keys: Vec<i64> = m.keys().copied().collect();
+                    match rng.gen_range(0..6) {
+                        0 if !free_k.is_empty() && !fv.is_empty() => {
+                            let (k, nv) = (
+                                free_k[rng.gen_range(0..free_k.len())],
+                                fv[rng.gen_range(0..fv.len())],
+                            );
+                            m.insert(k, nv);
+                            changes.push((u.clone(), Op::Insert { after: row(k, nv) }));
+                        }
+                        1 if !keys.is_empty() && !fv.is_empty() => {
+                            let k = keys[rng.gen_range(0..keys.len())];
+                            let (old, nv) = (m[&k], fv[rng.gen_range(0..fv.len())]);
+                            m.insert(k, nv);
+                            changes.push((
+                                u.clone(),
+                                Op::Update {
+                                    before: row(k, old),
+                                    after: row(k, nv),
+                                },
+                            ));
+                        }
+                        2 if keys.len() >= 2 && !fv.is_empty() => {
+                            // Swap two rows' unique values through a temporary one.
+                            let k1 = keys[rng.gen_range(0..keys.len())];
+                            let k2 = *keys.iter().find(|&&k| k != k1).unwrap();
+                            let (a, b, t) = (m[&k1], m[&k2], fv[0]);
+                            changes.push((
+                                u.clone(),
+                                Op::Update {
+                                    before: row(k1, a),
+                                    after: row(k1, t),
+                                },
+                            ));
+                            changes.push((
+                                u.clone(),
+                                Op::Update {
+                                    before: row(k2, b),
+                                    after: row(k2, a),
+                                },
+                            ));
+                            changes.push((
+                                u.clone(),
+                                Op::Update {
+                                    before: row(k1, t),
+                                    after: row(k1, b),
+                                },
+                            ));
+                            m.insert(k1, b);
+                            m.insert(k2, a);
+                        }
+                        3 if !keys.is_empty() => {
+                            let k = keys[rng.gen_range(0..keys.len())];
+                            let old = m.remove(&k).unwrap();
+                            changes.push((u.clone(), Op::Delete { before: row(k, old) }));
+                        }
+                        4 if !keys.is_empty() && !free_k.is_empty() => {
+                            let k = keys[rng.gen_range(0..keys.len())];
+                            let nk = free_k[rng.gen_range(0..free_k.len())];
+                            let old = m.remove(&k).unwrap();
+                            m.insert(nk, old);
+                            changes.push((
+                                u.clone(),
+                                Op::Update {
+                                    before: row(k, old),
+                                    after: row(nk, old),
+                                },
+                            ));
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
                 if rng.gen_bool(0.2) {
                     // key-less table
                     let op = if state.bag.is_empty() || rng.gen_bool(0.4) {
@@ -926,6 +1220,14 @@ mod tests {
             }
             for _ in 0..rng.gen_range(0..4) {
                 start.bag.push((rng.gen_range(0..3), rng.gen_range(0..3)));
+            }
+            let m = start.keyed.entry("u".into()).or_default();
+            let mut vs: Vec<i64> = (0..6).collect();
+            for k in 0..6 {
+                if rng.gen_bool(0.6) {
+                    let i = rng.gen_range(0..vs.len());
+                    m.insert(k, vs.remove(i));
+                }
             }
             start.bag.sort();
             let txns = random_history(&mut rng, &start);

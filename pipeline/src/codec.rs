@@ -13,7 +13,9 @@ use crate::schema::TableSchema;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-const FORMAT_VERSION: u8 = 1;
+/// Version 2 added column collations, unique keys and foreign keys to the
+/// stored table definitions; version 1 records are still read (see [`v1`]).
+const FORMAT_VERSION: u8 = 2;
 
 /// The record could not be decoded: the log is damaged or from a newer dbmux.
 #[derive(Debug, thiserror::Error)]
@@ -90,10 +92,11 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<ChangeEvent>, CodecError> {
     if stored != computed {
         return Err(CodecError::Checksum { stored, computed });
     }
-    if body[0] != FORMAT_VERSION {
-        return Err(CodecError::Version(body[0]));
-    }
-    let rec: Record = postcard::from_bytes(&body[1..])?;
+    let rec: Record = match body[0] {
+        FORMAT_VERSION => postcard::from_bytes(&body[1..])?,
+        1 => postcard::from_bytes::<v1::Record>(&body[1..])?.into(),
+        other => return Err(CodecError::Version(other)),
+    };
     let schemas: Vec<Arc<TableSchema>> = rec.schemas.into_iter().map(Arc::new).collect();
     rec.events
         .into_iter()
@@ -120,6 +123,79 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<ChangeEvent>, CodecError> {
         .collect()
 }
 
+/// Records written by dbmux before format version 2: the same layout with
+/// smaller table definitions. A log written then is read on upgrade.
+mod v1 {
+    use crate::event::Op;
+    use crate::position::Position;
+    use crate::schema::{ColumnType, TableId};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub struct ColumnDef {
+        name: String,
+        ty: ColumnType,
+        nullable: bool,
+        charset: Option<String>,
+        source_type: String,
+    }
+
+    #[derive(Deserialize)]
+    pub struct TableSchema {
+        id: TableId,
+        columns: Vec<ColumnDef>,
+        primary_key: Vec<usize>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Record {
+        txn_id: String,
+        commit_ts_us: i64,
+        position: Position,
+        txn_len: u32,
+        first_seq: u64,
+        first_index: u32,
+        schemas: Vec<TableSchema>,
+        events: Vec<(u32, Op)>,
+    }
+
+    impl From<Record> for super::Record {
+        fn from(r: Record) -> Self {
+            let schemas = r
+                .schemas
+                .into_iter()
+                .map(|t| {
+                    crate::schema::TableSchema::new(
+                        t.id,
+                        t.columns
+                            .into_iter()
+                            .map(|c| crate::schema::ColumnDef {
+                                name: c.name,
+                                ty: c.ty,
+                                nullable: c.nullable,
+                                charset: c.charset,
+                                collation: None,
+                                source_type: c.source_type,
+                            })
+                            .collect(),
+                        t.primary_key,
+                    )
+                })
+                .collect();
+            super::Record {
+                txn_id: r.txn_id,
+                commit_ts_us: r.commit_ts_us,
+                position: r.position,
+                txn_len: r.txn_len,
+                first_seq: r.first_seq,
+                first_index: r.first_index,
+                schemas,
+                events: r.events,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,9 +205,9 @@ mod tests {
     use crate::value::{Date, Value};
 
     pub(crate) fn sample_schema() -> Arc<TableSchema> {
-        Arc::new(TableSchema {
-            id: TableId::new("app", "t"),
-            columns: vec![
+        Arc::new(TableSchema::new(
+            TableId::new("app", "t"),
+            vec![
                 ColumnDef {
                     name: "id".into(),
                     ty: ColumnType::Integer {
@@ -140,6 +216,7 @@ mod tests {
                     },
                     nullable: false,
                     charset: None,
+                    collation: None,
                     source_type: "bigint unsigned".into(),
                 },
                 ColumnDef {
@@ -147,11 +224,12 @@ mod tests {
                     ty: ColumnType::VarChar { length: 10 },
                     nullable: true,
                     charset: Some("utf8mb4".into()),
+                    collation: Some("utf8mb4_bin".into()),
                     source_type: "varchar(10)".into(),
                 },
             ],
-            primary_key: vec![0],
-        })
+            vec![0],
+        ))
     }
 
     #[test]
@@ -206,5 +284,65 @@ mod tests {
         bad[3] ^= 1;
         assert!(matches!(decode(&bad), Err(CodecError::Checksum { .. })));
         assert!(matches!(decode(&bytes[..3]), Err(CodecError::Truncated(3))));
+    }
+
+    #[test]
+    fn reads_format_version_1() {
+        // A record as dbmux wrote it before version 2 (smaller table definitions).
+        #[derive(Serialize)]
+        struct Col<'a>(&'a str, ColumnType, bool, Option<&'a str>, &'a str);
+        #[derive(Serialize)]
+        struct Table<'a>(TableId, Vec<Col<'a>>, Vec<usize>);
+        #[derive(Serialize)]
+        struct Rec<'a>(
+            &'a str,
+            i64,
+            Position,
+            u32,
+            u64,
+            u32,
+            Vec<Table<'a>>,
+            Vec<(u32, Op)>,
+        );
+        let pos = Position::Postgres(5);
+        let rec = Rec(
+            "x",
+            9,
+            pos.clone(),
+            1,
+            4,
+            0,
+            vec![Table(
+                TableId::new("app", "t"),
+                vec![Col(
+                    "id",
+                    ColumnType::Integer {
+                        bytes: 4,
+                        unsigned: false,
+                    },
+                    false,
+                    None,
+                    "int",
+                )],
+                vec![0],
+            )],
+            vec![(
+                0,
+                Op::Insert {
+                    after: vec![Value::Int(1)],
+                },
+            )],
+        );
+        let mut bytes = vec![1u8];
+        bytes.extend(postcard::to_stdvec(&rec).unwrap());
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        let events = decode(&bytes).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].seq, 4);
+        assert_eq!(events[0].table.columns[0].name, "id");
+        assert_eq!(events[0].table.columns[0].collation, None);
+        assert!(events[0].table.unique_keys.is_empty());
+        assert_eq!(events[0].position, pos);
     }
 }

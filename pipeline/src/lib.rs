@@ -3,6 +3,7 @@
 //! Dependency direction: the `dbmux` binary → `connectors` → `pipeline`.
 
 pub mod batch;
+pub mod cascade;
 pub mod codec;
 pub mod envelope;
 pub mod event;
@@ -10,6 +11,7 @@ pub mod filter;
 pub mod log;
 pub mod metrics;
 pub mod position;
+pub mod replica;
 pub mod retry;
 pub mod runtime;
 pub mod schema;

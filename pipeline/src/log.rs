@@ -247,6 +247,24 @@ impl EmbeddedLog {
         Ok(out)
     }
 
+    /// The source commit time (µs) of the event `seq`, decoding only the chunk
+    /// holding it; `None` when the log does not have it.
+    pub fn commit_ts_at(&self, seq: u64) -> Result<Option<i64>, LogError> {
+        if seq == 0 || seq > self.last_seq() {
+            return Ok(None);
+        }
+        let Some(kv) = self.records.range(..=key(seq)).next_back() else {
+            return Ok(None);
+        };
+        let (k, v) = kv.into_inner()?;
+        let chunk_seq = seq_of(&k);
+        let events = codec::decode(&v).map_err(|source| LogError::Corrupt {
+            seq: chunk_seq,
+            source,
+        })?;
+        Ok(events.iter().find(|e| e.seq == seq).map(|e| e.txn.commit_ts_us))
+    }
+
     /// Where capture began, stored once before the first transaction (see
     /// [`crate::runtime::run_capture`]); `None` when never set.
     pub fn start_position(&self) -> Result<Option<Position>, LogError> {
@@ -319,6 +337,11 @@ impl EmbeddedLog {
             batch.commit()?;
         }
         Ok(removed)
+    }
+
+    /// Disk space the log uses (tables and journal), in bytes.
+    pub fn disk_bytes(&self) -> Result<u64, LogError> {
+        Ok(self.db.disk_space()?)
     }
 }
 

@@ -14,14 +14,18 @@
 //! atomic (and, with `fsync = "always"`, one synced) write.
 
 use crate::event::sequence_transaction;
+use crate::filter::TableFilter;
 use crate::log::{into_transactions, EmbeddedLog, LogError};
 use crate::metrics::{PipelineMetrics, ReplicaLabel};
+use crate::replica::{Quarantine, ReplicaBoard, ReplicaState};
 use crate::retry::{Backoff, Classify, ErrorClass};
-use crate::sink::Sink;
+use crate::schema::TableId;
+use crate::sink::{Sink, TableScoped};
 use crate::source::{CapturedTransaction, Source};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -68,12 +72,17 @@ pub struct ApplyOptions {
     /// Events read from the log for one target transaction (whole source
     /// transactions are never split, so a batch may exceed it).
     pub max_batch_events: usize,
+    /// The capture's table filter as configured now: events of tables it no
+    /// longer selects (added to `exclude` after they reached the log) are
+    /// skipped by the appliers.
+    pub filter: TableFilter,
 }
 
 impl Default for ApplyOptions {
     fn default() -> Self {
         Self {
             max_batch_events: 5000,
+            filter: TableFilter::all(),
         }
     }
 }
@@ -130,6 +139,7 @@ where
             }
             let mut next_seq = log.last_seq() + 1;
             let mut events = 0u64;
+            let newest_commit_us = pending.iter().map(|t| t.commit_ts_us).max().unwrap_or(0);
             let txns: Vec<_> = pending
                 .into_iter()
                 .filter(|t| !t.changes.is_empty())
@@ -153,6 +163,11 @@ where
             metrics.capture_transactions.inc_by(n);
             metrics.capture_events.inc_by(events);
             metrics.log_last_seq.set(log.last_seq());
+            if newest_commit_us > 0 {
+                metrics
+                    .capture_last_commit_timestamp
+                    .set(newest_commit_us as f64 / 1e6);
+            }
         }
     };
     let result: Result<(), RuntimeError> = writer.await;
@@ -269,15 +284,47 @@ async fn read_source<S: Source>(
     }
 }
 
+/// A request to lift a quarantine (from the admin server).
+#[derive(Debug)]
+pub struct ResumeRequest {
+    pub table: TableId,
+    /// What happened, for the operator.
+    pub reply: oneshot::Sender<Result<String, String>>,
+}
+
+/// What the apply loop keeps about its replica between batches.
+struct ApplyState {
+    applied: u64,
+    quarantined: BTreeMap<TableId, Quarantine>,
+}
+
+impl ApplyState {
+    /// The `seq` the log must keep everything after: the replica's offset, or
+    /// just before the oldest event a quarantined table still needs.
+    fn retain(&self) -> u64 {
+        self.quarantined
+            .values()
+            .map(|q| q.first_seq.saturating_sub(1))
+            .fold(self.applied, u64::min)
+    }
+}
+
 /// Applies the log to one replica, from the replica's own stored offset, until
-/// `shutdown` or a definite error. Transient errors are retried with backoff
-/// forever (logged loudly); the offset never moves past what the replica committed.
+/// `shutdown`. Transient errors are retried with backoff forever (logged
+/// loudly); the offset never moves past what the replica committed.
+///
+/// A definite error that belongs to one table quarantines that table on this
+/// replica (see [`crate::replica`]) and the rest keeps flowing; any other
+/// definite error stops this replica alone (its state on `board` says why) and
+/// the function returns `Ok`. Only a failure of the log itself is an `Err`.
 pub async fn run_apply<K: Sink>(
     name: String,
     mut sink: K,
     log: Arc<EmbeddedLog>,
     metrics: PipelineMetrics,
+    board: ReplicaBoard,
     options: ApplyOptions,
+    mut requests: mpsc::Receiver<ResumeRequest>,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     let label = ReplicaLabel {
@@ -285,16 +332,18 @@ pub async fn run_apply<K: Sink>(
     };
     let mut backoff = Backoff::default();
     let mut notify = log.subscribe();
-    let fail = |e: &dyn std::fmt::Display| RuntimeError::Apply {
-        replica: name.clone(),
-        message: e.to_string(),
+    let stop = |reason: String| {
+        metrics.error("apply", ErrorClass::Definite);
+        error!(replica = %name, reason = %reason, "replica stopped; capture and the other replicas go on");
+        board.update(&name, |r| r.state = ReplicaState::Stopped { reason });
+        metrics.apply_stopped.get_or_create(&label).set(1);
     };
     'open: loop {
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        let mut applied = match sink.open().await {
-            Ok(seq) => seq,
+        let opened = match sink.open().await {
+            Ok(o) => o,
             Err(e) if e.is_transient() => {
                 metrics.error("apply", ErrorClass::Transient);
                 warn!(replica = %name, error = %e, attempt = backoff.attempts() + 1, "replica unavailable; retrying");
@@ -304,71 +353,109 @@ pub async fn run_apply<K: Sink>(
                 continue 'open;
             }
             Err(e) => {
-                metrics.error("apply", ErrorClass::Definite);
-                return Err(fail(&e));
+                stop(e.to_string());
+                return Ok(());
             }
         };
+        let mut st = ApplyState {
+            applied: opened.applied,
+            quarantined: opened
+                .quarantined
+                .into_iter()
+                .map(|q| (q.table.clone(), q))
+                .collect(),
+        };
+        publish(&board, &metrics, &label, &name, &st);
         let log_last = log.last_seq();
-        if applied > log_last {
-            return Err(RuntimeError::ReplicaAhead {
-                replica: name.clone(),
-                applied,
-                log_last,
-            });
+        if st.applied > log_last {
+            stop(
+                RuntimeError::ReplicaAhead {
+                    replica: name.clone(),
+                    applied: st.applied,
+                    log_last,
+                }
+                .to_string(),
+            );
+            return Ok(());
         }
-        info!(replica = %name, applied, "applier resuming");
-        log.ack(&name, applied)?;
+        if let Some(first) = log.first_seq()? {
+            if st.applied < log_last && st.applied + 1 < first {
+                needs_snapshot(&name, &board, &metrics, &label, st.applied + 1, first);
+                return Ok(());
+            }
+        }
+        info!(replica = %name, applied = st.applied, quarantined = st.quarantined.len(), "applier resuming");
+        log.ack(&name, st.retain())?;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
+            while let Ok(req) = requests.try_recv() {
+                let r = resume_table(&name, &mut sink, &log, &options, &mut st, &req.table).await;
+                publish(&board, &metrics, &label, &name, &st);
+                log.ack(&name, st.retain())?;
+                let _ = req.reply.send(r);
+            }
             notify.borrow_and_update();
             let log2 = log.clone();
-            let from = applied + 1;
+            let from = st.applied + 1;
             let max = options.max_batch_events;
-            let events = tokio::task::spawn_blocking(move || log2.read(from, max))
+            let events = match tokio::task::spawn_blocking(move || log2.read(from, max))
                 .await
-                .map_err(|e| RuntimeError::Join(e.to_string()))??;
-            let log_last = log.last_seq();
-            metrics
-                .apply_lag_events
-                .get_or_create(&label)
-                .set(log_last.saturating_sub(applied));
+                .map_err(|e| RuntimeError::Join(e.to_string()))?
+            {
+                Ok(ev) => ev,
+                Err(LogError::Truncated { requested, first }) => {
+                    needs_snapshot(&name, &board, &metrics, &label, requested, first);
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            };
             if events.is_empty() {
                 tokio::select! {
                     _ = notify.changed() => {}
+                    Some(req) = requests.recv() => {
+                        let r = resume_table(&name, &mut sink, &log, &options, &mut st, &req.table).await;
+                        publish(&board, &metrics, &label, &name, &st);
+                        log.ack(&name, st.retain())?;
+                        let _ = req.reply.send(r);
+                    }
                     _ = shutdown.cancelled() => return Ok(()),
                 }
                 continue;
             }
             let txns = into_transactions(events);
-            let n_events: u64 = txns.iter().map(|t| t.len() as u64).sum();
+            let skip: HashSet<TableId> = txns
+                .iter()
+                .flat_map(|t| &t.events)
+                .map(|e| &e.table.id)
+                .filter(|id| {
+                    st.quarantined.contains_key(*id) || !options.filter.matches(&id.schema, &id.name)
+                })
+                .cloned()
+                .collect();
+            let n_events: u64 = txns
+                .iter()
+                .flat_map(|t| &t.events)
+                .filter(|e| !skip.contains(&e.table.id))
+                .count() as u64;
             let started = Instant::now();
-            match sink.apply(&txns).await {
+            match sink.apply(&txns, &skip).await {
                 Ok(()) => {
                     backoff.reset();
-                    let last = txns.last().expect("non-empty");
-                    applied = last.last_seq();
-                    log.ack(&name, applied)?;
+                    st.applied = txns.last().expect("non-empty").last_seq();
+                    log.ack(&name, st.retain())?;
                     metrics
                         .apply_batch_seconds
                         .get_or_create(&label)
                         .observe(started.elapsed().as_secs_f64());
+                    metrics
+                        .apply_batch_events
+                        .get_or_create(&label)
+                        .observe(n_events as f64);
                     metrics.apply_batches.get_or_create(&label).inc();
                     metrics.apply_events.get_or_create(&label).inc_by(n_events);
-                    metrics.apply_last_seq.get_or_create(&label).set(applied);
-                    metrics
-                        .apply_lag_events
-                        .get_or_create(&label)
-                        .set(log.last_seq().saturating_sub(applied));
-                    let commit_us = last.events.last().map_or(0, |e| e.txn.commit_ts_us);
-                    let now_us = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_micros() as i64);
-                    metrics
-                        .apply_lag_seconds
-                        .get_or_create(&label)
-                        .set((now_us - commit_us).max(0) as f64 / 1e6);
+                    publish(&board, &metrics, &label, &name, &st);
                 }
                 Err(e) if e.is_transient() => {
                     metrics.error("apply", ErrorClass::Transient);
@@ -381,18 +468,265 @@ pub async fn run_apply<K: Sink>(
                 }
                 Err(e) => {
                     metrics.error("apply", ErrorClass::Definite);
-                    error!(replica = %name, error = %e, "apply failed permanently");
-                    return Err(fail(&e));
+                    let Some(table) = e.table().cloned().filter(|t| !st.quarantined.contains_key(t)) else {
+                        stop(e.to_string());
+                        return Ok(());
+                    };
+                    // Re-read the offset: a sink that commits in several parts
+                    // may have committed some before failing.
+                    let applied = loop {
+                        match sink.open().await {
+                            Ok(o) => break o.applied,
+                            Err(e2) if e2.is_transient() => {
+                                if sleep_or_cancel(backoff.next_delay(), &shutdown).await {
+                                    return Ok(());
+                                }
+                            }
+                            Err(e2) => {
+                                stop(e2.to_string());
+                                return Ok(());
+                            }
+                        }
+                    };
+                    // The table, and the tables its cascades change (their rows
+                    // change with it on the source).
+                    let mut group = vec![(table.clone(), e.to_string())];
+                    if let Some(schema) = txns
+                        .iter()
+                        .flat_map(|t| &t.events)
+                        .find(|ev| ev.table.id == table)
+                    {
+                        for fk in &schema.table.cascades {
+                            if !group.iter().any(|(t, _)| *t == fk.table)
+                                && !st.quarantined.contains_key(&fk.table)
+                            {
+                                group.push((
+                                    fk.table.clone(),
+                                    format!("cascades from quarantined {table} change it ({})", fk.name),
+                                ));
+                            }
+                        }
+                    }
+                    for (t, reason) in group {
+                        let q = Quarantine {
+                            table: t.clone(),
+                            first_seq: applied + 1,
+                            reason,
+                        };
+                        loop {
+                            match sink.quarantine(&q).await {
+                                Ok(()) => break,
+                                Err(e2) if e2.is_transient() => {
+                                    if sleep_or_cancel(backoff.next_delay(), &shutdown).await {
+                                        return Ok(());
+                                    }
+                                }
+                                Err(e2) => {
+                                    stop(e2.to_string());
+                                    return Ok(());
+                                }
+                            }
+                        }
+                        error!(replica = %name, table = %t, first_seq = q.first_seq, reason = %q.reason,
+                            "table quarantined on this replica: its events are skipped (and kept in the log) \
+                             until `dbmux resume-table --replica {name} --table {t}`; the rest goes on");
+                        metrics.apply_quarantines.get_or_create(&label).inc();
+                    }
+                    continue 'open;
                 }
             }
         }
     }
 }
 
-/// Periodically deletes log chunks every named consumer has applied.
+/// Shows `st` on the board and in the gauges.
+fn publish(
+    board: &ReplicaBoard,
+    metrics: &PipelineMetrics,
+    label: &ReplicaLabel,
+    name: &str,
+    st: &ApplyState,
+) {
+    board.update(name, |r| {
+        r.applied_seq = Some(st.applied);
+        r.state = ReplicaState::Running;
+        r.quarantined = st.quarantined.values().cloned().collect();
+    });
+    metrics.apply_last_seq.get_or_create(label).set(st.applied);
+    metrics.apply_stopped.get_or_create(label).set(0);
+    metrics.apply_needs_snapshot.get_or_create(label).set(0);
+    metrics
+        .apply_quarantined_tables
+        .get_or_create(label)
+        .set(st.quarantined.len() as u64);
+}
+
+fn needs_snapshot(
+    name: &str,
+    board: &ReplicaBoard,
+    metrics: &PipelineMetrics,
+    label: &ReplicaLabel,
+    needed_seq: u64,
+    log_first_seq: u64,
+) {
+    error!(replica = %name, needed_seq, log_first_seq,
+        "replica needs seq {needed_seq}, which the log no longer has (it starts at {log_first_seq}): \
+         this replica cannot start from the log and needs a snapshot; it is stopped, the others go on");
+    board.update(name, |r| {
+        r.state = ReplicaState::NeedsSnapshot {
+            needed_seq,
+            log_first_seq,
+        }
+    });
+    metrics.apply_needs_snapshot.get_or_create(label).set(1);
+    metrics.apply_stopped.get_or_create(label).set(1);
+}
+
+/// Lifts the quarantine of `table` on a replica while dbmux is not running
+/// (`dbmux resume-table` without an admin server to ask): opens the sink,
+/// re-applies the table's skipped events from `log` and lifts the quarantine.
+pub async fn resume_quarantined<K: Sink>(
+    name: &str,
+    sink: &mut K,
+    log: &Arc<EmbeddedLog>,
+    options: &ApplyOptions,
+    table: &TableId,
+) -> Result<String, String> {
+    let opened = sink.open().await.map_err(|e| e.to_string())?;
+    let mut st = ApplyState {
+        applied: opened.applied,
+        quarantined: opened
+            .quarantined
+            .into_iter()
+            .map(|q| (q.table.clone(), q))
+            .collect(),
+    };
+    let r = resume_table(name, sink, log, options, &mut st, table).await;
+    if r.is_ok() {
+        log.ack(name, st.retain()).map_err(|e| e.to_string())?;
+    }
+    r
+}
+
+/// Re-applies the skipped events of a quarantined table from the log, in
+/// batches, each committed with the quarantine's new start (so a crash in the
+/// middle resumes where it stopped), and lifts the quarantine with the last.
+async fn resume_table<K: Sink>(
+    name: &str,
+    sink: &mut K,
+    log: &Arc<EmbeddedLog>,
+    options: &ApplyOptions,
+    st: &mut ApplyState,
+    table: &TableId,
+) -> Result<String, String> {
+    let Some(q) = st.quarantined.get(table).cloned() else {
+        return Err(format!("{table} is not quarantined on replica {name}"));
+    };
+    let mut from = q.first_seq;
+    let mut reapplied = 0u64;
+    let only: HashSet<TableId> = [table.clone()].into();
+    loop {
+        let done_all = from > st.applied;
+        let (txns, next) = if done_all {
+            (Vec::new(), None)
+        } else {
+            let log2 = log.clone();
+            let max = options.max_batch_events;
+            let events = tokio::task::spawn_blocking(move || log2.read(from, max))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| match e {
+                    LogError::Truncated { .. } => format!(
+                        "{table} cannot be resumed from the log: {e}; it needs a snapshot of the table"
+                    ),
+                    e => e.to_string(),
+                })?;
+            let events: Vec<_> = events.into_iter().filter(|e| e.seq <= st.applied).collect();
+            let last = events.last().map_or(st.applied, |e| e.seq);
+            let next = (last < st.applied).then_some(last + 1);
+            (into_transactions(events), next)
+        };
+        let n = txns
+            .iter()
+            .flat_map(|t| &t.events)
+            .filter(|e| only.contains(&e.table.id))
+            .count() as u64;
+        match sink.resume(table, &txns, from, next).await {
+            Ok(()) => reapplied += n,
+            Err(e) => {
+                let reason = e.to_string();
+                if !e.is_transient() {
+                    if let Some(q) = st.quarantined.get_mut(table) {
+                        q.first_seq = from;
+                        q.reason = reason.clone();
+                        let _ = sink.quarantine(q).await;
+                    }
+                }
+                warn!(replica = %name, table = %table, error = %reason, "resuming the table failed; it stays quarantined");
+                return Err(format!("{table} stays quarantined on replica {name}: {reason}"));
+            }
+        }
+        match next {
+            Some(n) => {
+                from = n;
+                if let Some(q) = st.quarantined.get_mut(table) {
+                    q.first_seq = n;
+                }
+            }
+            None => break,
+        }
+    }
+    st.quarantined.remove(table);
+    info!(replica = %name, table = %table, reapplied, "quarantine lifted; the table is applied again");
+    Ok(format!(
+        "{table} resumed on replica {name}: {reapplied} skipped event(s) re-applied"
+    ))
+}
+
+/// Recomputes the lag gauges from the log's head and each replica's applied
+/// position (call it right before rendering `/metrics`): they grow while a
+/// replica is down or stuck, as the log grows.
+///
+/// `dbmux_apply_lag_seconds` is the age of the oldest unapplied transaction
+/// (now − its source commit time), 0 when caught up.
+pub fn refresh_lag(metrics: &PipelineMetrics, log: &EmbeddedLog, board: &ReplicaBoard) {
+    let last = log.last_seq();
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    for (name, r) in board.all() {
+        let label = ReplicaLabel { replica: name };
+        let applied = r.applied_seq.unwrap_or(0);
+        metrics
+            .apply_lag_events
+            .get_or_create(&label)
+            .set(last.saturating_sub(applied));
+        let seconds = if applied >= last {
+            0.0
+        } else {
+            match log.commit_ts_at(applied + 1) {
+                Ok(Some(ts)) => (now_us - ts).max(0) as f64 / 1e6,
+                // Truncated (the replica needs a snapshot): as old as the oldest kept.
+                _ => log
+                    .first_seq()
+                    .ok()
+                    .flatten()
+                    .and_then(|f| log.commit_ts_at(f).ok().flatten())
+                    .map_or(0.0, |ts| (now_us - ts).max(0) as f64 / 1e6),
+            }
+        };
+        metrics.apply_lag_seconds.get_or_create(&label).set(seconds);
+    }
+}
+
+/// Periodically deletes log chunks every named consumer has applied (a
+/// consumer's acknowledgement already keeps what its quarantined tables
+/// still need). A replica that needs a snapshot cannot use the log and does
+/// not hold it back.
 pub async fn run_truncation(
     log: Arc<EmbeddedLog>,
     consumers: Vec<String>,
+    board: ReplicaBoard,
     every: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
@@ -401,7 +735,18 @@ pub async fn run_truncation(
             return Ok(());
         }
         let log2 = log.clone();
-        let names = consumers.clone();
+        let names: Vec<String> = consumers
+            .iter()
+            .filter(|n| {
+                !board
+                    .get(n)
+                    .is_some_and(|r| matches!(r.state, ReplicaState::NeedsSnapshot { .. }))
+            })
+            .cloned()
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
         let removed = tokio::task::spawn_blocking(move || {
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
             log2.truncate(&refs)
@@ -450,6 +795,11 @@ mod tests {
     impl Classify for Fault {
         fn class(&self) -> ErrorClass {
             self.0
+        }
+    }
+    impl TableScoped for Fault {
+        fn table(&self) -> Option<&TableId> {
+            None
         }
     }
 
@@ -527,10 +877,25 @@ mod tests {
     }
     impl Sink for MemSink {
         type Error = Fault;
-        async fn open(&mut self) -> Result<u64, Fault> {
-            Ok(self.store.lock().unwrap().offset)
+        async fn open(&mut self) -> Result<crate::sink::Opened, Fault> {
+            Ok(crate::sink::Opened {
+                applied: self.store.lock().unwrap().offset,
+                quarantined: Vec::new(),
+            })
         }
-        async fn apply(&mut self, txns: &[Transaction]) -> Result<(), Fault> {
+        async fn quarantine(&mut self, _: &Quarantine) -> Result<(), Fault> {
+            Ok(())
+        }
+        async fn resume(
+            &mut self,
+            _: &TableId,
+            _: &[Transaction],
+            _: u64,
+            _: Option<u64>,
+        ) -> Result<(), Fault> {
+            Ok(())
+        }
+        async fn apply(&mut self, txns: &[Transaction], _: &HashSet<TableId>) -> Result<(), Fault> {
             let mut s = self.store.lock().unwrap();
             s.applies += 1;
             if self.fail_every > 0 && s.applies % self.fail_every == 0 {
@@ -579,12 +944,18 @@ mod tests {
                 store: store.clone(),
                 fail_every: 4,
             };
+            let (_req_tx, req_rx) = mpsc::channel(1);
             let app = tokio::spawn(run_apply(
                 "mem".into(),
                 sink,
                 log.clone(),
                 metrics,
-                ApplyOptions { max_batch_events: 10 },
+                ReplicaBoard::new(&["mem"]),
+                ApplyOptions {
+                    max_batch_events: 10,
+                    ..ApplyOptions::default()
+                },
+                req_rx,
                 shutdown.clone(),
             ));
             let target = if round < 2 {
@@ -618,10 +989,22 @@ mod tests {
         struct Broken;
         impl Sink for Broken {
             type Error = Fault;
-            async fn open(&mut self) -> Result<u64, Fault> {
-                Ok(0)
+            async fn open(&mut self) -> Result<crate::sink::Opened, Fault> {
+                Ok(crate::sink::Opened::default())
             }
-            async fn apply(&mut self, _: &[Transaction]) -> Result<(), Fault> {
+            async fn quarantine(&mut self, _: &Quarantine) -> Result<(), Fault> {
+                Ok(())
+            }
+            async fn resume(
+                &mut self,
+                _: &TableId,
+                _: &[Transaction],
+                _: u64,
+                _: Option<u64>,
+            ) -> Result<(), Fault> {
+                Ok(())
+            }
+            async fn apply(&mut self, _: &[Transaction], _: &HashSet<TableId>) -> Result<(), Fault> {
                 Err(Fault(ErrorClass::Definite))
             }
         }
@@ -642,16 +1025,25 @@ mod tests {
             )],
         ))
         .unwrap();
+        let board = ReplicaBoard::new(&["b"]);
+        let (_req_tx, req_rx) = mpsc::channel(1);
         let r = run_apply(
             "b".into(),
             Broken,
             log.clone(),
             PipelineMetrics::unregistered(),
+            board.clone(),
             ApplyOptions::default(),
+            req_rx,
             CancellationToken::new(),
         )
         .await;
-        assert!(matches!(r, Err(RuntimeError::Apply { .. })), "{r:?}");
+        // The replica stops alone (the function returns; the process goes on).
+        assert!(r.is_ok(), "{r:?}");
+        assert!(matches!(
+            board.get("b").unwrap().state,
+            ReplicaState::Stopped { .. }
+        ));
         assert_eq!(log.acked("b").unwrap(), Some(0));
     }
 }

@@ -1,8 +1,28 @@
 //! The apply side's contract.
 
 use crate::event::Transaction;
+use crate::replica::Quarantine;
 use crate::retry::Classify;
+use crate::schema::TableId;
+use std::collections::HashSet;
 use std::future::Future;
+
+/// What a sink knows about itself when it opens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Opened {
+    /// The last `seq` applied (0 when nothing was ever applied).
+    pub applied: u64,
+    /// The tables this replica has quarantined (stored in the replica).
+    pub quarantined: Vec<Quarantine>,
+}
+
+/// An error that may belong to one source table: a value the replica refuses,
+/// a table it cannot create, a divergence found in it. Such definite errors
+/// quarantine that table on that replica instead of stopping the replica.
+pub trait TableScoped {
+    /// The source table the error belongs to, when it belongs to exactly one.
+    fn table(&self) -> Option<&TableId>;
+}
 
 /// A replica that change events are applied to.
 ///
@@ -16,12 +36,39 @@ use std::future::Future;
 ///   transaction across target transactions;
 /// - a sink may be handed transactions it already applied only after a failed
 ///   `apply`, never after a successful one.
+///
+/// # Quarantine
+/// Events of tables in `skip` (quarantined or excluded) are left out of the
+/// data but still count for the offset. `quarantine` stores a quarantine in the
+/// replica; `resume` applies the given events of quarantined tables (all at or
+/// below the offset) and moves or lifts their quarantines in the same target
+/// transaction, without moving the offset.
 pub trait Sink: Send {
-    type Error: std::error::Error + Classify + Send + Sync + 'static;
+    type Error: std::error::Error + Classify + TableScoped + Send + Sync + 'static;
 
-    /// Connects, creates `dbmux_offsets` if missing, and returns the last applied `seq`.
-    fn open(&mut self) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+    /// Connects, creates `dbmux_offsets` and `dbmux_quarantine` if missing, and
+    /// returns the last applied `seq` and the stored quarantines.
+    fn open(&mut self) -> impl Future<Output = Result<Opened, Self::Error>> + Send;
 
-    /// Applies whole transactions (consecutive `seq`) in order, atomically with the offset.
-    fn apply(&mut self, txns: &[Transaction]) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Applies whole transactions (consecutive `seq`) in order, atomically with
+    /// the offset, leaving out the events of tables in `skip`.
+    fn apply(
+        &mut self,
+        txns: &[Transaction],
+        skip: &HashSet<TableId>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Stores `q` (replacing a quarantine of the same table).
+    fn quarantine(&mut self, q: &Quarantine) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Applies the events of `table` in `txns` with `seq >= from_seq`, then, in
+    /// the same target transaction, sets the table's quarantine to start at
+    /// `next_seq`, or lifts it when `next_seq` is `None`.
+    fn resume(
+        &mut self,
+        table: &TableId,
+        txns: &[Transaction],
+        from_seq: u64,
+        next_seq: Option<u64>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }

@@ -44,15 +44,15 @@ fn flat<E: Classify + std::fmt::Display>(e: E) -> (ErrorClass, String) {
 impl AnySink {
     async fn open(&mut self) -> SinkResult<u64> {
         match self {
-            AnySink::My(s) => s.open().await.map_err(flat),
-            AnySink::Pg(s) => s.open().await.map_err(flat),
+            AnySink::My(s) => s.open().await.map(|o| o.applied).map_err(flat),
+            AnySink::Pg(s) => s.open().await.map(|o| o.applied).map_err(flat),
         }
     }
 
     async fn apply(&mut self, txns: &[Transaction]) -> SinkResult<()> {
         match self {
-            AnySink::My(s) => s.apply(txns).await.map_err(flat),
-            AnySink::Pg(s) => s.apply(txns).await.map_err(flat),
+            AnySink::My(s) => s.apply(txns, &Default::default()).await.map_err(flat),
+            AnySink::Pg(s) => s.apply(txns, &Default::default()).await.map_err(flat),
         }
     }
 }
@@ -240,6 +240,7 @@ fn column(name: &str, ty: ColumnType, charset: Option<&str>, nullable: bool) -> 
         ty,
         nullable,
         charset: charset.map(str::to_string),
+        collation: None,
         source_type: String::new(),
     }
 }
@@ -257,6 +258,7 @@ fn id_v_table(db: &str, name: &str, keyed: bool) -> Arc<TableSchema> {
             column("v", int(8, false), None, true),
         ],
         primary_key: if keyed { vec![0] } else { vec![] },
+        ..Default::default()
     })
 }
 
@@ -741,6 +743,7 @@ fn matrix_schema(db: &str, columns: &[MatrixColumn], keyed: bool) -> Arc<TableSc
         id: TableId::new(db, "matrix"),
         columns: defs,
         primary_key: if keyed { vec![0] } else { vec![] },
+        ..Default::default()
     })
 }
 
@@ -940,6 +943,7 @@ async fn zero_dates_and_nul_text() {
                 column("t", ColumnType::Text { max_bytes: 65535 }, Some("utf8mb4"), true),
             ],
             primary_key: vec![0],
+            ..Default::default()
         })
     };
     let row = |t: Value| Op::Insert {
@@ -1025,9 +1029,12 @@ async fn zero_dates_and_nul_text() {
         },
     );
     sink.open().await.unwrap();
-    sink.apply(&[txn(1, vec![(schema.clone(), row(Value::Null))])])
-        .await
-        .unwrap();
+    sink.apply(
+        &[txn(1, vec![(schema.clone(), row(Value::Null))])],
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let got = t
         .rows(&format!("SELECT d, dt, ts, half FROM {}", t.table("z")))
         .await;
@@ -1244,6 +1251,7 @@ async fn batching(engine: Engine) {
             column("v", int(8, false), None, true),
         ],
         primary_key: vec![0, 1],
+        ..Default::default()
     });
     let mut sink = t.sink();
     sink.open().await.unwrap();
@@ -1369,6 +1377,7 @@ async fn no_primary_key(engine: Engine) {
             ),
         ],
         primary_key: vec![],
+        ..Default::default()
     });
     let r = |name: Option<&str>, f: f32, b: &[u8], d: &str| {
         vec![
@@ -1550,6 +1559,7 @@ async fn throughput() {
                 column("ts", ColumnType::Timestamp { fsp: 6 }, None, true),
             ],
             primary_key: vec![0],
+            ..Default::default()
         });
         let mut sink = t.sink();
         sink.open().await.unwrap();

@@ -7,4 +7,6 @@ mod support;
 
 mod apply;
 mod capture;
+mod equality;
+mod observe;
 mod pipeline;

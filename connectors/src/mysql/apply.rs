@@ -40,12 +40,14 @@
 use super::apply_sql::{self as sql, Flavor};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Params};
-use pipeline::batch::{self, Action, PlanError};
+use pipeline::batch::{self, Action, PlanError, PlanOptions};
+use pipeline::cascade::{CascadeError, CascadeStore, Skip};
 use pipeline::event::{Row, Transaction};
+use pipeline::replica::Quarantine;
 use pipeline::retry::{Classify, ErrorClass};
 use pipeline::schema::{TableId, TableSchema};
 use pipeline::secret::redact_url;
-use pipeline::sink::Sink;
+use pipeline::sink::{Opened, Sink, TableScoped};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -55,6 +57,8 @@ use std::sync::Arc;
 pub const DEFAULT_OFFSETS_DATABASE: &str = "dbmux";
 /// The offsets table's name.
 pub const OFFSETS_TABLE: &str = "dbmux_offsets";
+/// The quarantine table's name (beside the offsets table).
+pub const QUARANTINE_TABLE: &str = "dbmux_quarantine";
 /// Default rows per multi-row statement.
 pub const DEFAULT_MAX_ROWS_PER_STATEMENT: usize = 1000;
 /// Default approximate bytes of values per statement (below MariaDB's default
@@ -219,13 +223,71 @@ pub enum MysqlApplyError {
     Gap { applied: u64, next: u64, missing: u64 },
     #[error("{0}")]
     Internal(String),
+    #[error(
+        "replica table {target} already receives source table {other}; {table} cannot be written there too"
+    )]
+    TargetTaken {
+        table: TableId,
+        target: String,
+        other: TableId,
+    },
+    /// A definite error while applying one source table's events.
+    #[error("{source}")]
+    InTable {
+        table: TableId,
+        source: Box<MysqlApplyError>,
+    },
+}
+
+impl MysqlApplyError {
+    /// Ties a definite error to the source table whose step failed (transient
+    /// errors belong to the connection, not to a table).
+    fn in_table(self, table: &TableId) -> Self {
+        match self {
+            e @ MysqlApplyError::InTable { .. } => e,
+            e if e.is_transient() => e,
+            e => MysqlApplyError::InTable {
+                table: table.clone(),
+                source: Box::new(e),
+            },
+        }
+    }
+
+    /// A constraint the set-based plan may have broken and source order may
+    /// not: a duplicate unique value (1062), the upsert guard firing because
+    /// a row collided on a key other than the primary key (1048), a foreign
+    /// key of a table created by the user (1451, 1452).
+    fn may_pass_in_source_order(&self) -> bool {
+        let code = match self {
+            MysqlApplyError::InTable { source, .. } => return source.may_pass_in_source_order(),
+            MysqlApplyError::Driver {
+                source: mysql_async::Error::Server(s),
+                ..
+            } => s.code,
+            _ => return false,
+        };
+        matches!(code, 1062 | 1048 | 1451 | 1452)
+    }
 }
 
 impl Classify for MysqlApplyError {
     fn class(&self) -> ErrorClass {
         match self {
             MysqlApplyError::Driver { source, .. } => classify_driver(source),
+            MysqlApplyError::InTable { source, .. } => source.class(),
             _ => ErrorClass::Definite,
+        }
+    }
+}
+
+impl TableScoped for MysqlApplyError {
+    fn table(&self) -> Option<&TableId> {
+        match self {
+            MysqlApplyError::InTable { table, .. } | MysqlApplyError::TargetTaken { table, .. } => {
+                Some(table)
+            }
+            MysqlApplyError::Plan(p) => p.table(),
+            _ => None,
         }
     }
 }
@@ -294,7 +356,24 @@ pub struct MysqlSink {
     known_tables: HashSet<TableId>,
     /// Generated SQL per source table definition.
     tables: HashMap<Arc<TableSchema>, TableSql>,
+    /// Which source table each replica table receives (two never share one).
+    targets: HashMap<TableId, TableId>,
     offsets_table: String,
+    quarantine_table: String,
+}
+
+/// What one target transaction does.
+#[derive(Clone, Copy)]
+enum Mode<'a> {
+    /// Apply after the offset, leaving out `skip`, and move the offset.
+    Stream { skip: &'a HashSet<TableId> },
+    /// Apply the events of a quarantined table from `from` (all at or below
+    /// the offset) and move its quarantine to `next` or lift it.
+    Resume {
+        table: &'a TableId,
+        from: u64,
+        next: Option<u64>,
+    },
 }
 
 impl MysqlSink {
@@ -305,6 +384,11 @@ impl MysqlSink {
             sql::quote_ident(&config.offsets_database),
             sql::quote_ident(OFFSETS_TABLE)
         );
+        let quarantine_table = format!(
+            "{}.{}",
+            sql::quote_ident(&config.offsets_database),
+            sql::quote_ident(QUARANTINE_TABLE)
+        );
         Self {
             name: name.to_string(),
             config,
@@ -313,6 +397,8 @@ impl MysqlSink {
             applied: 0,
             known_tables: HashSet::new(),
             tables: HashMap::new(),
+            targets: HashMap::new(),
+            quarantine_table,
             offsets_table,
         }
     }
@@ -362,6 +448,19 @@ impl MysqlSink {
         ))
         .await
         .map_err(driver("creating the offsets table"))?;
+        conn.query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS {} (\
+             `consumer` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+             `table_schema` VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+             `table_name` VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+             `first_seq` BIGINT UNSIGNED NOT NULL, \
+             `reason` TEXT NOT NULL, \
+             `since` TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
+             PRIMARY KEY (`consumer`, `table_schema`, `table_name`)) ENGINE=InnoDB",
+            self.quarantine_table
+        ))
+        .await
+        .map_err(driver("creating the quarantine table"))?;
         conn.exec_drop(
             format!(
                 "INSERT INTO {} (`consumer`, `seq`) VALUES (?, 0) ON DUPLICATE KEY UPDATE `consumer` = `consumer`",
@@ -392,42 +491,98 @@ impl MysqlSink {
 
     /// Creates every replica database and table the plan needs that is not known
     /// to exist. Runs outside the data transaction: DDL commits implicitly in MySQL.
-    async fn ensure_tables(&mut self, txns: &[Transaction]) -> Result<()> {
+    async fn ensure_tables(&mut self, txns: &[Transaction], mode: Mode<'_>) -> Result<()> {
         let mut seen: HashSet<usize> = HashSet::new();
         for ev in txns.iter().flat_map(|t| &t.events) {
-            if ev.seq <= self.applied || !seen.insert(Arc::as_ptr(&ev.table) as usize) {
+            let wanted = match mode {
+                Mode::Stream { skip } => ev.seq > self.applied && !skip.contains(&ev.table.id),
+                Mode::Resume { table, from, .. } => ev.seq >= from && ev.table.id == *table,
+            };
+            if !wanted || !seen.insert(Arc::as_ptr(&ev.table) as usize) {
                 continue;
             }
-            if matches!(ev.op, pipeline::Op::Ddl { .. }) {
-                continue;
-            }
-            let target = TableId::new(
-                self.config.target_database(&ev.table.id.schema),
-                ev.table.id.name.clone(),
-            );
-            if self.known_tables.contains(&target) {
-                continue;
-            }
-            let create =
-                sql::create_table_sql(&target, &ev.table, self.flavor).map_err(|(column, message)| {
-                    MysqlApplyError::UnsupportedColumn {
-                        table: target.to_string(),
-                        column,
-                        message,
-                    }
-                })?;
-            let conn = self.conn.as_mut().expect("connected");
-            conn.query_drop(format!(
-                "CREATE DATABASE IF NOT EXISTS {} DEFAULT CHARACTER SET utf8mb4",
-                sql::quote_ident(&target.schema)
-            ))
-            .await
-            .map_err(driver(format!("creating database {}", target.schema)))?;
-            conn.query_drop(create)
+            self.ensure_table(ev)
                 .await
-                .map_err(driver(format!("creating table {target}")))?;
-            self.known_tables.insert(target);
+                .map_err(|e| e.in_table(&ev.table.id))?;
         }
+        Ok(())
+    }
+
+    async fn ensure_table(&mut self, ev: &pipeline::ChangeEvent) -> Result<()> {
+        if matches!(ev.op, pipeline::Op::Ddl { .. }) {
+            return Ok(());
+        }
+        let target = TableId::new(
+            self.config.target_database(&ev.table.id.schema),
+            ev.table.id.name.clone(),
+        );
+        if target.schema == self.config.offsets_database
+            && [OFFSETS_TABLE, QUARANTINE_TABLE].contains(&target.name.as_str())
+        {
+            return Err(MysqlApplyError::TargetTaken {
+                table: ev.table.id.clone(),
+                target: target.to_string(),
+                other: TableId::new("dbmux", "itself"),
+            });
+        }
+        match self.targets.get(&target) {
+            Some(other) if *other != ev.table.id => {
+                return Err(MysqlApplyError::TargetTaken {
+                    table: ev.table.id.clone(),
+                    target: target.to_string(),
+                    other: other.clone(),
+                })
+            }
+            Some(_) => {}
+            None => {
+                self.targets.insert(target.clone(), ev.table.id.clone());
+            }
+        }
+        if self.known_tables.contains(&target) {
+            return Ok(());
+        }
+        if ev.table.columns_unknown() {
+            // A TRUNCATE of a table capture has no definition for (its first
+            // event after a restart, or a table created while dbmux runs):
+            // truncate it if the replica has it; a missing table is empty,
+            // and `apply_in` skips the truncate.
+            let conn = self.conn.as_mut().expect("connected");
+            let exists: Option<u8> = conn
+                .exec_first(
+                    "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                    (&target.schema, &target.name),
+                )
+                .await
+                .map_err(driver(format!("looking for table {target}")))?;
+            if exists.is_some() {
+                self.known_tables.insert(target);
+            }
+            return Ok(());
+        }
+        if let Some(f) = pipeline::cascade::uncaptured_parent(&ev.table) {
+            return Err(MysqlApplyError::Internal(
+                pipeline::cascade::uncaptured_parent_message(f),
+            ));
+        }
+        let create =
+            sql::create_table_sql(&target, &ev.table, self.flavor).map_err(|(column, message)| {
+                MysqlApplyError::UnsupportedColumn {
+                    table: target.to_string(),
+                    column,
+                    message,
+                }
+            })?;
+        let conn = self.conn.as_mut().expect("connected");
+        conn.query_drop(format!(
+            "CREATE DATABASE IF NOT EXISTS {} DEFAULT CHARACTER SET utf8mb4",
+            sql::quote_ident(&target.schema)
+        ))
+        .await
+        .map_err(driver(format!("creating database {}", target.schema)))?;
+        conn.query_drop(create)
+            .await
+            .map_err(driver(format!("creating table {target}")))?;
+        self.known_tables.insert(target);
         Ok(())
     }
 
@@ -447,10 +602,22 @@ impl MysqlSink {
         })
     }
 
-    /// Applies `txns` (all after the stored offset) in one target transaction.
-    async fn apply_group(&mut self, txns: &[Transaction]) -> Result<()> {
+    /// Applies `txns` in one target transaction as `mode` says. A set-based
+    /// plan that trips a constraint (a unique key other than the primary key,
+    /// a foreign key the user created) is rolled back and applied again in
+    /// source order, which the source itself proved valid.
+    async fn apply_group(&mut self, txns: &[Transaction], mode: Mode<'_>) -> Result<()> {
         let mut conn = self.conn.take().expect("connected");
-        let result = self.apply_in(&mut conn, txns).await;
+        let mut result = self.apply_in(&mut conn, txns, mode, false).await;
+        if result
+            .as_ref()
+            .is_err_and(MysqlApplyError::may_pass_in_source_order)
+        {
+            let e = result.as_ref().expect_err("an error");
+            tracing::info!(replica = %self.name, error = %e, "set-based batch broke a constraint; applying it in source order");
+            let _ = conn.query_drop("ROLLBACK").await;
+            result = self.apply_in(&mut conn, txns, mode, true).await;
+        }
         match result {
             Ok(applied) => {
                 self.applied = applied;
@@ -468,7 +635,13 @@ impl MysqlSink {
         }
     }
 
-    async fn apply_in(&mut self, conn: &mut Conn, txns: &[Transaction]) -> Result<u64> {
+    async fn apply_in(
+        &mut self,
+        conn: &mut Conn,
+        txns: &[Transaction],
+        mode: Mode<'_>,
+        source_order: bool,
+    ) -> Result<u64> {
         conn.query_drop("START TRANSACTION")
             .await
             .map_err(driver("starting a transaction"))?;
@@ -483,7 +656,63 @@ impl MysqlSink {
             .await
             .map_err(driver("locking the offset"))?;
         let applied = stored.ok_or_else(|| self.offset_missing())?;
-        let plan = batch::plan(txns, applied)?;
+        let only: HashSet<TableId>;
+        let options = match mode {
+            Mode::Stream { skip } => PlanOptions {
+                applied,
+                skip: Some(skip),
+                only: None,
+                source_order,
+            },
+            Mode::Resume { table, from, .. } => {
+                if let Some(e) = txns.iter().flat_map(|t| &t.events).find(|e| e.seq > applied) {
+                    return Err(MysqlApplyError::Internal(format!(
+                        "resuming {table}: event seq {} is beyond the replica's offset {applied}",
+                        e.seq
+                    )));
+                }
+                only = [table.clone()].into();
+                PlanOptions {
+                    applied: from.saturating_sub(1),
+                    skip: None,
+                    only: Some(&only),
+                    source_order,
+                }
+            }
+        };
+        let plan = batch::plan_with(txns, &options)?;
+        // Cascades leave quarantined tables alone; while resuming a table they
+        // change that table only (see docs/operations.md).
+        let skip: Box<Skip<'_>> = match mode {
+            Mode::Stream { skip } => Box::new(move |t: &TableId| skip.contains(t)),
+            Mode::Resume { table, .. } => Box::new(move |t: &TableId| t != table),
+        };
+        if let Mode::Resume { table, next, .. } = mode {
+            for step in &plan.steps {
+                self.run_step(conn, step, &*skip)
+                    .await
+                    .map_err(|e| e.in_table(&step.table.id))?;
+            }
+            let done = match next {
+                Some(n) => conn.exec_drop(
+                    format!(
+                        "UPDATE {} SET `first_seq` = ? WHERE `consumer` = ? AND `table_schema` = ? AND `table_name` = ?",
+                        self.quarantine_table
+                    ),
+                    (n, self.name.as_str(), &table.schema, &table.name),
+                ),
+                None => conn.exec_drop(
+                    format!(
+                        "DELETE FROM {} WHERE `consumer` = ? AND `table_schema` = ? AND `table_name` = ?",
+                        self.quarantine_table
+                    ),
+                    (self.name.as_str(), &table.schema, &table.name),
+                ),
+            };
+            done.await.map_err(driver("moving the quarantine"))?;
+            conn.query_drop("COMMIT").await.map_err(driver("committing"))?;
+            return Ok(applied);
+        }
         let Some(last) = plan.last_seq else {
             conn.query_drop("COMMIT").await.map_err(driver("committing"))?;
             return Ok(applied);
@@ -501,90 +730,10 @@ impl MysqlSink {
                 missing: applied + 1,
             });
         }
-        let max_rows = self.config.max_rows_per_statement;
-        let max_bytes = self.config.max_statement_bytes;
         for step in &plan.steps {
-            let width = step.table.columns.len();
-            let per_stmt = max_rows.min(sql::MAX_PARAMS / width.max(1)).max(1);
-            match &step.action {
-                Action::Upsert(rows) | Action::Delete(rows) | Action::Insert(rows) => {
-                    let (kind, pad) = match &step.action {
-                        Action::Upsert(_) => (0u8, true),
-                        Action::Delete(_) => (1, true),
-                        _ => (2, false),
-                    };
-                    let key_only = kind == 1;
-                    let per_stmt = if key_only {
-                        max_rows.min(sql::MAX_PARAMS / step.table.primary_key.len().max(1))
-                    } else {
-                        per_stmt
-                    };
-                    for chunk in batch::chunks(rows, per_stmt, max_bytes) {
-                        let shape = if pad {
-                            chunk.len().next_power_of_two().min(per_stmt).max(chunk.len())
-                        } else {
-                            chunk.len()
-                        };
-                        let params = self.params(step.table, chunk, shape, key_only)?;
-                        let t = self.table_sql(step.table);
-                        let stmt = t
-                            .multi
-                            .entry((kind, shape))
-                            .or_insert_with(|| {
-                                match kind {
-                                    0 => sql::upsert_sql(&t.target, step.table, shape),
-                                    1 => sql::delete_sql(&t.target, step.table, shape),
-                                    _ => sql::insert_sql(&t.target, step.table, shape),
-                                }
-                                .into()
-                            })
-                            .clone();
-                        let what = ["upserting into", "deleting from", "inserting into"][kind as usize];
-                        let context = format!("{what} {}", t.target_text);
-                        conn.exec_drop(&*stmt, Params::Positional(params))
-                            .await
-                            .map_err(driver(context))?;
-                    }
-                }
-                Action::UpdateOne { seq, before, after } => {
-                    let mut params = self.row_params(step.table, after)?;
-                    params.extend(self.row_params(step.table, before)?);
-                    let t = self.table_sql(step.table);
-                    let (stmt, table) = (t.update_one.clone(), t.target_text.clone());
-                    conn.exec_drop(stmt, Params::Positional(params))
-                        .await
-                        .map_err(driver(format!("updating {table}")))?;
-                    if conn.affected_rows() != 1 {
-                        return Err(MysqlApplyError::Diverged {
-                            table,
-                            op: "update",
-                            seq: *seq,
-                        });
-                    }
-                }
-                Action::DeleteOne { seq, before } => {
-                    let params = self.row_params(step.table, before)?;
-                    let t = self.table_sql(step.table);
-                    let (stmt, table) = (t.delete_one.clone(), t.target_text.clone());
-                    conn.exec_drop(stmt, Params::Positional(params))
-                        .await
-                        .map_err(driver(format!("deleting from {table}")))?;
-                    if conn.affected_rows() != 1 {
-                        return Err(MysqlApplyError::Diverged {
-                            table,
-                            op: "delete",
-                            seq: *seq,
-                        });
-                    }
-                }
-                Action::Truncate => {
-                    let t = self.table_sql(step.table);
-                    let (stmt, table) = (t.truncate.clone(), t.target_text.clone());
-                    conn.query_drop(stmt)
-                        .await
-                        .map_err(driver(format!("truncating {table}")))?;
-                }
-            }
+            self.run_step(conn, step, &*skip)
+                .await
+                .map_err(|e| e.in_table(&step.table.id))?;
         }
         let position = txns
             .iter()
@@ -603,6 +752,111 @@ impl MysqlSink {
         .map_err(driver("writing the offset"))?;
         conn.query_drop("COMMIT").await.map_err(driver("committing"))?;
         Ok(last)
+    }
+
+    /// Executes one step of a plan inside the open transaction.
+    async fn run_step(&mut self, conn: &mut Conn, step: &batch::Step<'_>, skip: &Skip<'_>) -> Result<()> {
+        let max_rows = self.config.max_rows_per_statement;
+        let max_bytes = self.config.max_statement_bytes;
+        let width = step.table.columns.len();
+        let per_stmt = max_rows.min(sql::MAX_PARAMS / width.max(1)).max(1);
+        match &step.action {
+            Action::Upsert(rows) | Action::Delete(rows) | Action::Insert(rows) => {
+                let (kind, pad) = match &step.action {
+                    Action::Upsert(_) => (0u8, true),
+                    Action::Delete(_) => (1, true),
+                    _ => (2, false),
+                };
+                let key_only = kind == 1;
+                let per_stmt = if key_only {
+                    max_rows.min(sql::MAX_PARAMS / step.table.primary_key.len().max(1))
+                } else {
+                    per_stmt
+                };
+                for chunk in batch::chunks(rows, per_stmt, max_bytes) {
+                    let shape = if pad {
+                        chunk.len().next_power_of_two().min(per_stmt).max(chunk.len())
+                    } else {
+                        chunk.len()
+                    };
+                    let params = self.params(step.table, chunk, shape, key_only)?;
+                    let t = self.table_sql(step.table);
+                    let stmt = t
+                        .multi
+                        .entry((kind, shape))
+                        .or_insert_with(|| {
+                            match kind {
+                                0 => sql::upsert_sql(&t.target, step.table, shape),
+                                1 => sql::delete_sql(&t.target, step.table, shape),
+                                _ => sql::insert_sql(&t.target, step.table, shape),
+                            }
+                            .into()
+                        })
+                        .clone();
+                    let what = ["upserting into", "deleting from", "inserting into"][kind as usize];
+                    let context = format!("{what} {}", t.target_text);
+                    conn.exec_drop(&*stmt, Params::Positional(params))
+                        .await
+                        .map_err(driver(context))?;
+                }
+            }
+            Action::UpdateOne { seq, before, after } => {
+                let mut params = self.row_params(step.table, after)?;
+                params.extend(self.row_params(step.table, before)?);
+                let t = self.table_sql(step.table);
+                let (stmt, table) = (t.update_one.clone(), t.target_text.clone());
+                conn.exec_drop(stmt, Params::Positional(params))
+                    .await
+                    .map_err(driver(format!("updating {table}")))?;
+                if conn.affected_rows() != 1 {
+                    return Err(MysqlApplyError::Diverged {
+                        table,
+                        op: "update",
+                        seq: *seq,
+                    });
+                }
+            }
+            Action::DeleteOne { seq, before } => {
+                let params = self.row_params(step.table, before)?;
+                let t = self.table_sql(step.table);
+                let (stmt, table) = (t.delete_one.clone(), t.target_text.clone());
+                conn.exec_drop(stmt, Params::Positional(params))
+                    .await
+                    .map_err(driver(format!("deleting from {table}")))?;
+                if conn.affected_rows() != 1 {
+                    return Err(MysqlApplyError::Diverged {
+                        table,
+                        op: "delete",
+                        seq: *seq,
+                    });
+                }
+            }
+            Action::Truncate => {
+                let target = self.table_sql(step.table).target.clone();
+                if step.table.columns_unknown() && !self.known_tables.contains(&target) {
+                    return Ok(()); // the replica has no such table: nothing to truncate
+                }
+                let t = self.table_sql(step.table);
+                let (stmt, table) = (t.truncate.clone(), t.target_text.clone());
+                conn.query_drop(stmt)
+                    .await
+                    .map_err(driver(format!("truncating {table}")))?;
+            }
+            Action::Cascade(change) => {
+                let mut store = MysqlCascade {
+                    conn,
+                    config: &self.config,
+                    known: &mut self.known_tables,
+                };
+                pipeline::cascade::cascade(&mut store, step.table, change, skip)
+                    .await
+                    .map_err(|e| match e {
+                        CascadeError::Store(e) => e,
+                        e => MysqlApplyError::Internal(e.to_string()),
+                    })?;
+            }
+        }
+        Ok(())
     }
 
     /// Parameters for `shape` rows (the chunk, then its last row repeated), of
@@ -653,27 +907,68 @@ impl MysqlSink {
     }
 }
 
-impl Sink for MysqlSink {
-    type Error = MysqlApplyError;
-
-    async fn open(&mut self) -> Result<u64> {
-        if let Err(e) = self.connect().await {
-            self.conn = None;
-            return Err(e);
-        }
-        Ok(self.applied)
+impl MysqlSink {
+    async fn read_quarantines(&mut self) -> Result<Vec<Quarantine>> {
+        let conn = self.conn.as_mut().expect("connected");
+        let rows: Vec<(String, String, u64, String)> = conn
+            .exec(
+                format!(
+                    "SELECT `table_schema`, `table_name`, `first_seq`, `reason` FROM {} WHERE `consumer` = ? \
+                     ORDER BY `table_schema`, `table_name`",
+                    self.quarantine_table
+                ),
+                (self.name.as_str(),),
+            )
+            .await
+            .map_err(driver("reading the quarantine table"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(schema, name, first_seq, reason)| Quarantine {
+                table: TableId::new(schema, name),
+                first_seq,
+                reason,
+            })
+            .collect())
     }
 
-    async fn apply(&mut self, txns: &[Transaction]) -> Result<()> {
+    async fn prepare(&mut self, txns: &[Transaction], mode: Mode<'_>) -> Result<()> {
         if self.conn.is_none() {
             self.connect().await?;
         }
-        if let Err(e) = self.ensure_tables(txns).await {
+        if let Err(e) = self.ensure_tables(txns, mode).await {
             if let Some(conn) = self.conn.take() {
                 let _ = conn.disconnect().await;
             }
             return Err(e);
         }
+        Ok(())
+    }
+}
+
+impl Sink for MysqlSink {
+    type Error = MysqlApplyError;
+
+    async fn open(&mut self) -> Result<Opened> {
+        let r = async {
+            self.connect().await?;
+            self.read_quarantines().await
+        }
+        .await;
+        match r {
+            Ok(quarantined) => Ok(Opened {
+                applied: self.applied,
+                quarantined,
+            }),
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
+        }
+    }
+
+    async fn apply(&mut self, txns: &[Transaction], skip: &HashSet<TableId>) -> Result<()> {
+        let mode = Mode::Stream { skip };
+        self.prepare(txns, mode).await?;
         let group = match self.config.max_transactions_per_commit {
             0 => txns.len().max(1),
             n => n,
@@ -682,7 +977,204 @@ impl Sink for MysqlSink {
             if self.conn.is_none() {
                 self.connect().await?;
             }
-            self.apply_group(part).await?;
+            self.apply_group(part, mode).await?;
+        }
+        Ok(())
+    }
+
+    async fn quarantine(&mut self, q: &Quarantine) -> Result<()> {
+        if self.conn.is_none() {
+            self.connect().await?;
+        }
+        let conn = self.conn.as_mut().expect("connected");
+        let r = conn
+            .exec_drop(
+                format!(
+                    "INSERT INTO {} (`consumer`, `table_schema`, `table_name`, `first_seq`, `reason`) \
+                     VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE `first_seq` = VALUES(`first_seq`), \
+                     `reason` = VALUES(`reason`), `since` = CURRENT_TIMESTAMP(6)",
+                    self.quarantine_table
+                ),
+                (
+                    self.name.as_str(),
+                    &q.table.schema,
+                    &q.table.name,
+                    q.first_seq,
+                    q.reason.as_str(),
+                ),
+            )
+            .await
+            .map_err(driver("storing a quarantine"));
+        if r.is_err() {
+            self.conn = None;
+        }
+        r
+    }
+
+    async fn resume(
+        &mut self,
+        table: &TableId,
+        txns: &[Transaction],
+        from: u64,
+        next: Option<u64>,
+    ) -> Result<()> {
+        let mode = Mode::Resume { table, from, next };
+        self.prepare(txns, mode).await?;
+        self.apply_group(txns, mode).await
+    }
+}
+
+/// Foreign-key cascades on a MySQL / MariaDB replica (see [`pipeline::cascade`]),
+/// inside the applier's open transaction. Values travel as typed parameters;
+/// rows are matched with `=` under the replica column's collation, as InnoDB
+/// matches them on the source.
+struct MysqlCascade<'a> {
+    conn: &'a mut Conn,
+    config: &'a MysqlSinkConfig,
+    /// Replica tables known to exist.
+    known: &'a mut HashSet<TableId>,
+}
+
+/// Keys per cascade statement.
+const CASCADE_KEYS_PER_STATEMENT: usize = 500;
+
+impl MysqlCascade<'_> {
+    fn target(&self, table: &TableId) -> TableId {
+        TableId::new(self.config.target_database(&table.schema), table.name.clone())
+    }
+
+    /// Whether the replica has the table (a table it does not have has no rows to change).
+    async fn exists(&mut self, target: &TableId) -> Result<bool> {
+        if self.known.contains(target) {
+            return Ok(true);
+        }
+        let found: Option<u8> = self
+            .conn
+            .exec_first(
+                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (&target.schema, &target.name),
+            )
+            .await
+            .map_err(driver(format!("looking for table {target}")))?;
+        if found.is_some() {
+            self.known.insert(target.clone());
+        }
+        Ok(found.is_some())
+    }
+
+    /// `(a = ? AND b = ?) OR …` for `n` keys, and its parameters.
+    fn condition(cols: &[String], keys: &[Vec<mysql_async::Value>]) -> (String, Vec<mysql_async::Value>) {
+        let one = cols
+            .iter()
+            .map(|c| format!("{} = ?", sql::quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let cond = vec![format!("({one})"); keys.len()].join(" OR ");
+        (cond, keys.iter().flatten().cloned().collect())
+    }
+}
+
+impl CascadeStore for MysqlCascade<'_> {
+    type Val = mysql_async::Value;
+    type Error = MysqlApplyError;
+
+    fn value(&self, table: &TableSchema, col: usize, v: &pipeline::Value) -> Result<Self::Val> {
+        let c = &table.columns[col];
+        sql::to_param(v, c).map_err(|message| MysqlApplyError::Value {
+            table: table.id.to_string(),
+            column: c.name.clone(),
+            message,
+        })
+    }
+
+    fn is_null(v: &Self::Val) -> bool {
+        matches!(v, mysql_async::Value::NULL)
+    }
+
+    fn null() -> Self::Val {
+        mysql_async::Value::NULL
+    }
+
+    async fn select(
+        &mut self,
+        table: &TableId,
+        cols: &[String],
+        keys: &[Vec<Self::Val>],
+        want: &[String],
+    ) -> Result<Vec<Vec<Self::Val>>> {
+        let target = self.target(table);
+        if !self.exists(&target).await? {
+            return Ok(Vec::new());
+        }
+        let list = want
+            .iter()
+            .map(|c| sql::quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut out = Vec::new();
+        for chunk in keys.chunks(CASCADE_KEYS_PER_STATEMENT) {
+            let (cond, params) = Self::condition(cols, chunk);
+            let rows: Vec<mysql_async::Row> = self
+                .conn
+                .exec(
+                    format!("SELECT {list} FROM {} WHERE {cond}", sql::quote_table(&target)),
+                    Params::Positional(params),
+                )
+                .await
+                .map_err(driver(format!("reading rows a cascade reaches in {target}")))?;
+            out.extend(rows.into_iter().map(|r| r.unwrap()));
+        }
+        Ok(out)
+    }
+
+    async fn delete(&mut self, table: &TableId, cols: &[String], keys: &[Vec<Self::Val>]) -> Result<()> {
+        let target = self.target(table);
+        if !self.exists(&target).await? {
+            return Ok(());
+        }
+        for chunk in keys.chunks(CASCADE_KEYS_PER_STATEMENT) {
+            let (cond, params) = Self::condition(cols, chunk);
+            self.conn
+                .exec_drop(
+                    format!("DELETE FROM {} WHERE {cond}", sql::quote_table(&target)),
+                    Params::Positional(params),
+                )
+                .await
+                .map_err(driver(format!("cascading a delete into {target}")))?;
+        }
+        Ok(())
+    }
+
+    async fn update(
+        &mut self,
+        table: &TableId,
+        cols: &[String],
+        keys: &[Vec<Self::Val>],
+        new: Option<&[Self::Val]>,
+    ) -> Result<()> {
+        let target = self.target(table);
+        if !self.exists(&target).await? {
+            return Ok(());
+        }
+        let set = cols
+            .iter()
+            .map(|c| match new {
+                Some(_) => format!("{} = ?", sql::quote_ident(c)),
+                None => format!("{} = NULL", sql::quote_ident(c)),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        for chunk in keys.chunks(CASCADE_KEYS_PER_STATEMENT) {
+            let (cond, key_params) = Self::condition(cols, chunk);
+            let mut params: Vec<mysql_async::Value> = new.map(<[_]>::to_vec).unwrap_or_default();
+            params.extend(key_params);
+            self.conn
+                .exec_drop(
+                    format!("UPDATE {} SET {set} WHERE {cond}", sql::quote_table(&target)),
+                    Params::Positional(params),
+                )
+                .await
+                .map_err(driver(format!("cascading an update into {target}")))?;
         }
         Ok(())
     }

@@ -89,11 +89,25 @@ fn charset_name(col: &ColumnDef) -> Result<&str, String> {
     }
 }
 
+/// The source column's collation, checked to be a plain word (spliced into DDL).
+fn collation_name(col: &ColumnDef) -> Result<Option<&str>, String> {
+    match col.collation.as_deref() {
+        None => Ok(None),
+        Some(c) if !c.is_empty() && c.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => Ok(Some(c)),
+        Some(c) => Err(format!("collation {c:?} is not a valid name")),
+    }
+}
+
 /// The column type to create on the replica: the source's own type, with the
-/// source column's character set for text.
+/// source column's character set and collation for text (so keys compare as
+/// on the source: `utf8mb4_bin` keeps `'a'` and `'A'` apart).
 pub fn column_type_sql(col: &ColumnDef, flavor: Flavor) -> Result<String, String> {
     let text = |base: String| -> Result<String, String> {
-        Ok(format!("{base} CHARACTER SET {}", charset_name(col)?))
+        let mut t = format!("{base} CHARACTER SET {}", charset_name(col)?);
+        if let Some(c) = collation_name(col)? {
+            t.push_str(&format!(" COLLATE {c}"));
+        }
+        Ok(t)
     };
     let labels = |ls: &[String]| ls.iter().map(|l| quote_string(l)).collect::<Vec<_>>().join(",");
     Ok(match &col.ty {
@@ -183,6 +197,18 @@ pub fn create_table_sql(
             .collect();
         parts.push(format!("PRIMARY KEY ({})", key.join(",")));
     }
+    // The source's other UNIQUE keys: rows stay as distinct as on the source,
+    // and the applier's plans are checked against them (see pipeline::batch).
+    for uk in &schema.unique_keys {
+        let cols: Vec<String> = uk.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect();
+        parts.push(format!("UNIQUE ({})", cols.join(",")));
+    }
+    // An index on every foreign key's columns: the applier finds the rows a
+    // cascade reaches by them (the source has one for each key).
+    for f in &schema.foreign_keys {
+        let cols: Vec<String> = f.columns.iter().map(|c| quote_ident(c)).collect();
+        parts.push(format!("KEY ({})", cols.join(",")));
+    }
     Ok(format!(
         "CREATE TABLE IF NOT EXISTS {} ({}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
         quote_table(target),
@@ -205,24 +231,39 @@ fn placeholders_rows(width: usize, rows: usize) -> String {
 }
 
 /// Multi-row upsert by primary key: `INSERT … ON DUPLICATE KEY UPDATE` of every
-/// non-key column (a no-op assignment when every column is in the key).
+/// non-key column.
+///
+/// `ON DUPLICATE KEY UPDATE` fires on a collision with *any* unique key: a
+/// new row whose primary key is free but whose other unique value another row
+/// holds would silently update that other row. The first assignment is a
+/// guard against it: it keeps the first key column when the colliding row has
+/// the new row's primary key, and sets it to NULL otherwise, which a primary
+/// key column refuses in strict mode (error 1048) — the applier then retries
+/// the batch in source order instead of diverging.
 pub fn upsert_sql(target: &TableId, schema: &TableSchema, rows: usize) -> String {
-    let non_key: Vec<String> = schema
-        .columns
+    let same_key = schema
+        .primary_key
         .iter()
-        .enumerate()
-        .filter(|(i, _)| !schema.primary_key.contains(i))
-        .map(|(_, c)| {
-            let q = quote_ident(&c.name);
-            format!("{q}=VALUES({q})")
+        .map(|&i| {
+            let q = quote_ident(&schema.columns[i].name);
+            format!("{q} <=> VALUES({q})")
         })
-        .collect();
-    let update = if non_key.is_empty() {
-        let q = quote_ident(&schema.columns[schema.primary_key[0]].name);
-        format!("{q}={q}")
-    } else {
-        non_key.join(",")
-    };
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let first = quote_ident(&schema.columns[schema.primary_key[0]].name);
+    let mut assignments = vec![format!("{first}=IF({same_key},{first},NULL)")];
+    assignments.extend(
+        schema
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !schema.primary_key.contains(i))
+            .map(|(_, c)| {
+                let q = quote_ident(&c.name);
+                format!("{q}=VALUES({q})")
+            }),
+    );
+    let update = assignments.join(",");
     format!(
         "INSERT INTO {} ({}) VALUES {} ON DUPLICATE KEY UPDATE {update}",
         quote_table(target),
@@ -418,6 +459,7 @@ mod tests {
             ty,
             nullable: true,
             charset: None,
+            collation: None,
             source_type: String::new(),
         }
     }
@@ -443,6 +485,7 @@ mod tests {
                 ),
             ],
             primary_key: pk,
+            ..Default::default()
         }
     }
 
@@ -462,7 +505,7 @@ mod tests {
         assert_eq!(
             upsert_sql(&t, &s, 2),
             "INSERT INTO `db`.`t` (`id`,`we``ird`,`d`) VALUES (?,?,?),(?,?,?) \
-             ON DUPLICATE KEY UPDATE `we``ird`=VALUES(`we``ird`),`d`=VALUES(`d`)"
+             ON DUPLICATE KEY UPDATE `id`=IF(`id` <=> VALUES(`id`),`id`,NULL),`we``ird`=VALUES(`we``ird`),`d`=VALUES(`d`)"
         );
         assert_eq!(
             delete_sql(&t, &s, 3),
@@ -477,7 +520,10 @@ mod tests {
             primary_key: vec![0, 1, 2],
             ..schema(vec![])
         };
-        assert!(upsert_sql(&t, &all_key, 1).ends_with("ON DUPLICATE KEY UPDATE `id`=`id`"));
+        assert!(upsert_sql(&t, &all_key, 1).ends_with(
+            "ON DUPLICATE KEY UPDATE `id`=IF(`id` <=> VALUES(`id`) AND `we``ird` <=> VALUES(`we``ird`) \
+             AND `d` <=> VALUES(`d`),`id`,NULL)"
+        ));
         assert_eq!(
             update_one_sql(&t, &schema(vec![]), Flavor::MariaDb),
             "UPDATE `db`.`t` SET `id`=?,`we``ird`=?,`d`=? WHERE `id` <=> ? AND \
@@ -492,6 +538,7 @@ mod tests {
         let mut s = schema(vec![0]);
         s.columns.push(ColumnDef {
             charset: Some("latin1".into()),
+            collation: None,
             nullable: false,
             ..col(
                 "e",
@@ -518,8 +565,23 @@ mod tests {
                 .0,
             "x"
         );
+        let bin = ColumnDef {
+            charset: Some("utf8mb4".into()),
+            collation: Some("utf8mb4_bin".into()),
+            ..col("c", ColumnType::VarChar { length: 5 })
+        };
+        assert_eq!(
+            column_type_sql(&bin, Flavor::MariaDb).unwrap(),
+            "VARCHAR(5) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        );
+        let bad_coll = ColumnDef {
+            collation: Some("x; DROP".into()),
+            ..bin
+        };
+        assert!(column_type_sql(&bad_coll, Flavor::MariaDb).is_err());
         let bad_cs = ColumnDef {
             charset: Some("latin1; DROP".into()),
+            collation: None,
             ..col("c", ColumnType::Text { max_bytes: 65535 })
         };
         assert!(column_type_sql(&bad_cs, Flavor::Mysql).is_err());
@@ -559,6 +621,7 @@ mod tests {
             id: TableId::new("d", "t"),
             columns: vec![ts],
             primary_key: vec![],
+            ..Default::default()
         };
         assert!(create_table_sql(&TableId::new("d", "t"), &s, Flavor::Mysql)
             .unwrap()

@@ -24,7 +24,7 @@ use super::binlog_values::{BlobContent, Charset, ColumnDecoder};
 use super::capture::MysqlCaptureError;
 use mysql_common::binlog::events::{OptionalMetaExtractor, OptionalMetadataField, TableMapEvent};
 use mysql_common::constants::ColumnType as MyType;
-use pipeline::schema::{ColumnDef, ColumnType, TableId, TableSchema};
+use pipeline::schema::{ColumnDef, ColumnType, ForeignKey, TableId, TableSchema};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -42,6 +42,21 @@ pub struct InfoColumn {
     pub char_max_len: Option<u64>,
     /// MariaDB: a `json_valid(col)` check constraint exists.
     pub json_check: bool,
+    /// `COLLATION_NAME`.
+    pub collation: Option<String>,
+}
+
+/// What `information_schema` says about a table beyond its columns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableFacts {
+    pub columns: Vec<InfoColumn>,
+    /// UNIQUE keys other than the primary key, as column names; keys with a
+    /// prefix-length column are left out.
+    pub unique_keys: Vec<Vec<String>>,
+    /// Foreign keys of the table (it references others).
+    pub foreign_keys: Vec<ForeignKey>,
+    /// Foreign keys that change rows when this table's rows change, transitively.
+    pub cascades: Vec<ForeignKey>,
 }
 
 /// A table's schema and how to decode its row images.
@@ -53,8 +68,35 @@ pub struct TablePlan {
     pub null_bitmap_len: usize,
 }
 
-/// Collation id → charset name, as the server reports them.
-pub type Collations = HashMap<u16, String>;
+/// One collation as the server names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollationInfo {
+    /// Full name (`utf8mb4_bin`, MariaDB's `utf8mb3_uca1400_ai_ci`).
+    pub name: String,
+    /// Its character set (`utf8mb4`).
+    pub charset: String,
+}
+
+/// The master's collations by id and the most bytes one character of each
+/// character set takes (`information_schema.CHARACTER_SETS.MAXLEN`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerCharsets {
+    pub collations: HashMap<u16, CollationInfo>,
+    pub max_len: HashMap<String, u32>,
+}
+
+impl ServerCharsets {
+    /// Bytes per character of `charset` at most. Servers report every charset;
+    /// the fallback covers a charset missing from the report (never seen).
+    pub fn max_len(&self, charset: &str) -> u32 {
+        self.max_len.get(charset).copied().unwrap_or(match charset {
+            "utf8mb4" | "utf16" | "utf16le" | "utf32" => 4,
+            "utf8mb3" | "utf8" | "ujis" | "eucjpms" => 3,
+            "ucs2" | "big5" | "sjis" | "cp932" | "euckr" | "gb2312" | "gbk" => 2,
+            _ => 1,
+        })
+    }
+}
 
 /// What the table map says about one column.
 struct MapColumn {
@@ -229,9 +271,10 @@ fn known_unsupported(data_type: &str) -> bool {
 /// table (empty when the table no longer exists).
 pub fn build_plan(
     tme: &TableMapEvent<'_>,
-    info: &[InfoColumn],
-    collations: &Collations,
+    facts: &TableFacts,
+    server: &ServerCharsets,
 ) -> Result<TablePlan, MysqlCaptureError> {
+    let info = facts.columns.as_slice();
     let id = TableId::new(tme.database_name(), tme.table_name());
     let cols = map_columns(tme, &id)?;
 
@@ -261,36 +304,34 @@ pub fn build_plan(
             .clone()
             .or_else(|| ic.map(|ic| ic.name.clone()))
             .unwrap_or_else(|| format!("@{}", i + 1));
-        let charset_name = match c.collation {
-            Some(coll) => Some(collations.get(&coll).cloned().ok_or_else(|| {
-                unsupported(
-                    &id,
-                    &name,
-                    format!("column with collation id {coll}, unknown to this server"),
-                )
-            })?),
-            // Without charset metadata (binlog_row_metadata=MINIMAL) fall back to the catalog.
-            None if c.ty.is_character_type() || c.ty.is_enum_or_set_type() => {
-                ic.and_then(|ic| ic.charset.clone())
+        let (charset_name, collation_name) = match c.collation {
+            Some(coll) => {
+                let info = server.collations.get(&coll).ok_or_else(|| {
+                    unsupported(
+                        &id,
+                        &name,
+                        format!("column with collation id {coll}, unknown to this server"),
+                    )
+                })?;
+                (Some(info.charset.clone()), Some(info.name.clone()))
             }
-            None => None,
-        };
-        let charset = match &charset_name {
-            Some(cs) => Some(
-                Charset::from_name(cs)
-                    .ok_or_else(|| unsupported(&id, &name, format!("text in charset {cs}")))?,
+            // Without charset metadata (binlog_row_metadata=MINIMAL) fall back to the catalog.
+            None if c.ty.is_character_type() || c.ty.is_enum_or_set_type() => (
+                ic.and_then(|ic| ic.charset.clone()),
+                ic.and_then(|ic| ic.collation.clone()),
             ),
-            None => None,
+            None => (None, None),
         };
-        let (ty, decoder, source_type) = column_type(c, charset, &id, &name)?;
+        let charset = charset_name.as_deref().map(Charset::from_name_or_unsupported);
+        let max_len = charset_name.as_deref().map_or(1, |cs| server.max_len(cs));
+        let (ty, decoder, source_type) = column_type(c, charset, max_len, &id, &name)?;
+        let text = !matches!(charset, Some(Charset::Binary) | None);
         columns.push(ColumnDef {
             name,
             ty,
             nullable: c.nullable,
-            charset: match charset {
-                Some(Charset::Binary) | None => None,
-                Some(_) => charset_name,
-            },
+            charset: if text { charset_name } else { None },
+            collation: if text { collation_name } else { None },
             source_type,
         });
         decoders.push(decoder);
@@ -299,13 +340,18 @@ pub fn build_plan(
     // information_schema describes the table map exactly when every column's type text agrees
     // (an ALTER since the row was written changes at least one); then take its spelling of the
     // types and, on MariaDB, which LONGTEXT columns are JSON.
-    let consistent = same_shape
-        && columns
-            .iter()
-            .zip(info)
-            .all(|(c, ic)| normalize_column_type(&c.source_type) == normalize_column_type(&ic.column_type));
-    if consistent {
+    let agrees = |c: &ColumnDef, ic: &InfoColumn| {
+        normalize_column_type(&c.source_type) == normalize_column_type(&ic.column_type)
+    };
+    let consistent = same_shape && columns.iter().zip(info).all(|(c, ic)| agrees(c, ic));
+    if same_shape {
+        // Column by column: a column whose type text agrees takes the catalog's
+        // spelling and, on MariaDB, its JSON-ness (even when another column of
+        // the table was altered since the row was written).
         for ((col, dec), ic) in columns.iter_mut().zip(decoders.iter_mut()).zip(info) {
+            if !agrees(col, ic) {
+                continue;
+            }
             col.source_type = ic.column_type.clone();
             if let ColumnDecoder::Blob {
                 pack,
@@ -321,7 +367,8 @@ pub fn build_plan(
                 }
             }
         }
-    } else {
+    }
+    if !consistent {
         tracing::warn!(
             table = %id,
             binlog_columns = cols.len(),
@@ -331,12 +378,30 @@ pub fn build_plan(
         );
     }
     let primary_key = primary_key(tme, &id, columns.len())?;
+    // Unique keys from the catalog, when they still name columns of this table map.
+    let unique_keys = if consistent {
+        facts
+            .unique_keys
+            .iter()
+            .filter_map(|k| {
+                k.iter()
+                    .map(|n| columns.iter().position(|c| &c.name == n))
+                    .collect::<Option<Vec<usize>>>()
+            })
+            .filter(|k| !k.is_empty() && *k != primary_key)
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(TablePlan {
         null_bitmap_len: columns.len().div_ceil(8),
         schema: Arc::new(TableSchema {
             id,
             columns,
             primary_key,
+            unique_keys,
+            foreign_keys: facts.foreign_keys.clone(),
+            cascades: facts.cascades.clone(),
         }),
         decoders,
     })
@@ -363,6 +428,7 @@ fn primary_key(tme: &TableMapEvent<'_>, id: &TableId, n: usize) -> Result<Vec<us
 fn column_type(
     c: &MapColumn,
     charset: Option<Charset>,
+    max_len: u32,
     id: &TableId,
     name: &str,
 ) -> Result<(ColumnType, ColumnDecoder, String), MysqlCaptureError> {
@@ -389,7 +455,7 @@ fn column_type(
     };
     let text_charset = || charset.unwrap_or(Charset::Binary);
     // Characters from a byte length: the server stores `chars × mbmaxlen` bytes.
-    let chars = |bytes: u32, cs: Charset| -> u32 { bytes / cs.max_len() };
+    let chars = |bytes: u32| -> u32 { bytes / max_len.max(1) };
     let decode_labels = |labels: &Option<Vec<Vec<u8>>>| -> Result<Vec<String>, MysqlCaptureError> {
         let cs = charset.unwrap_or(Charset::Utf8);
         labels
@@ -520,7 +586,7 @@ fn column_type(
                     format!("binary({max_bytes})"),
                 ),
                 cs => {
-                    let length = chars(max_bytes, cs);
+                    let length = chars(max_bytes);
                     (
                         ColumnType::Char { length },
                         ColumnDecoder::Char {
@@ -544,7 +610,7 @@ fn column_type(
                     format!("varbinary({max_bytes})"),
                 ),
                 cs => {
-                    let length = chars(max_bytes, cs);
+                    let length = chars(max_bytes);
                     (
                         ColumnType::VarChar { length },
                         ColumnDecoder::VarString {

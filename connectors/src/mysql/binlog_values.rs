@@ -38,10 +38,36 @@ pub enum Charset {
     Utf16Le,
     /// UTF-32, big-endian.
     Utf32,
+    /// Any other single-byte charset (cp1250, koi8r, swe7, …), with the byte →
+    /// character table read from the master itself (see [`SingleByteMap`]).
+    SingleByte(&'static SingleByteMap),
+    /// A charset this build cannot decode (the multi-byte East Asian ones:
+    /// big5, sjis, cp932, ujis, eucjpms, euckr, gb2312, gbk). The table is
+    /// described, and NULLs pass, but a value is a definite error naming it.
+    Unsupported(&'static str),
+}
+
+/// A single-byte charset as the master converts it: for each byte, the
+/// character it becomes in utf8mb4, or `None` when the server has none for it.
+/// Read once per charset and connection from the server (`CONVERT(…)`), so
+/// it is exactly the server's own table, not a guess at it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SingleByteMap {
+    pub name: String,
+    pub chars: Vec<Option<char>>,
+}
+
+/// Interned charset tables: a charset is described once per process (tables
+/// live as long as the process; there are a few dozen charsets at most).
+fn registry() -> &'static std::sync::Mutex<std::collections::HashMap<String, Charset>> {
+    static R: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Charset>>> =
+        std::sync::OnceLock::new();
+    R.get_or_init(Default::default)
 }
 
 impl Charset {
-    /// The decoder for a server charset name, `None` when unsupported.
+    /// The decoder for a server charset name: a native one, or one registered
+    /// with [`Charset::register_single_byte`]; `None` otherwise.
     pub fn from_name(name: &str) -> Option<Self> {
         Some(match name {
             "utf8mb4" | "utf8mb3" | "utf8" => Charset::Utf8,
@@ -52,8 +78,52 @@ impl Charset {
             "utf16" => Charset::Utf16,
             "utf16le" => Charset::Utf16Le,
             "utf32" => Charset::Utf32,
-            _ => return None,
+            _ => return registry().lock().expect("charset registry").get(name).copied(),
         })
+    }
+
+    /// True when [`Charset::from_name`] knows `name` without a server table.
+    pub fn is_native(name: &str) -> bool {
+        matches!(
+            name,
+            "utf8mb4"
+                | "utf8mb3"
+                | "utf8"
+                | "latin1"
+                | "ascii"
+                | "binary"
+                | "ucs2"
+                | "utf16"
+                | "utf16le"
+                | "utf32"
+        )
+    }
+
+    /// Registers a single-byte table read from the server (256 entries).
+    pub fn register_single_byte(name: &str, chars: Vec<Option<char>>) -> Charset {
+        let mut r = registry().lock().expect("charset registry");
+        if let Some(Charset::SingleByte(m)) = r.get(name) {
+            if m.chars == chars {
+                return Charset::SingleByte(m);
+            }
+        }
+        let map: &'static SingleByteMap = Box::leak(Box::new(SingleByteMap {
+            name: name.to_string(),
+            chars,
+        }));
+        r.insert(name.to_string(), Charset::SingleByte(map));
+        Charset::SingleByte(map)
+    }
+
+    /// The decoder for `name`, or [`Charset::Unsupported`] naming it.
+    pub fn from_name_or_unsupported(name: &str) -> Charset {
+        if let Some(cs) = Self::from_name(name) {
+            return cs;
+        }
+        let mut r = registry().lock().expect("charset registry");
+        let key = format!("unsupported:{name}");
+        *r.entry(key)
+            .or_insert_with(|| Charset::Unsupported(Box::leak(name.to_string().into_boxed_str())))
     }
 
     /// Decodes `bytes` to a string.
@@ -105,15 +175,21 @@ impl Charset {
                     })
                     .collect()
             }
-        }
-    }
-
-    /// Bytes per character at most (for lengths in characters from byte lengths).
-    pub fn max_len(self) -> u32 {
-        match self {
-            Charset::Utf8 | Charset::Utf16 | Charset::Utf16Le | Charset::Utf32 => 4,
-            Charset::Ucs2 => 2,
-            Charset::Latin1 | Charset::Ascii | Charset::Binary => 1,
+            Charset::SingleByte(map) => bytes
+                .iter()
+                .map(|&b| {
+                    map.chars.get(b as usize).copied().flatten().ok_or_else(|| {
+                        DecodeError::new(format!(
+                            "byte {b:#04x} has no character in charset {}",
+                            map.name
+                        ))
+                    })
+                })
+                .collect(),
+            Charset::Unsupported(name) => Err(DecodeError::new(format!(
+                "text in charset {name} cannot be decoded by dbmux (it decodes utf8mb3, utf8mb4, ucs2, utf16, \
+                 utf16le, utf32 and every single-byte charset); convert the column or exclude the table"
+            ))),
         }
     }
 }
@@ -745,6 +821,16 @@ mod tests {
         assert!(Charset::Utf8.decode(b"\xff").is_err());
         assert_eq!(Charset::Utf16.decode(&[0xD8, 0x3D, 0xDE, 0x00]).unwrap(), "😀");
         assert_eq!(Charset::Utf32.decode(&[0, 1, 0xF6, 0]).unwrap(), "😀");
+        let mut chars: Vec<Option<char>> = (0..=255u8).map(|b| Some(b as char)).collect();
+        chars[0x5B] = Some('Ä');
+        chars[0xFF] = None;
+        let swe = Charset::register_single_byte("test_swe", chars);
+        assert_eq!(Charset::from_name("test_swe"), Some(swe));
+        assert_eq!(swe.decode(b"a[b").unwrap(), "aÄb");
+        assert!(swe.decode(b"\xff").unwrap_err().0.contains("0xff"));
+        let big5 = Charset::from_name_or_unsupported("big5");
+        assert_eq!(big5, Charset::from_name_or_unsupported("big5"));
+        assert!(big5.decode(b"x").unwrap_err().0.contains("big5"));
     }
 
     #[test]

@@ -56,8 +56,8 @@
 //! - `get_binlog_stream` overrides `@master_binlog_checksum` with `'ALL'`; the
 //!   servers accept it and send checksummed events, which mysql_common verifies.
 
-use super::binlog_table::{build_plan, Collations, InfoColumn, TablePlan};
-use super::binlog_values::{Cursor, DecodeError};
+use super::binlog_table::{build_plan, CollationInfo, InfoColumn, ServerCharsets, TableFacts, TablePlan};
+use super::binlog_values::{Charset, Cursor, DecodeError};
 use super::gtid::{parse_gtid_list, GtidState, MariaGtid, FL_PREPARED_XA};
 use super::preflight;
 use futures_util::StreamExt;
@@ -67,7 +67,7 @@ use mysql_common::binlog::events::{Event, EventData, GtidEvent, QueryEvent, Tabl
 use pipeline::filter::{TableFilter, TablePattern};
 use pipeline::position::MysqlPosition;
 use pipeline::retry::{Classify, ErrorClass};
-use pipeline::schema::{TableId, TableSchema};
+use pipeline::schema::{FkAction, ForeignKey, TableId, TableSchema};
 use pipeline::source::{CapturedTransaction, Source};
 use pipeline::value::format_uuid;
 use pipeline::{Op, Position, Value};
@@ -317,7 +317,7 @@ const MARIA_COMPRESSED: std::ops::RangeInclusive<u8> = 165..=171;
 #[derive(Debug, Clone)]
 struct ServerInfo {
     mariadb: bool,
-    collations: Arc<Collations>,
+    charsets: Arc<ServerCharsets>,
 }
 
 /// A cached table map: its raw bytes, and the plan when the table is captured.
@@ -348,8 +348,69 @@ struct OpenTxn {
     changes: Vec<(Arc<TableSchema>, Op)>,
 }
 
-/// `information_schema.COLUMNS`: name, data type, column type, nullable, charset, max length.
-type InfoRow = (String, String, String, String, Option<String>, Option<u64>);
+/// `information_schema.COLUMNS`: name, data type, column type, nullable, charset, max length, collation.
+type InfoRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<u64>,
+    Option<String>,
+);
+
+/// `information_schema.STATISTICS` rows (index, column, prefix length) of
+/// unique indexes → keys as column names, without keys that have a prefix
+/// column or an expression part.
+fn unique_keys(rows: Vec<(String, Option<String>, Option<u64>)>) -> Vec<Vec<String>> {
+    let mut out: Vec<(String, Option<Vec<String>>)> = Vec::new();
+    for (index, column, sub_part) in rows {
+        if out.last().is_none_or(|(n, _)| *n != index) {
+            out.push((index, Some(Vec::new())));
+        }
+        let key = &mut out.last_mut().expect("pushed").1;
+        match (column, sub_part, key.as_mut()) {
+            (Some(c), None, Some(k)) => k.push(c),
+            _ => *key = None,
+        }
+    }
+    out.into_iter().filter_map(|(_, k)| k).collect()
+}
+
+/// `REFERENTIAL_CONSTRAINTS.UPDATE_RULE` / `DELETE_RULE` text.
+fn fk_action(rule: &str) -> FkAction {
+    match rule.to_ascii_uppercase().as_str() {
+        "CASCADE" => FkAction::Cascade,
+        "SET NULL" => FkAction::SetNull,
+        "SET DEFAULT" => FkAction::SetDefault,
+        _ => FkAction::Restrict,
+    }
+}
+
+/// The foreign keys whose actions change rows when rows of `table` change:
+/// those referencing it with a row-changing action, then those referencing
+/// the tables they change, and so on (each once). Keys from tables capture
+/// does not read are left out: a replica has no such table to change.
+fn cascade_closure(all: &[ForeignKey], table: &TableId) -> Vec<ForeignKey> {
+    let mut out: Vec<ForeignKey> = Vec::new();
+    let mut frontier = vec![table.clone()];
+    let mut seen = std::collections::HashSet::new();
+    seen.insert(table.clone());
+    while let Some(t) = frontier.pop() {
+        for f in all.iter().filter(|f| f.referenced_table == t) {
+            if !f.table_captured || !(f.on_delete.changes_rows() || f.on_update.changes_rows()) {
+                continue;
+            }
+            if !out.contains(f) {
+                out.push(f.clone());
+            }
+            if seen.insert(f.table.clone()) {
+                frontier.push(f.table.clone());
+            }
+        }
+    }
+    out
+}
 
 /// Capture from a MariaDB / MySQL master's row binlog.
 pub struct MysqlSource {
@@ -372,6 +433,8 @@ pub struct MysqlSource {
     txn: Option<OpenTxn>,
     /// An event whose processing was interrupted (e.g. the future was dropped during a lookup).
     pending: Option<Event>,
+    /// Every foreign key of the master, read once per `ddl_epoch` (the epoch it was read at).
+    foreign_keys: Option<(u64, Arc<Vec<ForeignKey>>)>,
 }
 
 impl fmt::Debug for MysqlSource {
@@ -410,6 +473,7 @@ impl MysqlSource {
             ddl_epoch: 0,
             txn: None,
             pending: None,
+            foreign_keys: None,
         })
     }
 
@@ -442,27 +506,73 @@ impl MysqlSource {
             .unwrap_or_default()
             .to_ascii_lowercase()
             .contains("mariadb");
-        let mut collations = Collations::new();
-        let rows: Vec<(u64, String)> = conn
-            .query("SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATIONS WHERE ID IS NOT NULL")
+        let mut charsets = ServerCharsets::default();
+        let rows: Vec<(u64, String, String)> = conn
+            .query(
+                "SELECT ID, COLLATION_NAME, CHARACTER_SET_NAME FROM information_schema.COLLATIONS \
+                 WHERE ID IS NOT NULL",
+            )
             .await
             .map_err(driver("reading information_schema.COLLATIONS"))?;
-        collations.extend(rows.into_iter().map(|(id, cs)| (id as u16, cs)));
+        for (id, name, charset) in rows {
+            charsets
+                .collations
+                .insert(id as u16, CollationInfo { name, charset });
+        }
         if mariadb {
-            // MariaDB 10.10+ lists the ids of its UCA-14 collations only here.
+            // MariaDB 10.10+ lists the ids (and full names) of its UCA-14 collations only here.
             if let Ok(rows) = conn
-                .query::<(u64, String), _>(
-                    "SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATION_CHARACTER_SET_APPLICABILITY \
-                     WHERE ID IS NOT NULL",
+                .query::<(u64, String, String), _>(
+                    "SELECT ID, FULL_COLLATION_NAME, CHARACTER_SET_NAME \
+                     FROM information_schema.COLLATION_CHARACTER_SET_APPLICABILITY WHERE ID IS NOT NULL",
                 )
                 .await
             {
-                collations.extend(rows.into_iter().map(|(id, cs)| (id as u16, cs)));
+                for (id, name, charset) in rows {
+                    charsets
+                        .collations
+                        .insert(id as u16, CollationInfo { name, charset });
+                }
             }
+        }
+        let sets: Vec<(String, u64)> = conn
+            .query("SELECT CHARACTER_SET_NAME, MAXLEN FROM information_schema.CHARACTER_SETS")
+            .await
+            .map_err(driver("reading information_schema.CHARACTER_SETS"))?;
+        for (name, max_len) in &sets {
+            charsets.max_len.insert(name.clone(), *max_len as u32);
+        }
+        // Single-byte charsets without a built-in decoder: ask the server for its
+        // own byte → character table, once (256 conversions in one query).
+        for (name, max_len) in sets {
+            if max_len != 1 || Charset::is_native(&name) || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
+                continue;
+            }
+            let exprs: Vec<String> = (0..=255u8)
+                .map(|b| format!("HEX(CONVERT(CONVERT(UNHEX('{b:02X}') USING {name}) USING utf8mb4))"))
+                .collect();
+            let row: Option<mysql_async::Row> = conn
+                .query_first(format!("SELECT {}", exprs.join(",")))
+                .await
+                .map_err(driver(format!("reading the {name} character table")))?;
+            let Some(row) = row else { continue };
+            let chars = (0..=255usize)
+                .map(|b| {
+                    let hex: Option<String> = row.get(b);
+                    let text = hex
+                        .and_then(|h| hex::decode(h).ok())
+                        .and_then(|bytes| String::from_utf8(bytes).ok())?;
+                    let mut it = text.chars();
+                    let c = it.next()?;
+                    // The server writes `?` for a byte it has no character for.
+                    (it.next().is_none() && (c != '?' || b == 0x3F)).then_some(c)
+                })
+                .collect();
+            Charset::register_single_byte(&name, chars);
         }
         let info = ServerInfo {
             mariadb,
-            collations: Arc::new(collations),
+            charsets: Arc::new(charsets),
         };
         self.gtid = if mariadb {
             GtidState::MariaDb(Default::default())
@@ -569,13 +679,14 @@ impl MysqlSource {
         db: &str,
         table: &str,
         mariadb: bool,
-    ) -> Result<Vec<InfoColumn>, MysqlCaptureError> {
+    ) -> Result<TableFacts, MysqlCaptureError> {
+        let all_fks = self.all_foreign_keys().await?;
         let conn = self.meta().await?;
-        let res: Result<Vec<InfoColumn>, mysql_async::Error> = async {
+        let res: Result<TableFacts, mysql_async::Error> = async {
             let rows: Vec<InfoRow> = conn
                 .exec(
                     "SELECT COLUMN_NAME, LOWER(DATA_TYPE), COLUMN_TYPE, IS_NULLABLE, CHARACTER_SET_NAME, \
-                     CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS \
+                     CHARACTER_MAXIMUM_LENGTH, COLLATION_NAME FROM information_schema.COLUMNS \
                      WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                     (db, table),
                 )
@@ -590,10 +701,18 @@ impl MysqlSource {
             } else {
                 Vec::new()
             };
-            Ok(rows
+            let keys: Vec<(String, Option<String>, Option<u64>)> = conn
+                .exec(
+                    "SELECT INDEX_NAME, COLUMN_NAME, SUB_PART FROM information_schema.STATISTICS \
+                     WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY' \
+                     ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+                    (db, table),
+                )
+                .await?;
+            let columns = rows
                 .into_iter()
                 .map(
-                    |(name, data_type, column_type, nullable, charset, char_max_len)| {
+                    |(name, data_type, column_type, nullable, charset, char_max_len, collation)| {
                         let json_clause = format!("json_valid(`{}`)", name.replace('`', "``"));
                         InfoColumn {
                             json_check: checks.iter().any(|c| c.trim() == json_clause),
@@ -603,16 +722,112 @@ impl MysqlSource {
                             nullable: nullable.eq_ignore_ascii_case("YES"),
                             charset,
                             char_max_len,
+                            collation,
                         }
                     },
                 )
-                .collect())
+                .collect();
+            Ok(TableFacts {
+                columns,
+                unique_keys: unique_keys(keys),
+                foreign_keys: Vec::new(),
+                cascades: Vec::new(),
+            })
         }
         .await;
-        res.map_err(|e| {
+        let mut facts = res.map_err(|e| {
             self.meta = None;
             driver(format!("reading information_schema for {db}.{table}"))(e)
-        })
+        })?;
+        let id = TableId::new(db, table);
+        facts.foreign_keys = all_fks.iter().filter(|f| f.table == id).cloned().collect();
+        facts.cascades = cascade_closure(&all_fks, &id);
+        Ok(facts)
+    }
+
+    /// Every foreign key of the master, re-read after DDL. Whether each side is
+    /// captured comes from the filter.
+    async fn all_foreign_keys(&mut self) -> Result<Arc<Vec<ForeignKey>>, MysqlCaptureError> {
+        if let Some((epoch, fks)) = &self.foreign_keys {
+            if *epoch == self.ddl_epoch {
+                return Ok(fks.clone());
+            }
+        }
+        let epoch = self.ddl_epoch;
+        let filter = self.filter.clone();
+        let conn = self.meta().await?;
+        type FkRow = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+        );
+        // Keys live in the referencing table's database; only databases capture
+        // may read can hold a key whose referencing table a replica has. One
+        // query per such database, each restricted to it (cheap for the
+        // server: information_schema opens only that database's tables).
+        let rows: Result<Vec<FkRow>, mysql_async::Error> = async {
+            let schemas: Vec<String> = conn
+                .query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY 1")
+                .await?;
+            let mut rows = Vec::new();
+            for schema in schemas.iter().filter(|s| filter.may_match_schema(s)) {
+                let part: Vec<FkRow> = conn
+                    .exec(
+                        "SELECT rc.CONSTRAINT_SCHEMA, rc.TABLE_NAME, rc.CONSTRAINT_NAME, rc.UPDATE_RULE, \
+                         rc.DELETE_RULE, k.COLUMN_NAME, k.REFERENCED_TABLE_SCHEMA, k.REFERENCED_TABLE_NAME, \
+                         k.REFERENCED_COLUMN_NAME \
+                         FROM information_schema.REFERENTIAL_CONSTRAINTS rc \
+                         JOIN information_schema.KEY_COLUMN_USAGE k ON k.CONSTRAINT_SCHEMA = rc.CONSTRAINT_SCHEMA \
+                         AND k.CONSTRAINT_NAME = rc.CONSTRAINT_NAME AND k.TABLE_NAME = rc.TABLE_NAME \
+                         WHERE rc.CONSTRAINT_SCHEMA = ? AND k.TABLE_SCHEMA = ? AND k.REFERENCED_TABLE_NAME IS NOT NULL \
+                         ORDER BY rc.TABLE_NAME, rc.CONSTRAINT_NAME, k.ORDINAL_POSITION",
+                        (schema, schema),
+                    )
+                    .await?;
+                rows.extend(part);
+            }
+            Ok(rows)
+        }
+        .await;
+        let rows = rows.map_err(|e| {
+            self.meta = None;
+            driver("reading the master's foreign keys")(e)
+        })?;
+        let mut fks: Vec<ForeignKey> = Vec::new();
+        for (schema, table, name, update, delete, column, ref_schema, ref_table, ref_column) in rows {
+            let id = TableId::new(schema, table);
+            match fks.last_mut() {
+                Some(f) if f.table == id && f.name == name => {
+                    f.columns.push(column);
+                    f.referenced_columns.push(ref_column);
+                }
+                _ => {
+                    let referenced_table = TableId::new(ref_schema, ref_table);
+                    fks.push(ForeignKey {
+                        referenced_captured: self
+                            .filter
+                            .matches(&referenced_table.schema, &referenced_table.name),
+                        table_captured: self.filter.matches(&id.schema, &id.name),
+                        name,
+                        table: id,
+                        columns: vec![column],
+                        referenced_table,
+                        referenced_columns: vec![ref_column],
+                        on_delete: fk_action(&delete),
+                        on_update: fk_action(&update),
+                    })
+                }
+            }
+        }
+        let fks = Arc::new(fks);
+        self.foreign_keys = Some((epoch, fks.clone()));
+        Ok(fks)
     }
 
     /// Whether a table map needs an `information_schema` lookup; records skipped tables.
@@ -643,16 +858,16 @@ impl MysqlSource {
         }
     }
 
-    fn install_plan(&mut self, ev: &Event, info: &[InfoColumn]) -> Result<(), MysqlCaptureError> {
+    fn install_plan(&mut self, ev: &Event, info: &TableFacts) -> Result<(), MysqlCaptureError> {
         let tme = ev
             .read_event::<TableMapEvent<'_>>()
             .map_err(|e| self.event_error(ev, e.to_string()))?;
-        let collations = self
+        let charsets = self
             .server
             .as_ref()
-            .map(|s| s.collations.clone())
+            .map(|s| s.charsets.clone())
             .unwrap_or_default();
-        let plan = build_plan(&tme, info, &collations)?;
+        let plan = build_plan(&tme, info, &charsets)?;
         let plan = match self.plans.get(&plan.schema.id) {
             Some(old) if old.schema == plan.schema && old.decoders == plan.decoders => old.clone(),
             _ => {
@@ -888,21 +1103,32 @@ impl MysqlSource {
             return Ok(None);
         }
         let schema = q.schema().into_owned();
-        if ["INSERT", "UPDATE", "DELETE", "REPLACE", "LOAD"]
+        let dml = ["INSERT", "UPDATE", "DELETE", "REPLACE", "LOAD", "WITH"]
             .iter()
-            .any(|w| word(w))
-            && (schema.is_empty() || self.filter.may_match_schema(&schema))
-        {
-            return Err(self.event_error(
-                ev,
-                format!(
-                    "statement-based change in the binlog (default database {schema:?}): a session wrote with \
-                     binlog_format=STATEMENT or MIXED, so its rows cannot be captured; keep binlog_format=ROW \
-                     for every session"
-                ),
-            ));
+            .any(|w| word(w));
+        if dml {
+            // A statement-based row change (a session wrote with
+            // binlog_format=STATEMENT or MIXED): its rows are not in the binlog.
+            // Harmless only when it certainly writes no captured table.
+            let captured = match statement_tables(text, &schema) {
+                Some(tables) => tables
+                    .into_iter()
+                    .find(|(db, t)| self.filter.matches(db, t))
+                    .map(|(db, t)| format!("it writes {db}.{t}, which is captured")),
+                None => Some("dbmux cannot tell which tables it writes".into()),
+            };
+            if let Some(why) = captured {
+                return Err(self.event_error(
+                    ev,
+                    format!(
+                        "statement-based change in the binlog (default database {schema:?}; {why}): a session \
+                         wrote with binlog_format=STATEMENT or MIXED, so its rows cannot be captured; keep \
+                         binlog_format=ROW for every session"
+                    ),
+                ));
+            }
         }
-        match truncate_target(text) {
+        match truncate_target(text).filter(|_| !dml) {
             Some((db, table)) => {
                 let id = TableId::new(db.unwrap_or(schema), table);
                 if self.filter.matches(&id.schema, &id.name) {
@@ -913,6 +1139,7 @@ impl MysqlSource {
                             id,
                             columns: Vec::new(),
                             primary_key: Vec::new(),
+                            ..Default::default()
                         }),
                     };
                     if self.txn.is_none() {
@@ -924,7 +1151,8 @@ impl MysqlSource {
                 }
             }
             // Other DDL: information_schema facts may have changed.
-            None => self.ddl_epoch += 1,
+            None if !dml => self.ddl_epoch += 1,
+            None => {}
         }
         // A DDL group ends with its statement: MariaDB flags it standalone, MySQL has no BEGIN.
         let mariadb = self.server.as_ref().is_none_or(|s| s.mariadb);
@@ -979,6 +1207,20 @@ impl MysqlSource {
             UPDATE_ROWS_V1 | UPDATE_ROWS => 1,
             _ => 2,
         };
+        // A session with foreign_key_checks=0 changed these rows: InnoDB ran no
+        // cascades for them, so neither may the appliers.
+        let schema = if data
+            .flags()
+            .contains(mysql_common::binlog::consts::RowsEventFlags::NO_FOREIGN_KEY_CHECKS)
+            && !plan.schema.cascades.is_empty()
+        {
+            Arc::new(TableSchema {
+                cascades: Vec::new(),
+                ..(*plan.schema).clone()
+            })
+        } else {
+            plan.schema.clone()
+        };
         let position = || self.here(ev.header().log_pos(), ev.header().event_size());
         let decode_err = |(col, e): (Option<usize>, DecodeError)| MysqlCaptureError::Decode {
             table: plan.schema.id.to_string(),
@@ -1007,7 +1249,7 @@ impl MysqlSource {
                     before: decode_image(&plan, &mut cur).map_err(decode_err)?,
                 },
             };
-            ops.push((plan.schema.clone(), op));
+            ops.push((schema.clone(), op));
         }
         let txn = self.txn.as_mut().expect("begun above");
         if txn.changes.is_empty() {
@@ -1195,6 +1437,50 @@ fn crc32(chunks: &[&[u8]]) -> u32 {
     !c
 }
 
+/// The tables a statement-based DML statement may write, as (database, table),
+/// with `default_db` for unqualified names: every table the statement names
+/// (a multi-table UPDATE or DELETE may write any of them; an INSERT … SELECT
+/// also lists what it reads, which errs on the safe side). `None` when the
+/// statement cannot be read or names a table without a database to put it in:
+/// the caller must then assume the worst.
+fn statement_tables(text: &[u8], default_db: &str) -> Option<Vec<(String, String)>> {
+    use sqlparser::ast::visit_relations;
+    use sqlparser::dialect::MySqlDialect;
+    use sqlparser::parser::Parser;
+    use std::ops::ControlFlow;
+    let sql = std::str::from_utf8(text).ok()?;
+    if starts_with_word(text, "LOAD") {
+        // `LOAD DATA … INTO TABLE [db.]name …` (sqlparser does not read LOAD DATA).
+        let upper = sql.to_ascii_uppercase();
+        let at = upper.find("INTO TABLE")? + "INTO TABLE".len();
+        let rest = sql[at..].trim_start();
+        let (first, rest) = identifier(rest)?;
+        return match rest.trim_start().strip_prefix('.') {
+            Some(r) => Some(vec![(first, identifier(r.trim_start())?.0)]),
+            None if !default_db.is_empty() => Some(vec![(default_db.to_string(), first)]),
+            None => None,
+        };
+    }
+    let statements = Parser::parse_sql(&MySqlDialect {}, sql).ok()?;
+    let mut out = Vec::new();
+    let mut unsure = false;
+    let _ = visit_relations(&statements, |name| {
+        let parts: Vec<&str> = name
+            .0
+            .iter()
+            .map(|p| p.as_ident().map(|i| i.value.as_str()))
+            .collect::<Option<_>>()
+            .unwrap_or_default();
+        match parts.as_slice() {
+            [t] if !default_db.is_empty() => out.push((default_db.to_string(), t.to_string())),
+            [d, t] => out.push((d.to_string(), t.to_string())),
+            _ => unsure = true,
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    (!unsure && !out.is_empty()).then_some(out)
+}
+
 /// `TRUNCATE [TABLE] [db.]name` → (db, name), identifiers optionally backquoted.
 fn truncate_target(text: &[u8]) -> Option<(Option<String>, String)> {
     if !starts_with_word(text, "TRUNCATE") {
@@ -1378,6 +1664,51 @@ mod tests {
         assert_eq!(t("TRUNCATE TABLE tablex"), Some((None, "tablex".into())));
         assert_eq!(t("TRUNCATEX t"), None);
         assert_eq!(t("CREATE TABLE t (a int)"), None);
+    }
+
+    #[test]
+    fn statement_targets() {
+        let t = |s: &str, db: &str| statement_tables(s.as_bytes(), db);
+        let pair = |d: &str, t: &str| (d.to_string(), t.to_string());
+        assert_eq!(
+            t("INSERT INTO app.t VALUES (1)", "other"),
+            Some(vec![pair("app", "t")])
+        );
+        assert_eq!(
+            t("insert into t values (1)", "other"),
+            Some(vec![pair("other", "t")])
+        );
+        assert_eq!(
+            t("INSERT IGNORE INTO `my db`.`t``x` (a) SELECT a FROM o", "d"),
+            Some(vec![pair("my db", "t`x"), pair("d", "o")])
+        );
+        assert_eq!(
+            t("UPDATE a JOIN app.b ON a.id = b.id SET b.v = 1", "d"),
+            Some(vec![pair("d", "a"), pair("app", "b")])
+        );
+        assert_eq!(
+            t("DELETE FROM app.t WHERE id = 1", "d"),
+            Some(vec![pair("app", "t")])
+        );
+        assert_eq!(t("REPLACE INTO t VALUES (1) ", "d"), Some(vec![pair("d", "t")]));
+        assert_eq!(
+            t(
+                "INSERT INTO t VALUES (1) ON DUPLICATE KEY UPDATE v = VALUES(v)",
+                "d"
+            ),
+            Some(vec![pair("d", "t")])
+        );
+        assert_eq!(
+            t(
+                "LOAD DATA LOCAL INFILE '/x' REPLACE INTO TABLE app.t FIELDS TERMINATED BY ','",
+                "d"
+            ),
+            Some(vec![pair("app", "t")])
+        );
+        // No default database for an unqualified name, or unreadable: unsure.
+        assert_eq!(t("INSERT INTO t VALUES (1)", ""), None);
+        assert_eq!(t("INSERT INTO t VALUES (", "d"), None);
+        assert_eq!(t("INSERT INTO a.b.c VALUES (1)", "d"), None);
     }
 
     #[test]

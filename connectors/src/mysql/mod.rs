@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod apply_sql;
+pub mod backlog;
 pub mod binlog_table;
 pub mod binlog_values;
 pub mod capture;

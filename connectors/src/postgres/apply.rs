@@ -29,14 +29,16 @@
 //! connection and are forgotten with it.
 
 use super::apply_sql::{self as sql, ZeroDates};
-use pipeline::batch::{self, Action, PlanError};
+use pipeline::batch::{self, Action, PlanError, PlanOptions};
+use pipeline::cascade::{CascadeError, CascadeStore, Skip};
 use pipeline::event::{Row, Transaction};
+use pipeline::replica::Quarantine;
 use pipeline::retry::{Classify, ErrorClass};
 use pipeline::schema::{TableId, TableSchema};
 use pipeline::secret::redact_url;
-use pipeline::sink::Sink;
+use pipeline::sink::{Opened, Sink, TableScoped};
 use serde::Deserialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use tokio_postgres::types::{Format, IsNull, ToSql, Type};
@@ -46,6 +48,8 @@ use tokio_postgres::{Client, NoTls, Statement};
 pub const DEFAULT_OFFSETS_SCHEMA: &str = "dbmux";
 /// The offsets table's name.
 pub const OFFSETS_TABLE: &str = "dbmux_offsets";
+/// The quarantine table's name (beside the offsets table).
+pub const QUARANTINE_TABLE: &str = "dbmux_quarantine";
 /// Default rows per statement (one array parameter per column, so no
 /// parameter-count limit applies).
 pub const DEFAULT_MAX_ROWS_PER_STATEMENT: usize = 5000;
@@ -80,6 +84,13 @@ pub struct PostgresSinkConfig {
     /// What to write for MySQL zero dates: `error` (default), `neg_infinity`, `null`.
     #[serde(default)]
     pub zero_dates: ZeroDates,
+    /// Source table `db.table` → replica table name, for names PostgreSQL
+    /// cannot hold (or that you want otherwise).
+    #[serde(default)]
+    pub rename_tables: BTreeMap<String, String>,
+    /// Source table `db.table` → { source column → replica column }.
+    #[serde(default)]
+    pub rename_columns: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 fn default_offsets_schema() -> String {
@@ -103,6 +114,8 @@ impl PostgresSinkConfig {
             max_statement_bytes: DEFAULT_MAX_STATEMENT_BYTES,
             max_transactions_per_commit: 0,
             zero_dates: ZeroDates::Error,
+            rename_tables: BTreeMap::new(),
+            rename_columns: BTreeMap::new(),
         }
     }
 
@@ -131,6 +144,38 @@ impl PostgresSinkConfig {
         if self.max_rows_per_statement == 0 {
             p.push("max_rows_per_statement: must be > 0".into());
         }
+        for (from, to) in &self.rename_tables {
+            if !from.contains('.') {
+                p.push(format!(
+                    "rename_tables.{from:?}: the key must be `database.table`"
+                ));
+            }
+            if let Err(e) = sql::quote_ident(to) {
+                p.push(format!("rename_tables.{from:?}: {e}"));
+            }
+        }
+        for (table, cols) in &self.rename_columns {
+            if !table.contains('.') {
+                p.push(format!(
+                    "rename_columns.{table:?}: the key must be `database.table`"
+                ));
+            }
+            let mut seen = HashSet::new();
+            for (from, to) in cols {
+                if let Err(e) = sql::quote_ident(to) {
+                    p.push(format!("rename_columns.{table:?}.{from:?}: {e}"));
+                } else if sql::is_system_column(to) {
+                    p.push(format!(
+                        "rename_columns.{table:?}.{from:?}: {to:?} is a PostgreSQL system column name"
+                    ));
+                }
+                if !seen.insert(to) {
+                    p.push(format!(
+                        "rename_columns.{table:?}.{from:?}: {to:?} is the target of another column too"
+                    ));
+                }
+            }
+        }
         if self.max_statement_bytes < 1024 {
             p.push(format!(
                 "max_statement_bytes: {} must be at least 1024",
@@ -144,6 +189,32 @@ impl PostgresSinkConfig {
     pub fn target_schema<'a>(&'a self, source_database: &'a str) -> &'a str {
         self.schema.as_deref().unwrap_or(source_database)
     }
+
+    /// The replica table for a source table: the configured rename, else the
+    /// name PostgreSQL can hold (see [`sql::pg_name`]).
+    pub fn target_table(&self, source: &TableId) -> TableId {
+        let name = match self.rename_tables.get(&source.to_string()) {
+            Some(n) => n.clone(),
+            None => sql::pg_name(&source.name),
+        };
+        TableId::new(sql::pg_name(self.target_schema(&source.schema)), name)
+    }
+
+    /// The replica column for a source column: the configured rename, else a
+    /// name PostgreSQL can hold (system column names get a `_` appended).
+    pub fn target_column(&self, table: &TableId, column: &str) -> String {
+        if let Some(n) = self
+            .rename_columns
+            .get(&table.to_string())
+            .and_then(|m| m.get(column))
+        {
+            return n.clone();
+        }
+        if sql::is_system_column(column) {
+            return sql::pg_name(&format!("{column}_"));
+        }
+        sql::pg_name(column)
+    }
 }
 
 impl fmt::Debug for PostgresSinkConfig {
@@ -156,6 +227,8 @@ impl fmt::Debug for PostgresSinkConfig {
             .field("max_statement_bytes", &self.max_statement_bytes)
             .field("max_transactions_per_commit", &self.max_transactions_per_commit)
             .field("zero_dates", &self.zero_dates)
+            .field("rename_tables", &self.rename_tables)
+            .field("rename_columns", &self.rename_columns)
             .finish()
     }
 }
@@ -194,15 +267,73 @@ pub enum PostgresApplyError {
         "events would skip seq {missing}: the replica has applied up to {applied} and the next event given is {next}"
     )]
     Gap { applied: u64, next: u64, missing: u64 },
+    #[error("{0}")]
+    Internal(String),
+    /// A definite error while applying one source table's events.
+    #[error("{source}")]
+    InTable {
+        table: TableId,
+        source: Box<PostgresApplyError>,
+    },
+}
+
+impl PostgresApplyError {
+    /// Ties a definite error to the source table whose step failed.
+    fn in_table(self, table: &TableId) -> Self {
+        match self {
+            e @ PostgresApplyError::InTable { .. } => e,
+            e if e.is_transient() => e,
+            e => PostgresApplyError::InTable {
+                table: table.clone(),
+                source: Box::new(e),
+            },
+        }
+    }
+
+    /// A unique or foreign-key violation (23505, 23503): a set-based plan may
+    /// cause one that source order does not.
+    fn may_pass_in_source_order(&self) -> bool {
+        match self {
+            PostgresApplyError::InTable { source, .. } => source.may_pass_in_source_order(),
+            PostgresApplyError::Driver { source, .. } => {
+                matches!(source.code().map(|c| c.code()), Some("23505" | "23503"))
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Classify for PostgresApplyError {
     fn class(&self) -> ErrorClass {
         match self {
             PostgresApplyError::Driver { source, .. } => classify_driver(source),
+            PostgresApplyError::InTable { source, .. } => source.class(),
             _ => ErrorClass::Definite,
         }
     }
+}
+
+impl TableScoped for PostgresApplyError {
+    fn table(&self) -> Option<&TableId> {
+        match self {
+            PostgresApplyError::InTable { table, .. } => Some(table),
+            PostgresApplyError::Plan(p) => p.table(),
+            _ => None,
+        }
+    }
+}
+
+/// What one target transaction does (see the MySQL sink's `Mode`).
+#[derive(Clone, Copy)]
+enum Mode<'a> {
+    Stream {
+        skip: &'a HashSet<TableId>,
+    },
+    Resume {
+        table: &'a TableId,
+        from: u64,
+        next: Option<u64>,
+    },
 }
 
 /// Lost connections, server shutdowns, serialization failures, deadlocks,
@@ -321,7 +452,10 @@ pub struct PostgresSink {
     /// Target tables known to exist, with each column's type name (no type modifier).
     known_tables: HashMap<TableId, HashMap<String, String>>,
     tables: HashMap<Arc<TableSchema>, Arc<TableSql>>,
+    /// Which source table each replica table receives (two never share one).
+    targets: HashMap<TableId, TableId>,
     offsets_table: String,
+    quarantine_table: String,
 }
 
 impl PostgresSink {
@@ -332,6 +466,11 @@ impl PostgresSink {
             sql::quote_ident(&config.offsets_schema).unwrap_or_else(|_| "\"dbmux\"".into()),
             sql::quote_ident(OFFSETS_TABLE).expect("valid name")
         );
+        let quarantine_table = format!(
+            "{}.{}",
+            sql::quote_ident(&config.offsets_schema).unwrap_or_else(|_| "\"dbmux\"".into()),
+            sql::quote_ident(QUARANTINE_TABLE).expect("valid name")
+        );
         Self {
             name: name.to_string(),
             config,
@@ -339,7 +478,9 @@ impl PostgresSink {
             applied: 0,
             known_tables: HashMap::new(),
             tables: HashMap::new(),
+            targets: HashMap::new(),
             offsets_table,
+            quarantine_table,
         }
     }
 
@@ -392,6 +533,17 @@ impl PostgresSink {
             "creating the offsets table",
         )
         .await?;
+        ddl(
+            &conn.client,
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {} (consumer text NOT NULL, table_schema text NOT NULL, \
+                 table_name text NOT NULL, first_seq bigint NOT NULL, reason text NOT NULL, \
+                 since timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (consumer, table_schema, table_name))",
+                self.quarantine_table
+            ),
+            "creating the quarantine table",
+        )
+        .await?;
         conn.client
             .execute(
                 &format!(
@@ -424,101 +576,185 @@ impl PostgresSink {
     }
 
     fn target(&self, schema: &TableSchema) -> TableId {
-        TableId::new(
-            self.config.target_schema(&schema.id.schema),
-            schema.id.name.clone(),
-        )
+        self.config.target_table(&schema.id)
+    }
+
+    /// `schema` with every column named as on the replica (renames applied);
+    /// an error when two columns would get one name.
+    fn renamed(&self, schema: &Arc<TableSchema>) -> std::result::Result<Arc<TableSchema>, String> {
+        let mut t = (**schema).clone();
+        let mut seen = HashSet::new();
+        for c in &mut t.columns {
+            let to = self.config.target_column(&schema.id, &c.name);
+            if !seen.insert(to.clone()) {
+                return Err(format!(
+                    "two columns would be named {to:?} on PostgreSQL; rename one with rename_columns"
+                ));
+            }
+            c.name = to;
+        }
+        Ok(Arc::new(t))
     }
 
     /// Creates missing schemas and tables (outside the data transaction, so a
     /// failed batch does not undo them, which is harmless) and learns the
     /// target column types of every table the batch touches.
-    async fn ensure_tables(&mut self, txns: &[Transaction]) -> Result<()> {
+    async fn ensure_tables(&mut self, txns: &[Transaction], mode: Mode<'_>) -> Result<()> {
         let mut seen: HashSet<usize> = HashSet::new();
         for ev in txns.iter().flat_map(|t| &t.events) {
-            if ev.seq <= self.applied
+            let wanted = match mode {
+                Mode::Stream { skip } => ev.seq > self.applied && !skip.contains(&ev.table.id),
+                Mode::Resume { table, from, .. } => ev.seq >= from && ev.table.id == *table,
+            };
+            if !wanted
                 || matches!(ev.op, pipeline::Op::Ddl { .. })
                 || !seen.insert(Arc::as_ptr(&ev.table) as usize)
-                || self.tables.contains_key(&ev.table)
+                || (self.tables.contains_key(&ev.table) && !ev.table.columns_unknown())
             {
                 continue;
             }
-            let target = self.target(&ev.table);
-            let table_err = |message: String| PostgresApplyError::Table {
-                table: target.to_string(),
-                message,
-            };
-            if !self.known_tables.contains_key(&target) {
-                let create = sql::create_table_sql(&target, &ev.table).map_err(|(column, m)| {
-                    table_err(if column.is_empty() {
-                        m
-                    } else {
-                        format!("column {column}: {m}")
-                    })
-                })?;
-                let client = &self.conn.as_ref().expect("connected").client;
-                let schema = sql::quote_ident(&target.schema).map_err(table_err)?;
-                ddl(
-                    client,
-                    &format!("CREATE SCHEMA IF NOT EXISTS {schema}"),
-                    &format!("creating schema {}", target.schema),
-                )
-                .await?;
-                ddl(client, &create, &format!("creating table {target}")).await?;
-                let rows = client
-                    .query(
-                        "SELECT a.attname::text, format('%I.%I', tn.nspname, t.typname), t.typcategory::text \
-                         FROM pg_attribute a \
-                         JOIN pg_class c ON c.oid = a.attrelid \
-                         JOIN pg_namespace n ON n.oid = c.relnamespace \
-                         JOIN pg_type t ON t.oid = a.atttypid \
-                         JOIN pg_namespace tn ON tn.oid = t.typnamespace \
-                         WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-                        &[&target.schema, &target.name],
-                    )
-                    .await
-                    .map_err(driver(format!("reading the columns of {target}")))?;
-                let mut columns = HashMap::new();
-                for r in rows {
-                    let (name, ty, category): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-                    if category == "A" {
-                        return Err(table_err(format!(
-                            "column {name} is an array, which dbmux does not write"
-                        )));
-                    }
-                    columns.insert(name, ty);
-                }
-                self.known_tables.insert(target.clone(), columns);
+            self.ensure_table(&ev.table)
+                .await
+                .map_err(|e| e.in_table(&ev.table.id))?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_table(&mut self, source: &Arc<TableSchema>) -> Result<()> {
+        let target = self.target(source);
+        let table_err = |message: String| PostgresApplyError::Table {
+            table: target.to_string(),
+            message,
+        };
+        if target.schema == self.config.offsets_schema
+            && [OFFSETS_TABLE, QUARANTINE_TABLE].contains(&target.name.as_str())
+        {
+            return Err(table_err(
+                "it is one of dbmux's own tables (offsets_schema)".into(),
+            ));
+        }
+        match self.targets.get(&target) {
+            Some(other) if *other != source.id => {
+                return Err(table_err(format!(
+                    "it already receives source table {other}; {} cannot be written there too",
+                    source.id
+                )))
             }
-            let columns = &self.known_tables[&target];
-            let types = ev
-                .table
-                .columns
-                .iter()
-                .map(|c| {
-                    columns.get(&c.name).cloned().ok_or_else(|| {
-                        table_err(format!(
-                            "it has no column {:?} (schema changes are not replicated yet)",
-                            c.name
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let statements = sql::table_statements(&target, &ev.table, &types).map_err(table_err)?;
+            Some(_) => {}
+            None => {
+                self.targets.insert(target.clone(), source.id.clone());
+            }
+        }
+        if source.columns_unknown() {
+            // A TRUNCATE of a table capture has no definition for (its first
+            // event after a restart, or a table created while dbmux runs):
+            // truncate it if the replica has it; a missing table is empty.
+            let client = &self.conn.as_ref().expect("connected").client;
+            let exists = read_columns(client, &target).await?.is_some();
+            let statements = sql::TableStatements::truncate_only(&target, exists).map_err(table_err)?;
             self.tables.insert(
-                ev.table.clone(),
+                source.clone(),
                 Arc::new(TableSql {
                     target_text: target.to_string(),
                     statements,
                 }),
             );
+            return Ok(());
         }
+        if let Some(f) = pipeline::cascade::uncaptured_parent(source) {
+            return Err(table_err(pipeline::cascade::uncaptured_parent_message(f)));
+        }
+        let renamed = self.renamed(source).map_err(table_err)?;
+        if !self.known_tables.contains_key(&target) {
+            let create = sql::create_table_sql(&target, &renamed).map_err(|(column, m)| {
+                table_err(if column.is_empty() {
+                    m
+                } else {
+                    format!("column {column}: {m}")
+                })
+            })?;
+            let client = &self.conn.as_ref().expect("connected").client;
+            let schema = sql::quote_ident(&target.schema).map_err(table_err)?;
+            ddl(
+                client,
+                &format!("CREATE SCHEMA IF NOT EXISTS {schema}"),
+                &format!("creating schema {}", target.schema),
+            )
+            .await?;
+            ddl(client, &create, &format!("creating table {target}")).await?;
+            // An index on every foreign key's columns: the applier finds the
+            // rows a cascade reaches by them (the source has one for each key).
+            for f in &source.foreign_keys {
+                let cols = f
+                    .columns
+                    .iter()
+                    .map(|c| sql::quote_ident(&self.config.target_column(&source.id, c)))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(table_err)?;
+                let index = sql::quote_ident(&sql::pg_name(&format!("{}_{}_fk", target.name, f.name)))
+                    .map_err(table_err)?;
+                ddl(
+                    client,
+                    &format!(
+                        "CREATE INDEX IF NOT EXISTS {index} ON {} ({})",
+                        sql::quote_table(&target).map_err(table_err)?,
+                        cols.join(", ")
+                    ),
+                    &format!("indexing {target}"),
+                )
+                .await?;
+            }
+            let columns = read_columns(client, &target)
+                .await?
+                .ok_or_else(|| table_err("it does not exist right after CREATE TABLE".into()))?;
+            if let Some((name, _)) = columns.iter().find(|(_, (_, category))| category == "A") {
+                return Err(table_err(format!(
+                    "column {name} is an array, which dbmux does not write"
+                )));
+            }
+            let columns = columns.into_iter().map(|(n, (ty, _))| (n, ty)).collect();
+            self.known_tables.insert(target.clone(), columns);
+        }
+        let columns = &self.known_tables[&target];
+        let types = renamed
+            .columns
+            .iter()
+            .map(|c| {
+                columns.get(&c.name).cloned().ok_or_else(|| {
+                    table_err(format!(
+                        "it has no column {:?} (schema changes are not replicated yet)",
+                        c.name
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let statements = sql::table_statements(&target, &renamed, &types).map_err(table_err)?;
+        self.tables.insert(
+            source.clone(),
+            Arc::new(TableSql {
+                target_text: target.to_string(),
+                statements,
+            }),
+        );
         Ok(())
     }
 
-    async fn apply_group(&mut self, txns: &[Transaction]) -> Result<()> {
+    /// Applies `txns` in one target transaction as `mode` says; a set-based
+    /// plan that trips a unique or foreign key is rolled back and applied
+    /// again in source order.
+    async fn apply_group(&mut self, txns: &[Transaction], mode: Mode<'_>) -> Result<()> {
         let mut conn = self.conn.take().expect("connected");
-        match self.apply_in(&mut conn, txns).await {
+        let mut result = self.apply_in(&mut conn, txns, mode, false).await;
+        if result
+            .as_ref()
+            .is_err_and(PostgresApplyError::may_pass_in_source_order)
+        {
+            let e = result.as_ref().expect_err("an error");
+            tracing::info!(replica = %self.name, error = %e, "set-based batch broke a constraint; applying it in source order");
+            let _ = conn.client.batch_execute("ROLLBACK").await;
+            result = self.apply_in(&mut conn, txns, mode, true).await;
+        }
+        match result {
             Ok(applied) => {
                 self.applied = applied;
                 self.conn = Some(conn);
@@ -534,7 +770,13 @@ impl PostgresSink {
         }
     }
 
-    async fn apply_in(&self, conn: &mut Connection, txns: &[Transaction]) -> Result<u64> {
+    async fn apply_in(
+        &self,
+        conn: &mut Connection,
+        txns: &[Transaction],
+        mode: Mode<'_>,
+        source_order: bool,
+    ) -> Result<u64> {
         conn.client
             .batch_execute("BEGIN")
             .await
@@ -550,7 +792,78 @@ impl PostgresSink {
             .await
             .map_err(driver("locking the offset"))?;
         let applied = row.ok_or_else(|| self.offset_missing())?.get::<_, i64>(0) as u64;
-        let plan = batch::plan(txns, applied)?;
+        let only: HashSet<TableId>;
+        let options = match mode {
+            Mode::Stream { skip } => PlanOptions {
+                applied,
+                skip: Some(skip),
+                only: None,
+                source_order,
+            },
+            Mode::Resume { table, from, .. } => {
+                if let Some(e) = txns.iter().flat_map(|t| &t.events).find(|e| e.seq > applied) {
+                    return Err(PostgresApplyError::Internal(format!(
+                        "resuming {table}: event seq {} is beyond the replica's offset {applied}",
+                        e.seq
+                    )));
+                }
+                only = [table.clone()].into();
+                PlanOptions {
+                    applied: from.saturating_sub(1),
+                    skip: None,
+                    only: Some(&only),
+                    source_order,
+                }
+            }
+        };
+        let plan = batch::plan_with(txns, &options)?;
+        // Cascades leave quarantined tables alone; while resuming a table they
+        // change that table only (see docs/operations.md).
+        let skip: Box<Skip<'_>> = match mode {
+            Mode::Stream { skip } => Box::new(move |t: &TableId| skip.contains(t)),
+            Mode::Resume { table, .. } => Box::new(move |t: &TableId| t != table),
+        };
+        if let Mode::Resume { table, next, .. } = mode {
+            for step in &plan.steps {
+                self.run_step(conn, step, &*skip)
+                    .await
+                    .map_err(|e| e.in_table(&step.table.id))?;
+            }
+            let (sql, first): (String, Option<i64>) = match next {
+                Some(n) => (
+                    format!(
+                        "UPDATE {} SET first_seq = $4 WHERE consumer = $1 AND table_schema = $2 AND table_name = $3",
+                        self.quarantine_table
+                    ),
+                    Some(n as i64),
+                ),
+                None => (
+                    format!(
+                        "DELETE FROM {} WHERE consumer = $1 AND table_schema = $2 AND table_name = $3",
+                        self.quarantine_table
+                    ),
+                    None,
+                ),
+            };
+            let r = match first {
+                Some(n) => {
+                    conn.client
+                        .execute(&sql, &[&self.name, &table.schema, &table.name, &n])
+                        .await
+                }
+                None => {
+                    conn.client
+                        .execute(&sql, &[&self.name, &table.schema, &table.name])
+                        .await
+                }
+            };
+            r.map_err(driver("moving the quarantine"))?;
+            conn.client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(driver("committing"))?;
+            return Ok(applied);
+        }
         let Some(last) = plan.last_seq else {
             conn.client
                 .batch_execute("COMMIT")
@@ -572,86 +885,9 @@ impl PostgresSink {
             });
         }
         for step in &plan.steps {
-            let t = self
-                .tables
-                .get(step.table)
-                .cloned()
-                .ok_or_else(|| PostgresApplyError::Table {
-                    table: step.table.id.to_string(),
-                    message: "table was not prepared".into(),
-                })?;
-            let s = &t.statements;
-            match &step.action {
-                Action::Upsert(rows) | Action::Delete(rows) | Action::Insert(rows) => {
-                    let (text, cols, what): (&str, Vec<usize>, &str) = match &step.action {
-                        Action::Upsert(_) => (
-                            &s.upsert,
-                            (0..step.table.columns.len()).collect(),
-                            "upserting into",
-                        ),
-                        Action::Delete(_) => (&s.delete, step.table.primary_key.clone(), "deleting from"),
-                        _ => (
-                            &s.insert,
-                            (0..step.table.columns.len()).collect(),
-                            "inserting into",
-                        ),
-                    };
-                    let stmt = prepare(conn, text).await?;
-                    for chunk in batch::chunks(
-                        rows,
-                        self.config.max_rows_per_statement,
-                        self.config.max_statement_bytes,
-                    ) {
-                        let params = self.array_params(step.table, &t.target_text, chunk, &cols)?;
-                        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-                        conn.client
-                            .execute(&stmt, &refs)
-                            .await
-                            .map_err(driver(format!("{what} {}", t.target_text)))?;
-                    }
-                }
-                Action::UpdateOne { seq, before, after } => {
-                    let stmt = prepare(conn, &s.update_one).await?;
-                    let mut params = self.row_params(step.table, &t.target_text, after)?;
-                    params.extend(self.row_params(step.table, &t.target_text, before)?);
-                    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-                    let n = conn
-                        .client
-                        .execute(&stmt, &refs)
-                        .await
-                        .map_err(driver(format!("updating {}", t.target_text)))?;
-                    if n != 1 {
-                        return Err(PostgresApplyError::Diverged {
-                            table: t.target_text.clone(),
-                            op: "update",
-                            seq: *seq,
-                        });
-                    }
-                }
-                Action::DeleteOne { seq, before } => {
-                    let stmt = prepare(conn, &s.delete_one).await?;
-                    let params = self.row_params(step.table, &t.target_text, before)?;
-                    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-                    let n = conn
-                        .client
-                        .execute(&stmt, &refs)
-                        .await
-                        .map_err(driver(format!("deleting from {}", t.target_text)))?;
-                    if n != 1 {
-                        return Err(PostgresApplyError::Diverged {
-                            table: t.target_text.clone(),
-                            op: "delete",
-                            seq: *seq,
-                        });
-                    }
-                }
-                Action::Truncate => {
-                    conn.client
-                        .batch_execute(&s.truncate)
-                        .await
-                        .map_err(driver(format!("truncating {}", t.target_text)))?;
-                }
-            }
+            self.run_step(conn, step, &*skip)
+                .await
+                .map_err(|e| e.in_table(&step.table.id))?;
         }
         let position = txns
             .iter()
@@ -677,6 +913,105 @@ impl PostgresSink {
             .await
             .map_err(driver("committing"))?;
         Ok(last)
+    }
+
+    /// Executes one step of a plan inside the open transaction.
+    async fn run_step(&self, conn: &mut Connection, step: &batch::Step<'_>, skip: &Skip<'_>) -> Result<()> {
+        let t = self
+            .tables
+            .get(step.table)
+            .cloned()
+            .ok_or_else(|| PostgresApplyError::Table {
+                table: step.table.id.to_string(),
+                message: "table was not prepared".into(),
+            })?;
+        let s = &t.statements;
+        match &step.action {
+            Action::Upsert(rows) | Action::Delete(rows) | Action::Insert(rows) => {
+                let (text, cols, what): (&str, Vec<usize>, &str) = match &step.action {
+                    Action::Upsert(_) => (
+                        &s.upsert,
+                        (0..step.table.columns.len()).collect(),
+                        "upserting into",
+                    ),
+                    Action::Delete(_) => (&s.delete, step.table.primary_key.clone(), "deleting from"),
+                    _ => (
+                        &s.insert,
+                        (0..step.table.columns.len()).collect(),
+                        "inserting into",
+                    ),
+                };
+                let stmt = prepare(conn, text).await?;
+                for chunk in batch::chunks(
+                    rows,
+                    self.config.max_rows_per_statement,
+                    self.config.max_statement_bytes,
+                ) {
+                    let params = self.array_params(step.table, &t.target_text, chunk, &cols)?;
+                    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+                    conn.client
+                        .execute(&stmt, &refs)
+                        .await
+                        .map_err(driver(format!("{what} {}", t.target_text)))?;
+                }
+            }
+            Action::UpdateOne { seq, before, after } => {
+                let stmt = prepare(conn, &s.update_one).await?;
+                let mut params = self.row_params(step.table, &t.target_text, after)?;
+                params.extend(self.row_params(step.table, &t.target_text, before)?);
+                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+                let n = conn
+                    .client
+                    .execute(&stmt, &refs)
+                    .await
+                    .map_err(driver(format!("updating {}", t.target_text)))?;
+                if n != 1 {
+                    return Err(PostgresApplyError::Diverged {
+                        table: t.target_text.clone(),
+                        op: "update",
+                        seq: *seq,
+                    });
+                }
+            }
+            Action::DeleteOne { seq, before } => {
+                let stmt = prepare(conn, &s.delete_one).await?;
+                let params = self.row_params(step.table, &t.target_text, before)?;
+                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+                let n = conn
+                    .client
+                    .execute(&stmt, &refs)
+                    .await
+                    .map_err(driver(format!("deleting from {}", t.target_text)))?;
+                if n != 1 {
+                    return Err(PostgresApplyError::Diverged {
+                        table: t.target_text.clone(),
+                        op: "delete",
+                        seq: *seq,
+                    });
+                }
+            }
+            Action::Truncate if s.truncate.is_empty() => {} // the replica has no such table
+            Action::Truncate => {
+                conn.client
+                    .batch_execute(&s.truncate)
+                    .await
+                    .map_err(driver(format!("truncating {}", t.target_text)))?;
+            }
+            Action::Cascade(change) => {
+                let mut store = PgCascade {
+                    conn,
+                    config: &self.config,
+                    types: HashMap::new(),
+                };
+                pipeline::cascade::cascade(&mut store, step.table, change, skip)
+                    .await
+                    .map_err(|e| match e {
+                        CascadeError::Store(e) => e,
+                        e => PostgresApplyError::Internal(e.to_string()),
+                    })?;
+            }
+        }
+        Ok(())
     }
 
     fn value_err(table: &str, col: &str) -> impl FnOnce(String) -> PostgresApplyError {
@@ -726,6 +1061,35 @@ impl PostgresSink {
     }
 }
 
+/// The columns of `target` (name → qualified type name and type category),
+/// `None` when the table does not exist.
+async fn read_columns(
+    client: &Client,
+    target: &TableId,
+) -> Result<Option<HashMap<String, (String, String)>>> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format('%I.%I', tn.nspname, t.typname), t.typcategory::text \
+             FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_type t ON t.oid = a.atttypid \
+             JOIN pg_namespace tn ON tn.oid = t.typnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&target.schema, &target.name],
+        )
+        .await
+        .map_err(driver(format!("reading the columns of {target}")))?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        rows.into_iter()
+            .map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2))))
+            .collect(),
+    ))
+}
+
 /// Runs idempotent DDL; a concurrent creator of the same object makes the
 /// first attempt fail with a duplicate error, and the retry then sees it.
 async fn ddl(client: &Client, statement: &str, context: &str) -> Result<()> {
@@ -763,37 +1127,315 @@ fn first_words(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
-impl Sink for PostgresSink {
-    type Error = PostgresApplyError;
-
-    async fn open(&mut self) -> Result<u64> {
-        self.tables.clear();
-        self.connect().await?;
-        Ok(self.applied)
+impl PostgresSink {
+    async fn read_quarantines(&mut self) -> Result<Vec<Quarantine>> {
+        let client = &self.conn.as_ref().expect("connected").client;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT table_schema, table_name, first_seq, reason FROM {} WHERE consumer = $1 \
+                     ORDER BY table_schema, table_name",
+                    self.quarantine_table
+                ),
+                &[&self.name],
+            )
+            .await
+            .map_err(driver("reading the quarantine table"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Quarantine {
+                table: TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                first_seq: r.get::<_, i64>(2) as u64,
+                reason: r.get(3),
+            })
+            .collect())
     }
 
-    async fn apply(&mut self, txns: &[Transaction]) -> Result<()> {
+    async fn prepare(&mut self, txns: &[Transaction], mode: Mode<'_>) -> Result<()> {
         if self.conn.is_none() {
             self.tables.clear();
             self.connect().await?;
         }
-        if let Err(e) = self.ensure_tables(txns).await {
+        if let Err(e) = self.ensure_tables(txns, mode).await {
             self.conn = None;
             self.known_tables.clear();
             self.tables.clear();
             return Err(e);
         }
+        Ok(())
+    }
+}
+
+impl Sink for PostgresSink {
+    type Error = PostgresApplyError;
+
+    async fn open(&mut self) -> Result<Opened> {
+        self.tables.clear();
+        let r = async {
+            self.connect().await?;
+            self.read_quarantines().await
+        }
+        .await;
+        match r {
+            Ok(quarantined) => Ok(Opened {
+                applied: self.applied,
+                quarantined,
+            }),
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
+        }
+    }
+
+    async fn apply(&mut self, txns: &[Transaction], skip: &HashSet<TableId>) -> Result<()> {
+        let mode = Mode::Stream { skip };
+        self.prepare(txns, mode).await?;
         let group = match self.config.max_transactions_per_commit {
             0 => txns.len().max(1),
             n => n,
         };
         for part in txns.chunks(group) {
             if self.conn.is_none() {
-                self.connect().await?;
-                self.ensure_tables(part).await?;
+                self.prepare(part, mode).await?;
             }
-            self.apply_group(part).await?;
+            self.apply_group(part, mode).await?;
         }
+        Ok(())
+    }
+
+    async fn quarantine(&mut self, q: &Quarantine) -> Result<()> {
+        if self.conn.is_none() {
+            self.tables.clear();
+            self.connect().await?;
+        }
+        let client = &self.conn.as_ref().expect("connected").client;
+        let r = client
+            .execute(
+                &format!(
+                    "INSERT INTO {} (consumer, table_schema, table_name, first_seq, reason) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (consumer, table_schema, table_name) \
+                     DO UPDATE SET first_seq = EXCLUDED.first_seq, reason = EXCLUDED.reason, since = now()",
+                    self.quarantine_table
+                ),
+                &[
+                    &self.name,
+                    &q.table.schema,
+                    &q.table.name,
+                    &(q.first_seq as i64),
+                    &q.reason,
+                ],
+            )
+            .await
+            .map(|_| ())
+            .map_err(driver("storing a quarantine"));
+        if r.is_err() {
+            self.conn = None;
+        }
+        r
+    }
+
+    async fn resume(
+        &mut self,
+        table: &TableId,
+        txns: &[Transaction],
+        from: u64,
+        next: Option<u64>,
+    ) -> Result<()> {
+        let mode = Mode::Resume { table, from, next };
+        self.prepare(txns, mode).await?;
+        self.apply_group(txns, mode).await
+    }
+}
+
+/// Foreign-key cascades on a PostgreSQL replica (see [`pipeline::cascade`]),
+/// inside the applier's open transaction. Values travel in text format, cast
+/// to the replica columns' own types; rows read back are cast to text and
+/// bound again the same way, so nothing is converted on the way.
+struct PgCascade<'a> {
+    conn: &'a mut Connection,
+    config: &'a PostgresSinkConfig,
+    /// Replica column types per table (`None`: the replica has no such table).
+    types: HashMap<TableId, Option<HashMap<String, String>>>,
+}
+
+impl PgCascade<'_> {
+    /// The replica table and its column types, `None` when it has no such table.
+    async fn table(&mut self, table: &TableId) -> Result<Option<(TableId, HashMap<String, String>)>> {
+        let target = self.config.target_table(table);
+        if !self.types.contains_key(table) {
+            let cols = read_columns(&self.conn.client, &target)
+                .await?
+                .map(|c| c.into_iter().map(|(n, (ty, _))| (n, ty)).collect());
+            self.types.insert(table.clone(), cols);
+        }
+        Ok(self.types[table].clone().map(|t| (target, t)))
+    }
+
+    /// Replica names and types of `cols` of source table `table`.
+    fn columns(
+        &self,
+        table: &TableId,
+        cols: &[String],
+        types: &HashMap<String, String>,
+    ) -> Result<Vec<(String, String)>> {
+        cols.iter()
+            .map(|c| {
+                let name = self.config.target_column(table, c);
+                let ty = types
+                    .get(&name)
+                    .cloned()
+                    .ok_or_else(|| PostgresApplyError::Table {
+                        table: table.to_string(),
+                        message: format!("a cascade needs column {name:?}, which the replica table lacks"),
+                    })?;
+                Ok((sql::quote_ident(&name).map_err(PostgresApplyError::Internal)?, ty))
+            })
+            .collect()
+    }
+
+    /// `(a, b) IN (SELECT * FROM unnest($1::ta[], $2::tb[]))` from parameter `first`.
+    fn condition(cols: &[(String, String)], first: usize) -> String {
+        let names = cols
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let arrays = cols
+            .iter()
+            .enumerate()
+            .map(|(i, (_, ty))| format!("${}::{ty}[]", first + i))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("({names}) IN (SELECT * FROM unnest({arrays}))")
+    }
+
+    /// One array literal per column of `keys`.
+    fn arrays(keys: &[Vec<Option<String>>], width: usize) -> Vec<TextParam> {
+        (0..width)
+            .map(|i| {
+                let mut a = String::from("{");
+                for k in keys {
+                    sql::push_array_element(&mut a, k[i].as_deref());
+                }
+                a.push('}');
+                TextParam(Some(a))
+            })
+            .collect()
+    }
+}
+
+impl CascadeStore for PgCascade<'_> {
+    type Val = Option<String>;
+    type Error = PostgresApplyError;
+
+    fn value(&self, table: &TableSchema, col: usize, v: &pipeline::Value) -> Result<Self::Val> {
+        let c = &table.columns[col];
+        sql::to_text(v, c, self.config.zero_dates).map_err(|message| PostgresApplyError::Value {
+            table: table.id.to_string(),
+            column: c.name.clone(),
+            message,
+        })
+    }
+
+    fn is_null(v: &Self::Val) -> bool {
+        v.is_none()
+    }
+
+    fn null() -> Self::Val {
+        None
+    }
+
+    async fn select(
+        &mut self,
+        table: &TableId,
+        cols: &[String],
+        keys: &[Vec<Self::Val>],
+        want: &[String],
+    ) -> Result<Vec<Vec<Self::Val>>> {
+        let Some((target, types)) = self.table(table).await? else {
+            return Ok(Vec::new());
+        };
+        let m = self.columns(table, cols, &types)?;
+        let w = self.columns(table, want, &types)?;
+        let list = w
+            .iter()
+            .map(|(n, _)| format!("{n}::text"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let q = format!(
+            "SELECT {list} FROM {} WHERE {}",
+            sql::quote_table(&target).map_err(PostgresApplyError::Internal)?,
+            Self::condition(&m, 1)
+        );
+        let params = Self::arrays(keys, m.len());
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        let rows = self
+            .conn
+            .client
+            .query(&q, &refs)
+            .await
+            .map_err(driver(format!("reading rows a cascade reaches in {target}")))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (0..w.len()).map(|i| r.get::<_, Option<String>>(i)).collect())
+            .collect())
+    }
+
+    async fn delete(&mut self, table: &TableId, cols: &[String], keys: &[Vec<Self::Val>]) -> Result<()> {
+        let Some((target, types)) = self.table(table).await? else {
+            return Ok(());
+        };
+        let m = self.columns(table, cols, &types)?;
+        let q = format!(
+            "DELETE FROM {} WHERE {}",
+            sql::quote_table(&target).map_err(PostgresApplyError::Internal)?,
+            Self::condition(&m, 1)
+        );
+        let params = Self::arrays(keys, m.len());
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        self.conn
+            .client
+            .execute(&q, &refs)
+            .await
+            .map_err(driver(format!("cascading a delete into {target}")))?;
+        Ok(())
+    }
+
+    async fn update(
+        &mut self,
+        table: &TableId,
+        cols: &[String],
+        keys: &[Vec<Self::Val>],
+        new: Option<&[Self::Val]>,
+    ) -> Result<()> {
+        let Some((target, types)) = self.table(table).await? else {
+            return Ok(());
+        };
+        let m = self.columns(table, cols, &types)?;
+        let (set, mut params): (Vec<String>, Vec<TextParam>) = match new {
+            Some(values) => (
+                m.iter()
+                    .enumerate()
+                    .map(|(i, (n, ty))| format!("{n} = ${}::{ty}", i + 1))
+                    .collect(),
+                values.iter().map(|v| TextParam(v.clone())).collect(),
+            ),
+            None => (m.iter().map(|(n, _)| format!("{n} = NULL")).collect(), Vec::new()),
+        };
+        let q = format!(
+            "UPDATE {} SET {} WHERE {}",
+            sql::quote_table(&target).map_err(PostgresApplyError::Internal)?,
+            set.join(", "),
+            Self::condition(&m, params.len() + 1)
+        );
+        params.extend(Self::arrays(keys, m.len()));
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        self.conn
+            .client
+            .execute(&q, &refs)
+            .await
+            .map_err(driver(format!("cascading an update into {target}")))?;
         Ok(())
     }
 }

@@ -47,6 +47,45 @@ pub enum ZeroDates {
     Null,
 }
 
+/// PostgreSQL's system column names: a user column cannot have one.
+pub const SYSTEM_COLUMNS: &[&str] = &["tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"];
+
+/// True when `name` is a PostgreSQL system column name.
+pub fn is_system_column(name: &str) -> bool {
+    SYSTEM_COLUMNS.contains(&name)
+}
+
+/// A name PostgreSQL can hold: `name` itself when it fits in 63 bytes, else
+/// its first bytes (up to 54, on a character boundary), `_` and 8 hex digits
+/// of the CRC-32 of the whole name, so that two long names that share a
+/// prefix stay apart and the mapping never changes.
+pub fn pg_name(name: &str) -> String {
+    if name.len() <= MAX_IDENT_BYTES {
+        return name.to_string();
+    }
+    let mut end = 54;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}_{:08x}", &name[..end], crc32(name.as_bytes()))
+}
+
+/// CRC-32 (IEEE), bitwise: names are short and rare.
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
 /// `"name"` with `"` doubled; refuses names PostgreSQL would truncate or cannot hold.
 pub fn quote_ident(name: &str) -> Result<String, String> {
     if name.is_empty() || name.len() > MAX_IDENT_BYTES || name.contains('\0') {
@@ -120,15 +159,20 @@ pub fn column_type_sql(col: &ColumnDef) -> Result<(String, Option<String>), Stri
         ColumnType::DateTime { fsp } => (format!("timestamp({fsp}) without time zone"), None),
         ColumnType::Timestamp { fsp } => (format!("timestamp({fsp}) with time zone"), None),
         ColumnType::Year => ("smallint".into(), None),
-        ColumnType::Char { length } | ColumnType::VarChar { length } => (format!("varchar({length})"), None),
-        ColumnType::Text { .. } => ("text".into(), None),
+        ColumnType::Char { length } | ColumnType::VarChar { length } => {
+            (format!("varchar({length}){}", text_collation(col)), None)
+        }
+        ColumnType::Text { .. } => (format!("text{}", text_collation(col)), None),
         ColumnType::Binary { .. } | ColumnType::VarBinary { .. } | ColumnType::Blob { .. } => {
             ("bytea".into(), None)
         }
         ColumnType::Json => ("jsonb".into(), None),
-        ColumnType::Enum { labels: ls } => ("text".into(), Some(format!("{q} IN ({})", labels(ls)?))),
+        ColumnType::Enum { labels: ls } => (
+            format!("text{}", text_collation(col)),
+            Some(format!("{q} IN ({})", labels(ls)?)),
+        ),
         ColumnType::Set { labels: ls } => (
-            "text".into(),
+            format!("text{}", text_collation(col)),
             Some(format!(
                 "{q} = '' OR string_to_array({q}, ',') <@ ARRAY[{}]::text[]",
                 labels(ls)?
@@ -138,6 +182,20 @@ pub fn column_type_sql(col: &ColumnDef) -> Result<(String, Option<String>), Stri
         ColumnType::Uuid => ("uuid".into(), None),
         ColumnType::Other { name } => return Err(format!("source type {name:?} has no mapping")),
     })
+}
+
+/// The `COLLATE` clause for a text column. PostgreSQL's own collations are
+/// deterministic (two strings are equal only when their bytes are), so keys
+/// never merge rows the source keeps apart, whatever the source collation.
+/// A binary source collation (`*_bin`) also *orders* by code point, which is
+/// what `"C"` does with UTF-8; other source collations (case- or
+/// accent-insensitive) have no PostgreSQL equivalent that compares alike, so
+/// the database's default collation is used (see `docs/type-mapping.md`).
+pub fn text_collation(col: &ColumnDef) -> &'static str {
+    match col.collation.as_deref() {
+        Some(c) if c.ends_with("_bin") => " COLLATE \"C\"",
+        _ => "",
+    }
 }
 
 /// `CREATE TABLE IF NOT EXISTS` from the source definition.
@@ -157,6 +215,14 @@ pub fn create_table_sql(target: &TableId, schema: &TableSchema) -> Result<String
             "PRIMARY KEY ({})",
             key_list(schema).map_err(|m| (String::new(), m))?
         ));
+    }
+    for uk in &schema.unique_keys {
+        let cols = uk
+            .iter()
+            .map(|&i| quote_ident(&schema.columns[i].name))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| (String::new(), m))?;
+        parts.push(format!("UNIQUE ({})", cols.join(",")));
     }
     Ok(format!(
         "CREATE TABLE IF NOT EXISTS {} ({})",
@@ -185,6 +251,25 @@ pub struct TableStatements {
     pub update_one: String,
     pub delete_one: String,
     pub truncate: String,
+}
+
+impl TableStatements {
+    /// Only `truncate` (for a table known by name alone); empty when the
+    /// replica has no such table (nothing to truncate).
+    pub fn truncate_only(target: &TableId, exists: bool) -> Result<Self, String> {
+        Ok(TableStatements {
+            upsert: String::new(),
+            insert: String::new(),
+            delete: String::new(),
+            update_one: String::new(),
+            delete_one: String::new(),
+            truncate: if exists {
+                format!("TRUNCATE TABLE {}", quote_table(target)?)
+            } else {
+                String::new()
+            },
+        })
+    }
 }
 
 pub fn table_statements(
@@ -392,8 +477,22 @@ mod tests {
             ty,
             nullable: true,
             charset: None,
+            collation: None,
             source_type: String::new(),
         }
+    }
+
+    #[test]
+    fn long_and_system_names() {
+        assert_eq!(pg_name("short"), "short");
+        let long = "a".repeat(70);
+        let mapped = pg_name(&long);
+        assert_eq!(mapped.len(), 63);
+        assert!(mapped.starts_with(&"a".repeat(54)));
+        assert_ne!(pg_name(&format!("{long}x")), mapped);
+        assert_eq!(pg_name(&"é".repeat(40)).len(), 54 + 9);
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert!(is_system_column("xmin") && !is_system_column("xmin_"));
     }
 
     #[test]
@@ -438,6 +537,11 @@ mod tests {
             "timestamp(6) with time zone"
         );
         assert_eq!(t(ColumnType::Char { length: 3 }).0, "varchar(3)");
+        let bin = ColumnDef {
+            collation: Some("utf8mb4_bin".into()),
+            ..col("c", ColumnType::VarChar { length: 3 })
+        };
+        assert_eq!(column_type_sql(&bin).unwrap().0, "varchar(3) COLLATE \"C\"");
         assert_eq!(
             t(ColumnType::Enum {
                 labels: vec!["a'".into(), "b".into()]
@@ -468,6 +572,7 @@ mod tests {
                 col("v", ColumnType::Text { max_bytes: 65535 }),
             ],
             primary_key: vec![0],
+            ..Default::default()
         };
         let types = vec![
             "\"pg_catalog\".\"int4\"".to_string(),

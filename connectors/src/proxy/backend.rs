@@ -29,7 +29,8 @@ use super::packet::{
 };
 use bytes::{BufMut, BytesMut};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
@@ -158,6 +159,19 @@ pub struct BackendConn {
     pub mask_as: Option<std::sync::Arc<str>>,
     /// `SET SESSION TRANSACTION READ ONLY` ran on it (replica connections).
     pub read_only: bool,
+    /// Counts this connection in its pool's open connections until dropped.
+    pub open: Option<OpenGuard>,
+}
+
+/// Held by a pooled connection: the pool's count of open connections goes
+/// down when the connection is dropped, wherever that happens.
+#[derive(Debug)]
+pub struct OpenGuard(Arc<AtomicU64>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Frames at least this big are streamed to the client in chunks instead of
@@ -310,6 +324,7 @@ impl BackendConn {
             account: addr.user.as_str().into(),
             mask_as: None,
             read_only: false,
+            open: None,
         })
     }
 
@@ -739,6 +754,10 @@ pub struct Pool {
     epoch: std::sync::atomic::AtomicU64,
     max_idle_per_key: usize,
     connect_timeout: Duration,
+    /// Connections made by [`Pool::get`] and not dropped yet.
+    open: Arc<AtomicU64>,
+    /// Connections made by [`Pool::get`] since start.
+    connects: AtomicU64,
 }
 
 impl Pool {
@@ -751,6 +770,8 @@ impl Pool {
             epoch: std::sync::atomic::AtomicU64::new(0),
             max_idle_per_key,
             connect_timeout: Duration::from_secs(5),
+            open: Arc::new(AtomicU64::new(0)),
+            connects: AtomicU64::new(0),
         }
     }
 
@@ -791,6 +812,9 @@ impl Pool {
                     let mut c =
                         BackendConn::connect(self.account(key.account), key, self.connect_timeout).await?;
                     c.epoch = epoch;
+                    self.connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    c.open = Some(OpenGuard(self.open.clone()));
                     return Ok(c);
                 }
             }
@@ -827,6 +851,21 @@ impl Pool {
     /// False for a connection made before the last [`Pool::clear`].
     pub fn is_current(&self, conn: &BackendConn) -> bool {
         conn.epoch == self.epoch()
+    }
+
+    /// Connections this pool made that are still open (in use or idle).
+    pub fn open_connections(&self) -> u64 {
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Idle connections ready for reuse (of every account).
+    pub fn idle_connections(&self) -> usize {
+        self.idle().values().map(Vec::len).sum()
+    }
+
+    /// Connections this pool made since start.
+    pub fn connects(&self) -> u64 {
+        self.connects.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

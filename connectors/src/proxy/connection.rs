@@ -35,6 +35,7 @@ use super::handshake::{self, ClientStream, HandshakeError, CLIENT_DEPRECATE_EOF,
 use super::health::{lag_ok, BackendHealth, Gtid};
 use super::lexer::ClientCharset;
 use super::memory::Lease;
+use super::metrics;
 use super::packet::{
     err_payload, ok_payload, ErrPacket, PacketIo, ReadLimit, STATUS_AUTOCOMMIT, STATUS_IN_TRANS,
     STATUS_NO_BACKSLASH_ESCAPES,
@@ -361,6 +362,9 @@ struct Session {
     /// The master closed this session's connection (with its state): end
     /// the session after the current reply.
     close_after: bool,
+    /// The current command's reply to the client was an SQL error (the
+    /// `outcome` of the query metrics).
+    answered_err: bool,
 }
 
 impl Session {
@@ -406,6 +410,7 @@ impl Session {
             next_stmt: 1,
             no_backslash_escapes: false,
             close_after: false,
+            answered_err: false,
         }
     }
 
@@ -477,7 +482,12 @@ impl Session {
                         tracing::info!(user = %clip(&self.user.name, 64), %limit, "client packet refused; closing the session");
                         // The rest of the packet is still unread: the
                         // connection cannot go on (as on a server).
+                        let refused = Instant::now();
                         let _ = self.reply_err(code, "08S01", &msg).await;
+                        // A command dbmux answered itself, with an error.
+                        self.shared
+                            .metrics
+                            .record(M_LOCAL, metrics::ERROR, refused.elapsed());
                         super::packet::drain(&mut self.client).await;
                     }
                     return;
@@ -488,11 +498,13 @@ impl Session {
             let cmd = match Command::parse(&pkt.payload) {
                 Ok(c) => c,
                 Err(e) => {
-                    if self
-                        .reply_err(ER_UNKNOWN_COM, "08S01", &e.to_string())
-                        .await
-                        .is_err()
-                    {
+                    let started = Instant::now();
+                    let sent = self.reply_err(ER_UNKNOWN_COM, "08S01", &e.to_string()).await;
+                    // A malformed command, answered by dbmux with an error.
+                    self.shared
+                        .metrics
+                        .record(M_LOCAL, metrics::ERROR, started.elapsed());
+                    if sent.is_err() {
                         return;
                     }
                     continue;
@@ -502,14 +514,25 @@ impl Session {
                 return;
             }
             let started = Instant::now();
+            self.answered_err = false;
             let result = self.dispatch(cmd, pkt.payload).await;
             self.handle.idle();
+            let outcome = match &result {
+                Ok(Some(r)) if self.answered_err => Some((*r, metrics::ERROR)),
+                Ok(Some(r)) => Some((*r, metrics::OK)),
+                Ok(None) | Err(Fail::Client(_)) => None,
+                Err(Fail::Sql(_)) => Some((M_MASTER, metrics::ERROR)),
+                Err(Fail::MasterBroken(_) | Fail::MasterUnavailable(_)) => Some((M_MASTER, metrics::FAILED)),
+                Err(Fail::ReplicaBrokeMidReply(_)) => Some((M_REPLICA, metrics::FAILED)),
+                // `KILL` of the session's own connection: carried out, and
+                // answered (as a server does) with error 1927.
+                Err(Fail::Killed) => Some((M_LOCAL, metrics::ERROR)),
+            };
+            if let Some((route, outcome)) = outcome {
+                self.shared.metrics.record(route, outcome, started.elapsed());
+            }
             match result {
-                Ok(route) => {
-                    if let Some(r) = route {
-                        self.shared.metrics.record(r, started.elapsed());
-                    }
-                }
+                Ok(_) => {}
                 Err(Fail::Client(e)) => {
                     tracing::debug!(error = %e, "client connection failed");
                     return;
@@ -651,6 +674,7 @@ impl Session {
     }
 
     async fn reply_err(&mut self, code: u16, state: &str, msg: &str) -> std::io::Result<()> {
+        self.answered_err = true;
         self.client
             .send(1, &err_payload(code, state, msg))
             .await
@@ -951,6 +975,7 @@ impl Session {
         };
         match r {
             Ok((conn, sum)) => {
+                self.answered_err |= sum.err.is_some();
                 if sum.err.as_ref().is_some_and(|e| CLOSING_CODES.contains(&e.code)) {
                     // The server closes the connection after these: a
                     // client's oversized packet must not cost the next
@@ -981,6 +1006,7 @@ impl Session {
                     return Ok(Exec::Retry);
                 }
                 self.client.put(1, &err_payload(e.code, "HY000", &e.message));
+                self.answered_err = true;
                 Ok(Exec::Done(Summary {
                     err: Some(e),
                     ..Summary::default()
@@ -1251,12 +1277,14 @@ impl Session {
                     }
                 }
                 None => {
-                    let mark = self.client.wbuf.len();
+                    let (mark, err_mark) = (self.client.wbuf.len(), self.answered_err);
                     let (_, s) = self
                         .run_on(Which::Replica(idx), &payload, Reply::ResultSets, None)
                         .await?;
                     if s.err.is_some() && route.use_db.is_some() {
+                        // The client never sees the replica's error.
                         self.client.wbuf.truncate(mark);
+                        self.answered_err = err_mark;
                         self.replica = None;
                         self.replica_lacks_db = true;
                         let (_, s) = self
@@ -1276,11 +1304,12 @@ impl Session {
                     self.replica_lacks_db = false;
                 }
                 let which = self.read_target(false).await?;
-                let mark = self.client.wbuf.len();
+                let (mark, err_mark) = (self.client.wbuf.len(), self.answered_err);
                 let (ran, s) = self.run_on(which, &payload, Reply::ResultSets, None).await?;
                 if s.err.is_some() && ran != Which::Master && route.use_db.is_some() {
                     // The replica lacks the database; the master decides.
                     self.client.wbuf.truncate(mark);
+                    self.answered_err = err_mark;
                     self.replica = None;
                     let (_, s) = self
                         .run_on(Which::Master, &payload, Reply::ResultSets, None)

@@ -132,6 +132,21 @@ fn user_accounts(cfg: &ProxyConfig, base: &BackendAddr, replica: bool) -> Vec<(S
         .collect()
 }
 
+/// One backend's health now (for the admin status page).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackendStatus {
+    pub name: String,
+    /// `master` or `replica`.
+    pub role: &'static str,
+    pub up: bool,
+    /// Smoothed ping round trip.
+    pub ping_seconds: f64,
+    /// The replica's last applied `seq`, when known.
+    pub applied_seq: Option<u64>,
+    pub open_connections: u64,
+    pub idle_connections: u64,
+}
+
 /// A configured proxy, ready to [`Proxy::run`].
 pub struct Proxy {
     pub shared: Arc<Shared>,
@@ -256,26 +271,38 @@ impl Proxy {
         Ok(())
     }
 
-    /// Prometheus text for the proxy: query counters and latency histograms
-    /// by route, plus per-backend ping latency, up and applied seq.
-    pub fn render_metrics(&self) -> String {
+    /// Registers the proxy's metrics in the process's registry: statement
+    /// counters and latency by route and outcome, session and hardening
+    /// counters (refused packets, panics, kills), and — read at scrape time —
+    /// the client memory in use and per-backend health, ping latency, applied
+    /// seq and pool use (the pools of every backend account together).
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         let s = &self.shared;
-        let mut out = s.metrics.render();
-        out += &format!("{} {}\n", metrics::CLIENT_MEMORY_BYTES, s.memory.used());
-        let backends = std::iter::once(&s.master_health).chain(s.replicas.iter().map(|r| &r.health));
-        for h in backends {
-            let b = &h.name;
-            out += &format!(
-                "{}{{backend=\"{b}\"}} {}\n",
-                metrics::BACKEND_PING_SECONDS,
-                h.latency_us() as f64 / 1e6
-            );
-            out += &format!("{}{{backend=\"{b}\"}} {}\n", metrics::BACKEND_UP, h.is_up() as u8);
-            if let Some(seq) = h.applied_seq() {
-                out += &format!("{}{{backend=\"{b}\"}} {seq}\n", metrics::BACKEND_APPLIED_SEQ);
-            }
-        }
-        out
+        let backends = std::iter::once((&s.master_health, &s.master))
+            .chain(s.replicas.iter().map(|r| (&r.health, &r.pool)))
+            .map(|(health, pool)| metrics::BackendView {
+                health: health.clone(),
+                pool: pool.clone(),
+            })
+            .collect();
+        s.metrics.register(registry, backends, s.memory.clone());
+    }
+
+    /// The backends as the status page shows them: the master first.
+    pub fn backends(&self) -> Vec<BackendStatus> {
+        let s = &self.shared;
+        std::iter::once(("master", &s.master_health, &s.master))
+            .chain(s.replicas.iter().map(|r| ("replica", &r.health, &r.pool)))
+            .map(|(role, h, pool)| BackendStatus {
+                name: h.name.clone(),
+                role,
+                up: h.is_up(),
+                ping_seconds: h.latency_us() as f64 / 1e6,
+                applied_seq: h.applied_seq(),
+                open_connections: pool.open_connections(),
+                idle_connections: pool.idle_connections() as u64,
+            })
+            .collect()
     }
 
     /// Binds the configured listen address.
@@ -326,7 +353,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn metrics_text_names_routes_and_backends() {
+    async fn metrics_name_routes_and_backends() {
         let (native, _) = config::hash_password("pw");
         let cfg: ProxyConfig = toml::from_str(&format!(
             r#"
@@ -343,15 +370,29 @@ mysql_native_password = "{native}"
         .unwrap();
         let (_tx, rx) = watch::channel(0);
         let p = Proxy::new(cfg, rx, None).await.unwrap();
-        p.shared.metrics.record(1, Duration::from_micros(300));
-        let text = p.render_metrics();
+        p.shared
+            .metrics
+            .record(1, metrics::OK, Duration::from_micros(300));
+        let mut registry = prometheus_client::registry::Registry::default();
+        p.register_metrics(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(
-            text.contains("dbmux_proxy_queries_total{route=\"replica\"} 1"),
+            text.contains("dbmux_proxy_queries_total{route=\"replica\",outcome=\"ok\"} 1\n"),
             "{text}"
         );
-        assert!(text.contains("dbmux_proxy_query_duration_seconds_bucket{route=\"replica\",le=\"0.0005\"} 1"));
-        assert!(text.contains("dbmux_proxy_backend_up{backend=\"r1\"} 1"));
+        assert!(
+            text.contains("dbmux_proxy_backend_up{backend=\"r1\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("dbmux_proxy_backend_ping_seconds{backend=\"master\"}"));
+        assert!(text.contains("dbmux_proxy_pool_idle_connections{backend=\"master\"} 0\n"));
+        assert!(text.contains("dbmux_proxy_backend_connects_total{backend=\"r1\"} 0\n"));
+        // Unknown applied seq: no sample rather than a made-up one.
+        assert!(!text.contains("dbmux_proxy_backend_applied_seq{"), "{text}");
+        let b = p.backends();
+        assert_eq!((b[0].name.as_str(), b[0].role), ("master", "master"));
+        assert_eq!((b[1].name.as_str(), b[1].role), ("r1", "replica"));
         // An invalid section is refused with every problem listed.
         let bad: ProxyConfig = toml::from_str("master = \"nope\"\n").unwrap();
         let err = Proxy::new(bad, watch::channel(0).1, None)

@@ -3,6 +3,7 @@
 
 pub mod compare;
 pub mod dbmux;
+pub mod observe;
 pub mod private;
 pub mod workload;
 
