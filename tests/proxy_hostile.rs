@@ -710,6 +710,58 @@ print("\n".join(out))
     );
 }
 
+/// Under `dbmux run` a database created on the master reaches the replica
+/// later, with its first rows: a session that logged in before reads from
+/// the master meanwhile, and from the replica once it has the database (not
+/// from the master for the rest of its life).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item7_a_database_that_reaches_the_replica_later_is_read_there() {
+    let p = start_proxy(ProxyOpts::default());
+    let db = unique("pxy_later");
+    let mut m = direct(&master_url()).await;
+    m.query_drop(format!("CREATE DATABASE {db}")).await.unwrap();
+    m.query_drop(format!("CREATE TABLE {db}.t (a INT)"))
+        .await
+        .unwrap();
+    let master_id = server_id(&mut m).await;
+    let mut r = direct(&replica_url()).await;
+    let replica_id = server_id(&mut r).await;
+    let mut c = p.conn("app_eventual", &db).await;
+    for _ in 0..3 {
+        let (id, n): (u32, i64) = c
+            .query_first("SELECT @@server_id, COUNT(*) FROM t")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((id, n), (master_id, 0), "the replica has no {db} yet");
+    }
+    r.query_drop(format!("CREATE DATABASE {db}")).await.unwrap();
+    r.query_drop(format!("CREATE TABLE {db}.t (a INT)"))
+        .await
+        .unwrap();
+    // The same session, without a new login or USE.
+    let started = Instant::now();
+    loop {
+        let (id, n): (u32, i64) = c
+            .query_first("SELECT @@server_id, COUNT(*) FROM t")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 0);
+        if id == replica_id {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the session still reads from the master after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for url in [master_url(), replica_url()] {
+        let _ = direct(&url).await.query_drop(format!("DROP DATABASE {db}")).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn item7_diagnostics_answer_about_the_previous_statement() {
     let p = start_proxy(ProxyOpts::default());

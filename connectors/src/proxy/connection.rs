@@ -72,6 +72,14 @@ const CLOSING_CODES: &[u16] = &[1153, 1158, 1159, 1160, 1161];
 /// distinct ones the session is pinned to the master instead.
 const MAX_SETTINGS: usize = 32;
 
+/// How long reads of a session whose database a replica lacks stay on the
+/// master before a read tries the replica again. Under `dbmux run` a
+/// database created on the master reaches the replicas later (with its first
+/// rows): a session that logged in before must not read from the master for
+/// the rest of its life. A try costs one `COM_INIT_DB` on the replica
+/// connection the session keeps.
+const LACKS_DB_RECHECK: Duration = Duration::from_secs(1);
+
 /// Prepared statements one session may hold (MySQL's default
 /// `max_prepared_stmt_count`, which is per server).
 const MAX_STATEMENTS: usize = 16_382;
@@ -335,9 +343,10 @@ struct Session {
     replica: Option<(usize, BackendConn)>,
     /// Bumped whenever the replica connection changes.
     replica_gen: u64,
-    /// The replica cannot use the session's database (it lacks it): reads
-    /// go to the master until the database changes.
-    replica_lacks_db: bool,
+    /// When a replica last could not use the session's database (it lacks
+    /// it): reads go to the master until the database changes or
+    /// [`LACKS_DB_RECHECK`] has passed (see there).
+    replica_lacks_db: Option<Instant>,
     pin: Option<&'static str>,
     /// Status flags from the master's last reply (or, before there is a
     /// master connection, the autocommit the client asked for).
@@ -399,7 +408,7 @@ impl Session {
             master: None,
             replica: None,
             replica_gen: 0,
-            replica_lacks_db: false,
+            replica_lacks_db: None,
             pin: None,
             master_status: STATUS_AUTOCOMMIT,
             wrote: false,
@@ -740,7 +749,9 @@ impl Session {
         if self.pin.is_some()
             || in_txn
             || sh.replicas.is_empty()
-            || self.replica_lacks_db
+            || self
+                .replica_lacks_db
+                .is_some_and(|t| t.elapsed() < LACKS_DB_RECHECK)
             || self.no_backslash_escapes
             || sh.master_health.no_backslash_escapes()
         {
@@ -931,8 +942,12 @@ impl Session {
         }
         if let Some(db) = &self.db {
             if let Err(e) = conn.use_db(db).await.map_err(TakeError::Backend)? {
-                if which != Which::Master && e.code == ER_BAD_DB {
-                    self.replica_lacks_db = true;
+                if let (Which::Replica(i), ER_BAD_DB) = (which, e.code) {
+                    self.replica_lacks_db = Some(Instant::now());
+                    // A good connection (with the session's settings) that
+                    // only lacks the database: kept, so the next try is one
+                    // COM_INIT_DB, not a new login.
+                    self.replica = Some((i, conn));
                 }
                 return Err(TakeError::Sql(e));
             }
@@ -1286,7 +1301,7 @@ impl Session {
                         self.client.wbuf.truncate(mark);
                         self.answered_err = err_mark;
                         self.replica = None;
-                        self.replica_lacks_db = true;
+                        self.replica_lacks_db = Some(Instant::now());
                         let (_, s) = self
                             .run_on(Which::Master, &payload, Reply::ResultSets, None)
                             .await?;
@@ -1301,7 +1316,7 @@ impl Session {
             Some(s) => s,
             None => {
                 if route.use_db.is_some() {
-                    self.replica_lacks_db = false;
+                    self.replica_lacks_db = None;
                 }
                 let which = self.read_target(false).await?;
                 let (mark, err_mark) = (self.client.wbuf.len(), self.answered_err);
@@ -1315,7 +1330,7 @@ impl Session {
                         .run_on(Which::Master, &payload, Reply::ResultSets, None)
                         .await?;
                     if s.err.is_none() {
-                        self.replica_lacks_db = true;
+                        self.replica_lacks_db = Some(Instant::now());
                     }
                     s
                 } else {
@@ -1333,7 +1348,7 @@ impl Session {
         if let Some(db) = route.use_db {
             if self.db.as_deref() != Some(db.as_str()) && self.replica.is_some() {
                 // A replica connection that took the USE has the database.
-                self.replica_lacks_db = false;
+                self.replica_lacks_db = None;
             }
             for c in self.open_conns() {
                 c.db = Some(db.clone());
@@ -1762,7 +1777,7 @@ impl Session {
         self.wrote = false;
         self.gtid_pending = false;
         self.last = None;
-        self.replica_lacks_db = false;
+        self.replica_lacks_db = None;
         self.master_status = STATUS_AUTOCOMMIT;
         self.multi_statements = self.caps & CLIENT_MULTI_STATEMENTS != 0;
         self.no_backslash_escapes = false;
