@@ -305,8 +305,11 @@ impl Proxy {
             .collect()
     }
 
-    /// Binds the configured listen address.
+    /// Raises the open files limit (see [`listener::raise_fd_limit`]) and
+    /// binds the configured listen address: once the address is known (and
+    /// announced), the limit is the one clients will meet.
     pub async fn bind(&self) -> Result<TcpListener, ProxyError> {
+        listener::raise_fd_limit(self.shared.cfg.max_connections);
         let addr = self.shared.cfg.listen.clone();
         TcpListener::bind(&addr)
             .await
@@ -321,7 +324,6 @@ impl Proxy {
             interval: Duration::from_millis(s.cfg.health_interval_ms),
             timeout: Duration::from_millis(s.cfg.health_timeout_ms),
         };
-        listener::raise_fd_limit(s.cfg.max_connections);
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(health::supervised(
             s.master.clone(),
