@@ -7,6 +7,7 @@ mod observe;
 mod proxy_cmd;
 mod resume;
 mod run;
+mod source;
 mod status;
 mod tail;
 

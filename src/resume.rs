@@ -43,8 +43,8 @@ pub async fn resume_table(cfg: &Config, replica: &str, table: &str) -> anyhow::R
     })?);
     let options = ApplyOptions {
         max_batch_events: r.max_batch_events,
-        filter: match &cfg.source.mysql {
-            Some(m) => m.filter()?,
+        filter: match &cfg.source {
+            Some(s) => s.filter().map_err(anyhow::Error::msg)?,
             None => pipeline::filter::TableFilter::all(),
         },
     };

@@ -28,8 +28,8 @@ pub fn describe(c: &Config) -> String {
         c.data_dir.display(),
         c.log.fsync
     );
-    if let Some(m) = &c.source.mysql {
-        s.push_str(&format!("source: mysql {}\n", redact_url(&m.url)));
+    if let Some(source) = &c.source {
+        s.push_str(&format!("source: {}\n", source.describe()));
     }
     for r in &c.replicas {
         let url = match (&r.mysql, &r.postgres) {
@@ -86,6 +86,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = PipelineMetrics::new(&mut registry);
     pipeline::metrics::register_build_info(&mut registry, env!("CARGO_PKG_VERSION"));
+    // From the start, not only after this process's first append: after a restart the gauge would read 0.
+    metrics.log_last_seq.set(log.last_seq());
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));
 
@@ -102,17 +104,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut resume: HashMap<String, tokio::sync::mpsc::Sender<ResumeRequest>> = HashMap::new();
     // The capture's table filter as configured now: the appliers skip events of
     // tables excluded after they reached the log.
-    let filter = match &cfg.source.mysql {
-        Some(m) => m.filter().context("the table filter")?,
+    let filter = match &cfg.source {
+        Some(s) => s
+            .filter()
+            .map_err(anyhow::Error::msg)
+            .context("the table filter")?,
         None => pipeline::filter::TableFilter::all(),
     };
 
-    if let Some(m) = cfg.source.mysql.clone() {
+    if let Some(source_config) = &cfg.source {
         // (A proxy-only configuration has no source and no replicas.)
-        backlog = connectors::mysql::backlog::BinlogBacklog::new(&m.url)
-            .ok()
-            .map(crate::observe::Backlog::Mysql);
-        let source = connectors::mysql::capture::MysqlSource::new(m).context("configuring capture")?;
+        if let crate::config::SourceConfig::Mysql(m) = source_config {
+            backlog = connectors::mysql::backlog::BinlogBacklog::new(&m.url)
+                .ok()
+                .map(crate::observe::Backlog::Mysql);
+        }
+        let source = crate::source::build(source_config).context("configuring capture")?;
         let (log, metrics, sd) = (log.clone(), metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
             (
@@ -217,7 +224,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the admin server to {}", cfg.admin.listen))?;
         info!("admin server on http://{}", listener.local_addr()?);
-        let source = cfg.source.mysql.as_ref().map(|m| redact_url(&m.url));
+        let source = cfg.source.as_ref().map(|s| s.describe());
         let board = Arc::new(crate::status::StatusBoard::new(
             &cfg.name,
             source,

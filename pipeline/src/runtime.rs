@@ -97,7 +97,7 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
 /// Reads committed transactions from `source` and appends them to `log` with
 /// gapless `seq`s until `shutdown` or a definite error.
 pub async fn run_capture<S>(
-    source: S,
+    mut source: S,
     log: Arc<EmbeddedLog>,
     metrics: PipelineMetrics,
     options: CaptureOptions,
@@ -109,10 +109,14 @@ where
     let (tx, mut rx) = mpsc::channel::<CapturedTransaction>(options.channel_capacity.max(1));
     // Resume after the newest transaction in the log; before the first one,
     // from the start position stored on the very first start.
-    let resume = match log.last()? {
-        Some((_, p)) => Some(p),
+    let last = log.last()?.map(|(_, p)| p);
+    let resume = match &last {
+        Some(p) => Some(p.clone()),
         None => log.start_position()?,
     };
+    // What the log holds durably, for sources that confirm progress upstream.
+    let (durable_tx, durable_rx) = tokio::sync::watch::channel(last);
+    source.watch_durable(durable_rx);
     let reader_shutdown = shutdown.child_token();
     let reader_metrics = metrics.clone();
     let reader = tokio::spawn(read_source(
@@ -151,11 +155,15 @@ where
                 })
                 .collect();
             let n = txns.len() as u64;
+            let newest_position = txns.last().and_then(|t| t.position().cloned());
             let started = Instant::now();
             let log2 = log.clone();
             let bytes = tokio::task::spawn_blocking(move || log2.append_many(&txns))
                 .await
                 .map_err(|e| RuntimeError::Join(e.to_string()))??;
+            if newest_position.is_some() {
+                durable_tx.send_replace(newest_position);
+            }
             metrics.log_appended_bytes.inc_by(bytes);
             metrics
                 .log_append_seconds

@@ -9,4 +9,5 @@ mod apply;
 mod capture;
 mod equality;
 mod observe;
+mod pg_source;
 mod pipeline;

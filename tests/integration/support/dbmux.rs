@@ -96,6 +96,58 @@ include = ["{db}"]
         }
     }
 
+    /// A config capturing PostgreSQL database `db` (all of schema `public`)
+    /// through slot and publication `db`, into MariaDB replica database `db`
+    /// and PostgreSQL replica schema `db`.
+    pub fn with_pg_source(db: &str, replicas: Replicas, extra: &str) -> Dbmux {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = format!("127.0.0.1:{}", free_port());
+        let mut toml = format!(
+            r#"name = "{db}"
+data_dir = "{data}"
+
+[log]
+fsync = "always"
+truncate = false
+
+[admin]
+listen = "{admin}"
+
+[source.postgres]
+url = "{source}"
+slot = "{db}"
+publication = "{db}"
+include = ["public"]
+status_interval_secs = 1
+"#,
+            data = dir.path().join("data").display(),
+            source = with_db(&pg_url(), db),
+        );
+        if replicas.mariadb {
+            toml.push_str(&format!(
+                "\n[[replica]]\nname = \"mariadb\"\n[replica.mysql]\nurl = \"{}\"\ndatabases = {{ public = \"{db}\" }}\n",
+                with_db(&mysql_replica_url(), "")
+            ));
+        }
+        if replicas.postgres {
+            toml.push_str(&format!(
+                "\n[[replica]]\nname = \"postgres\"\n[replica.postgres]\nurl = \"{}\"\nschema = \"{db}\"\n",
+                pg_url()
+            ));
+        }
+        toml.push_str(extra);
+        let config = dir.path().join("dbmux.toml");
+        std::fs::write(&config, toml).unwrap();
+        Dbmux {
+            dir,
+            config,
+            admin,
+            db: db.to_string(),
+            child: None,
+            starts: 0,
+        }
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("dbmux.log")
     }

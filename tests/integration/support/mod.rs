@@ -4,6 +4,7 @@
 pub mod compare;
 pub mod dbmux;
 pub mod observe;
+pub mod pg_source;
 pub mod private;
 pub mod workload;
 
