@@ -119,8 +119,15 @@ fn load_config(path: &std::path::Path) -> Option<config::Config> {
     config::Config::load(path).map_err(|e| eprintln!("{e}")).ok()
 }
 
+/// Worker thread stack size: 8 MiB, as a process's main thread.
+const WORKER_STACK: usize = 8 << 20;
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
+        // The proxy classifies client SQL on these threads: its parse is
+        // bounded (connectors::proxy::lexer) to well under tokio's default
+        // 2 MiB; 8 MiB (virtual, touched only if used) is the margin.
+        .thread_stack_size(WORKER_STACK)
         .enable_all()
         .build()
         .expect("tokio runtime")

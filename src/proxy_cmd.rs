@@ -59,6 +59,8 @@ pub fn run(path: &Path) -> ExitCode {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
+        // As `dbmux run`'s runtime: a margin above the bounded parse.
+        b.thread_stack_size(8 << 20);
         if threads > 1 {
             b.worker_threads(threads);
         }

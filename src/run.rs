@@ -155,6 +155,8 @@ pub async fn run(mut cfg: Config, parts: Parts) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = PipelineMetrics::new(&mut registry);
     pipeline::metrics::register_build_info(&mut registry, env!("CARGO_PKG_VERSION"));
+    // From the start, not only after this process's first append: after a restart the gauge would read 0.
+    metrics.log_last_seq.set(log.last_seq());
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));
 

@@ -378,7 +378,9 @@ mod tests {
         assert_eq!(unique.len(), families.len(), "a family twice:\n{text}");
         for name in [
             BUILD_INFO,
+            CAPTURE_TRANSACTIONS,
             CAPTURE_EVENTS,
+            CAPTURE_CONNECTED,
             CAPTURE_BINLOG_BYTES_BEHIND,
             LOG_FIRST_SEQ,
             LOG_DISK_BYTES,

@@ -854,10 +854,14 @@ async fn quarantine_and_resume_with_the_kafka_log_and_split_processes() {
     );
     // The apply process learns the log's head from Kafka.
     let pg_ref = &pg;
-    wait_for("dbmux_log_last_seq in the apply process", CATCH_UP, || async move {
-        let m = admin_get(&pg_ref.admin, "/metrics").await?;
-        (metric(&m, "dbmux_log_last_seq") == Some(6.0)).then_some(())
-    })
+    wait_for(
+        "dbmux_log_last_seq in the apply process",
+        CATCH_UP,
+        || async move {
+            let m = admin_get(&pg_ref.admin, "/metrics").await?;
+            (metric(&m, "dbmux_log_last_seq") == Some(6.0)).then_some(())
+        },
+    )
     .await;
     let metrics = admin_get(&pg.admin, "/metrics").await.unwrap();
     assert_eq!(
