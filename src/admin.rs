@@ -6,13 +6,14 @@
 //! `POST /replicas/NAME/resume?table=DB.TABLE` (how `dbmux resume-table` lifts
 //! a quarantine while dbmux runs).
 
+use crate::log::AnyLog;
 use crate::status::StatusBoard;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use pipeline::log::EmbeddedLog;
+use pipeline::log::{Log, LogError, LogReader};
 use pipeline::metrics::PipelineMetrics;
 use pipeline::replica::ReplicaBoard;
 use pipeline::runtime::ResumeRequest;
@@ -39,7 +40,7 @@ pub struct Pipeline {
 
 #[derive(Clone)]
 struct AppState {
-    log: Arc<EmbeddedLog>,
+    log: AnyLog,
     metrics: PipelineMetrics,
     registry: Arc<Registry>,
     board: Arc<StatusBoard>,
@@ -59,7 +60,7 @@ struct LogQuery {
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    log: Arc<EmbeddedLog>,
+    log: AnyLog,
     metrics: PipelineMetrics,
     registry: Arc<Registry>,
     board: Arc<StatusBoard>,
@@ -100,7 +101,7 @@ async fn page() -> Response {
 async fn metrics_page(State(s): State<AppState>) -> Response {
     // Lag is computed now, from the log's head and each replica's position, so
     // it grows while a replica is down.
-    pipeline::runtime::refresh_lag(&s.metrics, &s.log, &s.pipeline.board);
+    pipeline::runtime::refresh_lag(&s.metrics, &s.log, &s.pipeline.board).await;
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &s.registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
@@ -109,22 +110,11 @@ async fn metrics_page(State(s): State<AppState>) -> Response {
 }
 
 async fn status(State(s): State<AppState>) -> Response {
-    let (board, log, metrics, replicas) = (
-        s.board.clone(),
-        s.log.clone(),
-        s.metrics.clone(),
-        s.pipeline.board.clone(),
-    );
-    // Reads the log's newest chunk: off the async workers.
-    match tokio::task::spawn_blocking(move || {
-        pipeline::runtime::refresh_lag(&metrics, &log, &replicas);
-        board.status(&log, &metrics, &replicas)
-    })
-    .await
-    {
-        Ok(body) => axum::Json(body).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    // The embedded log answers from local storage (off the async workers);
+    // Kafka from the brokers.
+    pipeline::runtime::refresh_lag(&s.metrics, &s.log, &s.pipeline.board).await;
+    let body = s.board.status(&s.log, &s.metrics, &s.pipeline.board).await;
+    axum::Json(body).into_response()
 }
 
 async fn history(State(s): State<AppState>) -> Response {
@@ -170,21 +160,24 @@ async fn resume_table(
 async fn read_log(State(s): State<AppState>, Query(q): Query<LogQuery>) -> Response {
     let from = q.from.unwrap_or(1).max(1);
     let limit = q.limit.unwrap_or(1000).clamp(1, MAX_LOG_PAGE);
-    let log = s.log.clone();
-    let res = tokio::task::spawn_blocking(move || log.read(from, limit)).await;
+    let res = match s.log.reader("admin").await {
+        Ok(mut reader) => reader.read(from, limit).await,
+        Err(e) => Err(e),
+    };
     match res {
-        Ok(Ok(events)) => {
+        Ok(txns) => {
             let mut body = String::new();
-            for e in events.iter().take(limit.max(1)) {
-                body.push_str(pipeline::envelope::to_envelope(e).as_str());
+            for env in txns
+                .iter()
+                .flat_map(pipeline::envelope::transaction_envelopes)
+                .take(limit)
+            {
+                body.push_str(env.as_str());
                 body.push('\n');
             }
             ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
         }
-        Ok(Err(e @ pipeline::log::LogError::Truncated { .. })) => {
-            (StatusCode::GONE, e.to_string()).into_response()
-        }
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e @ LogError::Truncated { .. }) => (StatusCode::GONE, e.to_string()).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

@@ -47,6 +47,9 @@ pub struct Config {
     /// Where dbmux keeps its own state (the embedded log).
     pub data_dir: PathBuf,
     pub log: LogConfig,
+    /// `[log.kafka]`, when `log.kind = "kafka"`.
+    #[cfg(feature = "kafka")]
+    pub kafka: Option<connectors::kafka::KafkaLogConfig>,
     /// `None` only in a proxy-only file.
     pub source: Option<SourceConfig>,
     pub replicas: Vec<ReplicaConfig>,
@@ -118,9 +121,18 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from(DEFAULT_DATA_DIR)
 }
 
+/// The log kinds (`[log] kind`).
+pub const LOG_KINDS: &[&str] = &["embedded", "kafka"];
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
+    /// `embedded` (fjall in `data_dir`, one process) or `kafka` (`[log.kafka]`).
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// `[log.kafka]`, parsed on its own (see [`Config::kafka`]).
+    #[serde(default)]
+    pub kafka: Option<toml::Value>,
     /// `always` (sync before a transaction counts as captured; the only mode
     /// that survives power loss), `interval`, or `never`.
     #[serde(default = "default_fsync")]
@@ -139,6 +151,10 @@ fn default_true() -> bool {
     true
 }
 
+fn default_kind() -> String {
+    "embedded".into()
+}
+
 fn default_fsync() -> String {
     "always".into()
 }
@@ -152,6 +168,8 @@ fn default_truncate_interval() -> u64 {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
+            kind: default_kind(),
+            kafka: None,
             fsync: default_fsync(),
             fsync_interval_ms: DEFAULT_FSYNC_INTERVAL_MS,
             truncate: true,
@@ -428,22 +446,68 @@ impl Config {
                 postgres: section(r.postgres, &format!("replica[{i}].postgres"), &mut problems),
             });
         }
+        #[cfg_attr(not(feature = "kafka"), allow(unused_mut))]
+        let mut log = raw.log;
+        let kafka_present = log.kafka.is_some();
+        #[cfg(feature = "kafka")]
+        let kafka = section(log.kafka.take(), "log.kafka", &mut problems);
         let config = Config {
             name: raw.name,
             data_dir: raw.data_dir,
-            log: raw.log,
+            log,
+            #[cfg(feature = "kafka")]
+            kafka,
             source,
             replicas,
             admin: raw.admin,
             #[cfg(feature = "proxy")]
             proxy: section(raw.proxy, "proxy", &mut problems),
         };
+        problems.extend(config.validate_log(kafka_present));
         problems.extend(config.validate_with(source_present, &presence));
         if problems.is_empty() {
             Ok(config)
         } else {
             Err(problems)
         }
+    }
+
+    /// `[log]`: the kind and, for Kafka, its section.
+    fn validate_log(&self, kafka_present: bool) -> Vec<String> {
+        let mut p = Vec::new();
+        match self.log.kind.as_str() {
+            "embedded" => {
+                if kafka_present {
+                    p.push("log.kafka: only used with log.kind = \"kafka\"".into());
+                }
+            }
+            "kafka" => {
+                #[cfg(feature = "kafka")]
+                match &self.kafka {
+                    Some(k) => p.extend(
+                        k.validate(&self.name)
+                            .into_iter()
+                            .map(|e| format!("log.kafka.{e}")),
+                    ),
+                    None if kafka_present => {}
+                    None => p.push(
+                        "log.kafka: required with log.kind = \"kafka\" (at least brokers = \"host:port\")"
+                            .into(),
+                    ),
+                }
+                #[cfg(not(feature = "kafka"))]
+                p.push("log.kind: this dbmux was built without the `kafka` feature".into());
+            }
+            other => p.push(format!(
+                "log.kind: {other:?} is not one of {}",
+                LOG_KINDS
+                    .iter()
+                    .map(|k| format!("{k:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+        p
     }
 
     /// Semantic checks, every problem with its field path; told which sections
@@ -661,7 +725,14 @@ fn prefixed(prefix: &str, msg: String) -> String {
 /// connectors are checked by their own `deny_unknown_fields`.
 fn collect_unknown_keys(doc: &mut toml::Table, problems: &mut Vec<String>) {
     const TOP: &[&str] = &["name", "data_dir", "log", "source", "replica", "admin", "proxy"];
-    const LOG: &[&str] = &["fsync", "fsync_interval_ms", "truncate", "truncate_interval_s"];
+    const LOG: &[&str] = &[
+        "kind",
+        "kafka",
+        "fsync",
+        "fsync_interval_ms",
+        "truncate",
+        "truncate_interval_s",
+    ];
     const SOURCE: &[&str] = &["mysql", "postgres"];
     const REPLICA: &[&str] = &["name", "max_batch_events", "mysql", "postgres"];
     const ADMIN: &[&str] = &["listen"];
@@ -743,6 +814,37 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
     }
 
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn log_kind_and_kafka_section_are_validated_with_field_paths() {
+        let base = "[source.mysql]\nurl = \"mysql://u:p@127.0.0.1:1/app\"\n\
+                    [[replica]]\nname = \"r\"\n[replica.mysql]\nurl = \"mysql://u:p@127.0.0.1:2/app\"\n";
+        let parse = |log: &str| Config::parse(&format!("{log}\n{base}"), &|_| None, &[]);
+        let ok = parse("[log]\nkind = \"kafka\"\n[log.kafka]\nbrokers = \"127.0.0.1:19092\"").unwrap();
+        assert_eq!(ok.kafka.unwrap().log_topic(&ok.name), "dbmux.dbmux.log");
+        let problems = |log: &str| parse(log).err().unwrap().join("\n");
+        let p = problems("[log]\nkind = \"kafka\"");
+        assert!(p.contains("log.kafka: required"), "{p}");
+        let p = problems("[log]\nkind = \"kafka\"\n[log.kafka]\nbrokers = \"b:1\"\ncolour = 1");
+        assert!(p.contains("log.kafka: unknown field `colour`"), "{p}");
+        let p =
+            problems("[log]\nkind = \"kafka\"\n[log.kafka]\nbrokers = \"nohost\"\nmin_insync_replicas = 2");
+        assert!(
+            p.contains("log.kafka.brokers: \"nohost\" is not host:port"),
+            "{p}"
+        );
+        assert!(p.contains("log.kafka.min_insync_replicas"), "{p}");
+        let p = problems("[log]\nkind = \"bogus\"");
+        assert!(
+            p.contains("log.kind: \"bogus\" is not one of \"embedded\", \"kafka\""),
+            "{p}"
+        );
+        let p = problems("[log.kafka]\nbrokers = \"b:1\"");
+        assert!(
+            p.contains("log.kafka: only used with log.kind = \"kafka\""),
+            "{p}"
+        );
+    }
     #[test]
     fn source_is_exactly_one_kind() {
         let replica = "[[replica]]\nname = \"r\"\n[replica.postgres]\nurl = \"postgres://u@h/app\"\n";

@@ -1,5 +1,8 @@
-//! `dbmux run`: wires capture, the log, appliers and the admin server into
-//! tasks and stops them all together.
+//! `dbmux run`, `dbmux capture`, `dbmux apply`: wire capture, the log,
+//! appliers, the proxy and the admin server into tasks and stop them all
+//! together. `run` runs every part in one process (either log); `capture`
+//! and `apply --replica NAME` run one part each, as separate processes on
+//! separate hosts with the Kafka log between them.
 //!
 //! Any task that stops with an error stops the process (after the others shut
 //! down cleanly), with a non-zero exit: a pipeline that cannot go on says so
@@ -7,8 +10,9 @@
 //! retry them with backoff.
 
 use crate::config::{redact_url, Config};
+use crate::log::{AnyLog, Role};
 use anyhow::Context;
-use pipeline::log::{EmbeddedLog, FsyncPolicy};
+use pipeline::log::{FsyncPolicy, Log};
 use pipeline::metrics::PipelineMetrics;
 use pipeline::replica::ReplicaBoard;
 use pipeline::runtime::{self, ApplyOptions, CaptureOptions, ResumeRequest, RuntimeError};
@@ -22,12 +26,25 @@ use tracing::{error, info};
 
 /// One line per part, secrets redacted (for `check-config` and the start-up log).
 pub fn describe(c: &Config) -> String {
-    let mut s = format!(
-        "name: {}\ndata_dir: {}\nlog: fsync={}\n",
-        c.name,
-        c.data_dir.display(),
-        c.log.fsync
-    );
+    let mut s = format!("name: {}\ndata_dir: {}\n", c.name, c.data_dir.display());
+    match c.log.kind.as_str() {
+        #[cfg(feature = "kafka")]
+        "kafka" => {
+            if let Some(k) = &c.kafka {
+                s.push_str(&format!(
+                    "log: kafka {} topic={}{}\n",
+                    k.brokers,
+                    k.log_topic(&c.name),
+                    if k.change_events.enabled {
+                        format!(", change events on {}", k.change_events.topic)
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+        }
+        _ => s.push_str(&format!("log: embedded, fsync={}\n", c.log.fsync)),
+    }
     if let Some(source) = &c.source {
         s.push_str(&format!("source: {}\n", source.describe()));
     }
@@ -69,16 +86,68 @@ async fn shutdown_signal(token: CancellationToken) {
     token.cancel();
 }
 
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+/// Which replicas a process applies to.
+#[derive(Debug, Clone)]
+pub enum Appliers {
+    All,
+    One(String),
+    None,
+}
+
+/// Which parts a process runs.
+#[derive(Debug, Clone)]
+pub struct Parts {
+    pub capture: bool,
+    pub appliers: Appliers,
+    pub proxy: bool,
+}
+
+impl Parts {
+    /// `dbmux run`: everything configured.
+    pub const ALL: Parts = Parts {
+        capture: true,
+        appliers: Appliers::All,
+        proxy: true,
+    };
+}
+
+pub async fn run(mut cfg: Config, parts: Parts) -> anyhow::Result<()> {
     for line in describe(&cfg).lines() {
         info!("{line}");
     }
-    let dir = cfg.data_dir.join("log");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    match &parts.appliers {
+        Appliers::All => {}
+        Appliers::One(name) => {
+            if !cfg.replicas.iter().any(|r| &r.name == name) {
+                let known: Vec<&str> = cfg.replicas.iter().map(|r| r.name.as_str()).collect();
+                anyhow::bail!("no [[replica]] named {name:?} (configured: {})", known.join(", "));
+            }
+            cfg.replicas.retain(|r| &r.name == name);
+        }
+        Appliers::None => cfg.replicas.clear(),
+    }
+    // The capture's table filter as configured now: the appliers skip events of
+    // tables excluded after they reached the log (also in `dbmux apply`, which
+    // does not capture).
+    let filter = match &cfg.source {
+        Some(s) => s
+            .filter()
+            .map_err(anyhow::Error::msg)
+            .context("the table filter")?,
+        None => pipeline::filter::TableFilter::all(),
+    };
+    if !parts.capture {
+        cfg.source = None;
+    } else if cfg.source.is_none() && matches!(parts.appliers, Appliers::None) {
+        anyhow::bail!("dbmux capture: the configuration has no source ([source.mysql] or [source.postgres])");
+    }
+    let role = if cfg.source.is_some() {
+        Role::Capture
+    } else {
+        Role::Follow
+    };
+    let log = AnyLog::open(&cfg, role).await?;
     let policy = cfg.log.policy();
-    let log = Arc::new(
-        EmbeddedLog::open(&dir, policy).with_context(|| format!("opening the log in {}", dir.display()))?,
-    );
     info!(last_seq = log.last_seq(), "log opened");
 
     // The process's one metrics registry: the pipeline, the proxy, and
@@ -102,15 +171,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let replica_board = ReplicaBoard::new(&replica_names);
     // Resume requests for quarantined tables, per replica (from the admin server).
     let mut resume: HashMap<String, tokio::sync::mpsc::Sender<ResumeRequest>> = HashMap::new();
-    // The capture's table filter as configured now: the appliers skip events of
-    // tables excluded after they reached the log.
-    let filter = match &cfg.source {
-        Some(s) => s
-            .filter()
-            .map_err(anyhow::Error::msg)
-            .context("the table filter")?,
-        None => pipeline::filter::TableFilter::all(),
-    };
 
     if let Some(source_config) = &cfg.source {
         // (A proxy-only configuration has no source and no replicas.)
@@ -163,7 +223,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             _ => unreachable!("validated"),
         }
     }
-    if cfg.log.truncate {
+    // The process that writes the embedded log also trims it (Kafka: the
+    // topic's retention does).
+    if cfg.log.truncate && log.is_embedded() && role == Role::Capture {
         let (log, sd, names) = (log.clone(), shutdown.clone(), replica_names.clone());
         let every = Duration::from_secs(cfg.log.truncate_interval_s);
         let board = replica_board.clone();
@@ -174,7 +236,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             )
         });
     }
-    if let FsyncPolicy::IntervalMs(ms) = policy {
+    if let (FsyncPolicy::IntervalMs(ms), true) = (policy, log.is_embedded()) {
         let (log, sd) = (log.clone(), shutdown.clone());
         tasks.spawn(async move {
             (
@@ -193,7 +255,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     #[allow(unused_mut)]
     let mut proxy_view: Option<crate::status::ProxyFn> = None;
     #[cfg(feature = "proxy")]
-    if let Some(mut pcfg) = cfg.proxy.clone() {
+    if let Some(mut pcfg) = cfg.proxy.clone().filter(|_| parts.proxy) {
         // Replicas fed by this pipeline report their progress in the offsets
         // row `<pipeline name>/<replica name>`.
         for r in &mut pcfg.replicas {
@@ -227,6 +289,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let source = cfg.source.as_ref().map(|s| s.describe());
         let board = Arc::new(crate::status::StatusBoard::new(
             &cfg.name,
+            if log.is_embedded() { "embedded" } else { "kafka" },
             source,
             replica_names.clone(),
             proxy_view,
@@ -269,7 +332,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     }
     // Make what was captured durable whatever the policy.
-    let _ = log.sync();
+    let _ = log.sync().await;
     match first_error {
         Some(e) => Err(e),
         None => {

@@ -13,9 +13,11 @@ use crate::schema::TableSchema;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// Version 2 added column collations, unique keys and foreign keys to the
-/// stored table definitions; version 1 records are still read (see [`v1`]).
-const FORMAT_VERSION: u8 = 2;
+/// The record format this build writes (stored as the first byte; also the
+/// Kafka log's `dbmux-format` header). Version 2 added column collations,
+/// unique keys and foreign keys to the stored table definitions; version 1
+/// records are still read (see [`v1`]).
+pub const FORMAT_VERSION: u8 = 2;
 
 /// The record could not be decoded: the log is damaged or from a newer dbmux.
 #[derive(Debug, thiserror::Error)]

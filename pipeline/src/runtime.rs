@@ -15,7 +15,7 @@
 
 use crate::event::sequence_transaction;
 use crate::filter::TableFilter;
-use crate::log::{into_transactions, EmbeddedLog, LogError};
+use crate::log::{Log, LogError, LogReader};
 use crate::metrics::{PipelineMetrics, ReplicaLabel};
 use crate::replica::{Quarantine, ReplicaBoard, ReplicaState};
 use crate::retry::{Backoff, Classify, ErrorClass};
@@ -23,7 +23,6 @@ use crate::schema::TableId;
 use crate::sink::{Sink, TableScoped};
 use crate::source::{CapturedTransaction, Source};
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -47,6 +46,10 @@ pub enum RuntimeError {
     #[error("background task failed: {0}")]
     Join(String),
 }
+
+/// How long the log writer may sit idle before it calls [`Log::heartbeat`]
+/// (with Kafka: how soon a capture that another one fenced notices and stops).
+pub const WRITER_HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// Capture tuning.
 #[derive(Debug, Clone)]
@@ -96,25 +99,29 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
 
 /// Reads committed transactions from `source` and appends them to `log` with
 /// gapless `seq`s until `shutdown` or a definite error.
-pub async fn run_capture<S>(
+pub async fn run_capture<S, L>(
     mut source: S,
-    log: Arc<EmbeddedLog>,
+    log: L,
     metrics: PipelineMetrics,
     options: CaptureOptions,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError>
 where
     S: Source + 'static,
+    L: Log,
 {
     let (tx, mut rx) = mpsc::channel::<CapturedTransaction>(options.channel_capacity.max(1));
     // Resume after the newest transaction in the log; before the first one,
     // from the start position stored on the very first start.
-    let last = log.last()?.map(|(_, p)| p);
+    let last = log.last().await?.map(|(_, p)| p);
     let resume = match &last {
         Some(p) => Some(p.clone()),
-        None => log.start_position()?,
+        None => log.start_position().await?,
     };
-    // What the log holds durably, for sources that confirm progress upstream.
+    // What the log holds durably, for sources that confirm progress upstream
+    // (a PostgreSQL slot): published only once `append` has returned, which
+    // the log's contract makes the point of durability (Kafka: after the
+    // transaction commit).
     let (durable_tx, durable_rx) = tokio::sync::watch::channel(last);
     source.watch_durable(durable_rx);
     let reader_shutdown = shutdown.child_token();
@@ -132,6 +139,10 @@ where
         loop {
             let first = tokio::select! {
                 t = rx.recv() => match t { Some(t) => t, None => return Ok(()) },
+                _ = tokio::time::sleep(WRITER_HEARTBEAT) => {
+                    log.heartbeat().await?;
+                    continue;
+                }
                 _ = shutdown.cancelled() => return Ok(()),
             };
             let mut pending = vec![first];
@@ -157,10 +168,13 @@ where
             let n = txns.len() as u64;
             let newest_position = txns.last().and_then(|t| t.position().cloned());
             let started = Instant::now();
-            let log2 = log.clone();
-            let bytes = tokio::task::spawn_blocking(move || log2.append_many(&txns))
-                .await
-                .map_err(|e| RuntimeError::Join(e.to_string()))??;
+            // An append the shutdown interrupts is either whole in the log or
+            // not at all (the log's contract); the next start reads which. It
+            // publishes nothing as durable.
+            let bytes = tokio::select! {
+                r = log.append(txns) => r?,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
             if newest_position.is_some() {
                 durable_tx.send_replace(newest_position);
             }
@@ -187,9 +201,9 @@ where
     }
 }
 
-async fn read_source<S: Source>(
+async fn read_source<S: Source, L: Log>(
     mut source: S,
-    log: Arc<EmbeddedLog>,
+    log: L,
     mut resume: Option<crate::position::Position>,
     tx: mpsc::Sender<CapturedTransaction>,
     metrics: PipelineMetrics,
@@ -234,11 +248,7 @@ async fn read_source<S: Source>(
                 }
             }
         };
-        let log2 = log.clone();
-        let p2 = position.clone();
-        tokio::task::spawn_blocking(move || log2.set_start_position(&p2))
-            .await
-            .map_err(|e| RuntimeError::Join(e.to_string()))??;
+        log.set_start_position(&position).await?;
         info!(position = %position, "capture start position stored");
         resume = Some(position);
     }
@@ -300,6 +310,10 @@ pub struct ResumeRequest {
     pub reply: oneshot::Sender<Result<String, String>>,
 }
 
+/// Reads that may come back empty before resuming a table gives up (a shared
+/// log's reader answers "nothing yet" when a fetch takes longer than it waits).
+const RESUME_READ_ATTEMPTS: u32 = 100;
+
 /// What the apply loop keeps about its replica between batches.
 struct ApplyState {
     applied: u64,
@@ -324,11 +338,13 @@ impl ApplyState {
 /// A definite error that belongs to one table quarantines that table on this
 /// replica (see [`crate::replica`]) and the rest keeps flowing; any other
 /// definite error stops this replica alone (its state on `board` says why) and
-/// the function returns `Ok`. Only a failure of the log itself is an `Err`.
-pub async fn run_apply<K: Sink>(
+/// the function returns `Ok`. Only a definite failure of the log itself is
+/// an `Err`; a transient one (a broker restarting) is retried like a replica
+/// outage.
+pub async fn run_apply<K: Sink, L: Log>(
     name: String,
     mut sink: K,
-    log: Arc<EmbeddedLog>,
+    log: L,
     metrics: PipelineMetrics,
     board: ReplicaBoard,
     options: ApplyOptions,
@@ -346,6 +362,25 @@ pub async fn run_apply<K: Sink>(
         board.update(&name, |r| r.state = ReplicaState::Stopped { reason });
         metrics.apply_stopped.get_or_create(&label).set(1);
     };
+    let mut reader = log.reader(&name).await?;
+    // A transient log error (a broker restarting) is retried like a replica
+    // outage: back off, re-open the sink (re-reading its offset), re-read.
+    macro_rules! log_try {
+        ($open:lifetime, $e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) if e.is_transient() => {
+                    metrics.error("apply", ErrorClass::Transient);
+                    warn!(replica = %name, error = %e, attempt = backoff.attempts() + 1, "log unavailable; retrying");
+                    if sleep_or_cancel(backoff.next_delay(), &shutdown).await {
+                        return Ok(());
+                    }
+                    continue $open;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+    }
     'open: loop {
         if shutdown.is_cancelled() {
             return Ok(());
@@ -374,7 +409,9 @@ pub async fn run_apply<K: Sink>(
                 .collect(),
         };
         publish(&board, &metrics, &label, &name, &st);
-        let log_last = log.last_seq();
+        // Read from the log itself: a shared log's head watch may not have
+        // caught up yet.
+        let log_last = log_try!('open, log.last().await).map_or(0, |(s, _)| s);
         if st.applied > log_last {
             stop(
                 RuntimeError::ReplicaAhead {
@@ -386,53 +423,48 @@ pub async fn run_apply<K: Sink>(
             );
             return Ok(());
         }
-        if let Some(first) = log.first_seq()? {
+        if let Some(first) = log_try!('open, log.first_seq().await) {
             if st.applied < log_last && st.applied + 1 < first {
                 needs_snapshot(&name, &board, &metrics, &label, st.applied + 1, first);
                 return Ok(());
             }
         }
         info!(replica = %name, applied = st.applied, quarantined = st.quarantined.len(), "applier resuming");
-        log.ack(&name, st.retain())?;
+        log_try!('open, reader.ack(st.retain()).await);
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
             while let Ok(req) = requests.try_recv() {
-                let r = resume_table(&name, &mut sink, &log, &options, &mut st, &req.table).await;
+                let r = resume_table(&name, &mut sink, &mut reader, &options, &mut st, &req.table).await;
                 publish(&board, &metrics, &label, &name, &st);
-                log.ack(&name, st.retain())?;
                 let _ = req.reply.send(r);
+                log_try!('open, reader.ack(st.retain()).await);
             }
             notify.borrow_and_update();
-            let log2 = log.clone();
-            let from = st.applied + 1;
-            let max = options.max_batch_events;
-            let events = match tokio::task::spawn_blocking(move || log2.read(from, max))
-                .await
-                .map_err(|e| RuntimeError::Join(e.to_string()))?
-            {
-                Ok(ev) => ev,
+            let txns = match reader.read(st.applied + 1, options.max_batch_events).await {
                 Err(LogError::Truncated { requested, first }) => {
                     needs_snapshot(&name, &board, &metrics, &label, requested, first);
                     return Ok(());
                 }
-                Err(e) => return Err(e.into()),
+                r => log_try!('open, r),
             };
-            if events.is_empty() {
+            if txns.is_empty() {
                 tokio::select! {
                     _ = notify.changed() => {}
+                    // A shared log's head watch may run ahead of or behind
+                    // this reader's own fetches: look again now and then.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     Some(req) = requests.recv() => {
-                        let r = resume_table(&name, &mut sink, &log, &options, &mut st, &req.table).await;
+                        let r = resume_table(&name, &mut sink, &mut reader, &options, &mut st, &req.table).await;
                         publish(&board, &metrics, &label, &name, &st);
-                        log.ack(&name, st.retain())?;
                         let _ = req.reply.send(r);
+                        log_try!('open, reader.ack(st.retain()).await);
                     }
                     _ = shutdown.cancelled() => return Ok(()),
                 }
                 continue;
             }
-            let txns = into_transactions(events);
             let skip: HashSet<TableId> = txns
                 .iter()
                 .flat_map(|t| &t.events)
@@ -452,7 +484,7 @@ pub async fn run_apply<K: Sink>(
                 Ok(()) => {
                     backoff.reset();
                     st.applied = txns.last().expect("non-empty").last_seq();
-                    log.ack(&name, st.retain())?;
+                    log_try!('open, reader.ack(st.retain()).await);
                     metrics
                         .apply_batch_seconds
                         .get_or_create(&label)
@@ -590,16 +622,19 @@ fn needs_snapshot(
     metrics.apply_stopped.get_or_create(label).set(1);
 }
 
-/// Lifts the quarantine of `table` on a replica while dbmux is not running
+/// Lifts the quarantine of `table` on a replica while no applier runs for it
 /// (`dbmux resume-table` without an admin server to ask): opens the sink,
 /// re-applies the table's skipped events from `log` and lifts the quarantine.
-pub async fn resume_quarantined<K: Sink>(
+/// The caller makes sure no applier of the replica runs meanwhile (the
+/// embedded log's lock does; see `dbmux resume-table` for Kafka).
+pub async fn resume_quarantined<K: Sink, L: Log>(
     name: &str,
     sink: &mut K,
-    log: &Arc<EmbeddedLog>,
+    log: &L,
     options: &ApplyOptions,
     table: &TableId,
 ) -> Result<String, String> {
+    let mut reader = log.reader(name).await.map_err(|e| e.to_string())?;
     let opened = sink.open().await.map_err(|e| e.to_string())?;
     let mut st = ApplyState {
         applied: opened.applied,
@@ -609,9 +644,9 @@ pub async fn resume_quarantined<K: Sink>(
             .map(|q| (q.table.clone(), q))
             .collect(),
     };
-    let r = resume_table(name, sink, log, options, &mut st, table).await;
+    let r = resume_table(name, sink, &mut reader, options, &mut st, table).await;
     if r.is_ok() {
-        log.ack(name, st.retain()).map_err(|e| e.to_string())?;
+        reader.ack(st.retain()).await.map_err(|e| e.to_string())?;
     }
     r
 }
@@ -619,10 +654,10 @@ pub async fn resume_quarantined<K: Sink>(
 /// Re-applies the skipped events of a quarantined table from the log, in
 /// batches, each committed with the quarantine's new start (so a crash in the
 /// middle resumes where it stopped), and lifts the quarantine with the last.
-async fn resume_table<K: Sink>(
+async fn resume_table<K: Sink, R: LogReader>(
     name: &str,
     sink: &mut K,
-    log: &Arc<EmbeddedLog>,
+    reader: &mut R,
     options: &ApplyOptions,
     st: &mut ApplyState,
     table: &TableId,
@@ -638,21 +673,39 @@ async fn resume_table<K: Sink>(
         let (txns, next) = if done_all {
             (Vec::new(), None)
         } else {
-            let log2 = log.clone();
-            let max = options.max_batch_events;
-            let events = tokio::task::spawn_blocking(move || log2.read(from, max))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| match e {
-                    LogError::Truncated { .. } => format!(
-                        "{table} cannot be resumed from the log: {e}; it needs a snapshot of the table"
-                    ),
-                    e => e.to_string(),
-                })?;
-            let events: Vec<_> = events.into_iter().filter(|e| e.seq <= st.applied).collect();
-            let last = events.last().map_or(st.applied, |e| e.seq);
+            // `from` is at most the replica's offset, so the log has it: an
+            // empty read only means it has not arrived yet (a shared log's
+            // fetch), never "nothing left" (which would lift the quarantine
+            // without re-applying everything).
+            let mut attempts = 0;
+            let txns = loop {
+                let txns = reader
+                    .read(from, options.max_batch_events)
+                    .await
+                    .map_err(|e| match e {
+                        LogError::Truncated { .. } => format!(
+                            "{table} cannot be resumed from the log: {e}; it needs a snapshot of the table"
+                        ),
+                        e => e.to_string(),
+                    })?;
+                if !txns.is_empty() {
+                    break txns;
+                }
+                attempts += 1;
+                if attempts >= RESUME_READ_ATTEMPTS {
+                    return Err(format!(
+                        "{table} stays quarantined on replica {name}: the log did not return seq {from}, \
+                         which it must hold; try again"
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            // Whole transactions up to the replica's offset: the applier
+            // always stops at a transaction boundary.
+            let txns: Vec<_> = txns.into_iter().filter(|t| t.last_seq() <= st.applied).collect();
+            let last = txns.last().map_or(st.applied, |t| t.last_seq());
             let next = (last < st.applied).then_some(last + 1);
-            (into_transactions(events), next)
+            (txns, next)
         };
         let n = txns
             .iter()
@@ -696,12 +749,13 @@ async fn resume_table<K: Sink>(
 /// replica is down or stuck, as the log grows.
 ///
 /// `dbmux_apply_lag_seconds` is the age of the oldest unapplied transaction
-/// (now − its source commit time), 0 when caught up.
-pub fn refresh_lag(metrics: &PipelineMetrics, log: &EmbeddedLog, board: &ReplicaBoard) {
+/// (now − its source commit time, [`Log::commit_ts_at`]), 0 when caught up.
+pub async fn refresh_lag<L: Log>(metrics: &PipelineMetrics, log: &L, board: &ReplicaBoard) {
     let last = log.last_seq();
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
+    let age = |ts: i64| (now_us - ts).max(0) as f64 / 1e6;
     for (name, r) in board.all() {
         let label = ReplicaLabel { replica: name };
         let applied = r.applied_seq.unwrap_or(0);
@@ -712,15 +766,13 @@ pub fn refresh_lag(metrics: &PipelineMetrics, log: &EmbeddedLog, board: &Replica
         let seconds = if applied >= last {
             0.0
         } else {
-            match log.commit_ts_at(applied + 1) {
-                Ok(Some(ts)) => (now_us - ts).max(0) as f64 / 1e6,
+            match log.commit_ts_at(applied + 1).await {
+                Ok(Some(ts)) => age(ts),
                 // Truncated (the replica needs a snapshot): as old as the oldest kept.
-                _ => log
-                    .first_seq()
-                    .ok()
-                    .flatten()
-                    .and_then(|f| log.commit_ts_at(f).ok().flatten())
-                    .map_or(0.0, |ts| (now_us - ts).max(0) as f64 / 1e6),
+                _ => match log.first_seq().await {
+                    Ok(Some(f)) => log.commit_ts_at(f).await.ok().flatten().map_or(0.0, age),
+                    _ => 0.0,
+                },
             }
         };
         metrics.apply_lag_seconds.get_or_create(&label).set(seconds);
@@ -731,8 +783,8 @@ pub fn refresh_lag(metrics: &PipelineMetrics, log: &EmbeddedLog, board: &Replica
 /// consumer's acknowledgement already keeps what its quarantined tables
 /// still need). A replica that needs a snapshot cannot use the log and does
 /// not hold it back.
-pub async fn run_truncation(
-    log: Arc<EmbeddedLog>,
+pub async fn run_truncation<L: Log>(
+    log: L,
     consumers: Vec<String>,
     board: ReplicaBoard,
     every: Duration,
@@ -742,7 +794,6 @@ pub async fn run_truncation(
         if sleep_or_cancel(every, &shutdown).await {
             return Ok(());
         }
-        let log2 = log.clone();
         let names: Vec<String> = consumers
             .iter()
             .filter(|n| {
@@ -755,12 +806,7 @@ pub async fn run_truncation(
         if names.is_empty() {
             continue;
         }
-        let removed = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            log2.truncate(&refs)
-        })
-        .await
-        .map_err(|e| RuntimeError::Join(e.to_string()))??;
+        let removed = log.truncate(names).await?;
         if removed > 0 {
             tracing::debug!(removed, "log truncated");
         }
@@ -768,20 +814,17 @@ pub async fn run_truncation(
 }
 
 /// Syncs the log's journal every `every` (the `interval` fsync policy).
-pub async fn run_fsync(
-    log: Arc<EmbeddedLog>,
+pub async fn run_fsync<L: Log>(
+    log: L,
     every: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     loop {
         if sleep_or_cancel(every, &shutdown).await {
-            let _ = log.sync();
+            let _ = log.sync().await;
             return Ok(());
         }
-        let log2 = log.clone();
-        tokio::task::spawn_blocking(move || log2.sync())
-            .await
-            .map_err(|e| RuntimeError::Join(e.to_string()))??;
+        log.sync().await?;
     }
 }
 
@@ -795,7 +838,7 @@ mod tests {
     use crate::retry::Classify;
     use crate::schema::TableSchema;
     use crate::value::Value;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     #[derive(Debug, thiserror::Error)]
     #[error("injected {0:?} failure")]
@@ -922,6 +965,145 @@ mod tests {
         }
     }
 
+    /// A log whose appends wait for a permit: shows what capture publishes
+    /// while an append (a Kafka transaction) is not done yet.
+    #[derive(Clone)]
+    struct GatedLog {
+        inner: crate::log::EmbeddedLog,
+        gate: Arc<tokio::sync::Semaphore>,
+    }
+    impl Log for GatedLog {
+        type Reader = crate::log::EmbeddedReader;
+        fn last_seq(&self) -> u64 {
+            Log::last_seq(&self.inner)
+        }
+        fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+            Log::subscribe(&self.inner)
+        }
+        async fn last(&self) -> Result<Option<(u64, Position)>, LogError> {
+            Log::last(&self.inner).await
+        }
+        async fn first_seq(&self) -> Result<Option<u64>, LogError> {
+            Log::first_seq(&self.inner).await
+        }
+        async fn append(&self, txns: Vec<Transaction>) -> Result<u64, LogError> {
+            self.gate.acquire().await.expect("gate open").forget();
+            Log::append(&self.inner, txns).await
+        }
+        async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, LogError> {
+            Log::meta(&self.inner, key).await
+        }
+        async fn set_meta(&self, key: &str, value: Vec<u8>) -> Result<(), LogError> {
+            Log::set_meta(&self.inner, key, value).await
+        }
+        async fn reader(&self, consumer: &str) -> Result<Self::Reader, LogError> {
+            Log::reader(&self.inner, consumer).await
+        }
+        async fn acked(&self, consumer: &str) -> Result<Option<u64>, LogError> {
+            Log::acked(&self.inner, consumer).await
+        }
+        async fn truncate(&self, consumers: Vec<String>) -> Result<u64, LogError> {
+            Log::truncate(&self.inner, consumers).await
+        }
+        async fn commit_ts_at(&self, seq: u64) -> Result<Option<i64>, LogError> {
+            Log::commit_ts_at(&self.inner, seq).await
+        }
+        async fn sync(&self) -> Result<(), LogError> {
+            Log::sync(&self.inner).await
+        }
+    }
+
+    /// A [`MemSource`] that keeps the durable-position watch it is given.
+    struct Watching {
+        inner: MemSource,
+        durable: Arc<Mutex<Option<crate::source::DurablePosition>>>,
+    }
+    impl Source for Watching {
+        type Error = Fault;
+        async fn preflight(&mut self) -> Result<(), Fault> {
+            self.inner.preflight().await
+        }
+        async fn current_position(&mut self) -> Result<Position, Fault> {
+            self.inner.current_position().await
+        }
+        async fn start(&mut self, resume: Option<Position>) -> Result<(), Fault> {
+            self.inner.start(resume).await
+        }
+        async fn next_transaction(&mut self) -> Result<CapturedTransaction, Fault> {
+            self.inner.next_transaction().await
+        }
+        fn watch_durable(&mut self, durable: crate::source::DurablePosition) {
+            *self.durable.lock().unwrap() = Some(durable);
+        }
+    }
+
+    /// What a source may acknowledge upstream (a PostgreSQL slot's confirmed
+    /// position) never runs ahead of the log: capture publishes a position
+    /// only once the append holding it has returned (with Kafka: after the
+    /// transaction commit), and then exactly the newest one.
+    #[tokio::test]
+    async fn the_durable_position_follows_only_finished_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = GatedLog {
+            inner: crate::log::EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap(),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        };
+        let durable = Arc::new(Mutex::new(None));
+        let source = Watching {
+            inner: MemSource {
+                total: 3,
+                next: 0,
+                fail_at: vec![],
+            },
+            durable: durable.clone(),
+        };
+        let shutdown = CancellationToken::new();
+        let cap = tokio::spawn(run_capture(
+            source,
+            log.clone(),
+            PipelineMetrics::unregistered(),
+            CaptureOptions::default(),
+            shutdown.clone(),
+        ));
+        let mut watch = loop {
+            if let Some(w) = durable.lock().unwrap().clone() {
+                break w;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(*watch.borrow(), None, "nothing appended yet");
+        // The writer now waits inside `append` with the first batch.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(log.last_seq(), 0);
+        assert_eq!(
+            *watch.borrow_and_update(),
+            None,
+            "published before the append finished"
+        );
+        let pos = |offset: u64| {
+            Some(Position::Mysql(MysqlPosition {
+                file: "b.000001".into(),
+                offset,
+                gtid_set: None,
+            }))
+        };
+        // Let appends through one at a time: each published position is in the log.
+        let mut seen = None;
+        while seen != pos(3) {
+            log.gate.add_permits(1);
+            tokio::time::timeout(Duration::from_secs(10), watch.changed())
+                .await
+                .expect("a position after the append")
+                .unwrap();
+            seen = watch.borrow_and_update().clone();
+            let (_, in_log) = Log::last(&log).await.unwrap().expect("appended");
+            assert_eq!(seen, Some(in_log), "the published position is the log's newest");
+        }
+        assert_eq!(log.last_seq(), 6);
+        shutdown.cancel();
+        cap.await.unwrap().unwrap();
+    }
+
     #[tokio::test]
     async fn capture_and_apply_exactly_once_through_faults_and_restarts() {
         let dir = tempfile::tempdir().unwrap();
@@ -930,7 +1112,7 @@ mod tests {
         let total_events: u64 = (0..total_txns).map(|i| (i % 3 + 1) as u64).sum();
         // Several "process lifetimes": each reopens the log and stops early.
         for round in 0..3 {
-            let log = Arc::new(EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap());
+            let log = crate::log::EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap();
             let shutdown = CancellationToken::new();
             let metrics = PipelineMetrics::unregistered();
             let source = MemSource {
@@ -1017,7 +1199,7 @@ mod tests {
             }
         }
         let dir = tempfile::tempdir().unwrap();
-        let log = Arc::new(EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap());
+        let log = crate::log::EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap();
         let s = schema();
         let pos = Position::Postgres(1);
         log.append(&sequence_transaction(

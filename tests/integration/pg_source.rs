@@ -3,7 +3,7 @@
 //! `pgoutput` slot, both at the connector level and end to end through the
 //! real `dbmux` binary into the MariaDB and PostgreSQL replicas.
 
-use crate::support::dbmux::{Dbmux, BOTH};
+use crate::support::dbmux::{Dbmux, LogKind, BOTH};
 use crate::support::pg_source::{parse_lsn, PgSourceDb};
 use crate::support::{self, mysql_replica_url, pg_url, wait_for, with_db};
 use connectors::postgres::capture::{PostgresCaptureError, PostgresSource, PostgresSourceConfig};
@@ -832,16 +832,27 @@ async fn pg_workload(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_source_workload_with_sigkills_loses_and_repeats_nothing() {
+    pg_source_crashes(LogKind::Embedded, 1500, 50_000).await;
+}
+
+/// The same through the Kafka log (a shorter workload): the slot is
+/// confirmed only up to what a committed Kafka transaction holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_source_workload_with_sigkills_through_kafka_loses_and_repeats_nothing() {
+    pg_source_crashes(LogKind::Kafka, 900, 25_000).await;
+}
+
+async fn pg_source_crashes(kind: LogKind, txns: u64, min_changes: u64) {
     let src = PgSourceDb::create("pgwl").await;
     src.exec(WORKLOAD_TABLES).await;
-    let mut dbmux = Dbmux::with_pg_source(&src.name, BOTH, "");
+    let mut dbmux = Dbmux::with_pg_source_log(&src.name, BOTH, "", kind);
     dbmux.start();
     dbmux.wait_capturing().await;
     let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = tokio::spawn({
         let url = src.url.clone();
         let progress = progress.clone();
-        async move { pg_workload(&url, 1500, 21, progress).await }
+        async move { pg_workload(&url, txns, 21, progress).await }
     });
     let (mut kills, mut kills_while_writing) = (0, 0);
     let lsn_checks = std::sync::atomic::AtomicU64::new(0);
@@ -885,7 +896,7 @@ async fn pg_source_workload_with_sigkills_loses_and_repeats_nothing() {
         dbmux.start();
     }
     let (txns, changes) = writer.await.unwrap();
-    assert!(changes >= 50_000, "workload too small: {changes}");
+    assert!(changes >= min_changes, "workload too small: {changes}");
     assert!(
         kills >= 3 && kills_while_writing >= 2,
         "{kills} kills, {kills_while_writing} while writing"
@@ -925,7 +936,7 @@ async fn pg_source_workload_with_sigkills_loses_and_repeats_nothing() {
     let lsn_checks = lsn_checks.load(std::sync::atomic::Ordering::SeqCst);
     assert!(lsn_checks >= 10, "only {lsn_checks} slot-vs-log checks");
     println!(
-        "pg crash test: {kills} SIGKILLs ({kills_while_writing} while writing), {changes} row changes in {txns} \
+        "pg crash test ({kind:?} log): {kills} SIGKILLs ({kills_while_writing} while writing), {changes} row changes in {txns} \
          transactions, {lsn_checks} slot-vs-log checks"
     );
 }
