@@ -20,6 +20,8 @@ use connectors::mysql::apply::MysqlSinkConfig;
 use connectors::mysql::capture::MysqlSourceConfig;
 use connectors::postgres::apply::PostgresSinkConfig;
 use connectors::postgres::capture::PostgresSourceConfig;
+#[cfg(feature = "sqlserver")]
+use connectors::sqlserver::SqlServerSinkConfig;
 use pipeline::log::FsyncPolicy;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -94,8 +96,11 @@ struct RawReplica {
     name: String,
     #[serde(default = "default_max_batch_events")]
     max_batch_events: usize,
+    /// `[replica.mysql]`, also spelled `[replica.mariadb]`.
+    #[serde(alias = "mariadb")]
     mysql: Option<toml::Value>,
     postgres: Option<toml::Value>,
+    sqlserver: Option<toml::Value>,
 }
 
 fn section<T: serde::de::DeserializeOwned>(
@@ -242,8 +247,54 @@ pub struct ReplicaConfig {
     pub name: String,
     /// Events per target transaction (whole source transactions are never split).
     pub max_batch_events: usize,
-    pub mysql: Option<MysqlSinkConfig>,
-    pub postgres: Option<PostgresSinkConfig>,
+    pub kind: ReplicaKind,
+    /// Where the replica is in the file (`replica[2]`), for messages.
+    pub path: String,
+}
+
+/// The replica's engine: exactly one `[replica.<kind>]` section.
+#[derive(Debug, Clone)]
+pub enum ReplicaKind {
+    /// `[replica.mysql]` / `[replica.mariadb]`.
+    Mysql(MysqlSinkConfig),
+    /// `[replica.postgres]`.
+    Postgres(PostgresSinkConfig),
+    /// `[replica.sqlserver]`.
+    #[cfg(feature = "sqlserver")]
+    SqlServer(SqlServerSinkConfig),
+}
+
+impl ReplicaKind {
+    /// The section's key (`mysql`, `postgres`, `sqlserver`).
+    pub fn key(&self) -> &'static str {
+        match self {
+            ReplicaKind::Mysql(_) => "mysql",
+            ReplicaKind::Postgres(_) => "postgres",
+            #[cfg(feature = "sqlserver")]
+            ReplicaKind::SqlServer(_) => "sqlserver",
+        }
+    }
+
+    /// `kind url` with the password redacted.
+    pub fn describe(&self) -> String {
+        let url = match self {
+            ReplicaKind::Mysql(m) => &m.url,
+            ReplicaKind::Postgres(p) => &p.url,
+            #[cfg(feature = "sqlserver")]
+            ReplicaKind::SqlServer(s) => &s.url,
+        };
+        format!("{} {}", self.key(), redact_url(url))
+    }
+
+    /// The section's own checks, without its path.
+    fn validate(&self) -> Vec<String> {
+        match self {
+            ReplicaKind::Mysql(m) => m.validate(),
+            ReplicaKind::Postgres(p) => p.validate(),
+            #[cfg(feature = "sqlserver")]
+            ReplicaKind::SqlServer(s) => s.validate(),
+        }
+    }
 }
 
 fn default_max_batch_events() -> usize {
@@ -433,18 +484,66 @@ impl Config {
             (None, Some(p)) => section(Some(p), "source.postgres", &mut problems).map(SourceConfig::Postgres),
             (None, None) => None,
         };
-        // Presence is kept apart from the parsed value: a section that failed
-        // to parse was reported already and must not also count as missing.
-        let mut presence = Vec::with_capacity(raw.replica.len());
+        // Each replica's name and engine section are checked here, where the
+        // raw entries still stand at their place in the file: a replica whose
+        // section does not parse is reported and left out (the file is
+        // invalid anyway), without shifting the paths of the others.
+        let replicas_present = raw.replica.len();
         let mut replicas = Vec::with_capacity(raw.replica.len());
+        let mut names = std::collections::HashSet::new();
         for (i, r) in raw.replica.into_iter().enumerate() {
-            presence.push((r.mysql.is_some(), r.postgres.is_some()));
-            replicas.push(ReplicaConfig {
-                name: r.name,
-                max_batch_events: r.max_batch_events,
-                mysql: section(r.mysql, &format!("replica[{i}].mysql"), &mut problems),
-                postgres: section(r.postgres, &format!("replica[{i}].postgres"), &mut problems),
-            });
+            let at = format!("replica[{i}]");
+            if r.name.is_empty()
+                || !r
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                || r.name.len() > 64
+            {
+                problems.push(format!(
+                    "{at}.name: {:?} must be 1-64 characters of [A-Za-z0-9_-]",
+                    r.name
+                ));
+            } else if !names.insert(r.name.clone()) {
+                problems.push(format!("{at}.name: {:?} is used by another replica", r.name));
+            }
+            if r.max_batch_events == 0 {
+                problems.push(format!("{at}.max_batch_events: must be > 0"));
+            }
+            let given = [r.mysql.is_some(), r.postgres.is_some(), r.sqlserver.is_some()];
+            if given.iter().filter(|g| **g).count() != 1 {
+                problems.push(format!(
+                    "{at}: exactly one of [replica.mysql] (or [replica.mariadb]), [replica.postgres] or \
+                     [replica.sqlserver] is required"
+                ));
+                continue;
+            }
+            let kind = if r.mysql.is_some() {
+                section(r.mysql, &format!("{at}.mysql"), &mut problems).map(ReplicaKind::Mysql)
+            } else if r.postgres.is_some() {
+                section(r.postgres, &format!("{at}.postgres"), &mut problems).map(ReplicaKind::Postgres)
+            } else {
+                #[cfg(feature = "sqlserver")]
+                {
+                    section(r.sqlserver, &format!("{at}.sqlserver"), &mut problems)
+                        .map(ReplicaKind::SqlServer)
+                }
+                #[cfg(not(feature = "sqlserver"))]
+                {
+                    problems.push(format!(
+                        "{at}.sqlserver: this dbmux was built without the `sqlserver` feature"
+                    ));
+                    None
+                }
+            };
+            if let Some(kind) = kind {
+                replicas.push(ReplicaConfig {
+                    name: r.name,
+                    max_batch_events: r.max_batch_events,
+                    kind,
+                    path: at,
+                });
+            }
         }
         #[cfg_attr(not(feature = "kafka"), allow(unused_mut))]
         let mut log = raw.log;
@@ -464,7 +563,7 @@ impl Config {
             proxy: section(raw.proxy, "proxy", &mut problems),
         };
         problems.extend(config.validate_log(kafka_present));
-        problems.extend(config.validate_with(source_present, &presence));
+        problems.extend(config.validate_with(source_present, replicas_present));
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -510,10 +609,10 @@ impl Config {
         p
     }
 
-    /// Semantic checks, every problem with its field path; told which sections
-    /// were present in the file (a section that failed to parse was reported
-    /// already and is not also "missing").
-    fn validate_with(&self, source_present: bool, presence: &[(bool, bool)]) -> Vec<String> {
+    /// Semantic checks, every problem with its field path; told whether a
+    /// source and how many replicas the file has (a section that failed to
+    /// parse was reported already and is not also "missing").
+    fn validate_with(&self, source_present: bool, replicas_present: usize) -> Vec<String> {
         let mut p = Vec::new();
         if self.name.is_empty()
             || self.name.len() > 64
@@ -551,7 +650,7 @@ impl Config {
             p.extend(proxy.validate().into_iter().map(|e| e.to_string()));
         }
         // A pipeline needs a source and replicas; a proxy-only file needs neither.
-        let pipeline = source_present || !self.replicas.is_empty() || !has_proxy;
+        let pipeline = source_present || replicas_present > 0 || !has_proxy;
         if pipeline {
             match &self.source {
                 Some(s) => p.extend(s.validate()),
@@ -560,48 +659,13 @@ impl Config {
                     "source: exactly one source is required ([source.mysql] or [source.postgres])".into(),
                 ),
             }
-            if self.replicas.is_empty() {
+            if replicas_present == 0 {
                 p.push("replica: at least one [[replica]] is required".into());
             }
         }
-        let mut names = std::collections::HashSet::new();
-        for (i, r) in self.replicas.iter().enumerate() {
-            let at = format!("replica[{i}]");
-            if r.name.is_empty()
-                || !r
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                || r.name.len() > 64
-            {
-                p.push(format!(
-                    "{at}.name: {:?} must be 1-64 characters of [A-Za-z0-9_-]",
-                    r.name
-                ));
-            } else if !names.insert(r.name.clone()) {
-                p.push(format!("{at}.name: {:?} is used by another replica", r.name));
-            }
-            if r.max_batch_events == 0 {
-                p.push(format!("{at}.max_batch_events: must be > 0"));
-            }
-            let (has_mysql, has_pg) = presence.get(i).copied().unwrap_or((false, false));
-            if has_mysql == has_pg {
-                p.push(format!(
-                    "{at}: exactly one of [replica.mysql] or [replica.postgres] is required"
-                ));
-            } else if let Some(m) = &r.mysql {
-                p.extend(
-                    m.validate()
-                        .into_iter()
-                        .map(|e| prefixed(&format!("{at}.mysql"), e)),
-                );
-            } else if let Some(pg) = &r.postgres {
-                p.extend(
-                    pg.validate()
-                        .into_iter()
-                        .map(|e| prefixed(&format!("{at}.postgres"), e)),
-                );
-            }
+        for r in &self.replicas {
+            let at = format!("{}.{}", r.path, r.kind.key());
+            p.extend(r.kind.validate().into_iter().map(|e| prefixed(&at, e)));
         }
         p.extend(self.merge_problems());
         if !self.admin.listen.is_empty() && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
@@ -646,9 +710,9 @@ impl Config {
                 })
         };
         let named_literally = |db: &str| literal.as_ref().is_some_and(|l| l.contains(db));
-        for (i, r) in self.replicas.iter().enumerate() {
-            if let Some(m) = &r.mysql {
-                let at = format!("replica[{i}].mysql");
+        for r in &self.replicas {
+            if let ReplicaKind::Mysql(m) = &r.kind {
+                let at = format!("{}.mysql", r.path);
                 let mut targets: std::collections::BTreeMap<&str, &str> = Default::default();
                 for (from, to) in &m.databases {
                     if !filter.may_match_schema(from) {
@@ -680,9 +744,17 @@ impl Config {
                     ));
                 }
             }
-            if let Some(pg) = &r.postgres {
-                let at = format!("replica[{i}].postgres");
-                match (&pg.schema, &literal) {
+            // Engines that put tables into schemas named after the source
+            // database, or into one fixed `schema`.
+            let schemas = match &r.kind {
+                ReplicaKind::Postgres(pg) => Some((&pg.schema, &pg.offsets_schema)),
+                #[cfg(feature = "sqlserver")]
+                ReplicaKind::SqlServer(s) => Some((&s.schema, &s.offsets_schema)),
+                ReplicaKind::Mysql(_) => None,
+            };
+            if let Some((schema, offsets_schema)) = schemas {
+                let at = format!("{}.{}", r.path, r.kind.key());
+                match (schema, &literal) {
                     (Some(schema), None) => p.push(format!(
                         "{at}.schema: every table goes into schema {schema:?}, but source.mysql.include may \
                          capture several databases (empty or with wildcards in the database part); tables of \
@@ -697,14 +769,14 @@ impl Config {
                     )),
                     _ => {}
                 }
-                let offsets_clash = match &pg.schema {
-                    Some(s) => *s == pg.offsets_schema,
-                    None => named_literally(&pg.offsets_schema),
+                let offsets_clash = match schema {
+                    Some(s) => s == offsets_schema,
+                    None => named_literally(offsets_schema),
                 };
                 if offsets_clash {
                     p.push(format!(
                         "{at}.offsets_schema: {:?} would also receive replicated tables; choose another",
-                        pg.offsets_schema
+                        offsets_schema
                     ));
                 }
             }
@@ -734,7 +806,14 @@ fn collect_unknown_keys(doc: &mut toml::Table, problems: &mut Vec<String>) {
         "truncate_interval_s",
     ];
     const SOURCE: &[&str] = &["mysql", "postgres"];
-    const REPLICA: &[&str] = &["name", "max_batch_events", "mysql", "postgres"];
+    const REPLICA: &[&str] = &[
+        "name",
+        "max_batch_events",
+        "mysql",
+        "mariadb",
+        "postgres",
+        "sqlserver",
+    ];
     const ADMIN: &[&str] = &["listen"];
     // Reports and removes unknown keys, so the typed parse can go on to find
     // the remaining problems.
@@ -964,5 +1043,72 @@ mod tests {
         assert!(problems(&my("[\"a\"]", "{ a = \"b\" }")).is_empty());
         let p = problems(&my("[\"a\"]", "{ a = \"dbmux\" }"));
         assert!(p.iter().any(|e| e.contains("offsets_database")), "{p:?}");
+    }
+
+    #[cfg(feature = "sqlserver")]
+    #[test]
+    fn replica_kinds_are_a_tagged_enum_and_every_problem_is_reported_at_once() {
+        let source = "[source.mysql]\nurl = \"mysql://u@h/\"\ninclude = [\"app.*\"]\n";
+        let c = Config::parse(
+            &format!(
+                "{source}[[replica]]\nname = \"ms\"\n[replica.sqlserver]\nurl = \"sqlserver://sa:pw@h/app\"\n\
+                 [[replica]]\nname = \"maria\"\n[replica.mariadb]\nurl = \"mysql://u:p@h:1/\"\n"
+            ),
+            &|_| None,
+            &[],
+        )
+        .unwrap();
+        assert!(matches!(&c.replicas[0].kind, ReplicaKind::SqlServer(s) if s.offsets_schema == "dbmux"));
+        assert!(
+            matches!(c.replicas[1].kind, ReplicaKind::Mysql(_)),
+            "mariadb is the mysql kind"
+        );
+        assert_eq!(
+            c.replicas[0].kind.describe(),
+            "sqlserver sqlserver://sa:***@h/app"
+        );
+        let described = crate::run::describe(&c);
+        assert!(
+            described.contains("replica ms: sqlserver sqlserver://sa:***@h/app"),
+            "{described}"
+        );
+        assert!(!described.contains("pw"), "{described}");
+
+        // Five replicas, five different problems, all in one report, each at its own path.
+        let p = problems(&format!(
+            "{source}[[replica]]\nname = \"a\"\n[replica.sqlserver]\nurl = \"postgres://u:pw@h/x\"\n\
+             max_rows_per_statement = 0\n\
+             [[replica]]\nname = \"b\"\n[replica.sqlserver]\nurl = \"sqlserver://u@h/x\"\ncolour = 1\n\
+             [[replica]]\nname = \"c\"\n[replica.sqlserver]\nurl = \"sqlserver://u@h/x\"\n\
+             [replica.postgres]\nurl = \"postgres://u@h/x\"\n\
+             [[replica]]\nname = \"d\"\n\
+             [[replica]]\nname = \"e\"\n[replica.sqlserver]\nurl = \"sqlserver://u@h/x\"\nschema = \"s\"\n\
+             offsets_schema = \"s\"\n"
+        ));
+        for want in [
+            "replica[0].sqlserver.url: ",
+            "replica[0].sqlserver.max_rows_per_statement: must be > 0",
+            "replica[1].sqlserver: unknown field `colour`",
+            "replica[2]: exactly one of [replica.mysql]",
+            "replica[3]: exactly one of [replica.mysql]",
+            "replica[4].sqlserver.offsets_schema: ",
+        ] {
+            assert!(p.iter().any(|e| e.starts_with(want)), "{want:?} in {p:#?}");
+        }
+        assert!(p.iter().all(|e| !e.contains("pw")), "{p:?}");
+    }
+
+    #[cfg(feature = "sqlserver")]
+    #[test]
+    fn a_fixed_sqlserver_schema_with_several_source_databases_is_refused() {
+        let p = problems(
+            "[source.mysql]\nurl = \"mysql://u@h/\"\ninclude = [\"a.*\", \"b.*\"]\n\
+             [[replica]]\nname = \"ms\"\n[replica.sqlserver]\nurl = \"sqlserver://u:p@h/x\"\nschema = \"one\"\n",
+        );
+        assert!(
+            p.iter()
+                .any(|e| e.starts_with("replica[0].sqlserver.schema:") && e.contains("\"a\", \"b\"")),
+            "{p:#?}"
+        );
     }
 }

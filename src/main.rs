@@ -8,6 +8,7 @@ mod observe;
 mod proxy_cmd;
 mod resume;
 mod run;
+mod sink;
 mod source;
 mod status;
 mod tail;

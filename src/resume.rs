@@ -60,18 +60,8 @@ pub async fn resume_table(cfg: &Config, replica: &str, table: &str) -> anyhow::R
             None => pipeline::filter::TableFilter::all(),
         },
     };
-    let consumer = format!("{}/{}", cfg.name, r.name);
-    let result = match (&r.mysql, &r.postgres) {
-        (Some(m), _) => {
-            let mut sink = connectors::mysql::apply::MysqlSink::new(&consumer, m.clone());
-            runtime::resume_quarantined(replica, &mut sink, &log, &options, &table).await
-        }
-        (_, Some(p)) => {
-            let mut sink = connectors::postgres::apply::PostgresSink::new(&consumer, p.clone());
-            runtime::resume_quarantined(replica, &mut sink, &log, &options, &table).await
-        }
-        _ => bail!("replica {replica} has no engine section"),
-    };
+    let mut sink = crate::sink::build(&cfg.name, r);
+    let result = runtime::resume_quarantined(replica, &mut sink, &log, &options, &table).await;
     let _ = log.sync().await;
     result.map_err(|e| anyhow::anyhow!(e))
 }

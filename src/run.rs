@@ -49,11 +49,7 @@ pub fn describe(c: &Config) -> String {
         s.push_str(&format!("source: {}\n", source.describe()));
     }
     for r in &c.replicas {
-        let url = match (&r.mysql, &r.postgres) {
-            (Some(m), _) => format!("mysql {}", redact_url(&m.url)),
-            (_, Some(p)) => format!("postgres {}", redact_url(&p.url)),
-            _ => "?".into(),
-        };
+        let url = r.kind.describe();
         s.push_str(&format!("replica {}: {url}\n", r.name));
     }
     if !c.admin.listen.is_empty() {
@@ -199,29 +195,13 @@ pub async fn run(mut cfg: Config, parts: Parts) -> anyhow::Result<()> {
         resume.insert(name.clone(), req_tx);
         let board = replica_board.clone();
         let task = format!("replica {name}");
-        // The replica's dbmux_offsets row: unique per pipeline and replica.
-        let consumer = format!("{}/{}", cfg.name, r.name);
-        match (&r.mysql, &r.postgres) {
-            (Some(m), _) => {
-                let sink = connectors::mysql::apply::MysqlSink::new(&consumer, m.clone());
-                tasks.spawn(async move {
-                    (
-                        task,
-                        runtime::run_apply(name, sink, log, metrics, board, opts, req_rx, sd).await,
-                    )
-                });
-            }
-            (_, Some(p)) => {
-                let sink = connectors::postgres::apply::PostgresSink::new(&consumer, p.clone());
-                tasks.spawn(async move {
-                    (
-                        task,
-                        runtime::run_apply(name, sink, log, metrics, board, opts, req_rx, sd).await,
-                    )
-                });
-            }
-            _ => unreachable!("validated"),
-        }
+        let sink = crate::sink::build(&cfg.name, r);
+        tasks.spawn(async move {
+            (
+                task,
+                runtime::run_apply(name, sink, log, metrics, board, opts, req_rx, sd).await,
+            )
+        });
     }
     // The process that writes the embedded log also trims it (Kafka: the
     // topic's retention does).

@@ -10,3 +10,5 @@ pub mod mysql;
 pub mod postgres;
 #[cfg(feature = "proxy")]
 pub mod proxy;
+#[cfg(feature = "sqlserver")]
+pub mod sqlserver;

@@ -12,3 +12,5 @@ mod kafka;
 mod observe;
 mod pg_source;
 mod pipeline;
+#[cfg(feature = "sqlserver")]
+mod sqlserver;

@@ -207,13 +207,15 @@ impl Drop for Gauge {
     }
 }
 
+/// Time a client has to finish the connection phase.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves one accepted client until it quits, idles out or fails.
-pub async fn run(
-    socket: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    prelogin: super::listener::PreLogin,
-) {
+///
+/// `prelogin` is held until the connection phase ends and then dropped: the
+/// listener's guard of the address's pre-login slot (the listener owns that
+/// accounting; a connection only decides when login is over).
+pub async fn run<G: Send>(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, prelogin: G) {
     shared.metrics.connections.inc();
     let _gauge = Gauge(shared.clone());
     let conn_id = shared
@@ -221,7 +223,7 @@ pub async fn run(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         .max(1);
     let accepted = tokio::time::timeout(
-        super::listener::HANDSHAKE_TIMEOUT,
+        HANDSHAKE_TIMEOUT,
         handshake::accept(socket, &shared.cfg, shared.tls.as_ref(), &shared.version, conn_id),
     )
     .await;

@@ -42,9 +42,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-/// Time a client has to finish the connection phase.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub const ER_HOST_IS_BLOCKED: u16 = 1129;
 
 /// Addresses remembered for login throttling, at most.

@@ -1,0 +1,321 @@
+//! The SQL Server applier against a live server, when there is one.
+//!
+//! No SQL Server can run on the build machine (no Linux package in the
+//! registries this project may use, no Docker engine), so these tests run only
+//! when `DBMUX_TEST_MSSQL_URL` names a server
+//! (`sqlserver://sa:Password1!@host:1433/dbmux_test?trust_server_certificate=true`),
+//! and print `SKIPPED` otherwise. The generated T-SQL and the type mapping are
+//! unit-tested in `connectors/src/sqlserver/sql/tests.rs` whatever the machine.
+
+use crate::support::unique_name;
+use connectors::sqlserver::{SqlServerEngine, SqlServerSinkConfig};
+use pipeline::apply::{Engine, Statement};
+use pipeline::event::sequence_transaction;
+use pipeline::retry::{Classify, ErrorClass};
+use pipeline::schema::{ColumnDef, ColumnType, TableId, TableSchema};
+use pipeline::sink::Sink;
+use pipeline::value::{Date, DateTime, Time};
+use pipeline::{Op, Position, Transaction, Value};
+use std::sync::Arc;
+
+const URL_VAR: &str = "DBMUX_TEST_MSSQL_URL";
+
+fn url(test: &str) -> Option<String> {
+    match std::env::var(URL_VAR) {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            eprintln!(
+                "SKIPPED {test}: no SQL Server to test against; set {URL_VAR}=sqlserver://user:password@host:1433/db\
+                 ?trust_server_certificate=true to run it (see README, \"SQL Server\")"
+            );
+            None
+        }
+    }
+}
+
+fn col(name: &str, ty: ColumnType) -> ColumnDef {
+    ColumnDef {
+        name: name.into(),
+        ty,
+        nullable: true,
+        charset: None,
+        collation: None,
+        source_type: String::new(),
+    }
+}
+
+/// A table of every mapped type, keyed by `id`.
+fn matrix(db: &str) -> Arc<TableSchema> {
+    use ColumnType as T;
+    let mut cols = vec![col(
+        "id",
+        T::Integer {
+            bytes: 4,
+            unsigned: false,
+        },
+    )];
+    cols[0].nullable = false;
+    cols.extend([
+        col("b", T::Bool),
+        col(
+            "u64",
+            T::Integer {
+                bytes: 8,
+                unsigned: true,
+            },
+        ),
+        col(
+            "dec",
+            T::Decimal {
+                precision: 12,
+                scale: 3,
+            },
+        ),
+        col(
+            "wide",
+            T::Decimal {
+                precision: 65,
+                scale: 30,
+            },
+        ),
+        col("f", T::Float),
+        col("d", T::Double),
+        col("day", T::Date),
+        col("tod", T::Time { fsp: 6 }),
+        col("dt", T::DateTime { fsp: 6 }),
+        col("ts", T::TimestampTz { fsp: 6 }),
+        col("y", T::Year),
+        col("s", T::VarChar { length: 50 }),
+        col("txt", T::Text { max_bytes: 65535 }),
+        col("bin", T::VarBinary { length: 20 }),
+        col("js", T::Json),
+        col(
+            "e",
+            T::Enum {
+                labels: vec!["small".into(), "big".into()],
+            },
+        ),
+        col(
+            "st",
+            T::Set {
+                labels: vec!["a".into(), "b".into()],
+            },
+        ),
+        col("bits", T::Bit { width: 12 }),
+        col("uid", T::Uuid),
+        col(
+            "odd]name",
+            T::Integer {
+                bytes: 2,
+                unsigned: false,
+            },
+        ),
+    ]);
+    Arc::new(TableSchema::new(TableId::new(db, "matrix"), cols, vec![0]))
+}
+
+fn row(id: i64, text: &str) -> Vec<Value> {
+    vec![
+        Value::Int(id),
+        Value::Int(1),
+        Value::UInt(u64::MAX),
+        Value::Decimal("-12345.678".into()),
+        Value::Decimal("123456789012345678901234567890.5".into()),
+        Value::Float(1.5),
+        Value::Double(-2.25e100),
+        Value::Date(Date {
+            year: 2024,
+            month: 2,
+            day: 29,
+        }),
+        Value::Time(Time {
+            negative: false,
+            hours: 23,
+            minutes: 59,
+            seconds: 58,
+            micros: 999_999,
+        }),
+        Value::DateTime(DateTime {
+            date: Date {
+                year: 1,
+                month: 1,
+                day: 1,
+            },
+            hour: 0,
+            minute: 0,
+            second: 0,
+            micros: 1,
+        }),
+        Value::Timestamp(1_700_000_000_123_456),
+        Value::Year(2155),
+        Value::Text(text.into()),
+        Value::Text("x".repeat(10_000)),
+        Value::Bytes(vec![0, 1, 255, 0]),
+        Value::Json("{\"k\": [1, 2]}".into()),
+        Value::Enum("big".into()),
+        Value::Set(vec!["a".into(), "b".into()]),
+        Value::Bit(0xabc),
+        Value::Text("67e55044-10b1-426f-9247-bb680e5fe0c8".into()),
+        Value::Int(-3),
+    ]
+}
+
+async fn scalar_text(engine: &mut SqlServerEngine, sql: &str) -> Vec<Vec<String>> {
+    let mut conn = engine.connect().await.expect("connect");
+    let rows = SqlServerEngine::query(&mut conn, &Statement::text(sql.to_string()))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.into_iter()
+        .map(|r| r.into_iter().map(|c| format!("{c:?}")).collect())
+        .collect()
+}
+
+#[tokio::test]
+async fn sqlserver_applies_every_type_exactly_once() {
+    let Some(url) = url("sqlserver_applies_every_type_exactly_once") else {
+        return;
+    };
+    let db = unique_name("ms");
+    let t = matrix(&db);
+    let config = SqlServerSinkConfig::new(&url);
+    let mut sink = SqlServerEngine::sink(&format!("{db}/test"), config.clone());
+    assert_eq!(sink.open().await.unwrap().applied, 0);
+    let pos = |n| Position::Postgres(n);
+    let t1 = sequence_transaction(
+        1,
+        "t1".into(),
+        0,
+        pos(1),
+        vec![
+            (
+                t.clone(),
+                Op::Insert {
+                    after: row(1, "héllo wörld ☃"),
+                },
+            ),
+            (t.clone(), Op::Insert { after: row(2, "two") }),
+        ],
+    );
+    let t2 = sequence_transaction(
+        3,
+        "t2".into(),
+        0,
+        pos(2),
+        vec![
+            (
+                t.clone(),
+                Op::Update {
+                    before: row(1, "héllo wörld ☃"),
+                    after: row(1, "changed"),
+                },
+            ),
+            (
+                t.clone(),
+                Op::Delete {
+                    before: row(2, "two"),
+                },
+            ),
+        ],
+    );
+    sink.apply(std::slice::from_ref(&t1), &Default::default())
+        .await
+        .unwrap();
+    // Handing over the applied transaction again applies only what is new.
+    let txns: Vec<Transaction> = vec![t1, t2];
+    sink.apply(&txns, &Default::default()).await.unwrap();
+    sink.apply(&txns, &Default::default()).await.unwrap();
+
+    let mut engine = SqlServerEngine::new(config);
+    let rows = scalar_text(
+        &mut engine,
+        &format!("SELECT [id], [s], [u64], [dec], [wide], [day], [bits], [odd]]name] FROM [{db}].[matrix] ORDER BY [id]"),
+    )
+    .await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = rows[0].join(" ");
+    for want in [
+        "I32(Some(1))",
+        "\"changed\"",
+        "18446744073709551615",
+        "-12345678",
+        "123456789012345678901234567890.5",
+    ] {
+        assert!(r.contains(want), "{want} in {r}");
+    }
+    let off = scalar_text(
+        &mut engine,
+        &format!("SELECT [seq] FROM [dbmux].[dbmux_offsets] WHERE [consumer] = N'{db}/test'"),
+    )
+    .await;
+    assert_eq!(off, vec![vec!["I64(Some(4))".to_string()]]);
+}
+
+#[tokio::test]
+async fn sqlserver_constraint_errors_are_definite_and_name_the_table() {
+    let Some(url) = url("sqlserver_constraint_errors_are_definite_and_name_the_table") else {
+        return;
+    };
+    let db = unique_name("msuk");
+    let mut t = TableSchema::new(
+        TableId::new(&db, "u"),
+        vec![
+            col(
+                "id",
+                ColumnType::Integer {
+                    bytes: 4,
+                    unsigned: false,
+                },
+            ),
+            col("email", ColumnType::VarChar { length: 50 }),
+        ],
+        vec![0],
+    );
+    t.unique_keys = vec![vec![1]];
+    let t = Arc::new(t);
+    let mut sink = SqlServerEngine::sink(&format!("{db}/test"), SqlServerSinkConfig::new(&url));
+    sink.open().await.unwrap();
+    let ins = |id: i64, e: &str| {
+        (
+            t.clone(),
+            Op::Insert {
+                after: vec![Value::Int(id), Value::Text(e.into())],
+            },
+        )
+    };
+    let bad = sequence_transaction(
+        1,
+        "t".into(),
+        0,
+        Position::Postgres(1),
+        vec![ins(1, "a"), ins(2, "a")],
+    );
+    let e = sink.apply(&[bad], &Default::default()).await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Definite, "{e}");
+    assert!(
+        e.to_string().contains("2627") || e.to_string().contains("2601"),
+        "{e}"
+    );
+    assert_eq!(pipeline::sink::TableScoped::table(&e), Some(&t.id));
+    // Nothing of the failed transaction landed; NULLs do not collide in the unique key.
+    let nulls = sequence_transaction(
+        1,
+        "t".into(),
+        0,
+        Position::Postgres(1),
+        vec![
+            (
+                t.clone(),
+                Op::Insert {
+                    after: vec![Value::Int(1), Value::Null],
+                },
+            ),
+            (
+                t.clone(),
+                Op::Insert {
+                    after: vec![Value::Int(2), Value::Null],
+                },
+            ),
+        ],
+    );
+    sink.apply(&[nulls], &Default::default()).await.unwrap();
+}
