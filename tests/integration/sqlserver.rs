@@ -26,7 +26,7 @@ fn url(test: &str) -> Option<String> {
         _ => {
             eprintln!(
                 "SKIPPED {test}: no SQL Server to test against; set {URL_VAR}=sqlserver://user:password@host:1433/db\
-                 ?trust_server_certificate=true to run it (see README, \"SQL Server\")"
+                 ?trust_server_certificate=true to run it (see README, \"What is tested here\")"
             );
             None
         }
@@ -318,4 +318,75 @@ async fn sqlserver_constraint_errors_are_definite_and_name_the_table() {
         ],
     );
     sink.apply(&[nulls], &Default::default()).await.unwrap();
+}
+
+/// Runs on every machine: `dbmux check-config` accepts the SQL Server example
+/// (describing the replica without its password) and reports a broken
+/// `[replica.sqlserver]` section with every problem at once.
+#[test]
+fn sqlserver_example_and_bad_sections_through_check_config() {
+    let run = |file: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dbmux"))
+            .arg("check-config")
+            .arg(file)
+            .env(
+                "MSSQL_URL",
+                "sqlserver://dbmux:s3cret-pw@mssql.example:1433/replica",
+            )
+            .output()
+            .unwrap()
+    };
+    let out = run(&crate::support::repo_root().join("examples/sqlserver-replica.toml"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("replica mssql: sqlserver sqlserver://dbmux:***@mssql.example:1433/replica"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[source.mysql]\nurl = \"mysql://u@127.0.0.1:1/\"\ninclude = [\"app.*\"]\n\
+         [[replica]]\nname = \"ms\"\n[replica.sqlserver]\nurl = \"sqlserver://u:s3cret-pw@h/db?encrypt=maybe\"\n\
+         max_statement_bytes = 0\nrename_tables = { \"app.t\" = \"\" }\n",
+    )
+    .unwrap();
+    let out = run(&bad);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    for want in [
+        "3 problem(s)",
+        "replica[0].sqlserver.url: ",
+        "replica[0].sqlserver.max_statement_bytes: must be > 0",
+        "replica[0].sqlserver.rename_tables.\"app.t\": an empty name",
+    ] {
+        assert!(text.contains(want), "{want:?} in {text}");
+    }
+    assert!(!text.contains("s3cret"), "{text}");
+}
+
+/// Runs on every machine: a SQL Server that does not answer is a transient
+/// error (the runtime retries with backoff), and the message names the engine
+/// and what was being done, without the password.
+#[tokio::test]
+async fn sqlserver_unreachable_is_transient() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener); // nothing listens there now
+    let mut sink = SqlServerEngine::sink(
+        "p/r",
+        SqlServerSinkConfig::new(format!("sqlserver://sa:s3cret@127.0.0.1:{port}/db")),
+    );
+    let e = sink.open().await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Transient, "{e}");
+    let text = e.to_string();
+    assert!(text.starts_with("SQL Server replica, connecting: "), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
 }

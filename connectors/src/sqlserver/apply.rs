@@ -266,29 +266,21 @@ impl Engine for SqlServerEngine {
         Ok(rows.into_iter().map(|r| r.into_iter().collect()).collect())
     }
 
+    // Transactions through TDS Transaction Manager requests (not `BEGIN
+    // TRAN` batches): the server's transaction descriptor is then attached
+    // by the driver to every request of the transaction.
     async fn begin(conn: &mut Conn) -> Result<(), Self::Error> {
-        conn.simple_query("BEGIN TRANSACTION")
-            .await?
-            .into_results()
-            .await?;
-        Ok(())
+        conn.begin_transaction().await
     }
 
     async fn commit(conn: &mut Conn) -> Result<(), Self::Error> {
-        conn.simple_query("COMMIT TRANSACTION")
-            .await?
-            .into_results()
-            .await?;
-        Ok(())
+        conn.commit_transaction().await
     }
 
     async fn rollback(conn: &mut Conn) -> Result<(), Self::Error> {
-        // XACT_ABORT may have rolled back already.
-        conn.simple_query("IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION")
-            .await?
-            .into_results()
-            .await?;
-        Ok(())
+        // XACT_ABORT may have rolled back already; the error then says so
+        // and the applier drops the connection either way.
+        conn.rollback_transaction().await
     }
 
     fn as_u64(p: &Param) -> Option<u64> {

@@ -173,10 +173,12 @@ impl SqlServerSinkConfig {
                 }
                 "ca" => t.ca = Some(v.into_owned()),
                 "application_name" => t.application_name = v.into_owned(),
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "{shown:?}: unknown parameter {other:?} (known: encrypt, trust_server_certificate, ca, \
                          application_name)"
-                )),
+                ))
+                }
             }
         }
         if t.trust_server_certificate && t.ca.is_some() {

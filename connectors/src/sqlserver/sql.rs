@@ -183,9 +183,11 @@ pub fn column_type(col: &ColumnDef, key: bool) -> Result<String, String> {
         ColumnType::Bit { width } => format!("BINARY({})", width.div_ceil(8)),
         ColumnType::Uuid => "UNIQUEIDENTIFIER".into(),
         ColumnType::Interval => format!("NVARCHAR(64) COLLATE {COLLATION_BINARY}"),
-        ColumnType::Other { name } => return Err(format!(
+        ColumnType::Other { name } => {
+            return Err(format!(
             "type {name:?} has no SQL Server mapping; exclude the table or change the column at the source"
-        )),
+        ))
+        }
     })
 }
 
