@@ -641,4 +641,210 @@ mod tests {
             ErrorClass::Transient
         );
     }
+
+    fn engine() -> SqlServerEngine {
+        let mut c = SqlServerSinkConfig::new("sqlserver://u:p@h/db");
+        c.rename_tables.insert("app.Odd".into(), "renamed".into());
+        c.rename_columns
+            .insert("app.t".into(), [("from".to_string(), "to".to_string())].into());
+        SqlServerEngine::new(c)
+    }
+
+    fn int() -> pipeline::schema::ColumnType {
+        pipeline::schema::ColumnType::Integer {
+            bytes: 4,
+            unsigned: false,
+        }
+    }
+
+    fn table(keyed: bool) -> TargetTable<Table> {
+        let cols = ["a", "b", "c"]
+            .iter()
+            .map(|n| ColumnDef {
+                name: n.to_string(),
+                ty: int(),
+                nullable: true,
+                charset: None,
+                collation: None,
+                source_type: String::new(),
+            })
+            .collect();
+        let schema = TableSchema::new(
+            TableId::new("app", "t"),
+            cols,
+            if keyed { vec![1] } else { vec![] },
+        );
+        TargetTable {
+            id: schema.id.clone(),
+            schema: Arc::new(schema),
+            engine: Table::default(),
+        }
+    }
+
+    fn i(v: i64) -> Param {
+        ColumnData::I64(Some(v))
+    }
+
+    #[test]
+    fn names_renames_and_own_tables() {
+        let e = engine();
+        assert_eq!(
+            e.target_table(&TableId::new("app", "Odd")),
+            TableId::new("app", "renamed")
+        );
+        assert_eq!(
+            e.target_table(&TableId::new("shop", "t")),
+            TableId::new("shop", "t")
+        );
+        assert_eq!(e.target_column(&TableId::new("app", "t"), "from"), "to");
+        assert_eq!(e.target_column(&TableId::new("app", "u"), "from"), "from");
+        assert!(e.is_own_table(&TableId::new("dbmux", "dbmux_offsets")));
+        assert!(e.is_own_table(&TableId::new("dbmux", "dbmux_quarantine")));
+        assert!(!e.is_own_table(&TableId::new("app", "dbmux_offsets")));
+        let mut c = SqlServerSinkConfig::new("sqlserver://u:p@h/db");
+        c.schema = Some("one".into());
+        assert_eq!(
+            SqlServerEngine::new(c).target_table(&TableId::new("shop", "t")),
+            TableId::new("one", "t")
+        );
+    }
+
+    /// The parameters line up with the placeholders of the SQL they go with.
+    #[test]
+    fn parameters_follow_the_placeholders() {
+        let e = engine();
+        let mut t = table(true);
+        let r1 = vec![Value::Int(1), Value::Int(2), Value::Null];
+        let r2 = vec![Value::Int(4), Value::Int(5), Value::Int(6)];
+        let s = e.rows(&mut t, RowsKind::Upsert, &[&r1, &r2]).unwrap();
+        assert!(s.sql.starts_with("MERGE INTO [app].[t]"));
+        assert_eq!(
+            s.params,
+            vec![i(1), i(2), ColumnData::I64(None), i(4), i(5), i(6)]
+        );
+        let d = e.rows(&mut t, RowsKind::Delete, &[&r1, &r2]).unwrap();
+        assert_eq!(d.params, vec![i(2), i(5)], "only the key column (b)");
+        assert!(d.sql.contains("(VALUES (@P1), (@P2)) AS s ([b])"), "{}", d.sql);
+        // The text is built once per row count and shared.
+        let again = e.rows(&mut t, RowsKind::Upsert, &[&r2, &r1]).unwrap();
+        assert!(Arc::ptr_eq(&s.sql, &again.sql));
+
+        let mut k = table(false);
+        let u = e.update_one(&mut k, &r1, &r2).unwrap();
+        assert_eq!(
+            u.params,
+            vec![i(1), i(2), i(4), i(5), i(6)],
+            "non-NULL before values, then the after image"
+        );
+        assert!(u.sql.contains("[c] IS NULL"), "{}", u.sql);
+        let d = e.delete_one(&mut k, &r1).unwrap();
+        assert_eq!(d.params, vec![i(1), i(2)]);
+        // A value error names the replica column.
+        let bad = vec![Value::Text("x".into()), Value::Int(1), Value::Int(1)];
+        assert_eq!(e.rows(&mut t, RowsKind::Insert, &[&bad]).unwrap_err().column, "a");
+    }
+
+    #[test]
+    fn row_limits_keep_under_2100_parameters_and_1000_values_rows() {
+        let e = engine();
+        let t = table(true);
+        assert_eq!(e.max_rows(&t, RowsKind::Upsert), 2098 / 3);
+        assert_eq!(e.max_rows(&t, RowsKind::Delete), 2098, "one key column");
+        assert_eq!(e.max_rows(&t, RowsKind::Insert), 2098 / 3);
+        let narrow = {
+            let mut t = table(true);
+            let mut s = (*t.schema).clone();
+            s.columns.truncate(1);
+            s.primary_key = vec![0];
+            t.schema = Arc::new(s);
+            t
+        };
+        assert_eq!(
+            e.max_rows(&narrow, RowsKind::Insert),
+            1000,
+            "INSERT … VALUES takes 1,000 rows at most"
+        );
+    }
+
+    #[test]
+    fn offsets_and_quarantines_bind_their_parameters() {
+        let e = engine();
+        let w = e.write_offset("p/r", 42, Some("mariadb-bin.000001:4")).unwrap();
+        assert_eq!(
+            w.params,
+            vec![
+                ColumnData::String(Some("p/r".into())),
+                i(42),
+                ColumnData::String(Some("mariadb-bin.000001:4".into()))
+            ]
+        );
+        assert!(e
+            .write_offset("p/r", u64::MAX, None)
+            .unwrap_err()
+            .contains("BIGINT"));
+        let t = TableId::new("app", "t");
+        let lift = e.move_quarantine("p/r", &t, None);
+        assert!(lift.sql.starts_with("DELETE FROM [dbmux].[dbmux_quarantine]"));
+        assert_eq!(lift.params.len(), 3);
+        let moved = e.move_quarantine("p/r", &t, Some(9));
+        assert_eq!(moved.params[3], i(9));
+        assert_eq!(SqlServerEngine::as_u64(&i(7)), Some(7));
+        assert_eq!(SqlServerEngine::as_u64(&i(-1)), None);
+        assert_eq!(
+            SqlServerEngine::as_text(&ColumnData::String(Some("x".into()))).as_deref(),
+            Some("x")
+        );
+    }
+
+    #[test]
+    fn cascades_put_new_values_first_and_split_by_the_parameter_limit() {
+        let e = engine();
+        let d = Described {
+            columns: vec![("a".into(), "int".into()), ("b".into(), "int".into())],
+        };
+        let t = TableId::new("app", "t");
+        let cols = vec!["a".to_string()];
+        let keys: Vec<Vec<Param>> = (0..3000).map(|k| vec![i(k)]).collect();
+        let s = e
+            .cascade(
+                &t,
+                &d,
+                CascadeOp::Update {
+                    cols: &cols,
+                    keys: &keys,
+                    new: Some(&[i(-1)]),
+                },
+            )
+            .unwrap();
+        assert_eq!(s.len(), 2, "3,000 keys + 1 new value need two statements");
+        assert_eq!(s[0].params[0], i(-1));
+        assert_eq!(s[0].params.len(), 2098);
+        assert_eq!(s[0].params[1], i(0));
+        assert_eq!(s[1].params[0], i(-1));
+        let del = e
+            .cascade(
+                &t,
+                &d,
+                CascadeOp::Delete {
+                    cols: &cols,
+                    keys: &keys[..2],
+                },
+            )
+            .unwrap();
+        assert_eq!(del[0].params, vec![i(0), i(1)]);
+        let missing = vec!["zz".to_string()];
+        assert!(e
+            .cascade(
+                &t,
+                &d,
+                CascadeOp::Delete {
+                    cols: &missing,
+                    keys: &keys[..1]
+                }
+            )
+            .unwrap_err()
+            .contains("\"zz\""));
+        assert!(SqlServerEngine::is_null(&ColumnData::Binary(None)));
+        assert!(!SqlServerEngine::is_null(&i(0)));
+    }
 }
