@@ -28,6 +28,10 @@ pub const MAX_IDENT_CHARS: usize = 128;
 pub const MAX_NCHAR: u32 = 4000;
 /// Longest `VARBINARY(n)` / `BINARY(n)` before `VARBINARY(MAX)`.
 pub const MAX_BINARY: u32 = 8000;
+/// Text and bytes of a key column whose type would be `(MAX)`: SQL Server's
+/// index keys hold 900 bytes (UTF-16: 450 characters).
+pub const KEY_NCHAR: u32 = 450;
+pub const KEY_BINARY: u32 = 900;
 /// Largest `DECIMAL` precision.
 pub const MAX_DECIMAL_PRECISION: u8 = 38;
 
@@ -108,13 +112,10 @@ pub fn column_type(col: &ColumnDef, key: bool) -> Result<String, String> {
             // CHAR(n) too is NVARCHAR(n): the value is kept as the source
             // gives it (MySQL strips CHAR's padding), not padded again.
             Some(n) if n <= MAX_NCHAR => format!("NVARCHAR({})", n.max(1)),
-            _ if key => {
-                return Err(format!(
-                    "{} is part of a key and maps to NVARCHAR(MAX), which SQL Server cannot index; \
-                     exclude the table or shorten the column at the source",
-                    col.source_type_or_name()
-                ))
-            }
+            // SQL Server cannot index (MAX) types: a key column of long or
+            // unbounded text (PostgreSQL `text` keys are common) gets the
+            // 900-byte index key limit; a longer value is a definite error.
+            _ if key => format!("NVARCHAR({KEY_NCHAR})"),
             _ => "NVARCHAR(MAX)".into(),
         };
         Ok(format!("{t} COLLATE {}", collation(col)))
@@ -124,12 +125,7 @@ pub fn column_type(col: &ColumnDef, key: bool) -> Result<String, String> {
             Some(n) if n <= MAX_BINARY => {
                 format!("{}({})", if fixed { "BINARY" } else { "VARBINARY" }, n.max(1))
             }
-            _ if key => {
-                return Err(format!(
-                    "{} is part of a key and maps to VARBINARY(MAX), which SQL Server cannot index",
-                    col.source_type_or_name()
-                ))
-            }
+            _ if key => format!("VARBINARY({KEY_BINARY})"),
             _ => "VARBINARY(MAX)".into(),
         })
     };
@@ -189,20 +185,6 @@ pub fn column_type(col: &ColumnDef, key: bool) -> Result<String, String> {
         ))
         }
     })
-}
-
-trait SourceName {
-    fn source_type_or_name(&self) -> String;
-}
-
-impl SourceName for ColumnDef {
-    fn source_type_or_name(&self) -> String {
-        if self.source_type.is_empty() {
-            format!("column {}", self.name)
-        } else {
-            format!("column {} ({})", self.name, self.source_type)
-        }
-    }
 }
 
 // ------------------------------------------------------------------ values

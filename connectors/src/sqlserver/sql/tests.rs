@@ -201,7 +201,7 @@ fn every_column_type_has_its_sql_server_type() {
         (
             T::VarChar { length: 4001 },
             "NVARCHAR(MAX) COLLATE Latin1_General_100_BIN2",
-            None,
+            Some("NVARCHAR(450) COLLATE Latin1_General_100_BIN2"),
         ),
         (
             T::Text { max_bytes: 255 },
@@ -211,7 +211,7 @@ fn every_column_type_has_its_sql_server_type() {
         (
             T::Text { max_bytes: 65535 },
             "NVARCHAR(MAX) COLLATE Latin1_General_100_BIN2",
-            None,
+            Some("NVARCHAR(450) COLLATE Latin1_General_100_BIN2"),
         ),
         (T::Binary { length: 16 }, "BINARY(16)", Some("BINARY(16)")),
         (
@@ -219,13 +219,21 @@ fn every_column_type_has_its_sql_server_type() {
             "VARBINARY(8000)",
             Some("VARBINARY(8000)"),
         ),
-        (T::VarBinary { length: 8001 }, "VARBINARY(MAX)", None),
+        (
+            T::VarBinary { length: 8001 },
+            "VARBINARY(MAX)",
+            Some("VARBINARY(900)"),
+        ),
         (
             T::Blob { max_bytes: 255 },
             "VARBINARY(255)",
             Some("VARBINARY(255)"),
         ),
-        (T::Blob { max_bytes: 1 << 32 }, "VARBINARY(MAX)", None),
+        (
+            T::Blob { max_bytes: 1 << 32 },
+            "VARBINARY(MAX)",
+            Some("VARBINARY(900)"),
+        ),
         (T::Json, "NVARCHAR(MAX) COLLATE Latin1_General_100_BIN2", None),
         (
             T::Enum {
@@ -618,12 +626,17 @@ fn create_table_makes_schema_table_key_filtered_unique_index_and_fk_index() {
                 .to_string(),
         ]
     );
-    // A key column whose type cannot be indexed, and an unmapped type, are named.
+    // A long text in a key gets SQL Server's index key limit; a JSON key
+    // cannot be indexed, and an unmapped type is refused: both named.
     let mut t = orders();
     t.unique_keys = vec![vec![2]];
+    assert!(
+        create_table(&t).unwrap()[1].contains("[note] NVARCHAR(450) COLLATE Latin1_General_100_BIN2 NULL")
+    );
+    t.columns[2].ty = ColumnType::Json;
     let (c, m) = create_table(&t).unwrap_err();
     assert_eq!(c, "note");
-    assert!(m.contains("NVARCHAR(MAX)"), "{m}");
+    assert!(m.contains("JSON"), "{m}");
     t.unique_keys.clear();
     t.columns[3].ty = ColumnType::Other {
         name: "geometry".into(),
