@@ -158,7 +158,18 @@ fn run_parts(config: &std::path::Path, admin: Option<String>, parts: run::Parts)
     }
 }
 
+/// Makes *ring* rustls's process-wide crypto provider. Two providers are
+/// compiled in (ours is *ring*; `tiberius`, the SQL Server driver, brings
+/// aws-lc-rs through tokio-rustls's default features), and with both present
+/// rustls cannot pick one itself: a driver building a TLS client with
+/// `ClientConfig::builder()` (mysql_async with TLS) would panic.
+pub fn install_crypto_provider() {
+    // Err only when one is installed already, which is what is wanted.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn main() -> ExitCode {
+    install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         #[cfg(feature = "proxy")]

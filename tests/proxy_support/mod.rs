@@ -319,6 +319,9 @@ impl Proxy {
             .unwrap()
     }
     pub async fn tls_conn(&self, user: &str, db: &str, tls: &Tls) -> mysql_async::Conn {
+        // Two rustls providers are compiled in (see `install_crypto_provider`
+        // in src/main.rs); mysql_async needs the process default chosen.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let ssl = mysql_async::SslOpts::default().with_root_certs(vec![tls.ca.clone().into()]);
         let opts =
             mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&self.url(user, db)).unwrap())
