@@ -19,6 +19,12 @@
 //!   key order and duplicate keys are kept. Text that is not valid JSON (never
 //!   produced by MariaDB/MySQL) is carried as a JSON string;
 //! - ENUM → string; SET → array of strings; BIT → number.
+//!
+//! Operations (`op`): `c`, `u`, `d`, `t` (truncate), `r` (a snapshot row:
+//! `after` is the row as of the event's position), `ddl` (a schema change:
+//! `ddl` is the statement, `schema_change` what dbmux understood, `schema` the
+//! table's columns and primary key after it) and `snapshot` (snapshot control:
+//! `snapshot` says which run, table phase and chunk; see docs/snapshot.md).
 
 use crate::event::{ChangeEvent, Op};
 use crate::schema::ColumnDef;
@@ -125,8 +131,84 @@ struct EnvelopeJson<'a> {
     source: Source<'a>,
     before: Option<RowJson<'a>>,
     after: Option<RowJson<'a>>,
+    /// Schema changes: the statement as the source logged it.
     #[serde(skip_serializing_if = "Option::is_none")]
     ddl: Option<&'a str>,
+    /// Schema changes: what dbmux understood (see `pipeline::ddl`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema_change: Option<&'a crate::ddl::DdlKind>,
+    /// Schema changes: the table's columns and primary key after the change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema: Option<SchemaJson<'a>>,
+    /// Snapshot control events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot: Option<SnapshotJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct ColumnJson<'a> {
+    name: &'a str,
+    #[serde(rename = "type")]
+    ty: &'a str,
+    nullable: bool,
+}
+
+#[derive(Serialize)]
+struct SchemaJson<'a> {
+    columns: Vec<ColumnJson<'a>>,
+    primary_key: Vec<&'a str>,
+}
+
+#[derive(Serialize)]
+struct SnapshotJson<'a> {
+    id: u64,
+    targets: &'a [String],
+    reset: bool,
+    phase: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    estimated_rows: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rows: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+fn snapshot_json(m: &crate::snapshot::SnapshotMark) -> SnapshotJson<'_> {
+    use crate::snapshot::SnapshotPhase;
+    let mut j = SnapshotJson {
+        id: m.id,
+        targets: &m.targets,
+        reset: m.reset,
+        phase: "",
+        estimated_rows: None,
+        index: None,
+        rows: None,
+        last: None,
+        reason: None,
+    };
+    match &m.phase {
+        SnapshotPhase::Begin { estimated_rows, .. } => {
+            j.phase = "begin";
+            j.estimated_rows = Some(*estimated_rows);
+        }
+        SnapshotPhase::Chunk {
+            index, rows, last, ..
+        } => {
+            j.phase = "chunk";
+            j.index = Some(*index);
+            j.rows = Some(*rows);
+            j.last = Some(*last);
+        }
+        SnapshotPhase::End { reason } => {
+            j.phase = "end";
+            j.reason = Some(reason);
+        }
+    }
+    j
 }
 
 /// The envelope of one event: one line of JSON text.
@@ -167,8 +249,10 @@ pub fn to_envelope(event: &ChangeEvent) -> Envelope {
         Op::Insert { after } => (None, Some(RowJson(cols, after))),
         Op::Update { before, after } => (Some(RowJson(cols, before)), Some(RowJson(cols, after))),
         Op::Delete { before } => (Some(RowJson(cols, before)), None),
-        Op::Truncate | Op::Ddl { .. } => (None, None),
+        Op::Read { after } => (None, Some(RowJson(cols, after))),
+        Op::Truncate | Op::Ddl(_) | Op::Snapshot(_) => (None, None),
     };
+    let t = &event.table;
     let env = EnvelopeJson {
         seq: event.seq,
         op: event.op.code(),
@@ -185,7 +269,30 @@ pub fn to_envelope(event: &ChangeEvent) -> Envelope {
         before,
         after,
         ddl: match &event.op {
-            Op::Ddl { statement } => Some(statement),
+            Op::Ddl(c) => Some(&c.statement),
+            _ => None,
+        },
+        schema_change: match &event.op {
+            Op::Ddl(c) => Some(&c.kind),
+            _ => None,
+        },
+        schema: match &event.op {
+            Op::Ddl(_) => Some(SchemaJson {
+                columns: t
+                    .columns
+                    .iter()
+                    .map(|c| ColumnJson {
+                        name: &c.name,
+                        ty: &c.source_type,
+                        nullable: c.nullable,
+                    })
+                    .collect(),
+                primary_key: t.primary_key.iter().map(|&i| t.columns[i].name.as_str()).collect(),
+            }),
+            _ => None,
+        },
+        snapshot: match &event.op {
+            Op::Snapshot(m) => Some(snapshot_json(m)),
             _ => None,
         },
     };

@@ -4,7 +4,9 @@
 
 pub mod batch;
 pub mod cascade;
+pub mod capture_state;
 pub mod codec;
+pub mod ddl;
 pub mod envelope;
 pub mod event;
 pub mod filter;
@@ -16,6 +18,7 @@ pub mod retry;
 pub mod runtime;
 pub mod schema;
 pub mod secret;
+pub mod snapshot;
 pub mod sink;
 pub mod source;
 pub mod value;

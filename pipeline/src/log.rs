@@ -6,8 +6,9 @@
 //! event to an encoded chunk (see [`crate::codec`]); a transaction larger than
 //! [`CHUNK_EVENTS`] is split into several chunks written in **one atomic batch**,
 //! so a reader never sees part of a transaction. Keyspace `consumers` holds each
-//! registered consumer's acknowledged `seq`; keyspace `meta` the position where
-//! capture first began.
+//! registered consumer's acknowledged `seq`; keyspace `meta` small durable
+//! values: the position where capture first began, capture's state checkpoint
+//! (see [`crate::capture_state`]) and snapshot requests.
 //!
 //! # Durability
 //! [`FsyncPolicy::Always`] syncs the journal (`fdatasync`) before `append`
@@ -283,6 +284,19 @@ impl EmbeddedLog {
     pub fn set_start_position(&self, position: &Position) -> Result<(), LogError> {
         self.meta
             .insert(START_POSITION_KEY, position.to_string().into_bytes())?;
+        self.db.persist(PersistMode::SyncAll)?;
+        Ok(())
+    }
+
+    /// A small durable value stored beside the records (the capture state,
+    /// snapshot requests); `None` when never set.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, LogError> {
+        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Stores a small value durably (synced whatever the policy) before returning.
+    pub fn set_meta(&self, key: &str, value: Vec<u8>) -> Result<(), LogError> {
+        self.meta.insert(key, value)?;
         self.db.persist(PersistMode::SyncAll)?;
         Ok(())
     }

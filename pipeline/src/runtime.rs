@@ -13,16 +13,19 @@
 //! bounded channel; the writer drains whatever is waiting and appends it in one
 //! atomic (and, with `fsync = "always"`, one synced) write.
 
-use crate::event::sequence_transaction;
+use crate::ddl::DdlKind;
+use crate::event::{sequence_transaction, Transaction};
 use crate::filter::TableFilter;
 use crate::log::{into_transactions, EmbeddedLog, LogError};
 use crate::metrics::{PipelineMetrics, ReplicaLabel};
 use crate::replica::{Quarantine, ReplicaBoard, ReplicaState};
 use crate::retry::{Backoff, Classify, ErrorClass};
 use crate::schema::TableId;
+use crate::position::Position;
 use crate::sink::{Sink, TableScoped};
+use crate::snapshot::{CaptureControl, SharedState, SnapshotPhase, SnapshotSource, Snapshots};
 use crate::source::{CapturedTransaction, Source};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -95,7 +98,7 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
 }
 
 /// Reads committed transactions from `source` and appends them to `log` with
-/// gapless `seq`s until `shutdown` or a definite error.
+/// gapless `seq`s until `shutdown` or a definite error (no snapshots).
 pub async fn run_capture<S>(
     source: S,
     log: Arc<EmbeddedLog>,
@@ -106,28 +109,116 @@ pub async fn run_capture<S>(
 where
     S: Source + 'static,
 {
-    let (tx, mut rx) = mpsc::channel::<CapturedTransaction>(options.channel_capacity.max(1));
+    run_capture_with(
+        source,
+        None::<Snapshots<crate::snapshot::NoSnapshots>>,
+        log,
+        metrics,
+        options,
+        shutdown,
+    )
+    .await
+}
+
+/// What the source reader hands the log writer.
+enum WriterItem {
+    Txn(CapturedTransaction),
+    /// A snapshot transaction; the reply gets its first `seq` once appended.
+    Snapshot(CapturedTransaction, oneshot::Sender<u64>),
+}
+
+impl WriterItem {
+    fn txn(&self) -> &CapturedTransaction {
+        match self {
+            WriterItem::Txn(t) | WriterItem::Snapshot(t, _) => t,
+        }
+    }
+}
+
+/// Seconds between capture state checkpoints while the log grows.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+
+/// [`run_capture`] with snapshots: capture's state (schema history, snapshot
+/// progress) is loaded from the log first, the source is given its schema
+/// history, and the snapshot coordinator runs beside the reader, which holds
+/// the stream while a chunk is read and places the chunk at its position
+/// (see [`crate::snapshot`]).
+pub async fn run_capture_with<S, C>(
+    mut source: S,
+    snapshots: Option<Snapshots<C>>,
+    log: Arc<EmbeddedLog>,
+    metrics: PipelineMetrics,
+    options: CaptureOptions,
+    shutdown: CancellationToken,
+) -> Result<(), RuntimeError>
+where
+    S: Source + 'static,
+    C: SnapshotSource,
+{
     // Resume after the newest transaction in the log; before the first one,
     // from the start position stored on the very first start.
     let resume = match log.last()? {
         Some((_, p)) => Some(p),
         None => log.start_position()?,
     };
+    let log2 = log.clone();
+    let state = tokio::task::spawn_blocking(move || crate::capture_state::load(&log2))
+        .await
+        .map_err(|e| RuntimeError::Join(e.to_string()))??;
+    let fresh_log = log.last_seq() == 0;
+    source.restore_history(state.history());
+    info!(
+        state_seq = state.seq,
+        tables = state.history().len(),
+        snapshot_runs = state.runs.len(),
+        "capture state loaded"
+    );
+    let state: SharedState = Arc::new(std::sync::Mutex::new(state));
+
+    let (tx, mut rx) = mpsc::channel::<WriterItem>(options.channel_capacity.max(1));
+    let (ctl_tx, ctl_rx) = mpsc::channel::<CaptureControl>(64);
     let reader_shutdown = shutdown.child_token();
-    let reader_metrics = metrics.clone();
+    let mut holds = Holds::default();
+    let coordinator = snapshots.map(|snap| {
+        // Nothing reaches the log before the coordinator's first plan.
+        holds.holds.insert(crate::snapshot::INITIAL_HOLD, None);
+        tokio::spawn(crate::snapshot::run_coordinator(
+            snap,
+            ctl_tx.clone(),
+            state.clone(),
+            fresh_log,
+            log.clone(),
+            metrics.clone(),
+            reader_shutdown.clone(),
+        ))
+    });
+    drop(ctl_tx);
     let reader = tokio::spawn(read_source(
         source,
         log.clone(),
         resume,
         tx,
-        reader_metrics,
+        ctl_rx,
+        holds,
+        metrics.clone(),
         reader_shutdown.clone(),
     ));
 
     let writer = async {
+        let mut last_checkpoint = Instant::now();
+        let mut checkpointed_seq = state.lock().expect("capture state").seq;
         loop {
             let first = tokio::select! {
                 t = rx.recv() => match t { Some(t) => t, None => return Ok(()) },
+                _ = tokio::time::sleep(CHECKPOINT_EVERY) => {
+                    let seq = state.lock().expect("capture state").seq;
+                    if seq > checkpointed_seq {
+                        crate::snapshot::checkpoint(&log, &state).await?;
+                        checkpointed_seq = seq;
+                        last_checkpoint = Instant::now();
+                    }
+                    continue;
+                }
                 _ = shutdown.cancelled() => return Ok(()),
             };
             let mut pending = vec![first];
@@ -139,23 +230,43 @@ where
             }
             let mut next_seq = log.last_seq() + 1;
             let mut events = 0u64;
-            let newest_commit_us = pending.iter().map(|t| t.commit_ts_us).max().unwrap_or(0);
-            let txns: Vec<_> = pending
-                .into_iter()
-                .filter(|t| !t.changes.is_empty())
-                .map(|t| {
-                    let txn = sequence_transaction(next_seq, t.id, t.commit_ts_us, t.position, t.changes);
-                    next_seq += txn.len() as u64;
-                    events += txn.len() as u64;
-                    txn
-                })
-                .collect();
+            let newest_commit_us = pending
+                .iter()
+                .filter(|t| matches!(t, WriterItem::Txn(_)))
+                .map(|t| t.txn().commit_ts_us)
+                .max()
+                .unwrap_or(0);
+            let mut replies = Vec::new();
+            let mut txns = Vec::with_capacity(pending.len());
+            for item in pending {
+                let (t, reply) = match item {
+                    WriterItem::Txn(t) => (t, None),
+                    WriterItem::Snapshot(t, r) => (t, Some(r)),
+                };
+                if t.changes.is_empty() {
+                    continue;
+                }
+                let txn = sequence_transaction(next_seq, t.id, t.commit_ts_us, t.position, t.changes);
+                if let Some(r) = reply {
+                    replies.push((r, next_seq));
+                }
+                next_seq += txn.len() as u64;
+                events += txn.len() as u64;
+                txns.push(txn);
+            }
             let n = txns.len() as u64;
             let started = Instant::now();
             let log2 = log.clone();
-            let bytes = tokio::task::spawn_blocking(move || log2.append_many(&txns))
+            let (bytes, txns) = tokio::task::spawn_blocking(move || log2.append_many(&txns).map(|b| (b, txns)))
                 .await
                 .map_err(|e| RuntimeError::Join(e.to_string()))??;
+            {
+                let mut st = state.lock().expect("capture state");
+                fold(&mut st, &txns);
+            }
+            for (reply, seq) in replies {
+                let _ = reply.send(seq);
+            }
             metrics.log_appended_bytes.inc_by(bytes);
             metrics
                 .log_append_seconds
@@ -168,10 +279,30 @@ where
                     .capture_last_commit_timestamp
                     .set(newest_commit_us as f64 / 1e6);
             }
+            if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                crate::snapshot::checkpoint(&log, &state).await?;
+                checkpointed_seq = state.lock().expect("capture state").seq;
+                last_checkpoint = Instant::now();
+            }
         }
     };
     let result: Result<(), RuntimeError> = writer.await;
     reader_shutdown.cancel();
+    // What was appended is in the checkpoint (or follows it in the log).
+    if result.is_ok() {
+        let _ = crate::snapshot::checkpoint(&log, &state).await;
+    }
+    if let Some(c) = coordinator {
+        match c.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                if result.is_ok() {
+                    return Err(RuntimeError::Capture(e.to_string()));
+                }
+            }
+            Err(e) => return Err(RuntimeError::Join(e.to_string())),
+        }
+    }
     match reader.await {
         Ok(Ok(())) => result,
         Ok(Err(e)) => Err(e),
@@ -179,11 +310,90 @@ where
     }
 }
 
+/// Folds appended transactions into capture's state. Row events change the
+/// schema history only when their definition changes: each distinct
+/// definition of a batch is looked at once.
+fn fold(state: &mut crate::capture_state::CaptureState, txns: &[crate::event::Transaction]) {
+    let mut seen: HashSet<usize> = HashSet::new();
+    for t in txns {
+        for e in &t.events {
+            let row = matches!(
+                e.op,
+                crate::Op::Insert { .. } | crate::Op::Update { .. } | crate::Op::Delete { .. }
+            );
+            if row && !seen.insert(Arc::as_ptr(&e.table) as usize) {
+                continue;
+            }
+            if row || !matches!(e.op, crate::Op::Read { .. } | crate::Op::Truncate) {
+                state.observe(e);
+            }
+        }
+        state.seq = state.seq.max(t.last_seq());
+    }
+}
+
+/// The reader's holds (see [`crate::snapshot`]): while any hold exists,
+/// nothing read after it was taken reaches the log unless it is at or before
+/// every hold's position; chunks wait until the stream has reached their
+/// position.
+#[derive(Default)]
+struct Holds {
+    /// Hold id → its read view's position, once known.
+    holds: BTreeMap<u64, Option<Position>>,
+    /// Chunks to place, in arrival order: (hold, changes, release, reply).
+    placements: VecDeque<(u64, Vec<(Arc<crate::schema::TableSchema>, crate::Op)>, bool, oneshot::Sender<u64>)>,
+    /// Transactions to append at the current point.
+    appends: VecDeque<(Vec<(Arc<crate::schema::TableSchema>, crate::Op)>, oneshot::Sender<u64>)>,
+    /// When the oldest current hold began (for the log line on long holds).
+    since: Option<Instant>,
+}
+
+impl Holds {
+    /// Whether `t` (read from the source) may be handed to the log now.
+    fn may_send(&self, t: &Position) -> bool {
+        self.holds
+            .values()
+            .all(|p| p.as_ref().is_some_and(|p| t.partial_cmp(p).is_some_and(|o| o.is_le())))
+    }
+
+    fn apply(&mut self, msg: CaptureControl) {
+        match msg {
+            CaptureControl::Hold { id, reply } => {
+                self.holds.insert(id, None);
+                self.since.get_or_insert_with(Instant::now);
+                let _ = reply.send(());
+            }
+            CaptureControl::At { id, position } => {
+                if let Some(p) = self.holds.get_mut(&id) {
+                    *p = Some(position);
+                }
+            }
+            CaptureControl::Place {
+                id,
+                changes,
+                release,
+                reply,
+            } => self.placements.push_back((id, changes, release, reply)),
+            CaptureControl::Release { id } => {
+                self.holds.remove(&id);
+                self.placements.retain(|(h, ..)| *h != id);
+            }
+            CaptureControl::Append { changes, reply } => self.appends.push_back((changes, reply)),
+        }
+        if self.holds.is_empty() {
+            self.since = None;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn read_source<S: Source>(
     mut source: S,
     log: Arc<EmbeddedLog>,
     mut resume: Option<crate::position::Position>,
-    tx: mpsc::Sender<CapturedTransaction>,
+    tx: mpsc::Sender<WriterItem>,
+    mut control: mpsc::Receiver<CaptureControl>,
+    mut holds: Holds,
     metrics: PipelineMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
@@ -235,52 +445,156 @@ async fn read_source<S: Source>(
         resume = Some(position);
     }
     backoff.reset();
+    // The position of what was last handed to the log (snapshot
+    // transactions placed here carry it: resuming from it never skips).
+    let mut sent_at = resume.clone().expect("set above");
+    // A transaction read from the source that a hold keeps from the log.
+    let mut held: Option<CapturedTransaction> = None;
+    // Whether the source is streaming (started since the last failure).
+    let mut streaming = false;
+    let mut control_open = true;
     loop {
-        match resume.as_ref() {
-            Some(p) => info!(position = %p, "capture resuming"),
-            None => info!("capture starting at the source's current end"),
+        while let Ok(msg) = control.try_recv() {
+            holds.apply(msg);
         }
-        metrics.capture_connected.set(0);
-        if let Err(e) = source.start(resume.clone()).await {
-            if e.is_transient() {
-                metrics.error("capture", ErrorClass::Transient);
-                warn!(error = %e, attempt = backoff.attempts() + 1, "capture could not start; retrying");
-                if sleep_or_cancel(backoff.next_delay(), &shutdown).await {
+        // Hand over everything that may go now, in stream order.
+        loop {
+            if let Some((changes, reply)) = holds.appends.pop_front() {
+                let t = snapshot_txn(changes, &sent_at);
+                if tx.send(WriterItem::Snapshot(t, reply)).await.is_err() {
                     return Ok(());
                 }
                 continue;
             }
-            metrics.error("capture", ErrorClass::Definite);
-            return Err(RuntimeError::Capture(e.to_string()));
-        }
-        metrics.capture_connected.set(1);
-        loop {
-            let next = tokio::select! {
-                r = source.next_transaction() => r,
-                _ = shutdown.cancelled() => return Ok(()),
+            if let Some(t) = held.as_ref() {
+                if holds.may_send(&t.position) {
+                    let t = held.take().expect("checked");
+                    sent_at = t.position.clone();
+                    if tx.send(WriterItem::Txn(t)).await.is_err() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
+            // A chunk may be placed once every transaction at or before its
+            // position was handed over: the next one is later, or the source
+            // has read past it.
+            let read_to = if streaming { source.read_position() } else { None };
+            let ready = {
+                let reached = |p: &Position| match held.as_ref() {
+                    Some(t) => t.position.partial_cmp(p).is_some_and(|o| o.is_gt()),
+                    None => read_to.as_ref().is_some_and(|r| r.partial_cmp(p).is_some_and(|o| o.is_ge())),
+                };
+                holds.placements.iter().position(|(id, ..)| {
+                    holds
+                        .holds
+                        .get(id)
+                        .and_then(|p| p.as_ref())
+                        .is_some_and(reached)
+                })
             };
-            match next {
+            if let Some(i) = ready {
+                let (id, changes, release, reply) = holds.placements.remove(i).expect("found");
+                let t = snapshot_txn(changes, &sent_at);
+                if release {
+                    holds.holds.remove(&id);
+                    if holds.holds.is_empty() {
+                        holds.since = None;
+                    }
+                }
+                if tx.send(WriterItem::Snapshot(t, reply)).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            break;
+        }
+        if !streaming {
+            match resume.as_ref() {
+                Some(p) => info!(position = %p, "capture resuming"),
+                None => info!("capture starting at the source's current end"),
+            }
+            metrics.capture_connected.set(0);
+            if let Err(e) = source.start(resume.clone()).await {
+                if e.is_transient() {
+                    metrics.error("capture", ErrorClass::Transient);
+                    warn!(error = %e, attempt = backoff.attempts() + 1, "capture could not start; retrying");
+                    if sleep_or_cancel(backoff.next_delay(), &shutdown).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                metrics.error("capture", ErrorClass::Definite);
+                return Err(RuntimeError::Capture(e.to_string()));
+            }
+            metrics.capture_connected.set(1);
+            streaming = true;
+        }
+        // Wait for the next transaction (unless one is held), a message from
+        // the coordinator, or — while chunks wait for their position — a
+        // short tick to look at how far the source has read.
+        let waiting_chunks = !holds.placements.is_empty();
+        tokio::select! {
+            r = source.next_transaction(), if held.is_none() => match r {
                 Ok(t) => {
                     backoff.reset();
                     resume = Some(t.position.clone());
-                    if tx.send(t).await.is_err() {
-                        return Ok(()); // the writer stopped; it reports why
+                    if holds.holds.is_empty() {
+                        sent_at = t.position.clone();
+                        if tx.send(WriterItem::Txn(t)).await.is_err() {
+                            return Ok(()); // the writer stopped; it reports why
+                        }
+                    } else {
+                        held = Some(t);
                     }
                 }
                 Err(e) if e.is_transient() => {
                     metrics.error("capture", ErrorClass::Transient);
                     warn!(error = %e, "capture stream interrupted; reconnecting");
+                    streaming = false;
                     if sleep_or_cancel(backoff.next_delay(), &shutdown).await {
                         return Ok(());
                     }
-                    break;
                 }
                 Err(e) => {
                     metrics.error("capture", ErrorClass::Definite);
                     return Err(RuntimeError::Capture(e.to_string()));
                 }
+            },
+            msg = control.recv(), if control_open => match msg {
+                Some(msg) => holds.apply(msg),
+                None => {
+                    // The coordinator stopped: nobody will place a chunk.
+                    control_open = false;
+                    holds = Holds::default();
+                }
+            },
+            _ = tokio::time::sleep(Duration::from_millis(20)), if waiting_chunks => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        if let Some(since) = holds.since {
+            if since.elapsed() > Duration::from_secs(30) {
+                warn!(held_for_s = since.elapsed().as_secs(), "capture has been held for a snapshot read for a long time");
+                holds.since = Some(Instant::now());
             }
         }
+    }
+}
+
+/// A snapshot transaction placed at `at`.
+fn snapshot_txn(changes: Vec<(Arc<crate::schema::TableSchema>, crate::Op)>, at: &Position) -> CapturedTransaction {
+    let (run, what) = match changes.first().map(|(t, op)| (t, op)) {
+        Some((t, crate::Op::Snapshot(m))) => (m.id, t.id.to_string()),
+        _ => (0, String::new()),
+    };
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    CapturedTransaction {
+        id: format!("snapshot-{run}:{what}"),
+        commit_ts_us: now_us,
+        position: at.clone(),
+        changes,
     }
 }
 
@@ -296,9 +610,24 @@ pub struct ResumeRequest {
 struct ApplyState {
     applied: u64,
     quarantined: BTreeMap<TableId, Quarantine>,
+    /// Tables waiting for the first chunk of a snapshot meant for this
+    /// replica: their changes are skipped until it recreates them.
+    pending: BTreeSet<TableId>,
 }
 
 impl ApplyState {
+    fn from(opened: crate::sink::Opened) -> Self {
+        ApplyState {
+            applied: opened.applied,
+            quarantined: opened
+                .quarantined
+                .into_iter()
+                .map(|q| (q.table.clone(), q))
+                .collect(),
+            pending: opened.pending.into_iter().collect(),
+        }
+    }
+
     /// The `seq` the log must keep everything after: the replica's offset, or
     /// just before the oldest event a quarantined table still needs.
     fn retain(&self) -> u64 {
@@ -309,6 +638,62 @@ impl ApplyState {
     }
 }
 
+/// The next segment of `carry` to apply as one `Sink::apply` call: a
+/// snapshot or schema-change transaction alone (what a replica skips or
+/// records changes at its boundary), or the ordinary transactions before
+/// the next such one.
+fn next_segment(carry: &mut VecDeque<Transaction>) -> Vec<Transaction> {
+    let special = |t: &Transaction| t.snapshot_mark().is_some() || t.is_ddl();
+    match carry.front() {
+        None => Vec::new(),
+        Some(t) if special(t) => vec![carry.pop_front().expect("front")],
+        Some(_) => {
+            let n = carry.iter().position(special).unwrap_or(carry.len());
+            carry.drain(..n).collect()
+        }
+    }
+}
+
+/// Tables of `segment` this replica leaves out (see [`crate::replica`] and
+/// [`crate::snapshot`]).
+fn skip_set(segment: &[Transaction], st: &ApplyState, filter: &TableFilter, name: &str) -> HashSet<TableId> {
+    let excluded = |id: &TableId| {
+        if id.name.is_empty() {
+            !filter.may_match_schema(&id.schema)
+        } else {
+            !filter.matches(&id.schema, &id.name)
+        }
+    };
+    if let [t] = segment {
+        if let Some(mark) = t.snapshot_mark() {
+            let mut skip = HashSet::new();
+            for e in &t.events {
+                let id = &e.table.id;
+                let later_chunk_of_quarantined = matches!(
+                    &e.op,
+                    crate::Op::Snapshot(m) if matches!(m.phase, SnapshotPhase::Chunk { index, .. } if index > 0)
+                ) && st.quarantined.contains_key(id);
+                if !mark.targets(name) || excluded(id) || later_chunk_of_quarantined {
+                    skip.insert(id.clone());
+                }
+            }
+            return skip;
+        }
+    }
+    let mut skip = HashSet::new();
+    for e in segment.iter().flat_map(|t| &t.events) {
+        let id = &e.table.id;
+        // A dropped table is dropped on the replica whatever its state (its
+        // quarantine or pending snapshot ends with it).
+        let cleanup = matches!(&e.op, crate::Op::Ddl(c) if matches!(c.kind, DdlKind::DropTable | DdlKind::DropDatabase));
+        if excluded(id) || (!cleanup && (st.quarantined.contains_key(id) || st.pending.contains(id))) {
+            skip.insert(id.clone());
+        }
+    }
+    // A table with a skipped event must not be half applied.
+    skip
+}
+
 /// Applies the log to one replica, from the replica's own stored offset, until
 /// `shutdown`. Transient errors are retried with backoff forever (logged
 /// loudly); the offset never moves past what the replica committed.
@@ -316,7 +701,9 @@ impl ApplyState {
 /// A definite error that belongs to one table quarantines that table on this
 /// replica (see [`crate::replica`]) and the rest keeps flowing; any other
 /// definite error stops this replica alone (its state on `board` says why) and
-/// the function returns `Ok`. Only a failure of the log itself is an `Err`.
+/// the function returns `Ok`. A replica whose next `seq` was truncated asks
+/// capture for a snapshot that starts it over and waits for it. Only a
+/// failure of the log itself is an `Err`.
 pub async fn run_apply<K: Sink>(
     name: String,
     mut sink: K,
@@ -357,14 +744,7 @@ pub async fn run_apply<K: Sink>(
                 return Ok(());
             }
         };
-        let mut st = ApplyState {
-            applied: opened.applied,
-            quarantined: opened
-                .quarantined
-                .into_iter()
-                .map(|q| (q.table.clone(), q))
-                .collect(),
-        };
+        let mut st = ApplyState::from(opened);
         publish(&board, &metrics, &label, &name, &st);
         let log_last = log.last_seq();
         if st.applied > log_last {
@@ -380,12 +760,16 @@ pub async fn run_apply<K: Sink>(
         }
         if let Some(first) = log.first_seq()? {
             if st.applied < log_last && st.applied + 1 < first {
-                needs_snapshot(&name, &board, &metrics, &label, st.applied + 1, first);
+                if start_over(&name, &mut sink, &log, &board, &metrics, &label, st.applied + 1, &shutdown).await? {
+                    continue 'open;
+                }
                 return Ok(());
             }
         }
-        info!(replica = %name, applied = st.applied, quarantined = st.quarantined.len(), "applier resuming");
+        info!(replica = %name, applied = st.applied, quarantined = st.quarantined.len(),
+            snapshot_pending = st.pending.len(), "applier resuming");
         log.ack(&name, st.retain())?;
+        let mut carry: VecDeque<Transaction> = VecDeque::new();
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -396,54 +780,68 @@ pub async fn run_apply<K: Sink>(
                 log.ack(&name, st.retain())?;
                 let _ = req.reply.send(r);
             }
-            notify.borrow_and_update();
-            let log2 = log.clone();
-            let from = st.applied + 1;
-            let max = options.max_batch_events;
-            let events = match tokio::task::spawn_blocking(move || log2.read(from, max))
-                .await
-                .map_err(|e| RuntimeError::Join(e.to_string()))?
-            {
-                Ok(ev) => ev,
-                Err(LogError::Truncated { requested, first }) => {
-                    needs_snapshot(&name, &board, &metrics, &label, requested, first);
-                    return Ok(());
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if events.is_empty() {
-                tokio::select! {
-                    _ = notify.changed() => {}
-                    Some(req) = requests.recv() => {
-                        let r = resume_table(&name, &mut sink, &log, &options, &mut st, &req.table).await;
-                        publish(&board, &metrics, &label, &name, &st);
-                        log.ack(&name, st.retain())?;
-                        let _ = req.reply.send(r);
+            if carry.is_empty() {
+                notify.borrow_and_update();
+                let log2 = log.clone();
+                let from = st.applied + 1;
+                let max = options.max_batch_events;
+                let events = match tokio::task::spawn_blocking(move || log2.read(from, max))
+                    .await
+                    .map_err(|e| RuntimeError::Join(e.to_string()))?
+                {
+                    Ok(ev) => ev,
+                    Err(LogError::Truncated { requested, .. }) => {
+                        if start_over(&name, &mut sink, &log, &board, &metrics, &label, requested, &shutdown).await? {
+                            continue 'open;
+                        }
+                        return Ok(());
                     }
-                    _ = shutdown.cancelled() => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                };
+                if events.is_empty() {
+                    tokio::select! {
+                        _ = notify.changed() => {}
+                        Some(req) = requests.recv() => {
+                            let r = resume_table(&name, &mut sink, &log, &options, &mut st, &req.table).await;
+                            publish(&board, &metrics, &label, &name, &st);
+                            log.ack(&name, st.retain())?;
+                            let _ = req.reply.send(r);
+                        }
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                    continue;
                 }
-                continue;
+                carry = into_transactions(events).into();
             }
-            let txns = into_transactions(events);
-            let skip: HashSet<TableId> = txns
-                .iter()
-                .flat_map(|t| &t.events)
-                .map(|e| &e.table.id)
-                .filter(|id| {
-                    st.quarantined.contains_key(*id) || !options.filter.matches(&id.schema, &id.name)
-                })
-                .cloned()
-                .collect();
+            let txns = next_segment(&mut carry);
+            let skip = skip_set(&txns, &st, &options.filter, &name);
             let n_events: u64 = txns
                 .iter()
                 .flat_map(|t| &t.events)
                 .filter(|e| !skip.contains(&e.table.id))
+                .count() as u64;
+            let ddl_events = txns
+                .iter()
+                .flat_map(|t| &t.events)
+                .filter(|e| matches!(e.op, crate::Op::Ddl(_)) && !skip.contains(&e.table.id))
                 .count() as u64;
             let started = Instant::now();
             match sink.apply(&txns, &skip).await {
                 Ok(()) => {
                     backoff.reset();
                     st.applied = txns.last().expect("non-empty").last_seq();
+                    if let [t] = txns.as_slice() {
+                        if t.snapshot_mark().is_some_and(|m| m.targets(&name)) {
+                            note_snapshot(&mut st, t, &skip);
+                        }
+                    }
+                    if ddl_events > 0 {
+                        metrics.apply_ddl.get_or_create(&label).inc_by(ddl_events);
+                        // Renames and drops move the replica's own state:
+                        // read it back.
+                        log.ack(&name, st.retain())?;
+                        continue 'open;
+                    }
                     log.ack(&name, st.retain())?;
                     metrics
                         .apply_batch_seconds
@@ -472,6 +870,9 @@ pub async fn run_apply<K: Sink>(
                         stop(e.to_string());
                         return Ok(());
                     };
+                    if ddl_events > 0 {
+                        metrics.apply_ddl_failures.get_or_create(&label).inc();
+                    }
                     // Re-read the offset: a sink that commits in several parts
                     // may have committed some before failing.
                     let applied = loop {
@@ -529,12 +930,117 @@ pub async fn run_apply<K: Sink>(
                         }
                         error!(replica = %name, table = %t, first_seq = q.first_seq, reason = %q.reason,
                             "table quarantined on this replica: its events are skipped (and kept in the log) \
-                             until `dbmux resume-table --replica {name} --table {t}`; the rest goes on");
+                             until `dbmux resume-table --replica {name} --table {t}` (or a re-snapshot: \
+                             `dbmux snapshot --replica {name} --table {t}`); the rest goes on");
                         metrics.apply_quarantines.get_or_create(&label).inc();
                     }
                     continue 'open;
                 }
             }
+        }
+    }
+}
+
+/// What a snapshot transaction meant for this replica changed in its state
+/// (the sink recorded the same in the replica, in the same transaction).
+fn note_snapshot(st: &mut ApplyState, t: &Transaction, skip: &HashSet<TableId>) {
+    for e in &t.events {
+        let crate::Op::Snapshot(m) = &e.op else { continue };
+        let id = &e.table.id;
+        if skip.contains(id) {
+            continue;
+        }
+        match &m.phase {
+            SnapshotPhase::Begin { .. } => {
+                st.pending.insert(id.clone());
+            }
+            SnapshotPhase::Chunk { index: 0, .. } => {
+                st.pending.remove(id);
+                st.quarantined.remove(id);
+            }
+            SnapshotPhase::Chunk { .. } => {}
+            SnapshotPhase::End { reason } => {
+                st.pending.remove(id);
+                st.quarantined.insert(
+                    id.clone(),
+                    Quarantine {
+                        table: id.clone(),
+                        first_seq: e.seq,
+                        reason: reason.clone(),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// A replica whose next `seq` (`needed_seq`) the log no longer has: shown
+/// as `needs_snapshot`, it asks capture for a snapshot run that starts it
+/// over (every captured table, recreated and reloaded) and waits for the
+/// run's first event to be in the log; then the replica's offset is moved to
+/// just before it (its quarantines and pending snapshots cleared) and the
+/// function returns true. False on shutdown. The other replicas are not
+/// disturbed: the run is targeted at this replica alone.
+#[allow(clippy::too_many_arguments)]
+async fn start_over<K: Sink>(
+    name: &str,
+    sink: &mut K,
+    log: &Arc<EmbeddedLog>,
+    board: &ReplicaBoard,
+    metrics: &PipelineMetrics,
+    label: &ReplicaLabel,
+    needed_seq: u64,
+    shutdown: &CancellationToken,
+) -> Result<bool, RuntimeError> {
+    let first = log.first_seq()?.unwrap_or(0);
+    needs_snapshot(name, board, metrics, label, needed_seq, first);
+    let mut backoff = Backoff::default();
+    let mut request: Option<String> = None;
+    loop {
+        let log_first = log.first_seq()?.unwrap_or(0);
+        let pending = crate::snapshot::pending_reset(log, name);
+        let id = match (&request, pending) {
+            (_, Some(id)) => id,
+            (Some(id), None) => id.clone(),
+            (None, None) => {
+                let id = crate::snapshot::request(log, name, &[], true).map_err(RuntimeError::Capture)?;
+                info!(replica = %name, request = %id, "asked capture for a snapshot that starts this replica over");
+                id
+            }
+        };
+        request = Some(id.clone());
+        if let Some(s) = crate::snapshot::started(log, name).map_err(RuntimeError::Capture)? {
+            if s.request == id && s.begin_seq <= log.last_seq() {
+                if s.begin_seq < log_first {
+                    // Truncated before this replica got to it: ask again.
+                    request = Some(crate::snapshot::request(log, name, &[], true).map_err(RuntimeError::Capture)?);
+                    continue;
+                }
+                loop {
+                    match sink.reset(s.begin_seq).await {
+                        Ok(()) => break,
+                        Err(e) if e.is_transient() => {
+                            warn!(replica = %name, error = %e, "replica unavailable; retrying");
+                            if sleep_or_cancel(backoff.next_delay(), shutdown).await {
+                                return Ok(false);
+                            }
+                        }
+                        Err(e) => {
+                            metrics.error("apply", ErrorClass::Definite);
+                            error!(replica = %name, error = %e, "replica cannot be started over");
+                            board.update(name, |r| r.state = ReplicaState::Stopped { reason: e.to_string() });
+                            return Ok(false);
+                        }
+                    }
+                }
+                log.ack(name, s.begin_seq.saturating_sub(1))?;
+                info!(replica = %name, run = s.run, begin_seq = s.begin_seq,
+                    "replica starts over from a snapshot: its tables are recreated and reloaded; the others go on");
+                return Ok(true);
+            }
+        }
+        if sleep_or_cancel(Duration::from_millis(500), shutdown).await {
+            return Ok(false);
         }
     }
 }
@@ -593,14 +1099,7 @@ pub async fn resume_quarantined<K: Sink>(
     table: &TableId,
 ) -> Result<String, String> {
     let opened = sink.open().await.map_err(|e| e.to_string())?;
-    let mut st = ApplyState {
-        applied: opened.applied,
-        quarantined: opened
-            .quarantined
-            .into_iter()
-            .map(|q| (q.table.clone(), q))
-            .collect(),
-    };
+    let mut st = ApplyState::from(opened);
     let r = resume_table(name, sink, log, options, &mut st, table).await;
     if r.is_ok() {
         log.ack(name, st.retain()).map_err(|e| e.to_string())?;
@@ -642,6 +1141,16 @@ async fn resume_table<K: Sink>(
                     e => e.to_string(),
                 })?;
             let events: Vec<_> = events.into_iter().filter(|e| e.seq <= st.applied).collect();
+            if let Some(e) = events
+                .iter()
+                .find(|e| e.table.id == *table && matches!(e.op, crate::Op::Ddl(_)))
+            {
+                return Err(format!(
+                    "{table} changed schema while quarantined (seq {}): its skipped changes cannot be replayed \
+                     on the old table; re-snapshot it instead: dbmux snapshot --replica {name} --table {table}",
+                    e.seq
+                ));
+            }
             let last = events.last().map_or(st.applied, |e| e.seq);
             let next = (last < st.applied).then_some(last + 1);
             (into_transactions(events), next)
@@ -721,8 +1230,9 @@ pub fn refresh_lag(metrics: &PipelineMetrics, log: &EmbeddedLog, board: &Replica
 
 /// Periodically deletes log chunks every named consumer has applied (a
 /// consumer's acknowledgement already keeps what its quarantined tables
-/// still need). A replica that needs a snapshot cannot use the log and does
-/// not hold it back.
+/// still need; capture's state checkpoint is a consumer too). A replica that
+/// needs a snapshot cannot use the log and does not hold it back until the
+/// snapshot that starts it over has begun.
 pub async fn run_truncation(
     log: Arc<EmbeddedLog>,
     consumers: Vec<String>,
@@ -735,15 +1245,19 @@ pub async fn run_truncation(
             return Ok(());
         }
         let log2 = log.clone();
-        let names: Vec<String> = consumers
-            .iter()
-            .filter(|n| {
-                !board
-                    .get(n)
-                    .is_some_and(|r| matches!(r.state, ReplicaState::NeedsSnapshot { .. }))
-            })
-            .cloned()
-            .collect();
+        let first = log.first_seq()?.unwrap_or(0);
+        let mut names: Vec<String> = Vec::new();
+        for n in &consumers {
+            let waiting = board
+                .get(n)
+                .is_some_and(|r| matches!(r.state, ReplicaState::NeedsSnapshot { .. }));
+            // A replica that needs a snapshot holds nothing back — unless the
+            // run that starts it over has begun (capture acknowledged just
+            // before its first event for it).
+            if !waiting || log.acked(n)?.is_some_and(|a| a + 1 >= first) {
+                names.push(n.clone());
+            }
+        }
         if names.is_empty() {
             continue;
         }
@@ -881,7 +1395,12 @@ mod tests {
             Ok(crate::sink::Opened {
                 applied: self.store.lock().unwrap().offset,
                 quarantined: Vec::new(),
+                pending: Vec::new(),
             })
+        }
+        async fn reset(&mut self, from: u64) -> Result<(), Fault> {
+            self.store.lock().unwrap().offset = from - 1;
+            Ok(())
         }
         async fn quarantine(&mut self, _: &Quarantine) -> Result<(), Fault> {
             Ok(())
@@ -993,6 +1512,9 @@ mod tests {
                 Ok(crate::sink::Opened::default())
             }
             async fn quarantine(&mut self, _: &Quarantine) -> Result<(), Fault> {
+                Ok(())
+            }
+            async fn reset(&mut self, _: u64) -> Result<(), Fault> {
                 Ok(())
             }
             async fn resume(
