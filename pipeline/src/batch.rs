@@ -910,6 +910,7 @@ mod tests {
                 upto: None,
                 rows: 3,
                 last: true,
+                whole: false,
                 create: None,
             },
         };

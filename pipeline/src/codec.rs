@@ -311,6 +311,7 @@ mod tests {
                             upto: Some(vec![Value::UInt(7)]),
                             rows: 1,
                             last: false,
+                            whole: false,
                             create: Some("CREATE TABLE `t` (…)".into()),
                         },
                     })),

@@ -954,11 +954,14 @@ fn note_snapshot(st: &mut ApplyState, t: &Transaction, skip: &HashSet<TableId>) 
             SnapshotPhase::Begin { .. } => {
                 st.pending.insert(id.clone());
             }
-            SnapshotPhase::Chunk { index: 0, .. } => {
-                st.pending.remove(id);
-                st.quarantined.remove(id);
+            SnapshotPhase::Chunk { .. } => {
+                if m.phase.recreates() {
+                    st.quarantined.remove(id);
+                }
+                if m.phase.ends_pending() {
+                    st.pending.remove(id);
+                }
             }
-            SnapshotPhase::Chunk { .. } => {}
             SnapshotPhase::End { reason } => {
                 st.pending.remove(id);
                 st.quarantined.insert(
@@ -1567,5 +1570,474 @@ mod tests {
             ReplicaState::Stopped { .. }
         ));
         assert_eq!(log.acked("b").unwrap(), Some(0));
+    }
+}
+
+#[cfg(test)]
+mod snapshot_model {
+    //! The snapshot merge against a simulated master: a writer changes a
+    //! keyed table and a key-less one while they are copied, capture is killed
+    //! twice in the middle, and a replica applying the log in order (with the
+    //! appliers' rules: upserts and deletes by key, chunk 0 recreates, changes
+    //! of pending tables skipped) must end equal to the master.
+    use super::*;
+    use crate::event::{Op, Row};
+    use crate::position::MysqlPosition;
+    use crate::retry::Classify;
+    use crate::schema::{ColumnDef, ColumnType, TableSchema};
+    use crate::snapshot::{ChunkKey, ChunkReader, ReadView, SnapshotOptions};
+    use crate::value::Value;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::sync::Mutex;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("simulated failure")]
+    struct SimError;
+    impl Classify for SimError {
+        fn class(&self) -> ErrorClass {
+            ErrorClass::Transient
+        }
+    }
+
+    fn pos(n: u64) -> Position {
+        Position::Mysql(MysqlPosition {
+            file: "b.000001".into(),
+            offset: n,
+            gtid_set: None,
+        })
+    }
+
+    fn offset(p: &Position) -> u64 {
+        match p {
+            Position::Mysql(m) => m.offset,
+            _ => unreachable!(),
+        }
+    }
+
+    fn table(name: &str, keyed: bool) -> Arc<TableSchema> {
+        let col = |n: &str| ColumnDef {
+            name: n.into(),
+            ty: ColumnType::Integer {
+                bytes: 8,
+                unsigned: false,
+            },
+            nullable: false,
+            charset: None,
+            collation: None,
+            source_type: "bigint".into(),
+        };
+        Arc::new(TableSchema::new(
+            TableId::new("app", name),
+            vec![col("id"), col("v")],
+            if keyed { vec![0] } else { vec![] },
+        ))
+    }
+
+    /// The simulated master: two tables, and its binlog (the ops of each
+    /// committed transaction; transaction `i` ends at offset `i + 1`).
+    #[derive(Default)]
+    struct Master {
+        keyed: BTreeMap<i64, i64>,
+        bag: Vec<(i64, i64)>,
+        binlog: Vec<Vec<(bool, Op)>>,
+    }
+
+    type Shared = Arc<Mutex<Master>>;
+
+    fn row(k: i64, v: i64) -> Row {
+        vec![Value::Int(k), Value::Int(v)]
+    }
+
+    /// One random transaction on the master.
+    fn write(m: &Shared, rng: &mut StdRng) {
+        let mut m = m.lock().unwrap();
+        let mut ops = Vec::new();
+        for _ in 0..rng.gen_range(1..4) {
+            let k = rng.gen_range(0..3000i64);
+            let v = rng.gen_range(0..1_000_000i64);
+            if rng.gen_bool(0.7) {
+                match m.keyed.get(&k).copied() {
+                    Some(old) if rng.gen_bool(0.3) => {
+                        m.keyed.remove(&k);
+                        ops.push((true, Op::Delete { before: row(k, old) }));
+                    }
+                    Some(old) if rng.gen_bool(0.2) => {
+                        // A key change.
+                        let k2 = rng.gen_range(0..3000i64);
+                        if !m.keyed.contains_key(&k2) {
+                            m.keyed.remove(&k);
+                            m.keyed.insert(k2, v);
+                            ops.push((
+                                true,
+                                Op::Update {
+                                    before: row(k, old),
+                                    after: row(k2, v),
+                                },
+                            ));
+                        }
+                    }
+                    Some(old) => {
+                        m.keyed.insert(k, v);
+                        ops.push((
+                            true,
+                            Op::Update {
+                                before: row(k, old),
+                                after: row(k, v),
+                            },
+                        ));
+                    }
+                    None => {
+                        m.keyed.insert(k, v);
+                        ops.push((true, Op::Insert { after: row(k, v) }));
+                    }
+                }
+            } else if !m.bag.is_empty() && rng.gen_bool(0.4) {
+                let i = rng.gen_range(0..m.bag.len());
+                let (a, b) = m.bag[i];
+                if rng.gen_bool(0.5) {
+                    m.bag.remove(i);
+                    ops.push((false, Op::Delete { before: row(a, b) }));
+                } else {
+                    m.bag[i] = (a, v);
+                    ops.push((
+                        false,
+                        Op::Update {
+                            before: row(a, b),
+                            after: row(a, v),
+                        },
+                    ));
+                }
+            } else {
+                m.bag.push((k, v));
+                ops.push((false, Op::Insert { after: row(k, v) }));
+            }
+        }
+        if !ops.is_empty() {
+            m.binlog.push(ops);
+        }
+    }
+
+    struct SimSource {
+        m: Shared,
+        next: usize,
+        read_to: usize,
+    }
+
+    impl Source for SimSource {
+        type Error = SimError;
+        async fn preflight(&mut self) -> Result<(), SimError> {
+            Ok(())
+        }
+        async fn current_position(&mut self) -> Result<Position, SimError> {
+            Ok(pos(self.m.lock().unwrap().binlog.len() as u64))
+        }
+        async fn start(&mut self, resume: Option<Position>) -> Result<(), SimError> {
+            self.next = resume.map_or(0, |p| offset(&p) as usize);
+            self.read_to = self.next;
+            Ok(())
+        }
+        async fn next_transaction(&mut self) -> Result<CapturedTransaction, SimError> {
+            loop {
+                let got = {
+                    let m = self.m.lock().unwrap();
+                    m.binlog.get(self.next).cloned()
+                };
+                match got {
+                    Some(ops) => {
+                        let i = self.next;
+                        self.next += 1;
+                        self.read_to = self.next;
+                        let (k, n) = (table("k", true), table("n", false));
+                        return Ok(CapturedTransaction {
+                            id: format!("t{i}"),
+                            commit_ts_us: 0,
+                            position: pos(i as u64 + 1),
+                            changes: ops
+                                .into_iter()
+                                .map(|(keyed, op)| (if keyed { k.clone() } else { n.clone() }, op))
+                                .collect(),
+                        });
+                    }
+                    None => tokio::time::sleep(Duration::from_millis(2)).await,
+                }
+            }
+        }
+        fn read_position(&self) -> Option<Position> {
+            Some(pos(self.read_to as u64))
+        }
+    }
+
+    struct SimSnapshots {
+        m: Shared,
+    }
+
+    struct SimReader {
+        m: Shared,
+        view: Option<(Vec<Row>, bool)>,
+        at: usize,
+    }
+
+    impl SnapshotSource for SimSnapshots {
+        type Error = SimError;
+        type Reader = SimReader;
+        async fn tables(&self) -> Result<Vec<(TableId, u64)>, SimError> {
+            let m = self.m.lock().unwrap();
+            Ok(vec![
+                (TableId::new("app", "k"), m.keyed.len() as u64),
+                (TableId::new("app", "n"), m.bag.len() as u64),
+            ])
+        }
+        async fn reader(&self) -> Result<SimReader, SimError> {
+            Ok(SimReader {
+                m: self.m.clone(),
+                view: None,
+                at: 0,
+            })
+        }
+    }
+
+    impl ChunkReader for SimReader {
+        type Error = SimError;
+        async fn begin(&mut self, t: &TableId) -> Result<ReadView, SimError> {
+            // A consistent view: the rows and the binlog end, atomically.
+            let m = self.m.lock().unwrap();
+            let keyed = t.name == "k";
+            let rows: Vec<Row> = if keyed {
+                m.keyed.iter().map(|(k, v)| row(*k, *v)).collect()
+            } else {
+                m.bag.iter().map(|(k, v)| row(*k, *v)).collect()
+            };
+            self.view = Some((rows, keyed));
+            self.at = 0;
+            Ok(ReadView {
+                position: pos(m.binlog.len() as u64),
+                schema: table(&t.name, keyed),
+                create_statement: None,
+                key: if keyed { ChunkKey::Columns(vec![0]) } else { ChunkKey::WholeTable },
+            })
+        }
+        async fn read(&mut self, after: Option<&[Value]>, limit: usize) -> Result<Vec<Row>, SimError> {
+            // Reading takes a while, so the master moves on meanwhile.
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            let (rows, keyed) = self.view.as_ref().expect("begun");
+            if *keyed {
+                let after = after.map(|a| match a[0] {
+                    Value::Int(k) => k,
+                    _ => unreachable!(),
+                });
+                Ok(rows
+                    .iter()
+                    .filter(|r| after.is_none_or(|a| matches!(r[0], Value::Int(k) if k > a)))
+                    .take(limit)
+                    .cloned()
+                    .collect())
+            } else {
+                let out: Vec<Row> = rows.iter().skip(self.at).take(limit).cloned().collect();
+                self.at += out.len();
+                Ok(out)
+            }
+        }
+        async fn end(&mut self) -> Result<(), SimError> {
+            self.view = None;
+            Ok(())
+        }
+        fn is_gone(_: &SimError) -> bool {
+            false
+        }
+    }
+
+    /// The replica: applies the log in order with the appliers' rules.
+    fn replay(events: &[crate::event::ChangeEvent]) -> (BTreeMap<i64, i64>, Vec<(i64, i64)>) {
+        let mut keyed = BTreeMap::new();
+        let mut bag: Vec<(i64, i64)> = Vec::new();
+        let mut pending: BTreeSet<String> = BTreeSet::new();
+        let kv = |r: &Row| match (&r[0], &r[1]) {
+            (Value::Int(a), Value::Int(b)) => (*a, *b),
+            _ => unreachable!(),
+        };
+        for e in events {
+            let name = e.table.id.name.clone();
+            let is_k = name == "k";
+            match &e.op {
+                Op::Snapshot(m) => {
+                    if matches!(m.phase, SnapshotPhase::Begin { .. }) {
+                        pending.insert(name.clone());
+                    }
+                    if m.phase.recreates() {
+                        if is_k {
+                            keyed.clear();
+                        } else {
+                            bag.clear();
+                        }
+                    }
+                    if m.phase.ends_pending() {
+                        pending.remove(&name);
+                    }
+                }
+                // A chunk's rows are applied whatever the table's state.
+                Op::Insert { .. } | Op::Update { .. } | Op::Delete { .. } if pending.contains(&name) => {}
+                Op::Read { after } | Op::Insert { after } => {
+                    let (k, v) = kv(after);
+                    if is_k {
+                        keyed.insert(k, v);
+                    } else {
+                        bag.push((k, v));
+                    }
+                }
+                Op::Update { before, after } => {
+                    let (bk, bv) = kv(before);
+                    let (k, v) = kv(after);
+                    if is_k {
+                        keyed.remove(&bk);
+                        keyed.insert(k, v);
+                    } else {
+                        let i = bag
+                            .iter()
+                            .position(|r| *r == (bk, bv))
+                            .unwrap_or_else(|| panic!("seq {}: update of a row the replica lacks", e.seq));
+                        bag[i] = (k, v);
+                    }
+                }
+                Op::Delete { before } => {
+                    let (bk, bv) = kv(before);
+                    if is_k {
+                        keyed.remove(&bk);
+                    } else {
+                        let i = bag
+                            .iter()
+                            .position(|r| *r == (bk, bv))
+                            .unwrap_or_else(|| panic!("seq {}: delete of a row the replica lacks", e.seq));
+                        bag.remove(i);
+                    }
+                }
+                Op::Truncate | Op::Ddl(_) => unreachable!(),
+            }
+        }
+        (keyed, bag)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_merge_with_live_changes_through_kills() {
+        let dir = tempfile::tempdir().unwrap();
+        let m: Shared = Arc::default();
+        let mut rng = StdRng::seed_from_u64(7);
+        // Rows that exist before capture starts (never in the binlog capture reads).
+        for _ in 0..1500 {
+            write(&m, &mut rng);
+        }
+        let preexisting = m.lock().unwrap().binlog.len();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = tokio::spawn({
+            let (m, stop) = (m.clone(), stop.clone());
+            async move {
+                let mut rng = StdRng::seed_from_u64(8);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    write(&m, &mut rng);
+                    tokio::time::sleep(Duration::from_micros(300)).await;
+                }
+            }
+        });
+        // Capture's first start begins at the binlog's end as of now.
+        {
+            let log = EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap();
+            log.set_start_position(&pos(preexisting as u64)).unwrap();
+        }
+        let chunks_in = |log: &EmbeddedLog| {
+            log.read(1, usize::MAX)
+                .unwrap()
+                .iter()
+                .filter(|e| matches!(&e.op, Op::Snapshot(m) if matches!(m.phase, SnapshotPhase::Chunk { .. })))
+                .count()
+        };
+        let mut placed = 0;
+        for round in 0..3 {
+            let log = Arc::new(EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap());
+            let shutdown = CancellationToken::new();
+            let cap = tokio::spawn(run_capture_with(
+                SimSource {
+                    m: m.clone(),
+                    next: 0,
+                    read_to: 0,
+                },
+                Some(Snapshots {
+                    source: SimSnapshots { m: m.clone() },
+                    options: SnapshotOptions {
+                        chunk_rows: 37,
+                        parallel_tables: 2,
+                        initial: true,
+                        replicas: vec!["r".into()],
+                        poll: Duration::from_millis(50),
+                    },
+                    board: Default::default(),
+                    wake: Default::default(),
+                }),
+                log.clone(),
+                PipelineMetrics::unregistered(),
+                CaptureOptions::default(),
+                shutdown.clone(),
+            ));
+            if round < 2 {
+                // Kill in the middle of the copy: a few more chunks, then stop.
+                let target = placed + 5;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while chunks_in(&log) < target {
+                    assert!(Instant::now() < deadline, "round {round}: no progress");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                placed = chunks_in(&log);
+                cap.abort();
+                let _ = cap.await;
+                continue;
+            }
+            // Let the copy finish, then stop the writer and let capture drain.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                assert!(Instant::now() < deadline, "snapshot did not finish");
+                let done = crate::capture_state::load(&log).unwrap().runs.is_empty() && chunks_in(&log) > placed;
+                if done {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            while !writer.is_finished() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let end = m.lock().unwrap().binlog.len() as u64;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while log.last().unwrap().is_none_or(|(_, p)| offset(&p) < end) {
+                assert!(Instant::now() < deadline, "capture did not drain");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            shutdown.cancel();
+            cap.await.unwrap().unwrap();
+            let events = log.read(1, usize::MAX).unwrap();
+            assert!(events.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1), "gapless");
+            if std::env::var("DUMP").is_ok() {
+                for e in &events {
+                    if e.table.id.name == "n" {
+                        let what = match &e.op {
+                            Op::Snapshot(m) => format!("{:?} targets={:?}", m.phase, m.targets),
+                            Op::Read { after } => format!("r {:?}", after),
+                            Op::Insert { after } => format!("c {:?}", after),
+                            Op::Update { before, after } => format!("u {:?} {:?}", before, after),
+                            Op::Delete { before } => format!("d {:?}", before),
+                            op => format!("{}", op.code()),
+                        };
+                        eprintln!("{} {} {} {}", e.seq, e.position, e.txn.id, what);
+                    }
+                }
+            }
+            let (keyed, mut bag) = replay(&events);
+            let master = m.lock().unwrap();
+            let mut want_bag = master.bag.clone();
+            want_bag.sort();
+            bag.sort();
+            assert_eq!(keyed, master.keyed, "keyed table equals the master");
+            assert_eq!(bag, want_bag, "key-less table equals the master");
+            let kinds: BTreeSet<&str> = events.iter().map(|e| e.op.code()).collect();
+            assert!(kinds.contains("r") && kinds.contains("snapshot") && kinds.contains("u"), "{kinds:?}");
+        }
     }
 }

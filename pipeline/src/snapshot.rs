@@ -71,8 +71,9 @@ pub enum SnapshotPhase {
     },
     /// One chunk: the `Read` events that follow in this transaction are every
     /// row of the table whose key is after the previous chunk's `upto` and at
-    /// or before this one's, as of this event's position. The first chunk
-    /// (`index` 0) recreates the table on the targets first.
+    /// or before this one's, as of this event's position (a table copied whole:
+    /// the next rows of its one read view). The first chunk (`index` 0)
+    /// recreates the table on the targets first.
     Chunk {
         index: u64,
         /// The last key of this chunk (in key order); `None` for a table
@@ -82,6 +83,9 @@ pub enum SnapshotPhase {
         rows: u64,
         /// The table's last chunk.
         last: bool,
+        /// The table is copied whole (no usable key): every piece is at the
+        /// same position, and its changes stay skipped until the last one.
+        whole: bool,
         /// Chunk 0: the source's own `CREATE TABLE` for the table as it is at
         /// this position (a replica of the same engine creates it from this;
         /// others from the event's table definition).
@@ -90,6 +94,27 @@ pub enum SnapshotPhase {
     /// The table could not be copied (it was dropped meanwhile): its targets
     /// stop waiting for it.
     End { reason: String },
+}
+
+impl SnapshotPhase {
+    /// A table's first chunk: the targets recreate the table before loading.
+    pub fn recreates(&self) -> bool {
+        matches!(self, SnapshotPhase::Chunk { index: 0, .. })
+    }
+
+    /// The chunk after which the targets apply the table's changes again:
+    /// the first one of a table copied by key ranges (each later change is a
+    /// full row image that keeps the replica a subset of the master), the
+    /// last one of a table copied whole (its changes need every row there).
+    pub fn ends_pending(&self) -> bool {
+        match self {
+            SnapshotPhase::Chunk {
+                index, whole, last, ..
+            } => (*index == 0 && !*whole) || (*whole && *last),
+            SnapshotPhase::End { .. } => true,
+            SnapshotPhase::Begin { .. } => false,
+        }
+    }
 }
 
 impl SnapshotMark {
@@ -1019,6 +1044,7 @@ async fn copy_chunks<R: ChunkReader>(
                         upto: upto.clone(),
                         rows: n,
                         last,
+                        whole: false,
                         create: if index == 0 { view.create_statement.clone() } else { None },
                     },
                 ),
@@ -1062,6 +1088,7 @@ async fn copy_chunks<R: ChunkReader>(
                             upto: None,
                             rows: n,
                             last,
+                            whole: true,
                             create: if index == 0 { view.create_statement.clone() } else { None },
                         },
                     ),
