@@ -140,9 +140,17 @@ pub enum Action<'a> {
     Load(Vec<&'a Row>),
     /// Snapshot control (see [`crate::snapshot`]): what the replica records
     /// or prepares for the chunk rows that follow.
-    Snapshot(&'a crate::snapshot::SnapshotMark),
-    /// A schema change of the table (see [`crate::ddl`]).
-    Ddl(&'a crate::ddl::SchemaChange),
+    Snapshot {
+        seq: u64,
+        mark: &'a crate::snapshot::SnapshotMark,
+    },
+    /// A schema change of the table (see [`crate::ddl`]); `commit_ts_us` is
+    /// when it ran on the source.
+    Ddl {
+        seq: u64,
+        commit_ts_us: i64,
+        change: &'a crate::ddl::SchemaChange,
+    },
 }
 
 impl Action<'_> {
@@ -151,7 +159,7 @@ impl Action<'_> {
         match self {
             Action::Upsert(r) | Action::Delete(r) | Action::Insert(r) | Action::Load(r) => r.len(),
             Action::UpdateOne { .. } | Action::DeleteOne { .. } => 1,
-            Action::Truncate | Action::Cascade(_) | Action::Snapshot(_) | Action::Ddl(_) => 0,
+            Action::Truncate | Action::Cascade(_) | Action::Snapshot { .. } | Action::Ddl { .. } => 0,
         }
     }
 }
@@ -227,14 +235,18 @@ pub fn plan_with<'a>(txns: &'a [Transaction], options: &PlanOptions<'_>) -> Resu
                 b.close();
                 b.steps.push(Step {
                     table,
-                    action: Action::Ddl(change),
+                    action: Action::Ddl {
+                        seq: ev.seq,
+                        commit_ts_us: ev.txn.commit_ts_us,
+                        change,
+                    },
                 });
             }
             Op::Snapshot(mark) => {
                 b.close();
                 b.steps.push(Step {
                     table,
-                    action: Action::Snapshot(mark),
+                    action: Action::Snapshot { seq: ev.seq, mark },
                 });
             }
             Op::Read { after } => {
@@ -771,8 +783,8 @@ mod tests {
                     Action::Truncate => format!("T:{t}"),
                     Action::Cascade(_) => format!("C:{t}"),
                     Action::Load(r) => format!("L:{t}[{}]", ids(r)),
-                    Action::Snapshot(_) => format!("S:{t}"),
-                    Action::Ddl(_) => format!("DDL:{t}"),
+                    Action::Snapshot { .. } => format!("S:{t}"),
+                    Action::Ddl { .. } => format!("DDL:{t}"),
                 }
             })
             .collect()
@@ -933,8 +945,8 @@ mod tests {
             .steps
             .iter()
             .map(|s| match &s.action {
-                Action::Ddl(_) => "DDL".to_string(),
-                Action::Snapshot(_) => "SNAP".to_string(),
+                Action::Ddl { .. } => "DDL".to_string(),
+                Action::Snapshot { .. } => "SNAP".to_string(),
                 Action::Load(rows) => format!("L{}", rows.iter().map(|r| format!("{:?}", pair(r))).collect::<String>()),
                 Action::Upsert(_) => "U".to_string(),
                 _ => "?".to_string(),
@@ -1109,7 +1121,7 @@ mod tests {
                     let i = state.bag.iter().position(|r| *r == pair(before)).unwrap();
                     state.bag.remove(i);
                 }
-                Action::Cascade(_) | Action::Load(_) | Action::Snapshot(_) | Action::Ddl(_) => {}
+                Action::Cascade(_) | Action::Load(_) | Action::Snapshot { .. } | Action::Ddl { .. } => {}
                 Action::Truncate => {
                     if s.table.has_primary_key() {
                         state.keyed.entry(name).or_default().clear();

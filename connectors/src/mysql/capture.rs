@@ -315,9 +315,9 @@ const MARIA_COMPRESSED: std::ops::RangeInclusive<u8> = 165..=171;
 
 /// The master as seen on connect.
 #[derive(Debug, Clone)]
-struct ServerInfo {
-    mariadb: bool,
-    charsets: Arc<ServerCharsets>,
+pub(crate) struct ServerInfo {
+    pub(crate) mariadb: bool,
+    pub(crate) charsets: Arc<ServerCharsets>,
 }
 
 /// A cached table map: its raw bytes, and the plan when the table is captured.
@@ -360,9 +360,9 @@ type InfoRow = (
 );
 
 /// `information_schema.STATISTICS` rows (index, column, prefix length) of
-/// unique indexes → keys as column names, without keys that have a prefix
-/// column or an expression part.
-fn unique_keys(rows: Vec<(String, Option<String>, Option<u64>)>) -> Vec<Vec<String>> {
+/// unique indexes → keys as column names with the index name, without keys
+/// that have a prefix column or an expression part.
+fn unique_keys(rows: Vec<(String, Option<String>, Option<u64>)>) -> Vec<(Vec<String>, String)> {
     let mut out: Vec<(String, Option<Vec<String>>)> = Vec::new();
     for (index, column, sub_part) in rows {
         if out.last().is_none_or(|(n, _)| *n != index) {
@@ -374,7 +374,7 @@ fn unique_keys(rows: Vec<(String, Option<String>, Option<u64>)>) -> Vec<Vec<Stri
             _ => *key = None,
         }
     }
-    out.into_iter().filter_map(|(_, k)| k).collect()
+    out.into_iter().filter_map(|(name, k)| k.map(|k| (k, name))).collect()
 }
 
 /// `REFERENTIAL_CONSTRAINTS.UPDATE_RULE` / `DELETE_RULE` text.
@@ -410,6 +410,229 @@ fn cascade_closure(all: &[ForeignKey], table: &TableId) -> Vec<ForeignKey> {
         }
     }
     out
+}
+
+/// The master's flavour, collations, character set widths, and the byte →
+/// character tables of its single-byte charsets (registered for decoding).
+pub(crate) async fn read_server_info(conn: &mut Conn) -> Result<ServerInfo, MysqlCaptureError> {
+    let version: Option<String> = conn
+        .query_first("SELECT @@version")
+        .await
+        .map_err(driver("reading @@version"))?;
+    let mariadb = version
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .contains("mariadb");
+    let mut charsets = ServerCharsets::default();
+    let rows: Vec<(u64, String, String)> = conn
+        .query(
+            "SELECT ID, COLLATION_NAME, CHARACTER_SET_NAME FROM information_schema.COLLATIONS \
+             WHERE ID IS NOT NULL",
+        )
+        .await
+        .map_err(driver("reading information_schema.COLLATIONS"))?;
+    for (id, name, charset) in rows {
+        charsets
+            .collations
+            .insert(id as u16, CollationInfo { name, charset });
+    }
+    if mariadb {
+        // MariaDB 10.10+ lists the ids (and full names) of its UCA-14 collations only here.
+        if let Ok(rows) = conn
+            .query::<(u64, String, String), _>(
+                "SELECT ID, FULL_COLLATION_NAME, CHARACTER_SET_NAME \
+                 FROM information_schema.COLLATION_CHARACTER_SET_APPLICABILITY WHERE ID IS NOT NULL",
+            )
+            .await
+        {
+            for (id, name, charset) in rows {
+                charsets
+                    .collations
+                    .insert(id as u16, CollationInfo { name, charset });
+            }
+        }
+    }
+    let defaults: Vec<(String, String)> = conn
+        .query("SELECT CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLLATIONS WHERE IS_DEFAULT = 'Yes'")
+        .await
+        .map_err(driver("reading information_schema.COLLATIONS"))?;
+    charsets.default_collation.extend(defaults);
+    let sets: Vec<(String, u64)> = conn
+        .query("SELECT CHARACTER_SET_NAME, MAXLEN FROM information_schema.CHARACTER_SETS")
+        .await
+        .map_err(driver("reading information_schema.CHARACTER_SETS"))?;
+    for (name, max_len) in &sets {
+        charsets.max_len.insert(name.clone(), *max_len as u32);
+    }
+    // Single-byte charsets without a built-in decoder: ask the server for its
+    // own byte → character table, once (256 conversions in one query).
+    for (name, max_len) in sets {
+        if max_len != 1 || Charset::is_native(&name) || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
+            continue;
+        }
+        let exprs: Vec<String> = (0..=255u8)
+            .map(|b| format!("HEX(CONVERT(CONVERT(UNHEX('{b:02X}') USING {name}) USING utf8mb4))"))
+            .collect();
+        let row: Option<mysql_async::Row> = conn
+            .query_first(format!("SELECT {}", exprs.join(",")))
+            .await
+            .map_err(driver(format!("reading the {name} character table")))?;
+        let Some(row) = row else { continue };
+        let chars = (0..=255usize)
+            .map(|b| {
+                let hex: Option<String> = row.get(b);
+                let text = hex
+                    .and_then(|h| hex::decode(h).ok())
+                    .and_then(|bytes| String::from_utf8(bytes).ok())?;
+                let mut it = text.chars();
+                let c = it.next()?;
+                // The server writes `?` for a byte it has no character for.
+                (it.next().is_none() && (c != '?' || b == 0x3F)).then_some(c)
+            })
+            .collect();
+        Charset::register_single_byte(&name, chars);
+    }
+    Ok(ServerInfo {
+        mariadb,
+        charsets: Arc::new(charsets),
+    })
+}
+
+/// `information_schema`'s view of one table (without foreign keys): its
+/// columns, primary key, UNIQUE keys and, on MariaDB, JSON checks.
+pub(crate) async fn read_table_facts(
+    conn: &mut Conn,
+    db: &str,
+    table: &str,
+    mariadb: bool,
+) -> Result<TableFacts, mysql_async::Error> {
+    let rows: Vec<InfoRow> = conn
+        .exec(
+            "SELECT COLUMN_NAME, LOWER(DATA_TYPE), COLUMN_TYPE, IS_NULLABLE, CHARACTER_SET_NAME, \
+             CHARACTER_MAXIMUM_LENGTH, COLLATION_NAME FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+            (db, table),
+        )
+        .await?;
+    let checks: Vec<String> = if mariadb {
+        conn.exec(
+            "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
+             WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
+            (db, table),
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
+    let keys: Vec<(String, Option<String>, Option<u64>)> = conn
+        .exec(
+            "SELECT INDEX_NAME, COLUMN_NAME, SUB_PART FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 \
+             ORDER BY INDEX_NAME = 'PRIMARY' DESC, INDEX_NAME, SEQ_IN_INDEX",
+            (db, table),
+        )
+        .await?;
+    let (primary, unique): (Vec<_>, Vec<_>) = keys.into_iter().partition(|(index, ..)| index == "PRIMARY");
+    let columns = rows
+        .into_iter()
+        .map(
+            |(name, data_type, column_type, nullable, charset, char_max_len, collation)| {
+                let json_clause = format!("json_valid(`{}`)", name.replace('`', "``"));
+                InfoColumn {
+                    json_check: checks.iter().any(|c| c.trim() == json_clause),
+                    name,
+                    data_type,
+                    column_type,
+                    nullable: nullable.eq_ignore_ascii_case("YES"),
+                    charset,
+                    char_max_len,
+                    collation,
+                }
+            },
+        )
+        .collect();
+    let (unique_keys, unique_key_names) = unique_keys(unique).into_iter().unzip();
+    Ok(TableFacts {
+        columns,
+        primary_key: primary.into_iter().filter_map(|(_, c, _)| c).collect(),
+        unique_keys,
+        unique_key_names,
+        foreign_keys: Vec::new(),
+        cascades: Vec::new(),
+    })
+}
+
+/// Every foreign key whose referencing table is in a database `filter` may
+/// capture (one restricted query per such database: cheap for the server,
+/// `information_schema` opens only that database's tables).
+pub(crate) async fn read_foreign_keys(
+    conn: &mut Conn,
+    filter: &TableFilter,
+) -> Result<Vec<ForeignKey>, mysql_async::Error> {
+    type FkRow = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+    );
+    let schemas: Vec<String> = conn
+        .query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY 1")
+        .await?;
+    let mut rows = Vec::new();
+    for schema in schemas.iter().filter(|s| filter.may_match_schema(s)) {
+        let part: Vec<FkRow> = conn
+            .exec(
+                "SELECT rc.CONSTRAINT_SCHEMA, rc.TABLE_NAME, rc.CONSTRAINT_NAME, rc.UPDATE_RULE, \
+                 rc.DELETE_RULE, k.COLUMN_NAME, k.REFERENCED_TABLE_SCHEMA, k.REFERENCED_TABLE_NAME, \
+                 k.REFERENCED_COLUMN_NAME \
+                 FROM information_schema.REFERENTIAL_CONSTRAINTS rc \
+                 JOIN information_schema.KEY_COLUMN_USAGE k ON k.CONSTRAINT_SCHEMA = rc.CONSTRAINT_SCHEMA \
+                 AND k.CONSTRAINT_NAME = rc.CONSTRAINT_NAME AND k.TABLE_NAME = rc.TABLE_NAME \
+                 WHERE rc.CONSTRAINT_SCHEMA = ? AND k.TABLE_SCHEMA = ? AND k.REFERENCED_TABLE_NAME IS NOT NULL \
+                 ORDER BY rc.TABLE_NAME, rc.CONSTRAINT_NAME, k.ORDINAL_POSITION",
+                (schema, schema),
+            )
+            .await?;
+        rows.extend(part);
+    }
+    let mut fks: Vec<ForeignKey> = Vec::new();
+    for (schema, table, name, update, delete, column, ref_schema, ref_table, ref_column) in rows {
+        let id = TableId::new(schema, table);
+        match fks.last_mut() {
+            Some(f) if f.table == id && f.name == name => {
+                f.columns.push(column);
+                f.referenced_columns.push(ref_column);
+            }
+            _ => {
+                let referenced_table = TableId::new(ref_schema, ref_table);
+                fks.push(ForeignKey {
+                    referenced_captured: filter.matches(&referenced_table.schema, &referenced_table.name),
+                    table_captured: filter.matches(&id.schema, &id.name),
+                    name,
+                    table: id,
+                    columns: vec![column],
+                    referenced_table,
+                    referenced_columns: vec![ref_column],
+                    on_delete: fk_action(&delete),
+                    on_update: fk_action(&update),
+                })
+            }
+        }
+    }
+    Ok(fks)
+}
+
+/// The foreign keys of `table`, and those whose actions change rows when its
+/// rows change (see [`cascade_closure`]), from every key of the master.
+pub(crate) fn with_foreign_keys(mut facts: TableFacts, all: &[ForeignKey], table: &TableId) -> TableFacts {
+    facts.foreign_keys = all.iter().filter(|f| f.table == *table).cloned().collect();
+    facts.cascades = cascade_closure(all, table);
+    facts
 }
 
 /// Capture from a MariaDB / MySQL master's row binlog.
@@ -498,83 +721,8 @@ impl MysqlSource {
             return Ok(s.clone());
         }
         let conn = self.meta().await?;
-        let version: Option<String> = conn
-            .query_first("SELECT @@version")
-            .await
-            .map_err(driver("reading @@version"))?;
-        let mariadb = version
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-            .contains("mariadb");
-        let mut charsets = ServerCharsets::default();
-        let rows: Vec<(u64, String, String)> = conn
-            .query(
-                "SELECT ID, COLLATION_NAME, CHARACTER_SET_NAME FROM information_schema.COLLATIONS \
-                 WHERE ID IS NOT NULL",
-            )
-            .await
-            .map_err(driver("reading information_schema.COLLATIONS"))?;
-        for (id, name, charset) in rows {
-            charsets
-                .collations
-                .insert(id as u16, CollationInfo { name, charset });
-        }
-        if mariadb {
-            // MariaDB 10.10+ lists the ids (and full names) of its UCA-14 collations only here.
-            if let Ok(rows) = conn
-                .query::<(u64, String, String), _>(
-                    "SELECT ID, FULL_COLLATION_NAME, CHARACTER_SET_NAME \
-                     FROM information_schema.COLLATION_CHARACTER_SET_APPLICABILITY WHERE ID IS NOT NULL",
-                )
-                .await
-            {
-                for (id, name, charset) in rows {
-                    charsets
-                        .collations
-                        .insert(id as u16, CollationInfo { name, charset });
-                }
-            }
-        }
-        let sets: Vec<(String, u64)> = conn
-            .query("SELECT CHARACTER_SET_NAME, MAXLEN FROM information_schema.CHARACTER_SETS")
-            .await
-            .map_err(driver("reading information_schema.CHARACTER_SETS"))?;
-        for (name, max_len) in &sets {
-            charsets.max_len.insert(name.clone(), *max_len as u32);
-        }
-        // Single-byte charsets without a built-in decoder: ask the server for its
-        // own byte → character table, once (256 conversions in one query).
-        for (name, max_len) in sets {
-            if max_len != 1 || Charset::is_native(&name) || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
-                continue;
-            }
-            let exprs: Vec<String> = (0..=255u8)
-                .map(|b| format!("HEX(CONVERT(CONVERT(UNHEX('{b:02X}') USING {name}) USING utf8mb4))"))
-                .collect();
-            let row: Option<mysql_async::Row> = conn
-                .query_first(format!("SELECT {}", exprs.join(",")))
-                .await
-                .map_err(driver(format!("reading the {name} character table")))?;
-            let Some(row) = row else { continue };
-            let chars = (0..=255usize)
-                .map(|b| {
-                    let hex: Option<String> = row.get(b);
-                    let text = hex
-                        .and_then(|h| hex::decode(h).ok())
-                        .and_then(|bytes| String::from_utf8(bytes).ok())?;
-                    let mut it = text.chars();
-                    let c = it.next()?;
-                    // The server writes `?` for a byte it has no character for.
-                    (it.next().is_none() && (c != '?' || b == 0x3F)).then_some(c)
-                })
-                .collect();
-            Charset::register_single_byte(&name, chars);
-        }
-        let info = ServerInfo {
-            mariadb,
-            charsets: Arc::new(charsets),
-        };
-        self.gtid = if mariadb {
+        let info = read_server_info(conn).await?;
+        self.gtid = if info.mariadb {
             GtidState::MariaDb(Default::default())
         } else {
             GtidState::MySql(Default::default())
@@ -682,60 +830,7 @@ impl MysqlSource {
     ) -> Result<TableFacts, MysqlCaptureError> {
         let all_fks = self.all_foreign_keys().await?;
         let conn = self.meta().await?;
-        let res: Result<TableFacts, mysql_async::Error> = async {
-            let rows: Vec<InfoRow> = conn
-                .exec(
-                    "SELECT COLUMN_NAME, LOWER(DATA_TYPE), COLUMN_TYPE, IS_NULLABLE, CHARACTER_SET_NAME, \
-                     CHARACTER_MAXIMUM_LENGTH, COLLATION_NAME FROM information_schema.COLUMNS \
-                     WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
-                    (db, table),
-                )
-                .await?;
-            let checks: Vec<String> = if mariadb {
-                conn.exec(
-                    "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
-                     WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
-                    (db, table),
-                )
-                .await?
-            } else {
-                Vec::new()
-            };
-            let keys: Vec<(String, Option<String>, Option<u64>)> = conn
-                .exec(
-                    "SELECT INDEX_NAME, COLUMN_NAME, SUB_PART FROM information_schema.STATISTICS \
-                     WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY' \
-                     ORDER BY INDEX_NAME, SEQ_IN_INDEX",
-                    (db, table),
-                )
-                .await?;
-            let columns = rows
-                .into_iter()
-                .map(
-                    |(name, data_type, column_type, nullable, charset, char_max_len, collation)| {
-                        let json_clause = format!("json_valid(`{}`)", name.replace('`', "``"));
-                        InfoColumn {
-                            json_check: checks.iter().any(|c| c.trim() == json_clause),
-                            name,
-                            data_type,
-                            column_type,
-                            nullable: nullable.eq_ignore_ascii_case("YES"),
-                            charset,
-                            char_max_len,
-                            collation,
-                        }
-                    },
-                )
-                .collect();
-            Ok(TableFacts {
-                columns,
-                unique_keys: unique_keys(keys),
-                foreign_keys: Vec::new(),
-                cascades: Vec::new(),
-            })
-        }
-        .await;
-        let mut facts = res.map_err(|e| {
+        let mut facts = read_table_facts(conn, db, table, mariadb).await.map_err(|e| {
             self.meta = None;
             driver(format!("reading information_schema for {db}.{table}"))(e)
         })?;
@@ -756,75 +851,10 @@ impl MysqlSource {
         let epoch = self.ddl_epoch;
         let filter = self.filter.clone();
         let conn = self.meta().await?;
-        type FkRow = (
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-        );
-        // Keys live in the referencing table's database; only databases capture
-        // may read can hold a key whose referencing table a replica has. One
-        // query per such database, each restricted to it (cheap for the
-        // server: information_schema opens only that database's tables).
-        let rows: Result<Vec<FkRow>, mysql_async::Error> = async {
-            let schemas: Vec<String> = conn
-                .query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY 1")
-                .await?;
-            let mut rows = Vec::new();
-            for schema in schemas.iter().filter(|s| filter.may_match_schema(s)) {
-                let part: Vec<FkRow> = conn
-                    .exec(
-                        "SELECT rc.CONSTRAINT_SCHEMA, rc.TABLE_NAME, rc.CONSTRAINT_NAME, rc.UPDATE_RULE, \
-                         rc.DELETE_RULE, k.COLUMN_NAME, k.REFERENCED_TABLE_SCHEMA, k.REFERENCED_TABLE_NAME, \
-                         k.REFERENCED_COLUMN_NAME \
-                         FROM information_schema.REFERENTIAL_CONSTRAINTS rc \
-                         JOIN information_schema.KEY_COLUMN_USAGE k ON k.CONSTRAINT_SCHEMA = rc.CONSTRAINT_SCHEMA \
-                         AND k.CONSTRAINT_NAME = rc.CONSTRAINT_NAME AND k.TABLE_NAME = rc.TABLE_NAME \
-                         WHERE rc.CONSTRAINT_SCHEMA = ? AND k.TABLE_SCHEMA = ? AND k.REFERENCED_TABLE_NAME IS NOT NULL \
-                         ORDER BY rc.TABLE_NAME, rc.CONSTRAINT_NAME, k.ORDINAL_POSITION",
-                        (schema, schema),
-                    )
-                    .await?;
-                rows.extend(part);
-            }
-            Ok(rows)
-        }
-        .await;
-        let rows = rows.map_err(|e| {
+        let fks = read_foreign_keys(conn, &filter).await.map_err(|e| {
             self.meta = None;
             driver("reading the master's foreign keys")(e)
         })?;
-        let mut fks: Vec<ForeignKey> = Vec::new();
-        for (schema, table, name, update, delete, column, ref_schema, ref_table, ref_column) in rows {
-            let id = TableId::new(schema, table);
-            match fks.last_mut() {
-                Some(f) if f.table == id && f.name == name => {
-                    f.columns.push(column);
-                    f.referenced_columns.push(ref_column);
-                }
-                _ => {
-                    let referenced_table = TableId::new(ref_schema, ref_table);
-                    fks.push(ForeignKey {
-                        referenced_captured: self
-                            .filter
-                            .matches(&referenced_table.schema, &referenced_table.name),
-                        table_captured: self.filter.matches(&id.schema, &id.name),
-                        name,
-                        table: id,
-                        columns: vec![column],
-                        referenced_table,
-                        referenced_columns: vec![ref_column],
-                        on_delete: fk_action(&delete),
-                        on_update: fk_action(&update),
-                    })
-                }
-            }
-        }
         let fks = Arc::new(fks);
         self.foreign_keys = Some((epoch, fks.clone()));
         Ok(fks)

@@ -2,3 +2,4 @@
 
 pub mod apply;
 pub mod apply_sql;
+pub mod ddl;
