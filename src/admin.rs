@@ -4,7 +4,8 @@
 //! `/log?from=SEQ&limit=N` (JSON envelopes, one per line; how `dbmux tail`
 //! reads the log while dbmux holds its lock) and
 //! `POST /replicas/NAME/resume?table=DB.TABLE` (how `dbmux resume-table` lifts
-//! a quarantine while dbmux runs).
+//! a quarantine while dbmux runs) and `POST /replicas/NAME/snapshot[?table=DB.TABLE]`
+//! (how `dbmux snapshot` asks for a re-snapshot while dbmux runs).
 
 use crate::status::StatusBoard;
 use axum::extract::{Path, Query, State};
@@ -35,6 +36,8 @@ pub struct Pipeline {
     pub board: ReplicaBoard,
     /// Where to send a replica's resume requests.
     pub resume: Arc<HashMap<String, tokio::sync::mpsc::Sender<ResumeRequest>>>,
+    /// Wakes the snapshot coordinator when a request was stored.
+    pub snapshot_wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 #[derive(Clone)]
@@ -49,6 +52,11 @@ struct AppState {
 #[derive(Deserialize)]
 struct ResumeQuery {
     table: String,
+}
+
+#[derive(Deserialize)]
+struct SnapshotQuery {
+    table: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +88,7 @@ pub async fn serve(
         .route("/status/history", get(history))
         .route("/log", get(read_log))
         .route("/replicas/{name}/resume", post(resume_table))
+        .route("/replicas/{name}/snapshot", post(snapshot))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -164,6 +173,39 @@ async fn resume_table(
             format!("replica {name} stopped before answering; see /status\n"),
         )
             .into_response(),
+    }
+}
+
+/// Asks capture to re-snapshot one table (or every table) for one replica:
+/// the request is stored in the log and begins at the coordinator's next look.
+async fn snapshot(State(s): State<AppState>, Path(name): Path<String>, Query(q): Query<SnapshotQuery>) -> Response {
+    if s.pipeline.board.get(&name).is_none() {
+        return (StatusCode::NOT_FOUND, format!("no replica named {name:?}\n")).into_response();
+    }
+    let tables = match &q.table {
+        Some(t) => match t.split_once('.') {
+            Some((db, table)) if !db.is_empty() && !table.is_empty() => vec![TableId::new(db, table)],
+            _ => return (StatusCode::BAD_REQUEST, "table must be DB.TABLE\n").into_response(),
+        },
+        None => Vec::new(),
+    };
+    let log = s.log.clone();
+    let name2 = name.clone();
+    let r = tokio::task::spawn_blocking(move || pipeline::snapshot::request(&log, &name2, &tables, false)).await;
+    match r {
+        Ok(Ok(id)) => {
+            if let Some(w) = &s.pipeline.snapshot_wake {
+                w.notify_one();
+            }
+            let what = q.table.as_deref().unwrap_or("every captured table");
+            (
+                StatusCode::OK,
+                format!("snapshot of {what} for replica {name} requested ({id}); progress on /status\n"),
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
 

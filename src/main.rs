@@ -3,9 +3,11 @@
 mod admin;
 mod config;
 mod observe;
+mod progress;
 #[cfg(feature = "proxy")]
 mod proxy_cmd;
 mod resume;
+mod snapshot_cmd;
 mod run;
 mod status;
 mod tail;
@@ -60,6 +62,20 @@ enum Command {
         /// The source table, `DB.TABLE`.
         #[arg(long)]
         table: String,
+    },
+    /// Copy a table's rows (or every captured table's) to one replica again:
+    /// the table is recreated there and reloaded while changes keep flowing
+    /// (through the admin server while dbmux runs; otherwise the request is
+    /// stored and begins with the next `dbmux run`).
+    Snapshot {
+        #[arg(long, short, env = "DBMUX_CONFIG")]
+        config: PathBuf,
+        /// The replica's name.
+        #[arg(long)]
+        replica: String,
+        /// The source table, `DB.TABLE` (default: every captured table).
+        #[arg(long)]
+        table: Option<String>,
     },
     /// Run only the MySQL-protocol proxy from the [proxy] section.
     #[cfg(feature = "proxy")]
@@ -153,6 +169,26 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("dbmux resume-table: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Snapshot {
+            config,
+            replica,
+            table,
+        } => {
+            let Some(cfg) = load_config(&config) else {
+                return ExitCode::from(2);
+            };
+            let rt = runtime();
+            match rt.block_on(snapshot_cmd::snapshot(&cfg, &replica, table.as_deref())) {
+                Ok(msg) => {
+                    println!("{}", msg.trim_end());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dbmux snapshot: {e:#}");
                     ExitCode::FAILURE
                 }
             }

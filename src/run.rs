@@ -30,6 +30,10 @@ pub fn describe(c: &Config) -> String {
     );
     if let Some(m) = &c.source.mysql {
         s.push_str(&format!("source: mysql {}\n", redact_url(&m.url)));
+        s.push_str(&format!(
+            "snapshot: initial={} chunk_rows={} parallel_tables={}\n",
+            c.snapshot.initial, c.snapshot.chunk_rows, c.snapshot.parallel_tables
+        ));
     }
     for r in &c.replicas {
         let url = match (&r.mysql, &r.postgres) {
@@ -107,18 +111,40 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None => pipeline::filter::TableFilter::all(),
     };
 
+    // Snapshot progress (for /status, the metrics and the progress display)
+    // and the admin server's way to wake the coordinator on a request.
+    let snapshot_board = pipeline::snapshot::SnapshotBoard::default();
+    let snapshot_wake = Arc::new(tokio::sync::Notify::new());
     if let Some(m) = cfg.source.mysql.clone() {
         // (A proxy-only configuration has no source and no replicas.)
         backlog = connectors::mysql::backlog::BinlogBacklog::new(&m.url)
             .ok()
             .map(crate::observe::Backlog::Mysql);
+        let snapshots = pipeline::snapshot::Snapshots {
+            source: connectors::mysql::snapshot::MysqlSnapshots::new(&m).context("configuring snapshots")?,
+            options: pipeline::snapshot::SnapshotOptions {
+                chunk_rows: cfg.snapshot.chunk_rows,
+                parallel_tables: cfg.snapshot.parallel_tables,
+                initial: cfg.snapshot.initial,
+                replicas: replica_names.clone(),
+                poll: Duration::from_secs(2),
+            },
+            board: snapshot_board.clone(),
+            wake: snapshot_wake.clone(),
+        };
         let source = connectors::mysql::capture::MysqlSource::new(m).context("configuring capture")?;
         let (log, metrics, sd) = (log.clone(), metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
             (
                 "capture".into(),
-                runtime::run_capture(source, log, metrics, CaptureOptions::default(), sd).await,
+                runtime::run_capture_with(source, Some(snapshots), log, metrics, CaptureOptions::default(), sd)
+                    .await,
             )
+        });
+        let (board, sd) = (snapshot_board.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            crate::progress::run(board, sd).await;
+            ("snapshot progress".into(), Ok(()))
         });
     }
     for r in &cfg.replicas {
@@ -157,7 +183,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     }
     if cfg.log.truncate {
-        let (log, sd, names) = (log.clone(), shutdown.clone(), replica_names.clone());
+        let (log, sd, mut names) = (log.clone(), shutdown.clone(), replica_names.clone());
+        if cfg.source.mysql.is_some() {
+            // Capture's state checkpoint: what follows it stays in the log.
+            names.push(pipeline::capture_state::STATE_CONSUMER.to_string());
+        }
         let every = Duration::from_secs(cfg.log.truncate_interval_s);
         let board = replica_board.clone();
         tasks.spawn(async move {
@@ -218,12 +248,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .with_context(|| format!("binding the admin server to {}", cfg.admin.listen))?;
         info!("admin server on http://{}", listener.local_addr()?);
         let source = cfg.source.mysql.as_ref().map(|m| redact_url(&m.url));
-        let board = Arc::new(crate::status::StatusBoard::new(
-            &cfg.name,
-            source,
-            replica_names.clone(),
-            proxy_view,
-        ));
+        let board = Arc::new(
+            crate::status::StatusBoard::new(&cfg.name, source, replica_names.clone(), proxy_view)
+                .with_snapshots(snapshot_board.clone()),
+        );
         {
             let (board, log, sd) = (board.clone(), log.clone(), shutdown.clone());
             tasks.spawn(async move {
@@ -236,6 +264,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let admin = crate::admin::Pipeline {
             board: replica_board.clone(),
             resume: Arc::new(resume),
+            snapshot_wake: Some(snapshot_wake.clone()),
         };
         tasks.spawn(async move {
             let r = crate::admin::serve(listener, log, metrics, registry, board, admin, sd).await;

@@ -171,6 +171,13 @@ impl CaptureState {
                 use crate::ddl::DdlKind;
                 match &change.kind {
                     DdlKind::CreateTable { .. } | DdlKind::AlterTable { .. } => {
+                        if let DdlKind::AlterTable { actions } = &change.kind {
+                            for a in actions {
+                                if let crate::ddl::AlterAction::RenameTable { from } = a {
+                                    self.forget(from);
+                                }
+                            }
+                        }
                         self.set_history(&ev.table, Some(&change.unique_key_names));
                         self.known.insert(id.clone());
                     }

@@ -94,6 +94,9 @@ pub enum DdlKind {
 /// `DROP INDEX`). Column definitions are in the definition after the change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AlterAction {
+    /// The table was renamed from `from` (an `ALTER TABLE … RENAME TO` with
+    /// other clauses; the actions after it apply to the new name).
+    RenameTable { from: TableId },
     /// A column was added; `fill` is the value every existing row got.
     AddColumn { name: String, fill: Fill },
     DropColumn { name: String },

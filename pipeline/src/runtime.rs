@@ -200,6 +200,7 @@ where
         tx,
         ctl_rx,
         holds,
+        state.clone(),
         metrics.clone(),
         reader_shutdown.clone(),
     ));
@@ -394,6 +395,7 @@ async fn read_source<S: Source>(
     tx: mpsc::Sender<WriterItem>,
     mut control: mpsc::Receiver<CaptureControl>,
     mut holds: Holds,
+    state: SharedState,
     metrics: PipelineMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
@@ -539,6 +541,41 @@ async fn read_source<S: Source>(
                 Ok(t) => {
                     backoff.reset();
                     resume = Some(t.position.clone());
+                    // Tables that entered the captured set (renamed in) get a
+                    // snapshot run, announced before any later change of them.
+                    let entered = source.take_entered_tables();
+                    if !entered.is_empty() && control_open {
+                        let run = {
+                            let mut st = state.lock().expect("capture state");
+                            let id = st.next_run.max(1);
+                            st.next_run = id + 1;
+                            id
+                        };
+                        let changes = entered
+                            .iter()
+                            .map(|id| {
+                                (
+                                    Arc::new(crate::schema::TableSchema {
+                                        id: id.clone(),
+                                        ..Default::default()
+                                    }),
+                                    crate::Op::Snapshot(Box::new(crate::snapshot::SnapshotMark {
+                                        id: run,
+                                        targets: Vec::new(),
+                                        reset: false,
+                                        phase: SnapshotPhase::Begin {
+                                            estimated_rows: 0,
+                                            request: None,
+                                        },
+                                    })),
+                                )
+                            })
+                            .collect();
+                        let (reply, _) = oneshot::channel();
+                        if tx.send(WriterItem::Snapshot(snapshot_txn(changes, &sent_at), reply)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
                     if holds.holds.is_empty() {
                         sent_at = t.position.clone();
                         if tx.send(WriterItem::Txn(t)).await.is_err() {
@@ -583,8 +620,16 @@ async fn read_source<S: Source>(
 
 /// A snapshot transaction placed at `at`.
 fn snapshot_txn(changes: Vec<(Arc<crate::schema::TableSchema>, crate::Op)>, at: &Position) -> CapturedTransaction {
+    // An id unique in the log: run, table, phase, and where it was placed.
     let (run, what) = match changes.first().map(|(t, op)| (t, op)) {
-        Some((t, crate::Op::Snapshot(m))) => (m.id, t.id.to_string()),
+        Some((t, crate::Op::Snapshot(m))) => (
+            m.id,
+            match &m.phase {
+                SnapshotPhase::Begin { .. } => "begin".to_string(),
+                SnapshotPhase::Chunk { index, .. } => format!("{}#{index}@{at}", t.id),
+                SnapshotPhase::End { .. } => format!("{}:end@{at}", t.id),
+            },
+        ),
         _ => (0, String::new()),
     };
     let now_us = std::time::SystemTime::now()
@@ -1060,6 +1105,7 @@ fn publish(
         r.applied_seq = Some(st.applied);
         r.state = ReplicaState::Running;
         r.quarantined = st.quarantined.values().cloned().collect();
+        r.snapshot_pending = st.pending.iter().cloned().collect();
     });
     metrics.apply_last_seq.get_or_create(label).set(st.applied);
     metrics.apply_stopped.get_or_create(label).set(0);

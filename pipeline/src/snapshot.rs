@@ -399,7 +399,12 @@ pub struct TableReport {
 /// Every snapshot table's progress; shared with `/status`, the metrics and
 /// the progress display.
 #[derive(Debug, Clone, Default)]
-pub struct SnapshotBoard(Arc<Mutex<BTreeMap<(u64, TableId), TableReport>>>);
+pub struct SnapshotBoard(
+    Arc<Mutex<BTreeMap<(u64, TableId), TableReport>>>,
+    /// Set once the coordinator made its first plan (before, whether a copy
+    /// is due is not known yet).
+    Arc<std::sync::atomic::AtomicBool>,
+);
 
 /// Finished tables stay on the board this long.
 const KEEP_FINISHED: Duration = Duration::from_secs(600);
@@ -446,13 +451,25 @@ impl SnapshotBoard {
         self.0.lock().expect("snapshot board").values().cloned().collect()
     }
 
-    /// True while some table is waiting or being copied.
+    /// True while some table is waiting or being copied, or before the
+    /// coordinator's first plan.
     pub fn active(&self) -> bool {
-        self.0
-            .lock()
-            .expect("snapshot board")
-            .values()
-            .any(|r| matches!(r.state, "waiting" | "copying"))
+        !self.planned()
+            || self
+                .0
+                .lock()
+                .expect("snapshot board")
+                .values()
+                .any(|r| matches!(r.state, "waiting" | "copying"))
+    }
+
+    /// Whether the coordinator has made its first plan.
+    pub fn planned(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn set_planned(&self) {
+        self.1.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn publish(&self, metrics: &PipelineMetrics) {
@@ -639,6 +656,7 @@ pub async fn run_coordinator<C: SnapshotSource>(
                 // without snapshots): the coordinator lets it go on.
                 metrics.error("snapshot", ErrorClass::Definite);
                 tracing::error!(error = %e, "snapshot: cannot list the source's tables; no snapshot is planned");
+                board.set_planned();
                 ctl.send(CaptureControl::Release { id: INITIAL_HOLD }).await?;
                 return Ok(());
             }
@@ -698,7 +716,9 @@ pub async fn run_coordinator<C: SnapshotSource>(
     for run in runs.values() {
         enqueue(&mut queue, run);
     }
+    let mut seen_runs: BTreeSet<u64> = runs.keys().copied().collect();
     queue.reverse(); // pop() takes the oldest first
+    board.set_planned();
     board.publish(&metrics);
     let mut workers = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(opts.poll);
@@ -734,6 +754,23 @@ pub async fn run_coordinator<C: SnapshotSource>(
                 return Ok(());
             }
         }
+        // Runs capture began by itself (a table renamed into the captured set).
+        let started: Vec<SnapshotRun> = state
+            .lock()
+            .expect("capture state")
+            .runs
+            .values()
+            .filter(|r| !seen_runs.contains(&r.id))
+            .cloned()
+            .collect();
+        for run in started {
+            seen_runs.insert(run.id);
+            let mut added = Vec::new();
+            enqueue(&mut added, &run);
+            added.reverse();
+            added.append(&mut queue);
+            queue = added;
+        }
         let waiting = opts.replicas.iter().any(|r| {
             pending_request(&log, r).is_some_and(|req| {
                 state
@@ -755,6 +792,7 @@ pub async fn run_coordinator<C: SnapshotSource>(
         let new = plan_requests(&ctl, &log, &state, &opts, &tables, &estimates).await?;
         let mut added = Vec::new();
         for run in new {
+            seen_runs.insert(run.id);
             enqueue(&mut added, &run);
         }
         added.reverse();

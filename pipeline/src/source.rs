@@ -62,4 +62,11 @@ pub trait Source: Send {
     fn restore_history(&mut self, history: BTreeMap<TableId, HistoryEntry>) {
         let _ = history;
     }
+
+    /// Tables that entered the captured set while streaming (a rename from a
+    /// table not captured): their existing rows need a snapshot. Taken after
+    /// each transaction.
+    fn take_entered_tables(&mut self) -> Vec<TableId> {
+        Vec::new()
+    }
 }

@@ -10,3 +10,4 @@ mod capture;
 mod equality;
 mod observe;
 mod pipeline;
+mod snapshot;

@@ -285,6 +285,101 @@ pub fn build_plan(
     facts: &TableFacts,
     server: &ServerCharsets,
 ) -> Result<TablePlan, MysqlCaptureError> {
+    build_plan_with(tme, facts, server, true)
+}
+
+/// Whether `facts` describe the table map (the same check [`build_plan`]
+/// makes, without its warning).
+pub fn describes(tme: &TableMapEvent<'_>, facts: &TableFacts, server: &ServerCharsets) -> Result<bool, MysqlCaptureError> {
+    Ok(build_plan_with(tme, facts, server, false)?.consistent)
+}
+
+/// A catalog-like description of a definition from capture's schema history,
+/// for [`build_plan`] (the history knows what the catalog knew when the row
+/// was written).
+pub fn facts_of(schema: &TableSchema, unique_key_names: &[String]) -> TableFacts {
+    let data_type = |c: &ColumnDef| -> &'static str {
+        match &c.ty {
+            ColumnType::Bool | ColumnType::Integer { bytes: 1, .. } => "tinyint",
+            ColumnType::Integer { bytes: 2, .. } => "smallint",
+            ColumnType::Integer { bytes: 3, .. } => "mediumint",
+            ColumnType::Integer { bytes: 4, .. } => "int",
+            ColumnType::Integer { .. } => "bigint",
+            ColumnType::Decimal { .. } => "decimal",
+            ColumnType::Float => "float",
+            ColumnType::Double => "double",
+            ColumnType::Date => "date",
+            ColumnType::Time { .. } => "time",
+            ColumnType::DateTime { .. } => "datetime",
+            ColumnType::Timestamp { .. } => "timestamp",
+            ColumnType::Year => "year",
+            ColumnType::Char { .. } => "char",
+            ColumnType::VarChar { .. } => "varchar",
+            ColumnType::Text { max_bytes: 255 } => "tinytext",
+            ColumnType::Text { max_bytes: 65_535 } => "text",
+            ColumnType::Text {
+                max_bytes: 16_777_215,
+            } => "mediumtext",
+            ColumnType::Text { .. } | ColumnType::Json => "longtext",
+            ColumnType::Binary { .. } => "binary",
+            ColumnType::VarBinary { .. } => "varbinary",
+            ColumnType::Blob { max_bytes: 255 } => "tinyblob",
+            ColumnType::Blob { max_bytes: 65_535 } => "blob",
+            ColumnType::Blob {
+                max_bytes: 16_777_215,
+            } => "mediumblob",
+            ColumnType::Blob { .. } => "longblob",
+            ColumnType::Enum { .. } => "enum",
+            ColumnType::Set { .. } => "set",
+            ColumnType::Bit { .. } => "bit",
+            ColumnType::Uuid | ColumnType::Other { .. } => "other",
+        }
+    };
+    let char_len = |c: &ColumnDef| -> Option<u64> {
+        match c.ty {
+            ColumnType::Char { length }
+            | ColumnType::VarChar { length }
+            | ColumnType::Binary { length }
+            | ColumnType::VarBinary { length } => Some(length as u64),
+            _ => None,
+        }
+    };
+    let name = |i: usize| schema.columns[i].name.clone();
+    TableFacts {
+        columns: schema
+            .columns
+            .iter()
+            .map(|c| InfoColumn {
+                name: c.name.clone(),
+                data_type: data_type(c).into(),
+                column_type: c.source_type.clone(),
+                nullable: c.nullable,
+                charset: c.charset.clone(),
+                char_max_len: char_len(c),
+                json_check: c.ty == ColumnType::Json,
+                collation: c.collation.clone(),
+            })
+            .collect(),
+        primary_key: schema.primary_key.iter().map(|&i| name(i)).collect(),
+        unique_keys: schema
+            .unique_keys
+            .iter()
+            .map(|k| k.iter().map(|&i| name(i)).collect())
+            .collect(),
+        unique_key_names: (0..schema.unique_keys.len())
+            .map(|i| unique_key_names.get(i).cloned().unwrap_or_default())
+            .collect(),
+        foreign_keys: schema.foreign_keys.clone(),
+        cascades: schema.cascades.clone(),
+    }
+}
+
+fn build_plan_with(
+    tme: &TableMapEvent<'_>,
+    facts: &TableFacts,
+    server: &ServerCharsets,
+    warn: bool,
+) -> Result<TablePlan, MysqlCaptureError> {
     let info = facts.columns.as_slice();
     let id = TableId::new(tme.database_name(), tme.table_name());
     let cols = map_columns(tme, &id)?;
@@ -379,7 +474,7 @@ pub fn build_plan(
             }
         }
     }
-    if !consistent {
+    if !consistent && warn {
         tracing::warn!(
             table = %id,
             binlog_columns = cols.len(),

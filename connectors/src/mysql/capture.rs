@@ -56,7 +56,10 @@
 //! - `get_binlog_stream` overrides `@master_binlog_checksum` with `'ALL'`; the
 //!   servers accept it and send checksummed events, which mysql_common verifies.
 
-use super::binlog_table::{build_plan, CollationInfo, InfoColumn, ServerCharsets, TableFacts, TablePlan};
+use super::binlog_table::{
+    build_plan, facts_of, schema_from_facts, CollationInfo, InfoColumn, ServerCharsets, TableFacts, TablePlan,
+};
+use super::ddl::{self, Clause, Statement};
 use super::binlog_values::{Charset, Cursor, DecodeError};
 use super::gtid::{parse_gtid_list, GtidState, MariaGtid, FL_PREPARED_XA};
 use super::preflight;
@@ -67,6 +70,8 @@ use mysql_common::binlog::events::{Event, EventData, GtidEvent, QueryEvent, Tabl
 use pipeline::filter::{TableFilter, TablePattern};
 use pipeline::position::MysqlPosition;
 use pipeline::retry::{Classify, ErrorClass};
+use pipeline::capture_state::HistoryEntry;
+use pipeline::ddl::{AlterAction, DdlKind, SchemaChange};
 use pipeline::schema::{FkAction, ForeignKey, TableId, TableSchema};
 use pipeline::source::{CapturedTransaction, Source};
 use pipeline::value::format_uuid;
@@ -635,6 +640,56 @@ pub(crate) fn with_foreign_keys(mut facts: TableFacts, all: &[ForeignKey], table
     facts
 }
 
+/// A definition naming only the table.
+fn name_only(id: &TableId) -> Arc<TableSchema> {
+    Arc::new(TableSchema {
+        id: id.clone(),
+        ..TableSchema::default()
+    })
+}
+
+/// The table a DDL statement dbmux cannot parse names, by a light reading of
+/// its first words (`ALTER [ONLINE|IGNORE] TABLE x`, `CREATE [OR REPLACE]
+/// TABLE [IF NOT EXISTS] x`, `DROP TABLE [IF EXISTS] x`, `RENAME TABLE x`).
+fn ddl_target_guess(text: &[u8], default_db: &str) -> Option<TableId> {
+    let s = std::str::from_utf8(text).ok()?;
+    let mut rest = s.trim_start();
+    for w in ["ALTER", "CREATE", "DROP", "RENAME", "OR", "REPLACE", "ONLINE", "IGNORE", "TABLE", "IF", "NOT", "EXISTS"] {
+        if starts_with_word(rest.as_bytes(), w) {
+            rest = rest[w.len()..].trim_start();
+        }
+    }
+    let (first, r) = identifier(rest)?;
+    match r.trim_start().strip_prefix('.') {
+        Some(r) => Some(TableId::new(first, identifier(r.trim_start())?.0)),
+        None if !default_db.is_empty() => Some(TableId::new(default_db, first)),
+        None => None,
+    }
+}
+
+/// The catalog-like facts of a history entry.
+fn history_facts(h: &HistoryEntry) -> TableFacts {
+    facts_of(&h.schema, &h.unique_key_names)
+}
+
+/// Same columns (names, types, nullability) and keys: two definitions of a
+/// table that describe the same rows (the catalog's may add spelling and
+/// exact collations).
+fn same_shape(a: &TableSchema, b: &TableSchema) -> bool {
+    let keys = |s: &TableSchema| {
+        let mut k = s.unique_keys.clone();
+        k.sort();
+        k
+    };
+    a.columns.len() == b.columns.len()
+        && a.columns
+            .iter()
+            .zip(&b.columns)
+            .all(|(x, y)| x.name.eq_ignore_ascii_case(&y.name) && x.ty == y.ty && x.nullable == y.nullable)
+        && a.primary_key == b.primary_key
+        && keys(a) == keys(b)
+}
+
 /// Capture from a MariaDB / MySQL master's row binlog.
 pub struct MysqlSource {
     config: MysqlSourceConfig,
@@ -658,6 +713,17 @@ pub struct MysqlSource {
     pending: Option<Event>,
     /// Every foreign key of the master, read once per `ddl_epoch` (the epoch it was read at).
     foreign_keys: Option<(u64, Arc<Vec<ForeignKey>>)>,
+    /// Schema history: each captured table's definition as of the stream's
+    /// position, with its UNIQUE keys' names (restored from the log on start,
+    /// then kept by table maps and DDL).
+    history: HashMap<TableId, HistoryEntry>,
+    /// The boundary after the last transaction read (handed out or not).
+    boundary: Option<MysqlPosition>,
+    /// The DDL events computed for the query event being processed (async
+    /// catalog reads happen before `handle`, which is synchronous).
+    ddl_ready: Option<Vec<(Arc<TableSchema>, Op)>>,
+    /// Tables that entered the captured set by a rename (they need a copy).
+    entered: Vec<TableId>,
 }
 
 impl fmt::Debug for MysqlSource {
@@ -697,6 +763,10 @@ impl MysqlSource {
             txn: None,
             pending: None,
             foreign_keys: None,
+            history: HashMap::new(),
+            boundary: None,
+            ddl_ready: None,
+            entered: Vec::new(),
         })
     }
 
@@ -888,6 +958,40 @@ impl MysqlSource {
         }
     }
 
+    /// Builds and installs the plan of a table map: from the schema history
+    /// when it describes the table map (the definition the row was written
+    /// under), else from `information_schema` (read now).
+    async fn plan_table_map(&mut self, ev: &Event, db: &str, table: &str) -> Result<(), MysqlCaptureError> {
+        let mariadb = self.server.as_ref().is_some_and(|s| s.mariadb);
+        let id = TableId::new(db, table);
+        if let Some(h) = self.history.get(&id).cloned() {
+            let fks = self.all_foreign_keys().await?;
+            let facts = with_foreign_keys(history_facts(&h), &fks, &id);
+            if self.try_install_plan(ev, &facts)? {
+                return Ok(());
+            }
+        }
+        let info = self.table_info(db, table, mariadb).await?;
+        self.install_plan(ev, &info)
+    }
+
+    /// Installs the plan when `facts` describe the table map; false otherwise.
+    fn try_install_plan(&mut self, ev: &Event, facts: &TableFacts) -> Result<bool, MysqlCaptureError> {
+        let tme = ev
+            .read_event::<TableMapEvent<'_>>()
+            .map_err(|e| self.event_error(ev, e.to_string()))?;
+        let charsets = self
+            .server
+            .as_ref()
+            .map(|s| s.charsets.clone())
+            .unwrap_or_default();
+        if !super::binlog_table::describes(&tme, facts, &charsets)? {
+            return Ok(false);
+        }
+        self.install_plan(ev, facts)?;
+        Ok(true)
+    }
+
     fn install_plan(&mut self, ev: &Event, info: &TableFacts) -> Result<(), MysqlCaptureError> {
         let tme = ev
             .read_event::<TableMapEvent<'_>>()
@@ -898,6 +1002,15 @@ impl MysqlSource {
             .map(|s| s.charsets.clone())
             .unwrap_or_default();
         let plan = build_plan(&tme, info, &charsets)?;
+        if plan.consistent {
+            self.history.insert(
+                plan.schema.id.clone(),
+                HistoryEntry {
+                    schema: plan.schema.clone(),
+                    unique_key_names: plan.unique_key_names.clone(),
+                },
+            );
+        }
         let plan = match self.plans.get(&plan.schema.id) {
             Some(old) if old.schema == plan.schema && old.decoders == plan.decoders => old.clone(),
             _ => {
@@ -915,6 +1028,344 @@ impl MysqlSource {
             },
         );
         Ok(())
+    }
+
+    /// A table's definition as the catalog shows it now (`None`: no such
+    /// table), with its UNIQUE keys' names.
+    async fn catalog_definition(&mut self, id: &TableId) -> Result<Option<ddl::Definition>, MysqlCaptureError> {
+        let info = self.server_info().await?;
+        let facts = self.table_info(&id.schema, &id.name, info.mariadb).await?;
+        if facts.columns.is_empty() {
+            return Ok(None);
+        }
+        match schema_from_facts(id.clone(), &facts, &info.charsets) {
+            Ok((schema, unique_key_names)) => Ok(Some(ddl::Definition {
+                schema,
+                unique_key_names,
+            })),
+            // A type capture cannot carry: the table map of its first row
+            // says so loudly; the DDL event names the table only.
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The default collation of a new text column of `table` (its table's,
+    /// else its database's), as the catalog shows it now.
+    async fn default_collation(&mut self, table: &TableId) -> Result<Option<String>, MysqlCaptureError> {
+        let conn = self.meta().await?;
+        let r: Result<Option<Option<String>>, mysql_async::Error> = async {
+            let t: Option<Option<String>> = conn
+                .exec_first(
+                    "SELECT TABLE_COLLATION FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                    (&table.schema, &table.name),
+                )
+                .await?;
+            if let Some(Some(c)) = t {
+                return Ok(Some(Some(c)));
+            }
+            conn.exec_first(
+                "SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+                (&table.schema,),
+            )
+            .await
+        }
+        .await;
+        r.map(Option::flatten).map_err(|e| {
+            self.meta = None;
+            driver(format!("reading the default collation of {table}"))(e)
+        })
+    }
+
+    /// The definition after a statement: what applying the statement to the
+    /// definition before gives (`parsed`), checked against the catalog: when
+    /// the catalog shows the same columns and keys, its definition (exact
+    /// spelling and collations) is taken; when it is ahead (capture behind a
+    /// later change, or re-reading old events after a restart), the parsed
+    /// one. Without a parsed definition, the catalog's (the change is then
+    /// `Unknown` unless `catalog_ok`).
+    async fn settle(
+        &mut self,
+        id: &TableId,
+        parsed: Result<(ddl::Definition, DdlKind), String>,
+        catalog_ok: bool,
+    ) -> Result<(Arc<TableSchema>, Vec<String>, DdlKind), MysqlCaptureError> {
+        let catalog = self.catalog_definition(id).await?;
+        Ok(match (parsed, catalog) {
+            (Ok((p, kind)), Some(c)) if same_shape(&p.schema, &c.schema) => (Arc::new(c.schema), c.unique_key_names, kind),
+            (Ok((p, kind)), _) => {
+                tracing::debug!(table = %id, "information_schema is ahead of this schema change; using the statement's definition");
+                (Arc::new(p.schema), p.unique_key_names, kind)
+            }
+            (Err(e), Some(c)) if catalog_ok => {
+                tracing::debug!(table = %id, reason = %e, "schema change read from information_schema");
+                let kind = DdlKind::CreateTable {
+                    if_not_exists: false,
+                    or_replace: false,
+                };
+                (Arc::new(c.schema), c.unique_key_names, kind)
+            }
+            (Err(e), c) => {
+                tracing::warn!(table = %id, reason = %e,
+                    "schema change dbmux cannot follow; replicas that translate DDL stop this table");
+                let schema = c.map_or_else(|| name_only(id), |c| Arc::new(c.schema));
+                (schema, Vec::new(), DdlKind::Unknown {
+                    reason: format!("dbmux cannot follow this schema change: {e}"),
+                })
+            }
+        })
+    }
+
+    /// The DDL events of a query event: one per captured table it changes
+    /// (empty for anything else). Updates the schema history.
+    async fn schema_changes(&mut self, ev: &Event) -> Result<Vec<(Arc<TableSchema>, Op)>, MysqlCaptureError> {
+        let q = ev
+            .read_event::<QueryEvent<'_>>()
+            .map_err(|e| self.event_error(ev, e.to_string()))?;
+        let raw = q.query_raw().to_vec();
+        let default_db = q.schema().into_owned();
+        drop(q);
+        let text = strip_comments(&raw);
+        let is_ddl = ["CREATE", "ALTER", "DROP", "RENAME"].iter().any(|w| starts_with_word(text, w))
+            || text.starts_with(b"/*!");
+        if !is_ddl {
+            return Ok(Vec::new());
+        }
+        let statement = String::from_utf8_lossy(&raw).into_owned();
+        // Foreign keys and other catalog facts may change with any DDL.
+        self.ddl_epoch += 1;
+        let commit_ts_us = ev.header().timestamp() as i64 * 1_000_000;
+        let change = |kind: DdlKind, names: Vec<String>| {
+            Op::Ddl(Box::new(SchemaChange {
+                statement: statement.clone(),
+                default_schema: default_db.clone(),
+                kind,
+                unique_key_names: names,
+            }))
+        };
+        let captured = |f: &TableFilter, id: &TableId| f.matches(&id.schema, &id.name);
+        let filter = self.filter.clone();
+        let st = match ddl::parse(&statement) {
+            Ok(st) => st,
+            Err(e) => {
+                // Unreadable: the table it names (when a light reading finds
+                // one that is captured) gets an Unknown change.
+                let Some(id) = ddl_target_guess(text, &default_db).filter(|id| captured(&filter, id)) else {
+                    tracing::warn!(statement = %statement, error = %e, "a DDL statement dbmux cannot read; it names no captured table");
+                    return Ok(Vec::new());
+                };
+                let (schema, names, kind) = self.settle(&id, Err(e), false).await?;
+                self.history.remove(&id);
+                return Ok(vec![(schema, change(kind, names))]);
+            }
+        };
+        let charsets = self.server_info().await?.charsets;
+        let mut out = Vec::new();
+        match st {
+            Statement::CreateTable(ct) => {
+                let id = ct.table.id(&default_db);
+                if !captured(&filter, &id) {
+                    return Ok(out);
+                }
+                let default_collation = match (&ct.collation, &ct.charset) {
+                    (Some(c), _) => Some(c.clone()),
+                    (None, Some(cs)) => charsets.default_collation.get(cs).cloned(),
+                    (None, None) => self.default_collation(&id).await?,
+                };
+                let ctx = ddl::Context {
+                    server: &charsets,
+                    default_collation,
+                    commit_ts_us,
+                };
+                let kind = DdlKind::CreateTable {
+                    if_not_exists: ct.if_not_exists,
+                    or_replace: ct.or_replace,
+                };
+                let parsed = ddl::create_definition(&ct, id.clone(), &ctx).map(|d| (d, kind));
+                let (schema, names, kind) = self.settle(&id, parsed, true).await?;
+                self.remember(&schema, &names, &kind);
+                out.push((schema, change(kind, names)));
+            }
+            Statement::CreateTableLike {
+                table,
+                like,
+                if_not_exists,
+                or_replace,
+            } => {
+                let id = table.id(&default_db);
+                if !captured(&filter, &id) {
+                    return Ok(out);
+                }
+                let like = like.id(&default_db);
+                let base = match self.history.get(&like) {
+                    Some(h) => Some(ddl::Definition {
+                        schema: (*h.schema).clone(),
+                        unique_key_names: h.unique_key_names.clone(),
+                    }),
+                    None => self.catalog_definition(&like).await?,
+                };
+                let kind = DdlKind::CreateTable {
+                    if_not_exists,
+                    or_replace,
+                };
+                let parsed = base
+                    .map(|mut d| {
+                        d.schema.id = id.clone();
+                        (d, kind)
+                    })
+                    .ok_or_else(|| format!("the definition of {like} is not known"));
+                let (schema, names, kind) = self.settle(&id, parsed, true).await?;
+                self.remember(&schema, &names, &kind);
+                out.push((schema, change(kind, names)));
+            }
+            Statement::Alter { table, clauses } => {
+                let id = table.id(&default_db);
+                let rename_to = clauses.iter().find_map(|c| match c {
+                    Clause::RenameTo(n) => Some(n.id(&default_db)),
+                    _ => None,
+                });
+                let new_id = rename_to.clone().unwrap_or_else(|| id.clone());
+                match (captured(&filter, &id), captured(&filter, &new_id)) {
+                    (false, false) => return Ok(out),
+                    (false, true) => {
+                        tracing::info!(table = %new_id, "a table entered the captured set by a rename; it will be copied");
+                        self.entered.push(new_id);
+                        return Ok(out);
+                    }
+                    (true, false) => {
+                        let schema = self.forget_table(&id);
+                        out.push((schema, change(DdlKind::DropTable, Vec::new())));
+                        return Ok(out);
+                    }
+                    (true, true) => {}
+                }
+                let before = match self.history.get(&id) {
+                    Some(h) => Some(ddl::Definition {
+                        schema: (*h.schema).clone(),
+                        unique_key_names: h.unique_key_names.clone(),
+                    }),
+                    None => self.catalog_definition(&new_id).await?,
+                };
+                let default_collation = self.default_collation(&new_id).await?;
+                let ctx = ddl::Context {
+                    server: &charsets,
+                    default_collation,
+                    commit_ts_us,
+                };
+                let only_rename = clauses.len() == 1 && rename_to.is_some();
+                let parsed = match before {
+                    None => Err(format!("the definition of {id} before the change is not known")),
+                    Some(b) => ddl::alter_definition(&b, &clauses, rename_to.clone(), &ctx).map(|(d, mut actions)| {
+                        let kind = if only_rename {
+                            DdlKind::RenameTable { from: id.clone() }
+                        } else {
+                            if rename_to.is_some() {
+                                actions.insert(0, AlterAction::RenameTable { from: id.clone() });
+                            }
+                            DdlKind::AlterTable { actions }
+                        };
+                        (d, kind)
+                    }),
+                };
+                let (schema, names, kind) = self.settle(&new_id, parsed, false).await?;
+                if new_id != id {
+                    self.history.remove(&id);
+                }
+                self.remember(&schema, &names, &kind);
+                out.push((schema, change(kind, names)));
+            }
+            Statement::Rename(pairs) => {
+                for (from, to) in pairs {
+                    let (f, t) = (from.id(&default_db), to.id(&default_db));
+                    match (captured(&filter, &f), captured(&filter, &t)) {
+                        (true, true) => {
+                            let before = self.history.get(&f).map(|h| ddl::Definition {
+                                schema: TableSchema {
+                                    id: t.clone(),
+                                    ..(*h.schema).clone()
+                                },
+                                unique_key_names: h.unique_key_names.clone(),
+                            });
+                            let kind = DdlKind::RenameTable { from: f.clone() };
+                            let parsed = before
+                                .map(|d| (d, kind))
+                                .ok_or_else(|| format!("the definition of {f} is not known"));
+                            let (schema, names, kind) = self.settle(&t, parsed, false).await?;
+                            let kind = match kind {
+                                DdlKind::Unknown { .. } => DdlKind::RenameTable { from: f.clone() },
+                                k => k,
+                            };
+                            self.history.remove(&f);
+                            self.remember(&schema, &names, &kind);
+                            out.push((schema, change(kind, names)));
+                        }
+                        (true, false) => {
+                            let schema = self.forget_table(&f);
+                            out.push((schema, change(DdlKind::DropTable, Vec::new())));
+                        }
+                        (false, true) => {
+                            tracing::info!(table = %t, "a table entered the captured set by a rename; it will be copied");
+                            self.entered.push(t);
+                        }
+                        (false, false) => {}
+                    }
+                }
+            }
+            Statement::Drop { tables } => {
+                for n in tables {
+                    let id = n.id(&default_db);
+                    if captured(&filter, &id) {
+                        let schema = self.forget_table(&id);
+                        out.push((schema, change(DdlKind::DropTable, Vec::new())));
+                    }
+                }
+            }
+            Statement::CreateDatabase { name, .. } => {
+                if filter.may_match_schema(&name) {
+                    out.push((name_only(&TableId::new(name, "")), change(DdlKind::CreateDatabase, Vec::new())));
+                }
+            }
+            Statement::DropDatabase { name, .. } => {
+                if filter.covers_schema(&name) {
+                    self.history.retain(|id, _| id.schema != name);
+                    out.push((name_only(&TableId::new(name, "")), change(DdlKind::DropDatabase, Vec::new())));
+                } else {
+                    // Only some of its tables are captured: they are dropped,
+                    // the replica's database stays.
+                    let mut gone: Vec<TableId> = self.history.keys().filter(|id| id.schema == name).cloned().collect();
+                    gone.sort();
+                    for id in gone {
+                        let schema = self.forget_table(&id);
+                        out.push((schema, change(DdlKind::DropTable, Vec::new())));
+                    }
+                }
+            }
+            Statement::Other => {}
+        }
+        Ok(out)
+    }
+
+    /// Records a definition after a schema change in the history.
+    fn remember(&mut self, schema: &Arc<TableSchema>, names: &[String], kind: &DdlKind) {
+        if matches!(kind, DdlKind::Unknown { .. }) || schema.columns_unknown() {
+            self.history.remove(&schema.id);
+            return;
+        }
+        self.history.insert(
+            schema.id.clone(),
+            HistoryEntry {
+                schema: schema.clone(),
+                unique_key_names: names.to_vec(),
+            },
+        );
+    }
+
+    /// Forgets a dropped table; its last known definition (or its name).
+    fn forget_table(&mut self, id: &TableId) -> Arc<TableSchema> {
+        self.plans.remove(id);
+        self.history
+            .remove(id)
+            .map(|h| h.schema)
+            .unwrap_or_else(|| name_only(id))
     }
 
     fn event_error(&self, ev: &Event, message: String) -> MysqlCaptureError {
@@ -1180,8 +1631,20 @@ impl MysqlSource {
                     }
                 }
             }
-            // Other DDL: information_schema facts may have changed.
-            None if !dml => self.ddl_epoch += 1,
+            // Other DDL: the events computed before (`schema_changes`); the
+            // catalog's facts (foreign keys) may have changed.
+            None if !dml => {
+                self.ddl_epoch += 1;
+                let changes = self.ddl_ready.take().unwrap_or_default();
+                if !changes.is_empty() {
+                    if self.txn.is_none() {
+                        self.begin(ev, None, TxnGtid::None, false);
+                    }
+                    if let Some(t) = self.txn.as_mut() {
+                        t.changes.extend(changes);
+                    }
+                }
+            }
             None => {}
         }
         // A DDL group ends with its statement: MariaDB flags it standalone, MySQL has no BEGIN.
@@ -1294,6 +1757,18 @@ impl MysqlSource {
 impl Source for MysqlSource {
     type Error = MysqlCaptureError;
 
+    fn read_position(&self) -> Option<Position> {
+        self.boundary.clone().map(Position::Mysql)
+    }
+
+    fn restore_history(&mut self, history: std::collections::BTreeMap<TableId, HistoryEntry>) {
+        self.history = history.into_iter().collect();
+    }
+
+    fn take_entered_tables(&mut self) -> Vec<TableId> {
+        std::mem::take(&mut self.entered)
+    }
+
     async fn current_position(&mut self) -> Result<Position, MysqlCaptureError> {
         self.master_position().await
     }
@@ -1332,14 +1807,30 @@ impl Source for MysqlSource {
                 if let Some((db, table)) = self.table_map_needs_lookup(&ev)? {
                     // Kept until installed, so a dropped future does not lose the table map.
                     self.pending = Some(ev.clone());
-                    let mariadb = self.server.as_ref().is_some_and(|s| s.mariadb);
-                    let info = self.table_info(&db, &table, mariadb).await?;
+                    self.plan_table_map(&ev, &db, &table).await?;
                     self.pending = None;
-                    self.install_plan(&ev, &info)?;
                 }
                 continue;
             }
-            if let Some(txn) = self.handle(&ev)? {
+            if ev.header().event_type_raw() == QUERY && self.ddl_ready.is_none() {
+                // Kept until handled: the catalog reads below may be cancelled.
+                self.pending = Some(ev.clone());
+                let changes = self.schema_changes(&ev).await?;
+                self.pending = None;
+                self.ddl_ready = Some(changes);
+            }
+            let handled = self.handle(&ev);
+            self.ddl_ready = None;
+            let handled = handled?;
+            let h = ev.header();
+            if self.txn.is_none() && h.log_pos() > 0 && h.event_type_raw() != ROTATE {
+                self.boundary = Some(MysqlPosition {
+                    file: self.file.clone(),
+                    offset: h.log_pos() as u64,
+                    gtid_set: (!self.gtid.is_empty()).then(|| self.gtid.to_string()),
+                });
+            }
+            if let Some(txn) = handled {
                 return Ok(txn);
             }
         }
@@ -1409,6 +1900,11 @@ impl MysqlSource {
         tracing::info!(file = %p.file, offset = p.offset, gtid = %gtid_text, server_id = self.config.server_id, "binlog capture started");
         self.stream = Some(stream);
         self.requested = format!("{}:{}", p.file, p.offset);
+        self.boundary = Some(MysqlPosition {
+            file: p.file.clone(),
+            offset: p.offset,
+            gtid_set: (!gtid_text.is_empty()).then(|| gtid_text.clone()),
+        });
         self.file = p.file;
         self.seen_fde = false;
         Ok(())

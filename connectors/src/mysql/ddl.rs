@@ -1984,7 +1984,14 @@ pub fn alter_definition(
             Clause::AddColumns(cols) => {
                 for (spec, p) in cols {
                     if def.schema.column_index(&spec.name).is_some() {
-                        // `ADD COLUMN IF NOT EXISTS` of an existing column.
+                        // `ADD COLUMN IF NOT EXISTS` of an existing column, or
+                        // a definition that already has it (the catalog read
+                        // after the change): a replica adds it if missing.
+                        let col = column_def(spec, ctx)?;
+                        actions.push(AlterAction::AddColumn {
+                            name: spec.name.clone(),
+                            fill: fill_of(spec, &col, ctx),
+                        });
                         continue;
                     }
                     let col = column_def(spec, ctx)?;
@@ -2014,7 +2021,10 @@ pub fn alter_definition(
             }
             Clause::AddKey(k) => actions.extend(add_key(&mut def, k, &mut taken)?),
             Clause::DropColumn(c) => {
-                let Ok(i) = find(&def, c) else { continue };
+                let Ok(i) = find(&def, c) else {
+                    actions.push(AlterAction::DropColumn { name: c.clone() });
+                    continue;
+                };
                 let name = def.schema.columns[i].name.clone();
                 def.schema.columns.remove(i);
                 on_remove(&mut def, i);

@@ -257,6 +257,7 @@ async fn alter(
     let mut keys = false;
     for a in actions {
         match a {
+            AlterAction::RenameTable { from } => rename(client, config, from, target).await?,
             AlterAction::AddColumn { name, fill } => {
                 let col = column(renamed, source, name)?;
                 let (ty, check) = sql::column_type_sql(col)?;
@@ -271,7 +272,11 @@ async fn alter(
                 };
                 let null = if col.nullable { "NULL" } else { "NOT NULL" };
                 let check = check.map_or(String::new(), |c| format!(" CHECK ({c})"));
-                exec(client, &format!("ALTER TABLE {table} ADD COLUMN {q} {ty}{default} {null}{check}")).await?;
+                exec(
+                    client,
+                    &format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {q} {ty}{default} {null}{check}"),
+                )
+                .await?;
                 if fill.is_some() {
                     exec(client, &format!("ALTER TABLE {table} ALTER COLUMN {q} DROP DEFAULT")).await?;
                 }
