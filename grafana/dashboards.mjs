@@ -271,6 +271,13 @@ function proxy() {
       { expr: `rate(dbmux_proxy_ryw_master_reads_total[${R}])`, legend: "reads kept on the master" },
       { expr: `rate(dbmux_proxy_replica_failovers_total[${R}])`, legend: "replica failovers" },
     ], { w: 8 }),
+    l.chart("Client memory", "bytes", [{ expr: "dbmux_proxy_client_memory_bytes", legend: "held" }], { w: 12, min: 0,
+      description: "Client data held under max_memory (big packets, long data, prepared statement texts). At the limit, clients get error 1041." }),
+    l.chart("Refused packets, KILLs, panics", "ops", [
+      { expr: `rate(dbmux_proxy_packets_refused_total[${R}])`, legend: "packets refused" },
+      { expr: `rate(dbmux_proxy_kills_total[${R}])`, legend: "KILLs" },
+      { expr: `rate(dbmux_proxy_session_panics_total[${R}])`, legend: "session panics" },
+    ], { w: 12, description: "Packets over max_allowed_packet or max_memory; KILL statements carried out; sessions ended by a panic (a bug to report: the process and the other sessions go on)." }),
     l.row("Backends"),
     l.chart("Ping latency", "s", [{ expr: `dbmux_proxy_backend_ping_seconds{${sel}}`, legend: "{{backend}}" }], { w: 12 }),
     l.chart("Up", "none", [{ expr: `dbmux_proxy_backend_up{${sel}}`, legend: "{{backend}}" }], { w: 12, min: 0, max: 1 }),

@@ -7,13 +7,14 @@
 //! a quarantine while dbmux runs) and `POST /replicas/NAME/snapshot[?table=DB.TABLE]`
 //! (how `dbmux snapshot` asks for a re-snapshot while dbmux runs).
 
+use crate::log::AnyLog;
 use crate::status::StatusBoard;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use pipeline::log::EmbeddedLog;
+use pipeline::log::{Log, LogError, LogReader};
 use pipeline::metrics::PipelineMetrics;
 use pipeline::replica::ReplicaBoard;
 use pipeline::runtime::ResumeRequest;
@@ -36,13 +37,17 @@ pub struct Pipeline {
     pub board: ReplicaBoard,
     /// Where to send a replica's resume requests.
     pub resume: Arc<HashMap<String, tokio::sync::mpsc::Sender<ResumeRequest>>>,
-    /// Wakes the snapshot coordinator when a request was stored.
+    /// Wakes the snapshot coordinator when a request was stored; `None` when
+    /// this process runs no snapshot coordinator (no MySQL capture here).
     pub snapshot_wake: Option<Arc<tokio::sync::Notify>>,
+    /// The configured replicas a snapshot may be requested for (all of the
+    /// configuration's, also in `dbmux capture`, which applies to none).
+    pub snapshot_replicas: Vec<String>,
 }
 
 #[derive(Clone)]
 struct AppState {
-    log: Arc<EmbeddedLog>,
+    log: AnyLog,
     metrics: PipelineMetrics,
     registry: Arc<Registry>,
     board: Arc<StatusBoard>,
@@ -57,6 +62,11 @@ struct ResumeQuery {
 #[derive(Deserialize)]
 struct SnapshotQuery {
     table: Option<String>,
+    /// Start the replica over: recreate and reload every captured table and
+    /// move its offset to the run's first event (for a replica that needs a
+    /// snapshot because the log no longer has its next `seq`). Implied when
+    /// this process sees the replica in `needs_snapshot`.
+    start_over: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -67,7 +77,7 @@ struct LogQuery {
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    log: Arc<EmbeddedLog>,
+    log: AnyLog,
     metrics: PipelineMetrics,
     registry: Arc<Registry>,
     board: Arc<StatusBoard>,
@@ -109,7 +119,7 @@ async fn page() -> Response {
 async fn metrics_page(State(s): State<AppState>) -> Response {
     // Lag is computed now, from the log's head and each replica's position, so
     // it grows while a replica is down.
-    pipeline::runtime::refresh_lag(&s.metrics, &s.log, &s.pipeline.board);
+    pipeline::runtime::refresh_lag(&s.metrics, &s.log, &s.pipeline.board).await;
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &s.registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
@@ -118,22 +128,11 @@ async fn metrics_page(State(s): State<AppState>) -> Response {
 }
 
 async fn status(State(s): State<AppState>) -> Response {
-    let (board, log, metrics, replicas) = (
-        s.board.clone(),
-        s.log.clone(),
-        s.metrics.clone(),
-        s.pipeline.board.clone(),
-    );
-    // Reads the log's newest chunk: off the async workers.
-    match tokio::task::spawn_blocking(move || {
-        pipeline::runtime::refresh_lag(&metrics, &log, &replicas);
-        board.status(&log, &metrics, &replicas)
-    })
-    .await
-    {
-        Ok(body) => axum::Json(body).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    // The embedded log answers from local storage (off the async workers);
+    // Kafka from the brokers.
+    pipeline::runtime::refresh_lag(&s.metrics, &s.log, &s.pipeline.board).await;
+    let body = s.board.status(&s.log, &s.metrics, &s.pipeline.board).await;
+    axum::Json(body).into_response()
 }
 
 async fn history(State(s): State<AppState>) -> Response {
@@ -178,10 +177,23 @@ async fn resume_table(
 
 /// Asks capture to re-snapshot one table (or every table) for one replica:
 /// the request is stored in the log and begins at the coordinator's next look.
-async fn snapshot(State(s): State<AppState>, Path(name): Path<String>, Query(q): Query<SnapshotQuery>) -> Response {
-    if s.pipeline.board.get(&name).is_none() {
+/// Only a process that runs capture (with a MySQL source) can take it.
+async fn snapshot(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<SnapshotQuery>,
+) -> Response {
+    if !s.pipeline.snapshot_replicas.contains(&name) {
         return (StatusCode::NOT_FOUND, format!("no replica named {name:?}\n")).into_response();
     }
+    let Some(wake) = &s.pipeline.snapshot_wake else {
+        return (
+            StatusCode::CONFLICT,
+            "this process does not run capture from a MySQL/MariaDB source: ask the admin server of the process \
+             that does (`dbmux run` or `dbmux capture`)\n",
+        )
+            .into_response();
+    };
     let tables = match &q.table {
         Some(t) => match t.split_once('.') {
             Some((db, table)) if !db.is_empty() && !table.is_empty() => vec![TableId::new(db, table)],
@@ -189,22 +201,37 @@ async fn snapshot(State(s): State<AppState>, Path(name): Path<String>, Query(q):
         },
         None => Vec::new(),
     };
-    let log = s.log.clone();
-    let name2 = name.clone();
-    let r = tokio::task::spawn_blocking(move || pipeline::snapshot::request(&log, &name2, &tables, false)).await;
-    match r {
-        Ok(Ok(id)) => {
-            if let Some(w) = &s.pipeline.snapshot_wake {
-                w.notify_one();
-            }
+    let needs = s
+        .pipeline
+        .board
+        .get(&name)
+        .is_some_and(|r| matches!(r.state, pipeline::replica::ReplicaState::NeedsSnapshot { .. }));
+    let start_over = q.start_over.unwrap_or(false) || needs;
+    if start_over && !tables.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "replica {name} must start over (every table recreated and reloaded): a single table cannot be \
+                 requested for it; leave out `table`\n"
+            ),
+        )
+            .into_response();
+    }
+    match pipeline::snapshot::request(&s.log, &name, &tables, start_over).await {
+        Ok(id) => {
+            wake.notify_one();
             let what = q.table.as_deref().unwrap_or("every captured table");
+            let how = if start_over {
+                " (the replica starts over from it)"
+            } else {
+                ""
+            };
             (
                 StatusCode::OK,
-                format!("snapshot of {what} for replica {name} requested ({id}); progress on /status\n"),
+                format!("snapshot of {what} for replica {name} requested ({id}){how}; progress on /status\n"),
             )
                 .into_response()
         }
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
@@ -212,21 +239,24 @@ async fn snapshot(State(s): State<AppState>, Path(name): Path<String>, Query(q):
 async fn read_log(State(s): State<AppState>, Query(q): Query<LogQuery>) -> Response {
     let from = q.from.unwrap_or(1).max(1);
     let limit = q.limit.unwrap_or(1000).clamp(1, MAX_LOG_PAGE);
-    let log = s.log.clone();
-    let res = tokio::task::spawn_blocking(move || log.read(from, limit)).await;
+    let res = match s.log.reader("admin").await {
+        Ok(mut reader) => reader.read(from, limit).await,
+        Err(e) => Err(e),
+    };
     match res {
-        Ok(Ok(events)) => {
+        Ok(txns) => {
             let mut body = String::new();
-            for e in events.iter().take(limit.max(1)) {
-                body.push_str(pipeline::envelope::to_envelope(e).as_str());
+            for env in txns
+                .iter()
+                .flat_map(pipeline::envelope::transaction_envelopes)
+                .take(limit)
+            {
+                body.push_str(env.as_str());
                 body.push('\n');
             }
             ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
         }
-        Ok(Err(e @ pipeline::log::LogError::Truncated { .. })) => {
-            (StatusCode::GONE, e.to_string()).into_response()
-        }
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e @ LogError::Truncated { .. }) => (StatusCode::GONE, e.to_string()).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

@@ -19,6 +19,7 @@
 use connectors::mysql::apply::MysqlSinkConfig;
 use connectors::mysql::capture::MysqlSourceConfig;
 use connectors::postgres::apply::PostgresSinkConfig;
+use connectors::postgres::capture::PostgresSourceConfig;
 use pipeline::log::FsyncPolicy;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -46,7 +47,11 @@ pub struct Config {
     /// Where dbmux keeps its own state (the embedded log).
     pub data_dir: PathBuf,
     pub log: LogConfig,
-    pub source: SourceConfig,
+    /// `[log.kafka]`, when `log.kind = "kafka"`.
+    #[cfg(feature = "kafka")]
+    pub kafka: Option<connectors::kafka::KafkaLogConfig>,
+    /// `None` only in a proxy-only file.
+    pub source: Option<SourceConfig>,
     pub replicas: Vec<ReplicaConfig>,
     pub admin: AdminConfig,
     /// Copying the rows tables already have (`[snapshot]`).
@@ -83,6 +88,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawSource {
     mysql: Option<toml::Value>,
+    postgres: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -119,9 +125,18 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from(DEFAULT_DATA_DIR)
 }
 
+/// The log kinds (`[log] kind`).
+pub const LOG_KINDS: &[&str] = &["embedded", "kafka"];
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
+    /// `embedded` (fjall in `data_dir`, one process) or `kafka` (`[log.kafka]`).
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// `[log.kafka]`, parsed on its own (see [`Config::kafka`]).
+    #[serde(default)]
+    pub kafka: Option<toml::Value>,
     /// `always` (sync before a transaction counts as captured; the only mode
     /// that survives power loss), `interval`, or `never`.
     #[serde(default = "default_fsync")]
@@ -140,6 +155,10 @@ fn default_true() -> bool {
     true
 }
 
+fn default_kind() -> String {
+    "embedded".into()
+}
+
 fn default_fsync() -> String {
     "always".into()
 }
@@ -153,6 +172,8 @@ fn default_truncate_interval() -> u64 {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
+            kind: default_kind(),
+            kafka: None,
             fsync: default_fsync(),
             fsync_interval_ms: DEFAULT_FSYNC_INTERVAL_MS,
             truncate: true,
@@ -171,10 +192,52 @@ impl LogConfig {
     }
 }
 
-/// Exactly one source kind.
-#[derive(Debug)]
-pub struct SourceConfig {
-    pub mysql: Option<MysqlSourceConfig>,
+/// The source: exactly one kind (`[source.mysql]` or `[source.postgres]`).
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    Mysql(MysqlSourceConfig),
+    Postgres(PostgresSourceConfig),
+}
+
+impl SourceConfig {
+    /// The kind's section path, for messages.
+    pub fn path(&self) -> &'static str {
+        match self {
+            SourceConfig::Mysql(_) => "source.mysql",
+            SourceConfig::Postgres(_) => "source.postgres",
+        }
+    }
+
+    /// `kind url` with the password redacted.
+    pub fn describe(&self) -> String {
+        match self {
+            SourceConfig::Mysql(m) => format!("mysql {}", redact_url(&m.url)),
+            SourceConfig::Postgres(p) => format!("postgres {} (slot {})", redact_url(&p.url), p.slot),
+        }
+    }
+
+    /// The source's table filter (`include` / `exclude`).
+    pub fn filter(&self) -> Result<pipeline::filter::TableFilter, String> {
+        match self {
+            SourceConfig::Mysql(m) => m.filter().map_err(|e| e.to_string()),
+            SourceConfig::Postgres(p) => p.filter().map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The `include` patterns.
+    pub fn include(&self) -> &[String] {
+        match self {
+            SourceConfig::Mysql(m) => &m.include,
+            SourceConfig::Postgres(p) => &p.include,
+        }
+    }
+
+    fn validate(&self) -> Vec<String> {
+        match self {
+            SourceConfig::Mysql(m) => m.validate_at(self.path()),
+            SourceConfig::Postgres(p) => p.validate_at(self.path()),
+        }
+    }
 }
 
 /// One replica: a name plus exactly one engine section.
@@ -398,8 +461,16 @@ impl Config {
                 return Err(problems);
             }
         };
-        let source_present = raw.source.mysql.is_some();
-        let mysql_source = section(raw.source.mysql, "source.mysql", &mut problems);
+        let kinds = usize::from(raw.source.mysql.is_some()) + usize::from(raw.source.postgres.is_some());
+        let source_present = kinds > 0;
+        if kinds > 1 {
+            problems.push("source: exactly one of [source.mysql] or [source.postgres] is allowed".into());
+        }
+        let source = match (raw.source.mysql, raw.source.postgres) {
+            (Some(m), _) => section(Some(m), "source.mysql", &mut problems).map(SourceConfig::Mysql),
+            (None, Some(p)) => section(Some(p), "source.postgres", &mut problems).map(SourceConfig::Postgres),
+            (None, None) => None,
+        };
         // Presence is kept apart from the parsed value: a section that failed
         // to parse was reported already and must not also count as missing.
         let mut presence = Vec::with_capacity(raw.replica.len());
@@ -413,23 +484,69 @@ impl Config {
                 postgres: section(r.postgres, &format!("replica[{i}].postgres"), &mut problems),
             });
         }
+        #[cfg_attr(not(feature = "kafka"), allow(unused_mut))]
+        let mut log = raw.log;
+        let kafka_present = log.kafka.is_some();
+        #[cfg(feature = "kafka")]
+        let kafka = section(log.kafka.take(), "log.kafka", &mut problems);
         let config = Config {
             name: raw.name,
             data_dir: raw.data_dir,
-            log: raw.log,
-            source: SourceConfig { mysql: mysql_source },
+            log,
+            #[cfg(feature = "kafka")]
+            kafka,
+            source,
             replicas,
             admin: raw.admin,
             snapshot: raw.snapshot,
             #[cfg(feature = "proxy")]
             proxy: section(raw.proxy, "proxy", &mut problems),
         };
+        problems.extend(config.validate_log(kafka_present));
         problems.extend(config.validate_with(source_present, &presence));
         if problems.is_empty() {
             Ok(config)
         } else {
             Err(problems)
         }
+    }
+
+    /// `[log]`: the kind and, for Kafka, its section.
+    fn validate_log(&self, kafka_present: bool) -> Vec<String> {
+        let mut p = Vec::new();
+        match self.log.kind.as_str() {
+            "embedded" => {
+                if kafka_present {
+                    p.push("log.kafka: only used with log.kind = \"kafka\"".into());
+                }
+            }
+            "kafka" => {
+                #[cfg(feature = "kafka")]
+                match &self.kafka {
+                    Some(k) => p.extend(
+                        k.validate(&self.name)
+                            .into_iter()
+                            .map(|e| format!("log.kafka.{e}")),
+                    ),
+                    None if kafka_present => {}
+                    None => p.push(
+                        "log.kafka: required with log.kind = \"kafka\" (at least brokers = \"host:port\")"
+                            .into(),
+                    ),
+                }
+                #[cfg(not(feature = "kafka"))]
+                p.push("log.kind: this dbmux was built without the `kafka` feature".into());
+            }
+            other => p.push(format!(
+                "log.kind: {other:?} is not one of {}",
+                LOG_KINDS
+                    .iter()
+                    .map(|k| format!("{k:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+        p
     }
 
     /// Semantic checks, every problem with its field path; told which sections
@@ -487,10 +604,12 @@ impl Config {
         // A pipeline needs a source and replicas; a proxy-only file needs neither.
         let pipeline = source_present || !self.replicas.is_empty() || !has_proxy;
         if pipeline {
-            match &self.source.mysql {
-                Some(m) => p.extend(m.validate_at("source.mysql")),
+            match &self.source {
+                Some(s) => p.extend(s.validate()),
                 None if source_present => {}
-                None => p.push("source: exactly one source is required ([source.mysql])".into()),
+                None => p.push(
+                    "source: exactly one source is required ([source.mysql] or [source.postgres])".into(),
+                ),
             }
             if self.replicas.is_empty() {
                 p.push("replica: at least one [[replica]] is required".into());
@@ -555,7 +674,7 @@ impl Config {
     /// replica's own offsets database/schema.
     fn merge_problems(&self) -> Vec<String> {
         let mut p = Vec::new();
-        let Some(src) = &self.source.mysql else {
+        let Some(src) = &self.source else {
             return p;
         };
         let Ok(filter) = src.filter() else {
@@ -563,10 +682,10 @@ impl Config {
         };
         // The databases capture may read, when the include patterns name them all
         // literally; `None` when some pattern (or an empty list) lets in any database.
-        let literal: Option<std::collections::BTreeSet<String>> = if src.include.is_empty() {
+        let literal: Option<std::collections::BTreeSet<String>> = if src.include().is_empty() {
             None
         } else {
-            src.include
+            src.include()
                 .iter()
                 .map(|pat| {
                     let schema = pat.split_once('.').map_or(pat.as_str(), |(s, _)| s);
@@ -656,10 +775,19 @@ fn prefixed(prefix: &str, msg: String) -> String {
 /// Known keys per table path (arrays of tables use `[]`). Sections owned by
 /// connectors are checked by their own `deny_unknown_fields`.
 fn collect_unknown_keys(doc: &mut toml::Table, problems: &mut Vec<String>) {
-    const TOP: &[&str] = &["name", "data_dir", "log", "source", "replica", "admin", "snapshot", "proxy"];
+    const TOP: &[&str] = &[
+        "name", "data_dir", "log", "source", "replica", "admin", "snapshot", "proxy",
+    ];
     const SNAPSHOT: &[&str] = &["initial", "chunk_rows", "parallel_tables"];
-    const LOG: &[&str] = &["fsync", "fsync_interval_ms", "truncate", "truncate_interval_s"];
-    const SOURCE: &[&str] = &["mysql"];
+    const LOG: &[&str] = &[
+        "kind",
+        "kafka",
+        "fsync",
+        "fsync_interval_ms",
+        "truncate",
+        "truncate_interval_s",
+    ];
+    const SOURCE: &[&str] = &["mysql", "postgres"];
     const REPLICA: &[&str] = &["name", "max_batch_events", "mysql", "postgres"];
     const ADMIN: &[&str] = &["listen"];
     // Reports and removes unknown keys, so the typed parse can go on to find
@@ -741,6 +869,94 @@ mod tests {
         assert_eq!(doc["log"]["fsync"].as_str(), Some("never"));
         assert_eq!(doc["replica"][0]["max_batch_events"].as_integer(), Some(7));
         assert_eq!(problems.len(), 1, "{problems:?}");
+    }
+
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn log_kind_and_kafka_section_are_validated_with_field_paths() {
+        let base = "[source.mysql]\nurl = \"mysql://u:p@127.0.0.1:1/app\"\n\
+                    [[replica]]\nname = \"r\"\n[replica.mysql]\nurl = \"mysql://u:p@127.0.0.1:2/app\"\n";
+        let parse = |log: &str| Config::parse(&format!("{log}\n{base}"), &|_| None, &[]);
+        let ok = parse("[log]\nkind = \"kafka\"\n[log.kafka]\nbrokers = \"127.0.0.1:19092\"").unwrap();
+        assert_eq!(ok.kafka.unwrap().log_topic(&ok.name), "dbmux.dbmux.log");
+        let problems = |log: &str| parse(log).err().unwrap().join("\n");
+        let p = problems("[log]\nkind = \"kafka\"");
+        assert!(p.contains("log.kafka: required"), "{p}");
+        let p = problems("[log]\nkind = \"kafka\"\n[log.kafka]\nbrokers = \"b:1\"\ncolour = 1");
+        assert!(p.contains("log.kafka: unknown field `colour`"), "{p}");
+        let p =
+            problems("[log]\nkind = \"kafka\"\n[log.kafka]\nbrokers = \"nohost\"\nmin_insync_replicas = 2");
+        assert!(
+            p.contains("log.kafka.brokers: \"nohost\" is not host:port"),
+            "{p}"
+        );
+        assert!(p.contains("log.kafka.min_insync_replicas"), "{p}");
+        let p = problems("[log]\nkind = \"bogus\"");
+        assert!(
+            p.contains("log.kind: \"bogus\" is not one of \"embedded\", \"kafka\""),
+            "{p}"
+        );
+        let p = problems("[log.kafka]\nbrokers = \"b:1\"");
+        assert!(
+            p.contains("log.kafka: only used with log.kind = \"kafka\""),
+            "{p}"
+        );
+    }
+    #[test]
+    fn source_is_exactly_one_kind() {
+        let replica = "[[replica]]\nname = \"r\"\n[replica.postgres]\nurl = \"postgres://u@h/app\"\n";
+        let parse = |text: &str| Config::parse(text, &|_| None, &[]);
+        let pg = parse(&format!(
+            "[source.postgres]\nurl = \"postgres://u:pw@h:5432/shop\"\nslot = \"s1\"\n{replica}"
+        ))
+        .unwrap();
+        match &pg.source {
+            Some(SourceConfig::Postgres(p)) => {
+                assert_eq!(p.slot, "s1");
+                assert_eq!(p.publication, "dbmux");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            pg.source.as_ref().unwrap().describe(),
+            "postgres postgres://u:***@h:5432/shop (slot s1)"
+        );
+        let both = parse(&format!(
+            "[source.mysql]\nurl = \"mysql://u@h/\"\n[source.postgres]\nurl = \"postgres://u@h/shop\"\n{replica}"
+        ))
+        .unwrap_err();
+        assert!(
+            both.iter()
+                .any(|p| p.contains("exactly one of [source.mysql] or [source.postgres]")),
+            "{both:?}"
+        );
+        let bad = parse(&format!(
+            "[source.postgres]\nurl = \"postgres://u@h/\"\nslot = \"Bad\"\nwhat = 1\n{replica}"
+        ))
+        .unwrap_err();
+        assert!(
+            bad.iter()
+                .any(|p| p.starts_with("source.postgres: unknown field `what`")),
+            "{bad:?}"
+        );
+        let bad = parse(&format!(
+            "[source.postgres]\nurl = \"postgres://u@h/\"\nslot = \"Bad\"\n{replica}"
+        ))
+        .unwrap_err();
+        assert!(
+            bad.iter()
+                .any(|p| p.starts_with("source.postgres.url: name the source database")),
+            "{bad:?}"
+        );
+        assert!(
+            bad.iter().any(|p| p.starts_with("source.postgres.slot:")),
+            "{bad:?}"
+        );
+        let none = parse(replica).unwrap_err();
+        assert!(
+            none.iter().any(|p| p.contains("exactly one source is required")),
+            "{none:?}"
+        );
     }
 
     fn problems(text: &str) -> Vec<String> {

@@ -2,13 +2,15 @@
 
 mod admin;
 mod config;
+mod log;
 mod observe;
 mod progress;
 #[cfg(feature = "proxy")]
 mod proxy_cmd;
 mod resume;
-mod snapshot_cmd;
 mod run;
+mod snapshot_cmd;
+mod source;
 mod status;
 mod tail;
 
@@ -20,7 +22,7 @@ use std::process::ExitCode;
 #[command(
     name = "dbmux",
     version,
-    about = "Keeps databases in step: binlog capture, an embedded change log, replica appliers"
+    about = "Keeps databases in step: binlog capture, a change log (embedded or Kafka), replica appliers, a MySQL front door"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,6 +35,26 @@ enum Command {
     Run {
         #[arg(long, short, env = "DBMUX_CONFIG")]
         config: PathBuf,
+    },
+    /// Run only capture: read the master and append to the log (with
+    /// `[log] kind = "kafka"`, appliers run as separate processes).
+    Capture {
+        #[arg(long, short, env = "DBMUX_CONFIG")]
+        config: PathBuf,
+        /// Admin server address for this process (overrides [admin] listen; "" disables it).
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// Run only the applier of one replica, reading the log.
+    Apply {
+        #[arg(long, short, env = "DBMUX_CONFIG")]
+        config: PathBuf,
+        /// The [[replica]] to apply to.
+        #[arg(long)]
+        replica: String,
+        /// Admin server address for this process (overrides [admin] listen; "" disables it).
+        #[arg(long)]
+        admin: Option<String>,
     },
     /// Validate a configuration file and list every problem.
     CheckConfig { file: PathBuf },
@@ -62,11 +84,16 @@ enum Command {
         /// The source table, `DB.TABLE`.
         #[arg(long)]
         table: String,
+        /// Admin server of the process that applies to the replica (overrides
+        /// [admin] listen; with the Kafka log, the `dbmux apply` process's).
+        #[arg(long)]
+        admin: Option<String>,
     },
     /// Copy a table's rows (or every captured table's) to one replica again:
     /// the table is recreated there and reloaded while changes keep flowing
-    /// (through the admin server while dbmux runs; otherwise the request is
-    /// stored and begins with the next `dbmux run`).
+    /// (through the admin server of the process that captures while it runs;
+    /// with the embedded log and dbmux stopped, the request is stored and
+    /// begins with the next `dbmux run`).
     Snapshot {
         #[arg(long, short, env = "DBMUX_CONFIG")]
         config: PathBuf,
@@ -74,12 +101,21 @@ enum Command {
         #[arg(long)]
         replica: String,
         /// The source table, `DB.TABLE` (default: every captured table).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "start_over")]
         table: Option<String>,
+        /// Start the replica over: every captured table recreated and
+        /// reloaded, its offset moved to the snapshot (a replica that needs a
+        /// snapshot, e.g. added after the log was truncated). Implied when the
+        /// capturing process sees the replica in `needs_snapshot`.
+        #[arg(long)]
+        start_over: bool,
+        /// Admin server of the process that captures (overrides [admin]
+        /// listen; with the Kafka log, the `dbmux capture` process's).
+        #[arg(long)]
+        admin: Option<String>,
     },
     /// Run only the MySQL-protocol proxy from the [proxy] section.
     #[cfg(feature = "proxy")]
-    #[command(hide = true)]
     Proxy {
         #[arg(long, short, env = "DBMUX_CONFIG")]
         config: PathBuf,
@@ -110,11 +146,42 @@ fn load_config(path: &std::path::Path) -> Option<config::Config> {
     config::Config::load(path).map_err(|e| eprintln!("{e}")).ok()
 }
 
+/// Worker thread stack size: 8 MiB, as a process's main thread.
+const WORKER_STACK: usize = 8 << 20;
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
+        // The proxy classifies client SQL on these threads: its parse is
+        // bounded (connectors::proxy::lexer) to well under tokio's default
+        // 2 MiB; 8 MiB (virtual, touched only if used) is the margin.
+        .thread_stack_size(WORKER_STACK)
         .enable_all()
         .build()
         .expect("tokio runtime")
+}
+
+/// `run`, `capture` and `apply`: the parts in one process until interrupted.
+fn run_parts(config: &std::path::Path, admin: Option<String>, parts: run::Parts) -> ExitCode {
+    init_tracing();
+    let Some(mut cfg) = load_config(config) else {
+        return ExitCode::from(2);
+    };
+    if let Some(a) = admin {
+        if !a.is_empty() && a.parse::<std::net::SocketAddr>().is_err() {
+            eprintln!("--admin: {a:?} is not a host:port address");
+            return ExitCode::from(2);
+        }
+        cfg.admin.listen = a;
+    }
+    let rt = runtime();
+    match rt.block_on(run::run(cfg, parts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("dbmux stopped: {e:#}");
+            eprintln!("dbmux stopped: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -138,29 +205,41 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => {
-            init_tracing();
-            let Some(cfg) = load_config(&config) else {
-                return ExitCode::from(2);
-            };
-            let rt = runtime();
-            match rt.block_on(run::run(cfg)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("dbmux stopped: {e:#}");
-                    eprintln!("dbmux stopped: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Run { config } => run_parts(&config, None, run::Parts::ALL),
+        Command::Capture { config, admin } => run_parts(
+            &config,
+            admin,
+            run::Parts {
+                capture: true,
+                appliers: run::Appliers::None,
+                proxy: false,
+            },
+        ),
+        Command::Apply {
+            config,
+            replica,
+            admin,
+        } => run_parts(
+            &config,
+            admin,
+            run::Parts {
+                capture: false,
+                appliers: run::Appliers::One(replica),
+                proxy: false,
+            },
+        ),
         Command::ResumeTable {
             config,
             replica,
             table,
+            admin,
         } => {
-            let Some(cfg) = load_config(&config) else {
+            let Some(mut cfg) = load_config(&config) else {
                 return ExitCode::from(2);
             };
+            if let Some(a) = admin {
+                cfg.admin.listen = a;
+            }
             let rt = runtime();
             match rt.block_on(resume::resume_table(&cfg, &replica, &table)) {
                 Ok(msg) => {
@@ -177,12 +256,20 @@ fn main() -> ExitCode {
             config,
             replica,
             table,
+            start_over,
+            admin,
         } => {
             let Some(cfg) = load_config(&config) else {
                 return ExitCode::from(2);
             };
             let rt = runtime();
-            match rt.block_on(snapshot_cmd::snapshot(&cfg, &replica, table.as_deref())) {
+            match rt.block_on(snapshot_cmd::snapshot(
+                &cfg,
+                &replica,
+                table.as_deref(),
+                start_over,
+                admin.as_deref(),
+            )) {
                 Ok(msg) => {
                     println!("{}", msg.trim_end());
                     ExitCode::SUCCESS

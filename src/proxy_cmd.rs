@@ -1,10 +1,14 @@
-//! `dbmux proxy --config FILE` (hidden, until `dbmux run` starts the proxy
-//! from the `[proxy]` section itself) and `dbmux hash-password`.
+//! `dbmux proxy --config FILE` (the proxy alone, as its own process) and
+//! `dbmux hash-password`.
 //!
-//! The proxy reads only the `[proxy]` table of the file; other sections are
-//! left to their owners. The master stream's latest `seq` is not known here
-//! (no pipeline runs in this process), so replica lag is "unknown" and
-//! read-your-writes relies on the replicas' applied GTID sets alone.
+//! The proxy needs only the `[proxy]` table of the file. When the whole file
+//! is a valid pipeline configuration, it also learns from it which offsets
+//! row each pipeline replica's applier writes (`<name>/<replica>`, as in
+//! `dbmux run`) and, with the Kafka log, follows the log's newest `seq` for
+//! replica lag. Read-your-writes never depends on that: it compares the
+//! session's last write (a GTID) with what each replica's applier stored in
+//! `dbmux_offsets` in the same transaction as the data, so it holds with the
+//! appliers in other processes on other hosts.
 
 use connectors::proxy::{config::ProxyConfig, Proxy};
 use std::path::Path;
@@ -55,6 +59,8 @@ pub fn run(path: &Path) -> ExitCode {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
+        // As `dbmux run`'s runtime: a margin above the bounded parse.
+        b.thread_stack_size(8 << 20);
         if threads > 1 {
             b.worker_threads(threads);
         }
@@ -62,7 +68,8 @@ pub fn run(path: &Path) -> ExitCode {
     }
     .expect("tokio runtime");
     rt.block_on(async move {
-        let (_latest_tx, latest_rx) = tokio::sync::watch::channel(0u64);
+        let mut cfg = cfg;
+        let (latest_rx, _log) = pipeline_head(path, &mut cfg).await;
         let proxy = match Proxy::new(cfg, latest_rx, None).await {
             Ok(p) => p,
             Err(e) => {
@@ -84,6 +91,37 @@ pub fn run(path: &Path) -> ExitCode {
         proxy.run(listener, shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+/// With a whole pipeline configuration in the file: name the appliers'
+/// offsets rows like `dbmux run` does, and follow the Kafka log's head (the
+/// log handle is returned to keep it alive). Otherwise the head is unknown (0).
+async fn pipeline_head(
+    path: &Path,
+    cfg: &mut ProxyConfig,
+) -> (tokio::sync::watch::Receiver<u64>, Option<crate::log::AnyLog>) {
+    let unknown = || tokio::sync::watch::channel(0u64).1;
+    let Ok(full) = crate::config::Config::load(path) else {
+        return (unknown(), None);
+    };
+    for r in &mut cfg.replicas {
+        if r.consumer.is_none() && full.replicas.iter().any(|p| p.name == r.name) {
+            r.consumer = Some(format!("{}/{}", full.name, r.name));
+        }
+    }
+    if full.log.kind != "kafka" {
+        return (unknown(), None);
+    }
+    match crate::log::AnyLog::open(&full, crate::log::Role::Follow).await {
+        Ok(log) => {
+            use pipeline::log::Log;
+            (log.subscribe(), Some(log))
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot follow the Kafka log; replica lag is unknown");
+            (unknown(), None)
+        }
+    }
 }
 
 /// Worker threads when `DBMUX_PROXY_THREADS` is not set: 1 on machines with

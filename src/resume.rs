@@ -2,17 +2,25 @@
 //!
 //! While dbmux runs, the request goes to its admin server, and the replica's
 //! own applier re-applies the table's skipped events between two batches.
-//! When dbmux is not running (nothing answers on the admin address and the log
-//! is not locked), this command does the same work itself: it opens the log
-//! and the replica and re-applies the events there. Either way the quarantine
-//! is lifted in the same replica transaction as the last re-applied events.
+//! When dbmux is not running (nothing answers on the admin address and the
+//! embedded log is not locked), this command does the same work itself: it
+//! opens the log and the replica and re-applies the events there. Either way
+//! the quarantine is lifted in the same replica transaction as the last
+//! re-applied events.
+//!
+//! With the Kafka log nothing on this host can tell whether the replica's
+//! applier (`dbmux apply --replica NAME`, maybe on another host) is running:
+//! working beside a running applier would let it skip the table's next events
+//! after the quarantine is lifted. So with Kafka the request always goes to
+//! the applier's admin server (`--admin ADDR` names it); start the applier
+//! first if it is stopped.
 
 use crate::config::Config;
+use crate::log::{AnyLog, Role};
 use anyhow::{bail, Context};
-use pipeline::log::{EmbeddedLog, FsyncPolicy};
+use pipeline::log::Log;
 use pipeline::runtime::{self, ApplyOptions};
 use pipeline::schema::TableId;
-use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub async fn resume_table(cfg: &Config, replica: &str, table: &str) -> anyhow::Result<String> {
@@ -33,18 +41,22 @@ pub async fn resume_table(cfg: &Config, replica: &str, table: &str) -> anyhow::R
             bail!("{}", body.trim_end());
         }
     }
-    // dbmux is not running: do it here.
-    let dir = cfg.data_dir.join("log");
-    let log = Arc::new(EmbeddedLog::open(&dir, FsyncPolicy::Always).with_context(|| {
-        format!(
-            "opening the log in {} (is dbmux running without an admin server?)",
-            dir.display()
-        )
-    })?);
+    if cfg.log.kind == "kafka" {
+        bail!(
+            "no admin server answers on {:?}: with the Kafka log, the replica's applier must do this itself. \
+             Start `dbmux apply --replica {replica} --admin ADDR` (if it is not running) and run \
+             `dbmux resume-table --admin ADDR` against it",
+            cfg.admin.listen
+        );
+    }
+    // dbmux is not running: do it here (the embedded log's lock makes sure).
+    let log = AnyLog::open(cfg, Role::Read)
+        .await
+        .context("is dbmux running without an admin server?")?;
     let options = ApplyOptions {
         max_batch_events: r.max_batch_events,
-        filter: match &cfg.source.mysql {
-            Some(m) => m.filter()?,
+        filter: match &cfg.source {
+            Some(s) => s.filter().map_err(anyhow::Error::msg)?,
             None => pipeline::filter::TableFilter::all(),
         },
     };
@@ -60,7 +72,7 @@ pub async fn resume_table(cfg: &Config, replica: &str, table: &str) -> anyhow::R
         }
         _ => bail!("replica {replica} has no engine section"),
     };
-    let _ = log.sync();
+    let _ = log.sync().await;
     result.map_err(|e| anyhow::anyhow!(e))
 }
 
@@ -79,7 +91,11 @@ pub(crate) fn encode(s: &str) -> String {
 
 /// One HTTP/1.0 POST without a body on an open connection (the admin server is
 /// on loopback; see `tail.rs` for why there is no HTTP client crate).
-pub(crate) async fn http_post(mut s: tokio::net::TcpStream, addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+pub(crate) async fn http_post(
+    mut s: tokio::net::TcpStream,
+    addr: &str,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
     s.write_all(
         format!("POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             .as_bytes(),

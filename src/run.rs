@@ -1,5 +1,8 @@
-//! `dbmux run`: wires capture, the log, appliers and the admin server into
-//! tasks and stops them all together.
+//! `dbmux run`, `dbmux capture`, `dbmux apply`: wire capture, the log,
+//! appliers, the proxy and the admin server into tasks and stop them all
+//! together. `run` runs every part in one process (either log); `capture`
+//! and `apply --replica NAME` run one part each, as separate processes on
+//! separate hosts with the Kafka log between them.
 //!
 //! Any task that stops with an error stops the process (after the others shut
 //! down cleanly), with a non-zero exit: a pipeline that cannot go on says so
@@ -7,8 +10,9 @@
 //! retry them with backoff.
 
 use crate::config::{redact_url, Config};
+use crate::log::{AnyLog, Role};
 use anyhow::Context;
-use pipeline::log::{EmbeddedLog, FsyncPolicy};
+use pipeline::log::{FsyncPolicy, Log};
 use pipeline::metrics::PipelineMetrics;
 use pipeline::replica::ReplicaBoard;
 use pipeline::runtime::{self, ApplyOptions, CaptureOptions, ResumeRequest, RuntimeError};
@@ -22,18 +26,35 @@ use tracing::{error, info};
 
 /// One line per part, secrets redacted (for `check-config` and the start-up log).
 pub fn describe(c: &Config) -> String {
-    let mut s = format!(
-        "name: {}\ndata_dir: {}\nlog: fsync={}\n",
-        c.name,
-        c.data_dir.display(),
-        c.log.fsync
-    );
-    if let Some(m) = &c.source.mysql {
-        s.push_str(&format!("source: mysql {}\n", redact_url(&m.url)));
-        s.push_str(&format!(
-            "snapshot: initial={} chunk_rows={} parallel_tables={}\n",
-            c.snapshot.initial, c.snapshot.chunk_rows, c.snapshot.parallel_tables
-        ));
+    let mut s = format!("name: {}\ndata_dir: {}\n", c.name, c.data_dir.display());
+    match c.log.kind.as_str() {
+        #[cfg(feature = "kafka")]
+        "kafka" => {
+            if let Some(k) = &c.kafka {
+                s.push_str(&format!(
+                    "log: kafka {} topic={}{}\n",
+                    k.brokers,
+                    k.log_topic(&c.name),
+                    if k.change_events.enabled {
+                        format!(", change events on {}", k.change_events.topic)
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+        }
+        _ => s.push_str(&format!("log: embedded, fsync={}\n", c.log.fsync)),
+    }
+    if let Some(source) = &c.source {
+        s.push_str(&format!("source: {}\n", source.describe()));
+        if let crate::config::SourceConfig::Mysql(_) = source {
+            s.push_str(&format!(
+                "snapshot: initial={} chunk_rows={} parallel_tables={}\n",
+                c.snapshot.initial, c.snapshot.chunk_rows, c.snapshot.parallel_tables
+            ));
+        } else {
+            s.push_str("snapshot: not available for this source (existing rows are not copied)\n");
+        }
     }
     for r in &c.replicas {
         let url = match (&r.mysql, &r.postgres) {
@@ -73,16 +94,69 @@ async fn shutdown_signal(token: CancellationToken) {
     token.cancel();
 }
 
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+/// Which replicas a process applies to.
+#[derive(Debug, Clone)]
+pub enum Appliers {
+    All,
+    One(String),
+    None,
+}
+
+/// Which parts a process runs.
+#[derive(Debug, Clone)]
+pub struct Parts {
+    pub capture: bool,
+    pub appliers: Appliers,
+    pub proxy: bool,
+}
+
+impl Parts {
+    /// `dbmux run`: everything configured.
+    pub const ALL: Parts = Parts {
+        capture: true,
+        appliers: Appliers::All,
+        proxy: true,
+    };
+}
+
+pub async fn run(mut cfg: Config, parts: Parts) -> anyhow::Result<()> {
     for line in describe(&cfg).lines() {
         info!("{line}");
     }
-    let dir = cfg.data_dir.join("log");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let all_replicas: Vec<String> = cfg.replicas.iter().map(|r| r.name.clone()).collect();
+    match &parts.appliers {
+        Appliers::All => {}
+        Appliers::One(name) => {
+            if !cfg.replicas.iter().any(|r| &r.name == name) {
+                let known: Vec<&str> = cfg.replicas.iter().map(|r| r.name.as_str()).collect();
+                anyhow::bail!("no [[replica]] named {name:?} (configured: {})", known.join(", "));
+            }
+            cfg.replicas.retain(|r| &r.name == name);
+        }
+        Appliers::None => cfg.replicas.clear(),
+    }
+    // The capture's table filter as configured now: the appliers skip events of
+    // tables excluded after they reached the log (also in `dbmux apply`, which
+    // does not capture).
+    let filter = match &cfg.source {
+        Some(s) => s
+            .filter()
+            .map_err(anyhow::Error::msg)
+            .context("the table filter")?,
+        None => pipeline::filter::TableFilter::all(),
+    };
+    if !parts.capture {
+        cfg.source = None;
+    } else if cfg.source.is_none() && matches!(parts.appliers, Appliers::None) {
+        anyhow::bail!("dbmux capture: the configuration has no source ([source.mysql] or [source.postgres])");
+    }
+    let role = if cfg.source.is_some() {
+        Role::Capture
+    } else {
+        Role::Follow
+    };
+    let log = AnyLog::open(&cfg, role).await?;
     let policy = cfg.log.policy();
-    let log = Arc::new(
-        EmbeddedLog::open(&dir, policy).with_context(|| format!("opening the log in {}", dir.display()))?,
-    );
     info!(last_seq = log.last_seq(), "log opened");
 
     // The process's one metrics registry: the pipeline, the proxy, and
@@ -90,6 +164,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = PipelineMetrics::new(&mut registry);
     pipeline::metrics::register_build_info(&mut registry, env!("CARGO_PKG_VERSION"));
+    // From the start, not only after this process's first append: after a restart the gauge would read 0.
+    metrics.log_last_seq.set(log.last_seq());
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));
 
@@ -104,40 +180,48 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let replica_board = ReplicaBoard::new(&replica_names);
     // Resume requests for quarantined tables, per replica (from the admin server).
     let mut resume: HashMap<String, tokio::sync::mpsc::Sender<ResumeRequest>> = HashMap::new();
-    // The capture's table filter as configured now: the appliers skip events of
-    // tables excluded after they reached the log.
-    let filter = match &cfg.source.mysql {
-        Some(m) => m.filter().context("the table filter")?,
-        None => pipeline::filter::TableFilter::all(),
-    };
 
     // Snapshot progress (for /status, the metrics and the progress display)
     // and the admin server's way to wake the coordinator on a request.
     let snapshot_board = pipeline::snapshot::SnapshotBoard::default();
     let snapshot_wake = Arc::new(tokio::sync::Notify::new());
-    if let Some(m) = cfg.source.mysql.clone() {
+    let mut snapshot_running = false;
+    if let Some(source_config) = &cfg.source {
         // (A proxy-only configuration has no source and no replicas.)
-        backlog = connectors::mysql::backlog::BinlogBacklog::new(&m.url)
-            .ok()
-            .map(crate::observe::Backlog::Mysql);
-        let snapshots = pipeline::snapshot::Snapshots {
-            source: connectors::mysql::snapshot::MysqlSnapshots::new(&m).context("configuring snapshots")?,
-            options: pipeline::snapshot::SnapshotOptions {
-                chunk_rows: cfg.snapshot.chunk_rows,
-                parallel_tables: cfg.snapshot.parallel_tables,
-                initial: cfg.snapshot.initial,
-                replicas: replica_names.clone(),
-                poll: Duration::from_secs(2),
-            },
-            board: snapshot_board.clone(),
-            wake: snapshot_wake.clone(),
+        let snapshots = match source_config {
+            crate::config::SourceConfig::Mysql(m) => {
+                backlog = connectors::mysql::backlog::BinlogBacklog::new(&m.url)
+                    .ok()
+                    .map(crate::observe::Backlog::Mysql);
+                Some(pipeline::snapshot::Snapshots {
+                    source: connectors::mysql::snapshot::MysqlSnapshots::new(m)
+                        .context("configuring snapshots")?,
+                    options: pipeline::snapshot::SnapshotOptions {
+                        chunk_rows: cfg.snapshot.chunk_rows,
+                        parallel_tables: cfg.snapshot.parallel_tables,
+                        initial: cfg.snapshot.initial,
+                        // Every configured replica, also when this process
+                        // (`dbmux capture`) applies to none: requests are
+                        // kept per replica.
+                        replicas: all_replicas.clone(),
+                        poll: Duration::from_secs(2),
+                    },
+                    board: snapshot_board.clone(),
+                    wake: snapshot_wake.clone(),
+                })
+            }
+            crate::config::SourceConfig::Postgres(_) => {
+                info!("snapshots are not available for a PostgreSQL source: existing rows are not copied");
+                None
+            }
         };
-        let source = connectors::mysql::capture::MysqlSource::new(m).context("configuring capture")?;
+        snapshot_running = snapshots.is_some();
+        let source = crate::source::build(source_config).context("configuring capture")?;
         let (log, metrics, sd) = (log.clone(), metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
             (
                 "capture".into(),
-                runtime::run_capture_with(source, Some(snapshots), log, metrics, CaptureOptions::default(), sd)
+                runtime::run_capture_with(source, snapshots, log, metrics, CaptureOptions::default(), sd)
                     .await,
             )
         });
@@ -182,12 +266,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             _ => unreachable!("validated"),
         }
     }
-    if cfg.log.truncate {
+    // The process that writes the embedded log also trims it (Kafka: the
+    // topic's retention does).
+    if cfg.log.truncate && log.is_embedded() && role == Role::Capture {
         let (log, sd, mut names) = (log.clone(), shutdown.clone(), replica_names.clone());
-        if cfg.source.mysql.is_some() {
-            // Capture's state checkpoint: what follows it stays in the log.
-            names.push(pipeline::capture_state::STATE_CONSUMER.to_string());
-        }
+        // Capture's state checkpoint: what follows it stays in the log.
+        names.push(pipeline::capture_state::STATE_CONSUMER.to_string());
         let every = Duration::from_secs(cfg.log.truncate_interval_s);
         let board = replica_board.clone();
         tasks.spawn(async move {
@@ -197,7 +281,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             )
         });
     }
-    if let FsyncPolicy::IntervalMs(ms) = policy {
+    if let (FsyncPolicy::IntervalMs(ms), true) = (policy, log.is_embedded()) {
         let (log, sd) = (log.clone(), shutdown.clone());
         tasks.spawn(async move {
             (
@@ -216,7 +300,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     #[allow(unused_mut)]
     let mut proxy_view: Option<crate::status::ProxyFn> = None;
     #[cfg(feature = "proxy")]
-    if let Some(mut pcfg) = cfg.proxy.clone() {
+    if let Some(mut pcfg) = cfg.proxy.clone().filter(|_| parts.proxy) {
         // Replicas fed by this pipeline report their progress in the offsets
         // row `<pipeline name>/<replica name>`.
         for r in &mut pcfg.replicas {
@@ -247,10 +331,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the admin server to {}", cfg.admin.listen))?;
         info!("admin server on http://{}", listener.local_addr()?);
-        let source = cfg.source.mysql.as_ref().map(|m| redact_url(&m.url));
+        let source = cfg.source.as_ref().map(|s| s.describe());
         let board = Arc::new(
-            crate::status::StatusBoard::new(&cfg.name, source, replica_names.clone(), proxy_view)
-                .with_snapshots(snapshot_board.clone()),
+            crate::status::StatusBoard::new(
+                &cfg.name,
+                if log.is_embedded() { "embedded" } else { "kafka" },
+                source,
+                replica_names.clone(),
+                proxy_view,
+            )
+            .with_snapshots(snapshot_board.clone()),
         );
         {
             let (board, log, sd) = (board.clone(), log.clone(), shutdown.clone());
@@ -264,7 +354,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let admin = crate::admin::Pipeline {
             board: replica_board.clone(),
             resume: Arc::new(resume),
-            snapshot_wake: Some(snapshot_wake.clone()),
+            snapshot_wake: snapshot_running.then(|| snapshot_wake.clone()),
+            snapshot_replicas: all_replicas.clone(),
         };
         tasks.spawn(async move {
             let r = crate::admin::serve(listener, log, metrics, registry, board, admin, sd).await;
@@ -291,7 +382,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     }
     // Make what was captured durable whatever the policy.
-    let _ = log.sync();
+    let _ = log.sync().await;
     match first_error {
         Some(e) => Err(e),
         None => {

@@ -13,7 +13,7 @@
 //!   WARN and ERROR events: everything the process logs as a problem shows on
 //!   the page, with no separate error plumbing.
 
-use pipeline::log::EmbeddedLog;
+use pipeline::log::Log;
 use pipeline::metrics::{PipelineMetrics, ReplicaLabel};
 use pipeline::replica::ReplicaBoard;
 use serde::Serialize;
@@ -161,6 +161,8 @@ struct Progress {
 pub struct StatusBoard {
     pub name: String,
     pub version: &'static str,
+    /// `embedded` or `kafka`.
+    pub log_kind: &'static str,
     started: Instant,
     /// The source, password redacted.
     pub source: Option<String>,
@@ -172,10 +174,17 @@ pub struct StatusBoard {
 }
 
 impl StatusBoard {
-    pub fn new(name: &str, source: Option<String>, replicas: Vec<String>, proxy: Option<ProxyFn>) -> Self {
+    pub fn new(
+        name: &str,
+        log_kind: &'static str,
+        source: Option<String>,
+        replicas: Vec<String>,
+        proxy: Option<ProxyFn>,
+    ) -> Self {
         StatusBoard {
             name: name.to_string(),
             version: env!("CARGO_PKG_VERSION"),
+            log_kind,
             started: Instant::now(),
             source,
             replicas,
@@ -196,18 +205,21 @@ impl StatusBoard {
         self.proxy.as_ref().map(|f| f())
     }
 
-    fn lag_of(log: &EmbeddedLog, replica: &str) -> (Option<u64>, u64) {
-        let applied = log.acked(replica).ok().flatten();
+    async fn lag_of<L: Log>(log: &L, replica: &str) -> (Option<u64>, u64) {
+        let applied = log.acked(replica).await.ok().flatten();
         (applied, log.last_seq().saturating_sub(applied.unwrap_or(0)))
     }
 
     /// Takes one sample (the sampler task calls this every [`SAMPLE_EVERY`]).
-    pub fn sample(&self, log: &EmbeddedLog) {
+    pub async fn sample<L: Log>(&self, log: &L) {
+        let mut lags = Vec::with_capacity(self.replicas.len());
+        for r in &self.replicas {
+            lags.push(Self::lag_of(log, r).await);
+        }
         let mut lag = HashMap::new();
         {
             let mut progress = self.progress.lock().unwrap();
-            for r in &self.replicas {
-                let (applied, behind) = Self::lag_of(log, r);
+            for (r, (applied, behind)) in self.replicas.iter().zip(lags) {
                 lag.insert(r.clone(), behind);
                 let applied = applied.unwrap_or(0);
                 let p = progress.entry(r.clone()).or_insert(Progress {
@@ -270,16 +282,18 @@ impl StatusBoard {
     /// The `/status` document. Each replica shows its applier's `state`
     /// (`running`, `stopped`, `needs_snapshot`, with the reason and its
     /// quarantined tables) and, while running, what it is doing (`activity`:
-    /// `caught up`, `applying`, `retrying` or `stalled`).
-    pub fn status(
+    /// `caught up`, `applying`, `retrying` or `stalled`). With a remote log
+    /// (Kafka) this asks the brokers; an unreachable broker leaves the log's
+    /// fields null rather than failing.
+    pub async fn status<L: Log>(
         &self,
-        log: &EmbeddedLog,
+        log: &L,
         metrics: &PipelineMetrics,
         appliers: &ReplicaBoard,
     ) -> serde_json::Value {
         let mut replicas = serde_json::Map::new();
         for r in &self.replicas {
-            let (applied, behind) = Self::lag_of(log, r);
+            let (applied, behind) = Self::lag_of(log, r).await;
             let label = ReplicaLabel { replica: r.clone() };
             let lag_seconds = metrics.apply_lag_seconds.get(&label).map(|g| g.get());
             let events = metrics.apply_events.get(&label).map_or(0, |c| c.get());
@@ -295,7 +309,8 @@ impl StatusBoard {
             }
             replicas.insert(r.clone(), entry);
         }
-        let last = log.last().ok().flatten();
+        let last = log.last().await.ok().flatten();
+        let first_seq = log.first_seq().await.ok().flatten();
         let position = last.as_ref().map(|(_, p)| p.to_string());
         let mut errors = serde_json::Map::new();
         for c in pipeline::metrics::COMPONENTS {
@@ -322,7 +337,8 @@ impl StatusBoard {
                 "events": metrics.capture_events.get(),
             },
             "log": {
-                "first_seq": log.first_seq().ok().flatten(),
+                "kind": self.log_kind,
+                "first_seq": first_seq,
                 "last_seq": log.last_seq(),
                 "resume_position": position,
                 "disk_bytes": metrics.log_disk_bytes.get(),
@@ -349,12 +365,12 @@ impl StatusBoard {
 }
 
 /// Samples the board every [`SAMPLE_EVERY`] until `shutdown`.
-pub async fn run_sampler(board: Arc<StatusBoard>, log: Arc<EmbeddedLog>, shutdown: CancellationToken) {
+pub async fn run_sampler<L: Log>(board: Arc<StatusBoard>, log: L, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
-            _ = tick.tick() => board.sample(&log),
+            _ = tick.tick() => board.sample(&log).await,
             _ = shutdown.cancelled() => return,
         }
     }
@@ -389,13 +405,13 @@ mod tests {
         assert!(!list.iter().any(|p| p.message.contains("all good")));
     }
 
-    #[test]
-    fn history_keeps_the_last_samples_and_states_follow_progress() {
+    #[tokio::test]
+    async fn history_keeps_the_last_samples_and_states_follow_progress() {
         let dir = tempfile::tempdir().unwrap();
-        let log = EmbeddedLog::open(dir.path(), pipeline::log::FsyncPolicy::Never).unwrap();
-        let board = StatusBoard::new("t", None, vec!["r-hist".into()], None);
+        let log = pipeline::log::EmbeddedLog::open(dir.path(), pipeline::log::FsyncPolicy::Never).unwrap();
+        let board = StatusBoard::new("t", "embedded", None, vec!["r-hist".into()], None);
         for _ in 0..HISTORY + 5 {
-            board.sample(&log);
+            board.sample(&log).await;
         }
         let h = board.history();
         assert_eq!(h["samples"].as_array().unwrap().len(), HISTORY);

@@ -1,12 +1,14 @@
-//! `dbmux tail`: print the log as JSON envelopes.
+//! `dbmux tail`: print the log as JSON envelopes (docs/change-events.md).
 //!
-//! The embedded log is locked by the process that writes it, so when dbmux is
-//! running, `tail` reads through the admin server's `/log` endpoint; otherwise
-//! it opens the log directly.
+//! The Kafka log is read directly, as a `read_committed` consumer. The
+//! embedded log is locked by the process that writes it, so when dbmux is
+//! running, `tail` reads through the admin server's `/log` endpoint;
+//! otherwise it opens the log directly.
 
 use crate::config::Config;
+use crate::log::{AnyLog, Role};
 use anyhow::{bail, Context};
-use pipeline::log::{EmbeddedLog, FsyncPolicy};
+use pipeline::log::{Log, LogReader};
 use std::io::Write;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,32 +16,31 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const PAGE: usize = 1000;
 
 pub async fn tail(cfg: &Config, from: Option<u64>, limit: Option<u64>, follow: bool) -> anyhow::Result<()> {
-    let dir = cfg.data_dir.join("log");
-    if !dir.exists() {
-        bail!("no log at {} (has dbmux run with this config?)", dir.display());
-    }
-    match EmbeddedLog::open(&dir, FsyncPolicy::Never) {
-        Ok(log) => tail_direct(&log, from, limit, follow).await,
-        Err(_) if !cfg.admin.listen.is_empty() => tail_http(&cfg.admin.listen, from, limit, follow).await,
+    match AnyLog::open(cfg, Role::Read).await {
+        Ok(log) => tail_log(&log, from, limit, follow).await,
+        // The embedded log is locked by the dbmux that writes it.
+        Err(_)
+            if cfg.log.kind == "embedded"
+                && !cfg.admin.listen.is_empty()
+                && cfg.data_dir.join("log").exists() =>
+        {
+            tail_http(&cfg.admin.listen, from, limit, follow).await
+        }
         Err(e) => Err(e).context("opening the log (is dbmux running without an admin server?)"),
     }
 }
 
-async fn tail_direct(
-    log: &EmbeddedLog,
-    from: Option<u64>,
-    limit: Option<u64>,
-    follow: bool,
-) -> anyhow::Result<()> {
+async fn tail_log(log: &AnyLog, from: Option<u64>, limit: Option<u64>, follow: bool) -> anyhow::Result<()> {
+    let mut reader = log.reader("tail").await?;
     let mut next = match from {
         Some(s) => s,
-        None => log.first_seq()?.unwrap_or(1),
+        None => log.first_seq().await?.unwrap_or(1),
     };
     let mut left = limit.unwrap_or(u64::MAX);
     let stdout = std::io::stdout();
-    loop {
-        let events = log.read(next, PAGE)?;
-        if events.is_empty() {
+    while left > 0 {
+        let txns = reader.read(next, PAGE).await?;
+        if txns.is_empty() {
             if !follow {
                 return Ok(());
             }
@@ -47,15 +48,18 @@ async fn tail_direct(
             continue;
         }
         let mut out = stdout.lock();
-        for e in &events {
-            if left == 0 {
-                return Ok(());
+        for txn in &txns {
+            for env in pipeline::envelope::transaction_envelopes(txn) {
+                if left == 0 {
+                    return Ok(());
+                }
+                writeln!(out, "{env}")?;
+                left -= 1;
             }
-            writeln!(out, "{}", pipeline::envelope::to_envelope(e))?;
-            left -= 1;
-            next = e.seq + 1;
+            next = txn.last_seq() + 1;
         }
     }
+    Ok(())
 }
 
 /// One HTTP/1.0 GET. Hand-written because it is all `tail` needs from a

@@ -1,5 +1,9 @@
 //! dbmux connectors: one module (and one cargo feature) per external system.
 
+#[doc(hidden)]
+pub mod fuzz;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "postgres")]

@@ -78,8 +78,7 @@ impl PlanError {
     /// The source table the error belongs to (all but `OutOfOrder`).
     pub fn table(&self) -> Option<&TableId> {
         match self {
-            PlanError::RowWidth { table, .. }
-            | PlanError::BadPrimaryKey { table, .. } => Some(table),
+            PlanError::RowWidth { table, .. } | PlanError::BadPrimaryKey { table, .. } => Some(table),
             PlanError::OutOfOrder { .. } => None,
         }
     }
@@ -928,7 +927,14 @@ mod tests {
         };
         let read = |t: &Arc<TableSchema>, id: i64, v: i64| (t.clone(), Op::Read { after: row(id, v) });
         let txns = vec![
-            txn(1, vec![ins(&a, 1, 1), (a.clone(), Op::Ddl(Box::new(change))), ins(&a, 2, 2)]),
+            txn(
+                1,
+                vec![
+                    ins(&a, 1, 1),
+                    (a.clone(), Op::Ddl(Box::new(change))),
+                    ins(&a, 2, 2),
+                ],
+            ),
             txn(
                 4,
                 vec![
@@ -938,7 +944,14 @@ mod tests {
                     read(&a, 5, 7),
                 ],
             ),
-            txn(8, vec![(n.clone(), Op::Snapshot(Box::new(mark))), read(&n, 1, 1), read(&n, 1, 1)]),
+            txn(
+                8,
+                vec![
+                    (n.clone(), Op::Snapshot(Box::new(mark))),
+                    read(&n, 1, 1),
+                    read(&n, 1, 1),
+                ],
+            ),
         ];
         let p = plan(&txns, 0).unwrap();
         let kinds: Vec<String> = p
@@ -947,13 +960,19 @@ mod tests {
             .map(|s| match &s.action {
                 Action::Ddl { .. } => "DDL".to_string(),
                 Action::Snapshot { .. } => "SNAP".to_string(),
-                Action::Load(rows) => format!("L{}", rows.iter().map(|r| format!("{:?}", pair(r))).collect::<String>()),
+                Action::Load(rows) => format!(
+                    "L{}",
+                    rows.iter().map(|r| format!("{:?}", pair(r))).collect::<String>()
+                ),
                 Action::Upsert(_) => "U".to_string(),
                 _ => "?".to_string(),
             })
             .collect();
         // The last image of a key read twice wins; a table without a key keeps every row.
-        assert_eq!(kinds, ["U", "DDL", "U", "SNAP", "L(5, 7)(6, 6)", "SNAP", "L(1, 1)(1, 1)"]);
+        assert_eq!(
+            kinds,
+            ["U", "DDL", "U", "SNAP", "L(5, 7)(6, 6)", "SNAP", "L(1, 1)(1, 1)"]
+        );
         // Already applied: nothing.
         assert!(plan(&txns, 10).unwrap().steps.is_empty());
     }

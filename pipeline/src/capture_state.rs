@@ -24,8 +24,8 @@
 //! checkpoint (its `seq` is acknowledged like a consumer's,
 //! [`STATE_CONSUMER`]).
 
-use crate::event::{ChangeEvent, Op, Row};
-use crate::log::{into_transactions, EmbeddedLog, LogError};
+use crate::event::{ChangeEvent, Op, Row, Transaction};
+use crate::log::{Log, LogError, LogReader};
 use crate::schema::{TableId, TableSchema};
 use crate::snapshot::SnapshotPhase;
 use serde::{Deserialize, Serialize};
@@ -106,7 +106,10 @@ pub struct CaptureState {
 impl CaptureState {
     /// The schema history head, by table.
     pub fn history(&self) -> BTreeMap<TableId, HistoryEntry> {
-        self.history.iter().map(|h| (h.schema.id.clone(), h.clone())).collect()
+        self.history
+            .iter()
+            .map(|h| (h.schema.id.clone(), h.clone()))
+            .collect()
     }
 
     fn entry(&mut self, id: &TableId) -> Option<&mut HistoryEntry> {
@@ -291,26 +294,34 @@ impl CaptureState {
 
 /// The capture state as of the end of `log`: the stored checkpoint plus the
 /// events after it. A log without a checkpoint but with events (written by a
-/// dbmux that kept none) starts from its end, `initialized = false`.
-pub fn load(log: &EmbeddedLog) -> Result<CaptureState, LogError> {
-    let mut state = match log.meta(STATE_KEY)? {
+/// dbmux that kept none) starts from its end, `initialized = false`. Works
+/// on any [`Log`]: the checkpoint is a metadata value, the events are read
+/// like any consumer reads them.
+pub async fn load<L: Log>(log: &L) -> Result<CaptureState, LogError> {
+    let last = log.last().await?.map_or(0, |(s, _)| s);
+    let mut state = match log.meta(STATE_KEY).await? {
         Some(bytes) => CaptureState::decode(&bytes).map_err(LogError::Invalid)?,
         None => {
             return Ok(CaptureState {
-                seq: log.last_seq(),
+                seq: last,
                 ..CaptureState::default()
             })
         }
     };
-    let last = log.last_seq();
+    if state.seq >= last {
+        return Ok(state);
+    }
+    let mut reader = log.reader(STATE_CONSUMER).await?;
     let mut from = state.seq + 1;
+    let mut empty_reads = 0;
     while from <= last {
-        let events = match log.read(from, 10_000) {
-            Ok(ev) => ev,
+        let txns = match reader.read(from, 10_000).await {
+            Ok(t) => t,
             Err(LogError::Truncated { first, .. }) => {
                 // Never expected (truncation keeps what follows the
-                // checkpoint); the definitions from the gap are then learned
-                // from the source's catalog again.
+                // checkpoint; Kafka retention is far longer than a
+                // checkpoint interval); the definitions from the gap are
+                // then learned from the source's catalog again.
                 tracing::warn!(
                     checkpoint = state.seq,
                     first,
@@ -321,10 +332,19 @@ pub fn load(log: &EmbeddedLog) -> Result<CaptureState, LogError> {
             }
             Err(e) => return Err(e),
         };
-        let Some(end) = events.last().map(|e| e.seq) else {
-            break;
+        let Some(end) = txns.last().map(Transaction::last_seq) else {
+            // A shared log's reader may answer "nothing yet" while its fetch
+            // is under way; the events up to `last` are there.
+            empty_reads += 1;
+            if empty_reads > 600 {
+                return Err(LogError::Backend(format!(
+                    "capture state: the log did not return seq {from} (its last is {last})"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
         };
-        for t in into_transactions(events) {
+        for t in &txns {
             for e in &t.events {
                 state.observe(e);
             }
@@ -335,9 +355,9 @@ pub fn load(log: &EmbeddedLog) -> Result<CaptureState, LogError> {
 }
 
 /// Stores `state` as the checkpoint and holds truncation at its `seq`.
-pub fn store(log: &EmbeddedLog, state: &CaptureState) -> Result<(), LogError> {
-    log.set_meta(STATE_KEY, state.encode())?;
-    log.ack(STATE_CONSUMER, state.seq)
+pub async fn store<L: Log>(log: &L, state: &CaptureState) -> Result<(), LogError> {
+    log.set_meta(STATE_KEY, state.encode()).await?;
+    log.ack_for(STATE_CONSUMER, state.seq).await
 }
 
 #[cfg(test)]
@@ -345,6 +365,7 @@ mod tests {
     use super::*;
     use crate::ddl::{DdlKind, SchemaChange};
     use crate::event::sequence_transaction;
+    use crate::log::EmbeddedLog;
     use crate::position::Position;
     use crate::snapshot::SnapshotMark;
     use crate::value::Value;
@@ -370,8 +391,8 @@ mod tests {
         }))
     }
 
-    #[test]
-    fn folds_schemas_snapshots_and_survives_a_checkpoint() {
+    #[tokio::test]
+    async fn folds_schemas_snapshots_and_survives_a_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let log = EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap();
         let t = crate::schema::test_table();
@@ -380,7 +401,7 @@ mod tests {
         t2.columns[1].name = "c".into();
         let t2 = Arc::new(t2);
         // A fresh log: an empty checkpoint, as capture stores on its first start.
-        assert!(!load(&log).unwrap().initialized);
+        assert!(!load(&log).await.unwrap().initialized);
         store(
             &log,
             &CaptureState {
@@ -388,6 +409,7 @@ mod tests {
                 ..CaptureState::default()
             },
         )
+        .await
         .unwrap();
         let pos = Position::Postgres(1);
         let mut next = 1;
@@ -413,10 +435,10 @@ mod tests {
             },
         )]);
         // A checkpoint here; what follows is folded in on load.
-        let mut state = load(&log).unwrap();
+        let mut state = load(&log).await.unwrap();
         assert_eq!(state.seq, 2);
         assert_eq!(state.runs[&4].tables[0].chunks, 0);
-        store(&log, &state).unwrap();
+        store(&log, &state).await.unwrap();
         assert_eq!(log.acked(STATE_CONSUMER).unwrap(), Some(2));
         append(vec![
             (
@@ -441,7 +463,7 @@ mod tests {
             ),
         ]);
         append(vec![ddl(t2.clone(), DdlKind::AlterTable { actions: vec![] })]);
-        state = load(&log).unwrap();
+        state = load(&log).await.unwrap();
         assert_eq!(state.seq, 5);
         let p = &state.runs[&4].tables[0];
         assert_eq!((p.chunks, p.rows, p.done), (1, 5, false));

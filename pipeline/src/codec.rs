@@ -13,12 +13,14 @@ use crate::schema::TableSchema;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// Version 2 added column collations, unique keys and foreign keys to the
-/// stored table definitions; version 1 records are still read (see [`v1`]).
-/// Version 3 added the `Read` and `Snapshot` operations and gave `Ddl` its
-/// parsed form; the layout is otherwise version 2's, and version 2 records
-/// (which never held a `Ddl`) decode with the same types.
-const FORMAT_VERSION: u8 = 3;
+/// The record format this build writes (stored as the first byte; also the
+/// Kafka log's `dbmux-format` header). Version 2 added column collations,
+/// unique keys and foreign keys to the stored table definitions; version 1
+/// records are still read (see [`v1`]). Version 3 added the `Read` and
+/// `Snapshot` operations and gave `Ddl` its parsed form; the layout is
+/// otherwise version 2's, and version 2 records (which never held a `Ddl`)
+/// decode with the same types.
+pub const FORMAT_VERSION: u8 = 3;
 
 /// The record could not be decoded: the log is damaged or from a newer dbmux.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,8 @@ pub enum CodecError {
     SchemaIndex(usize),
 }
 
+/// What [`decode`] reads. [`encode`] writes the same fields from borrowed data ([`RecordRef`]); postcard
+/// encodes `&T` exactly as `T`, so the two are one format (a test checks it byte for byte).
 #[derive(Serialize, Deserialize)]
 struct Record {
     txn_id: String,
@@ -48,37 +52,77 @@ struct Record {
     events: Vec<(u32, Op)>,
 }
 
+/// [`Record`] over borrowed data: encoding must not copy every value of a chunk (capture's hot path;
+/// cloning the rows and dropping the clones cost more than serializing them).
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    txn_id: &'a str,
+    commit_ts_us: i64,
+    position: &'a Position,
+    txn_len: u32,
+    first_seq: u64,
+    first_index: u32,
+    schemas: Vec<&'a TableSchema>,
+    events: Vec<(u32, &'a Op)>,
+}
+
+/// A postcard output that appends to a `Vec` we sized and that already holds the format version byte, so
+/// the body is written once, in place (no second buffer, no copy).
+struct Appender(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Appender {
+    type Output = Vec<u8>;
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
+}
+
+/// Bytes reserved per event before encoding: most rows fit, a larger one grows the buffer once or twice.
+const ESTIMATED_EVENT_BYTES: usize = 160;
+
 /// Encodes a run of consecutive events of one transaction.
 pub fn encode(events: &[ChangeEvent], txn_len: u32) -> Vec<u8> {
     let first = &events[0];
-    let mut schemas: Vec<Arc<TableSchema>> = Vec::new();
+    let mut schemas: Vec<&Arc<TableSchema>> = Vec::new();
     let mut refs = Vec::with_capacity(events.len());
     for e in events {
         let idx = match schemas
             .iter()
-            .position(|s| Arc::ptr_eq(s, &e.table) || **s == *e.table)
+            .position(|s| Arc::ptr_eq(s, &e.table) || ***s == *e.table)
         {
             Some(i) => i,
             None => {
-                schemas.push(e.table.clone());
+                schemas.push(&e.table);
                 schemas.len() - 1
             }
         };
-        refs.push((idx as u32, e.op.clone()));
+        refs.push((idx as u32, &e.op));
     }
-    let rec = Record {
-        txn_id: first.txn.id.clone(),
+    let rec = RecordRef {
+        txn_id: &first.txn.id,
         commit_ts_us: first.txn.commit_ts_us,
-        position: first.position.clone(),
+        position: &first.position,
         txn_len,
         first_seq: first.seq,
         first_index: first.txn.index,
-        schemas: schemas.iter().map(|s| (**s).clone()).collect(),
+        schemas: schemas.iter().map(|s| &***s).collect(),
         events: refs,
     };
-    let mut out = vec![FORMAT_VERSION];
-    let body = postcard::to_stdvec(&rec).expect("in-memory serialization cannot fail");
-    out.extend_from_slice(&body);
+    let mut out = Vec::with_capacity(64 + events.len() * ESTIMATED_EVENT_BYTES);
+    out.push(FORMAT_VERSION);
+    let mut out =
+        postcard::serialize_with_flavor(&rec, Appender(out)).expect("in-memory serialization cannot fail");
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
@@ -283,6 +327,21 @@ mod tests {
         // A chunk from the middle keeps its indexes and the last marker.
         let tail = decode(&encode(&txn.events[1..], 3)).unwrap();
         assert_eq!(tail, txn.events[1..]);
+        // The borrowed encoding is byte for byte the owned `Record` that `decode` reads.
+        let owned = Record {
+            txn_id: txn.events[0].txn.id.clone(),
+            commit_ts_us: 123,
+            position: txn.events[0].position.clone(),
+            txn_len: 3,
+            first_seq: 7,
+            first_index: 0,
+            schemas: vec![(*txn.events[0].table).clone()],
+            events: txn.events.iter().map(|e| (0, e.op.clone())).collect(),
+        };
+        let mut expected = vec![FORMAT_VERSION];
+        expected.extend(postcard::to_stdvec(&owned).unwrap());
+        expected.extend(crc32fast::hash(&expected).to_le_bytes());
+        assert_eq!(bytes, expected);
         let mut bad = bytes.clone();
         bad[3] ^= 1;
         assert!(matches!(decode(&bad), Err(CodecError::Checksum { .. })));

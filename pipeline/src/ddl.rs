@@ -96,34 +96,63 @@ pub enum DdlKind {
 pub enum AlterAction {
     /// The table was renamed from `from` (an `ALTER TABLE … RENAME TO` with
     /// other clauses; the actions after it apply to the new name).
-    RenameTable { from: TableId },
+    RenameTable {
+        from: TableId,
+    },
     /// A column was added; `fill` is the value every existing row got.
-    AddColumn { name: String, fill: Fill },
-    DropColumn { name: String },
-    RenameColumn { from: String, to: String },
+    AddColumn {
+        name: String,
+        fill: Fill,
+    },
+    DropColumn {
+        name: String,
+    },
+    RenameColumn {
+        from: String,
+        to: String,
+    },
     /// `CHANGE` / `MODIFY`: column `from` is now column `to` with the
     /// definition the table has after the change.
-    ModifyColumn { from: String, to: String },
+    ModifyColumn {
+        from: String,
+        to: String,
+    },
     /// The column's default changed (rows are unaffected).
-    SetDefault { column: String },
-    DropDefault { column: String },
+    SetDefault {
+        column: String,
+    },
+    DropDefault {
+        column: String,
+    },
     /// The primary key or a UNIQUE key was added or dropped: the keys are
     /// those of the definition after the change.
     Keys,
     /// A plain (non-unique) index was added.
-    AddIndex { name: String, columns: Vec<String> },
+    AddIndex {
+        name: String,
+        columns: Vec<String>,
+    },
     /// An index was dropped (a UNIQUE one also shows as [`AlterAction::Keys`]).
-    DropIndex { name: String },
-    RenameIndex { from: String, to: String },
+    DropIndex {
+        name: String,
+    },
+    RenameIndex {
+        from: String,
+        to: String,
+    },
     /// A foreign key was added or dropped (replicas carry no enforced
     /// foreign keys; the definition after the change lists them).
     ForeignKeys,
     /// Table options, algorithm/lock clauses, comments, CHECK constraints,
     /// full-text/spatial indexes: nothing a replica's rows depend on.
-    Options { clause: String },
+    Options {
+        clause: String,
+    },
     /// A clause dbmux cannot reproduce on a replica of another engine
     /// (partitioning, a column filled by an expression, …).
-    Unsupported { clause: String },
+    Unsupported {
+        clause: String,
+    },
 }
 
 /// The value existing rows took when a column was added.

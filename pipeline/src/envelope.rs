@@ -1,13 +1,17 @@
 //! The JSON envelope: the documented, human- and consumer-facing form of a change.
 //!
-//! Field names follow Debezium's (`before`, `after`, `source`, `op`, `ts_ms`) so
-//! existing consumers can read it. Every value is carried **exactly**:
+//! Field names follow Debezium's (`before`, `after`, `source`, `op`, `ts_ms`,
+//! `transaction`) so existing consumers can read it; the full description is
+//! `docs/change-events.md`. Every value is carried **exactly**:
 //! - integers → JSON numbers (unsigned 64-bit too);
 //! - DECIMAL → string (exact text);
 //! - FLOAT/DOUBLE → number (the shortest text that reads back as the same binary value);
+//!   NaN and ±infinity, which JSON cannot spell, → the strings `"NaN"`, `"inf"`, `"-inf"`;
 //! - DATE → `"YYYY-MM-DD"`, TIME → `"[-]HH:MM:SS[.ffffff]"`, DATETIME →
 //!   `"YYYY-MM-DDTHH:MM:SS[.ffffff]"` (no zone), TIMESTAMP →
 //!   `"YYYY-MM-DDTHH:MM:SS[.ffffff]Z"` (UTC);
+//! - a PostgreSQL `timestamptz` is a TIMESTAMP whose 0 is the epoch
+//!   (`"1970-01-01T00:00:00Z"`), never the zero timestamp;
 //! - **zero dates** keep MySQL's own spelling, which no date parser accepts (so a
 //!   consumer cannot mistake them for a real instant): `"0000-00-00"`,
 //!   `"2024-00-15"` (zero parts), `"0000-00-00T00:00:00"`, and the zero TIMESTAMP
@@ -25,18 +29,27 @@
 //! `ddl` is the statement, `schema_change` what dbmux understood, `schema` the
 //! table's columns and primary key after it) and `snapshot` (snapshot control:
 //! `snapshot` says which run, table phase and chunk; see docs/snapshot.md).
+//!
+//! The envelope is rendered straight to text ([`Envelope`]), never through a
+//! `serde_json::Value`, which would round numbers beyond f64. Record keys on
+//! the per-table Kafka topics ([`key_of`]) are rendered the same way.
 
-use crate::event::{ChangeEvent, Op};
-use crate::schema::ColumnDef;
+use crate::event::{ChangeEvent, Op, Transaction};
+use crate::position::Position;
+use crate::schema::{ColumnDef, ColumnType, TableId};
 use crate::value::{format_timestamp_utc, Value};
 use base64::Engine;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use serde_json::{json, Value as Json};
+use std::collections::HashMap;
 use std::fmt;
 
 /// One value, serialized exactly (see the module documentation).
-struct ValueJson<'a>(&'a Value);
+/// The flag: the column is a `TimestampTz`, where `Timestamp(0)` is the
+/// epoch, not MySQL's zero timestamp.
+struct ValueJson<'a>(&'a Value, bool);
 
 impl Serialize for ValueJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -53,7 +66,7 @@ impl Serialize for ValueJson<'_> {
             Value::Date(d) => s.serialize_str(&d.to_string()),
             Value::Time(t) => s.serialize_str(&t.to_string()),
             Value::DateTime(dt) => s.serialize_str(&dt.to_string().replacen(' ', "T", 1)),
-            Value::Timestamp(0) => s.serialize_str("0000-00-00T00:00:00Z"),
+            Value::Timestamp(0) if !self.1 => s.serialize_str("0000-00-00T00:00:00Z"),
             Value::Timestamp(us) => {
                 s.serialize_str(&format!("{}Z", format_timestamp_utc(*us).replacen(' ', "T", 1)))
             }
@@ -106,7 +119,8 @@ impl Serialize for RowJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(self.1.len()))?;
         for (col, v) in self.0.iter().zip(self.1) {
-            m.serialize_entry(&col.name, &ValueJson(v))?;
+            let epoch_based = matches!(col.ty, ColumnType::TimestampTz { .. });
+            m.serialize_entry(&col.name, &ValueJson(v, epoch_based))?;
         }
         m.end()
     }
@@ -114,13 +128,36 @@ impl Serialize for RowJson<'_> {
 
 #[derive(Serialize)]
 struct Source<'a> {
+    version: &'static str,
+    connector: &'static str,
+    ts_ms: i64,
+    snapshot: &'static str,
     db: &'a str,
     table: &'a str,
+    seq: u64,
     txn: &'a str,
     txn_index: u32,
     txn_last: bool,
     position: String,
     commit_ts_us: i64,
+    /// Debezium's MySQL connector's names for the binlog coordinates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pos: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gtid: Option<&'a str>,
+    /// Debezium's PostgreSQL connector's name for the WAL position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lsn: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct TransactionJson<'a> {
+    id: &'a str,
+    total_order: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_collection_order: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -131,6 +168,7 @@ struct EnvelopeJson<'a> {
     source: Source<'a>,
     before: Option<RowJson<'a>>,
     after: Option<RowJson<'a>>,
+    transaction: TransactionJson<'a>,
     /// Schema changes: the statement as the source logged it.
     #[serde(skip_serializing_if = "Option::is_none")]
     ddl: Option<&'a str>,
@@ -239,35 +277,91 @@ impl fmt::Display for Envelope {
 
 /// Renders one value as JSON text (see the module documentation).
 pub fn value_json(v: &Value) -> String {
-    serde_json::to_string(&ValueJson(v)).expect("values always serialize")
+    serde_json::to_string(&ValueJson(v, false)).expect("values always serialize")
 }
 
-/// The envelope of one event.
+/// Which part of an event an envelope shows. Debezium publishes an update
+/// that changes the primary key as a delete of the old row and a create of
+/// the new one, so that a consumer keyed by primary key stays right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The event as it is.
+    Whole,
+    /// An update's old row, as a delete (`op: "d"`, `after: null`).
+    OldRowDeleted,
+    /// An update's new row, as a create (`op: "c"`, `before: null`).
+    NewRowCreated,
+}
+
+/// The envelope of one event, without the per-table order inside its
+/// transaction (see [`transaction_envelopes`], which adds it).
 pub fn to_envelope(event: &ChangeEvent) -> Envelope {
+    envelope_part(event, Part::Whole, None)
+}
+
+/// The envelope of `part` of `event`, with `transaction.data_collection_order`
+/// when given (see [`data_collection_orders`]).
+pub fn envelope_part(event: &ChangeEvent, part: Part, data_collection_order: Option<u64>) -> Envelope {
     let cols = event.table.columns.as_slice();
-    let (before, after) = match &event.op {
-        Op::Insert { after } => (None, Some(RowJson(cols, after))),
-        Op::Update { before, after } => (Some(RowJson(cols, before)), Some(RowJson(cols, after))),
-        Op::Delete { before } => (Some(RowJson(cols, before)), None),
-        Op::Read { after } => (None, Some(RowJson(cols, after))),
-        Op::Truncate | Op::Ddl(_) | Op::Snapshot(_) => (None, None),
+    let (op, before, after) = match (&event.op, part) {
+        (Op::Update { before, .. }, Part::OldRowDeleted) => ("d", Some(RowJson(cols, before)), None),
+        (Op::Update { after, .. }, Part::NewRowCreated) => ("c", None, Some(RowJson(cols, after))),
+        (Op::Insert { after }, _) => ("c", None, Some(RowJson(cols, after))),
+        (Op::Update { before, after }, _) => ("u", Some(RowJson(cols, before)), Some(RowJson(cols, after))),
+        (Op::Delete { before }, _) => ("d", Some(RowJson(cols, before)), None),
+        (Op::Read { after }, _) => ("r", None, Some(RowJson(cols, after))),
+        (Op::Truncate | Op::Ddl(_) | Op::Snapshot(_), _) => (event.op.code(), None, None),
+    };
+    let ts_ms = event.txn.commit_ts_us.div_euclid(1000);
+    let (file, pos, gtid, lsn) = match &event.position {
+        Position::Mysql(p) => {
+            // A GTID (`domain-server-seq` or `uuid:n`); a transaction without
+            // one is named by its binlog coordinates instead.
+            let is_gtid = event.txn.id.contains('-') || event.txn.id.contains(':');
+            (
+                Some(p.file.as_str()),
+                Some(p.offset),
+                is_gtid.then_some(event.txn.id.as_str()),
+                None,
+            )
+        }
+        Position::Postgres(lsn) => (None, None, None, Some(*lsn)),
     };
     let t = &event.table;
     let env = EnvelopeJson {
         seq: event.seq,
-        op: event.op.code(),
-        ts_ms: event.txn.commit_ts_us.div_euclid(1000),
+        op,
+        ts_ms,
         source: Source {
+            version: env!("CARGO_PKG_VERSION"),
+            connector: "dbmux",
+            ts_ms,
+            // Debezium's convention: snapshot rows say so in their source.
+            snapshot: if matches!(event.op, Op::Read { .. }) {
+                "true"
+            } else {
+                "false"
+            },
             db: &event.table.id.schema,
             table: &event.table.id.name,
+            seq: event.seq,
             txn: &event.txn.id,
             txn_index: event.txn.index,
             txn_last: event.txn.last,
             position: event.position.to_string(),
             commit_ts_us: event.txn.commit_ts_us,
+            file,
+            pos,
+            gtid,
+            lsn,
         },
         before,
         after,
+        transaction: TransactionJson {
+            id: &event.txn.id,
+            total_order: event.txn.index as u64 + 1,
+            data_collection_order,
+        },
         ddl: match &event.op {
             Op::Ddl(c) => Some(&c.statement),
             _ => None,
@@ -287,7 +381,11 @@ pub fn to_envelope(event: &ChangeEvent) -> Envelope {
                         nullable: c.nullable,
                     })
                     .collect(),
-                primary_key: t.primary_key.iter().map(|&i| t.columns[i].name.as_str()).collect(),
+                primary_key: t
+                    .primary_key
+                    .iter()
+                    .map(|&i| t.columns[i].name.as_str())
+                    .collect(),
             }),
             _ => None,
         },
@@ -297,6 +395,86 @@ pub fn to_envelope(event: &ChangeEvent) -> Envelope {
         },
     };
     Envelope(serde_json::to_string(&env).expect("envelopes always serialize"))
+}
+
+/// Each event's 1-based rank among the transaction's events on the same
+/// table (Debezium's `transaction.data_collection_order`), in event order.
+pub fn data_collection_orders(txn: &Transaction) -> Vec<u64> {
+    let mut per_table: HashMap<&TableId, u64> = HashMap::new();
+    txn.events
+        .iter()
+        .map(|e| {
+            let n = per_table.entry(&e.table.id).or_default();
+            *n += 1;
+            *n
+        })
+        .collect()
+}
+
+/// The envelopes of a whole transaction, each with its
+/// `transaction.data_collection_order`.
+pub fn transaction_envelopes(txn: &Transaction) -> Vec<Envelope> {
+    txn.events
+        .iter()
+        .zip(data_collection_orders(txn))
+        .map(|(e, n)| envelope_part(e, Part::Whole, Some(n)))
+        .collect()
+}
+
+/// The record key of an event on a per-table topic, as JSON text: the
+/// primary-key columns of `row` (`{"id":7}`), values rendered exactly like
+/// the envelope's. `None` for tables without a primary key.
+pub fn key_of(event: &ChangeEvent, row: &[Value]) -> Option<String> {
+    let table = &event.table;
+    if table.primary_key.is_empty() {
+        return None;
+    }
+    let mut cols = Vec::with_capacity(table.primary_key.len());
+    let mut vals = Vec::with_capacity(table.primary_key.len());
+    for &i in &table.primary_key {
+        cols.push(table.columns.get(i)?.clone());
+        vals.push(row.get(i)?.clone());
+    }
+    Some(serde_json::to_string(&RowJson(&cols, &vals)).expect("keys always serialize"))
+}
+
+/// A Debezium-style transaction boundary marker: `BEGIN` before a
+/// transaction's events, `END` (with per-table event counts) after them.
+/// (It carries no row values, so a `serde_json::Value` is exact here.)
+pub fn transaction_marker(txn: &Transaction, begin: bool) -> Json {
+    let first = &txn.events[0];
+    let ts_ms = first.txn.commit_ts_us.div_euclid(1000);
+    if begin {
+        return json!({
+            "status": "BEGIN",
+            "id": first.txn.id,
+            "ts_ms": ts_ms,
+            "event_count": Json::Null,
+            "data_collections": Json::Null,
+            "first_seq": txn.first_seq(),
+        });
+    }
+    let mut counts: Vec<(String, u64)> = Vec::new();
+    for e in &txn.events {
+        let name = e.table.id.to_string();
+        match counts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    json!({
+        "status": "END",
+        "id": first.txn.id,
+        "ts_ms": ts_ms,
+        "event_count": txn.len(),
+        "data_collections": counts
+            .into_iter()
+            .map(|(n, c)| json!({"data_collection": n, "event_count": c}))
+            .collect::<Vec<_>>(),
+        "first_seq": txn.first_seq(),
+        "last_seq": txn.last_seq(),
+        "position": first.position.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -380,5 +558,133 @@ mod tests {
             micros: 500_000,
         };
         assert_eq!(value_to_json(&Value::Time(t)), json!("-01:00:00.500000"));
+    }
+    #[test]
+    fn debezium_fields_parts_and_exact_keys() {
+        use crate::event::sequence_transaction;
+        use crate::position::MysqlPosition;
+        use crate::schema::{ColumnType, TableSchema};
+        use std::sync::Arc;
+        let col = |name: &str, ty| ColumnDef {
+            name: name.into(),
+            ty,
+            nullable: false,
+            charset: None,
+            collation: None,
+            source_type: String::new(),
+        };
+        let t = Arc::new(TableSchema::new(
+            TableId::new("shop", "items"),
+            vec![
+                col(
+                    "id",
+                    ColumnType::Decimal {
+                        precision: 40,
+                        scale: 0,
+                    },
+                ),
+                col("doc", ColumnType::Json),
+            ],
+            vec![0],
+        ));
+        let big = "1234567890123456789012345678901234567890";
+        let row = |id: &str| {
+            vec![
+                Value::Decimal(id.into()),
+                Value::Json("{\"n\": 123456789012345678901234567890}".into()),
+            ]
+        };
+        let pos = Position::Mysql(MysqlPosition {
+            file: "mysql-bin.000002".into(),
+            offset: 77,
+            gtid_set: None,
+        });
+        let txn = sequence_transaction(
+            5,
+            "0-1-9".into(),
+            1_700_000_000_123_456,
+            pos,
+            vec![
+                (t.clone(), Op::Insert { after: row(big) }),
+                (
+                    t.clone(),
+                    Op::Update {
+                        before: row(big),
+                        after: row("2"),
+                    },
+                ),
+            ],
+        );
+        let envs = transaction_envelopes(&txn);
+        let first = envs[0].as_str();
+        assert!(
+            first.contains(r#""doc":{"n":123456789012345678901234567890}"#),
+            "{first}"
+        );
+        let v = envs[1].to_value();
+        assert_eq!(v["op"], "u");
+        assert_eq!(v["seq"], 6);
+        assert_eq!(v["ts_ms"], 1_700_000_000_123i64);
+        assert_eq!(v["source"]["connector"], "dbmux");
+        assert_eq!(v["source"]["seq"], 6);
+        assert_eq!(v["source"]["file"], "mysql-bin.000002");
+        assert_eq!(v["source"]["pos"], 77);
+        assert_eq!(v["source"]["gtid"], "0-1-9");
+        assert!(v["source"].get("lsn").is_none());
+        assert_eq!(v["transaction"]["total_order"], 2);
+        assert_eq!(v["transaction"]["data_collection_order"], 2);
+        assert!(to_envelope(&txn.events[1]).to_value()["transaction"]
+            .get("data_collection_order")
+            .is_none());
+        let del = envelope_part(&txn.events[1], Part::OldRowDeleted, Some(2)).to_value();
+        assert_eq!((del["op"].as_str(), del["after"].is_null()), (Some("d"), true));
+        assert_eq!(del["before"]["id"], big);
+        let cre = envelope_part(&txn.events[1], Part::NewRowCreated, Some(2)).to_value();
+        assert_eq!((cre["op"].as_str(), cre["before"].is_null()), (Some("c"), true));
+        assert_eq!(cre["after"]["id"], "2");
+        assert_eq!(
+            key_of(&txn.events[0], &row(big)).unwrap(),
+            format!("{{\"id\":\"{big}\"}}")
+        );
+        let nopk = Arc::new(TableSchema::new(
+            TableId::new("shop", "log"),
+            t.columns.clone(),
+            vec![],
+        ));
+        let mut e = txn.events[0].clone();
+        e.table = nopk;
+        assert_eq!(key_of(&e, &row("1")), None);
+        let pg = sequence_transaction(
+            1,
+            "7".into(),
+            0,
+            Position::Postgres(0x1_0000_0010),
+            vec![(t, Op::Truncate)],
+        );
+        let v = to_envelope(&pg.events[0]).to_value();
+        assert_eq!(v["op"], "t");
+        // PostgreSQL timestamptz: 0 is the epoch, not MySQL's zero TIMESTAMP.
+        let tz = Arc::new(TableSchema::new(
+            TableId::new("public", "e"),
+            vec![col("at", ColumnType::TimestampTz { fsp: 6 })],
+            vec![],
+        ));
+        let e = sequence_transaction(
+            2,
+            "8".into(),
+            0,
+            Position::Postgres(1),
+            vec![(
+                tz,
+                Op::Insert {
+                    after: vec![Value::Timestamp(0)],
+                },
+            )],
+        );
+        assert!(to_envelope(&e.events[0])
+            .as_str()
+            .contains(r#""after":{"at":"1970-01-01T00:00:00Z"}"#));
+        assert_eq!(v["source"]["lsn"], 0x1_0000_0010u64);
+        assert!(v["source"].get("file").is_none());
     }
 }

@@ -3,8 +3,8 @@
 //! Dependency direction: the `dbmux` binary → `connectors` → `pipeline`.
 
 pub mod batch;
-pub mod cascade;
 pub mod capture_state;
+pub mod cascade;
 pub mod codec;
 pub mod ddl;
 pub mod envelope;
@@ -18,8 +18,8 @@ pub mod retry;
 pub mod runtime;
 pub mod schema;
 pub mod secret;
-pub mod snapshot;
 pub mod sink;
+pub mod snapshot;
 pub mod source;
 pub mod value;
 

@@ -1,52 +1,48 @@
-//! The embedded change log (the default transport).
+//! The change log: the one contract between capture and every reader.
 //!
-//! # Layout
-//! A `fjall` database (LSM tree with a write-ahead journal) in the data
-//! directory. Keyspace `records` maps the big-endian `seq` of a chunk's first
-//! event to an encoded chunk (see [`crate::codec`]); a transaction larger than
-//! [`CHUNK_EVENTS`] is split into several chunks written in **one atomic batch**,
-//! so a reader never sees part of a transaction. Keyspace `consumers` holds each
-//! registered consumer's acknowledged `seq`; keyspace `meta` small durable
-//! values: the position where capture first began, capture's state checkpoint
-//! (see [`crate::capture_state`]) and snapshot requests.
+//! Capture appends whole source transactions with gapless `seq`s; appliers,
+//! the admin server, `dbmux tail` and (later) cache invalidators read them
+//! back. Two implementations keep the same contract: [`EmbeddedLog`] (fjall,
+//! in one process, the default) and the Kafka log in `connectors::kafka`
+//! (capture, appliers and consumers in separate processes).
 //!
-//! # Durability
-//! [`FsyncPolicy::Always`] syncs the journal (`fdatasync`) before `append`
-//! returns; `Interval` leaves writes in OS buffers (they survive a process
-//! crash, not a power loss) and a background task syncs them periodically;
-//! `Never` leaves it to the OS. Capture acknowledges nothing to the source, so
-//! the only promise is: `last()` after a restart names a transaction that is
-//! wholly in the log, and capture resumes after it.
-//!
-//! # Truncation
-//! Chunks every registered consumer has acknowledged are deleted, except the
-//! newest chunk, which carries the capture resume position.
+//! # The contract
+//! - **Order and gaplessness.** `seq`s are strictly increasing by one from the
+//!   first event ever appended; [`Log::append`] refuses a transaction whose
+//!   first `seq` is not the log's last + 1, so two writers can never
+//!   interleave, and a reader sees every `seq` exactly once.
+//! - **Atomicity.** A source transaction is visible to readers whole or not
+//!   at all, also across a crash in the middle of `append`; a reader never
+//!   receives part of one (a batch may end early, never inside a transaction).
+//! - **Durability.** `append` returns only once the transactions are as
+//!   durable as the implementation promises (embedded: its fsync policy;
+//!   Kafka: committed to the in-sync replicas, `acks=all`). After a restart,
+//!   [`Log::last`] names a transaction that is wholly in the log, and capture
+//!   resumes from the source position stored with it.
+//! - **Acknowledgement.** [`LogReader::ack`] records that a consumer has made
+//!   everything up to a `seq` durable *in its own target*. It is a hint for
+//!   the log (truncation, where to start reading next time), never the truth:
+//!   an applier always restarts from the offset stored in its replica.
+//! - **Metadata.** [`Log::meta`] / [`Log::set_meta`] keep small durable values
+//!   beside the records (the capture start position, capture's state
+//!   checkpoint: schema history and snapshot progress, see
+//!   [`crate::capture_state`], and snapshot requests), so everything a
+//!   capture process needs to resume is in the log.
 
-use crate::codec::{self, CodecError};
+pub mod embedded;
+
+pub use embedded::{EmbeddedLog, EmbeddedReader, FsyncPolicy, CHUNK_EVENTS};
+
+use crate::codec::CodecError;
 use crate::event::{ChangeEvent, Transaction};
 use crate::position::Position;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use crate::retry::{Classify, ErrorClass};
+use std::future::Future;
 use tokio::sync::watch;
 
-/// Events per stored chunk: keeps records small enough to decode cheaply when
-/// a consumer starts reading in the middle of a large transaction.
-pub const CHUNK_EVENTS: usize = 1024;
-
-const START_POSITION_KEY: &str = "capture_start_position";
-
-/// When the log syncs its journal to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// Sync before `append` returns.
-    Always,
-    /// Sync at most every this many milliseconds (background).
-    IntervalMs(u64),
-    /// Never sync explicitly.
-    Never,
-}
+/// The meta key under which capture stores where it began (see
+/// [`crate::runtime::run_capture`]).
+pub const START_POSITION_KEY: &str = "capture_start_position";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -60,303 +56,156 @@ pub enum LogError {
     Invalid(String),
     #[error("seq {requested} was truncated; the log now starts at {first}")]
     Truncated { requested: u64, first: u64 },
+    /// The log's server cannot be reached or timed out; retrying may succeed.
+    #[error("log unavailable: {0}")]
+    Unavailable(String),
+    /// Another writer took over the log (a second capture process for the
+    /// same source): this one must stop, never interleave.
+    #[error("this capture was fenced by another writer of the same log: {0}")]
+    Fenced(String),
+    /// The log's configuration would lose or reorder data; the message names
+    /// the setting, the value needed and the value found.
+    #[error("unsafe log settings: {0}")]
+    Unsafe(String),
+    /// Any other definite failure of the log's server or client.
+    #[error("log: {0}")]
+    Backend(String),
+    #[error("this process opened the log read-only; only capture appends")]
+    ReadOnly,
 }
 
-impl crate::retry::Classify for LogError {
-    fn class(&self) -> crate::retry::ErrorClass {
-        // Local disk problems do not heal by retrying in a loop: stop loudly.
-        crate::retry::ErrorClass::Definite
+impl Classify for LogError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            // A broker restarting or a leader election heals by itself.
+            LogError::Unavailable(_) => ErrorClass::Transient,
+            // Local disk problems, damaged records, a fenced writer or unsafe
+            // settings do not heal by retrying in a loop: stop loudly.
+            _ => ErrorClass::Definite,
+        }
     }
 }
 
-/// The embedded, durable, single-node change log.
-pub struct EmbeddedLog {
-    db: Database,
-    records: Keyspace,
-    consumers: Keyspace,
-    /// Small facts about the log itself (the capture start position).
-    meta: Keyspace,
-    policy: FsyncPolicy,
-    /// Serializes appends so the gapless check and the write are one step.
-    append_lock: Mutex<()>,
-    last_seq: AtomicU64,
-    notify: watch::Sender<u64>,
-}
+/// A durable, ordered log of whole transactions (see the module docs for the
+/// contract). Handles are cheap to clone; clones share one log.
+pub trait Log: Clone + Send + Sync + 'static {
+    type Reader: LogReader;
 
-fn key(seq: u64) -> [u8; 8] {
-    seq.to_be_bytes()
-}
+    /// The newest `seq` this process knows of (0: empty or not known yet).
+    /// Cheap; follows appends of this process and, for a shared log, a
+    /// watch on the log's head.
+    fn last_seq(&self) -> u64;
 
-fn seq_of(key: &[u8]) -> u64 {
-    u64::from_be_bytes(key.try_into().expect("8-byte keys"))
-}
+    /// A watch of [`Log::last_seq`] (for tailing readers, lag, the proxy).
+    fn subscribe(&self) -> watch::Receiver<u64>;
 
-impl EmbeddedLog {
-    /// Opens (or creates) the log in `dir`; recovers the journal after a crash.
-    pub fn open(dir: &Path, policy: FsyncPolicy) -> Result<Self, LogError> {
-        let db = Database::builder(dir).manual_journal_persist(true).open()?;
-        let records = db.keyspace("records", KeyspaceCreateOptions::default)?;
-        let consumers = db.keyspace("consumers", KeyspaceCreateOptions::default)?;
-        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
-        let log = EmbeddedLog {
-            db,
-            records,
-            consumers,
-            meta,
-            policy,
-            append_lock: Mutex::new(()),
-            last_seq: AtomicU64::new(0),
-            notify: watch::channel(0).0,
-        };
-        let last = log.last()?.map_or(0, |(s, _)| s);
-        log.last_seq.store(last, Ordering::SeqCst);
-        log.notify.send_replace(last);
-        Ok(log)
+    /// Reads the newest event's `seq` and the source position stored with it
+    /// from the log itself (authoritative, unlike [`Log::last_seq`]).
+    fn last(&self) -> impl Future<Output = Result<Option<(u64, Position)>, LogError>> + Send;
+
+    /// The oldest `seq` still stored, if any.
+    fn first_seq(&self) -> impl Future<Output = Result<Option<u64>, LogError>> + Send;
+
+    /// Appends whole transactions (consecutive `seq`s, the first one = the
+    /// log's last + 1) in one atomic write; returns once durable (see the
+    /// contract), with the number of bytes written.
+    fn append(&self, txns: Vec<Transaction>) -> impl Future<Output = Result<u64, LogError>> + Send;
+
+    /// A small durable value stored beside the records.
+    fn meta(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, LogError>> + Send;
+
+    /// Stores a small value durably before returning.
+    fn set_meta(&self, key: &str, value: Vec<u8>) -> impl Future<Output = Result<(), LogError>> + Send;
+
+    /// A reader for consumer `consumer` (its name keys its acknowledgements).
+    fn reader(&self, consumer: &str) -> impl Future<Output = Result<Self::Reader, LogError>> + Send;
+
+    /// The `seq` consumer `consumer` last acknowledged, as far as the log knows.
+    fn acked(&self, consumer: &str) -> impl Future<Output = Result<Option<u64>, LogError>> + Send;
+
+    /// Records `seq` as consumer `consumer`'s acknowledgement on its behalf,
+    /// where the log keeps acknowledgements itself (the embedded log, whose
+    /// truncation follows them): capture holds the log for a replica that
+    /// starts over from a snapshot, and for its own state checkpoint. A no-op
+    /// where retention is the server's business (Kafka).
+    fn ack_for(&self, consumer: &str, seq: u64) -> impl Future<Output = Result<(), LogError>> + Send {
+        let _ = (consumer, seq);
+        async { Ok(()) }
     }
 
-    pub fn policy(&self) -> FsyncPolicy {
-        self.policy
+    /// Deletes what every named consumer has acknowledged, where the log
+    /// manages its own retention; returns the events removed (0 where
+    /// retention is the server's business, as with Kafka).
+    fn truncate(&self, consumers: Vec<String>) -> impl Future<Output = Result<u64, LogError>> + Send;
+
+    /// The source commit time (µs since the Unix epoch) of the event `seq`,
+    /// read from the log; `None` when the log does not hold it (not written
+    /// yet, or truncated). For lag at scrape time: it may read storage or the
+    /// network, so callers ask for the few `seq`s they need, not ranges.
+    fn commit_ts_at(&self, seq: u64) -> impl Future<Output = Result<Option<i64>, LogError>> + Send;
+
+    /// Local disk space the log uses, in bytes; `None` where the records are
+    /// kept by a server (Kafka: the brokers' own metrics report it).
+    fn disk_bytes(&self) -> impl Future<Output = Result<Option<u64>, LogError>> + Send {
+        async { Ok(None) }
     }
 
-    /// The `seq` of the newest event, 0 when the log is empty.
-    pub fn last_seq(&self) -> u64 {
-        self.last_seq.load(Ordering::SeqCst)
+    /// Makes buffered appends durable (the embedded log's `interval` policy).
+    fn sync(&self) -> impl Future<Output = Result<(), LogError>> + Send;
+
+    /// Called by an idle writer now and then: a shared log checks that this
+    /// writer still owns the stream ([`LogError::Fenced`] if another capture
+    /// took it over), so a fenced capture stops even when nothing is written.
+    fn heartbeat(&self) -> impl Future<Output = Result<(), LogError>> + Send {
+        async { Ok(()) }
     }
 
-    /// Watch the newest `seq` (for tailing consumers).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.notify.subscribe()
-    }
-
-    /// The newest event's `seq` and the capture resume position stored with it.
-    pub fn last(&self) -> Result<Option<(u64, Position)>, LogError> {
-        let Some(kv) = self.records.last_key_value() else {
-            return Ok(None);
-        };
-        let (k, v) = kv.into_inner()?;
-        let first = seq_of(&k);
-        let events = codec::decode(&v).map_err(|source| LogError::Corrupt { seq: first, source })?;
-        let last = events.last().ok_or(LogError::Invalid("empty chunk".into()))?;
-        Ok(Some((last.seq, last.position.clone())))
-    }
-
-    /// The `seq` of the oldest stored event, if any.
-    pub fn first_seq(&self) -> Result<Option<u64>, LogError> {
-        match self.records.first_key_value() {
-            Some(kv) => Ok(Some(seq_of(&kv.key()?))),
-            None => Ok(None),
-        }
-    }
-
-    /// Appends one whole transaction atomically. Its first `seq` must be the
-    /// log's last + 1 (gapless). Returns once the write is as durable as the
-    /// fsync policy promises.
-    pub fn append(&self, txn: &Transaction) -> Result<u64, LogError> {
-        self.append_many(std::slice::from_ref(txn))
-    }
-
-    /// Appends several whole transactions in one atomic write; returns the
-    /// encoded bytes written.
-    pub fn append_many(&self, txns: &[Transaction]) -> Result<u64, LogError> {
-        if txns.is_empty() {
-            return Ok(0);
-        }
-        let _guard = self.append_lock.lock().expect("append lock poisoned");
-        let mut expect = self.last_seq() + 1;
-        let mut batch = self.db.batch();
-        let mut bytes = 0u64;
-        for txn in txns {
-            txn.check().map_err(LogError::Invalid)?;
-            if txn.first_seq() != expect {
-                return Err(LogError::Gap {
-                    last: expect - 1,
-                    first: txn.first_seq(),
-                });
-            }
-            let len = txn.len() as u32;
-            for chunk in txn.events.chunks(CHUNK_EVENTS) {
-                let record = codec::encode(chunk, len);
-                bytes += record.len() as u64;
-                batch.insert(&self.records, key(chunk[0].seq), record);
-            }
-            expect = txn.last_seq() + 1;
-        }
-        let batch = match self.policy {
-            FsyncPolicy::Always => batch.durability(Some(PersistMode::SyncData)),
-            _ => batch.durability(Some(PersistMode::Buffer)),
-        };
-        batch.commit()?;
-        self.last_seq.store(expect - 1, Ordering::SeqCst);
-        self.notify.send_replace(expect - 1);
-        Ok(bytes)
-    }
-
-    /// Syncs the journal to disk (used by the interval policy's background task).
-    pub fn sync(&self) -> Result<(), LogError> {
-        self.db.persist(PersistMode::SyncData)?;
-        Ok(())
-    }
-
-    /// Reads events from `from_seq` on, whole transactions only, stopping at the
-    /// first transaction boundary after `max_events` (a single larger
-    /// transaction is returned whole). Empty when nothing is there yet.
-    pub fn read(&self, from_seq: u64, max_events: usize) -> Result<Vec<ChangeEvent>, LogError> {
-        if from_seq > self.last_seq() {
-            return Ok(Vec::new());
-        }
-        // Start at the chunk containing `from_seq`.
-        let start = match self.records.range(..=key(from_seq)).next_back() {
-            Some(kv) => seq_of(&kv.key()?),
-            None => {
-                let first = self.first_seq()?.unwrap_or(0);
-                return Err(LogError::Truncated {
-                    requested: from_seq,
-                    first,
-                });
-            }
-        };
-        let mut out = Vec::new();
-        for kv in self.records.range(key(start)..) {
-            let (k, v) = kv.into_inner()?;
-            let chunk_seq = seq_of(&k);
-            let events = codec::decode(&v).map_err(|source| LogError::Corrupt {
-                seq: chunk_seq,
-                source,
-            })?;
-            if events.last().is_some_and(|e| e.seq < from_seq) {
-                continue; // the whole chunk is before `from_seq`
-            }
-            for e in events {
-                if e.seq < from_seq {
-                    continue;
-                }
-                let last = e.txn.last;
-                out.push(e);
-                if last && out.len() >= max_events {
-                    return Ok(out);
-                }
-            }
-        }
-        if let Some(first) = out.first() {
-            if first.seq != from_seq {
-                return Err(LogError::Truncated {
-                    requested: from_seq,
-                    first: first.seq,
-                });
-            }
-        }
-        Ok(out)
-    }
-
-    /// The source commit time (µs) of the event `seq`, decoding only the chunk
-    /// holding it; `None` when the log does not have it.
-    pub fn commit_ts_at(&self, seq: u64) -> Result<Option<i64>, LogError> {
-        if seq == 0 || seq > self.last_seq() {
-            return Ok(None);
-        }
-        let Some(kv) = self.records.range(..=key(seq)).next_back() else {
-            return Ok(None);
-        };
-        let (k, v) = kv.into_inner()?;
-        let chunk_seq = seq_of(&k);
-        let events = codec::decode(&v).map_err(|source| LogError::Corrupt {
-            seq: chunk_seq,
-            source,
-        })?;
-        Ok(events.iter().find(|e| e.seq == seq).map(|e| e.txn.commit_ts_us))
-    }
-
-    /// Where capture began, stored once before the first transaction (see
-    /// [`crate::runtime::run_capture`]); `None` when never set.
-    pub fn start_position(&self) -> Result<Option<Position>, LogError> {
-        match self.meta.get(START_POSITION_KEY)? {
-            Some(v) => {
-                let text = String::from_utf8_lossy(&v).to_string();
-                text.parse()
+    /// Where capture began, stored once before its first transaction.
+    fn start_position(&self) -> impl Future<Output = Result<Option<Position>, LogError>> + Send {
+        async move {
+            match self.meta(START_POSITION_KEY).await? {
+                Some(v) => String::from_utf8_lossy(&v)
+                    .parse()
                     .map(Some)
-                    .map_err(|e: crate::position::ParsePositionError| LogError::Invalid(e.to_string()))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// Stores the capture start position durably (synced whatever the policy).
-    pub fn set_start_position(&self, position: &Position) -> Result<(), LogError> {
-        self.meta
-            .insert(START_POSITION_KEY, position.to_string().into_bytes())?;
-        self.db.persist(PersistMode::SyncAll)?;
-        Ok(())
-    }
-
-    /// A small durable value stored beside the records (the capture state,
-    /// snapshot requests); `None` when never set.
-    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, LogError> {
-        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
-    }
-
-    /// Stores a small value durably (synced whatever the policy) before returning.
-    pub fn set_meta(&self, key: &str, value: Vec<u8>) -> Result<(), LogError> {
-        self.meta.insert(key, value)?;
-        self.db.persist(PersistMode::SyncAll)?;
-        Ok(())
-    }
-
-    /// Records that consumer `name` has durably applied everything up to `seq`.
-    pub fn ack(&self, name: &str, seq: u64) -> Result<(), LogError> {
-        self.consumers.insert(name, seq.to_be_bytes())?;
-        Ok(())
-    }
-
-    /// A consumer's acknowledged `seq`.
-    pub fn acked(&self, name: &str) -> Result<Option<u64>, LogError> {
-        Ok(self.consumers.get(name)?.map(|v| seq_of(&v)))
-    }
-
-    /// Deletes chunks whose every event is below `min(acks of consumers)`, keeping
-    /// the newest chunk. `consumers` are the names that must all have passed.
-    /// Returns the number of events removed.
-    pub fn truncate(&self, consumers: &[&str]) -> Result<u64, LogError> {
-        if consumers.is_empty() {
-            return Ok(0);
-        }
-        let mut upto = u64::MAX;
-        for c in consumers {
-            upto = upto.min(self.acked(c)?.unwrap_or(0));
-        }
-        self.truncate_through(upto)
-    }
-
-    /// Deletes chunks whose every event has `seq <= upto`, keeping the newest chunk.
-    pub fn truncate_through(&self, upto: u64) -> Result<u64, LogError> {
-        let mut keys = Vec::new();
-        for kv in self.records.range(..=key(upto.saturating_add(1))) {
-            keys.push(seq_of(&kv.key()?));
-        }
-        let newest = self
-            .records
-            .last_key_value()
-            .map(|kv| kv.key())
-            .transpose()?
-            .map(|k| seq_of(&k));
-        let mut removed = 0;
-        let mut batch = self.db.batch();
-        for w in keys.windows(2) {
-            // A chunk ends just before the next chunk starts.
-            if w[1] <= upto.saturating_add(1) && Some(w[0]) != newest {
-                batch.remove(&self.records, key(w[0]));
-                removed += w[1] - w[0];
+                    .map_err(|e: crate::position::ParsePositionError| LogError::Invalid(e.to_string())),
+                None => Ok(None),
             }
         }
-        if !batch.is_empty() {
-            batch.commit()?;
-        }
-        Ok(removed)
     }
 
-    /// Disk space the log uses (tables and journal), in bytes.
-    pub fn disk_bytes(&self) -> Result<u64, LogError> {
-        Ok(self.db.disk_space()?)
+    /// Stores where capture begins (see [`crate::runtime::run_capture`]).
+    fn set_start_position(&self, position: &Position) -> impl Future<Output = Result<(), LogError>> + Send {
+        self.set_meta(START_POSITION_KEY, position.to_string().into_bytes())
     }
+
+    /// Where capture resumes: after the newest transaction in the log, else
+    /// where it first began; `None` on the very first start.
+    fn resume_position(&self) -> impl Future<Output = Result<Option<Position>, LogError>> + Send {
+        async move {
+            match self.last().await? {
+                Some((_, p)) => Ok(Some(p)),
+                None => self.start_position().await,
+            }
+        }
+    }
+}
+
+/// One consumer's cursor on a [`Log`].
+pub trait LogReader: Send + 'static {
+    /// Whole transactions from `from` on, in `seq` order, stopping at the
+    /// first transaction boundary at or after `max_events` (a single larger
+    /// transaction is returned whole). The first event is exactly `from`;
+    /// empty when nothing is there yet (it may wait briefly for data);
+    /// [`LogError::Truncated`] when `from` is no longer stored.
+    fn read(
+        &mut self,
+        from: u64,
+        max_events: usize,
+    ) -> impl Future<Output = Result<Vec<Transaction>, LogError>> + Send;
+
+    /// Records that this consumer has durably applied everything up to `seq`
+    /// in its own target (a hint for the log, never the truth).
+    fn ack(&mut self, seq: u64) -> impl Future<Output = Result<(), LogError>> + Send;
 }
 
 /// Groups consecutive events into whole transactions (events must be whole
@@ -377,154 +226,4 @@ pub fn into_transactions(events: Vec<ChangeEvent>) -> Vec<Transaction> {
         out.push(Transaction { events: cur });
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::{sequence_transaction, Op};
-    use crate::position::MysqlPosition;
-    use crate::schema::TableSchema;
-    use crate::value::Value;
-    use std::sync::Arc;
-
-    fn schema() -> Arc<TableSchema> {
-        crate::schema::test_table()
-    }
-
-    fn txn(first: u64, n: usize) -> Transaction {
-        let pos = Position::Mysql(MysqlPosition {
-            file: "b.000001".into(),
-            offset: first * 10,
-            gtid_set: None,
-        });
-        let s = schema();
-        let changes = (0..n)
-            .map(|i| {
-                (
-                    s.clone(),
-                    Op::Insert {
-                        after: vec![Value::Int((first + i as u64) as i64)],
-                    },
-                )
-            })
-            .collect();
-        sequence_transaction(first, format!("0-1-{first}"), 0, pos, changes)
-    }
-
-    #[test]
-    fn append_read_reopen_truncate() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let log = EmbeddedLog::open(dir.path(), FsyncPolicy::Always).unwrap();
-            assert_eq!(log.last().unwrap(), None);
-            log.append(&txn(1, 3)).unwrap();
-            // A large transaction spans several chunks.
-            log.append(&txn(4, CHUNK_EVENTS * 2 + 5)).unwrap();
-            let last = 3 + CHUNK_EVENTS as u64 * 2 + 5;
-            log.append(&txn(last + 1, 1)).unwrap();
-            assert!(matches!(log.append(&txn(last + 5, 1)), Err(LogError::Gap { .. })));
-            assert_eq!(log.last_seq(), last + 1);
-            // Reading from the middle of the large transaction returns its rest, whole.
-            let ev = log.read(100, 1).unwrap();
-            assert_eq!(ev.first().unwrap().seq, 100);
-            assert_eq!(ev.last().unwrap().seq, last);
-            assert!(ev.last().unwrap().txn.last);
-            let all = log.read(1, usize::MAX).unwrap();
-            assert_eq!(all.len() as u64, last + 1);
-            assert!(all.windows(2).all(|w| w[1].seq == w[0].seq + 1));
-            assert_eq!(into_transactions(all).len(), 3);
-        }
-        let log = EmbeddedLog::open(dir.path(), FsyncPolicy::Always).unwrap();
-        let total = 3 + CHUNK_EVENTS as u64 * 2 + 6;
-        assert_eq!(log.last_seq(), total);
-        let (_, pos) = log.last().unwrap().unwrap();
-        assert_eq!(pos.to_string(), format!("mysql:b.000001:{}", (total) * 10));
-        log.ack("a", 3).unwrap();
-        log.ack("b", 2000).unwrap();
-        assert_eq!(log.truncate(&["a", "b"]).unwrap(), 3);
-        assert_eq!(log.first_seq().unwrap(), Some(4));
-        assert!(matches!(log.read(2, 10), Err(LogError::Truncated { .. })));
-        log.ack("a", total).unwrap();
-        log.ack("b", total).unwrap();
-        log.truncate(&["a", "b"]).unwrap();
-        // The newest chunk stays: it carries the resume position.
-        assert_eq!(log.first_seq().unwrap(), Some(total));
-        assert_eq!(log.last().unwrap().unwrap().0, total);
-    }
-
-    fn copy_dir(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for e in std::fs::read_dir(from).unwrap() {
-            let e = e.unwrap();
-            let target = to.join(e.file_name());
-            if e.file_type().unwrap().is_dir() {
-                copy_dir(&e.path(), &target);
-            } else {
-                std::fs::copy(e.path(), &target).unwrap();
-            }
-        }
-    }
-
-    fn journals(dir: &Path) -> Vec<std::path::PathBuf> {
-        let mut j: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "jnl"))
-            .collect();
-        j.sort();
-        j
-    }
-
-    /// A crash in the middle of a write leaves a torn journal tail: the log
-    /// must reopen at the last whole transaction and go on without a gap.
-    #[test]
-    fn reopens_cleanly_after_a_torn_write() {
-        for (cut, garbage) in [(1usize, 0usize), (37, 0), (0, 113), (500, 64)] {
-            let live = tempfile::tempdir().unwrap();
-            let dir = tempfile::tempdir().unwrap();
-            let mut next = 1;
-            {
-                let log = EmbeddedLog::open(live.path(), FsyncPolicy::Always).unwrap();
-                for n in [3, 1, 5, 2, 40, 7] {
-                    log.append(&txn(next, n)).unwrap();
-                    next += n as u64;
-                }
-                // The files as a crash would leave them: copied while the log is
-                // open, before any flush or clean close.
-                copy_dir(live.path(), dir.path());
-            }
-            let jnl = journals(dir.path()).pop().expect("a journal file");
-            // The journal is preallocated (zero-filled): find where the data ends,
-            // tear off the last `cut` bytes, then write `garbage` where the next
-            // record would have started.
-            let mut bytes = std::fs::read(&jnl).unwrap();
-            let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-            assert!(end > 500, "journal holds the appended data");
-            let torn = end - cut;
-            for b in &mut bytes[torn..end] {
-                *b = 0;
-            }
-            for b in &mut bytes[torn..torn + garbage] {
-                *b = 0xA5;
-            }
-            std::fs::write(&jnl, &bytes).unwrap();
-            let log = EmbeddedLog::open(dir.path(), FsyncPolicy::Always)
-                .unwrap_or_else(|e| panic!("cut {cut}, garbage {garbage}: reopen failed: {e}"));
-            let last = log.last_seq();
-            let boundaries = [0u64, 3, 4, 9, 11, 51, 58];
-            assert!(
-                boundaries.contains(&last),
-                "cut {cut}: reopened at seq {last}, inside a transaction"
-            );
-            if cut == 0 {
-                assert_eq!(last, 58, "garbage after the last record must not lose data");
-            }
-            let all = log.read(1, usize::MAX).unwrap();
-            assert_eq!(all.len() as u64, last);
-            assert!(all.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1));
-            log.append(&txn(last + 1, 2)).unwrap();
-            assert_eq!(log.last_seq(), last + 2);
-        }
-    }
 }

@@ -359,7 +359,9 @@ impl PipelineMetrics {
             m.snapshot_hold_seconds.clone(),
         );
         for state in SNAPSHOT_STATES {
-            let _ = m.snapshot_tables.get_or_create(&StateLabel { state: state.into() });
+            let _ = m
+                .snapshot_tables
+                .get_or_create(&StateLabel { state: state.into() });
         }
         r.register(ERRORS, "Errors by component and class", m.errors.clone());
         for component in COMPONENTS {
@@ -457,7 +459,9 @@ mod tests {
         assert_eq!(unique.len(), families.len(), "a family twice:\n{text}");
         for name in [
             BUILD_INFO,
+            CAPTURE_TRANSACTIONS,
             CAPTURE_EVENTS,
+            CAPTURE_CONNECTED,
             CAPTURE_BINLOG_BYTES_BEHIND,
             LOG_FIRST_SEQ,
             LOG_DISK_BYTES,

@@ -16,12 +16,12 @@
 use crate::ddl::DdlKind;
 use crate::event::{sequence_transaction, Transaction};
 use crate::filter::TableFilter;
-use crate::log::{into_transactions, EmbeddedLog, LogError};
+use crate::log::{Log, LogError, LogReader};
 use crate::metrics::{PipelineMetrics, ReplicaLabel};
+use crate::position::Position;
 use crate::replica::{Quarantine, ReplicaBoard, ReplicaState};
 use crate::retry::{Backoff, Classify, ErrorClass};
 use crate::schema::TableId;
-use crate::position::Position;
 use crate::sink::{Sink, TableScoped};
 use crate::snapshot::{CaptureControl, SharedState, SnapshotPhase, SnapshotSource, Snapshots};
 use crate::source::{CapturedTransaction, Source};
@@ -50,6 +50,10 @@ pub enum RuntimeError {
     #[error("background task failed: {0}")]
     Join(String),
 }
+
+/// How long the log writer may sit idle before it calls [`Log::heartbeat`]
+/// (with Kafka: how soon a capture that another one fenced notices and stops).
+pub const WRITER_HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// Capture tuning.
 #[derive(Debug, Clone)]
@@ -99,15 +103,16 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
 
 /// Reads committed transactions from `source` and appends them to `log` with
 /// gapless `seq`s until `shutdown` or a definite error (no snapshots).
-pub async fn run_capture<S>(
+pub async fn run_capture<S, L>(
     source: S,
-    log: Arc<EmbeddedLog>,
+    log: L,
     metrics: PipelineMetrics,
     options: CaptureOptions,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError>
 where
     S: Source + 'static,
+    L: Log,
 {
     run_capture_with(
         source,
@@ -143,10 +148,10 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 /// history, and the snapshot coordinator runs beside the reader, which holds
 /// the stream while a chunk is read and places the chunk at its position
 /// (see [`crate::snapshot`]).
-pub async fn run_capture_with<S, C>(
+pub async fn run_capture_with<S, C, L>(
     mut source: S,
     snapshots: Option<Snapshots<C>>,
-    log: Arc<EmbeddedLog>,
+    log: L,
     metrics: PipelineMetrics,
     options: CaptureOptions,
     shutdown: CancellationToken,
@@ -154,18 +159,23 @@ pub async fn run_capture_with<S, C>(
 where
     S: Source + 'static,
     C: SnapshotSource,
+    L: Log,
 {
     // Resume after the newest transaction in the log; before the first one,
     // from the start position stored on the very first start.
-    let resume = match log.last()? {
-        Some((_, p)) => Some(p),
-        None => log.start_position()?,
+    let last = log.last().await?;
+    let resume = match &last {
+        Some((_, p)) => Some(p.clone()),
+        None => log.start_position().await?,
     };
-    let log2 = log.clone();
-    let state = tokio::task::spawn_blocking(move || crate::capture_state::load(&log2))
-        .await
-        .map_err(|e| RuntimeError::Join(e.to_string()))??;
-    let fresh_log = log.last_seq() == 0;
+    // What the log holds durably, for sources that confirm progress upstream
+    // (a PostgreSQL slot): published only once `append` has returned, which
+    // the log's contract makes the point of durability (Kafka: after the
+    // transaction commit).
+    let (durable_tx, durable_rx) = tokio::sync::watch::channel(last.as_ref().map(|(_, p)| p.clone()));
+    source.watch_durable(durable_rx);
+    let state = crate::capture_state::load(&log).await?;
+    let fresh_log = last.is_none();
     source.restore_history(state.history());
     info!(
         state_seq = state.seq,
@@ -211,9 +221,10 @@ where
         loop {
             let first = tokio::select! {
                 t = rx.recv() => match t { Some(t) => t, None => return Ok(()) },
-                _ = tokio::time::sleep(CHECKPOINT_EVERY) => {
+                _ = tokio::time::sleep(WRITER_HEARTBEAT) => {
+                    log.heartbeat().await?;
                     let seq = state.lock().expect("capture state").seq;
-                    if seq > checkpointed_seq {
+                    if seq > checkpointed_seq && last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
                         crate::snapshot::checkpoint(&log, &state).await?;
                         checkpointed_seq = seq;
                         last_checkpoint = Instant::now();
@@ -256,14 +267,24 @@ where
                 txns.push(txn);
             }
             let n = txns.len() as u64;
+            let newest_position = txns.last().and_then(|t| t.position().cloned());
+            // What the state must learn from this batch, taken before the
+            // append consumes it and folded in only once the append returned.
+            let folding = to_fold(&txns);
             let started = Instant::now();
-            let log2 = log.clone();
-            let (bytes, txns) = tokio::task::spawn_blocking(move || log2.append_many(&txns).map(|b| (b, txns)))
-                .await
-                .map_err(|e| RuntimeError::Join(e.to_string()))??;
+            // An append the shutdown interrupts is either whole in the log or
+            // not at all (the log's contract); the next start reads which. It
+            // publishes nothing as durable and folds nothing into the state.
+            let bytes = tokio::select! {
+                r = log.append(txns) => r?,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            if newest_position.is_some() {
+                durable_tx.send_replace(newest_position);
+            }
             {
                 let mut st = state.lock().expect("capture state");
-                fold(&mut st, &txns);
+                fold(&mut st, folding);
             }
             for (reply, seq) in replies {
                 let _ = reply.send(seq);
@@ -311,11 +332,14 @@ where
     }
 }
 
-/// Folds appended transactions into capture's state. Row events change the
-/// schema history only when their definition changes: each distinct
-/// definition of a batch is looked at once.
-fn fold(state: &mut crate::capture_state::CaptureState, txns: &[crate::event::Transaction]) {
+/// The events of a batch that capture's state must look at, and the batch's
+/// last `seq`. Row events change the schema history only when their
+/// definition changes: each distinct definition of a batch is kept once
+/// (cheap clones: a definition is shared, a row is one row), and snapshot
+/// rows and truncations change nothing.
+fn to_fold(txns: &[Transaction]) -> (Vec<crate::event::ChangeEvent>, u64) {
     let mut seen: HashSet<usize> = HashSet::new();
+    let mut out = Vec::new();
     for t in txns {
         for e in &t.events {
             let row = matches!(
@@ -326,25 +350,39 @@ fn fold(state: &mut crate::capture_state::CaptureState, txns: &[crate::event::Tr
                 continue;
             }
             if row || !matches!(e.op, crate::Op::Read { .. } | crate::Op::Truncate) {
-                state.observe(e);
+                out.push(e.clone());
             }
         }
-        state.seq = state.seq.max(t.last_seq());
     }
+    (out, txns.last().map_or(0, Transaction::last_seq))
+}
+
+/// Folds what [`to_fold`] kept of an appended batch into capture's state.
+fn fold(
+    state: &mut crate::capture_state::CaptureState,
+    (events, last): (Vec<crate::event::ChangeEvent>, u64),
+) {
+    for e in &events {
+        state.observe(e);
+    }
+    state.seq = state.seq.max(last);
 }
 
 /// The reader's holds (see [`crate::snapshot`]): while any hold exists,
 /// nothing read after it was taken reaches the log unless it is at or before
 /// every hold's position; chunks wait until the stream has reached their
 /// position.
+/// The changes of one transaction to place, with their definitions.
+type Changes = Vec<(Arc<crate::schema::TableSchema>, crate::Op)>;
+
 #[derive(Default)]
 struct Holds {
     /// Hold id → its read view's position, once known.
     holds: BTreeMap<u64, Option<Position>>,
     /// Chunks to place, in arrival order: (hold, changes, release, reply).
-    placements: VecDeque<(u64, Vec<(Arc<crate::schema::TableSchema>, crate::Op)>, bool, oneshot::Sender<u64>)>,
+    placements: VecDeque<(u64, Changes, bool, oneshot::Sender<u64>)>,
     /// Transactions to append at the current point.
-    appends: VecDeque<(Vec<(Arc<crate::schema::TableSchema>, crate::Op)>, oneshot::Sender<u64>)>,
+    appends: VecDeque<(Changes, oneshot::Sender<u64>)>,
     /// When the oldest current hold began (for the log line on long holds).
     since: Option<Instant>,
 }
@@ -352,9 +390,10 @@ struct Holds {
 impl Holds {
     /// Whether `t` (read from the source) may be handed to the log now.
     fn may_send(&self, t: &Position) -> bool {
-        self.holds
-            .values()
-            .all(|p| p.as_ref().is_some_and(|p| t.partial_cmp(p).is_some_and(|o| o.is_le())))
+        self.holds.values().all(|p| {
+            p.as_ref()
+                .is_some_and(|p| t.partial_cmp(p).is_some_and(|o| o.is_le()))
+        })
     }
 
     fn apply(&mut self, msg: CaptureControl) {
@@ -388,9 +427,9 @@ impl Holds {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn read_source<S: Source>(
+async fn read_source<S: Source, L: Log>(
     mut source: S,
-    log: Arc<EmbeddedLog>,
+    log: L,
     mut resume: Option<crate::position::Position>,
     tx: mpsc::Sender<WriterItem>,
     mut control: mpsc::Receiver<CaptureControl>,
@@ -438,11 +477,7 @@ async fn read_source<S: Source>(
                 }
             }
         };
-        let log2 = log.clone();
-        let p2 = position.clone();
-        tokio::task::spawn_blocking(move || log2.set_start_position(&p2))
-            .await
-            .map_err(|e| RuntimeError::Join(e.to_string()))??;
+        log.set_start_position(&position).await?;
         info!(position = %position, "capture start position stored");
         resume = Some(position);
     }
@@ -485,15 +520,14 @@ async fn read_source<S: Source>(
             let ready = {
                 let reached = |p: &Position| match held.as_ref() {
                     Some(t) => t.position.partial_cmp(p).is_some_and(|o| o.is_gt()),
-                    None => read_to.as_ref().is_some_and(|r| r.partial_cmp(p).is_some_and(|o| o.is_ge())),
+                    None => read_to
+                        .as_ref()
+                        .is_some_and(|r| r.partial_cmp(p).is_some_and(|o| o.is_ge())),
                 };
-                holds.placements.iter().position(|(id, ..)| {
-                    holds
-                        .holds
-                        .get(id)
-                        .and_then(|p| p.as_ref())
-                        .is_some_and(reached)
-                })
+                holds
+                    .placements
+                    .iter()
+                    .position(|(id, ..)| holds.holds.get(id).and_then(|p| p.as_ref()).is_some_and(reached))
             };
             if let Some(i) = ready {
                 let (id, changes, release, reply) = holds.placements.remove(i).expect("found");
@@ -611,7 +645,10 @@ async fn read_source<S: Source>(
         }
         if let Some(since) = holds.since {
             if since.elapsed() > Duration::from_secs(30) {
-                warn!(held_for_s = since.elapsed().as_secs(), "capture has been held for a snapshot read for a long time");
+                warn!(
+                    held_for_s = since.elapsed().as_secs(),
+                    "capture has been held for a snapshot read for a long time"
+                );
                 holds.since = Some(Instant::now());
             }
         }
@@ -619,7 +656,10 @@ async fn read_source<S: Source>(
 }
 
 /// A snapshot transaction placed at `at`.
-fn snapshot_txn(changes: Vec<(Arc<crate::schema::TableSchema>, crate::Op)>, at: &Position) -> CapturedTransaction {
+fn snapshot_txn(
+    changes: Vec<(Arc<crate::schema::TableSchema>, crate::Op)>,
+    at: &Position,
+) -> CapturedTransaction {
     // An id unique in the log: run, table, phase, and where it was placed.
     let (run, what) = match changes.first().map(|(t, op)| (t, op)) {
         Some((t, crate::Op::Snapshot(m))) => (
@@ -748,11 +788,12 @@ fn skip_set(segment: &[Transaction], st: &ApplyState, filter: &TableFilter, name
 /// definite error stops this replica alone (its state on `board` says why) and
 /// the function returns `Ok`. A replica whose next `seq` was truncated asks
 /// capture for a snapshot that starts it over and waits for it. Only a
-/// failure of the log itself is an `Err`.
-pub async fn run_apply<K: Sink>(
+/// definite failure of the log itself is an `Err`; a transient one (a broker
+/// restarting) is retried like a replica outage.
+pub async fn run_apply<K: Sink, L: Log>(
     name: String,
     mut sink: K,
-    log: Arc<EmbeddedLog>,
+    log: L,
     metrics: PipelineMetrics,
     board: ReplicaBoard,
     options: ApplyOptions,
@@ -770,6 +811,25 @@ pub async fn run_apply<K: Sink>(
         board.update(&name, |r| r.state = ReplicaState::Stopped { reason });
         metrics.apply_stopped.get_or_create(&label).set(1);
     };
+    let mut reader = log.reader(&name).await?;
+    // A transient log error (a broker restarting) is retried like a replica
+    // outage: back off, re-open the sink (re-reading its offset), re-read.
+    macro_rules! log_try {
+        ($open:lifetime, $e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) if e.is_transient() => {
+                    metrics.error("apply", ErrorClass::Transient);
+                    warn!(replica = %name, error = %e, attempt = backoff.attempts() + 1, "log unavailable; retrying");
+                    if sleep_or_cancel(backoff.next_delay(), &shutdown).await {
+                        return Ok(());
+                    }
+                    continue $open;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+    }
     'open: loop {
         if shutdown.is_cancelled() {
             return Ok(());
@@ -791,7 +851,9 @@ pub async fn run_apply<K: Sink>(
         };
         let mut st = ApplyState::from(opened);
         publish(&board, &metrics, &label, &name, &st);
-        let log_last = log.last_seq();
+        // Read from the log itself: a shared log's head watch may not have
+        // caught up yet.
+        let log_last = log_try!('open, log.last().await).map_or(0, |(s, _)| s);
         if st.applied > log_last {
             stop(
                 RuntimeError::ReplicaAhead {
@@ -803,9 +865,21 @@ pub async fn run_apply<K: Sink>(
             );
             return Ok(());
         }
-        if let Some(first) = log.first_seq()? {
+        if let Some(first) = log_try!('open, log.first_seq().await) {
             if st.applied < log_last && st.applied + 1 < first {
-                if start_over(&name, &mut sink, &log, &board, &metrics, &label, st.applied + 1, &shutdown).await? {
+                if start_over(
+                    &name,
+                    &mut sink,
+                    &log,
+                    &mut reader,
+                    &board,
+                    &metrics,
+                    &label,
+                    st.applied + 1,
+                    &shutdown,
+                )
+                .await?
+                {
                     continue 'open;
                 }
                 return Ok(());
@@ -813,50 +887,58 @@ pub async fn run_apply<K: Sink>(
         }
         info!(replica = %name, applied = st.applied, quarantined = st.quarantined.len(),
             snapshot_pending = st.pending.len(), "applier resuming");
-        log.ack(&name, st.retain())?;
+        log_try!('open, reader.ack(st.retain()).await);
         let mut carry: VecDeque<Transaction> = VecDeque::new();
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
             while let Ok(req) = requests.try_recv() {
-                let r = resume_table(&name, &mut sink, &log, &options, &mut st, &req.table).await;
+                let r = resume_table(&name, &mut sink, &mut reader, &options, &mut st, &req.table).await;
                 publish(&board, &metrics, &label, &name, &st);
-                log.ack(&name, st.retain())?;
                 let _ = req.reply.send(r);
+                log_try!('open, reader.ack(st.retain()).await);
             }
             if carry.is_empty() {
                 notify.borrow_and_update();
-                let log2 = log.clone();
-                let from = st.applied + 1;
-                let max = options.max_batch_events;
-                let events = match tokio::task::spawn_blocking(move || log2.read(from, max))
-                    .await
-                    .map_err(|e| RuntimeError::Join(e.to_string()))?
-                {
-                    Ok(ev) => ev,
+                let txns = match reader.read(st.applied + 1, options.max_batch_events).await {
                     Err(LogError::Truncated { requested, .. }) => {
-                        if start_over(&name, &mut sink, &log, &board, &metrics, &label, requested, &shutdown).await? {
+                        if start_over(
+                            &name,
+                            &mut sink,
+                            &log,
+                            &mut reader,
+                            &board,
+                            &metrics,
+                            &label,
+                            requested,
+                            &shutdown,
+                        )
+                        .await?
+                        {
                             continue 'open;
                         }
                         return Ok(());
                     }
-                    Err(e) => return Err(e.into()),
+                    r => log_try!('open, r),
                 };
-                if events.is_empty() {
+                if txns.is_empty() {
                     tokio::select! {
                         _ = notify.changed() => {}
+                        // A shared log's head watch may run ahead of or behind
+                        // this reader's own fetches: look again now and then.
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         Some(req) = requests.recv() => {
-                            let r = resume_table(&name, &mut sink, &log, &options, &mut st, &req.table).await;
+                            let r = resume_table(&name, &mut sink, &mut reader, &options, &mut st, &req.table).await;
                             publish(&board, &metrics, &label, &name, &st);
-                            log.ack(&name, st.retain())?;
                             let _ = req.reply.send(r);
+                            log_try!('open, reader.ack(st.retain()).await);
                         }
                         _ = shutdown.cancelled() => return Ok(()),
                     }
                     continue;
                 }
-                carry = into_transactions(events).into();
+                carry = txns.into();
             }
             let txns = next_segment(&mut carry);
             let skip = skip_set(&txns, &st, &options.filter, &name);
@@ -884,10 +966,10 @@ pub async fn run_apply<K: Sink>(
                         metrics.apply_ddl.get_or_create(&label).inc_by(ddl_events);
                         // Renames and drops move the replica's own state:
                         // read it back.
-                        log.ack(&name, st.retain())?;
+                        log_try!('open, reader.ack(st.retain()).await);
                         continue 'open;
                     }
-                    log.ack(&name, st.retain())?;
+                    log_try!('open, reader.ack(st.retain()).await);
                     metrics
                         .apply_batch_seconds
                         .get_or_create(&label)
@@ -1030,38 +1112,61 @@ fn note_snapshot(st: &mut ApplyState, t: &Transaction, skip: &HashSet<TableId>) 
 /// function returns true. False on shutdown. The other replicas are not
 /// disturbed: the run is targeted at this replica alone.
 #[allow(clippy::too_many_arguments)]
-async fn start_over<K: Sink>(
+async fn start_over<K: Sink, L: Log>(
     name: &str,
     sink: &mut K,
-    log: &Arc<EmbeddedLog>,
+    log: &L,
+    reader: &mut L::Reader,
     board: &ReplicaBoard,
     metrics: &PipelineMetrics,
     label: &ReplicaLabel,
     needed_seq: u64,
     shutdown: &CancellationToken,
 ) -> Result<bool, RuntimeError> {
-    let first = log.first_seq()?.unwrap_or(0);
+    let first = log.first_seq().await?.unwrap_or(0);
     needs_snapshot(name, board, metrics, label, needed_seq, first);
     let mut backoff = Backoff::default();
     let mut request: Option<String> = None;
+    // A process that only reads the log (`dbmux apply` with Kafka) cannot
+    // store the request itself: it says once how to make one, and waits.
+    let mut told = false;
     loop {
-        let log_first = log.first_seq()?.unwrap_or(0);
-        let pending = crate::snapshot::pending_reset(log, name);
+        let log_first = log.first_seq().await?.unwrap_or(0);
+        let pending = crate::snapshot::pending_reset(log, name).await;
         let id = match (&request, pending) {
-            (_, Some(id)) => id,
-            (Some(id), None) => id.clone(),
-            (None, None) => {
-                let id = crate::snapshot::request(log, name, &[], true).map_err(RuntimeError::Capture)?;
-                info!(replica = %name, request = %id, "asked capture for a snapshot that starts this replica over");
-                id
-            }
+            (_, Some(id)) => Some(id),
+            (Some(id), None) => Some(id.clone()),
+            (None, None) => match crate::snapshot::request(log, name, &[], true).await {
+                Ok(id) => {
+                    info!(replica = %name, request = %id, "asked capture for a snapshot that starts this replica over");
+                    Some(id)
+                }
+                Err(LogError::ReadOnly) => {
+                    if !told {
+                        error!(replica = %name,
+                            "this process cannot write to the log: request the snapshot from the capture \
+                             process (`dbmux snapshot --replica {name} --start-over`, through its admin server); \
+                             this applier waits for it");
+                        told = true;
+                    }
+                    None
+                }
+                Err(e) => return Err(RuntimeError::Capture(e.to_string())),
+            },
         };
-        request = Some(id.clone());
-        if let Some(s) = crate::snapshot::started(log, name).map_err(RuntimeError::Capture)? {
-            if s.request == id && s.begin_seq <= log.last_seq() {
+        request = id.clone();
+        let started = crate::snapshot::started(log, name)
+            .await
+            .map_err(|e| RuntimeError::Capture(e.to_string()))?;
+        if let Some(s) = started.filter(|s| id.is_none() || id.as_ref() == Some(&s.request)) {
+            // With no request of its own (a read-only log), any run that
+            // starts this replica over and began after it fell behind will do.
+            let usable = s.reset || id.is_some();
+            let in_log = log.last().await?.is_some_and(|(last, _)| s.begin_seq <= last);
+            if usable && in_log && (id.is_some() || s.begin_seq >= needed_seq) {
                 if s.begin_seq < log_first {
                     // Truncated before this replica got to it: ask again.
-                    request = Some(crate::snapshot::request(log, name, &[], true).map_err(RuntimeError::Capture)?);
+                    request = crate::snapshot::request(log, name, &[], true).await.ok();
                     continue;
                 }
                 loop {
@@ -1076,12 +1181,16 @@ async fn start_over<K: Sink>(
                         Err(e) => {
                             metrics.error("apply", ErrorClass::Definite);
                             error!(replica = %name, error = %e, "replica cannot be started over");
-                            board.update(name, |r| r.state = ReplicaState::Stopped { reason: e.to_string() });
+                            board.update(name, |r| {
+                                r.state = ReplicaState::Stopped {
+                                    reason: e.to_string(),
+                                }
+                            });
                             return Ok(false);
                         }
                     }
                 }
-                log.ack(name, s.begin_seq.saturating_sub(1))?;
+                reader.ack(s.begin_seq.saturating_sub(1)).await?;
                 info!(replica = %name, run = s.run, begin_seq = s.begin_seq,
                     "replica starts over from a snapshot: its tables are recreated and reloaded; the others go on");
                 return Ok(true);
@@ -1137,32 +1246,39 @@ fn needs_snapshot(
     metrics.apply_stopped.get_or_create(label).set(1);
 }
 
-/// Lifts the quarantine of `table` on a replica while dbmux is not running
+/// Lifts the quarantine of `table` on a replica while no applier runs for it
 /// (`dbmux resume-table` without an admin server to ask): opens the sink,
 /// re-applies the table's skipped events from `log` and lifts the quarantine.
-pub async fn resume_quarantined<K: Sink>(
+/// The caller makes sure no applier of the replica runs meanwhile (the
+/// embedded log's lock does; see `dbmux resume-table` for Kafka).
+pub async fn resume_quarantined<K: Sink, L: Log>(
     name: &str,
     sink: &mut K,
-    log: &Arc<EmbeddedLog>,
+    log: &L,
     options: &ApplyOptions,
     table: &TableId,
 ) -> Result<String, String> {
+    let mut reader = log.reader(name).await.map_err(|e| e.to_string())?;
     let opened = sink.open().await.map_err(|e| e.to_string())?;
     let mut st = ApplyState::from(opened);
-    let r = resume_table(name, sink, log, options, &mut st, table).await;
+    let r = resume_table(name, sink, &mut reader, options, &mut st, table).await;
     if r.is_ok() {
-        log.ack(name, st.retain()).map_err(|e| e.to_string())?;
+        reader.ack(st.retain()).await.map_err(|e| e.to_string())?;
     }
     r
 }
 
+/// Reads that may come back empty before resuming a table gives up (a shared
+/// log's reader answers "nothing yet" when a fetch takes longer than it waits).
+const RESUME_READ_ATTEMPTS: u32 = 100;
+
 /// Re-applies the skipped events of a quarantined table from the log, in
 /// batches, each committed with the quarantine's new start (so a crash in the
 /// middle resumes where it stopped), and lifts the quarantine with the last.
-async fn resume_table<K: Sink>(
+async fn resume_table<K: Sink, R: LogReader>(
     name: &str,
     sink: &mut K,
-    log: &Arc<EmbeddedLog>,
+    reader: &mut R,
     options: &ApplyOptions,
     st: &mut ApplyState,
     table: &TableId,
@@ -1178,20 +1294,39 @@ async fn resume_table<K: Sink>(
         let (txns, next) = if done_all {
             (Vec::new(), None)
         } else {
-            let log2 = log.clone();
-            let max = options.max_batch_events;
-            let events = tokio::task::spawn_blocking(move || log2.read(from, max))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| match e {
-                    LogError::Truncated { .. } => format!(
-                        "{table} cannot be resumed from the log: {e}; it needs a snapshot of the table"
-                    ),
-                    e => e.to_string(),
-                })?;
-            let events: Vec<_> = events.into_iter().filter(|e| e.seq <= st.applied).collect();
-            if let Some(e) = events
+            // `from` is at most the replica's offset, so the log has it: an
+            // empty read only means it has not arrived yet (a shared log's
+            // fetch), never "nothing left" (which would lift the quarantine
+            // without re-applying everything).
+            let mut attempts = 0;
+            let txns = loop {
+                let txns = reader
+                    .read(from, options.max_batch_events)
+                    .await
+                    .map_err(|e| match e {
+                        LogError::Truncated { .. } => format!(
+                            "{table} cannot be resumed from the log: {e}; it needs a snapshot of the table"
+                        ),
+                        e => e.to_string(),
+                    })?;
+                if !txns.is_empty() {
+                    break txns;
+                }
+                attempts += 1;
+                if attempts >= RESUME_READ_ATTEMPTS {
+                    return Err(format!(
+                        "{table} stays quarantined on replica {name}: the log did not return seq {from}, \
+                         which it must hold; try again"
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            // Whole transactions up to the replica's offset: the applier
+            // always stops at a transaction boundary.
+            let txns: Vec<_> = txns.into_iter().filter(|t| t.last_seq() <= st.applied).collect();
+            if let Some(e) = txns
                 .iter()
+                .flat_map(|t| &t.events)
                 .find(|e| e.table.id == *table && matches!(e.op, crate::Op::Ddl(_)))
             {
                 return Err(format!(
@@ -1200,9 +1335,9 @@ async fn resume_table<K: Sink>(
                     e.seq
                 ));
             }
-            let last = events.last().map_or(st.applied, |e| e.seq);
+            let last = txns.last().map_or(st.applied, |t| t.last_seq());
             let next = (last < st.applied).then_some(last + 1);
-            (into_transactions(events), next)
+            (txns, next)
         };
         let n = txns
             .iter()
@@ -1246,12 +1381,13 @@ async fn resume_table<K: Sink>(
 /// replica is down or stuck, as the log grows.
 ///
 /// `dbmux_apply_lag_seconds` is the age of the oldest unapplied transaction
-/// (now − its source commit time), 0 when caught up.
-pub fn refresh_lag(metrics: &PipelineMetrics, log: &EmbeddedLog, board: &ReplicaBoard) {
+/// (now − its source commit time, [`Log::commit_ts_at`]), 0 when caught up.
+pub async fn refresh_lag<L: Log>(metrics: &PipelineMetrics, log: &L, board: &ReplicaBoard) {
     let last = log.last_seq();
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
+    let age = |ts: i64| (now_us - ts).max(0) as f64 / 1e6;
     for (name, r) in board.all() {
         let label = ReplicaLabel { replica: name };
         let applied = r.applied_seq.unwrap_or(0);
@@ -1262,15 +1398,13 @@ pub fn refresh_lag(metrics: &PipelineMetrics, log: &EmbeddedLog, board: &Replica
         let seconds = if applied >= last {
             0.0
         } else {
-            match log.commit_ts_at(applied + 1) {
-                Ok(Some(ts)) => (now_us - ts).max(0) as f64 / 1e6,
+            match log.commit_ts_at(applied + 1).await {
+                Ok(Some(ts)) => age(ts),
                 // Truncated (the replica needs a snapshot): as old as the oldest kept.
-                _ => log
-                    .first_seq()
-                    .ok()
-                    .flatten()
-                    .and_then(|f| log.commit_ts_at(f).ok().flatten())
-                    .map_or(0.0, |ts| (now_us - ts).max(0) as f64 / 1e6),
+                _ => match log.first_seq().await {
+                    Ok(Some(f)) => log.commit_ts_at(f).await.ok().flatten().map_or(0.0, age),
+                    _ => 0.0,
+                },
             }
         };
         metrics.apply_lag_seconds.get_or_create(&label).set(seconds);
@@ -1282,8 +1416,8 @@ pub fn refresh_lag(metrics: &PipelineMetrics, log: &EmbeddedLog, board: &Replica
 /// still need; capture's state checkpoint is a consumer too). A replica that
 /// needs a snapshot cannot use the log and does not hold it back until the
 /// snapshot that starts it over has begun.
-pub async fn run_truncation(
-    log: Arc<EmbeddedLog>,
+pub async fn run_truncation<L: Log>(
+    log: L,
     consumers: Vec<String>,
     board: ReplicaBoard,
     every: Duration,
@@ -1293,8 +1427,7 @@ pub async fn run_truncation(
         if sleep_or_cancel(every, &shutdown).await {
             return Ok(());
         }
-        let log2 = log.clone();
-        let first = log.first_seq()?.unwrap_or(0);
+        let first = log.first_seq().await?.unwrap_or(0);
         let mut names: Vec<String> = Vec::new();
         for n in &consumers {
             let waiting = board
@@ -1303,19 +1436,14 @@ pub async fn run_truncation(
             // A replica that needs a snapshot holds nothing back — unless the
             // run that starts it over has begun (capture acknowledged just
             // before its first event for it).
-            if !waiting || log.acked(n)?.is_some_and(|a| a + 1 >= first) {
+            if !waiting || log.acked(n).await?.is_some_and(|a| a + 1 >= first) {
                 names.push(n.clone());
             }
         }
         if names.is_empty() {
             continue;
         }
-        let removed = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            log2.truncate(&refs)
-        })
-        .await
-        .map_err(|e| RuntimeError::Join(e.to_string()))??;
+        let removed = log.truncate(names).await?;
         if removed > 0 {
             tracing::debug!(removed, "log truncated");
         }
@@ -1323,20 +1451,17 @@ pub async fn run_truncation(
 }
 
 /// Syncs the log's journal every `every` (the `interval` fsync policy).
-pub async fn run_fsync(
-    log: Arc<EmbeddedLog>,
+pub async fn run_fsync<L: Log>(
+    log: L,
     every: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     loop {
         if sleep_or_cancel(every, &shutdown).await {
-            let _ = log.sync();
+            let _ = log.sync().await;
             return Ok(());
         }
-        let log2 = log.clone();
-        tokio::task::spawn_blocking(move || log2.sync())
-            .await
-            .map_err(|e| RuntimeError::Join(e.to_string()))??;
+        log.sync().await?;
     }
 }
 
@@ -1350,7 +1475,7 @@ mod tests {
     use crate::retry::Classify;
     use crate::schema::TableSchema;
     use crate::value::Value;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     #[derive(Debug, thiserror::Error)]
     #[error("injected {0:?} failure")]
@@ -1490,7 +1615,7 @@ mod tests {
         let total_events: u64 = (0..total_txns).map(|i| (i % 3 + 1) as u64).sum();
         // Several "process lifetimes": each reopens the log and stops early.
         for round in 0..3 {
-            let log = Arc::new(EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap());
+            let log = crate::log::EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap();
             let shutdown = CancellationToken::new();
             let metrics = PipelineMetrics::unregistered();
             let source = MemSource {
@@ -1580,7 +1705,7 @@ mod tests {
             }
         }
         let dir = tempfile::tempdir().unwrap();
-        let log = Arc::new(EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap());
+        let log = crate::log::EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap();
         let s = schema();
         let pos = Position::Postgres(1);
         log.append(&sequence_transaction(
@@ -1860,7 +1985,11 @@ mod snapshot_model {
                 position: pos(m.binlog.len() as u64),
                 schema: table(&t.name, keyed),
                 create_statement: None,
-                key: if keyed { ChunkKey::Columns(vec![0]) } else { ChunkKey::WholeTable },
+                key: if keyed {
+                    ChunkKey::Columns(vec![0])
+                } else {
+                    ChunkKey::WholeTable
+                },
             })
         }
         async fn read(&mut self, after: Option<&[Value]>, limit: usize) -> Result<Vec<Row>, SimError> {
@@ -1986,19 +2115,21 @@ mod snapshot_model {
         });
         // Capture's first start begins at the binlog's end as of now.
         {
-            let log = EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap();
-            log.set_start_position(&pos(preexisting as u64)).unwrap();
+            let log = crate::log::EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap();
+            log.set_start_position(&pos(preexisting as u64)).await.unwrap();
         }
-        let chunks_in = |log: &EmbeddedLog| {
+        let chunks_in = |log: &crate::log::EmbeddedLog| {
             log.read(1, usize::MAX)
                 .unwrap()
                 .iter()
-                .filter(|e| matches!(&e.op, Op::Snapshot(m) if matches!(m.phase, SnapshotPhase::Chunk { .. })))
+                .filter(
+                    |e| matches!(&e.op, Op::Snapshot(m) if matches!(m.phase, SnapshotPhase::Chunk { .. })),
+                )
                 .count()
         };
         let mut placed = 0;
         for round in 0..3 {
-            let log = Arc::new(EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap());
+            let log = crate::log::EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap();
             let shutdown = CancellationToken::new();
             let cap = tokio::spawn(run_capture_with(
                 SimSource {
@@ -2040,7 +2171,8 @@ mod snapshot_model {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 assert!(Instant::now() < deadline, "snapshot did not finish");
-                let done = crate::capture_state::load(&log).unwrap().runs.is_empty() && chunks_in(&log) > placed;
+                let done = crate::capture_state::load(&log).await.unwrap().runs.is_empty()
+                    && chunks_in(&log) > placed;
                 if done {
                     break;
                 }
@@ -2059,7 +2191,10 @@ mod snapshot_model {
             shutdown.cancel();
             cap.await.unwrap().unwrap();
             let events = log.read(1, usize::MAX).unwrap();
-            assert!(events.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1), "gapless");
+            assert!(
+                events.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1),
+                "gapless"
+            );
             if std::env::var("DUMP").is_ok() {
                 for e in &events {
                     if e.table.id.name == "n" {
@@ -2069,7 +2204,7 @@ mod snapshot_model {
                             Op::Insert { after } => format!("c {:?}", after),
                             Op::Update { before, after } => format!("u {:?} {:?}", before, after),
                             Op::Delete { before } => format!("d {:?}", before),
-                            op => format!("{}", op.code()),
+                            op => op.code().to_string(),
                         };
                         eprintln!("{} {} {} {}", e.seq, e.position, e.txn.id, what);
                     }
@@ -2083,7 +2218,10 @@ mod snapshot_model {
             assert_eq!(keyed, master.keyed, "keyed table equals the master");
             assert_eq!(bag, want_bag, "key-less table equals the master");
             let kinds: BTreeSet<&str> = events.iter().map(|e| e.op.code()).collect();
-            assert!(kinds.contains("r") && kinds.contains("snapshot") && kinds.contains("u"), "{kinds:?}");
+            assert!(
+                kinds.contains("r") && kinds.contains("snapshot") && kinds.contains("u"),
+                "{kinds:?}"
+            );
         }
     }
 }

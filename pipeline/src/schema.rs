@@ -43,6 +43,10 @@ pub enum ColumnType {
         precision: u8,
         scale: u8,
     },
+    /// An exact decimal without a declared precision and scale, or one wider
+    /// than `Decimal` holds (PostgreSQL `numeric`, `numeric(100,40)`); values
+    /// are `Value::Decimal` text.
+    Numeric,
     Float,
     Double,
     Date,
@@ -54,6 +58,12 @@ pub enum ColumnType {
         fsp: u8,
     },
     Timestamp {
+        fsp: u8,
+    },
+    /// An instant with a wide range (PostgreSQL `timestamptz`, years 1–9999
+    /// here): unlike MySQL `TIMESTAMP` (1970–2038, `0` = the zero timestamp),
+    /// every `Value::Timestamp`, including 0, is an ordinary instant.
+    TimestampTz {
         fsp: u8,
     },
     Year,
@@ -89,6 +99,9 @@ pub enum ColumnType {
         width: u16,
     },
     Uuid,
+    /// A calendar interval (PostgreSQL `interval`: months, days and
+    /// microseconds); values are `Value::Text` in ISO 8601 form (`P1Y2M3DT4H5M6.5S`).
+    Interval,
     /// A type this build cannot map; appliers refuse to create such a column.
     Other {
         name: String,

@@ -216,7 +216,7 @@ mod tests {
 
 use crate::capture_state::{CaptureState, SnapshotRun, TableProgress};
 use crate::event::Op;
-use crate::log::EmbeddedLog;
+use crate::log::{Log, LogError};
 use crate::metrics::{PipelineMetrics, StateLabel};
 use crate::retry::{Backoff, ErrorClass};
 use crate::value::Value;
@@ -283,19 +283,32 @@ pub struct Started {
     pub run: u64,
     /// `seq` of the run's first event.
     pub begin_seq: u64,
+    /// The run starts the replica over (its offset moves to just before it).
+    #[serde(default)]
+    pub reset: bool,
 }
 
 /// Records a snapshot request for `replica` (merged into a pending one that
 /// has not begun yet) and returns its id.
-pub fn request(log: &EmbeddedLog, replica: &str, tables: &[TableId], reset: bool) -> Result<String, String> {
+///
+/// The request is a metadata value of the log, so it needs a process that
+/// may write the log: any with the embedded log (it is locked by one process
+/// at a time), only the capture process with Kafka ([`LogError::ReadOnly`]
+/// elsewhere: ask the capture process's admin server).
+pub async fn request<L: Log>(
+    log: &L,
+    replica: &str,
+    tables: &[TableId],
+    reset: bool,
+) -> Result<String, LogError> {
     let key = format!("{REQUEST_KEY}{replica}");
     let started: Option<Started> = log
         .meta(&format!("{STARTED_KEY}{replica}"))
-        .map_err(|e| e.to_string())?
+        .await?
         .and_then(|b| serde_json::from_slice(&b).ok());
     let pending: Option<Request> = log
         .meta(&key)
-        .map_err(|e| e.to_string())?
+        .await?
         .and_then(|b| serde_json::from_slice(&b).ok())
         .filter(|r: &Request| started.as_ref().is_none_or(|s| s.request != r.id));
     let now = std::time::SystemTime::now()
@@ -311,30 +324,38 @@ pub fn request(log: &EmbeddedLog, replica: &str, tables: &[TableId], reset: bool
     }
     let req = Request {
         id: format!("{replica}-{now:x}"),
-        tables: if all { Vec::new() } else { names.into_iter().collect() },
+        tables: if all {
+            Vec::new()
+        } else {
+            names.into_iter().collect()
+        },
         reset,
     };
     log.set_meta(&key, serde_json::to_vec(&req).expect("serializes"))
-        .map_err(|e| e.to_string())?;
+        .await?;
     Ok(req.id)
 }
 
 /// The run a replica's request began, if it did.
-pub fn started(log: &EmbeddedLog, replica: &str) -> Result<Option<Started>, String> {
+pub async fn started<L: Log>(log: &L, replica: &str) -> Result<Option<Started>, LogError> {
     Ok(log
         .meta(&format!("{STARTED_KEY}{replica}"))
-        .map_err(|e| e.to_string())?
+        .await?
         .and_then(|b| serde_json::from_slice(&b).ok()))
 }
 
 /// The id of `replica`'s pending request when it is one that starts the
 /// replica over.
-pub fn pending_reset(log: &EmbeddedLog, replica: &str) -> Option<String> {
-    pending_request(log, replica).filter(|r| r.reset).map(|r| r.id)
+pub async fn pending_reset<L: Log>(log: &L, replica: &str) -> Option<String> {
+    pending_request(log, replica)
+        .await
+        .filter(|r| r.reset)
+        .map(|r| r.id)
 }
 
-fn pending_request(log: &EmbeddedLog, replica: &str) -> Option<Request> {
+async fn pending_request<L: Log>(log: &L, replica: &str) -> Option<Request> {
     log.meta(&format!("{REQUEST_KEY}{replica}"))
+        .await
         .ok()
         .flatten()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -611,23 +632,20 @@ fn name_only(id: &TableId) -> Arc<TableSchema> {
 pub type SharedState = Arc<Mutex<CaptureState>>;
 
 /// Stores a checkpoint of `state` now (off the async workers).
-pub async fn checkpoint(log: &Arc<EmbeddedLog>, state: &SharedState) -> Result<(), crate::log::LogError> {
+pub async fn checkpoint<L: Log>(log: &L, state: &SharedState) -> Result<(), LogError> {
     let snapshot = state.lock().expect("capture state").clone();
-    let log = log.clone();
-    tokio::task::spawn_blocking(move || crate::capture_state::store(&log, &snapshot))
-        .await
-        .map_err(|e| crate::log::LogError::Invalid(e.to_string()))?
+    crate::capture_state::store(log, &snapshot).await
 }
 
 /// Plans and runs snapshots until `shutdown` (see the module documentation).
 /// Capture starts held ([`INITIAL_HOLD`]); the coordinator releases it once
 /// its first plan is in the log.
-pub async fn run_coordinator<C: SnapshotSource>(
+pub async fn run_coordinator<C: SnapshotSource, L: Log>(
     snap: Snapshots<C>,
     control: mpsc::Sender<CaptureControl>,
     state: SharedState,
     fresh_log: bool,
-    log: Arc<EmbeddedLog>,
+    log: L,
     metrics: PipelineMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
@@ -671,7 +689,10 @@ pub async fn run_coordinator<C: SnapshotSource>(
     if !initialized {
         if fresh_log && opts.initial {
             new_tables = tables.iter().map(|(t, _)| t.clone()).collect();
-            tracing::info!(tables = new_tables.len(), "first start: copying the existing rows of every captured table");
+            tracing::info!(
+                tables = new_tables.len(),
+                "first start: copying the existing rows of every captured table"
+            );
         } else {
             // A log from a dbmux that kept no state, or snapshots switched
             // off: the tables as they are now are known, nothing is copied.
@@ -771,16 +792,18 @@ pub async fn run_coordinator<C: SnapshotSource>(
             added.append(&mut queue);
             queue = added;
         }
-        let waiting = opts.replicas.iter().any(|r| {
-            pending_request(&log, r).is_some_and(|req| {
-                state
-                    .lock()
-                    .expect("capture state")
-                    .requests
-                    .get(r)
-                    .is_none_or(|s| s.request != req.id)
-            })
-        });
+        let mut waiting = false;
+        for r in &opts.replicas {
+            let Some(req) = pending_request(&log, r).await else {
+                continue;
+            };
+            waiting |= state
+                .lock()
+                .expect("capture state")
+                .requests
+                .get(r)
+                .is_none_or(|s| s.request != req.id);
+        }
         if !waiting {
             continue;
         }
@@ -867,9 +890,9 @@ async fn begin_run(
 }
 
 /// Begins a run for every replica request that has not begun yet.
-async fn plan_requests(
+async fn plan_requests<L: Log>(
     ctl: &Ctl,
-    log: &Arc<EmbeddedLog>,
+    log: &L,
     state: &SharedState,
     opts: &SnapshotOptions,
     tables: &[(TableId, u64)],
@@ -877,7 +900,9 @@ async fn plan_requests(
 ) -> Result<Vec<SnapshotRun>, CoordinatorError> {
     let mut out = Vec::new();
     for replica in &opts.replicas {
-        let Some(req) = pending_request(log, replica) else { continue };
+        let Some(req) = pending_request(log, replica).await else {
+            continue;
+        };
         let began = state
             .lock()
             .expect("capture state")
@@ -887,7 +912,7 @@ async fn plan_requests(
             .cloned();
         if let Some(s) = began {
             // Began before a restart; make sure the requester can see it.
-            write_started(log, replica, &s.request, s.run, s.begin_seq)?;
+            write_started(log, replica, &s.request, req.reset, s.run, s.begin_seq).await?;
             continue;
         }
         let wanted: Vec<TableId> = if req.tables.is_empty() {
@@ -914,7 +939,11 @@ async fn plan_requests(
             estimates,
         )
         .await?;
-        let begin_seq = if run.begin_seq == 0 { log.last_seq() + 1 } else { run.begin_seq };
+        let begin_seq = if run.begin_seq == 0 {
+            log.last_seq() + 1
+        } else {
+            run.begin_seq
+        };
         state.lock().expect("capture state").requests.insert(
             replica.clone(),
             crate::capture_state::StartedRequest {
@@ -925,18 +954,19 @@ async fn plan_requests(
         );
         if req.reset {
             // Hold truncation for the replica that starts over here.
-            log.ack(replica, begin_seq.saturating_sub(1))?;
+            log.ack_for(replica, begin_seq.saturating_sub(1)).await?;
         }
-        write_started(log, replica, &req.id, run.id, begin_seq)?;
+        write_started(log, replica, &req.id, req.reset, run.id, begin_seq).await?;
         out.push(run);
     }
     Ok(out)
 }
 
-fn write_started(
-    log: &EmbeddedLog,
+async fn write_started<L: Log>(
+    log: &L,
     replica: &str,
     request: &str,
+    reset: bool,
     run: u64,
     begin_seq: u64,
 ) -> Result<(), CoordinatorError> {
@@ -944,11 +974,12 @@ fn write_started(
         request: request.into(),
         run,
         begin_seq,
+        reset,
     };
     let key = format!("{STARTED_KEY}{replica}");
     let bytes = serde_json::to_vec(&started).expect("serializes");
-    if log.meta(&key)?.as_deref() != Some(bytes.as_slice()) {
-        log.set_meta(&key, bytes)?;
+    if log.meta(&key).await?.as_deref() != Some(bytes.as_slice()) {
+        log.set_meta(&key, bytes).await?;
     }
     Ok(())
 }
@@ -989,8 +1020,19 @@ async fn copy_table<C: SnapshotSource>(
             None => match source.reader().await {
                 Ok(r) => reader.insert(r),
                 Err(e) => {
-                    if !retry_or_end(ctl, run, &table, &e.to_string(), e.is_transient(), false, &mut backoff, board, metrics, shutdown)
-                        .await?
+                    if !retry_or_end(
+                        ctl,
+                        run,
+                        &table,
+                        &e.to_string(),
+                        e.is_transient(),
+                        false,
+                        &mut backoff,
+                        board,
+                        metrics,
+                        shutdown,
+                    )
+                    .await?
                     {
                         return Ok(());
                     }
@@ -1001,7 +1043,9 @@ async fn copy_table<C: SnapshotSource>(
         let started = Instant::now();
         let hold = ctl.hold().await?;
         let result = copy_chunks(r, ctl, hold, run, &mut progress, opts, board, metrics).await;
-        metrics.snapshot_hold_seconds.observe(started.elapsed().as_secs_f64());
+        metrics
+            .snapshot_hold_seconds
+            .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(true) => {
                 board.update(run.id, &table, |r| {
@@ -1020,7 +1064,20 @@ async fn copy_table<C: SnapshotSource>(
                 if transient {
                     reader = None;
                 }
-                if !retry_or_end(ctl, run, &table, &e, transient, gone, &mut backoff, board, metrics, shutdown).await? {
+                if !retry_or_end(
+                    ctl,
+                    run,
+                    &table,
+                    &e,
+                    transient,
+                    gone,
+                    &mut backoff,
+                    board,
+                    metrics,
+                    shutdown,
+                )
+                .await?
+                {
                     return Ok(());
                 }
             }
@@ -1083,11 +1140,18 @@ async fn copy_chunks<R: ChunkReader>(
                         rows: n,
                         last,
                         whole: false,
-                        create: if index == 0 { view.create_statement.clone() } else { None },
+                        create: if index == 0 {
+                            view.create_statement.clone()
+                        } else {
+                            None
+                        },
                     },
                 ),
             ));
-            changes.extend(rows.into_iter().map(|after| (view.schema.clone(), Op::Read { after })));
+            changes.extend(
+                rows.into_iter()
+                    .map(|after| (view.schema.clone(), Op::Read { after })),
+            );
             ctl.place(hold, changes, true).await?;
             progress.chunks += 1;
             progress.rows += n;
@@ -1127,11 +1191,18 @@ async fn copy_chunks<R: ChunkReader>(
                             rows: n,
                             last,
                             whole: true,
-                            create: if index == 0 { view.create_statement.clone() } else { None },
+                            create: if index == 0 {
+                                view.create_statement.clone()
+                            } else {
+                                None
+                            },
                         },
                     ),
                 ));
-                changes.extend(rows.into_iter().map(|after| (view.schema.clone(), Op::Read { after })));
+                changes.extend(
+                    rows.into_iter()
+                        .map(|after| (view.schema.clone(), Op::Read { after })),
+                );
                 ctl.place(hold, changes, last).await?;
                 progress.chunks += 1;
                 progress.rows += n;
@@ -1185,8 +1256,16 @@ async fn retry_or_end(
     };
     tracing::error!(run = run.id, table = %table, reason = %reason,
         "snapshot of the table given up; its targets quarantine it until `dbmux snapshot --table {table}`");
-    ctl.append(vec![(name_only(table), mark(run, SnapshotPhase::End { reason: reason.clone() }))])
-        .await?;
+    ctl.append(vec![(
+        name_only(table),
+        mark(
+            run,
+            SnapshotPhase::End {
+                reason: reason.clone(),
+            },
+        ),
+    )])
+    .await?;
     board.update(run.id, table, |r| {
         r.state = "failed";
         r.error = Some(reason);

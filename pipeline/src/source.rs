@@ -21,6 +21,10 @@ pub struct CapturedTransaction {
     pub changes: Vec<(Arc<TableSchema>, Op)>,
 }
 
+/// The newest source position the log holds durably, published by the
+/// runtime after every log append (`None` before the first one).
+pub type DurablePosition = tokio::sync::watch::Receiver<Option<Position>>;
+
 /// A source of committed transactions (binlog, WAL).
 ///
 /// Contract: `next_transaction` returns only *committed* transactions, whole,
@@ -68,5 +72,14 @@ pub trait Source: Send {
     /// each transaction.
     fn take_entered_tables(&mut self) -> Vec<TableId> {
         Vec::new()
+    }
+
+    /// Called once, before `start`, with a view of what the log holds
+    /// durably. A source that acknowledges progress to its server (a
+    /// PostgreSQL slot's confirmed flush LSN) acknowledges from this and never
+    /// beyond it, so a crash makes the server resend, never skip. Sources
+    /// whose server keeps no such state (a binlog) ignore it.
+    fn watch_durable(&mut self, durable: DurablePosition) {
+        let _ = durable;
     }
 }

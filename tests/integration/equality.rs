@@ -2,7 +2,7 @@
 //! through the real `dbmux` binary between the test master and replicas.
 
 use crate::support::compare::{mysql_rows, pg_rows, Rows};
-use crate::support::dbmux::{Dbmux, Replicas, BOTH};
+use crate::support::dbmux::{Dbmux, LogKind, Replicas, BOTH};
 use crate::support::{mysql_replica_url, mysql_url, unique_name, wait_for, with_db};
 use mysql_async::prelude::Queryable;
 use std::time::Duration;
@@ -617,9 +617,20 @@ async fn one_bad_table_is_quarantined_per_replica_and_resumed() {
 /// Items 8 and 10 (exclude): while a replica is down, `dbmux_apply_lag_events`
 /// and `dbmux_apply_lag_seconds` grow with the log (they are computed when
 /// scraped, not when the last batch committed); and a table added to `exclude`
-/// after its events reached the log is skipped by the appliers.
+/// after its events reached the log is skipped by the appliers. With either
+/// log (the Kafka log finds the commit time of the first unapplied event on
+/// the brokers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_grows_during_an_outage_and_exclude_applies_to_logged_events() {
+    lag_and_exclude(LogKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_grows_during_an_outage_and_exclude_applies_to_logged_events_with_kafka() {
+    lag_and_exclude(LogKind::Kafka).await;
+}
+
+async fn lag_and_exclude(kind: LogKind) {
     use crate::support::private::PrivateMariadb;
     let db = unique_name("lag");
     let mut c = master(&db).await;
@@ -640,9 +651,14 @@ async fn lag_grows_during_an_outage_and_exclude_applies_to_logged_events() {
         mariadb: false,
         postgres: false,
     };
-    let mut dbmux = Dbmux::new(&db, none, &extra);
+    let mut dbmux = Dbmux::with_log(&db, none, &extra, kind);
     dbmux.start();
     dbmux.wait_capturing().await;
+    let expected_kind = match kind {
+        LogKind::Embedded => "embedded",
+        LogKind::Kafka => "kafka",
+    };
+    assert_eq!(dbmux.status().await.unwrap()["log"]["kind"], expected_kind);
     exec(&mut c, &["INSERT INTO t VALUES (1)", "INSERT INTO x VALUES (1)"]).await;
     dbmux.wait_caught_up(2, CATCH_UP).await;
     let lag = |m: &str| {

@@ -8,6 +8,8 @@ mod support;
 mod apply;
 mod capture;
 mod equality;
+mod kafka;
 mod observe;
+mod pg_source;
 mod pipeline;
 mod snapshot;

@@ -1,7 +1,7 @@
 //! End to end: the real `dbmux` binary between the test master and replicas.
 
 use crate::support::compare::assert_identical;
-use crate::support::dbmux::{Dbmux, Replicas, BOTH};
+use crate::support::dbmux::{Dbmux, LogKind, Replicas, BOTH};
 use crate::support::private::PrivateMariadb;
 use crate::support::{mysql_url, unique_name, wait_for, with_db, workload};
 use mysql_async::prelude::Queryable;
@@ -60,9 +60,19 @@ fn assert_log_well_formed(envelopes: &[serde_json::Value], expected_events: u64,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workload_reaches_both_replicas_identical() {
+    workload_body(LogKind::Embedded).await
+}
+
+/// The same workload, with capture and appliers on the Kafka log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_through_kafka_reaches_both_replicas_identical() {
+    workload_body(LogKind::Kafka).await
+}
+
+async fn workload_body(kind: LogKind) {
     let db = unique_name("wl");
     workload::create_database(&db).await;
-    let mut dbmux = Dbmux::new(&db, BOTH, "");
+    let mut dbmux = Dbmux::with_log(&db, BOTH, "", kind);
     dbmux.start();
     // Wait until dbmux is up (capture starts at the binlog's current end).
     dbmux.wait_capturing().await;
@@ -74,7 +84,7 @@ async fn workload_reaches_both_replicas_identical() {
     dbmux.wait_caught_up(live.row_changes, CATCH_UP).await;
     let live_total = started.elapsed();
     println!(
-        "workload (live): {} row changes in {} transactions; master write {:.1}s, replicas caught up after {:.1}s => {:.0} rows/s",
+        "workload ({kind:?} log, live): {} row changes in {} transactions; master write {:.1}s, replicas caught up after {:.1}s => {:.0} rows/s",
         live.row_changes,
         live.transactions,
         written.as_secs_f64(),
@@ -96,7 +106,7 @@ async fn workload_reaches_both_replicas_identical() {
     let drain = started.elapsed();
     assert_eq!(last, stats.row_changes, "every row change is one event");
     println!(
-        "workload (backlog): {} row changes in {} transactions drained into both replicas in {:.1}s => {:.0} rows/s",
+        "workload ({kind:?} log, backlog): {} row changes in {} transactions drained into both replicas in {:.1}s => {:.0} rows/s",
         backlog.row_changes,
         backlog.transactions,
         drain.as_secs_f64(),
@@ -429,6 +439,16 @@ fn type_projection() -> crate::support::compare::Projection<'static> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn type_matrix_reaches_both_replicas_value_by_value() {
+    type_matrix_body(LogKind::Embedded).await
+}
+
+/// The same type matrix through the Kafka log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn type_matrix_through_kafka_reaches_both_replicas_value_by_value() {
+    type_matrix_body(LogKind::Kafka).await
+}
+
+async fn type_matrix_body(kind: LogKind) {
     let db = unique_name("types");
     let mut conn = mysql_async::Conn::from_url(mysql_url()).await.unwrap();
     conn.query_drop(format!("CREATE DATABASE `{db}` CHARACTER SET utf8mb4"))
@@ -436,7 +456,7 @@ async fn type_matrix_reaches_both_replicas_value_by_value() {
         .unwrap();
     conn.query_drop(format!("USE `{db}`")).await.unwrap();
     conn.query_drop("SET time_zone = '+00:00'").await.unwrap();
-    let mut dbmux = Dbmux::new(&db, BOTH, "");
+    let mut dbmux = Dbmux::with_log(&db, BOTH, "", kind);
     dbmux.start();
     dbmux.wait_capturing().await;
     // Created while dbmux runs.

@@ -66,7 +66,9 @@ fn projections() -> Vec<Projection<'static>> {
 
 async fn master(db: &str) -> mysql_async::Conn {
     let mut c = mysql_async::Conn::from_url(mysql_url()).await.unwrap();
-    c.query_drop(format!("CREATE DATABASE `{db}` CHARACTER SET utf8mb4")).await.unwrap();
+    c.query_drop(format!("CREATE DATABASE `{db}` CHARACTER SET utf8mb4"))
+        .await
+        .unwrap();
     c.query_drop(format!("USE `{db}`")).await.unwrap();
     c
 }
@@ -105,24 +107,36 @@ async fn preload(c: &mut mysql_async::Conn, n: u64) {
 /// Random single-row transactions on the master until `stop`: updates and
 /// deletes of pre-loaded rows, inserts of new ones, changes of every table.
 async fn write(db: String, n: u64, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) {
-    let mut c = mysql_async::Conn::from_url(with_db(&mysql_url(), &db)).await.unwrap();
+    let mut c = mysql_async::Conn::from_url(with_db(&mysql_url(), &db))
+        .await
+        .unwrap();
     let mut rng = StdRng::seed_from_u64(42);
     let mut next_id = n + 1;
     while !stop.load(Ordering::SeqCst) {
         let id = rng.gen_range(1..=n);
         let sql = match rng.gen_range(0..10) {
-            0..=3 => format!("UPDATE big SET label = CONCAT('upd ', {}), amount = amount + 1 WHERE id = {id}", rng.gen::<u32>()),
+            0..=3 => format!(
+                "UPDATE big SET label = CONCAT('upd ', {}), amount = amount + 1 WHERE id = {id}",
+                rng.gen::<u32>()
+            ),
             4 => format!("DELETE FROM big WHERE id = {id}"),
             5 | 6 => {
                 next_id += 1;
-                format!("INSERT INTO big VALUES ({next_id}, {}, 'new', 1.5, NOW(6))", rng.gen_range(0..997))
+                format!(
+                    "INSERT INTO big VALUES ({next_id}, {}, 'new', 1.5, NOW(6))",
+                    rng.gen_range(0..997)
+                )
             }
             7 => format!(
                 "UPDATE uniq SET val = {} WHERE code = 'c{}'",
                 rng.gen::<u16>(),
                 rng.gen_range(1..=(n / 20).max(1))
             ),
-            8 => format!("UPDATE bag SET b = 'w{}' WHERE a = {} LIMIT 1", rng.gen::<u16>(), rng.gen_range(0..101)),
+            8 => format!(
+                "UPDATE bag SET b = 'w{}' WHERE a = {} LIMIT 1",
+                rng.gen::<u16>(),
+                rng.gen_range(0..101)
+            ),
             _ => format!("INSERT INTO bag VALUES ({}, 'ins')", rng.gen_range(0..101)),
         };
         c.query_drop(sql).await.unwrap();
@@ -143,13 +157,15 @@ fn check_log(dbmux: &Dbmux) -> std::collections::BTreeMap<String, u64> {
         .spawn()
         .unwrap();
     let out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut expect = 1u64;
     let mut txns: HashSet<String> = HashSet::new();
     let mut ops = std::collections::BTreeMap::new();
-    for line in out.lines() {
+    for (expect, line) in (1u64..).zip(out.lines()) {
         let e: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-        assert_eq!(e["seq"].as_u64(), Some(expect), "seq must be gapless from 1, each once");
-        expect += 1;
+        assert_eq!(
+            e["seq"].as_u64(),
+            Some(expect),
+            "seq must be gapless from 1, each once"
+        );
         if e["source"]["txn_index"].as_u64() == Some(0) {
             let txn = e["source"]["txn"].as_str().unwrap().to_string();
             assert!(txns.insert(txn.clone()), "transaction {txn} is in the log twice");
@@ -200,28 +216,39 @@ async fn snapshot_under_writes_and_two_kills_reaches_both_replicas() {
     for fraction in [0.2, 0.35] {
         let target = (n as f64 * fraction) as u64;
         let me = &dbmux;
-        let at = wait_for("the snapshot to copy rows", Duration::from_secs(600), || async move {
-            let done = copied(me).await?;
-            (done >= target).then_some(done)
-        })
+        let at = wait_for(
+            "the snapshot to copy rows",
+            Duration::from_secs(600),
+            || async move {
+                let done = copied(me).await?;
+                (done >= target).then_some(done)
+            },
+        )
         .await;
         let st = dbmux.status().await.unwrap();
         assert_eq!(st["snapshot"]["active"], true, "killed while copying: {st}");
         dbmux.kill();
         kills += 1;
-        println!("kill {kills} after this process copied {at} rows ({:.1}s)", started.elapsed().as_secs_f64());
+        println!(
+            "kill {kills} after this process copied {at} rows ({:.1}s)",
+            started.elapsed().as_secs_f64()
+        );
         dbmux.start();
     }
     // The copy finishes while the writer goes on.
     let me = &dbmux;
-    wait_for("the snapshot to finish", Duration::from_secs(1800), || async move {
-        let st = me.status().await?;
-        let pending = st["replicas"]
-            .as_object()?
-            .values()
-            .all(|r| r["snapshot_pending"].as_array().is_some_and(|p| p.is_empty()));
-        (st["snapshot"]["active"] == false && pending).then_some(())
-    })
+    wait_for(
+        "the snapshot to finish",
+        Duration::from_secs(1800),
+        || async move {
+            let st = me.status().await?;
+            let pending = st["replicas"]
+                .as_object()?
+                .values()
+                .all(|r| r["snapshot_pending"].as_array().is_some_and(|p| p.is_empty()));
+            (st["snapshot"]["active"] == false && pending).then_some(())
+        },
+    )
     .await;
     let snapshot_done = started.elapsed();
     stop.store(true, Ordering::SeqCst);
@@ -234,19 +261,27 @@ async fn snapshot_under_writes_and_two_kills_reaches_both_replicas() {
     };
     // Everything the writer did is captured and applied.
     let mut master_pos = mysql_async::Conn::from_url(mysql_url()).await.unwrap();
-    let row: mysql_async::Row = master_pos.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
+    let row: mysql_async::Row = master_pos
+        .query_first("SHOW MASTER STATUS")
+        .await
+        .unwrap()
+        .unwrap();
     let (file, offset): (String, u64) = (row.get(0).unwrap(), row.get(1).unwrap());
     let me2 = &*me;
-    wait_for("capture to reach the master's end", Duration::from_secs(600), || {
-        let (file, offset) = (file.clone(), offset);
-        async move {
-            let st = me2.status().await?;
-            let pos = st["capture"]["position"].as_str()?.to_string();
-            let mut parts = pos.split(':');
-            let (_, f, o) = (parts.next()?, parts.next()?, parts.next()?.parse::<u64>().ok()?);
-            (f > file.as_str() || (f == file && o >= offset)).then_some(())
-        }
-    })
+    wait_for(
+        "capture to reach the master's end",
+        Duration::from_secs(600),
+        || {
+            let (file, offset) = (file.clone(), offset);
+            async move {
+                let st = me2.status().await?;
+                let pos = st["capture"]["position"].as_str()?.to_string();
+                let mut parts = pos.split(':');
+                let (_, f, o) = (parts.next()?, parts.next()?, parts.next()?.parse::<u64>().ok()?);
+                (f > file.as_str() || (f == file && o >= offset)).then_some(())
+            }
+        },
+    )
     .await;
     let last = me.wait_caught_up(last, Duration::from_secs(1800)).await;
     println!(
@@ -261,8 +296,14 @@ async fn snapshot_under_writes_and_two_kills_reaches_both_replicas() {
     assert!(dbmux.stop().success(), "clean shutdown:\n{}", dbmux.output());
     let ops = check_log(&dbmux);
     println!("log: {ops:?}");
-    assert!(ops.get("r").copied().unwrap_or(0) >= n, "snapshot rows in the log: {ops:?}");
-    assert!(ops.get("u").copied().unwrap_or(0) > 0 && ops.get("d").copied().unwrap_or(0) > 0, "{ops:?}");
+    assert!(
+        ops.get("r").copied().unwrap_or(0) >= n,
+        "snapshot rows in the log: {ops:?}"
+    );
+    assert!(
+        ops.get("u").copied().unwrap_or(0) > 0 && ops.get("d").copied().unwrap_or(0) > 0,
+        "{ops:?}"
+    );
     c.query_drop(format!("DROP DATABASE `{db}`")).await.unwrap();
 }
 
@@ -277,13 +318,22 @@ async fn existing_rows_are_copied_then_changes_stream() {
     let mut dbmux = Dbmux::new(&db, BOTH, &snapshot_config(700));
     dbmux.start();
     dbmux.wait_capturing().await;
-    c.query_drop("UPDATE big SET label = 'after' WHERE id <= 10").await.unwrap();
-    c.query_drop("INSERT INTO bag VALUES (1000, 'after')").await.unwrap();
+    c.query_drop("UPDATE big SET label = 'after' WHERE id <= 10")
+        .await
+        .unwrap();
+    c.query_drop("INSERT INTO bag VALUES (1000, 'after')")
+        .await
+        .unwrap();
     let me = &dbmux;
-    wait_for("the snapshot to finish", Duration::from_secs(300), || async move {
-        let st = me.status().await?;
-        (st["snapshot"]["active"] == false && st["snapshot"]["tables"].as_array()?.len() == 3).then_some(())
-    })
+    wait_for(
+        "the snapshot to finish",
+        Duration::from_secs(300),
+        || async move {
+            let st = me.status().await?;
+            (st["snapshot"]["active"] == false && st["snapshot"]["tables"].as_array()?.len() == 3)
+                .then_some(())
+        },
+    )
     .await;
     let last = dbmux.status().await.unwrap()["log"]["last_seq"].as_u64().unwrap();
     dbmux.wait_caught_up(last, Duration::from_secs(300)).await;
@@ -292,16 +342,18 @@ async fn existing_rows_are_copied_then_changes_stream() {
     }
     let metrics = dbmux.admin_get("/metrics").await.unwrap();
     assert!(
-        metrics.lines().any(|l| l.starts_with("dbmux_snapshot_rows_total ") && !l.ends_with(" 0")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("dbmux_snapshot_rows_total ") && !l.ends_with(" 0")),
         "{metrics}"
     );
     assert!(dbmux.stop().success());
     let env = dbmux.tail(Some(1));
     let marks: Vec<&serde_json::Value> = env.iter().filter(|e| e["op"] == "snapshot").collect();
     assert!(marks.iter().any(|m| m["snapshot"]["phase"] == "begin"));
-    assert!(marks
-        .iter()
-        .any(|m| m["snapshot"]["phase"] == "chunk" && m["snapshot"]["last"] == true && m["source"]["table"] == "bag"));
+    assert!(marks.iter().any(|m| m["snapshot"]["phase"] == "chunk"
+        && m["snapshot"]["last"] == true
+        && m["source"]["table"] == "bag"));
     let read = env
         .iter()
         .find(|e| e["op"] == "r" && e["source"]["table"] == "big" && e["after"]["id"] == 500)

@@ -68,7 +68,9 @@ pub const DDL_TABLE: &str = "dbmux_ddl";
 /// Server errors that mean a replayed schema change had already taken
 /// effect: table/database exists or is unknown, duplicate or unknown column
 /// or key, multiple primary keys.
-const DDL_ALREADY_DONE: &[u16] = &[1007, 1008, 1050, 1051, 1054, 1060, 1061, 1068, 1091, 1146, 1176, 1826];
+const DDL_ALREADY_DONE: &[u16] = &[
+    1007, 1008, 1050, 1051, 1054, 1060, 1061, 1068, 1091, 1146, 1176, 1826,
+];
 /// Default rows per multi-row statement.
 pub const DEFAULT_MAX_ROWS_PER_STATEMENT: usize = 1000;
 /// Default approximate bytes of values per statement (below MariaDB's default
@@ -241,7 +243,9 @@ pub enum MysqlApplyError {
         target: String,
         other: TableId,
     },
-    #[error("cannot apply the schema change `{statement}` to {table} on the MariaDB/MySQL replica: {message}")]
+    #[error(
+        "cannot apply the schema change `{statement}` to {table} on the MariaDB/MySQL replica: {message}"
+    )]
     Ddl {
         table: String,
         statement: String,
@@ -407,7 +411,13 @@ impl MysqlSink {
             sql::quote_ident(&config.offsets_database),
             sql::quote_ident(QUARANTINE_TABLE)
         );
-        let own = |t: &str| format!("{}.{}", sql::quote_ident(&config.offsets_database), sql::quote_ident(t));
+        let own = |t: &str| {
+            format!(
+                "{}.{}",
+                sql::quote_ident(&config.offsets_database),
+                sql::quote_ident(t)
+            )
+        };
         let snapshot_table = own(SNAPSHOT_TABLE);
         let ddl_table = own(DDL_TABLE);
         Self {
@@ -601,7 +611,11 @@ impl MysqlSink {
     /// own `CREATE TABLE` on a MariaDB replica (indexes, defaults and all),
     /// from the definition otherwise. Runs before the data transaction (DDL
     /// commits by itself); running it twice is harmless.
-    async fn recreate(&mut self, ev: &pipeline::ChangeEvent, mark: &pipeline::snapshot::SnapshotMark) -> Result<()> {
+    async fn recreate(
+        &mut self,
+        ev: &pipeline::ChangeEvent,
+        mark: &pipeline::snapshot::SnapshotMark,
+    ) -> Result<()> {
         let target = self.claim_target(&ev.table.id)?;
         let source_statement = match &mark.phase {
             pipeline::snapshot::SnapshotPhase::Chunk { create, .. } => create.clone(),
@@ -1098,7 +1112,11 @@ impl MysqlSink {
     /// source's statement with its table names qualified and mapped, or a
     /// generated one where the statement would do more than this table's
     /// part (a multi-table `DROP`/`RENAME`).
-    fn ddl_statements(&self, table: &TableSchema, change: &pipeline::ddl::SchemaChange) -> std::result::Result<Vec<String>, String> {
+    fn ddl_statements(
+        &self,
+        table: &TableSchema,
+        change: &pipeline::ddl::SchemaChange,
+    ) -> std::result::Result<Vec<String>, String> {
         use pipeline::ddl::DdlKind;
         let config = &self.config;
         let map = |db: &str| config.target_database(db).to_string();
@@ -1110,14 +1128,17 @@ impl MysqlSink {
                     // Unreadable for dbmux, but the source ran it: replay it
                     // as written where no name needs mapping.
                     let unmapped = map(&table.id.schema) == table.id.schema
-                        && (change.default_schema.is_empty() || map(&change.default_schema) == change.default_schema);
+                        && (change.default_schema.is_empty()
+                            || map(&change.default_schema) == change.default_schema);
                     if unmapped && !change.default_schema.is_empty() {
                         Ok(vec![
                             format!("USE {}", sql::quote_ident(&change.default_schema)),
                             change.statement.clone(),
                         ])
                     } else {
-                        Err(format!("its table names cannot be rewritten for the replica ({e})"))
+                        Err(format!(
+                            "its table names cannot be rewritten for the replica ({e})"
+                        ))
                     }
                 }
             }
@@ -1125,7 +1146,12 @@ impl MysqlSink {
         Ok(match &change.kind {
             DdlKind::CreateTable { .. } | DdlKind::AlterTable { .. } | DdlKind::Unknown { .. } => replay()?,
             DdlKind::RenameTable { from } => {
-                if change.statement.trim_start().to_ascii_uppercase().starts_with("ALTER") {
+                if change
+                    .statement
+                    .trim_start()
+                    .to_ascii_uppercase()
+                    .starts_with("ALTER")
+                {
                     replay()?
                 } else {
                     let from = TableId::new(map(&from.schema), from.name.clone());
@@ -1145,7 +1171,10 @@ impl MysqlSink {
                         target.schema
                     ));
                 }
-                vec![format!("DROP DATABASE IF EXISTS {}", sql::quote_ident(&target.schema))]
+                vec![format!(
+                    "DROP DATABASE IF EXISTS {}",
+                    sql::quote_ident(&target.schema)
+                )]
             }
         })
     }
@@ -1176,10 +1205,18 @@ impl MysqlSink {
         }
     }
 
-    async fn apply_ddl_in(&mut self, conn: &mut Conn, txn: &Transaction, skip: &HashSet<TableId>) -> Result<()> {
+    async fn apply_ddl_in(
+        &mut self,
+        conn: &mut Conn,
+        txn: &Transaction,
+        skip: &HashSet<TableId>,
+    ) -> Result<()> {
         use pipeline::ddl::DdlKind;
         let (first, last) = (txn.first_seq(), txn.last_seq());
-        let lock = format!("SELECT `seq` FROM {} WHERE `consumer` = ? FOR UPDATE", self.offsets_table);
+        let lock = format!(
+            "SELECT `seq` FROM {} WHERE `consumer` = ? FOR UPDATE",
+            self.offsets_table
+        );
         conn.query_drop("START TRANSACTION")
             .await
             .map_err(driver("starting a transaction"))?;
@@ -1230,7 +1267,9 @@ impl MysqlSink {
         // (2) The statements.
         let mut bookkeeping: Vec<(String, Vec<mysql_async::Value>)> = Vec::new();
         for ev in &txn.events {
-            let pipeline::Op::Ddl(change) = &ev.op else { continue };
+            let pipeline::Op::Ddl(change) = &ev.op else {
+                continue;
+            };
             if skip.contains(&ev.table.id) {
                 continue;
             }

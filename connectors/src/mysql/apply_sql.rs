@@ -134,12 +134,17 @@ pub fn column_type_sql(col: &ColumnDef, flavor: Flavor) -> Result<String, String
             }
         }
         ColumnType::Decimal { precision, scale } => format!("DECIMAL({precision},{scale})"),
+        // The widest exact DECIMAL; values that do not fit it exactly are refused in `to_param`.
+        ColumnType::Numeric => "DECIMAL(65,30)".into(),
         ColumnType::Float => "FLOAT".into(),
         ColumnType::Double => "DOUBLE".into(),
         ColumnType::Date => "DATE".into(),
         ColumnType::Time { fsp } => format!("TIME({fsp})"),
         ColumnType::DateTime { fsp } => format!("DATETIME({fsp})"),
         ColumnType::Timestamp { fsp } => format!("TIMESTAMP({fsp})"),
+        // An instant of any year: the UTC wall-clock value (TIMESTAMP stops at 2038).
+        ColumnType::TimestampTz { fsp } => format!("DATETIME({fsp})"),
+        ColumnType::Interval => "VARCHAR(64) CHARACTER SET ascii".into(),
         ColumnType::Year => "YEAR".into(),
         ColumnType::Char { length } => text(format!("CHAR({length})"))?,
         ColumnType::VarChar { length } => text(format!("VARCHAR({length})"))?,
@@ -329,7 +334,8 @@ fn row_match(schema: &TableSchema, flavor: Flavor) -> String {
                 | ColumnType::VarChar { .. }
                 | ColumnType::Text { .. }
                 | ColumnType::Enum { .. }
-                | ColumnType::Set { .. } => exact_text,
+                | ColumnType::Set { .. }
+                | ColumnType::Interval => exact_text,
                 ColumnType::Json => match flavor {
                     Flavor::MariaDb => exact_text,
                     Flavor::Mysql => format!("{q} <=> CAST(? AS JSON)"),
@@ -337,6 +343,7 @@ fn row_match(schema: &TableSchema, flavor: Flavor) -> String {
                 ColumnType::Decimal { precision, scale } => {
                     format!("{q} <=> CAST(? AS DECIMAL({precision},{scale}))")
                 }
+                ColumnType::Numeric => format!("{q} <=> CAST(? AS DECIMAL(65,30))"),
                 ColumnType::Binary { .. } | ColumnType::VarBinary { .. } | ColumnType::Blob { .. } => {
                     format!("{q} <=> CAST(? AS BINARY)")
                 }
@@ -388,6 +395,10 @@ pub fn to_param(v: &Value, col: &ColumnDef) -> Result<My, String> {
         Value::UInt(x) => My::UInt(*x),
         Value::Float(x) => My::Float(*x),
         Value::Double(x) => My::Double(*x),
+        Value::Decimal(s) if col.ty == ColumnType::Numeric => {
+            fits_decimal_65_30(s)?;
+            My::Bytes(s.as_bytes().to_vec())
+        }
         Value::Decimal(s) => My::Bytes(s.as_bytes().to_vec()),
         Value::Date(d) => My::Date(d.year, d.month, d.day, 0, 0, 0, 0),
         Value::Time(t) => My::Time(
@@ -407,7 +418,10 @@ pub fn to_param(v: &Value, col: &ColumnDef) -> Result<My, String> {
             dt.second,
             dt.micros,
         ),
-        Value::Timestamp(0) => My::Date(0, 0, 0, 0, 0, 0, 0),
+        // 0 is MySQL's zero TIMESTAMP, but an ordinary instant in a `TimestampTz` column.
+        Value::Timestamp(0) if !matches!(col.ty, ColumnType::TimestampTz { .. }) => {
+            My::Date(0, 0, 0, 0, 0, 0, 0)
+        }
         Value::Timestamp(us) => utc_parts(*us)?,
         Value::Year(y) => My::UInt(u64::from(*y)),
         Value::Text(s) => My::Bytes(s.as_bytes().to_vec()),
@@ -433,6 +447,27 @@ pub fn to_param(v: &Value, col: &ColumnDef) -> Result<My, String> {
         Value::Set(members) => My::Bytes(members.join(",").into_bytes()),
         Value::Bit(x) => My::UInt(*x),
     })
+}
+
+/// MariaDB/MySQL round extra fractional digits with only a note, even in
+/// strict mode: a `Numeric` value that `DECIMAL(65,30)` cannot hold exactly
+/// (more than 35 integer or 30 fractional digits, NaN, infinity) is refused.
+fn fits_decimal_65_30(s: &str) -> Result<(), String> {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let ok = !int.is_empty()
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b.is_ascii_digit())
+        && int.trim_start_matches('0').len() <= 35
+        && frac.trim_end_matches('0').len() <= 30;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "numeric value {:?} does not fit DECIMAL(65,30) exactly (at most 35 integer and 30 fractional digits, no NaN or infinity)",
+            &s[..s.len().min(80)]
+        ))
+    }
 }
 
 /// A `Timestamp` (µs since the epoch, UTC) as a UTC wall-clock value; the

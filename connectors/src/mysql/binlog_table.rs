@@ -290,7 +290,11 @@ pub fn build_plan(
 
 /// Whether `facts` describe the table map (the same check [`build_plan`]
 /// makes, without its warning).
-pub fn describes(tme: &TableMapEvent<'_>, facts: &TableFacts, server: &ServerCharsets) -> Result<bool, MysqlCaptureError> {
+pub fn describes(
+    tme: &TableMapEvent<'_>,
+    facts: &TableFacts,
+    server: &ServerCharsets,
+) -> Result<bool, MysqlCaptureError> {
     Ok(build_plan_with(tme, facts, server, false)?.consistent)
 }
 
@@ -332,7 +336,12 @@ pub fn facts_of(schema: &TableSchema, unique_key_names: &[String]) -> TableFacts
             ColumnType::Enum { .. } => "enum",
             ColumnType::Set { .. } => "set",
             ColumnType::Bit { .. } => "bit",
-            ColumnType::Uuid | ColumnType::Other { .. } => "other",
+            // PostgreSQL-source types never occur in a MySQL definition.
+            ColumnType::Uuid
+            | ColumnType::Other { .. }
+            | ColumnType::Numeric
+            | ColumnType::TimestampTz { .. }
+            | ColumnType::Interval => "other",
         }
     };
     let char_len = |c: &ColumnDef| -> Option<u64> {
@@ -677,7 +686,9 @@ fn column_type_from_info(ic: &InfoColumn, id: &TableId) -> Result<ColumnType, My
         "datetime" => ColumnType::DateTime { fsp: num(0, 0) as u8 },
         "timestamp" => ColumnType::Timestamp { fsp: num(0, 0) as u8 },
         "year" => ColumnType::Year,
-        "bit" => ColumnType::Bit { width: num(0, 1) as u16 },
+        "bit" => ColumnType::Bit {
+            width: num(0, 1) as u16,
+        },
         "enum" => ColumnType::Enum {
             labels: type_labels(&ic.column_type),
         },

@@ -59,19 +59,19 @@
 use super::binlog_table::{
     build_plan, facts_of, schema_from_facts, CollationInfo, InfoColumn, ServerCharsets, TableFacts, TablePlan,
 };
-use super::ddl::{self, Clause, Statement};
 use super::binlog_values::{Charset, Cursor, DecodeError};
+use super::ddl::{self, Clause, Statement};
 use super::gtid::{parse_gtid_list, GtidState, MariaGtid, FL_PREPARED_XA};
 use super::preflight;
 use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts};
 use mysql_common::binlog::events::{Event, EventData, GtidEvent, QueryEvent, TableMapEvent};
+use pipeline::capture_state::HistoryEntry;
+use pipeline::ddl::{AlterAction, DdlKind, SchemaChange};
 use pipeline::filter::{TableFilter, TablePattern};
 use pipeline::position::MysqlPosition;
 use pipeline::retry::{Classify, ErrorClass};
-use pipeline::capture_state::HistoryEntry;
-use pipeline::ddl::{AlterAction, DdlKind, SchemaChange};
 use pipeline::schema::{FkAction, ForeignKey, TableId, TableSchema};
 use pipeline::source::{CapturedTransaction, Source};
 use pipeline::value::format_uuid;
@@ -379,7 +379,9 @@ fn unique_keys(rows: Vec<(String, Option<String>, Option<u64>)>) -> Vec<(Vec<Str
             _ => *key = None,
         }
     }
-    out.into_iter().filter_map(|(name, k)| k.map(|k| (k, name))).collect()
+    out.into_iter()
+        .filter_map(|(name, k)| k.map(|k| (k, name)))
+        .collect()
 }
 
 /// `REFERENTIAL_CONSTRAINTS.UPDATE_RULE` / `DELETE_RULE` text.
@@ -654,7 +656,10 @@ fn name_only(id: &TableId) -> Arc<TableSchema> {
 fn ddl_target_guess(text: &[u8], default_db: &str) -> Option<TableId> {
     let s = std::str::from_utf8(text).ok()?;
     let mut rest = s.trim_start();
-    for w in ["ALTER", "CREATE", "DROP", "RENAME", "OR", "REPLACE", "ONLINE", "IGNORE", "TABLE", "IF", "NOT", "EXISTS"] {
+    for w in [
+        "ALTER", "CREATE", "DROP", "RENAME", "OR", "REPLACE", "ONLINE", "IGNORE", "TABLE", "IF", "NOT",
+        "EXISTS",
+    ] {
         if starts_with_word(rest.as_bytes(), w) {
             rest = rest[w.len()..].trim_start();
         }
@@ -1032,7 +1037,10 @@ impl MysqlSource {
 
     /// A table's definition as the catalog shows it now (`None`: no such
     /// table), with its UNIQUE keys' names.
-    async fn catalog_definition(&mut self, id: &TableId) -> Result<Option<ddl::Definition>, MysqlCaptureError> {
+    async fn catalog_definition(
+        &mut self,
+        id: &TableId,
+    ) -> Result<Option<ddl::Definition>, MysqlCaptureError> {
         let info = self.server_info().await?;
         let facts = self.table_info(&id.schema, &id.name, info.mariadb).await?;
         if facts.columns.is_empty() {
@@ -1091,7 +1099,9 @@ impl MysqlSource {
     ) -> Result<(Arc<TableSchema>, Vec<String>, DdlKind), MysqlCaptureError> {
         let catalog = self.catalog_definition(id).await?;
         Ok(match (parsed, catalog) {
-            (Ok((p, kind)), Some(c)) if same_shape(&p.schema, &c.schema) => (Arc::new(c.schema), c.unique_key_names, kind),
+            (Ok((p, kind)), Some(c)) if same_shape(&p.schema, &c.schema) => {
+                (Arc::new(c.schema), c.unique_key_names, kind)
+            }
             (Ok((p, kind)), _) => {
                 tracing::debug!(table = %id, "information_schema is ahead of this schema change; using the statement's definition");
                 (Arc::new(p.schema), p.unique_key_names, kind)
@@ -1108,9 +1118,13 @@ impl MysqlSource {
                 tracing::warn!(table = %id, reason = %e,
                     "schema change dbmux cannot follow; replicas that translate DDL stop this table");
                 let schema = c.map_or_else(|| name_only(id), |c| Arc::new(c.schema));
-                (schema, Vec::new(), DdlKind::Unknown {
-                    reason: format!("dbmux cannot follow this schema change: {e}"),
-                })
+                (
+                    schema,
+                    Vec::new(),
+                    DdlKind::Unknown {
+                        reason: format!("dbmux cannot follow this schema change: {e}"),
+                    },
+                )
             }
         })
     }
@@ -1125,7 +1139,9 @@ impl MysqlSource {
         let default_db = q.schema().into_owned();
         drop(q);
         let text = strip_comments(&raw);
-        let is_ddl = ["CREATE", "ALTER", "DROP", "RENAME"].iter().any(|w| starts_with_word(text, w))
+        let is_ddl = ["CREATE", "ALTER", "DROP", "RENAME"]
+            .iter()
+            .any(|w| starts_with_word(text, w))
             || text.starts_with(b"/*!");
         if !is_ddl {
             return Ok(Vec::new());
@@ -1254,17 +1270,19 @@ impl MysqlSource {
                 let only_rename = clauses.len() == 1 && rename_to.is_some();
                 let parsed = match before {
                     None => Err(format!("the definition of {id} before the change is not known")),
-                    Some(b) => ddl::alter_definition(&b, &clauses, rename_to.clone(), &ctx).map(|(d, mut actions)| {
-                        let kind = if only_rename {
-                            DdlKind::RenameTable { from: id.clone() }
-                        } else {
-                            if rename_to.is_some() {
-                                actions.insert(0, AlterAction::RenameTable { from: id.clone() });
-                            }
-                            DdlKind::AlterTable { actions }
-                        };
-                        (d, kind)
-                    }),
+                    Some(b) => ddl::alter_definition(&b, &clauses, rename_to.clone(), &ctx).map(
+                        |(d, mut actions)| {
+                            let kind = if only_rename {
+                                DdlKind::RenameTable { from: id.clone() }
+                            } else {
+                                if rename_to.is_some() {
+                                    actions.insert(0, AlterAction::RenameTable { from: id.clone() });
+                                }
+                                DdlKind::AlterTable { actions }
+                            };
+                            (d, kind)
+                        },
+                    ),
                 };
                 let (schema, names, kind) = self.settle(&new_id, parsed, false).await?;
                 if new_id != id {
@@ -1321,17 +1339,28 @@ impl MysqlSource {
             }
             Statement::CreateDatabase { name, .. } => {
                 if filter.may_match_schema(&name) {
-                    out.push((name_only(&TableId::new(name, "")), change(DdlKind::CreateDatabase, Vec::new())));
+                    out.push((
+                        name_only(&TableId::new(name, "")),
+                        change(DdlKind::CreateDatabase, Vec::new()),
+                    ));
                 }
             }
             Statement::DropDatabase { name, .. } => {
                 if filter.covers_schema(&name) {
                     self.history.retain(|id, _| id.schema != name);
-                    out.push((name_only(&TableId::new(name, "")), change(DdlKind::DropDatabase, Vec::new())));
+                    out.push((
+                        name_only(&TableId::new(name, "")),
+                        change(DdlKind::DropDatabase, Vec::new()),
+                    ));
                 } else {
                     // Only some of its tables are captured: they are dropped,
                     // the replica's database stays.
-                    let mut gone: Vec<TableId> = self.history.keys().filter(|id| id.schema == name).cloned().collect();
+                    let mut gone: Vec<TableId> = self
+                        .history
+                        .keys()
+                        .filter(|id| id.schema == name)
+                        .cloned()
+                        .collect();
                     gone.sort();
                     for id in gone {
                         let schema = self.forget_table(&id);

@@ -86,7 +86,9 @@ fn lex(sql: &str) -> Result<Vec<Token>, String> {
             i += 2;
             continue;
         }
-        if (c == '-' && b.get(i + 1).is_some_and(|x| x.1 == '-') && b.get(i + 2).is_none_or(|x| x.1.is_whitespace()))
+        if (c == '-'
+            && b.get(i + 1).is_some_and(|x| x.1 == '-')
+            && b.get(i + 2).is_none_or(|x| x.1.is_whitespace()))
             || c == '#'
         {
             while b.get(i).is_some_and(|x| x.1 != '\n') {
@@ -177,7 +179,9 @@ fn lex(sql: &str) -> Result<Vec<Token>, String> {
             let mut word = false;
             while let Some((_, ch)) = b.get(j) {
                 if ch.is_ascii_alphanumeric() || *ch == '.' || *ch == '_' || *ch == '$' {
-                    if ch.is_ascii_alphabetic() && !matches!(ch, 'e' | 'E' | 'x' | 'X' | 'b' | 'B') || *ch == '_' {
+                    if ch.is_ascii_alphabetic() && !matches!(ch, 'e' | 'E' | 'x' | 'X' | 'b' | 'B')
+                        || *ch == '_'
+                    {
                         word = true;
                     }
                     j += 1;
@@ -239,7 +243,10 @@ pub struct Name {
 
 impl Name {
     pub fn id(&self, default_db: &str) -> TableId {
-        TableId::new(self.db.clone().unwrap_or_else(|| default_db.to_string()), self.table.clone())
+        TableId::new(
+            self.db.clone().unwrap_or_else(|| default_db.to_string()),
+            self.table.clone(),
+        )
     }
 }
 
@@ -835,14 +842,13 @@ impl<'a> Parser<'a> {
     fn key_definition(&mut self) -> PResult<Option<KeySpec>> {
         let save = self.i;
         let mut constraint_name = None;
-        if self.eat("CONSTRAINT") {
-            if !(self.is_word("PRIMARY")
+        if self.eat("CONSTRAINT")
+            && !(self.is_word("PRIMARY")
                 || self.is_word("UNIQUE")
                 || self.is_word("FOREIGN")
                 || self.is_word("CHECK"))
-            {
-                constraint_name = Some(self.ident()?);
-            }
+        {
+            constraint_name = Some(self.ident()?);
         }
         let kind = if self.eat_all(&["PRIMARY", "KEY"]) {
             KeyKind::Primary
@@ -1103,11 +1109,13 @@ impl<'a> Parser<'a> {
                 if self.eat_punct('=') {
                     self.i += 1;
                 }
-            } else if self.eat("CHECK") || (self.eat("CONSTRAINT") && {
-                self.ident()?;
-                self.expect("CHECK")?;
-                true
-            }) {
+            } else if self.eat("CHECK")
+                || (self.eat("CONSTRAINT") && {
+                    self.ident()?;
+                    self.expect("CHECK")?;
+                    true
+                })
+            {
                 self.skip_parens()?;
             } else if self.eat("REFERENCES") {
                 self.table_name()?;
@@ -1116,12 +1124,17 @@ impl<'a> Parser<'a> {
                 }
                 while self.eat("ON") {
                     self.i += 1; // DELETE / UPDATE
-                    if self.eat_all(&["SET", "NULL"]) || self.eat_all(&["SET", "DEFAULT"]) || self.eat_all(&["NO", "ACTION"]) {
+                    if self.eat_all(&["SET", "NULL"])
+                        || self.eat_all(&["SET", "DEFAULT"])
+                        || self.eat_all(&["NO", "ACTION"])
+                    {
                     } else {
                         self.i += 1;
                     }
                 }
-            } else if self.eat_all(&["WITH", "SYSTEM", "VERSIONING"]) || self.eat_all(&["WITHOUT", "SYSTEM", "VERSIONING"]) {
+            } else if self.eat_all(&["WITH", "SYSTEM", "VERSIONING"])
+                || self.eat_all(&["WITHOUT", "SYSTEM", "VERSIONING"])
+            {
             } else if self.eat("SERIAL") {
                 self.expect("DEFAULT")?;
                 self.expect("VALUE")?;
@@ -1295,7 +1308,11 @@ impl<'a> Parser<'a> {
             let (charset, collation) = self.charset_and_collation()?;
             return Ok(Clause::ConvertCharset { charset, collation });
         }
-        if self.is_word("DEFAULT") || self.is_word("CHARACTER") || self.is_word("CHARSET") || self.is_word("COLLATE") {
+        if self.is_word("DEFAULT")
+            || self.is_word("CHARACTER")
+            || self.is_word("CHARSET")
+            || self.is_word("COLLATE")
+        {
             self.eat("DEFAULT");
             let (charset, collation) = self.charset_and_collation()?;
             return Ok(Clause::DefaultCharset { charset, collation });
@@ -1469,7 +1486,10 @@ impl Context<'_> {
 
     /// The (charset, collation) a text column gets.
     fn text_charset(&self, ty: &TypeSpec) -> (Option<String>, Option<String>) {
-        let mut charset = ty.charset.clone().map(|c| if c == "utf8" { "utf8mb3".into() } else { c });
+        let mut charset = ty
+            .charset
+            .clone()
+            .map(|c| if c == "utf8" { "utf8mb3".into() } else { c });
         let mut collation = ty.collation.clone();
         if let (None, Some(coll)) = (&charset, &collation) {
             charset = self.charset_of(coll);
@@ -1534,11 +1554,19 @@ pub fn column_def(spec: &ColumnSpec, ctx: &Context<'_>) -> Result<ColumnDef, Str
         "float" | "float4" => ColumnType::Float,
         "double" | "real" | "float8" => ColumnType::Double,
         "date" => ColumnType::Date,
-        "time" => ColumnType::Time { fsp: num(0, 0)? as u8 },
-        "datetime" => ColumnType::DateTime { fsp: num(0, 0)? as u8 },
-        "timestamp" => ColumnType::Timestamp { fsp: num(0, 0)? as u8 },
+        "time" => ColumnType::Time {
+            fsp: num(0, 0)? as u8,
+        },
+        "datetime" => ColumnType::DateTime {
+            fsp: num(0, 0)? as u8,
+        },
+        "timestamp" => ColumnType::Timestamp {
+            fsp: num(0, 0)? as u8,
+        },
         "year" => ColumnType::Year,
-        "bit" => ColumnType::Bit { width: num(0, 1)? as u16 },
+        "bit" => ColumnType::Bit {
+            width: num(0, 1)? as u16,
+        },
         "enum" => ColumnType::Enum {
             labels: ty.labels.clone(),
         },
@@ -1664,8 +1692,12 @@ fn fill_of(spec: &ColumnSpec, col: &ColumnDef, ctx: &Context<'_>) -> Fill {
                 micros: 0,
             }),
             ColumnType::Year => Value::Year(0),
-            ColumnType::Char { .. } | ColumnType::VarChar { .. } | ColumnType::Text { .. } => Value::Text(String::new()),
-            ColumnType::Binary { .. } | ColumnType::VarBinary { .. } | ColumnType::Blob { .. } => Value::Bytes(Vec::new()),
+            ColumnType::Char { .. } | ColumnType::VarChar { .. } | ColumnType::Text { .. } => {
+                Value::Text(String::new())
+            }
+            ColumnType::Binary { .. } | ColumnType::VarBinary { .. } | ColumnType::Blob { .. } => {
+                Value::Bytes(Vec::new())
+            }
             ColumnType::Enum { labels } => Value::Enum(labels.first().cloned().unwrap_or_default()),
             ColumnType::Set { .. } => Value::Set(Vec::new()),
             ColumnType::Bit { .. } => Value::Bit(0),
@@ -1679,7 +1711,9 @@ fn fill_of(spec: &ColumnSpec, col: &ColumnDef, ctx: &Context<'_>) -> Fill {
         Some(DefaultSpec::CurrentTimestamp) => match col.ty {
             ColumnType::Timestamp { fsp } => {
                 let unit = 10i64.pow(6 - fsp.min(6) as u32);
-                Ok(Value::Timestamp(ctx.commit_ts_us - ctx.commit_ts_us.rem_euclid(unit)))
+                Ok(Value::Timestamp(
+                    ctx.commit_ts_us - ctx.commit_ts_us.rem_euclid(unit),
+                ))
             }
             _ => Err("CURRENT_TIMESTAMP in the source session's time zone".into()),
         },
@@ -1711,9 +1745,15 @@ fn number(n: &str, ty: &ColumnType) -> Result<Value, String> {
                 return Err(bad());
             }
             let frac = format!("{frac:0<width$}", width = *scale as usize);
-            Value::Decimal(if *scale == 0 { int.to_string() } else { format!("{int}.{frac}") })
+            Value::Decimal(if *scale == 0 {
+                int.to_string()
+            } else {
+                format!("{int}.{frac}")
+            })
         }
-        ColumnType::Char { .. } | ColumnType::VarChar { .. } | ColumnType::Text { .. } => Value::Text(n.to_string()),
+        ColumnType::Char { .. } | ColumnType::VarChar { .. } | ColumnType::Text { .. } => {
+            Value::Text(n.to_string())
+        }
         _ => return Err(bad()),
     })
 }
@@ -1735,7 +1775,9 @@ fn literal(s: &str, ty: &ColumnType) -> Result<Value, String> {
     let clock = |t: &str| -> Result<(u32, u8, u8, u32), String> {
         let (hms, frac) = t.split_once('.').unwrap_or((t, ""));
         let p: Vec<&str> = hms.split(':').collect();
-        let [h, m, sec] = p.as_slice() else { return Err(bad()) };
+        let [h, m, sec] = p.as_slice() else {
+            return Err(bad());
+        };
         let micros = if frac.is_empty() {
             0
         } else {
@@ -1744,12 +1786,17 @@ fn literal(s: &str, ty: &ColumnType) -> Result<Value, String> {
         Ok((digits(h)?, digits(m)? as u8, digits(sec)? as u8, micros))
     };
     Ok(match ty {
-        ColumnType::Char { .. } | ColumnType::VarChar { .. } | ColumnType::Text { .. } => Value::Text(s.to_string()),
+        ColumnType::Char { .. } | ColumnType::VarChar { .. } | ColumnType::Text { .. } => {
+            Value::Text(s.to_string())
+        }
         ColumnType::Binary { .. } | ColumnType::VarBinary { .. } | ColumnType::Blob { .. } => {
             Value::Bytes(s.as_bytes().to_vec())
         }
         ColumnType::Enum { labels } => {
-            let l = labels.iter().find(|l| l.eq_ignore_ascii_case(s)).ok_or_else(bad)?;
+            let l = labels
+                .iter()
+                .find(|l| l.eq_ignore_ascii_case(s))
+                .ok_or_else(bad)?;
             Value::Enum(l.clone())
         }
         ColumnType::Set { labels } => Value::Set(if s.is_empty() {
@@ -1786,7 +1833,9 @@ fn literal(s: &str, ty: &ColumnType) -> Result<Value, String> {
             })
         }
         ColumnType::Timestamp { .. } if s.starts_with("0000-00-00") => Value::Timestamp(0),
-        ColumnType::Timestamp { .. } => return Err("a TIMESTAMP literal is read in the source session's time zone".into()),
+        ColumnType::Timestamp { .. } => {
+            return Err("a TIMESTAMP literal is read in the source session's time zone".into())
+        }
         _ => number(s, ty)?,
     })
 }
@@ -1827,7 +1876,13 @@ fn place(columns: &mut Vec<ColumnDef>, col: ColumnDef, p: &Placement) -> Result<
     let at = match p {
         Placement::Last => columns.len(),
         Placement::First => 0,
-        Placement::After(a) => columns.iter().position(|c| c.name.eq_ignore_ascii_case(a)).ok_or(format!("no column {a}"))? + 1,
+        Placement::After(a) => {
+            columns
+                .iter()
+                .position(|c| c.name.eq_ignore_ascii_case(a))
+                .ok_or(format!("no column {a}"))?
+                + 1
+        }
     };
     columns.insert(at, col);
     Ok(at)
@@ -1946,7 +2001,12 @@ fn add_key(def: &mut Definition, k: &KeySpec, taken: &mut Vec<String>) -> Result
             taken.push(name.clone());
             vec![AlterAction::AddIndex {
                 name,
-                columns: k.columns.iter().map(|c| c.0.clone()).filter(|c| !c.is_empty()).collect(),
+                columns: k
+                    .columns
+                    .iter()
+                    .map(|c| c.0.clone())
+                    .filter(|c| !c.is_empty())
+                    .collect(),
             }]
         }
         KeyKind::Special => vec![AlterAction::Options {
@@ -2010,8 +2070,7 @@ pub fn alter_definition(
                         actions.push(AlterAction::Keys);
                     }
                     actions.insert(
-                        actions.len()
-                            - (spec.primary as usize + spec.unique as usize),
+                        actions.len() - (spec.primary as usize + spec.unique as usize),
                         AlterAction::AddColumn {
                             name: spec.name.clone(),
                             fill,
@@ -2035,7 +2094,11 @@ pub fn alter_definition(
                 actions.push(AlterAction::Keys);
             }
             Clause::DropIndex(n) => {
-                match def.unique_key_names.iter().position(|x| x.eq_ignore_ascii_case(n)) {
+                match def
+                    .unique_key_names
+                    .iter()
+                    .position(|x| x.eq_ignore_ascii_case(n))
+                {
                     Some(i) => {
                         def.schema.unique_keys.remove(i);
                         def.unique_key_names.remove(i);
@@ -2045,7 +2108,11 @@ pub fn alter_definition(
                 }
             }
             Clause::DropForeignKey(_) => actions.push(AlterAction::ForeignKeys),
-            Clause::DropConstraint(n) => match def.unique_key_names.iter().position(|x| x.eq_ignore_ascii_case(n)) {
+            Clause::DropConstraint(n) => match def
+                .unique_key_names
+                .iter()
+                .position(|x| x.eq_ignore_ascii_case(n))
+            {
                 Some(i) => {
                     def.schema.unique_keys.remove(i);
                     def.unique_key_names.remove(i);
@@ -2098,7 +2165,11 @@ pub fn alter_definition(
                 actions.push(AlterAction::RenameColumn { from, to: b.clone() });
             }
             Clause::RenameIndex(a, b) => {
-                if let Some(i) = def.unique_key_names.iter().position(|x| x.eq_ignore_ascii_case(a)) {
+                if let Some(i) = def
+                    .unique_key_names
+                    .iter()
+                    .position(|x| x.eq_ignore_ascii_case(a))
+                {
                     def.unique_key_names[i] = b.clone();
                 }
                 actions.push(AlterAction::RenameIndex {
@@ -2154,14 +2225,13 @@ mod tests {
 
     fn server() -> ServerCharsets {
         let mut s = ServerCharsets::default();
-        let mut id = 1u16;
-        for (name, cs) in [
+        for (id, (name, cs)) in (1u16..).zip([
             ("utf8mb4_general_ci", "utf8mb4"),
             ("utf8mb4_bin", "utf8mb4"),
             ("latin1_swedish_ci", "latin1"),
             ("latin1_bin", "latin1"),
             ("utf8mb3_general_ci", "utf8mb3"),
-        ] {
+        ]) {
             s.collations.insert(
                 id,
                 super::super::binlog_table::CollationInfo {
@@ -2169,7 +2239,6 @@ mod tests {
                     charset: cs.into(),
                 },
             );
-            id += 1;
         }
         s.max_len = HashMap::from([("utf8mb4".into(), 4), ("latin1".into(), 1), ("utf8mb3".into(), 3)]);
         s.default_collation = HashMap::from([
@@ -2220,7 +2289,10 @@ mod tests {
              ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
         );
         let s = &d.schema;
-        assert_eq!(names(&d), ["id", "name", "note", "price", "e", "j", "created", "b", "flag"]);
+        assert_eq!(
+            names(&d),
+            ["id", "name", "note", "price", "e", "j", "created", "b", "flag"]
+        );
         assert_eq!(s.primary_key, [0]);
         assert_eq!(s.unique_keys, [vec![1]]);
         assert_eq!(d.unique_key_names, ["uk_name"]);
@@ -2236,7 +2308,13 @@ mod tests {
         assert_eq!(s.columns[1].collation.as_deref(), Some("latin1_bin"));
         assert_eq!(s.columns[2].ty, ColumnType::Text { max_bytes: 65_535 });
         assert_eq!(s.columns[2].collation.as_deref(), Some("utf8mb4_general_ci"));
-        assert_eq!(s.columns[3].ty, ColumnType::Decimal { precision: 10, scale: 2 });
+        assert_eq!(
+            s.columns[3].ty,
+            ColumnType::Decimal {
+                precision: 10,
+                scale: 2
+            }
+        );
         assert_eq!(
             s.columns[4].ty,
             ColumnType::Enum {
@@ -2293,13 +2371,25 @@ mod tests {
             name: "ic".into(),
             columns: vec!["c".into()]
         }));
-        assert_eq!(actions.iter().filter(|a| matches!(a, A::Options { .. })).count(), 3);
+        assert_eq!(
+            actions.iter().filter(|a| matches!(a, A::Options { .. })).count(),
+            3
+        );
         assert!(!actions.iter().any(|a| matches!(a, A::Unsupported { .. })));
         // Partitioning and fills by expression are named as untranslatable.
-        let (_, actions) = alter(&d2, "ALTER TABLE t ADD PARTITION (PARTITION p3 VALUES LESS THAN (30))");
+        let (_, actions) = alter(
+            &d2,
+            "ALTER TABLE t ADD PARTITION (PARTITION p3 VALUES LESS THAN (30))",
+        );
         assert!(matches!(&actions[0], A::Unsupported { clause } if clause.contains("PARTITION")));
         let (_, actions) = alter(&d2, "ALTER TABLE t ADD u CHAR(36) NOT NULL DEFAULT (UUID())");
-        assert!(matches!(&actions[0], A::AddColumn { fill: Fill::Unknown(_), .. }));
+        assert!(matches!(
+            &actions[0],
+            A::AddColumn {
+                fill: Fill::Unknown(_),
+                ..
+            }
+        ));
         // Dropping the primary key; a key over a prefix is not a UNIQUE key here.
         let (d3, _) = alter(&d2, "ALTER TABLE t DROP PRIMARY KEY, ADD UNIQUE (b2(5))");
         assert!(d3.schema.primary_key.is_empty() || d3.schema.primary_key == [2]);
@@ -2331,7 +2421,13 @@ mod tests {
 
     #[test]
     fn statements_and_rewriting() {
-        let map = |db: &str| if db == "app" { "replica_app".to_string() } else { db.to_string() };
+        let map = |db: &str| {
+            if db == "app" {
+                "replica_app".to_string()
+            } else {
+                db.to_string()
+            }
+        };
         assert_eq!(
             rewrite("ALTER TABLE t /* c */ ADD c INT, RENAME TO `app`.u", "app", &map).unwrap(),
             "ALTER TABLE `replica_app`.`t` /* c */ ADD c INT, RENAME TO `replica_app`.`u`"
@@ -2341,7 +2437,12 @@ mod tests {
             "CREATE TABLE `x`.`t` LIKE `replica_app`.`s`"
         );
         assert_eq!(
-            rewrite("create database if not exists app character set utf8mb4", "", &map).unwrap(),
+            rewrite(
+                "create database if not exists app character set utf8mb4",
+                "",
+                &map
+            )
+            .unwrap(),
             "create database if not exists `replica_app` character set utf8mb4"
         );
         assert!(matches!(
@@ -2352,8 +2453,14 @@ mod tests {
             parse("DROP TABLE IF EXISTS a, `b` /* generated by server */").unwrap(),
             Statement::Drop { tables } if tables.len() == 2
         ));
-        assert!(matches!(parse("CREATE VIEW v AS SELECT 1").unwrap(), Statement::Other));
-        assert!(matches!(parse("CREATE TEMPORARY TABLE t (a INT)").unwrap(), Statement::Other));
+        assert!(matches!(
+            parse("CREATE VIEW v AS SELECT 1").unwrap(),
+            Statement::Other
+        ));
+        assert!(matches!(
+            parse("CREATE TEMPORARY TABLE t (a INT)").unwrap(),
+            Statement::Other
+        ));
         assert!(matches!(
             parse("CREATE UNIQUE INDEX i ON t (a)").unwrap(),
             Statement::Alter { clauses, .. } if matches!(&clauses[0], Clause::AddKey(k) if k.kind == KeyKind::Unique)

@@ -37,7 +37,8 @@
 use super::binlog_table::{schema_from_facts, ServerCharsets};
 use super::binlog_values::Charset;
 use super::capture::{
-    read_foreign_keys, read_server_info, read_table_facts, with_foreign_keys, MysqlCaptureError, MysqlSourceConfig,
+    read_foreign_keys, read_server_info, read_table_facts, with_foreign_keys, MysqlCaptureError,
+    MysqlSourceConfig,
 };
 use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
@@ -84,10 +85,9 @@ impl MysqlSnapshots {
     }
 
     async fn connect(&self) -> Result<Conn, MysqlCaptureError> {
-        let mut conn = Conn::new(self.opts.clone()).await.map_err(driver(format!(
-            "connecting to {} for a snapshot",
-            self.redacted
-        )))?;
+        let mut conn = Conn::new(self.opts.clone())
+            .await
+            .map_err(driver(format!("connecting to {} for a snapshot", self.redacted)))?;
         for s in SESSION {
             conn.query_drop(*s)
                 .await
@@ -208,7 +208,10 @@ impl MysqlChunkReader {
 
     /// The table's definition as the catalog shows it now, built as capture
     /// builds it from the stream.
-    async fn definition(&mut self, table: &TableId) -> Result<(TableSchema, Option<String>), MysqlCaptureError> {
+    async fn definition(
+        &mut self,
+        table: &TableId,
+    ) -> Result<(TableSchema, Option<String>), MysqlCaptureError> {
         let filter = self.filter.clone();
         let charsets = self.charsets.clone();
         let conn = self.conn()?;
@@ -222,10 +225,16 @@ impl MysqlChunkReader {
                 message: "the table does not exist (any more)".into(),
             });
         }
-        let fks = read_foreign_keys(conn, &filter).await.map_err(driver(ctx.clone()))?;
+        let fks = read_foreign_keys(conn, &filter)
+            .await
+            .map_err(driver(ctx.clone()))?;
         let facts = with_foreign_keys(facts, &fks, table);
         let create: Option<mysql_async::Row> = conn
-            .query_first(format!("SHOW CREATE TABLE {}.{}", quote(&table.schema), quote(&table.name)))
+            .query_first(format!(
+                "SHOW CREATE TABLE {}.{}",
+                quote(&table.schema),
+                quote(&table.name)
+            ))
             .await
             .map_err(driver(ctx))?;
         let create = create.and_then(|r| r.as_ref(1).and_then(text));
@@ -250,7 +259,12 @@ impl ChunkReader for MysqlChunkReader {
                 .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
                 .await
                 .map_err(driver("reading binlog_snapshot_file/position"))?;
-            let get = |n: &str| status.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+            let get = |n: &str| {
+                status
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                    .map(|(_, v)| v.clone())
+            };
             let (Some(file), Some(offset)) = (
                 get("binlog_snapshot_file").filter(|f| !f.is_empty()),
                 get("binlog_snapshot_position").and_then(|p| p.parse::<u64>().ok()),
@@ -300,7 +314,11 @@ impl ChunkReader for MysqlChunkReader {
                 .collect();
             let select = format!(
                 "SELECT {} FROM {}.{}",
-                columns.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", "),
+                columns
+                    .iter()
+                    .map(|c| quote(&c.name))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 quote(&table.schema),
                 quote(&table.name)
             );
@@ -348,11 +366,13 @@ impl ChunkReader for MysqlChunkReader {
                 ors.push(format!("({})", ands.join(" AND ")));
                 for (j, v) in after.iter().enumerate().take(i + 1) {
                     let col = &view.schema.columns[view.key[j]];
-                    params.push(super::apply_sql::to_param(v, col).map_err(|message| MysqlCaptureError::Decode {
-                        table: view.table.to_string(),
-                        column: col.name.clone(),
-                        position: "snapshot key".into(),
-                        message,
+                    params.push(super::apply_sql::to_param(v, col).map_err(|message| {
+                        MysqlCaptureError::Decode {
+                            table: view.table.to_string(),
+                            column: col.name.clone(),
+                            position: "snapshot key".into(),
+                            message,
+                        }
                     })?);
                 }
             }
@@ -377,7 +397,10 @@ impl ChunkReader for MysqlChunkReader {
         }
         if self.view.take().is_some() {
             match self.conn.as_mut() {
-                Some(c) => c.query_drop("COMMIT").await.map_err(driver("ending a snapshot read"))?,
+                Some(c) => c
+                    .query_drop("COMMIT")
+                    .await
+                    .map_err(driver("ending a snapshot read"))?,
                 None => return Err(MysqlCaptureError::StreamEnded),
             }
         }
@@ -541,7 +564,9 @@ fn to_value(v: mysql_async::Value, c: &ColumnReader) -> Result<Value, String> {
             M::Date(0, 0, 0, 0, 0, 0, 0) => Value::Timestamp(0),
             M::Date(y, mo, d, h, mi, s, us) => {
                 let days = days_from_civil(y as i64, mo, d);
-                Value::Timestamp(((days * 86_400 + h as i64 * 3600 + mi as i64 * 60 + s as i64) * 1_000_000) + us as i64)
+                Value::Timestamp(
+                    ((days * 86_400 + h as i64 * 3600 + mi as i64 * 60 + s as i64) * 1_000_000) + us as i64,
+                )
             }
             other => return Err(unexpected(&other)),
         },
@@ -575,8 +600,15 @@ fn to_value(v: mysql_async::Value, c: &ColumnReader) -> Result<Value, String> {
             Charset::Binary => Value::Bytes(bytes(v, c)?),
             cs => Value::Text(cs.decode(&bytes(v, c)?).map_err(|e| e.0)?),
         },
-        ColumnType::Binary { .. } | ColumnType::VarBinary { .. } | ColumnType::Blob { .. } => Value::Bytes(bytes(v, c)?),
-        ColumnType::Uuid | ColumnType::Other { .. } => {
+        ColumnType::Binary { .. } | ColumnType::VarBinary { .. } | ColumnType::Blob { .. } => {
+            Value::Bytes(bytes(v, c)?)
+        }
+        // (PostgreSQL-source types never occur in a MySQL table.)
+        ColumnType::Uuid
+        | ColumnType::Other { .. }
+        | ColumnType::Numeric
+        | ColumnType::TimestampTz { .. }
+        | ColumnType::Interval => {
             return Err(format!("type {:?} cannot be copied", c.ty));
         }
     })

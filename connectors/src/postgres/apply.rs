@@ -638,7 +638,9 @@ impl PostgresSink {
             match &ev.op {
                 pipeline::Op::Snapshot(m) => {
                     if m.phase.recreates() {
-                        self.recreate(&ev.table).await.map_err(|e| e.in_table(&ev.table.id))?;
+                        self.recreate(&ev.table)
+                            .await
+                            .map_err(|e| e.in_table(&ev.table.id))?;
                     }
                     continue;
                 }
@@ -672,7 +674,10 @@ impl PostgresSink {
         let client = &self.conn.as_ref().expect("connected").client;
         ddl(
             client,
-            &format!("DROP TABLE IF EXISTS {}", sql::quote_table(&target).map_err(table_err)?),
+            &format!(
+                "DROP TABLE IF EXISTS {}",
+                sql::quote_table(&target).map_err(table_err)?
+            ),
             &format!("dropping {target} to reload it"),
         )
         .await?;
@@ -985,12 +990,16 @@ impl PostgresSink {
     /// Executes one step of a plan inside the open transaction.
     async fn run_step(&self, conn: &mut Connection, step: &batch::Step<'_>, skip: &Skip<'_>) -> Result<()> {
         match &step.action {
-            Action::Snapshot { seq, mark } => return self.record_snapshot(conn, step.table, *seq, mark).await,
+            Action::Snapshot { seq, mark } => {
+                return self.record_snapshot(conn, step.table, *seq, mark).await
+            }
             Action::Ddl { change, .. } => {
-                let renamed = self.renamed(step.table).map_err(|message| PostgresApplyError::Table {
-                    table: step.table.id.to_string(),
-                    message,
-                })?;
+                let renamed = self
+                    .renamed(step.table)
+                    .map_err(|message| PostgresApplyError::Table {
+                        table: step.table.id.to_string(),
+                        message,
+                    })?;
                 return super::ddl::apply(
                     &conn.client,
                     &self.config,
@@ -1115,14 +1124,21 @@ impl PostgresSink {
     /// none of their keys is there yet (a table reloaded from its first
     /// chunk), else through a temporary table and an upsert (changes
     /// applied since the first chunk may have put some keys there).
-    async fn load(&self, conn: &mut Connection, table: &TableSchema, t: &TableSql, rows: &[&Row]) -> Result<()> {
+    async fn load(
+        &self,
+        conn: &mut Connection,
+        table: &TableSchema,
+        t: &TableSql,
+        rows: &[&Row],
+    ) -> Result<()> {
         let mut data = Vec::with_capacity(rows.len() * 64);
         for row in rows {
             for (i, (col, v)) in table.columns.iter().zip(row.iter()).enumerate() {
                 if i > 0 {
                     data.push(b'\t');
                 }
-                let text = sql::to_text(v, col, self.config.zero_dates).map_err(Self::value_err(&t.target_text, &col.name))?;
+                let text = sql::to_text(v, col, self.config.zero_dates)
+                    .map_err(Self::value_err(&t.target_text, &col.name))?;
                 sql::push_copy_field(&mut data, text.as_deref());
             }
             data.push(b'\n');
@@ -1131,7 +1147,9 @@ impl PostgresSink {
         let copy = format!("COPY {} ({}) FROM STDIN", t.target_text, s.columns);
         let context = || format!("loading snapshot rows into {}", t.target_text);
         if !table.has_primary_key() {
-            return copy_in(&conn.client, &copy, &data).await.map_err(driver(context()));
+            return copy_in(&conn.client, &copy, &data)
+                .await
+                .map_err(driver(context()));
         }
         conn.client
             .batch_execute("SAVEPOINT dbmux_load")
@@ -1160,9 +1178,13 @@ impl PostgresSink {
                     ))
                     .await
                     .map_err(driver(context()))?;
-                copy_in(&conn.client, &format!("COPY {stage} ({}) FROM STDIN", s.columns), &data)
-                    .await
-                    .map_err(driver(context()))?;
+                copy_in(
+                    &conn.client,
+                    &format!("COPY {stage} ({}) FROM STDIN", s.columns),
+                    &data,
+                )
+                .await
+                .map_err(driver(context()))?;
                 conn.client
                     .batch_execute(&format!(
                         "INSERT INTO {} ({cols}) SELECT {cols} FROM {stage}{}",
@@ -1190,7 +1212,9 @@ impl PostgresSink {
         let id = &table.id;
         let c = &conn.client;
         let ctx = || driver(format!("recording the snapshot of {id}"));
-        let delete = |t: &str| format!("DELETE FROM {t} WHERE consumer = $1 AND table_schema = $2 AND table_name = $3");
+        let delete = |t: &str| {
+            format!("DELETE FROM {t} WHERE consumer = $1 AND table_schema = $2 AND table_name = $3")
+        };
         match &mark.phase {
             SnapshotPhase::Begin { .. } => {
                 c.execute(
@@ -1206,9 +1230,12 @@ impl PostgresSink {
             }
             SnapshotPhase::Chunk { .. } => {
                 if mark.phase.recreates() {
-                    c.execute(&delete(&self.quarantine_table), &[&self.name, &id.schema, &id.name])
-                        .await
-                        .map_err(ctx())?;
+                    c.execute(
+                        &delete(&self.quarantine_table),
+                        &[&self.name, &id.schema, &id.name],
+                    )
+                    .await
+                    .map_err(ctx())?;
                 }
                 if mark.phase.ends_pending() {
                     c.execute(&delete(&self.snapshot_table), &[&self.name, &id.schema, &id.name])
@@ -1241,7 +1268,9 @@ impl PostgresSink {
     async fn after_ddl(&self, conn: &Connection, txn: &Transaction, skip: &HashSet<TableId>) -> Result<()> {
         use pipeline::ddl::DdlKind;
         for ev in &txn.events {
-            let pipeline::Op::Ddl(change) = &ev.op else { continue };
+            let pipeline::Op::Ddl(change) = &ev.op else {
+                continue;
+            };
             if skip.contains(&ev.table.id) {
                 continue;
             }
@@ -1349,7 +1378,11 @@ async fn read_columns(
 }
 
 /// `COPY … FROM STDIN` of `data` (text format).
-async fn copy_in(client: &Client, statement: &str, data: &[u8]) -> std::result::Result<(), tokio_postgres::Error> {
+async fn copy_in(
+    client: &Client,
+    statement: &str,
+    data: &[u8],
+) -> std::result::Result<(), tokio_postgres::Error> {
     use futures_util::SinkExt;
     let sink = client.copy_in(statement).await?;
     futures_util::pin_mut!(sink);
@@ -1526,9 +1559,14 @@ impl Sink for PostgresSink {
         }
         let r = async {
             let c = &self.conn.as_ref().expect("connected").client;
-            c.batch_execute("BEGIN").await.map_err(driver("starting a transaction"))?;
+            c.batch_execute("BEGIN")
+                .await
+                .map_err(driver("starting a transaction"))?;
             c.execute(
-                &format!("SELECT seq FROM {} WHERE consumer = $1 FOR UPDATE", self.offsets_table),
+                &format!(
+                    "SELECT seq FROM {} WHERE consumer = $1 FOR UPDATE",
+                    self.offsets_table
+                ),
                 &[&self.name],
             )
             .await

@@ -152,12 +152,16 @@ pub fn column_type_sql(col: &ColumnDef) -> Result<(String, Option<String>), Stri
             other => return Err(format!("integer width of {other} bytes")),
         },
         ColumnType::Decimal { precision, scale } => (format!("numeric({precision},{scale})"), None),
+        ColumnType::Numeric => ("numeric".into(), None),
         ColumnType::Float => ("real".into(), None),
         ColumnType::Double => ("double precision".into(), None),
         ColumnType::Date => ("date".into(), None),
         ColumnType::Time { .. } => ("interval".into(), None),
         ColumnType::DateTime { fsp } => (format!("timestamp({fsp}) without time zone"), None),
-        ColumnType::Timestamp { fsp } => (format!("timestamp({fsp}) with time zone"), None),
+        ColumnType::Timestamp { fsp } | ColumnType::TimestampTz { fsp } => {
+            (format!("timestamp({fsp}) with time zone"), None)
+        }
+        ColumnType::Interval => ("interval".into(), None),
         ColumnType::Year => ("smallint".into(), None),
         ColumnType::Char { length } | ColumnType::VarChar { length } => {
             (format!("varchar({length}){}", text_collation(col)), None)
@@ -426,7 +430,10 @@ pub fn to_text(v: &Value, col: &ColumnDef, zero: ZeroDates) -> Result<Option<Str
         Value::Date(d) => Some(d.to_string()),
         Value::DateTime(dt) if dt.date.month == 0 || dt.date.day == 0 => return zero_date("datetime"),
         Value::DateTime(dt) => Some(dt.to_string()),
-        Value::Timestamp(0) => return zero_date("timestamp"),
+        // 0 is MySQL's zero TIMESTAMP, but an ordinary instant in a `TimestampTz` column.
+        Value::Timestamp(0) if !matches!(col.ty, ColumnType::TimestampTz { .. }) => {
+            return zero_date("timestamp")
+        }
         Value::Timestamp(us) => Some(format!("{}+00", format_timestamp_utc(*us))),
         Value::Time(t) => Some(t.to_string()),
         Value::Year(y) => Some(y.to_string()),

@@ -57,7 +57,9 @@ async fn exec(client: &Client, statement: &str) -> Result<(), DdlError> {
         if super::apply::classify_driver(&e) == pipeline::retry::ErrorClass::Transient {
             return DdlError::Transient(e);
         }
-        let detail = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string());
+        let detail = e
+            .as_db_error()
+            .map_or_else(|| e.to_string(), |d| d.message().to_string());
         DdlError::Refused(format!("PostgreSQL refused `{statement}`: {detail}"))
     })
 }
@@ -113,7 +115,11 @@ pub fn create_statements(
 
 /// An index on every foreign key's columns (the applier finds the rows a
 /// cascade reaches by them).
-fn fk_index_statements(target: &TableId, source: &TableSchema, config: &PostgresSinkConfig) -> Result<Vec<String>, String> {
+fn fk_index_statements(
+    target: &TableId,
+    source: &TableSchema,
+    config: &PostgresSinkConfig,
+) -> Result<Vec<String>, String> {
     source
         .foreign_keys
         .iter()
@@ -185,7 +191,11 @@ pub async fn apply(
         DdlKind::RenameTable { from } => rename(client, config, from, &target).await?,
         DdlKind::CreateDatabase => {
             let schema = sql::pg_name(config.target_schema(&source.id.schema));
-            exec(client, &format!("CREATE SCHEMA IF NOT EXISTS {}", sql::quote_ident(&schema)?)).await?;
+            exec(
+                client,
+                &format!("CREATE SCHEMA IF NOT EXISTS {}", sql::quote_ident(&schema)?),
+            )
+            .await?;
         }
         DdlKind::DropDatabase => {
             if config.schema.is_some() {
@@ -198,9 +208,16 @@ pub async fn apply(
             }
             let schema = sql::pg_name(&source.id.schema);
             if schema == config.offsets_schema {
-                return Err(format!("schema {schema} holds dbmux's own tables on this replica; it is not dropped").into());
+                return Err(format!(
+                    "schema {schema} holds dbmux's own tables on this replica; it is not dropped"
+                )
+                .into());
             }
-            exec(client, &format!("DROP SCHEMA IF EXISTS {} CASCADE", sql::quote_ident(&schema)?)).await?;
+            exec(
+                client,
+                &format!("DROP SCHEMA IF EXISTS {} CASCADE", sql::quote_ident(&schema)?),
+            )
+            .await?;
         }
         DdlKind::Unknown { reason } => return Err(reason.clone().into()),
         DdlKind::AlterTable { actions } => {
@@ -210,14 +227,23 @@ pub async fn apply(
     Ok(())
 }
 
-async fn rename(client: &Client, config: &PostgresSinkConfig, from: &TableId, to: &TableId) -> Result<(), DdlError> {
+async fn rename(
+    client: &Client,
+    config: &PostgresSinkConfig,
+    from: &TableId,
+    to: &TableId,
+) -> Result<(), DdlError> {
     let from = config.target_table(from);
     if from == *to {
         return Ok(());
     }
     let mut current = from.clone();
     if from.schema != to.schema {
-        exec(client, &format!("CREATE SCHEMA IF NOT EXISTS {}", sql::quote_ident(&to.schema)?)).await?;
+        exec(
+            client,
+            &format!("CREATE SCHEMA IF NOT EXISTS {}", sql::quote_ident(&to.schema)?),
+        )
+        .await?;
         exec(
             client,
             &format!(
@@ -278,13 +304,20 @@ async fn alter(
                 )
                 .await?;
                 if fill.is_some() {
-                    exec(client, &format!("ALTER TABLE {table} ALTER COLUMN {q} DROP DEFAULT")).await?;
+                    exec(
+                        client,
+                        &format!("ALTER TABLE {table} ALTER COLUMN {q} DROP DEFAULT"),
+                    )
+                    .await?;
                 }
             }
             AlterAction::DropColumn { name } => {
                 exec(
                     client,
-                    &format!("ALTER TABLE {table} DROP COLUMN IF EXISTS {}", sql::quote_ident(&col_name(name))?),
+                    &format!(
+                        "ALTER TABLE {table} DROP COLUMN IF EXISTS {}",
+                        sql::quote_ident(&col_name(name))?
+                    ),
                 )
                 .await?;
                 keys = true;
@@ -395,12 +428,24 @@ async fn modify(client: &Client, target: &TableId, table: &str, col: &ColumnDef)
         .map_err(db)?;
     for r in checks {
         let name: String = r.get(0);
-        exec(client, &format!("ALTER TABLE {table} DROP CONSTRAINT {}", sql::quote_ident(&name)?)).await?;
+        exec(
+            client,
+            &format!("ALTER TABLE {table} DROP CONSTRAINT {}", sql::quote_ident(&name)?),
+        )
+        .await?;
     }
     // The type without its COLLATE clause, for the cast.
     let cast = ty.split(" COLLATE").next().unwrap_or(&ty).to_string();
-    exec(client, &format!("ALTER TABLE {table} ALTER COLUMN {q} TYPE {ty} USING {q}::{cast}")).await?;
-    let null = if col.nullable { "DROP NOT NULL" } else { "SET NOT NULL" };
+    exec(
+        client,
+        &format!("ALTER TABLE {table} ALTER COLUMN {q} TYPE {ty} USING {q}::{cast}"),
+    )
+    .await?;
+    let null = if col.nullable {
+        "DROP NOT NULL"
+    } else {
+        "SET NOT NULL"
+    };
     exec(client, &format!("ALTER TABLE {table} ALTER COLUMN {q} {null}")).await?;
     if let Some(c) = check {
         exec(client, &format!("ALTER TABLE {table} ADD CHECK ({c})")).await?;
@@ -409,7 +454,12 @@ async fn modify(client: &Client, target: &TableId, table: &str, col: &ColumnDef)
 }
 
 /// The replica's primary key and UNIQUE keys made equal to `renamed`'s.
-async fn reconcile_keys(client: &Client, target: &TableId, table: &str, renamed: &TableSchema) -> Result<(), DdlError> {
+async fn reconcile_keys(
+    client: &Client,
+    target: &TableId,
+    table: &str,
+    renamed: &TableSchema,
+) -> Result<(), DdlError> {
     // Every unique index of the table: name, constraint (if one owns it),
     // primary or not, its columns in order.
     let rows = client
@@ -448,16 +498,38 @@ async fn reconcile_keys(client: &Client, target: &TableId, table: &str, renamed:
             continue;
         }
         match constraint {
-            Some(c) => exec(client, &format!("ALTER TABLE {table} DROP CONSTRAINT {}", sql::quote_ident(&c)?)).await?,
-            None => exec(client, &format!("DROP INDEX {schema}.{}", sql::quote_ident(&index)?)).await?,
+            Some(c) => {
+                exec(
+                    client,
+                    &format!("ALTER TABLE {table} DROP CONSTRAINT {}", sql::quote_ident(&c)?),
+                )
+                .await?
+            }
+            None => {
+                exec(
+                    client,
+                    &format!("DROP INDEX {schema}.{}", sql::quote_ident(&index)?),
+                )
+                .await?
+            }
         }
     }
     if !have_pk && !want_pk.is_empty() {
-        let cols = want_pk.iter().map(|c| sql::quote_ident(c)).collect::<Result<Vec<_>, _>>()?;
-        exec(client, &format!("ALTER TABLE {table} ADD PRIMARY KEY ({})", cols.join(", "))).await?;
+        let cols = want_pk
+            .iter()
+            .map(|c| sql::quote_ident(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        exec(
+            client,
+            &format!("ALTER TABLE {table} ADD PRIMARY KEY ({})", cols.join(", ")),
+        )
+        .await?;
     }
     for k in want_unique.iter().filter(|k| !have_unique.contains(k)) {
-        let cols = k.iter().map(|c| sql::quote_ident(c)).collect::<Result<Vec<_>, _>>()?;
+        let cols = k
+            .iter()
+            .map(|c| sql::quote_ident(c))
+            .collect::<Result<Vec<_>, _>>()?;
         exec(
             client,
             &format!(

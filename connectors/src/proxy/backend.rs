@@ -25,7 +25,7 @@ use super::handshake::{
 };
 use super::packet::{
     eof_status, get_lenenc_bytes, get_lenenc_int, get_null_str, ok_status, parse_err, ErrPacket, Frame,
-    PacketIo, MAX_FRAME, STATUS_MORE_RESULTS,
+    PacketIo, HEADER_LEN, MAX_FRAME, STATUS_MORE_RESULTS,
 };
 use bytes::{BufMut, BytesMut};
 use std::collections::HashMap;
@@ -54,6 +54,36 @@ pub enum BackendError {
     /// fine, the client went away.
     #[error("client write: {0}")]
     Client(std::io::Error),
+    /// The health check found the backend frozen (pings unanswered) while
+    /// this connection waited for it.
+    #[error("backend stopped answering (health check timed out)")]
+    Frozen,
+}
+
+/// Login errors that say the backend refuses the proxy's account or is
+/// full: every session would get them. Any other error at login is about
+/// what this session asked for (a character set the server refuses as a
+/// client character set, …) and is that session's alone.
+const BACKEND_LOGIN_CODES: &[u16] = &[
+    1040, 1043, 1045, 1129, 1130, 1203, 1226, 1251, 1275, 1698, 1862, 4151,
+];
+
+impl BackendError {
+    /// True when the backend itself is unusable for everyone: it refuses
+    /// connections or the proxy's account, it is going away, it stopped
+    /// answering. False for failures one session can cause on its own
+    /// connection (a setting the server refuses, a connection the server
+    /// closed because of what the session sent or how slowly its client
+    /// read, the client leaving) and for running out of file descriptors.
+    pub fn is_backend_down(&self) -> bool {
+        match self {
+            BackendError::Io(e) => !matches!(e.raw_os_error(), Some(23 | 24)),
+            BackendError::Timeout(_) | BackendError::Gone(_) | BackendError::Frozen => true,
+            BackendError::Protocol(_) => true,
+            BackendError::Login(e) => BACKEND_LOGIN_CODES.contains(&e.code),
+            BackendError::Client(_) => false,
+        }
+    }
 }
 
 fn proto(msg: impl Into<String>) -> BackendError {
@@ -69,6 +99,9 @@ pub struct PoolKey {
     /// The client's [`super::handshake::SESSION_CAPABILITIES`] bits.
     pub caps: u32,
     pub collation: u8,
+    /// Which backend account the connection logs in with: 0 is the one of
+    /// the backend URL, `i` the `i`-th of the pool's per-user accounts.
+    pub account: u16,
 }
 
 /// What kind of response a command gets, so the relay knows where it ends.
@@ -118,6 +151,14 @@ pub struct BackendConn {
     pub epoch: u64,
     /// Status flags of the login OK (e.g. a global NO_BACKSLASH_ESCAPES).
     pub login_status: u16,
+    /// The backend account this connection logged in with, and the proxy
+    /// user whose name replaces it in error messages relayed to a client
+    /// (`… denied to user 'dbmux'@'10.0.0.5'` names neither the backend
+    /// account nor its host to clients).
+    pub account: std::sync::Arc<str>,
+    pub mask_as: Option<std::sync::Arc<str>>,
+    /// `SET SESSION TRANSACTION READ ONLY` ran on it (replica connections).
+    pub read_only: bool,
     /// Counts this connection in its pool's open connections until dropped.
     pub open: Option<OpenGuard>,
 }
@@ -131,6 +172,17 @@ impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// Frames at least this big are streamed to the client in chunks instead of
+/// being read whole, so a huge row costs the proxy a chunk of memory, not its
+/// size.
+const STREAM_FRAME_AT: usize = 256 * 1024;
+
+/// A frame read whole, or the length and first byte of one already streamed.
+enum Next {
+    Whole(Frame),
+    Streamed { len: usize },
 }
 
 /// Idle time after which [`BackendConn::is_stale`] probes the socket.
@@ -269,6 +321,9 @@ impl BackendConn {
             last_used: std::time::Instant::now(),
             epoch: 0,
             login_status,
+            account: addr.user.as_str().into(),
+            mask_as: None,
+            read_only: false,
             open: None,
         })
     }
@@ -398,11 +453,77 @@ impl BackendConn {
         Ok(self.io.read_frame().await?)
     }
 
+    /// The next frame, read whole; or, when it is [`STREAM_FRAME_AT`] bytes
+    /// or more and not one the relay must look into (OK, ERR, EOF), passed
+    /// to `out` (or dropped) in chunks as it arrives.
+    async fn next_or_stream<W: AsyncWrite + tokio::io::AsyncRead + Unpin>(
+        &mut self,
+        out: &mut Option<&mut PacketIo<W>>,
+        flushed: &mut bool,
+    ) -> Result<Next, BackendError> {
+        loop {
+            let buf = &self.io.rbuf;
+            if buf.len() > HEADER_LEN {
+                let len = buf[0] as usize | (buf[1] as usize) << 8 | (buf[2] as usize) << 16;
+                let head = buf[HEADER_LEN];
+                let whole = buf.len() >= HEADER_LEN + len;
+                let inspect = matches!(head, 0x00 | 0xFF) || (head == 0xFE && len < MAX_FRAME);
+                if whole || len < STREAM_FRAME_AT || inspect {
+                    return Ok(Next::Whole(self.next_frame().await?));
+                }
+                let mut left = HEADER_LEN + len;
+                loop {
+                    let n = left.min(self.io.rbuf.len());
+                    let chunk = self.io.rbuf.split_to(n);
+                    left -= n;
+                    if let Some(o) = out.as_deref_mut() {
+                        o.wbuf.extend_from_slice(&chunk);
+                        if o.wbuf.len() >= CLIENT_FLUSH_AT {
+                            o.flush().await.map_err(BackendError::Client)?;
+                            *flushed = true;
+                        }
+                    }
+                    if left == 0 {
+                        return Ok(Next::Streamed { len });
+                    }
+                    if !self.io.fill_some().await? {
+                        return Err(BackendError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                }
+            }
+            if !self.io.fill_some().await? {
+                return Err(BackendError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// An ERR frame with the backend account replaced by the client's user
+    /// name, or `None` when the message does not name the account.
+    fn masked_err(&self, f: &Frame) -> Option<BytesMut> {
+        let client = self.mask_as.as_deref()?;
+        let p = f.payload();
+        let e = parse_err(p)?;
+        let needle = format!("'{}'@'", self.account);
+        let at = e.message.find(&needle)?;
+        let host_end = e.message[at + needle.len()..].find('\'')? + at + needle.len() + 1;
+        let msg = format!("{}'{client}'@'%'{}", &e.message[..at], &e.message[host_end..]);
+        let state = if p.get(3) == Some(&b'#') && p.len() >= 9 {
+            String::from_utf8_lossy(&p[4..9]).into_owned()
+        } else {
+            "HY000".to_string()
+        };
+        let mut out = BytesMut::new();
+        super::packet::put_packet(&mut out, f.seq, &super::packet::err_payload(e.code, &state, &msg));
+        Some(out)
+    }
+
     /// Reads one whole response of kind `reply`, appending its frames
     /// untouched to `out` (the client) when given. `rewrite_stmt_id` replaces
     /// the statement id of a prepare OK. A first packet that is a "going
     /// away" error is not forwarded and returns [`BackendError::Gone`], so
-    /// the caller can retry elsewhere.
+    /// the caller can retry elsewhere. Error messages naming the backend
+    /// account are rewritten (see [`BackendConn::mask_as`]); rows of
+    /// [`STREAM_FRAME_AT`] bytes or more are streamed through in chunks.
     pub async fn relay<W: AsyncWrite + tokio::io::AsyncRead + Unpin>(
         &mut self,
         reply: Reply,
@@ -426,15 +547,45 @@ impl BackendConn {
                 }
             };
         }
+        // Forwards an ERR frame, masking the backend account.
+        macro_rules! fwd_err {
+            ($f:expr) => {
+                match self.masked_err(&$f) {
+                    Some(m) => {
+                        if let Some(o) = out.as_deref_mut() {
+                            o.wbuf.extend_from_slice(&m);
+                        }
+                    }
+                    None => fwd!($f),
+                }
+            };
+        }
         // Forwards the rest of a logical packet whose first frame was `f`.
         macro_rules! fwd_rest {
-            ($f:expr) => {{
-                let mut cont = $f.continues();
+            ($cont:expr) => {{
+                let mut cont = $cont;
                 while cont {
-                    let g = self.next_frame().await?;
-                    cont = g.continues();
-                    fwd!(g);
+                    cont = match self.next_or_stream(&mut out, &mut sum.flushed).await? {
+                        Next::Whole(g) => {
+                            fwd!(g);
+                            g.continues()
+                        }
+                        Next::Streamed { len } => len == MAX_FRAME,
+                    };
                 }
+            }};
+        }
+        // Forwards one whole logical packet of no interest (a definition).
+        macro_rules! fwd_packet {
+            () => {{
+                let cont = match self.next_or_stream(&mut out, &mut sum.flushed).await? {
+                    Next::Whole(g) => {
+                        fwd!(g);
+                        g.continues()
+                    }
+                    Next::Streamed { len } => len == MAX_FRAME,
+                };
+                fwd_rest!(cont);
             }};
         }
 
@@ -449,7 +600,7 @@ impl BackendConn {
                 if first_packet && GONE_CODES.contains(&e.code) {
                     return Err(BackendError::Gone(e));
                 }
-                fwd!(f);
+                fwd_err!(f);
                 sum.err = Some(e);
                 return Ok(sum);
             }
@@ -464,13 +615,13 @@ impl BackendConn {
                         };
                     }
                     fwd!(f);
-                    fwd_rest!(f);
+                    fwd_rest!(f.continues());
                     return Ok(sum);
                 }
                 Reply::UntilEof => {
                     let end = head == Some(0xFE) && f.payload().len() < MAX_FRAME;
                     fwd!(f);
-                    fwd_rest!(f);
+                    fwd_rest!(f.continues());
                     if end {
                         return Ok(sum);
                     }
@@ -486,18 +637,16 @@ impl BackendConn {
                     let params = u16::from_le_bytes([p[7], p[8]]);
                     sum.prepared = Some((id, cols, params));
                     if let Some(o) = out.as_deref_mut() {
-                        let mut raw = f.raw.to_vec();
+                        let at = o.wbuf.len();
+                        o.wbuf.extend_from_slice(&f.raw);
                         if let Some(new_id) = rewrite_stmt_id {
-                            raw[5..9].copy_from_slice(&new_id.to_le_bytes());
+                            o.wbuf[at + 5..at + 9].copy_from_slice(&new_id.to_le_bytes());
                         }
-                        o.wbuf.extend_from_slice(&raw);
                     }
                     for n in [params, cols] {
                         let extra = if n > 0 && !deprecate_eof { 1 } else { 0 };
                         for _ in 0..(n as usize + extra) {
-                            let g = self.next_frame().await?;
-                            fwd!(g);
-                            fwd_rest!(g);
+                            fwd_packet!();
                         }
                     }
                     return Ok(sum);
@@ -523,9 +672,7 @@ impl BackendConn {
             let ncols = get_lenenc_int(&mut p).ok_or_else(|| proto("bad column count"))?;
             fwd!(f);
             for _ in 0..ncols {
-                let g = self.next_frame().await?;
-                fwd!(g);
-                fwd_rest!(g);
+                fwd_packet!();
             }
             if !deprecate_eof {
                 let g = self.next_frame().await?;
@@ -535,7 +682,16 @@ impl BackendConn {
             let mut at_start = true;
             let mut first_row = true;
             loop {
-                let g = self.next_frame().await?;
+                let g = match self.next_or_stream(&mut out, &mut sum.flushed).await? {
+                    Next::Whole(g) => g,
+                    Next::Streamed { len } => {
+                        // A big row, already passed on: its first frame
+                        // cannot be a terminator (those are inspected).
+                        at_start = len < MAX_FRAME;
+                        first_row = false;
+                        continue;
+                    }
+                };
                 let len = g.payload().len();
                 if at_start {
                     let h = g.payload().first().copied();
@@ -552,7 +708,7 @@ impl BackendConn {
                     }
                     if h == Some(0xFF) {
                         sum.err = parse_err(g.payload());
-                        fwd!(g);
+                        fwd_err!(g);
                         return Ok(sum);
                     }
                     if want_value && first_row {
@@ -589,7 +745,10 @@ fn scramble_for(plugin: &[u8], password: &[u8], nonce: &[u8]) -> Result<Vec<u8>,
 /// Idle connections to one backend, per [`PoolKey`].
 pub struct Pool {
     pub name: String,
+    /// The backend with the account of its URL (health checks use it).
     pub addr: BackendAddr,
+    /// Per-user accounts: [`PoolKey::account`] `i` ≥ 1 is `accounts[i - 1]`.
+    accounts: Vec<BackendAddr>,
     idle: Mutex<HashMap<PoolKey, Vec<BackendConn>>>,
     /// Bumped by [`Pool::clear`]: connections of an older epoch are suspect.
     epoch: std::sync::atomic::AtomicU64,
@@ -606,6 +765,7 @@ impl Pool {
         Pool {
             name: name.to_string(),
             addr,
+            accounts: Vec::new(),
             idle: Mutex::new(HashMap::new()),
             epoch: std::sync::atomic::AtomicU64::new(0),
             max_idle_per_key,
@@ -615,17 +775,42 @@ impl Pool {
         }
     }
 
+    /// Adds per-user backend accounts (in [`PoolKey::account`] order, from 1).
+    pub fn with_accounts(mut self, accounts: Vec<BackendAddr>) -> Pool {
+        self.accounts = accounts;
+        self
+    }
+
+    pub fn with_connect_timeout(mut self, t: Duration) -> Pool {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Where and as whom connections of `account` log in.
+    pub fn account(&self, account: u16) -> &BackendAddr {
+        match account {
+            0 => &self.addr,
+            i => self.accounts.get(i as usize - 1).unwrap_or(&self.addr),
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<BackendConn>>> {
+        // A panic elsewhere while holding the lock leaves a consistent map.
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// A clean connection with `key`: an idle one that still looks alive, or
     /// a new one.
     pub async fn get(&self, key: PoolKey) -> Result<BackendConn, BackendError> {
         loop {
-            let conn = self.idle.lock().unwrap().get_mut(&key).and_then(|v| v.pop());
+            let conn = self.idle().get_mut(&key).and_then(|v| v.pop());
             match conn {
                 Some(c) if !c.is_stale() => return Ok(c),
                 Some(_) => continue,
                 None => {
                     let epoch = self.epoch();
-                    let mut c = BackendConn::connect(&self.addr, key, self.connect_timeout).await?;
+                    let mut c =
+                        BackendConn::connect(self.account(key.account), key, self.connect_timeout).await?;
                     c.epoch = epoch;
                     self.connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -640,11 +825,12 @@ impl Pool {
     /// statements, an open transaction) is closed rather than reset:
     /// `COM_RESET_CONNECTION` restores the *global* character set, not the
     /// one of the pool key.
-    pub fn put(&self, conn: BackendConn) {
+    pub fn put(&self, mut conn: BackendConn) {
         if conn.dirty || !self.is_current(&conn) {
             return;
         }
-        let mut idle = self.idle.lock().unwrap();
+        conn.mask_as = None;
+        let mut idle = self.idle();
         let v = idle.entry(conn.key).or_default();
         if v.len() < self.max_idle_per_key {
             v.push(conn);
@@ -655,7 +841,7 @@ impl Pool {
     /// far as suspect (the backend went away, or one of them broke).
     pub fn clear(&self) {
         self.epoch.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.idle.lock().unwrap().clear();
+        self.idle().clear();
     }
 
     pub fn epoch(&self) -> u64 {
@@ -672,13 +858,35 @@ impl Pool {
         self.open.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Idle connections ready for reuse.
+    /// Idle connections ready for reuse (of every account).
     pub fn idle_connections(&self) -> usize {
-        self.idle.lock().unwrap().values().map(Vec::len).sum()
+        self.idle().values().map(Vec::len).sum()
     }
 
     /// Connections this pool made since start.
     pub fn connects(&self) -> u64 {
         self.connects.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_of_the_backend_itself_take_it_down() {
+        let err = |code| ErrPacket {
+            code,
+            message: String::new(),
+        };
+        assert!(BackendError::Login(err(1045)).is_backend_down());
+        assert!(BackendError::Login(err(1040)).is_backend_down());
+        // utf32 as the client character set: the client's own choice.
+        assert!(!BackendError::Login(err(1231)).is_backend_down());
+        assert!(BackendError::Timeout("x".into()).is_backend_down());
+        assert!(BackendError::Frozen.is_backend_down());
+        assert!(!BackendError::Client(std::io::ErrorKind::BrokenPipe.into()).is_backend_down());
+        assert!(!BackendError::Io(std::io::Error::from_raw_os_error(24)).is_backend_down());
+        assert!(BackendError::Io(std::io::ErrorKind::ConnectionRefused.into()).is_backend_down());
     }
 }

@@ -10,6 +10,7 @@ pub const COM_INIT_DB: u8 = 0x02;
 pub const COM_QUERY: u8 = 0x03;
 pub const COM_FIELD_LIST: u8 = 0x04;
 pub const COM_STATISTICS: u8 = 0x09;
+pub const COM_PROCESS_KILL: u8 = 0x0C;
 pub const COM_PING: u8 = 0x0E;
 pub const COM_CHANGE_USER: u8 = 0x11;
 pub const COM_STMT_PREPARE: u8 = 0x16;
@@ -26,12 +27,14 @@ pub const COM_RESET_CONNECTION: u8 = 0x1F;
 pub enum Command {
     Quit,
     InitDb(String),
-    /// SQL text (one or more statements).
-    Query(String),
+    /// SQL text (one or more statements), in the session's character set:
+    /// the router reads it from the payload.
+    Query,
     FieldList,
     Statistics,
     Ping,
-    StmtPrepare(String),
+    /// The statement text stays in the payload, like `Query`'s.
+    StmtPrepare,
     /// `COM_STMT_EXECUTE`; the statement id and the cursor flags are decoded,
     /// the rest stays in the raw payload.
     StmtExecute {
@@ -53,6 +56,8 @@ pub enum Command {
         stmt_id: u32,
     },
     ResetConnection,
+    /// `COM_PROCESS_KILL`: the same as `KILL CONNECTION id`.
+    ProcessKill(u32),
     /// `COM_CHANGE_USER`: decoded by the session, which knows the capabilities.
     ChangeUser,
     /// Anything else: answered with an "unknown command" error.
@@ -81,11 +86,12 @@ impl Command {
         Ok(match code {
             COM_QUIT => Command::Quit,
             COM_INIT_DB => Command::InitDb(text()),
-            COM_QUERY => Command::Query(text()),
+            COM_QUERY => Command::Query,
             COM_FIELD_LIST => Command::FieldList,
             COM_STATISTICS => Command::Statistics,
             COM_PING => Command::Ping,
-            COM_STMT_PREPARE => Command::StmtPrepare(text()),
+            COM_STMT_PREPARE => Command::StmtPrepare,
+            COM_PROCESS_KILL => Command::ProcessKill(stmt_id(code, payload)?),
             COM_STMT_EXECUTE => Command::StmtExecute {
                 stmt_id: stmt_id(code, payload)?,
                 flags: *payload.get(5).ok_or(CommandError::Truncated(code))?,
@@ -117,11 +123,12 @@ impl Command {
         match self {
             Command::Quit => "quit",
             Command::InitDb(_) => "init_db",
-            Command::Query(_) => "query",
+            Command::Query => "query",
             Command::FieldList => "field_list",
             Command::Statistics => "statistics",
             Command::Ping => "ping",
-            Command::StmtPrepare(_) => "stmt_prepare",
+            Command::StmtPrepare => "stmt_prepare",
+            Command::ProcessKill(_) => "process_kill",
             Command::StmtExecute { .. } => "stmt_execute",
             Command::StmtSendLongData { .. } => "stmt_send_long_data",
             Command::StmtClose { .. } => "stmt_close",
@@ -151,7 +158,11 @@ mod tests {
     #[test]
     fn decodes_commands() {
         let q = Bytes::from_static(b"\x03SELECT 1");
-        assert_eq!(Command::parse(&q).unwrap(), Command::Query("SELECT 1".into()));
+        assert_eq!(Command::parse(&q).unwrap(), Command::Query);
+        assert_eq!(
+            Command::parse(&Bytes::from_static(b"\x0c\x07\x00\x00\x00")).unwrap(),
+            Command::ProcessKill(7)
+        );
         let e = Bytes::from_static(b"\x17\x05\x00\x00\x00\x00\x01\x00\x00\x00");
         assert_eq!(
             Command::parse(&e).unwrap(),

@@ -10,6 +10,13 @@
 //! master = "mysql://dbmux:secret@127.0.0.1:13306/"
 //! health_interval_ms = 500             # ping period per backend
 //! max_replica_lag = 10000              # seq distance above which a replica takes no reads
+//! max_allowed_packet = 67108864        # largest client command; bigger → 1153, connection closed
+//! max_memory = 1073741824              # client bytes (big packets, long data, statement texts) of all sessions
+//! connect_timeout_ms = 5000            # opening a backend connection
+//! health_timeout_ms = 2000             # an unanswered health check marks the backend down
+//! max_login_failures = 10              # failed logins of one address before 1129 …
+//! login_block_secs = 60                # … for this long
+//! max_prelogin_per_address = 32        # connections of one address still logging in
 //!
 //! [[proxy.replicas]]
 //! name = "replica1"
@@ -27,6 +34,10 @@
 //! caching_sha2_password = "9c1185a5c5e9fc54..."   # HEX(SHA256(SHA256(pw)))
 //! auth_plugin = "caching_sha2_password"           # plugin this user logs in with; default native
 //! consistency = "read_your_writes"                # or "eventual"; default read_your_writes
+//! # backend_user = "app_rw"                       # the user's own backend account (default: the URLs')
+//! # backend_password = "${APP_RW_PASSWORD}"
+//! # replica_user = "app_ro"                       # its account on the replicas (default: backend_user)
+//! # replica_password = "${APP_RO_PASSWORD}"
 //!
 //! [proxy.tls]
 //! cert = "/etc/dbmux/proxy.crt"   # PEM chain
@@ -52,6 +63,14 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 28_800;
 pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 500;
 pub const DEFAULT_MAX_REPLICA_LAG: u64 = 10_000;
+/// MySQL 8's default; MariaDB's is 16 MiB.
+pub const DEFAULT_MAX_ALLOWED_PACKET: usize = 64 << 20;
+pub const DEFAULT_MAX_MEMORY: usize = 1 << 30;
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 2_000;
+pub const DEFAULT_MAX_LOGIN_FAILURES: u32 = 10;
+pub const DEFAULT_LOGIN_BLOCK_SECS: u64 = 60;
+pub const DEFAULT_MAX_PRELOGIN_PER_ADDRESS: usize = 32;
 /// Where the dbmux appliers keep their offsets (`connectors::mysql::apply`).
 pub const OFFSETS_TABLE: &str = "dbmux.dbmux_offsets";
 /// The applied GTID state of a natively replicating MariaDB replica.
@@ -74,6 +93,27 @@ fn default_health_interval() -> u64 {
 }
 fn default_max_lag() -> u64 {
     DEFAULT_MAX_REPLICA_LAG
+}
+fn default_max_allowed_packet() -> usize {
+    DEFAULT_MAX_ALLOWED_PACKET
+}
+fn default_max_memory() -> usize {
+    DEFAULT_MAX_MEMORY
+}
+fn default_connect_timeout() -> u64 {
+    DEFAULT_CONNECT_TIMEOUT_MS
+}
+fn default_health_timeout() -> u64 {
+    DEFAULT_HEALTH_TIMEOUT_MS
+}
+fn default_max_login_failures() -> u32 {
+    DEFAULT_MAX_LOGIN_FAILURES
+}
+fn default_login_block() -> u64 {
+    DEFAULT_LOGIN_BLOCK_SECS
+}
+fn default_max_prelogin() -> usize {
+    DEFAULT_MAX_PRELOGIN_PER_ADDRESS
 }
 
 /// An authentication plugin the proxy speaks.
@@ -137,6 +177,30 @@ pub struct ProxyConfig {
     pub health_interval_ms: u64,
     #[serde(default = "default_max_lag")]
     pub max_replica_lag: u64,
+    /// The largest command packet a client may send (bytes), as the
+    /// server's `max_allowed_packet`; also the limit of the long data of one
+    /// prepared statement and of a session's prepared statement texts.
+    #[serde(default = "default_max_allowed_packet")]
+    pub max_allowed_packet: usize,
+    /// Bytes of client data (big packets, long data, statement texts) all
+    /// sessions together may hold.
+    #[serde(default = "default_max_memory")]
+    pub max_memory: usize,
+    /// Opening a backend connection (TCP, greeting, login).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// A health check not answered within this marks the backend down and
+    /// releases the sessions waiting for it.
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout_ms: u64,
+    /// Failed logins from one address before it is refused for `login_block_secs`.
+    #[serde(default = "default_max_login_failures")]
+    pub max_login_failures: u32,
+    #[serde(default = "default_login_block")]
+    pub login_block_secs: u64,
+    /// Connections from one address that may be in the login phase at once.
+    #[serde(default = "default_max_prelogin")]
+    pub max_prelogin_per_address: usize,
     #[serde(default)]
     pub users: Vec<UserConfig>,
     #[serde(default)]
@@ -212,6 +276,34 @@ pub struct UserConfig {
     /// password travels in clear over TLS) instead of the fast path.
     #[serde(default)]
     pub require_full_auth: bool,
+    /// The backend account this user's sessions log in with on the master
+    /// (and the replicas, unless `replica_user` is set); default: the
+    /// account of the backend URLs, shared by every user.
+    #[serde(default)]
+    pub backend_user: Option<String>,
+    #[serde(default)]
+    pub backend_password: Option<String>,
+    /// The backend account on the replicas (e.g. one with SELECT only).
+    #[serde(default)]
+    pub replica_user: Option<String>,
+    #[serde(default)]
+    pub replica_password: Option<String>,
+}
+
+impl UserConfig {
+    /// This user's account on the master, if it has its own.
+    pub fn master_account(&self) -> Option<(&str, &str)> {
+        let user = self.backend_user.as_deref()?;
+        Some((user, self.backend_password.as_deref().unwrap_or("")))
+    }
+
+    /// This user's account on the replicas, if it has its own.
+    pub fn replica_account(&self) -> Option<(&str, &str)> {
+        match self.replica_user.as_deref() {
+            Some(u) => Some((u, self.replica_password.as_deref().unwrap_or(""))),
+            None => self.master_account(),
+        }
+    }
 }
 
 impl fmt::Debug for UserConfig {
@@ -229,6 +321,16 @@ impl fmt::Debug for UserConfig {
             .field("auth_plugin", &self.auth_plugin)
             .field("consistency", &self.consistency)
             .field("require_full_auth", &self.require_full_auth)
+            .field("backend_user", &self.backend_user)
+            .field(
+                "backend_password",
+                &self.backend_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("replica_user", &self.replica_user)
+            .field(
+                "replica_password",
+                &self.replica_password.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -311,6 +413,13 @@ impl fmt::Debug for ProxyConfig {
             .field("replicas", &self.replicas)
             .field("health_interval_ms", &self.health_interval_ms)
             .field("max_replica_lag", &self.max_replica_lag)
+            .field("max_allowed_packet", &self.max_allowed_packet)
+            .field("max_memory", &self.max_memory)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("health_timeout_ms", &self.health_timeout_ms)
+            .field("max_login_failures", &self.max_login_failures)
+            .field("login_block_secs", &self.login_block_secs)
+            .field("max_prelogin_per_address", &self.max_prelogin_per_address)
             .field("users", &self.users)
             .field("tls", &self.tls)
             .finish()
@@ -357,6 +466,36 @@ impl ProxyConfig {
         }
         if self.health_interval_ms < 10 {
             bad("proxy.health_interval_ms".into(), "must be at least 10".into());
+        }
+        if self.health_timeout_ms < 10 {
+            bad("proxy.health_timeout_ms".into(), "must be at least 10".into());
+        }
+        if self.connect_timeout_ms < 10 {
+            bad("proxy.connect_timeout_ms".into(), "must be at least 10".into());
+        }
+        if !(1024..=1 << 30).contains(&self.max_allowed_packet) {
+            bad(
+                "proxy.max_allowed_packet".into(),
+                "must be between 1024 and 1073741824 bytes".into(),
+            );
+        }
+        if self.max_memory < self.max_allowed_packet {
+            bad(
+                "proxy.max_memory".into(),
+                format!(
+                    "must be at least max_allowed_packet ({})",
+                    self.max_allowed_packet
+                ),
+            );
+        }
+        if self.max_prelogin_per_address == 0 {
+            bad(
+                "proxy.max_prelogin_per_address".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if self.max_login_failures == 0 {
+            bad("proxy.max_login_failures".into(), "must be at least 1".into());
         }
         if let Err(e) = self.master.parse() {
             bad("proxy.master".into(), e);
@@ -436,6 +575,30 @@ impl ProxyConfig {
                     format!("{p}.auth_plugin"),
                     format!("{} needs the matching hash", u.auth_plugin.name()),
                 );
+            }
+            for (key, set, user) in [
+                (
+                    "backend_password",
+                    u.backend_password.is_some(),
+                    u.backend_user.is_some(),
+                ),
+                (
+                    "replica_password",
+                    u.replica_password.is_some(),
+                    u.replica_user.is_some(),
+                ),
+            ] {
+                if set && !user {
+                    bad(format!("{p}.{key}"), "set without the matching *_user".into());
+                }
+            }
+            for (key, name) in [
+                ("backend_user", &u.backend_user),
+                ("replica_user", &u.replica_user),
+            ] {
+                if name.as_deref().is_some_and(|n| n.is_empty() || n.len() > 80) {
+                    bad(format!("{p}.{key}"), "must be 1 to 80 characters".into());
+                }
             }
             if u.require_full_auth && self.tls.is_none() {
                 bad(
@@ -517,6 +680,21 @@ mysql_native_password = "*D9B2D1C2B0E3E8AD0B8B4C5F3F6B1F43AE2CC3DE"
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("topsecret"), "{dbg}");
         assert!(!dbg.contains("D9B2D1"), "{dbg}");
+        let with_account: ProxyConfig = toml::from_str(&format!(
+            "{}backend_user = \"app_rw\"\nbackend_password = \"hunter2\"\n",
+            sample()
+        ))
+        .unwrap();
+        assert!(with_account.validate().is_empty());
+        assert!(!format!("{with_account:?}").contains("hunter2"));
+        assert_eq!(
+            with_account.users[0].master_account(),
+            Some(("app_rw", "hunter2"))
+        );
+        assert_eq!(
+            with_account.users[0].replica_account(),
+            Some(("app_rw", "hunter2"))
+        );
         assert_eq!(c.master.parse().unwrap().password, "topsecret");
     }
 
@@ -554,11 +732,19 @@ mysql_native_password = "*D9B2D1C2B0E3E8AD0B8B4C5F3F6B1F43AE2CC3DE"
 listen = "nowhere"
 allow = ["10.0.0.0/8", "banana"]
 master = "http://x"
+max_allowed_packet = 10
+max_memory = 5
+health_timeout_ms = 0
+connect_timeout_ms = 0
+max_prelogin_per_address = 0
+max_login_failures = 0
 [[users]]
 name = "a"
 mysql_native_password = "nope"
 auth_plugin = "caching_sha2_password"
 require_full_auth = true
+backend_password = "secret-of-a"
+replica_user = ""
 "#,
         )
         .unwrap();
@@ -570,6 +756,14 @@ require_full_auth = true
             "proxy.users[0].mysql_native_password",
             "proxy.users[0].auth_plugin",
             "proxy.users[0].require_full_auth",
+            "proxy.max_allowed_packet",
+            "proxy.max_memory",
+            "proxy.health_timeout_ms",
+            "proxy.connect_timeout_ms",
+            "proxy.max_prelogin_per_address",
+            "proxy.max_login_failures",
+            "proxy.users[0].backend_password",
+            "proxy.users[0].replica_user",
         ] {
             assert!(paths.iter().any(|p| p == want), "{want} missing from {paths:?}");
         }

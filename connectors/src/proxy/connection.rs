@@ -7,40 +7,82 @@
 //! waits for its own write to replicate). Parameter types, which a client
 //! sends only with the first execution, are remembered and re-sent to a
 //! backend that has not seen them. `COM_STMT_SEND_LONG_DATA` chunks are
-//! buffered and replayed just before the execution they belong to.
+//! buffered (at most `max_allowed_packet` per statement, leased from the
+//! proxy's memory budget) and replayed just before the execution they
+//! belong to.
+//!
+//! # Replica connections cannot write
+//! Every replica connection starts with `SET SESSION TRANSACTION READ ONLY`:
+//! a statement the router wrongly took for a read fails with error 1792 on
+//! the replica instead of changing its data.
+//!
+//! # KILL
+//! The thread id a client sees (greeting, `KILL`, the `mariadb` client's
+//! Ctrl-C) is the proxy's session id. `KILL [QUERY] n` looks up session
+//! `n` (of the same proxy user), and kills the statement it is running on
+//! whichever backend runs it, from a separate connection of the same
+//! backend account; `KILL CONNECTION n` also ends that session. A backend
+//! connection id is never taken from a client.
 //!
 //! # Unsupported
 //! Server-side cursors (`COM_STMT_EXECUTE` with cursor flags, `COM_STMT_FETCH`),
 //! replication commands and LOCAL INFILE get an ERR packet.
 
-use super::backend::{BackendConn, BackendError, PoolKey, Reply, Summary};
+use super::backend::{BackendConn, BackendError, Pool, PoolKey, Reply, Summary};
 use super::command::{self, Command};
 use super::config::{Consistency, UserConfig};
 use super::handshake::{self, ClientStream, HandshakeError, CLIENT_DEPRECATE_EOF, CLIENT_MULTI_STATEMENTS};
-use super::health::{lag_ok, Gtid};
+use super::health::{lag_ok, BackendHealth, Gtid};
+use super::lexer::ClientCharset;
+use super::memory::Lease;
 use super::metrics;
 use super::packet::{
-    err_payload, ok_payload, ErrPacket, PacketIo, STATUS_AUTOCOMMIT, STATUS_IN_TRANS,
+    err_payload, ok_payload, ErrPacket, PacketIo, ReadLimit, STATUS_AUTOCOMMIT, STATUS_IN_TRANS,
     STATUS_NO_BACKSLASH_ESCAPES,
 };
-use super::router::{classify_cached as classify, Route, Target};
+use super::router::{classify_cached, Local, Route, Target};
 use super::Shared;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
+pub use super::handshake::clip;
+
+const ER_OUT_OF_RESOURCES: u16 = 1041;
 const ER_UNKNOWN_COM: u16 = 1047;
+const ER_NO_SUCH_THREAD: u16 = 1094;
+const ER_KILL_DENIED: u16 = 1095;
+const ER_UNKNOWN_ERROR: u16 = 1105;
 const ER_NOT_SUPPORTED: u16 = 1235;
 const ER_UNKNOWN_STMT: u16 = 1243;
-const ER_MASTER_UNAVAILABLE: u16 = 2003;
-const ER_LOST_CONNECTION: u16 = 2013;
+const ER_MAX_PREPARED_STMT_COUNT_REACHED: u16 = 1461;
+const ER_CONNECTION_KILLED: u16 = 1927;
+const ER_BAD_DB: u16 = 1049;
+
+/// Errors after which the server closes the connection (packet too large,
+/// network read/write errors and timeouts).
+const CLOSING_CODES: &[u16] = &[1153, 1158, 1159, 1160, 1161];
 
 /// Session settings replayed on new backend connections; beyond this many
 /// distinct ones the session is pinned to the master instead.
 const MAX_SETTINGS: usize = 32;
+
+/// How long reads of a session whose database a replica lacks stay on the
+/// master before a read tries the replica again. Under `dbmux run` a
+/// database created on the master reaches the replicas later (with its first
+/// rows): a session that logged in before must not read from the master for
+/// the rest of its life. A try costs one `COM_INIT_DB` on the replica
+/// connection the session keeps.
+const LACKS_DB_RECHECK: Duration = Duration::from_secs(1);
+
+/// Prepared statements one session may hold (MySQL's default
+/// `max_prepared_stmt_count`, which is per server).
+const MAX_STATEMENTS: usize = 16_382;
 
 /// Route indexes into the metrics arrays (see `metrics::ROUTES`).
 const M_MASTER: usize = 0;
@@ -48,32 +90,176 @@ const M_REPLICA: usize = 1;
 const M_SESSION: usize = 2;
 const M_LOCAL: usize = 3;
 
+/// What other sessions may know of a session: its user, the backend
+/// statement it runs (for `KILL QUERY`), and a way to end it (`KILL`).
+pub struct SessionHandle {
+    pub id: u32,
+    user: Mutex<String>,
+    /// The backend connection running this session's command: 0 when none;
+    /// else backend (0 master, `i + 1` replica `i`) << 48 | account << 32 |
+    /// backend connection id.
+    running: AtomicU64,
+    killed: AtomicBool,
+    kill: Notify,
+}
+
+impl SessionHandle {
+    fn new(id: u32, user: &str) -> SessionHandle {
+        SessionHandle {
+            id,
+            user: Mutex::new(user.to_string()),
+            running: AtomicU64::new(0),
+            killed: AtomicBool::new(false),
+            kill: Notify::new(),
+        }
+    }
+
+    pub fn user(&self) -> String {
+        self.user.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_user(&self, user: &str) {
+        *self.user.lock().unwrap_or_else(|e| e.into_inner()) = user.to_string();
+    }
+
+    fn set_running(&self, which: Which, conn: &BackendConn) {
+        let backend = match which {
+            Which::Master => 0u64,
+            Which::Replica(i) => i as u64 + 1,
+        };
+        self.running.store(
+            backend << 48 | (conn.key.account as u64) << 32 | conn.connection_id as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn idle(&self) {
+        self.running.store(0, Ordering::Relaxed);
+    }
+
+    /// Kills the backend statement this session runs now, if any, from a
+    /// separate connection of the same backend and account.
+    async fn kill_query(&self, shared: &Shared) {
+        let r = self.running.load(Ordering::Relaxed);
+        if r == 0 {
+            return;
+        }
+        let (backend, account, id) = ((r >> 48) as usize, (r >> 32) as u16, r as u32);
+        let pool: &Arc<Pool> = match backend {
+            0 => &shared.master,
+            i => match shared.replicas.get(i - 1) {
+                Some(rep) => &rep.pool,
+                None => return,
+            },
+        };
+        let key = PoolKey {
+            caps: 0,
+            collation: handshake::DEFAULT_COLLATION,
+            account,
+        };
+        match pool.get(key).await {
+            Ok(mut c) => {
+                match c.query_value(&format!("KILL QUERY {id}")).await {
+                    Ok(Ok(_)) => pool.put(c),
+                    Ok(Err(e)) => {
+                        // Finished in the meantime, most likely.
+                        tracing::debug!(session = self.id, error = %e.message, "KILL QUERY on the backend");
+                        pool.put(c);
+                    }
+                    Err(e) => {
+                        tracing::warn!(session = self.id, error = %e, "KILL QUERY on the backend failed")
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(session = self.id, error = %e, "no backend connection for KILL QUERY"),
+        }
+    }
+
+    /// Ends the session: it answers 1927 to its client at its next step.
+    fn kill_connection(&self) {
+        self.killed.store(true, Ordering::Relaxed);
+        self.kill.notify_one();
+    }
+}
+
+/// Removes a session from the registry and the gauges when it ends, also
+/// when it ends by a panic.
+struct Registered {
+    shared: Arc<Shared>,
+    id: u32,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+struct Gauge(Arc<Shared>);
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        self.0.metrics.connections.dec();
+    }
+}
+
 /// Serves one accepted client until it quits, idles out or fails.
-pub async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub async fn run(
+    socket: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    prelogin: super::listener::PreLogin,
+) {
     shared.metrics.connections.inc();
+    let _gauge = Gauge(shared.clone());
     let conn_id = shared
         .next_conn_id
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .max(1);
     let accepted = tokio::time::timeout(
         super::listener::HANDSHAKE_TIMEOUT,
         handshake::accept(socket, &shared.cfg, shared.tls.as_ref(), &shared.version, conn_id),
     )
     .await;
+    drop(prelogin);
     match accepted {
-        Ok(Ok(a)) => {
-            tracing::debug!(%peer, user = %a.user.name, tls = a.io.stream.is_tls(), "client logged in");
-            let mut s = Session::new(shared.clone(), a.io, a.user, a.caps, a.collation, a.db);
+        Ok(Ok(mut a)) => {
+            tracing::debug!(%peer, user = %clip(&a.user.name, 64), tls = a.io.stream.is_tls(), "client logged in");
+            a.io.max_packet = shared.cfg.max_allowed_packet;
+            a.io.budget = Some(shared.memory.clone());
+            let handle = Arc::new(SessionHandle::new(conn_id, &a.user.name));
+            shared
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(conn_id, handle.clone());
+            let _registered = Registered {
+                shared: shared.clone(),
+                id: conn_id,
+            };
+            let mut s = Session::new(shared.clone(), a.io, a.user, a.caps, a.collation, a.db, handle);
             s.serve().await;
             s.release();
         }
         Ok(Err(HandshakeError::Refused(why))) => {
             shared.metrics.auth_failures.inc();
+            shared.door.failed(peer.ip());
             tracing::info!(%peer, %why, "login refused");
         }
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "handshake failed"),
+        Ok(Err(e)) => {
+            if let HandshakeError::Io(io) = &e {
+                if ReadLimit::of(io).is_some() {
+                    shared.metrics.packets_refused.inc();
+                }
+            }
+            tracing::debug!(%peer, error = %e, "handshake failed")
+        }
         Err(_) => tracing::debug!(%peer, "handshake timed out"),
     }
-    shared.metrics.connections.dec();
 }
 
 /// Which backend connection of the session.
@@ -96,6 +282,8 @@ enum Fail {
     /// The server refused something the proxy did for the command (e.g.
     /// re-preparing a statement whose table is gone): report it, keep going.
     Sql(ErrPacket),
+    /// `KILL CONNECTION` of this session: tell the client and end.
+    Killed,
 }
 
 impl From<std::io::Error> for Fail {
@@ -125,37 +313,64 @@ struct Stmt {
     /// Backend id on the replica connection of generation `.0`.
     replica: Option<(u64, u32, bool)>,
     param_types: Option<Vec<u8>>,
-    long_data: Vec<Bytes>,
-    sql: String,
+    long_data: Vec<(Bytes, Option<Lease>)>,
+    long_data_len: usize,
+    /// More long data arrived than `max_allowed_packet`: the next execution fails.
+    long_data_overflow: bool,
+    sql: Bytes,
+    _text: Option<Lease>,
 }
 
 struct Session {
     shared: Arc<Shared>,
     client: PacketIo<ClientStream>,
     user: UserConfig,
+    /// The user's name, for error messages relayed from backends.
+    mask_as: Arc<str>,
+    handle: Arc<SessionHandle>,
     key: PoolKey,
+    /// Pool account for replica connections ([`PoolKey::account`]).
+    replica_account: u16,
     caps: u32,
     db: Option<String>,
     multi_statements: bool,
+    /// The character set the session's statements are read in (the
+    /// server's `character_set_client` of its replica connections).
+    charset: ClientCharset,
     /// `COM_QUERY` payloads of session settings, replayed on new connections.
     settings: Vec<Bytes>,
     master: Option<BackendConn>,
     replica: Option<(usize, BackendConn)>,
     /// Bumped whenever the replica connection changes.
     replica_gen: u64,
+    /// When a replica last could not use the session's database (it lacks
+    /// it): reads go to the master until the database changes or
+    /// [`LACKS_DB_RECHECK`] has passed (see there).
+    replica_lacks_db: Option<Instant>,
     pin: Option<&'static str>,
-    /// Status flags from the master's last reply.
+    /// Status flags from the master's last reply (or, before there is a
+    /// master connection, the autocommit the client asked for).
     master_status: u16,
-    /// A statement that may have written ran since the last GTID capture.
+    /// A statement that may have written ran since the last commit point.
     wrote: bool,
+    /// A write committed whose GTID is not read yet; read from the master
+    /// connection before the next read that could go to a replica (reading
+    /// it right after the write would replace that statement's warnings,
+    /// `ROW_COUNT()` and `FOUND_ROWS()` on the master connection).
+    gtid_pending: bool,
     /// The commit of this session's last write.
     last_write: Option<Gtid>,
+    /// Where the previous statement ran (with the replica generation).
+    last: Option<(Which, u64)>,
     stmts: HashMap<u32, Stmt>,
     next_stmt: u32,
     /// A backend said this session's `sql_mode` has NO_BACKSLASH_ESCAPES:
     /// the router would lex strings differently from the server, so every
     /// statement goes to the master.
     no_backslash_escapes: bool,
+    /// The master closed this session's connection (with its state): end
+    /// the session after the current reply.
+    close_after: bool,
     /// The current command's reply to the client was an SQL error (the
     /// `outcome` of the query metrics).
     answered_err: bool,
@@ -169,30 +384,41 @@ impl Session {
         caps: u32,
         collation: u8,
         db: Option<String>,
+        handle: Arc<SessionHandle>,
     ) -> Session {
+        let (master_account, replica_account) = shared.accounts.get(&user.name).copied().unwrap_or((0, 0));
         let key = PoolKey {
             caps: caps & handshake::SESSION_CAPABILITIES,
             collation,
+            account: master_account,
         };
         Session {
             shared,
             client,
+            mask_as: user.name.as_str().into(),
             user,
+            handle,
             key,
+            replica_account,
             caps,
             db,
             multi_statements: caps & CLIENT_MULTI_STATEMENTS != 0,
+            charset: ClientCharset::from_collation(collation as u16),
             settings: Vec::new(),
             master: None,
             replica: None,
             replica_gen: 0,
+            replica_lacks_db: None,
             pin: None,
             master_status: STATUS_AUTOCOMMIT,
             wrote: false,
+            gtid_pending: false,
             last_write: None,
+            last: None,
             stmts: HashMap::new(),
             next_stmt: 1,
             no_backslash_escapes: false,
+            close_after: false,
             answered_err: false,
         }
     }
@@ -205,6 +431,13 @@ impl Session {
         self.master_status
     }
 
+    fn health(&self, which: Which) -> Arc<BackendHealth> {
+        match which {
+            Which::Master => self.shared.master_health.clone(),
+            Which::Replica(i) => self.shared.replicas[i].health.clone(),
+        }
+    }
+
     async fn serve(&mut self) {
         let idle = Duration::from_secs(self.shared.cfg.idle_timeout_secs);
         // One idle timer for the whole session instead of one per command
@@ -213,16 +446,22 @@ impl Session {
         // the current wait.
         let timer = tokio::time::sleep(idle);
         tokio::pin!(timer);
+        let handle = self.handle.clone();
         loop {
             let waiting_since = tokio::time::Instant::now();
             let read = loop {
+                if handle.killed.load(Ordering::Relaxed) {
+                    break None;
+                }
                 tokio::select! {
                     biased;
                     r = self.client.read_packet() => break Some(r),
+                    () = handle.kill.notified() => {}
                     () = &mut timer => {
                         let deadline = waiting_since + idle;
                         if tokio::time::Instant::now() >= deadline {
-                            break None;
+                            tracing::debug!(user = %clip(&self.user.name, 64), "idle timeout");
+                            return;
                         }
                         timer.as_mut().reset(deadline);
                     }
@@ -230,20 +469,51 @@ impl Session {
             };
             let pkt = match read {
                 None => {
-                    tracing::debug!(user = %self.user.name, "idle timeout");
+                    let _ = self
+                        .reply_err(ER_CONNECTION_KILLED, "70100", "Connection was killed")
+                        .await;
                     return;
                 }
-                Some(Err(_)) | Some(Ok(None)) => return,
+                Some(Err(e)) => {
+                    if let Some(limit) = ReadLimit::of(&e) {
+                        self.shared.metrics.packets_refused.inc();
+                        let (code, msg) = match limit {
+                            ReadLimit::TooLarge(_) => (
+                                handshake::ER_NET_PACKET_TOO_LARGE,
+                                "Got a packet bigger than 'max_allowed_packet' bytes".to_string(),
+                            ),
+                            ReadLimit::OutOfMemory(_) => (
+                                ER_OUT_OF_RESOURCES,
+                                "Out of memory: dbmux's max_memory is in use by other sessions; try again later"
+                                    .to_string(),
+                            ),
+                        };
+                        tracing::info!(user = %clip(&self.user.name, 64), %limit, "client packet refused; closing the session");
+                        // The rest of the packet is still unread: the
+                        // connection cannot go on (as on a server).
+                        let refused = Instant::now();
+                        let _ = self.reply_err(code, "08S01", &msg).await;
+                        // A command dbmux answered itself, with an error.
+                        self.shared
+                            .metrics
+                            .record(M_LOCAL, metrics::ERROR, refused.elapsed());
+                        super::packet::drain(&mut self.client).await;
+                    }
+                    return;
+                }
+                Some(Ok(None)) => return,
                 Some(Ok(Some(p))) => p,
             };
             let cmd = match Command::parse(&pkt.payload) {
                 Ok(c) => c,
                 Err(e) => {
-                    if self
-                        .reply_err(ER_UNKNOWN_COM, "08S01", &e.to_string())
-                        .await
-                        .is_err()
-                    {
+                    let started = Instant::now();
+                    let sent = self.reply_err(ER_UNKNOWN_COM, "08S01", &e.to_string()).await;
+                    // A malformed command, answered by dbmux with an error.
+                    self.shared
+                        .metrics
+                        .record(M_LOCAL, metrics::ERROR, started.elapsed());
+                    if sent.is_err() {
                         return;
                     }
                     continue;
@@ -255,6 +525,7 @@ impl Session {
             let started = Instant::now();
             self.answered_err = false;
             let result = self.dispatch(cmd, pkt.payload).await;
+            self.handle.idle();
             let outcome = match &result {
                 Ok(Some(r)) if self.answered_err => Some((*r, metrics::ERROR)),
                 Ok(Some(r)) => Some((*r, metrics::OK)),
@@ -262,6 +533,9 @@ impl Session {
                 Err(Fail::Sql(_)) => Some((M_MASTER, metrics::ERROR)),
                 Err(Fail::MasterBroken(_) | Fail::MasterUnavailable(_)) => Some((M_MASTER, metrics::FAILED)),
                 Err(Fail::ReplicaBrokeMidReply(_)) => Some((M_REPLICA, metrics::FAILED)),
+                // `KILL` of the session's own connection: carried out, and
+                // answered (as a server does) with error 1927.
+                Err(Fail::Killed) => Some((M_LOCAL, metrics::ERROR)),
             };
             if let Some((route, outcome)) = outcome {
                 self.shared.metrics.record(route, outcome, started.elapsed());
@@ -272,11 +546,18 @@ impl Session {
                     tracing::debug!(error = %e, "client connection failed");
                     return;
                 }
+                Err(Fail::Killed) => {
+                    let _ = self
+                        .reply_err(ER_CONNECTION_KILLED, "70100", "Connection was killed")
+                        .await;
+                    return;
+                }
                 Err(Fail::MasterBroken(e)) => {
                     tracing::warn!(error = %e, "master connection broke; ending the client session");
                     self.master = None;
-                    let msg = format!("Lost connection to the master backend: {e}");
-                    let _ = self.reply_err(ER_LOST_CONNECTION, "HY000", &msg).await;
+                    let msg = "Connection was killed: dbmux lost this session's master connection \
+                               (its transaction and session state are gone)";
+                    let _ = self.reply_err(ER_CONNECTION_KILLED, "70100", msg).await;
                     return;
                 }
                 Err(Fail::ReplicaBrokeMidReply(e)) => {
@@ -289,15 +570,22 @@ impl Session {
                     }
                 }
                 Err(Fail::MasterUnavailable(e)) => {
-                    let msg = format!("dbmux: master backend unavailable: {e}");
-                    if self
-                        .reply_err(ER_MASTER_UNAVAILABLE, "HY000", &msg)
-                        .await
-                        .is_err()
-                    {
+                    tracing::warn!(error = %e, "master unavailable for a client command");
+                    let msg = "dbmux: the master is unavailable; try again later";
+                    if self.reply_err(ER_UNKNOWN_ERROR, "HY000", msg).await.is_err() {
                         return;
                     }
                 }
+            }
+            if self.handle.killed.load(Ordering::Relaxed) {
+                let _ = self
+                    .reply_err(ER_CONNECTION_KILLED, "70100", "Connection was killed")
+                    .await;
+                return;
+            }
+            if self.close_after {
+                let _ = self.client.flush().await;
+                return;
             }
         }
     }
@@ -310,13 +598,18 @@ impl Session {
                 self.reply_ok().await?;
                 Ok(Some(M_LOCAL))
             }
-            Command::Query(sql) => self.query(payload, &sql).await.map(Some),
+            Command::Query => self.query(payload).await.map(Some),
             Command::InitDb(db) => {
                 let route = Route {
-                    target: Target::Session,
-                    write: false,
-                    pin: None,
                     use_db: Some(db),
+                    ..Route {
+                        target: Target::Session,
+                        write: false,
+                        pin: None,
+                        use_db: None,
+                        charset: None,
+                        autocommit: None,
+                    }
                 };
                 self.session_setting(payload, route).await?;
                 Ok(Some(M_SESSION))
@@ -331,12 +624,10 @@ impl Session {
                 self.client.flush().await?;
                 Ok(Some(M_MASTER))
             }
-            Command::StmtPrepare(sql) => self.prepare(payload, sql).await.map(Some),
+            Command::StmtPrepare => self.prepare(payload).await.map(Some),
             Command::StmtExecute { stmt_id, flags } => self.execute(payload, stmt_id, flags).await.map(Some),
             Command::StmtSendLongData { stmt_id } => {
-                if let Some(s) = self.stmts.get_mut(&stmt_id) {
-                    s.long_data.push(payload);
-                }
+                self.long_data(stmt_id, payload);
                 Ok(None)
             }
             Command::StmtClose { stmt_id } => {
@@ -368,6 +659,7 @@ impl Session {
                 Ok(Some(M_LOCAL))
             }
             Command::ChangeUser => self.change_user(&payload).await.map(Some),
+            Command::ProcessKill(id) => self.kill(id as u64, false).await.map(Some),
             Command::StmtFetch { .. } => {
                 self.reply_err(
                     ER_NOT_SUPPORTED,
@@ -405,14 +697,61 @@ impl Session {
     }
 
     // -----------------------------------------------------------------------
+    // KILL
+
+    /// `KILL [QUERY] id` / `COM_PROCESS_KILL`: `id` is a proxy session id.
+    async fn kill(&mut self, id: u64, query: bool) -> Result<usize, Fail> {
+        let target = u32::try_from(id).ok().and_then(|id| self.shared.session(id));
+        let Some(target) = target else {
+            self.reply_err(ER_NO_SUCH_THREAD, "HY000", &format!("Unknown thread id: {id}"))
+                .await?;
+            return Ok(M_LOCAL);
+        };
+        if target.user() != self.user.name {
+            self.reply_err(
+                ER_KILL_DENIED,
+                "HY000",
+                &format!("You are not owner of thread {id}"),
+            )
+            .await?;
+            return Ok(M_LOCAL);
+        }
+        self.shared.metrics.kills.inc();
+        if target.id == self.handle.id {
+            // This session runs nothing else now; killing its connection ends it.
+            if query {
+                self.reply_ok().await?;
+                return Ok(M_LOCAL);
+            }
+            return Err(Fail::Killed);
+        }
+        target.kill_query(&self.shared).await;
+        if !query {
+            target.kill_connection();
+        }
+        self.reply_ok().await?;
+        Ok(M_LOCAL)
+    }
+
+    // -----------------------------------------------------------------------
     // Choosing a backend.
 
-    /// The replica a plain read may go to now, if any.
-    fn read_replica(&mut self) -> Option<usize> {
+    /// The replica a plain read may go to now, if any. `ignore_autocommit`:
+    /// `autocommit = 0` alone does not keep the read on the master (the
+    /// master is unreachable and the session holds nothing there).
+    fn read_replica(&mut self, ignore_autocommit: bool) -> Option<usize> {
         let sh = &self.shared;
+        let in_txn = if ignore_autocommit {
+            self.master_status & STATUS_IN_TRANS != 0
+        } else {
+            self.in_txn()
+        };
         if self.pin.is_some()
-            || self.in_txn()
+            || in_txn
             || sh.replicas.is_empty()
+            || self
+                .replica_lacks_db
+                .is_some_and(|t| t.elapsed() < LACKS_DB_RECHECK)
             || self.no_backslash_escapes
             || sh.master_health.no_backslash_escapes()
         {
@@ -451,7 +790,7 @@ impl Session {
         if self.user.consistency == Consistency::ReadYourWrites {
             // A write whose commit position is not captured yet (it may
             // still be open): nothing can prove a replica has it.
-            if self.wrote {
+            if self.wrote || self.gtid_pending {
                 sh.metrics.ryw_master_reads.inc();
                 return None;
             }
@@ -463,6 +802,50 @@ impl Session {
             }
         }
         Some(idx)
+    }
+
+    /// Where a plain read runs now: reads the GTID of the session's last
+    /// write first when it is still pending (see [`Session::gtid_pending`]).
+    async fn read_target(&mut self, ignore_autocommit: bool) -> Result<Which, Fail> {
+        if self.gtid_pending && self.master.is_some() {
+            // Only worth a round trip when a replica would take the read.
+            self.gtid_pending = false;
+            let candidate = self.read_replica(ignore_autocommit).is_some();
+            self.gtid_pending = true;
+            if !candidate {
+                return Ok(Which::Master);
+            }
+            self.capture_gtid().await?;
+        }
+        Ok(self
+            .read_replica(ignore_autocommit)
+            .map(Which::Replica)
+            .unwrap_or(Which::Master))
+    }
+
+    /// Reads `@@last_gtid` on the master connection for read-your-writes.
+    async fn capture_gtid(&mut self) -> Result<(), Fail> {
+        let Some(m) = self.master.as_mut() else {
+            return Ok(());
+        };
+        let health = self.shared.master_health.clone();
+        let r = tokio::select! {
+            biased;
+            r = m.query_value("SELECT @@last_gtid") => r,
+            () = health.wait_down() => Err(BackendError::Frozen),
+        };
+        match r {
+            Ok(Ok(v)) => {
+                self.gtid_pending = false;
+                self.last_write = v.and_then(|v| v.parse::<Gtid>().ok()).or(self.last_write);
+                Ok(())
+            }
+            Ok(Err(_)) => Ok(()),
+            Err(e) => {
+                self.master = None;
+                Err(Fail::MasterBroken(e))
+            }
+        }
     }
 
     /// Takes the connection for `which` out of the session (opening and
@@ -477,7 +860,7 @@ impl Session {
                         .master
                         .get(self.key)
                         .await
-                        .map_err(TakeError::Backend)?;
+                        .map_err(login_error(self.key.account))?;
                     // Never pooled again: a session can leave state on the
                     // master connection no rule here sees (`SET TRANSACTION`
                     // for the next transaction, session status, …).
@@ -501,17 +884,36 @@ impl Session {
                 match held {
                     Some(c) => (c, false),
                     None => {
-                        let c = self.shared.replicas[idx]
+                        let key = PoolKey {
+                            account: self.replica_account,
+                            ..self.key
+                        };
+                        let mut c = self.shared.replicas[idx]
                             .pool
-                            .get(self.key)
+                            .get(key)
                             .await
-                            .map_err(TakeError::Backend)?;
+                            .map_err(login_error(key.account))?;
+                        if !c.read_only {
+                            // A routing mistake must fail loudly on a
+                            // replica, not change its data.
+                            let s = c
+                                .command(b"\x03SET SESSION TRANSACTION READ ONLY", Reply::ResultSets)
+                                .await
+                                .map_err(TakeError::Backend)?;
+                            if let Some(e) = s.err {
+                                return Err(TakeError::Sql(e));
+                            }
+                            c.read_only = true;
+                        }
                         self.replica_gen += 1;
                         (c, true)
                     }
                 }
             }
         };
+        if conn.mask_as.as_ref() != Some(&self.mask_as) {
+            conn.mask_as = Some(self.mask_as.clone());
+        }
         if fresh {
             if conn.login_status & STATUS_NO_BACKSLASH_ESCAPES != 0 {
                 self.no_backslash_escapes = true;
@@ -526,9 +928,27 @@ impl Session {
                     return Err(TakeError::Sql(e));
                 }
             }
+            if which == Which::Master && self.master_status & STATUS_AUTOCOMMIT == 0 {
+                // The client turned autocommit off before there was a master
+                // connection (answered by the proxy).
+                let sum = conn
+                    .command(b"\x03SET autocommit = 0", Reply::ResultSets)
+                    .await
+                    .map_err(TakeError::Backend)?;
+                if let Some(e) = sum.err {
+                    return Err(TakeError::Sql(e));
+                }
+            }
         }
         if let Some(db) = &self.db {
             if let Err(e) = conn.use_db(db).await.map_err(TakeError::Backend)? {
+                if let (Which::Replica(i), ER_BAD_DB) = (which, e.code) {
+                    self.replica_lacks_db = Some(Instant::now());
+                    // A good connection (with the session's settings) that
+                    // only lacks the database: kept, so the next try is one
+                    // COM_INIT_DB, not a new login.
+                    self.replica = Some((i, conn));
+                }
                 return Err(TakeError::Sql(e));
             }
         }
@@ -546,7 +966,8 @@ impl Session {
     }
 
     /// Sends `payload` on `which` and relays the reply to the client (not
-    /// flushed yet). Long-data chunks go first.
+    /// flushed yet). Long-data chunks go first. While it waits, a backend
+    /// the health check marks down (frozen) ends the wait.
     async fn exec(
         &mut self,
         which: Which,
@@ -558,45 +979,31 @@ impl Session {
     ) -> Result<Exec, Fail> {
         let flushes = self.client.flushes;
         let mark = self.client.wbuf.len();
-        let mut conn = match self.take(which).await {
-            Ok(c) => c,
-            Err(TakeError::Sql(e)) => {
-                if let Which::Replica(_) = which {
-                    return Ok(Exec::Retry);
-                }
-                self.client.put(1, &err_payload(e.code, "HY000", &e.message));
-                self.answered_err = true;
-                return Ok(Exec::Done(Summary {
-                    err: Some(e),
-                    ..Summary::default()
-                }));
-            }
-            Err(TakeError::Backend(e)) => {
-                return match which {
-                    Which::Replica(i) => {
-                        tracing::warn!(replica = %self.shared.replicas[i].name, error = %e, "replica unavailable");
-                        self.shared.replicas[i].health.mark_down();
-                        Ok(Exec::Retry)
-                    }
-                    Which::Master if self.master_held_state() => Err(Fail::MasterBroken(e)),
-                    Which::Master => Err(Fail::MasterUnavailable(e)),
-                }
-            }
+        let health = self.health(which);
+        // Whether the master connection holds state of this session now
+        // (before `take` moves it out): losing it then ends the session.
+        let held = self.master_held_state();
+        let r = tokio::select! {
+            biased;
+            r = self.exec_on(which, payload, reply, rewrite, long_data, stmt_id) => r,
+            () = health.wait_down() => Err(Err(BackendError::Frozen)),
         };
-        let r = async {
-            for ld in long_data {
-                conn.io.put(0, ld);
-            }
-            match stmt_id {
-                Some(id) => conn.send_command_with_stmt_id(payload, id).await?,
-                None => conn.send_command(payload).await?,
-            }
-            conn.relay(reply, Some(&mut self.client), false, rewrite).await
-        }
-        .await;
         match r {
-            Ok(sum) => {
+            Ok((conn, sum)) => {
                 self.answered_err |= sum.err.is_some();
+                if sum.err.as_ref().is_some_and(|e| CLOSING_CODES.contains(&e.code)) {
+                    // The server closes the connection after these: a
+                    // client's oversized packet must not cost the next
+                    // statement its backend (nor, once that fails, anyone
+                    // the backend).
+                    self.last = Some((which, self.replica_gen));
+                    if which == Which::Master && held {
+                        // With it went the session's state: end the session
+                        // once the client has the server's error.
+                        self.close_after = true;
+                    }
+                    return Ok(Exec::Done(sum));
+                }
                 if let Some(st) = sum.status {
                     self.no_backslash_escapes = st & STATUS_NO_BACKSLASH_ESCAPES != 0;
                 }
@@ -606,31 +1013,101 @@ impl Session {
                     }
                 }
                 self.give(which, conn);
+                self.last = Some((which, self.replica_gen));
                 Ok(Exec::Done(sum))
             }
+            Err(Ok(TakeError::Sql(e))) => {
+                if let Which::Replica(_) = which {
+                    return Ok(Exec::Retry);
+                }
+                self.client.put(1, &err_payload(e.code, "HY000", &e.message));
+                self.answered_err = true;
+                Ok(Exec::Done(Summary {
+                    err: Some(e),
+                    ..Summary::default()
+                }))
+            }
+            Err(Ok(TakeError::Backend(e))) => match which {
+                Which::Replica(i) => {
+                    let r = &self.shared.replicas[i];
+                    tracing::warn!(replica = %r.name, error = %e, "replica unavailable");
+                    if e.is_backend_down() {
+                        r.health.mark_down();
+                    } else {
+                        r.health.probe();
+                    }
+                    Ok(Exec::Retry)
+                }
+                Which::Master if held => Err(Fail::MasterBroken(e)),
+                Which::Master => Err(Fail::MasterUnavailable(e)),
+            },
             // The client left mid-reply; the backend connection is in the
             // middle of a response and is dropped, the backend is fine.
-            Err(BackendError::Client(e)) => Err(Fail::Client(e)),
-            Err(e) => match which {
+            Err(Err(BackendError::Client(e))) => Err(Fail::Client(e)),
+            Err(Err(e)) => match which {
                 Which::Replica(i) => {
-                    tracing::warn!(replica = %self.shared.replicas[i].name, error = %e, "replica failed; reading from the master");
-                    self.shared.replicas[i].health.mark_down();
-                    self.shared.replicas[i].pool.clear();
+                    let r = &self.shared.replicas[i];
+                    tracing::warn!(replica = %r.name, error = %e, "replica failed; reading from the master");
+                    // One broken connection does not prove the replica is
+                    // down (the server may have closed it because of what
+                    // this session sent): only a failed health check does.
+                    if e.is_backend_down() && !matches!(e, BackendError::Io(_)) {
+                        r.health.mark_down();
+                    } else {
+                        r.health.probe();
+                    }
                     if self.client.flushes != flushes {
                         return Err(Fail::ReplicaBrokeMidReply(e));
                     }
                     self.client.wbuf.truncate(mark);
                     Ok(Exec::Retry)
                 }
-                Which::Master => Err(Fail::MasterBroken(e)),
+                Which::Master => {
+                    self.shared.master_health.probe();
+                    if held || self.client.flushes != flushes {
+                        Err(Fail::MasterBroken(e))
+                    } else {
+                        self.client.wbuf.truncate(mark);
+                        Err(Fail::MasterUnavailable(e))
+                    }
+                }
             },
         }
     }
 
-    /// True when the master connection (if any) carries session state a
-    /// new connection would not have.
+    /// The part of [`Session::exec`] that owns the backend connection
+    /// while it works: on success it hands it back with the summary.
+    async fn exec_on(
+        &mut self,
+        which: Which,
+        payload: &[u8],
+        reply: Reply,
+        rewrite: Option<u32>,
+        long_data: &[Vec<u8>],
+        stmt_id: Option<u32>,
+    ) -> Result<(BackendConn, Summary), Result<TakeError, BackendError>> {
+        let mut conn = self.take(which).await.map_err(Ok)?;
+        self.handle.set_running(which, &conn);
+        for ld in long_data {
+            conn.io.put(0, ld);
+        }
+        let sent = match stmt_id {
+            Some(id) => conn.send_command_with_stmt_id(payload, id).await,
+            None => conn.send_command(payload).await,
+        };
+        sent.map_err(Err)?;
+        let sum = conn
+            .relay(reply, Some(&mut self.client), false, rewrite)
+            .await
+            .map_err(Err)?;
+        Ok((conn, sum))
+    }
+
+    /// True when the master connection carries session state a new
+    /// connection would not have. (A pin without a master connection was set
+    /// by the command now running: nothing is on a master yet.)
     fn master_held_state(&self) -> bool {
-        self.master.is_some() || self.pin.is_some() || self.in_txn()
+        self.master.is_some() || self.master_status & STATUS_IN_TRANS != 0
     }
 
     /// Runs on `which`; a replica failure falls back to the master.
@@ -656,29 +1133,41 @@ impl Session {
         }
     }
 
-    /// After a reply from the master: capture the commit of this session's
-    /// write once it is committed, for read-your-writes.
-    async fn after_master(&mut self) -> Result<(), Fail> {
+    /// A plain read: on a replica when one may take it; on the master
+    /// otherwise, and — when the master is unreachable and the session holds
+    /// nothing there (only `autocommit = 0`) — on a replica after all.
+    async fn run_read(
+        &mut self,
+        payload: &[u8],
+        reply: Reply,
+        rewrite: Option<u32>,
+    ) -> Result<(Which, Summary), Fail> {
+        let which = self.read_target(false).await?;
+        match self.run_on(which, payload, reply, rewrite).await {
+            Err(Fail::MasterUnavailable(e)) if which == Which::Master && !self.master_held_state() => {
+                match self.read_replica(true) {
+                    Some(i) => {
+                        tracing::debug!(error = %e, "master unavailable; the read goes to a replica");
+                        self.run_on(Which::Replica(i), payload, reply, rewrite).await
+                    }
+                    None => Err(Fail::MasterUnavailable(e)),
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// After a reply from the master: once a write is committed, note that
+    /// its GTID is to be read (lazily) for read-your-writes.
+    fn after_master(&mut self) {
         if !self.wrote || self.in_txn() {
-            return Ok(());
+            return;
         }
         self.wrote = false;
         if self.user.consistency != Consistency::ReadYourWrites || self.shared.replicas.is_empty() {
-            return Ok(());
+            return;
         }
-        let Some(m) = self.master.as_mut() else {
-            return Ok(());
-        };
-        match m.query_value("SELECT @@last_gtid").await {
-            Ok(Ok(Some(v))) => {
-                if let Ok(g) = v.parse::<Gtid>() {
-                    self.last_write = Some(g);
-                }
-            }
-            Ok(_) => {}
-            Err(e) => return Err(Fail::MasterBroken(e)),
-        }
-        Ok(())
+        self.gtid_pending = true;
     }
 
     fn metrics_route(w: Which) -> usize {
@@ -688,42 +1177,97 @@ impl Session {
         }
     }
 
+    /// The backend that ran the previous statement, if the session still
+    /// holds that connection; else the master.
+    fn last_backend(&self) -> Which {
+        match self.last {
+            Some((Which::Replica(i), gen))
+                if gen == self.replica_gen && self.replica.as_ref().is_some_and(|r| r.0 == i) =>
+            {
+                Which::Replica(i)
+            }
+            _ => Which::Master,
+        }
+    }
+
     // -----------------------------------------------------------------------
     // Commands.
 
-    async fn query(&mut self, payload: Bytes, sql: &str) -> Result<usize, Fail> {
-        let route = classify(sql);
+    async fn query(&mut self, payload: Bytes) -> Result<usize, Fail> {
+        let route = classify_cached(&payload[1..], self.charset);
+        if let Target::Local(l) = route.target {
+            return self.local(l).await;
+        }
         if let Some(p) = route.pin {
             self.pin.get_or_insert(p);
         }
         if route.write {
             self.wrote = true;
         }
-        match route.target {
+        if let Some(on) = route.autocommit {
+            if self.master.is_none() {
+                // A setting of the master connection, which this session
+                // does not have yet: answered here, replayed when it does
+                // (so drivers that set it at connect work while the master
+                // is down).
+                if on {
+                    self.master_status |= STATUS_AUTOCOMMIT;
+                } else {
+                    self.master_status &= !STATUS_AUTOCOMMIT;
+                }
+                self.reply_ok().await?;
+                return Ok(M_LOCAL);
+            }
+        }
+        let ran = match route.target {
             Target::Session => {
-                self.session_setting(payload, route).await?;
-                Ok(M_SESSION)
+                let charset = route.charset;
+                let ok = self.session_setting(payload, route).await?;
+                if let (true, Some(cs)) = (ok, charset) {
+                    self.charset = cs;
+                }
+                return Ok(M_SESSION);
             }
             Target::Master => {
                 self.run_on(Which::Master, &payload, Reply::ResultSets, None)
-                    .await?;
-                self.client.flush().await?;
-                self.after_master().await?;
-                Ok(M_MASTER)
+                    .await?
+                    .0
             }
-            Target::Replica => {
-                let which = self.read_replica().map(Which::Replica).unwrap_or(Which::Master);
-                let (ran, _) = self.run_on(which, &payload, Reply::ResultSets, None).await?;
-                self.client.flush().await?;
-                Ok(Self::metrics_route(ran))
+            Target::Last => {
+                let which = self.last_backend();
+                self.run_on(which, &payload, Reply::ResultSets, None).await?.0
+            }
+            Target::Replica => self.run_read(&payload, Reply::ResultSets, None).await?.0,
+            Target::Local(_) => unreachable!("answered above"),
+        };
+        if let Some(cs) = route.charset {
+            // A character set change inside a master-only text: what the
+            // master connection reads in is not known for sure any more.
+            self.charset = cs;
+        }
+        self.client.flush().await?;
+        if ran == Which::Master {
+            self.after_master();
+        }
+        Ok(Self::metrics_route(ran))
+    }
+
+    /// A statement the proxy answers itself.
+    async fn local(&mut self, l: Local) -> Result<usize, Fail> {
+        match l {
+            Local::Kill { query, id } => self.kill(id, query).await,
+            Local::Refuse(why) => {
+                self.reply_err(ER_NOT_SUPPORTED, "42000", why).await?;
+                Ok(M_LOCAL)
             }
         }
     }
 
     /// A setting (or `USE`/`COM_INIT_DB`) runs on every open connection; the
     /// first one's reply goes to the client. With none open, it runs where a
-    /// read would.
-    async fn session_setting(&mut self, payload: Bytes, route: Route) -> Result<(), Fail> {
+    /// read would (a `USE` the replica refuses is tried on the master, which
+    /// has every database). Returns whether it succeeded.
+    async fn session_setting(&mut self, payload: Bytes, route: Route) -> Result<bool, Fail> {
         let mut answered: Option<Summary> = None;
         if self.master.is_some() {
             let (_, s) = self
@@ -748,48 +1292,129 @@ impl Session {
                     }
                 }
                 None => {
+                    let (mark, err_mark) = (self.client.wbuf.len(), self.answered_err);
                     let (_, s) = self
                         .run_on(Which::Replica(idx), &payload, Reply::ResultSets, None)
                         .await?;
-                    answered = Some(s);
+                    if s.err.is_some() && route.use_db.is_some() {
+                        // The client never sees the replica's error.
+                        self.client.wbuf.truncate(mark);
+                        self.answered_err = err_mark;
+                        self.replica = None;
+                        self.replica_lacks_db = Some(Instant::now());
+                        let (_, s) = self
+                            .run_on(Which::Master, &payload, Reply::ResultSets, None)
+                            .await?;
+                        answered = Some(s);
+                    } else {
+                        answered = Some(s);
+                    }
                 }
             }
         }
         let sum = match answered {
             Some(s) => s,
             None => {
-                let which = self.read_replica().map(Which::Replica).unwrap_or(Which::Master);
-                self.run_on(which, &payload, Reply::ResultSets, None).await?.1
+                if route.use_db.is_some() {
+                    self.replica_lacks_db = None;
+                }
+                let which = self.read_target(false).await?;
+                let (mark, err_mark) = (self.client.wbuf.len(), self.answered_err);
+                let (ran, s) = self.run_on(which, &payload, Reply::ResultSets, None).await?;
+                if s.err.is_some() && ran != Which::Master && route.use_db.is_some() {
+                    // The replica lacks the database; the master decides.
+                    self.client.wbuf.truncate(mark);
+                    self.answered_err = err_mark;
+                    self.replica = None;
+                    let (_, s) = self
+                        .run_on(Which::Master, &payload, Reply::ResultSets, None)
+                        .await?;
+                    if s.err.is_none() {
+                        self.replica_lacks_db = Some(Instant::now());
+                    }
+                    s
+                } else {
+                    s
+                }
             }
         };
         self.client.flush().await?;
         if sum.err.is_some() {
-            return Ok(());
+            return Ok(false);
         }
         for c in self.open_conns() {
             c.dirty = true;
         }
         if let Some(db) = route.use_db {
+            if self.db.as_deref() != Some(db.as_str()) && self.replica.is_some() {
+                // A replica connection that took the USE has the database.
+                self.replica_lacks_db = None;
+            }
             for c in self.open_conns() {
                 c.db = Some(db.clone());
             }
             self.db = Some(db);
         } else {
             self.settings.retain(|s| *s != payload);
-            self.settings.push(payload);
+            // A copy: the payload shares the allocation of the read buffer
+            // it was cut from, which it would keep alive.
+            self.settings.push(Bytes::copy_from_slice(&payload));
             if self.settings.len() > MAX_SETTINGS {
                 self.pin.get_or_insert("too many session settings");
             }
         }
-        Ok(())
+        Ok(true)
     }
 
-    async fn prepare(&mut self, payload: Bytes, sql: String) -> Result<usize, Fail> {
-        let route = classify(&sql);
+    async fn prepare(&mut self, payload: Bytes) -> Result<usize, Fail> {
+        let route = classify_cached(&payload[1..], self.charset);
+        match route.target {
+            Target::Local(Local::Refuse(why)) => {
+                self.reply_err(ER_NOT_SUPPORTED, "42000", why).await?;
+                return Ok(M_LOCAL);
+            }
+            Target::Local(Local::Kill { .. }) => {
+                self.reply_err(
+                    ER_NOT_SUPPORTED,
+                    "42000",
+                    "dbmux does not prepare KILL; send it as a query",
+                )
+                .await?;
+                return Ok(M_LOCAL);
+            }
+            _ => {}
+        }
+        if self.stmts.len() >= MAX_STATEMENTS {
+            let msg = format!(
+                "Can't create more than max_prepared_stmt_count statements (current value: {MAX_STATEMENTS})"
+            );
+            self.reply_err(ER_MAX_PREPARED_STMT_COUNT_REACHED, "42000", &msg)
+                .await?;
+            return Ok(M_LOCAL);
+        }
+        // The text is kept for preparing it again on another backend.
+        let text = if payload.len() > super::memory::UNCOUNTED {
+            match self.shared.memory.take(payload.len()) {
+                Some(l) => Some(l),
+                None => {
+                    self.shared.metrics.packets_refused.inc();
+                    self.reply_err(
+                        ER_OUT_OF_RESOURCES,
+                        "HY000",
+                        "Out of memory: dbmux's max_memory is in use",
+                    )
+                    .await?;
+                    return Ok(M_LOCAL);
+                }
+            }
+        } else {
+            None
+        };
         let id = self.next_stmt;
         self.next_stmt = self.next_stmt.wrapping_add(1).max(1);
         let which = match route.target {
-            Target::Replica => self.read_replica().map(Which::Replica).unwrap_or(Which::Master),
+            Target::Replica => self.read_target(false).await?,
+            Target::Last => self.last_backend(),
             _ => Which::Master,
         };
         let (ran, sum) = self.run_on(which, &payload, Reply::Prepare, Some(id)).await?;
@@ -802,7 +1427,11 @@ impl Session {
                 replica: None,
                 param_types: None,
                 long_data: Vec::new(),
-                sql,
+                long_data_len: 0,
+                long_data_overflow: false,
+                // Copied for the same reason as settings.
+                sql: Bytes::copy_from_slice(&payload[1..]),
+                _text: text,
             };
             match ran {
                 Which::Master => {
@@ -821,6 +1450,30 @@ impl Session {
             self.stmts.insert(id, stmt);
         }
         Ok(Self::metrics_route(ran))
+    }
+
+    /// `COM_STMT_SEND_LONG_DATA`: kept for the next execution, up to
+    /// `max_allowed_packet` bytes per statement (as a server does).
+    fn long_data(&mut self, id: u32, payload: Bytes) {
+        let max = self.shared.cfg.max_allowed_packet;
+        let memory = self.shared.memory.clone();
+        let Some(s) = self.stmts.get_mut(&id) else {
+            return;
+        };
+        if s.long_data_overflow {
+            return;
+        }
+        let lease = memory.take(payload.len());
+        if s.long_data_len + payload.len() > max || lease.is_none() {
+            // Nothing is answered to this command; the execution reports it.
+            s.long_data_overflow = true;
+            s.long_data.clear();
+            s.long_data_len = 0;
+            self.shared.metrics.packets_refused.inc();
+            return;
+        }
+        s.long_data_len += payload.len();
+        s.long_data.push((Bytes::copy_from_slice(&payload), lease));
     }
 
     /// The backend statement id of `id` on `which`, preparing it there first
@@ -848,17 +1501,30 @@ impl Session {
                 }
             }
         }
-        let mut p = vec![command::COM_STMT_PREPARE];
-        p.extend_from_slice(stmt.sql.as_bytes());
-        let mut conn = match self.take(which).await {
+        let mut p = Vec::with_capacity(stmt.sql.len() + 1);
+        p.push(command::COM_STMT_PREPARE);
+        p.extend_from_slice(&stmt.sql);
+        let health = self.health(which);
+        let held = self.master_held_state();
+        let taken = tokio::select! {
+            biased;
+            r = self.take(which) => r,
+            () = health.wait_down() => Err(TakeError::Backend(BackendError::Frozen)),
+        };
+        let mut conn = match taken {
             Ok(c) => c,
             Err(TakeError::Backend(e)) => {
                 return match which {
                     Which::Replica(i) => {
-                        self.shared.replicas[i].health.mark_down();
+                        let h = &self.shared.replicas[i].health;
+                        if e.is_backend_down() {
+                            h.mark_down();
+                        } else {
+                            h.probe();
+                        }
                         Ok(None)
                     }
-                    Which::Master if self.master_held_state() => Err(Fail::MasterBroken(e)),
+                    Which::Master if held => Err(Fail::MasterBroken(e)),
                     Which::Master => Err(Fail::MasterUnavailable(e)),
                 }
             }
@@ -867,7 +1533,11 @@ impl Session {
                 return Err(Fail::Sql(e));
             }
         };
-        let r = conn.command(&p, Reply::Prepare).await;
+        let r = tokio::select! {
+            biased;
+            r = conn.command(&p, Reply::Prepare) => r,
+            () = health.wait_down() => Err(BackendError::Frozen),
+        };
         conn.dirty = true;
         let bid = match r {
             Ok(Summary {
@@ -881,7 +1551,7 @@ impl Session {
                 // The statement no longer prepares (schema changed): report it.
                 self.give(which, conn);
                 let e = s.err.unwrap_or(ErrPacket {
-                    code: 1105,
+                    code: ER_UNKNOWN_ERROR,
                     message: "prepare failed".into(),
                 });
                 if which != Which::Master {
@@ -892,7 +1562,7 @@ impl Session {
             Err(e) => {
                 return match which {
                     Which::Replica(i) => {
-                        self.shared.replicas[i].health.mark_down();
+                        self.shared.replicas[i].health.probe();
                         Ok(None)
                     }
                     Which::Master => Err(Fail::MasterBroken(e)),
@@ -922,6 +1592,14 @@ impl Session {
             .await?;
             return Ok(M_LOCAL);
         }
+        if std::mem::take(&mut stmt.long_data_overflow) {
+            let msg =
+                "Parameter of prepared statement which is set through mysql_send_long_data() is longer \
+                       than 'max_allowed_packet' bytes";
+            self.reply_err(handshake::ER_NET_PACKET_TOO_LARGE, "HY000", msg)
+                .await?;
+            return Ok(M_LOCAL);
+        }
         // Remember the parameter types the first execution carries.
         let n = stmt.params as usize;
         let bound_at = 10 + n.div_ceil(8);
@@ -937,6 +1615,7 @@ impl Session {
         }
         let (target, write, pin) = (stmt.route.target, stmt.route.write, stmt.route.pin);
         let long_data = std::mem::take(&mut stmt.long_data);
+        stmt.long_data_len = 0;
         if let Some(p) = pin {
             self.pin.get_or_insert(p);
         }
@@ -944,7 +1623,8 @@ impl Session {
             self.wrote = true;
         }
         let mut which = match target {
-            Target::Replica => self.read_replica().map(Which::Replica).unwrap_or(Which::Master),
+            Target::Replica => self.read_target(false).await?,
+            Target::Last => self.last_backend(),
             _ => Which::Master,
         };
         loop {
@@ -958,7 +1638,10 @@ impl Session {
             // statement id replaced while it is buffered for the backend.
             let with_types = with_param_types(&payload, n, bound, types_sent, stmt.param_types.as_deref());
             let body = with_types.as_deref().unwrap_or(&payload);
-            let chunks: Vec<Vec<u8>> = long_data.iter().map(|c| command::with_stmt_id(c, bid)).collect();
+            let chunks: Vec<Vec<u8>> = long_data
+                .iter()
+                .map(|(c, _)| command::with_stmt_id(c, bid))
+                .collect();
             match self
                 .exec(which, body, Reply::ResultSets, None, &chunks, Some(bid))
                 .await?
@@ -985,7 +1668,7 @@ impl Session {
         }
         self.client.flush().await?;
         if which == Which::Master {
-            self.after_master().await?;
+            self.after_master();
         }
         Ok(Self::metrics_route(which))
     }
@@ -1021,6 +1704,8 @@ impl Session {
             return Ok(M_LOCAL);
         };
         stmt.long_data.clear();
+        stmt.long_data_len = 0;
+        stmt.long_data_overflow = false;
         let (m, r) = (stmt.master, stmt.replica);
         if let (Some((bid, _)), Some(c)) = (m, self.master.as_mut()) {
             if let Err(e) = c.command(&command::with_stmt_id(&payload, bid), Reply::One).await {
@@ -1061,11 +1746,17 @@ impl Session {
             Ok(user) => {
                 self.release();
                 self.reset_state();
+                let (m, r) = shared.accounts.get(&user.name).copied().unwrap_or((0, 0));
+                self.key.account = m;
+                self.replica_account = r;
+                self.handle.set_user(&user.name);
+                self.mask_as = user.name.as_str().into();
                 self.user = user;
                 self.db = cu.db;
                 if let Some(c) = cu.collation {
                     self.key.collation = c;
                 }
+                self.charset = ClientCharset::from_collation(self.key.collation as u16);
                 Ok(M_LOCAL)
             }
             Err(HandshakeError::Io(e)) => Err(Fail::Client(e)),
@@ -1084,30 +1775,29 @@ impl Session {
         self.stmts.clear();
         self.pin = None;
         self.wrote = false;
+        self.gtid_pending = false;
+        self.last = None;
+        self.replica_lacks_db = None;
         self.master_status = STATUS_AUTOCOMMIT;
         self.multi_statements = self.caps & CLIENT_MULTI_STATEMENTS != 0;
         self.no_backslash_escapes = false;
+        self.charset = ClientCharset::from_collation(self.key.collation as u16);
     }
 
     async fn reset_connection(&mut self) {
         if let Some(mut m) = self.master.take() {
-            match m.reset().await {
-                Ok(()) => {
-                    m.dirty = true;
-                    self.master = Some(m);
-                    self.master_status = STATUS_AUTOCOMMIT;
-                }
-                Err(_) => self.master_status = STATUS_AUTOCOMMIT,
+            if m.reset().await.is_ok() {
+                m.dirty = true;
+                self.master = Some(m);
             }
         }
         if let Some((i, c)) = self.replica.take() {
             self.shared.replicas[i].pool.put(c);
         }
-        self.settings.clear();
-        self.stmts.clear();
-        self.pin = None;
-        self.wrote = false;
-        self.multi_statements = self.caps & CLIENT_MULTI_STATEMENTS != 0;
+        let db = self.db.take();
+        self.reset_state();
+        // COM_RESET_CONNECTION keeps the database.
+        self.db = db;
     }
 
     /// Gives the backend connections back at the end of the session.
@@ -1124,6 +1814,26 @@ impl Session {
     }
 }
 
+/// A failure to open a backend connection: a login refused for reasons of
+/// the session's own (its character set, …) is that session's SQL error,
+/// reported to it as the server's answer; a login refused for the user's own
+/// backend account is that user's problem, reported without naming the
+/// account; everything else is the backend's.
+fn login_error(account: u16) -> impl Fn(BackendError) -> TakeError {
+    move |e| match e {
+        BackendError::Login(err) if !BackendError::Login(err.clone()).is_backend_down() => {
+            TakeError::Sql(err)
+        }
+        BackendError::Login(err) if account != 0 => {
+            tracing::warn!(account, code = err.code, error = %err.message, "the backend refused a user's own backend account");
+            TakeError::Sql(ErrPacket {
+                code: ER_UNKNOWN_ERROR,
+                message: "dbmux: the backend refused this user's backend account (see the dbmux log)".into(),
+            })
+        }
+        e => TakeError::Backend(e),
+    }
+}
 /// How much read traffic a usable replica should get, relative to the
 /// others: inversely proportional to its measured ping latency (the "ping
 /// chart") and shrinking with its replication lag in `seq` (unknown lag

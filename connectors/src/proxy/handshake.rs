@@ -17,6 +17,22 @@
 //!
 //! Unknown users and wrong passwords get the same "Access denied" error; no
 //! backend is contacted before authentication succeeds.
+//!
+//! # No user-name probing
+//! A known user whose plugin differs from the one the client answered with
+//! gets an AuthSwitchRequest; if an unknown user got an immediate refusal
+//! instead, the difference would tell which names exist. An unknown name is
+//! therefore handled as a user of a plugin chosen by a keyed hash of the
+//! name (keyed with the configured password hashes: stable across restarts
+//! with the same users, unpredictable without them), goes through the same
+//! switch and verification against a hash nobody knows, and is refused the
+//! same way.
+//!
+//! # Limits
+//! Packets before login may be at most [`MAX_LOGIN_PACKET`] bytes; a bigger
+//! frame header is refused before its bytes are read. Client-supplied
+//! names appear in logs and messages clipped to [`MAX_NAME_IN_MESSAGES`]
+//! characters.
 
 use super::config::{parse_native_hash, parse_sha2_hash, AuthPlugin, ProxyConfig, UserConfig};
 use super::packet::{err_payload, get_lenenc_bytes, get_null_str, ok_payload, PacketIo, STATUS_AUTOCOMMIT};
@@ -87,6 +103,44 @@ pub const ER_HANDSHAKE: u16 = 1043;
 
 /// utf8mb4_general_ci, the greeting's default collation.
 pub const DEFAULT_COLLATION: u8 = 45;
+
+pub const ER_NET_PACKET_TOO_LARGE: u16 = 1153;
+
+/// The largest packet a client may send before it is logged in (a
+/// handshake response with connection attributes is a few KiB).
+pub const MAX_LOGIN_PACKET: usize = 128 * 1024;
+
+/// Characters of a client-supplied name shown in logs and error messages.
+pub const MAX_NAME_IN_MESSAGES: usize = 64;
+
+/// `s` cut to `max` characters (with `…` when cut), for logs and messages.
+pub fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]).into(),
+        None => s.into(),
+    }
+}
+
+/// The plugin an unknown user name is handled with (see the module doc).
+fn decoy_plugin(cfg: &ProxyConfig, name: &str) -> AuthPlugin {
+    let plugins: Vec<AuthPlugin> = {
+        let mut v: Vec<AuthPlugin> = cfg.users.iter().map(|u| u.auth_plugin).collect();
+        v.dedup();
+        if v.is_empty() {
+            vec![cfg.default_auth_plugin]
+        } else {
+            v
+        }
+    };
+    let mut h = Sha256::new();
+    for u in &cfg.users {
+        h.update(u.mysql_native_password.as_deref().unwrap_or("").as_bytes());
+        h.update(u.caching_sha2_password.as_deref().unwrap_or("").as_bytes());
+    }
+    h.update(name.as_bytes());
+    let d = h.finalize();
+    plugins[d[0] as usize % plugins.len()]
+}
 
 /// A client connection before or after the TLS upgrade.
 pub enum ClientStream {
@@ -403,6 +457,7 @@ pub async fn accept(
     conn_id: u32,
 ) -> Result<Authenticated, HandshakeError> {
     let mut io = PacketIo::new(ClientStream::Plain(socket));
+    io.max_packet = MAX_LOGIN_PACKET;
     let challenge = nonce();
     io.send(
         0,
@@ -415,7 +470,10 @@ pub async fn accept(
         ),
     )
     .await?;
-    let mut pkt = io.read_packet().await?.ok_or(HandshakeError::Closed)?;
+    let mut pkt = match io.read_packet().await {
+        Ok(p) => p.ok_or(HandshakeError::Closed)?,
+        Err(e) => return Err(too_large(&mut io, e).await),
+    };
     if is_ssl_request(&pkt.payload) {
         let acceptor = tls.ok_or(HandshakeError::Malformed)?;
         let ClientStream::Plain(tcp) = std::mem::replace(&mut io.stream, ClientStream::Detached) else {
@@ -427,7 +485,10 @@ pub async fn accept(
             .await
             .map_err(|e| HandshakeError::Tls(e.to_string()))?;
         io.stream = ClientStream::Tls(Box::new(stream));
-        pkt = io.read_packet().await?.ok_or(HandshakeError::Closed)?;
+        pkt = match io.read_packet().await {
+            Ok(p) => p.ok_or(HandshakeError::Closed)?,
+            Err(e) => return Err(too_large(&mut io, e).await),
+        };
     }
     let seq = pkt.seq.wrapping_add(1);
     let Some(resp) = parse_response(&pkt.payload) else {
@@ -452,6 +513,24 @@ pub async fn accept(
     })
 }
 
+/// Tells the client its packet was too big, when that is what `e` says.
+async fn too_large(io: &mut PacketIo<ClientStream>, e: io::Error) -> HandshakeError {
+    if super::packet::ReadLimit::of(&e).is_some() {
+        let _ = io
+            .send(
+                2,
+                &err_payload(
+                    ER_NET_PACKET_TOO_LARGE,
+                    "08S01",
+                    "Got a packet bigger than 'max_allowed_packet' bytes",
+                ),
+            )
+            .await;
+        super::packet::drain(io).await;
+    }
+    HandshakeError::Io(e)
+}
+
 /// What a client sent to log in: from a HandshakeResponse or a COM_CHANGE_USER.
 pub struct Login<'a> {
     pub user: &'a str,
@@ -473,29 +552,40 @@ pub async fn authenticate(
     switch: bool,
 ) -> Result<UserConfig, HandshakeError> {
     let is_tls = io.stream.is_tls();
+    let shown = clip(login.user, MAX_NAME_IN_MESSAGES);
     let deny = |msg: &str| {
         let using = if login.auth.is_empty() { "NO" } else { "YES" };
         err_payload(
             ER_ACCESS_DENIED,
             "28000",
-            &format!(
-                "Access denied for user '{}' (using password: {using}){msg}",
-                login.user
-            ),
+            &format!("Access denied for user '{shown}' (using password: {using}){msg}"),
         )
     };
     if cfg.tls.as_ref().is_some_and(|t| t.require) && !is_tls {
         io.send(seq, &deny(": TLS is required")).await?;
         return Err(HandshakeError::Refused("TLS required".into()));
     }
-    let Some(user) = cfg.user(login.user).cloned() else {
-        io.send(seq, &deny("")).await?;
-        return Err(HandshakeError::Refused(format!("unknown user {:?}", login.user)));
+    // An unknown name goes the way of a known one up to the refusal.
+    let known = cfg.user(login.user).cloned();
+    let wanted = match &known {
+        Some(u) => u.auth_plugin,
+        None => decoy_plugin(cfg, login.user),
     };
+    let user = known.clone().unwrap_or_else(|| UserConfig {
+        name: login.user.to_string(),
+        mysql_native_password: Some(format!("*{}", hex::encode_upper(nonce()))),
+        caching_sha2_password: Some(hex::encode([nonce(), nonce()].concat())[..64].to_string()),
+        auth_plugin: wanted,
+        consistency: Default::default(),
+        require_full_auth: false,
+        backend_user: None,
+        backend_password: None,
+        replica_user: None,
+        replica_password: None,
+    });
 
     // Switch to the user's plugin when the client answered for another one.
     let mut auth = login.auth.clone();
-    let wanted = user.auth_plugin;
     let offered = if login.caps & CLIENT_PLUGIN_AUTH != 0 {
         login.plugin.and_then(AuthPlugin::from_name)
     } else {
@@ -558,12 +648,12 @@ pub async fn authenticate(
             }
         }
     };
-    if !ok {
+    if !ok || known.is_none() {
         io.send(seq, &deny("")).await?;
-        return Err(HandshakeError::Refused(format!(
-            "wrong password for {:?}",
-            user.name
-        )));
+        return Err(HandshakeError::Refused(match known {
+            Some(_) => format!("wrong password for {shown:?}"),
+            None => format!("unknown user {shown:?}"),
+        }));
     }
     io.send(seq, &ok_payload(0, STATUS_AUTOCOMMIT)).await?;
     Ok(user)

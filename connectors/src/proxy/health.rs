@@ -13,8 +13,21 @@
 //!   `seq` from a `watch` channel the runtime feeds.
 //!
 //! A query that fails (no such table yet) leaves that value unknown; a failed
-//! ping marks the backend down at once. Sessions also mark a replica down the
-//! moment its connection breaks, so traffic moves before the next ping.
+//! ping marks the backend down at once, and so does a ping not answered
+//! within `health_timeout_ms`: a frozen server (SIGSTOP, a hung host) keeps
+//! its TCP connections open and would otherwise look alive forever.
+//!
+//! # Who may mark a backend down
+//! Only evidence that the backend fails for everyone: a failed or
+//! unanswered ping, a refused connection, a login the backend refuses for the
+//! proxy's account, a "going away" error. A session whose own connection
+//! breaks (the server closed it after a packet too big, a client too slow to
+//! read, …) asks for an immediate ping instead ([`BackendHealth::probe`]):
+//! one client cannot take a backend out of rotation for the others.
+//!
+//! Sessions waiting for a backend's reply also wait for it to be marked down
+//! ([`BackendHealth::wait_down`]): a frozen backend releases them within
+//! `health_interval_ms + health_timeout_ms`.
 
 use super::backend::{BackendConn, Pool, PoolKey};
 use super::handshake::{DEFAULT_COLLATION, SESSION_CAPABILITIES};
@@ -22,7 +35,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// A MariaDB GTID `domain-server-seq`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,6 +106,10 @@ pub struct BackendHealth {
     applied_gtids: RwLock<HashMap<u32, u64>>,
     /// The server's default `sql_mode` has NO_BACKSLASH_ESCAPES.
     no_backslash_escapes: AtomicBool,
+    /// Woken when the backend is marked down.
+    down: Notify,
+    /// Wakes the health task for a ping now.
+    probe: Notify,
 }
 
 impl BackendHealth {
@@ -104,6 +121,8 @@ impl BackendHealth {
             applied_seq: AtomicU64::new(u64::MAX),
             applied_gtids: RwLock::new(HashMap::new()),
             no_backslash_escapes: AtomicBool::new(false),
+            down: Notify::new(),
+            probe: Notify::new(),
         }
     }
     pub fn is_up(&self) -> bool {
@@ -112,6 +131,25 @@ impl BackendHealth {
     pub fn mark_down(&self) {
         if self.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(backend = %self.name, "backend marked down");
+        }
+        self.down.notify_waiters();
+    }
+    /// Asks the health task to ping now: a session saw one of its
+    /// connections fail and cannot tell whether the backend or only that
+    /// connection is at fault.
+    pub fn probe(&self) {
+        self.probe.notify_one();
+    }
+    /// Resolves once the backend is marked down (at once if it is).
+    pub async fn wait_down(&self) {
+        loop {
+            let n = self.down.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if !self.is_up() {
+                return;
+            }
+            n.await;
         }
     }
     fn mark_up(&self) {
@@ -189,64 +227,112 @@ pub struct PositionQueries {
     pub applied_seq: String,
 }
 
-/// Runs forever: ping, read positions, sleep. Cancel by dropping the task.
+/// Timing of the health task.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub interval: Duration,
+    /// A ping (or connect) not answered within this marks the backend down.
+    pub timeout: Duration,
+}
+
+/// [`monitor`], started again (after a second) if it ever panics: a backend
+/// must not stay unwatched because of one bad answer.
+pub async fn supervised(
+    pool: Arc<Pool>,
+    health: Arc<BackendHealth>,
+    queries: Option<PositionQueries>,
+    timing: Timing,
+) {
+    use futures_util::FutureExt;
+    loop {
+        let run = monitor(pool.clone(), health.clone(), queries.clone(), timing);
+        if std::panic::AssertUnwindSafe(run).catch_unwind().await.is_err() {
+            tracing::error!(backend = %health.name, "the health check panicked; restarting it");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Runs forever: ping, read positions, sleep (or wake up early for a
+/// [`BackendHealth::probe`]). Cancel by dropping the task.
 pub async fn monitor(
     pool: Arc<Pool>,
     health: Arc<BackendHealth>,
     queries: Option<PositionQueries>,
-    interval: Duration,
+    timing: Timing,
 ) {
     let key = PoolKey {
         caps: SESSION_CAPABILITIES & !super::handshake::CLIENT_MULTI_STATEMENTS,
         collation: DEFAULT_COLLATION,
+        account: 0,
     };
     let mut conn: Option<BackendConn> = None;
+    let down = |why: &str| {
+        tracing::debug!(backend = %health.name, error = %why, "health check failed");
+        health.mark_down();
+        pool.clear();
+    };
     loop {
         if conn.is_none() {
-            match BackendConn::connect(&pool.addr, key, interval.max(Duration::from_secs(1))).await {
+            match BackendConn::connect(&pool.addr, key, timing.timeout).await {
                 Ok(c) => {
                     let nbe = c.login_status & super::packet::STATUS_NO_BACKSLASH_ESCAPES != 0;
                     health.no_backslash_escapes.store(nbe, Ordering::Relaxed);
                     conn = Some(c);
                 }
-                Err(e) => {
-                    tracing::debug!(backend = %health.name, error = %e, "health connect failed");
-                    health.mark_down();
-                    pool.clear();
+                // Out of file descriptors here is not the backend's fault.
+                Err(e) if !e.is_backend_down() => {
+                    tracing::warn!(backend = %health.name, error = %e, "health check cannot connect")
                 }
+                Err(e) => down(&e.to_string()),
             }
         }
         if let Some(c) = conn.as_mut() {
             let t = Instant::now();
-            match c.ping().await {
-                Ok(()) => {
-                    health.record_latency(t.elapsed());
-                    if let Some(q) = &queries {
-                        let mut applied = String::new();
-                        for query in &q.applied_gtid {
-                            if let Ok(Ok(Some(v))) = c.query_value(query).await {
-                                applied = v;
-                                break;
-                            }
+            let checked = tokio::time::timeout(timing.timeout, async {
+                c.ping().await?;
+                let latency = t.elapsed();
+                let mut applied = String::new();
+                let mut seq = u64::MAX;
+                if let Some(q) = &queries {
+                    for query in &q.applied_gtid {
+                        if let Ok(Some(v)) = c.query_value(query).await? {
+                            applied = v;
+                            break;
                         }
+                    }
+                    if let Ok(Some(v)) = c.query_value(&q.applied_seq).await? {
+                        seq = v.trim().parse().unwrap_or(u64::MAX);
+                    }
+                }
+                Ok::<_, super::backend::BackendError>((latency, applied, seq))
+            })
+            .await;
+            match checked {
+                Ok(Ok((latency, applied, seq))) => {
+                    health.record_latency(latency);
+                    if queries.is_some() {
                         health.set_applied_gtids(&applied);
-                        let seq = match c.query_value(&q.applied_seq).await {
-                            Ok(Ok(Some(v))) => v.trim().parse().unwrap_or(u64::MAX),
-                            _ => u64::MAX,
-                        };
                         health.applied_seq.store(seq, Ordering::Relaxed);
                     }
                     health.mark_up();
                 }
-                Err(e) => {
-                    tracing::debug!(backend = %health.name, error = %e, "health ping failed");
-                    health.mark_down();
-                    pool.clear();
+                Ok(Err(e)) => {
+                    down(&e.to_string());
+                    conn = None;
+                }
+                Err(_) => {
+                    tracing::warn!(backend = %health.name, timeout = ?timing.timeout, "backend did not answer the health check in time");
+                    down("timed out");
                     conn = None;
                 }
             }
         }
-        tokio::time::sleep(interval).await;
+        tokio::select! {
+            () = tokio::time::sleep(timing.interval) => {}
+            // A probe asked for by a session; not more often than this.
+            () = health.probe.notified() => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
     }
 }
 

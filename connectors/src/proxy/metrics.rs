@@ -2,8 +2,9 @@
 //!
 //! They live in the process's one `prometheus_client` registry (see
 //! `pipeline::metrics` for the rules): [`Metrics::register`] adds the
-//! per-statement counters and histograms, and a collector that reads the
-//! backends' health and pools at scrape time. Names are documented in
+//! per-statement counters and histograms, the session and hardening
+//! counters, and collectors that read the backends' health and pools and the
+//! client memory budget at scrape time. Names are documented in
 //! `docs/operations.md`; counters are registered without `_total`, which the
 //! encoder appends on the wire.
 //!
@@ -13,6 +14,7 @@
 
 use super::backend::Pool;
 use super::health::BackendHealth;
+use super::memory::Budget;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
@@ -40,6 +42,19 @@ pub const AUTH_FAILURES: &str = "dbmux_proxy_auth_failures";
 pub const RYW_MASTER_READS: &str = "dbmux_proxy_ryw_master_reads";
 /// Counter: reads retried on the master after a replica failed.
 pub const REPLICA_FAILOVERS: &str = "dbmux_proxy_replica_failovers";
+
+/// Gauge: bytes of client data held now under `max_memory` (big packets,
+/// long data, prepared statement texts); read from the budget at scrape time.
+pub const CLIENT_MEMORY_BYTES: &str = "dbmux_proxy_client_memory_bytes";
+/// Counter: client packets refused for `max_allowed_packet` or `max_memory`
+/// (before or after login, long data included).
+pub const PACKETS_REFUSED: &str = "dbmux_proxy_packets_refused";
+/// Counter: sessions ended by a panic in the proxy (a bug; the process and
+/// the other sessions go on).
+pub const SESSION_PANICS: &str = "dbmux_proxy_session_panics";
+/// Counter: `KILL` statements the proxy carried out (refused ones are not
+/// counted here; they are `error` outcomes of route `local`).
+pub const KILLS: &str = "dbmux_proxy_kills";
 
 /// Gauge (seconds), label `backend`: smoothed ping round trip (the ping chart).
 pub const BACKEND_PING_SECONDS: &str = "dbmux_proxy_backend_ping_seconds";
@@ -145,6 +160,9 @@ pub struct Metrics {
     pub auth_failures: Counter,
     pub ryw_master_reads: Counter,
     pub replica_failovers: Counter,
+    pub packets_refused: Counter,
+    pub session_panics: Counter,
+    pub kills: Counter,
 }
 
 impl Default for Metrics {
@@ -176,6 +194,9 @@ impl Default for Metrics {
             auth_failures: Counter::default(),
             ryw_master_reads: Counter::default(),
             replica_failovers: Counter::default(),
+            packets_refused: Counter::default(),
+            session_panics: Counter::default(),
+            kills: Counter::default(),
         }
     }
 }
@@ -193,9 +214,9 @@ impl Metrics {
         self.queries[route][outcome].get()
     }
 
-    /// Registers these handles, and a collector reading `backends` at scrape
-    /// time, in `registry`.
-    pub fn register(&self, registry: &mut Registry, backends: Vec<BackendView>) {
+    /// Registers these handles, and collectors reading `backends` and the
+    /// client memory budget at scrape time, in `registry`.
+    pub fn register(&self, registry: &mut Registry, backends: Vec<BackendView>, memory: Arc<Budget>) {
         registry.register(
             QUERIES,
             "Commands by where they ran and how they ended",
@@ -223,6 +244,18 @@ impl Metrics {
             "Reads retried on the master after a replica failed",
             self.replica_failovers.clone(),
         );
+        registry.register(
+            PACKETS_REFUSED,
+            "Client packets refused for max_allowed_packet or max_memory",
+            self.packets_refused.clone(),
+        );
+        registry.register(
+            SESSION_PANICS,
+            "Sessions ended by a panic in the proxy (a bug; the others go on)",
+            self.session_panics.clone(),
+        );
+        registry.register(KILLS, "KILL statements the proxy carried out", self.kills.clone());
+        registry.register_collector(Box::new(MemoryCollector(memory)));
         registry.register_collector(Box::new(BackendCollector { backends }));
     }
 }
@@ -239,6 +272,23 @@ impl std::fmt::Debug for BackendView {
         f.debug_struct("BackendView")
             .field("backend", &self.health.name)
             .finish_non_exhaustive()
+    }
+}
+
+/// The client bytes held under `max_memory`, read from the budget on each
+/// scrape (the budget is the one count; no second one to keep in step).
+#[derive(Debug)]
+struct MemoryCollector(Arc<Budget>);
+
+impl Collector for MemoryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let metric = encoder.encode_descriptor(
+            CLIENT_MEMORY_BYTES,
+            "Bytes of client data held under max_memory.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.0.used() as i64).encode(metric)
     }
 }
 
@@ -330,7 +380,10 @@ mod tests {
         m.record(1, OK, std::time::Duration::from_micros(300));
         m.record(1, ERROR, std::time::Duration::from_millis(20));
         let mut registry = Registry::default();
-        m.register(&mut registry, Vec::new());
+        let budget = Budget::new(1 << 20);
+        let _lease = budget.take(70_000).unwrap();
+        m.register(&mut registry, Vec::new(), budget.clone());
+        m.kills.inc();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(
@@ -351,5 +404,11 @@ mod tests {
         assert!(text.contains("dbmux_proxy_query_duration_seconds_count{route=\"replica\"} 2\n"));
         assert!(text.contains("dbmux_proxy_query_duration_seconds_sum{route=\"replica\"} 0.0203\n"));
         assert_eq!(m.queries(1, OK), 1);
+        // The hardening counters and the memory gauge, under their documented names.
+        assert!(text.contains("dbmux_proxy_kills_total 1\n"), "{text}");
+        assert!(text.contains("dbmux_proxy_packets_refused_total 0\n"));
+        assert!(text.contains("dbmux_proxy_session_panics_total 0\n"));
+        assert!(text.contains("# TYPE dbmux_proxy_client_memory_bytes gauge\n"));
+        assert!(text.contains("dbmux_proxy_client_memory_bytes 70000\n"), "{text}");
     }
 }

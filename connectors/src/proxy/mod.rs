@@ -41,14 +41,17 @@ pub mod config;
 pub mod connection;
 pub mod handshake;
 pub mod health;
+pub mod lexer;
 pub mod listener;
+pub mod memory;
 pub mod metrics;
 pub mod packet;
 pub mod router;
 
 use backend::{Pool, PoolKey};
-use config::ProxyConfig;
+use config::{BackendAddr, ProxyConfig};
 use health::{AppliedPosition, BackendHealth, GtidToSeq, HealthPositions, PositionQueries};
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +88,48 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub metrics: metrics::Metrics,
     pub next_conn_id: AtomicU32,
+    /// Open sessions by proxy thread id (for `KILL`).
+    pub sessions: std::sync::Mutex<HashMap<u32, Arc<connection::SessionHandle>>>,
+    /// Client bytes all sessions may hold (`max_memory`).
+    pub memory: Arc<memory::Budget>,
+    /// Backend accounts per proxy user: (master, replica) [`PoolKey::account`].
+    pub accounts: HashMap<String, (u16, u16)>,
+    /// Failed logins and login-phase connections per client address.
+    pub door: Arc<listener::Door>,
+}
+
+impl Shared {
+    /// The open session with proxy thread id `id`.
+    pub fn session(&self, id: u32) -> Option<Arc<connection::SessionHandle>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+}
+
+/// The per-user backend accounts of `cfg` for one backend at `base`:
+/// `(user name, account)` in [`PoolKey::account`] order (from 1).
+fn user_accounts(cfg: &ProxyConfig, base: &BackendAddr, replica: bool) -> Vec<(String, BackendAddr)> {
+    cfg.users
+        .iter()
+        .filter_map(|u| {
+            let (user, password) = if replica {
+                u.replica_account()?
+            } else {
+                u.master_account()?
+            };
+            Some((
+                u.name.clone(),
+                BackendAddr {
+                    user: user.to_string(),
+                    password: password.to_string(),
+                    ..base.clone()
+                },
+            ))
+        })
+        .collect()
 }
 
 /// One backend's health now (for the admin status page).
@@ -131,22 +176,39 @@ impl Proxy {
             Some(t) => Some(handshake::tls_acceptor(&t.cert, &t.key)?),
             None => None,
         };
-        let master_addr = cfg
+        let master_addr: BackendAddr = cfg
             .master
             .parse()
             .map_err(|_| ProxyError::Config(cfg.validate()))?;
-        let master = Arc::new(Pool::new("master", master_addr, MAX_IDLE_PER_KEY));
-        let replicas: Vec<Replica> = cfg
-            .replicas
-            .iter()
-            .filter_map(|r| {
-                Some(Replica {
-                    name: r.name.clone(),
-                    pool: Arc::new(Pool::new(&r.name, r.url.parse().ok()?, MAX_IDLE_PER_KEY)),
-                    health: Arc::new(BackendHealth::new(&r.name)),
-                })
-            })
-            .collect();
+        let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms);
+        let mut accounts: HashMap<String, (u16, u16)> = HashMap::new();
+        let master_accounts = user_accounts(&cfg, &master_addr, false);
+        for (i, (user, _)) in master_accounts.iter().enumerate() {
+            accounts.entry(user.clone()).or_default().0 = i as u16 + 1;
+        }
+        let master = Arc::new(
+            Pool::new("master", master_addr, MAX_IDLE_PER_KEY)
+                .with_accounts(master_accounts.into_iter().map(|a| a.1).collect())
+                .with_connect_timeout(connect_timeout),
+        );
+        let mut replicas = Vec::new();
+        for r in &cfg.replicas {
+            let Ok(addr) = r.url.parse() else { continue };
+            let list = user_accounts(&cfg, &addr, true);
+            for (i, (user, _)) in list.iter().enumerate() {
+                // Every replica lists the same users in the same order.
+                accounts.entry(user.clone()).or_default().1 = i as u16 + 1;
+            }
+            replicas.push(Replica {
+                name: r.name.clone(),
+                pool: Arc::new(
+                    Pool::new(&r.name, addr, MAX_IDLE_PER_KEY)
+                        .with_accounts(list.into_iter().map(|a| a.1).collect())
+                        .with_connect_timeout(connect_timeout),
+                ),
+                health: Arc::new(BackendHealth::new(&r.name)),
+            });
+        }
         let positions = Arc::new(HealthPositions {
             replicas: replicas
                 .iter()
@@ -160,6 +222,7 @@ impl Proxy {
                 let key = PoolKey {
                     caps: 0,
                     collation: handshake::DEFAULT_COLLATION,
+                    account: 0,
                 };
                 match backend::BackendConn::connect(&master.addr, key, Duration::from_secs(2)).await {
                     Ok(c) => format!("{}-dbmux", c.server_version),
@@ -170,8 +233,14 @@ impl Proxy {
                 }
             }
         };
+        let memory = memory::Budget::new(cfg.max_memory);
+        let door = Arc::new(listener::Door::new(&cfg));
         Ok(Proxy {
             shared: Arc::new(Shared {
+                sessions: std::sync::Mutex::new(HashMap::new()),
+                memory,
+                accounts,
+                door,
                 cfg,
                 master,
                 master_health: Arc::new(BackendHealth::new("master")),
@@ -203,8 +272,10 @@ impl Proxy {
     }
 
     /// Registers the proxy's metrics in the process's registry: statement
-    /// counters and latency by route, and per-backend health, ping latency,
-    /// applied seq and pool use (read at scrape time).
+    /// counters and latency by route and outcome, session and hardening
+    /// counters (refused packets, panics, kills), and — read at scrape time —
+    /// the client memory in use and per-backend health, ping latency, applied
+    /// seq and pool use (the pools of every backend account together).
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         let s = &self.shared;
         let backends = std::iter::once((&s.master_health, &s.master))
@@ -214,7 +285,7 @@ impl Proxy {
                 pool: pool.clone(),
             })
             .collect();
-        s.metrics.register(registry, backends);
+        s.metrics.register(registry, backends, s.memory.clone());
     }
 
     /// The backends as the status page shows them: the master first.
@@ -234,8 +305,11 @@ impl Proxy {
             .collect()
     }
 
-    /// Binds the configured listen address.
+    /// Raises the open files limit (see [`listener::raise_fd_limit`]) and
+    /// binds the configured listen address: once the address is known (and
+    /// announced), the limit is the one clients will meet.
     pub async fn bind(&self) -> Result<TcpListener, ProxyError> {
+        listener::raise_fd_limit(self.shared.cfg.max_connections);
         let addr = self.shared.cfg.listen.clone();
         TcpListener::bind(&addr)
             .await
@@ -246,24 +320,27 @@ impl Proxy {
     /// Sessions already open finish on their own.
     pub async fn run(self, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
         let s = &self.shared;
-        let interval = Duration::from_millis(s.cfg.health_interval_ms);
+        let timing = health::Timing {
+            interval: Duration::from_millis(s.cfg.health_interval_ms),
+            timeout: Duration::from_millis(s.cfg.health_timeout_ms),
+        };
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(health::monitor(
+        tasks.push(tokio::spawn(health::supervised(
             s.master.clone(),
             s.master_health.clone(),
             None,
-            interval,
+            timing,
         )));
         for (r, rc) in s.replicas.iter().zip(&s.cfg.replicas) {
             let q = PositionQueries {
                 applied_gtid: rc.gtid_queries(),
                 applied_seq: rc.seq_query(),
             };
-            tasks.push(tokio::spawn(health::monitor(
+            tasks.push(tokio::spawn(health::supervised(
                 r.pool.clone(),
                 r.health.clone(),
                 Some(q),
-                interval,
+                timing,
             )));
         }
         listener::serve(listener, s.clone(), shutdown).await;

@@ -271,12 +271,21 @@ mod tests {
 // ---------------------------------------------------------------------------
 // Buffered packet I/O over any async stream.
 
+use super::memory::{Budget, Lease, UNCOUNTED};
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A stream with a read buffer and a write buffer of MySQL packets.
 ///
 /// Writes are buffered until [`PacketIo::flush`]; a whole response is
 /// normally written with one system call.
+///
+/// # Limits
+/// [`PacketIo::read_packet`] refuses a logical packet longer than
+/// `max_packet` as soon as a frame header announces it, before buffering
+/// its bytes, and leases packets bigger than [`UNCOUNTED`] bytes from the
+/// proxy's memory [`Budget`] (held until the next read). Both failures are
+/// [`ReadLimit`] errors.
 pub struct PacketIo<S> {
     pub stream: S,
     pub rbuf: BytesMut,
@@ -284,10 +293,52 @@ pub struct PacketIo<S> {
     /// Number of flushes so far: lets a caller tell whether bytes of a
     /// response already left.
     pub flushes: u64,
+    /// The longest logical packet [`PacketIo::read_packet`] accepts.
+    pub max_packet: usize,
+    /// Where packets over [`UNCOUNTED`] bytes lease their memory.
+    pub budget: Option<Arc<Budget>>,
+    lease: Option<Lease>,
+}
+
+/// Why [`PacketIo::read_packet`] refused a packet (inside an
+/// `io::Error` of kind `InvalidData`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReadLimit {
+    #[error("packet bigger than max_allowed_packet ({0} bytes)")]
+    TooLarge(usize),
+    #[error("packet of {0} bytes does not fit in the proxy's memory budget")]
+    OutOfMemory(usize),
+}
+
+impl ReadLimit {
+    /// The limit an I/O error stands for, if it is one.
+    pub fn of(e: &std::io::Error) -> Option<ReadLimit> {
+        e.get_ref().and_then(|i| i.downcast_ref::<ReadLimit>()).copied()
+    }
 }
 
 /// Read buffer growth step; one read can take a whole small result set.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Buffers grown past this for one big packet are replaced by small ones
+/// once it is handled.
+const SHRINK_AT: usize = 1 << 20;
+
+/// Payload bytes of the logical packet at the front of `buf` that its
+/// frame headers announce so far (the next header is visible only once the
+/// frame before it is complete).
+fn announced_len(buf: &[u8]) -> usize {
+    let mut at = 0;
+    let mut total = 0usize;
+    while let Some(len) = frame_len(&buf[at.min(buf.len())..]) {
+        total = total.saturating_add(len);
+        if len < MAX_FRAME {
+            break;
+        }
+        at += HEADER_LEN + len;
+    }
+    total
+}
 
 impl<S: AsyncRead + AsyncWrite + Unpin> PacketIo<S> {
     pub fn new(stream: S) -> Self {
@@ -296,24 +347,57 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketIo<S> {
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: BytesMut::with_capacity(READ_CHUNK),
             flushes: 0,
+            max_packet: usize::MAX,
+            budget: None,
+            lease: None,
         }
     }
 
     /// Reads more bytes; `Ok(false)` on end of stream.
-    async fn fill(&mut self) -> std::io::Result<bool> {
+    pub async fn fill_some(&mut self) -> std::io::Result<bool> {
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
             self.rbuf.reserve(READ_CHUNK);
         }
         Ok(self.stream.read_buf(&mut self.rbuf).await? > 0)
     }
 
+    /// Checks the packet being read against the limits, leasing memory for
+    /// it when it is big.
+    fn check_limits(&mut self) -> std::io::Result<()> {
+        let len = announced_len(&self.rbuf);
+        if len > self.max_packet {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                ReadLimit::TooLarge(self.max_packet),
+            ));
+        }
+        if len > UNCOUNTED && self.lease.as_ref().is_none_or(|l| l.len() < len) {
+            if let Some(b) = &self.budget {
+                self.lease = None;
+                self.lease = Some(b.take(len).ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, ReadLimit::OutOfMemory(len))
+                })?);
+            }
+        }
+        Ok(())
+    }
+
     /// The next logical packet, or `None` at a clean end of stream.
     pub async fn read_packet(&mut self) -> std::io::Result<Option<Packet>> {
+        // The previous packet has been handled: give its memory back, and
+        // do not keep a buffer sized for a big packet.
+        self.lease = None;
+        if self.rbuf.capacity() > SHRINK_AT && self.rbuf.len() <= READ_CHUNK {
+            let mut fresh = BytesMut::with_capacity(READ_CHUNK);
+            fresh.extend_from_slice(&self.rbuf);
+            self.rbuf = fresh;
+        }
         loop {
+            self.check_limits()?;
             if let Some(p) = take_packet(&mut self.rbuf) {
                 return Ok(Some(p));
             }
-            if !self.fill().await? {
+            if !self.fill_some().await? {
                 return if self.rbuf.is_empty() {
                     Ok(None)
                 } else {
@@ -329,7 +413,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketIo<S> {
             if let Some(f) = take_frame(&mut self.rbuf) {
                 return Ok(f);
             }
-            if !self.fill().await? {
+            if !self.fill_some().await? {
                 return Err(eof());
             }
         }
@@ -358,16 +442,61 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketIo<S> {
             self.flushes += 1;
             self.stream.write_all(&self.wbuf).await?;
             self.wbuf.clear();
+            if self.wbuf.capacity() > SHRINK_AT {
+                self.wbuf = BytesMut::with_capacity(READ_CHUNK);
+            }
         }
         self.stream.flush().await
     }
 
-    /// Buffers `payload` and flushes.
+    /// Buffers `payload` and flushes. A payload bigger than [`UNCOUNTED`]
+    /// is written frame by frame from where it is, not copied into the
+    /// write buffer first.
     pub async fn send(&mut self, seq: u8, payload: &[u8]) -> std::io::Result<u8> {
-        let next = self.put(seq, payload);
+        if payload.len() <= UNCOUNTED {
+            let next = self.put(seq, payload);
+            self.flush().await?;
+            return Ok(next);
+        }
         self.flush().await?;
-        Ok(next)
+        let mut seq = seq;
+        let mut rest = payload;
+        loop {
+            let n = rest.len().min(MAX_FRAME);
+            let mut header = [0u8; HEADER_LEN];
+            header[..3].copy_from_slice(&(n as u32).to_le_bytes()[..3]);
+            header[3] = seq;
+            self.stream.write_all(&header).await?;
+            self.stream.write_all(&rest[..n]).await?;
+            seq = seq.wrapping_add(1);
+            rest = &rest[n..];
+            if n < MAX_FRAME {
+                break;
+            }
+        }
+        self.flushes += 1;
+        self.stream.flush().await?;
+        Ok(seq)
     }
+}
+
+/// After refusing a packet: stops sending, and reads and drops what the
+/// client still sends (for at most 2 s and 256 MiB) so that closing the
+/// socket does not reset the connection before the client read the error.
+pub async fn drain<S: AsyncRead + AsyncWrite + Unpin>(io: &mut PacketIo<S>) {
+    let _ = io.stream.shutdown().await;
+    io.rbuf.clear();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left: usize = 256 << 20;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while left > 0 {
+            match io.stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 fn eof() -> std::io::Error {

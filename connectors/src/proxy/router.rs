@@ -10,20 +10,44 @@
 //! `HANDLER`, `XA`, …) — goes to the master. A stored function call
 //! (`SELECT f(x)`) goes to the master too: it may write.
 //!
+//! # Reading the text first
+//! The bytes are read with the session's character set and measured by
+//! [`super::lexer`] before anything parses them: text the parser would read
+//! differently from the server (an unknown character set, a backslash in a
+//! double-quoted token) and text too big to parse within a bounded stack
+//! go to the master unparsed.
+//!
 //! # Pinning
 //! Some statements leave state on the master connection that later reads must
-//! see: user variables, `GET_LOCK`, temporary tables, `LOCK TABLES`, SQL-level
-//! `PREPARE`, unknown session variables. They return a `pin` reason and the
-//! session sends every later statement to the master until
-//! `COM_RESET_CONNECTION`. Transactions and `autocommit=0` are not pinned
-//! here: the session reads them from the master's status flags, which is
-//! exact (it also sees implicit commits).
+//! see: user variables, `GET_LOCK`, temporary tables (also those a `CALL` or
+//! a stored function may create), `LOCK TABLES`, SQL-level `PREPARE`, unknown
+//! session variables. They return a `pin` reason and the session sends every
+//! later statement to the master until `COM_RESET_CONNECTION`. Transactions
+//! and `autocommit=0` are not pinned here: the session reads them from the
+//! master's status flags, which is exact (it also sees implicit commits).
 //!
 //! # Session settings
 //! `SET NAMES`, `SET time_zone`, `SET sql_mode` and a few more change how a
 //! connection reads and prints data. They run on every backend connection
 //! the session has open and are replayed on connections it opens later.
+//! `SET autocommit` is a setting of the master connection only (a replica
+//! connection always autocommits), answered by the proxy when the session
+//! has no master connection yet.
+//!
+//! # The previous statement
+//! `SHOW WARNINGS`, `SHOW ERRORS`, `GET DIAGNOSTICS`, `FOUND_ROWS()`,
+//! `ROW_COUNT()`, `@@warning_count` and `@@error_count` answer about the
+//! previous statement of the connection: they run where that statement ran
+//! ([`Target::Last`]).
+//!
+//! # KILL
+//! A client's `KILL [QUERY|CONNECTION] n` names a proxy thread id, not a
+//! backend one: it is answered by the proxy ([`Local::Kill`]) and never
+//! forwarded. Any other text with the word `KILL` outside strings and comments
+//! (a multi-statement query, a compound statement, an executable comment) is
+//! refused, so no text of a client can kill a backend connection by number.
 
+use super::lexer::{self, ClientCharset, Measure};
 use sqlparser::ast::{Expr, Query, Select, SetExpr, Statement, Visit, Visitor};
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
@@ -38,6 +62,20 @@ pub enum Target {
     Master,
     /// Every open backend connection (and replayed on later ones).
     Session,
+    /// The backend connection that ran the session's previous statement.
+    Last,
+    /// Answered by the proxy itself.
+    Local(Local),
+}
+
+/// Statements the proxy answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    /// `KILL [CONNECTION] n` (`query` false) or `KILL QUERY n`: `n` is a
+    /// proxy thread id.
+    Kill { query: bool, id: u64 },
+    /// Refused with ER_NOT_SUPPORTED_YET and this reason.
+    Refuse(&'static str),
 }
 
 /// The classification of one `COM_QUERY` / `COM_STMT_PREPARE` text.
@@ -50,61 +88,78 @@ pub struct Route {
     pub pin: Option<&'static str>,
     /// `USE db`.
     pub use_db: Option<String>,
+    /// The statement sets the client character set (`SET NAMES`,
+    /// `character_set_client`): the session's next statements are read in
+    /// it. `Unknown` when the value cannot be read from the text.
+    pub charset: Option<ClientCharset>,
+    /// `SET autocommit = 0|1` with a literal value.
+    pub autocommit: Option<bool>,
 }
 
 impl Route {
-    fn read() -> Route {
+    fn with(target: Target, write: bool) -> Route {
         Route {
-            target: Target::Replica,
-            write: false,
+            target,
+            write,
             pin: None,
             use_db: None,
+            charset: None,
+            autocommit: None,
         }
+    }
+    fn read() -> Route {
+        Route::with(Target::Replica, false)
     }
     fn master() -> Route {
-        Route {
-            target: Target::Master,
-            write: false,
-            pin: None,
-            use_db: None,
-        }
+        Route::with(Target::Master, false)
     }
     fn write() -> Route {
-        Route {
-            target: Target::Master,
-            write: true,
-            pin: None,
-            use_db: None,
-        }
+        Route::with(Target::Master, true)
     }
     fn session() -> Route {
-        Route {
-            target: Target::Session,
-            write: false,
-            pin: None,
-            use_db: None,
-        }
+        Route::with(Target::Session, false)
+    }
+    fn last() -> Route {
+        Route::with(Target::Last, false)
+    }
+    fn local(l: Local) -> Route {
+        Route::with(Target::Local(l), false)
     }
     fn pinned(reason: &'static str) -> Route {
         Route {
-            target: Target::Master,
-            write: true,
             pin: Some(reason),
-            use_db: None,
+            ..Route::write()
         }
+    }
+
+    /// True when the route holds nothing taken from the text's literals or
+    /// identifiers, so texts of one shape share it (see [`classify_cached`]).
+    fn shareable(&self) -> bool {
+        self.use_db.is_none()
+            && self.charset.is_none()
+            && self.autocommit.is_none()
+            && !matches!(self.target, Target::Local(_))
     }
 
     /// The combination of two statements of one multi-statement query.
     fn merge(self, other: Route) -> Route {
         let target = match (self.target, other.target) {
+            (Target::Local(l), _) | (_, Target::Local(l)) => Target::Local(match l {
+                Local::Kill { .. } => Local::Refuse(KILL_ALONE),
+                r => r,
+            }),
             (Target::Replica, Target::Replica) => Target::Replica,
             _ => Target::Master,
         };
         // A session setting mixed with other statements runs only on the
         // master, so the session must stay there.
         let pin = self.pin.or(other.pin).or_else(|| {
-            (target == Target::Master && (self.target == Target::Session || other.target == Target::Session))
-                .then_some("session setting in a multi-statement query")
+            (target == Target::Master
+                && (self.target == Target::Session
+                    || other.target == Target::Session
+                    || self.autocommit.is_some()
+                    || other.autocommit.is_some()))
+            .then_some("session setting in a multi-statement query")
         });
         let use_db = other.use_db.or(self.use_db);
         let pin = pin.or_else(|| use_db.as_ref().map(|_| "USE in a multi-statement query"));
@@ -113,40 +168,72 @@ impl Route {
             write: self.write || other.write,
             pin,
             use_db: None,
+            // The master's connection may now read another character set
+            // than the replicas': the session's text is not read any more.
+            charset: self.charset.or(other.charset).map(|_| ClientCharset::Unknown),
+            autocommit: None,
         }
     }
 }
 
-/// Entries kept by [`classify_cached`] before the cache starts over.
+const KILL_ALONE: &str =
+    "dbmux accepts KILL only as a statement of its own: KILL [QUERY | CONNECTION] thread_id";
+
+/// Entries kept by [`classify_cached`] before the cache starts over …
 const CACHE_ENTRIES: usize = 8192;
 
-/// [`classify`] with a process-wide cache keyed by the statement's *shape*:
-/// the text with number and single-quoted string literals blanked out.
+/// … or bytes of shapes (16 MiB): the cache's memory is bounded whatever
+/// statements clients send.
+const CACHE_BYTES: usize = 16 << 20;
+
+/// Texts longer than this are classified without the cache.
+const MAX_CACHED_SHAPE: usize = 64 << 10;
+
+/// [`classify_text`] for a session's raw bytes in its character set, with a
+/// process-wide cache keyed by the statement's *shape*: the text with number
+/// and single-quoted string literals blanked out.
 ///
 /// # Why the shape is a safe key
 /// No rule above looks at a literal's value: `SET autocommit = 0` and `= 1`
 /// both go to the master, `LIMIT 1` and `LIMIT 2` are both reads. Two texts of
-/// one shape therefore classify alike. The one value a route carries, the
-/// database of `USE`, is an identifier; routes with one are not cached anyway.
-/// Parsing costs several microseconds per statement; the shape costs a scan.
-pub fn classify_cached(sql: &str) -> Route {
+/// one shape therefore classify alike. Routes that carry a value taken from
+/// the text (`USE`'s database, `SET NAMES`' character set, `SET autocommit`'s
+/// value, `KILL`'s thread id) are never cached, nor texts over 64 KiB. The shape is taken of the
+/// parser text (see [`lexer::to_parser_text`]), which already reflects the
+/// character set. Parsing costs several microseconds per statement; the shape
+/// costs a scan.
+pub fn classify_cached(sql: &[u8], charset: ClientCharset) -> Route {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
-    static CACHE: OnceLock<Mutex<HashMap<String, Route>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    let Some(key) = shape(sql) else {
-        return classify(sql);
+    /// The routes, and the bytes of their keys.
+    type Cache = (HashMap<String, Route>, usize);
+    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
+    let Some(text) = lexer::to_parser_text(sql, charset) else {
+        return Route::pinned("a client character set dbmux cannot read");
     };
-    if let Some(r) = cache.lock().unwrap().get(&key) {
+    let m = lexer::measure(&text, true);
+    let key = if text.len() <= MAX_CACHED_SHAPE && !m.kill {
+        shape(&text)
+    } else {
+        None
+    };
+    let Some(key) = key else {
+        return classify_measured(&text, &m);
+    };
+    // A poisoned lock only means another session panicked while holding
+    // it; the map itself is always consistent (one insert or clear).
+    let cache = CACHE.get_or_init(|| Mutex::new((HashMap::new(), 0)));
+    if let Some(r) = cache.lock().unwrap_or_else(|e| e.into_inner()).0.get(&key) {
         return r.clone();
     }
-    let route = classify(sql);
-    if route.use_db.is_none() {
-        let mut c = cache.lock().unwrap();
-        if c.len() >= CACHE_ENTRIES {
-            c.clear();
+    let route = classify_measured(&text, &m);
+    if route.shareable() {
+        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if c.0.len() >= CACHE_ENTRIES || c.1 + key.len() > CACHE_BYTES {
+            *c = (HashMap::new(), 0);
         }
-        c.insert(key, route.clone());
+        c.1 += key.len();
+        c.0.insert(key, route.clone());
     }
     route
 }
@@ -219,18 +306,45 @@ pub fn shape(sql: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// Classifies SQL text (one or more `;`-separated statements).
+/// Classifies UTF-8 SQL text (one or more `;`-separated statements).
 pub fn classify(sql: &str) -> Route {
+    classify_measured(sql, &lexer::measure(sql, true))
+}
+
+/// Classifies parser text already measured by [`lexer::measure`].
+fn classify_measured(sql: &str, m: &Measure<'_>) -> Route {
+    if m.kill {
+        return match (m.statements, parse_kill(sql)) {
+            (1, Some((query, id))) => Route::local(Local::Kill { query, id }),
+            _ => Route::local(Local::Refuse(KILL_ALONE)),
+        };
+    }
     // MySQL/MariaDB run the inside of `/*! … */` and `/*M! … */` comments,
-    // which the parser skips as comments: treat such text as unknown.
-    if sql.contains("/*!") || sql.contains("/*M!") {
-        return unparsable(sql);
+    // which the parser skips as comments; a double-quoted token with a
+    // backslash ends elsewhere under ANSI_QUOTES; a statement with very many
+    // operators would build a tree too deep to visit and drop on a bounded
+    // stack: all of these are not parsed.
+    if m.executable_comment
+        || m.ambiguous_quote
+        || m.unterminated
+        || m.deepening > lexer::MAX_PARSED_TOKENS
+        || m.tokens > lexer::MAX_TOKENS
+    {
+        return unparsable(m);
+    }
+    if m.statements == 1 {
+        if let Some(r) = previous_statement_diagnostics(sql, m.first_word) {
+            return r;
+        }
     }
     let statements = match Parser::parse_sql(&MySqlDialect {}, sql) {
-        Ok(s) => s,
+        // The parser stops without an error at an `END` where it expects a
+        // `;` (`SELECT 1 END; DELETE …` is one SELECT to it, two statements
+        // to the server): what it read must be every statement there is.
+        Ok(s) if s.len() == m.statements => s,
         // Unreadable: the master, and assume it wrote; pinned when it may
         // have left session state behind.
-        Err(_) => return unparsable(sql),
+        _ => return unparsable(m),
     };
     let mut routes = statements.iter().map(classify_statement);
     let Some(first) = routes.next() else {
@@ -239,18 +353,61 @@ pub fn classify(sql: &str) -> Route {
     routes.fold(first, Route::merge)
 }
 
-fn unparsable(sql: &str) -> Route {
-    let lower = sql.trim_start().to_ascii_lowercase();
-    let first = lower
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .next()
-        .unwrap_or("");
-    let stateful = matches!(
-        first,
-        "prepare" | "execute" | "deallocate" | "handler" | "lock" | "set" | "xa"
-    ) || lower.contains("temporary")
-        || lower.contains("get_lock");
-    if stateful {
+/// `SHOW WARNINGS`, `SHOW ERRORS`, `SHOW COUNT(*) WARNINGS|ERRORS` and
+/// `GET [CURRENT] DIAGNOSTICS …`: about the previous statement.
+fn previous_statement_diagnostics(sql: &str, first: &str) -> Option<Route> {
+    let mut words = sql
+        .split(|c: char| c.is_ascii_whitespace() || c == ';')
+        .filter(|w| !w.is_empty());
+    if !(first.eq_ignore_ascii_case("show") || first.eq_ignore_ascii_case("get")) {
+        return None;
+    }
+    words.next()?;
+    let second = words.next()?.to_ascii_lowercase();
+    let about_last = match first.to_ascii_lowercase().as_str() {
+        "show" => {
+            matches!(second.as_str(), "warnings" | "errors")
+                || (second.starts_with("count(") && {
+                    let rest: String = sql.to_ascii_lowercase();
+                    rest.contains("warnings") || rest.contains("errors")
+                })
+        }
+        "get" => {
+            second == "diagnostics"
+                || (second == "current" && words.next()?.eq_ignore_ascii_case("diagnostics"))
+        }
+        _ => false,
+    };
+    about_last.then(Route::last)
+}
+
+/// `KILL [HARD|SOFT] [CONNECTION | QUERY [ID]] n` → (is QUERY, n).
+fn parse_kill(sql: &str) -> Option<(bool, u64)> {
+    let text = sql.trim().trim_end_matches(';').trim();
+    let mut words = text.split_ascii_whitespace().map(|w| w.to_ascii_lowercase());
+    if words.next()? != "kill" {
+        return None;
+    }
+    let mut query = false;
+    let mut w = words.next()?;
+    if w == "hard" || w == "soft" {
+        w = words.next()?;
+    }
+    if w == "connection" {
+        w = words.next()?;
+    } else if w == "query" {
+        query = true;
+        w = words.next()?;
+        if w == "id" {
+            w = words.next()?;
+        }
+    }
+    let id = w.parse().ok()?;
+    words.next().is_none().then_some((query, id))
+}
+
+fn unparsable(m: &Measure<'_>) -> Route {
+    if m.stateful {
         Route::pinned("unparsable statement with session state")
     } else {
         Route::write()
@@ -262,16 +419,31 @@ fn classify_statement(s: &Statement) -> Route {
     match s {
         Statement::Query(q) => classify_query(q),
         Statement::Set(set) => match set {
-            Set::SetNames { .. } | Set::SetNamesDefault {} | Set::SetTimeZone { .. } => Route::session(),
-            Set::SingleAssignment { scope, variable, .. } => {
-                classify_set_var(scope.as_ref(), &variable.to_string())
-            }
+            Set::SetNames { charset_name, .. } => Route {
+                charset: Some(ClientCharset::from_name(&charset_name.value)),
+                ..Route::session()
+            },
+            // The server's default: not known here.
+            Set::SetNamesDefault {} => Route {
+                charset: Some(ClientCharset::Unknown),
+                ..Route::session()
+            },
+            Set::SetTimeZone { .. } => Route::session(),
+            Set::SingleAssignment {
+                scope,
+                variable,
+                values,
+                ..
+            } => classify_set_var(scope.as_ref(), &variable.to_string(), values.first()),
             Set::MultipleAssignments { assignments } => assignments
                 .iter()
-                .map(|a| classify_set_var(a.scope.as_ref(), &a.name.to_string()))
+                .map(|a| classify_set_var(a.scope.as_ref(), &a.name.to_string(), Some(&a.value)))
                 .reduce(|a, b| {
                     if a.target == Target::Session && b.target == Target::Session {
-                        a
+                        Route {
+                            charset: b.charset.or(a.charset),
+                            ..a
+                        }
                     } else {
                         let mut m = a.merge(b);
                         m.target = Target::Master;
@@ -289,11 +461,12 @@ fn classify_statement(s: &Statement) -> Route {
                 _ => None,
             };
             match db {
-                Some(db) => Route {
+                // A name read through placeholders is not the client's name.
+                Some(db) if !db.contains(lexer::PLACEHOLDER) => Route {
                     use_db: Some(db),
                     ..Route::session()
                 },
-                None => Route::pinned("USE"),
+                _ => Route::pinned("USE"),
             }
         }
         Statement::StartTransaction { .. }
@@ -305,6 +478,10 @@ fn classify_statement(s: &Statement) -> Route {
         Statement::Prepare { .. } | Statement::Execute { .. } | Statement::Deallocate { .. } => {
             Route::pinned("SQL PREPARE")
         }
+        // A procedure may create temporary tables, set user variables, take
+        // locks: its session state lives on the master connection.
+        Statement::Call(_) => Route::pinned("CALL"),
+        Statement::Kill { .. } => Route::local(Local::Refuse(KILL_ALONE)),
         // SHOW, EXPLAIN, DESCRIBE and friends: rare, and their answers are
         // about the server; the master is the reference.
         Statement::ExplainTable { .. } | Statement::Explain { .. } => Route::master(),
@@ -367,7 +544,27 @@ const SESSION_SETTINGS: &[&str] = &[
     "explicit_defaults_for_timestamp",
 ];
 
-fn classify_set_var(scope: Option<&sqlparser::ast::ContextModifier>, name: &str) -> Route {
+/// The literal value of a `SET` assignment, lower-cased: `gbk`, `'gbk'`,
+/// `0`, `ON`, `DEFAULT`.
+fn literal(value: Option<&Expr>) -> Option<String> {
+    use sqlparser::ast::Value;
+    match value? {
+        Expr::Identifier(id) => Some(id.value.to_ascii_lowercase()),
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => Some(s.to_ascii_lowercase()),
+            Value::Number(n, _) => Some(n.to_string()),
+            Value::Boolean(b) => Some((*b as u8).to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn classify_set_var(
+    scope: Option<&sqlparser::ast::ContextModifier>,
+    name: &str,
+    value: Option<&Expr>,
+) -> Route {
     use sqlparser::ast::ContextModifier;
     let lower = name.to_ascii_lowercase();
     if lower.starts_with('@') && !lower.starts_with("@@") {
@@ -381,8 +578,27 @@ fn classify_set_var(scope: Option<&sqlparser::ast::ContextModifier>, name: &str)
         var = var.strip_prefix(prefix).unwrap_or(var);
     }
     if var == "autocommit" {
-        // The master's status flags then pin the session while autocommit is off.
-        return Route::master();
+        let value = literal(value).and_then(|v| match v.as_str() {
+            "1" | "on" | "true" => Some(true),
+            "0" | "off" | "false" => Some(false),
+            _ => None,
+        });
+        // With a value the proxy can read, a setting of the master
+        // connection the proxy can also answer while there is none; else
+        // the master's status flags tell.
+        return Route {
+            autocommit: value,
+            ..Route::master()
+        };
+    }
+    if var == "character_set_client" || var == "names" {
+        let cs = literal(value)
+            .map(|v| ClientCharset::from_name(&v))
+            .unwrap_or(ClientCharset::Unknown);
+        return Route {
+            charset: Some(cs),
+            ..Route::session()
+        };
     }
     if SESSION_SETTINGS.contains(&var) {
         Route::session()
@@ -418,6 +634,7 @@ const PURE_FUNCTIONS: &[&str] = &[
     "char_length",
     "character_length",
     "charset",
+    "chr",
     "coalesce",
     "collation",
     "compress",
@@ -459,6 +676,7 @@ const PURE_FUNCTIONS: &[&str] = &[
     "first_value",
     "floor",
     "format",
+    "format_bytes",
     "from_base64",
     "from_days",
     "from_unixtime",
@@ -476,17 +694,36 @@ const PURE_FUNCTIONS: &[&str] = &[
     "instr",
     "isnull",
     "json_array",
+    "json_array_append",
+    "json_array_insert",
     "json_arrayagg",
+    "json_compact",
     "json_contains",
     "json_contains_path",
     "json_depth",
+    "json_detailed",
+    "json_equals",
+    "json_exists",
     "json_extract",
+    "json_insert",
+    "json_key_value",
     "json_keys",
     "json_length",
+    "json_loose",
+    "json_merge",
+    "json_merge_patch",
+    "json_merge_preserve",
+    "json_normalize",
     "json_object",
     "json_objectagg",
+    "json_overlaps",
+    "json_pretty",
+    "json_query",
     "json_quote",
+    "json_remove",
+    "json_replace",
     "json_search",
+    "json_set",
     "json_type",
     "json_unquote",
     "json_valid",
@@ -521,6 +758,7 @@ const PURE_FUNCTIONS: &[&str] = &[
     "mod",
     "month",
     "monthname",
+    "natural_sort_key",
     "now",
     "nth_value",
     "ntile",
@@ -540,6 +778,7 @@ const PURE_FUNCTIONS: &[&str] = &[
     "radians",
     "rand",
     "rank",
+    "regexp",
     "regexp_instr",
     "regexp_like",
     "regexp_replace",
@@ -556,6 +795,7 @@ const PURE_FUNCTIONS: &[&str] = &[
     "sec_to_time",
     "second",
     "session_user",
+    "sformat",
     "sha",
     "sha1",
     "sha2",
@@ -587,6 +827,7 @@ const PURE_FUNCTIONS: &[&str] = &[
     "timestampadd",
     "timestampdiff",
     "to_base64",
+    "to_char",
     "to_days",
     "to_seconds",
     "trim",
@@ -608,24 +849,37 @@ const PURE_FUNCTIONS: &[&str] = &[
     "week",
     "weekday",
     "weekofyear",
+    "weight_string",
     "year",
     "yearweek",
 ];
 
-/// System variables whose value belongs to the master connection.
-const CONNECTION_VARIABLES: &[&str] = &[
+/// Built-ins that must run on the master but leave no session state
+/// behind: no pin.
+const MASTER_FUNCTIONS: &[&str] = &[
+    "sleep",
+    "benchmark",
+    "master_pos_wait",
+    "master_gtid_wait",
+    "lastval",
+    "uuid_short",
+    "is_used_lock",
+    "is_free_lock",
     "last_insert_id",
-    "identity",
-    "insert_id",
-    "last_gtid",
-    "warning_count",
-    "error_count",
-    "rowcount",
+    "connection_id",
 ];
+
+/// System variables whose value belongs to the master connection.
+const CONNECTION_VARIABLES: &[&str] = &["last_insert_id", "identity", "insert_id", "last_gtid"];
+
+/// System variables about the connection's previous statement.
+const LAST_STATEMENT_VARIABLES: &[&str] = &["warning_count", "error_count"];
 
 #[derive(Default)]
 struct QueryCheck {
     route: Option<Route>,
+    /// Reads something about the previous statement (`FOUND_ROWS()`, …).
+    last: bool,
 }
 
 impl QueryCheck {
@@ -659,7 +913,8 @@ impl Visitor for QueryCheck {
         if s.into.is_some() {
             return self.send_to(Route::pinned("SELECT INTO"));
         }
-        // FOUND_ROWS() afterwards runs on the master: count there too.
+        // FOUND_ROWS() afterwards runs where this ran: count on the master,
+        // like the statements that usually follow.
         if s.select_modifiers.as_ref().is_some_and(|m| m.sql_calc_found_rows) {
             return self.send_to(Route::master());
         }
@@ -675,17 +930,21 @@ impl Visitor for QueryCheck {
         match e {
             Expr::Function(f) => {
                 if f.name.0.len() != 1 {
-                    return self.send_to(Route::write());
+                    // `db.f(…)`: a stored function, which may create
+                    // temporary tables or set variables on the master.
+                    return self.send_to(Route::pinned("stored function"));
                 }
                 let name = f.name.to_string().to_ascii_lowercase();
                 match name.as_str() {
                     "get_lock" | "release_lock" | "release_all_locks" => {
                         return self.send_to(Route::pinned("GET_LOCK"))
                     }
-                    "last_insert_id" | "row_count" | "found_rows" | "connection_id" | "is_used_lock"
-                    | "is_free_lock" => return self.send_to(Route::master()),
+                    "row_count" | "found_rows" => self.last = true,
                     n if PURE_FUNCTIONS.contains(&n) => {}
-                    _ => return self.send_to(Route::write()),
+                    "nextval" | "setval" => return self.send_to(Route::write()),
+                    n if MASTER_FUNCTIONS.contains(&n) => return self.send_to(Route::master()),
+                    // Not a built-in this list knows: a stored function.
+                    _ => return self.send_to(Route::pinned("stored function")),
                 }
             }
             Expr::BinaryOp {
@@ -720,6 +979,9 @@ impl QueryCheck {
         if CONNECTION_VARIABLES.contains(&var.as_str()) {
             return self.send_to(Route::master());
         }
+        if LAST_STATEMENT_VARIABLES.contains(&var.as_str()) {
+            self.last = true;
+        }
         ControlFlow::Continue(())
     }
 }
@@ -729,12 +991,17 @@ fn classify_query(q: &Query) -> Route {
     // Visit the query itself, not its statement, so that any statement the
     // visitor meets is a nested one.
     let _ = q.visit(&mut check);
-    check.route.unwrap_or_else(Route::read)
+    match check.route {
+        Some(r) => r,
+        None if check.last => Route::last(),
+        None => Route::read(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::lexer;
 
     fn t(sql: &str) -> (Target, bool, bool) {
         let r = classify(sql);
@@ -779,10 +1046,7 @@ mod tests {
             "COMMIT",
             "SELECT * FROM t LOCK IN SHARE MODE",
             "LOAD DATA INFILE '/tmp/x' INTO TABLE t",
-            "SELECT my_func(1)",
-            "SELECT db.f(1)",
             "SELECT 1; INSERT INTO t VALUES (1)",
-            "CALL p()",
             "SELECT * FROM t /*! FOR UPDATE */",
             "SELECT 1 /*M!100100 , SLEEP(0) */",
             "garbage that does not parse",
@@ -800,8 +1064,8 @@ mod tests {
             "SELECT @@last_insert_id",
             "SELECT @@last_gtid",
             "SELECT @x",
-            "SELECT ROW_COUNT()",
             "SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 1",
+            "SELECT SLEEP(1)",
             "BEGIN",
             "START TRANSACTION READ ONLY",
             "SET autocommit = 0",
@@ -825,6 +1089,10 @@ mod tests {
             "LOCK TABLES t WRITE",
             "PREPARE s FROM 'SELECT 1'",
             "XA START 'x'",
+            // Procedures and stored functions may create temporary tables.
+            "CALL p()",
+            "SELECT my_func(1)",
+            "SELECT db.f(1)",
         ] {
             let r = classify(sql);
             assert_eq!(r.target, Target::Master, "{sql}");
@@ -859,12 +1127,14 @@ mod tests {
             "SET @a = 5",
             "SELECT 'unterminated",
         ] {
-            assert_eq!(classify_cached(sql), classify(sql), "{sql}");
-            assert_eq!(classify_cached(sql), classify(sql), "{sql} (cached)");
+            let cached = |s: &str| classify_cached(s.as_bytes(), ClientCharset::AsciiSafe);
+            assert_eq!(cached(sql), classify(sql), "{sql}");
+            assert_eq!(cached(sql), classify(sql), "{sql} (cached)");
         }
         // USE is never served from the cache.
-        assert_eq!(classify_cached("USE a").use_db.as_deref(), Some("a"));
-        assert_eq!(classify_cached("USE b").use_db.as_deref(), Some("b"));
+        let cached = |s: &str| classify_cached(s.as_bytes(), ClientCharset::AsciiSafe);
+        assert_eq!(cached("USE a").use_db.as_deref(), Some("a"));
+        assert_eq!(cached("USE b").use_db.as_deref(), Some("b"));
     }
 
     #[test]
@@ -884,5 +1154,147 @@ mod tests {
         let r = classify("USE `my-db`");
         assert_eq!(r.use_db.as_deref(), Some("my-db"));
         assert_eq!(t("SET GLOBAL max_connections = 10"), WRITE);
+    }
+
+    #[test]
+    fn previous_statement_diagnostics_run_where_it_ran() {
+        for sql in [
+            "SHOW WARNINGS",
+            "show errors limit 1",
+            "SHOW COUNT(*) WARNINGS",
+            "GET DIAGNOSTICS @n = NUMBER",
+            "SELECT FOUND_ROWS()",
+            "SELECT ROW_COUNT(), @@warning_count, @@session.error_count",
+        ] {
+            assert_eq!(classify(sql).target, Target::Last, "{sql}");
+        }
+        // Mixed with a connection value: the master.
+        assert_eq!(t("SELECT ROW_COUNT(), LAST_INSERT_ID()"), MASTER);
+        assert_eq!(t("SHOW WARNINGS; SELECT 1"), MASTER);
+    }
+
+    #[test]
+    fn kill_is_answered_by_the_proxy_and_never_forwarded() {
+        let kill = |sql: &str| classify(sql).target;
+        assert_eq!(kill("KILL 5"), Target::Local(Local::Kill { query: false, id: 5 }));
+        assert_eq!(
+            kill("kill query 7;"),
+            Target::Local(Local::Kill { query: true, id: 7 })
+        );
+        assert_eq!(
+            kill("KILL SOFT QUERY ID 8"),
+            Target::Local(Local::Kill { query: true, id: 8 })
+        );
+        assert_eq!(
+            kill("KILL CONNECTION 9"),
+            Target::Local(Local::Kill { query: false, id: 9 })
+        );
+        for sql in [
+            "SELECT 1; KILL 5",
+            "KILL USER app",
+            "/*!50000 KILL 5 */",
+            "BEGIN NOT ATOMIC KILL 5; END",
+            "KILL 5 6",
+        ] {
+            assert!(matches!(kill(sql), Target::Local(Local::Refuse(_))), "{sql}");
+        }
+        // Not the word: strings, comments and identifiers containing it.
+        assert_eq!(t("SELECT 1 END; DELETE FROM t"), WRITE);
+        assert_eq!(t("SELECT 1 AS `end`; SELECT 2"), READ);
+        assert_eq!(t("SELECT 'kill 5', `killer` FROM t -- kill 5"), READ);
+        assert!(!classify_cached(b"KILL 5", ClientCharset::AsciiSafe).shareable());
+    }
+
+    #[test]
+    fn charset_and_autocommit_settings_carry_their_value() {
+        let r = classify("SET NAMES gbk");
+        assert_eq!((r.target, r.charset), (Target::Session, Some(ClientCharset::Gbk)));
+        let r = classify("SET character_set_client = 'big5'");
+        assert_eq!(
+            (r.target, r.charset),
+            (Target::Session, Some(ClientCharset::Big5))
+        );
+        let r = classify("SET @@session.character_set_client = CONCAT('g', 'bk')");
+        assert_eq!(r.charset, Some(ClientCharset::Unknown));
+        assert_eq!(
+            classify("SET NAMES DEFAULT").charset,
+            Some(ClientCharset::Unknown)
+        );
+        // In a multi-statement text the master alone takes it.
+        let r = classify("SET NAMES gbk; SELECT 1");
+        assert_eq!(
+            (r.target, r.charset),
+            (Target::Master, Some(ClientCharset::Unknown))
+        );
+        for (sql, v) in [
+            ("SET autocommit = 0", Some(false)),
+            ("SET AUTOCOMMIT = 1", Some(true)),
+            ("SET @@session.autocommit = OFF", Some(false)),
+            ("SET autocommit = ON", Some(true)),
+            ("SET autocommit = @x", None),
+        ] {
+            let r = classify(sql);
+            assert_eq!((r.target, r.autocommit), (Target::Master, v), "{sql}");
+        }
+        // Same shape, different values: never one cache entry.
+        let a = classify_cached(b"SET autocommit = 0", ClientCharset::AsciiSafe);
+        let b = classify_cached(b"SET autocommit = 1", ClientCharset::AsciiSafe);
+        assert_eq!((a.autocommit, b.autocommit), (Some(false), Some(true)));
+        let a = classify_cached(b"SET NAMES 'gbk'", ClientCharset::AsciiSafe);
+        let b = classify_cached(b"SET NAMES 'utf8mb4'", ClientCharset::AsciiSafe);
+        assert_eq!(
+            (a.charset, b.charset),
+            (Some(ClientCharset::Gbk), Some(ClientCharset::AsciiSafe))
+        );
+    }
+
+    #[test]
+    fn statements_are_read_in_the_session_character_set() {
+        let smuggle = b"SELECT '\xBF\x5C'; INSERT INTO t VALUES (1) -- '";
+        assert_eq!(
+            classify_cached(smuggle, ClientCharset::Gbk).target,
+            Target::Master
+        );
+        assert!(classify_cached(smuggle, ClientCharset::Gbk).write);
+        let quoted = b"SELECT \"a\\\"; DELETE FROM t -- \"";
+        assert_eq!(
+            classify_cached(quoted, ClientCharset::AsciiSafe).target,
+            Target::Master
+        );
+        // A session in a character set the proxy cannot read: the master.
+        let r = classify_cached(b"SELECT 1", ClientCharset::Unknown);
+        assert_eq!((r.target, r.pin.is_some()), (Target::Master, true));
+    }
+
+    /// The deepest statement the router still parses, built as the worst
+    /// case for the tree's depth, classified and dropped on a thread with a
+    /// 2 MiB stack (tokio's default) in this (debug) build.
+    #[test]
+    fn the_parse_is_bounded_within_a_small_stack() {
+        let n = lexer::MAX_PARSED_TOKENS / 2 - 2;
+        let texts = [
+            format!("SELECT 1{}", " OR 1".repeat(n)),
+            format!("SELECT 1{}", "+1".repeat(n)),
+            format!("SELECT 1{}", " UNION ALL SELECT 1".repeat(n / 3)),
+            format!("SELECT 1{}", " COLLATE x".repeat(n / 2)),
+            format!("SELECT {}1", "- ".repeat(n)),
+            format!("SELECT {}1", "NOT ".repeat(n)),
+        ];
+        let handle = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                for sql in &texts {
+                    let _ = classify(sql);
+                }
+            })
+            .unwrap();
+        handle.join().expect("classified within 2 MiB of stack");
+        // Past the bound nothing is parsed: the master.
+        let huge = format!("SELECT 1{}", " OR 1".repeat(40_000));
+        assert_eq!(t(&huge), WRITE);
+        let huge = format!("SELECT 1{}", "+1".repeat(100_000));
+        assert_eq!(t(&huge), WRITE);
+        let many = format!("SELECT a FROM t WHERE id IN ({})", vec!["1"; 200_000].join(","));
+        assert_eq!(t(&many), WRITE);
     }
 }

@@ -1,6 +1,6 @@
 //! Running the real `dbmux` binary in tests.
 
-use super::{mysql_replica_url, mysql_url, pg_url, wait_for, with_db};
+use super::{env, mysql_replica_url, mysql_url, pg_url, wait_for, with_db};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -34,6 +34,30 @@ pub const BOTH: Replicas = Replicas {
     postgres: true,
 };
 
+/// Which log a test's dbmux uses: the same test bodies run with either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogKind {
+    Embedded,
+    /// The shared broker (`DBMUX_TEST_KAFKA_BROKERS`), a topic per test.
+    Kafka,
+}
+
+/// The `[log]` section of a test configuration. Kafka topics are named after
+/// the test database, so tests never share one.
+pub fn log_section(kind: LogKind, db: &str, brokers: &str) -> String {
+    match kind {
+        LogKind::Embedded => "[log]\nfsync = \"always\"\n# Tests read the whole history back with `dbmux tail`.\ntruncate = false\n".into(),
+        LogKind::Kafka => format!(
+            "[log]\nkind = \"kafka\"\n[log.kafka]\nbrokers = \"{brokers}\"\ntopic = \"dbmux-test.{db}\"\n\
+             transaction_timeout_ms = 5000\n"
+        ),
+    }
+}
+
+pub fn kafka_brokers() -> String {
+    env("DBMUX_TEST_KAFKA_BROKERS")
+}
+
 /// A dbmux configuration for one test database, and the process running it.
 pub struct Dbmux {
     pub dir: tempfile::TempDir,
@@ -48,17 +72,28 @@ impl Dbmux {
     /// Writes a config replicating database `db` of the test master to the
     /// test replicas. `extra` is appended to the file verbatim.
     pub fn new(db: &str, replicas: Replicas, extra: &str) -> Dbmux {
+        Self::with_log(db, replicas, extra, LogKind::Embedded)
+    }
+
+    /// As [`Dbmux::new`], with the given log.
+    pub fn with_log(db: &str, replicas: Replicas, extra: &str, kind: LogKind) -> Dbmux {
+        let brokers = if kind == LogKind::Kafka {
+            kafka_brokers()
+        } else {
+            String::new()
+        };
+        Self::with_log_section(db, replicas, extra, &log_section(kind, db, &brokers))
+    }
+
+    /// As [`Dbmux::new`], with `log` as the `[log]` section (and its subsections).
+    pub fn with_log_section(db: &str, replicas: Replicas, extra: &str, log: &str) -> Dbmux {
         let dir = tempfile::tempdir().unwrap();
         let admin = format!("127.0.0.1:{}", free_port());
         let mut toml = format!(
             r#"name = "{db}"
 data_dir = "{data}"
 
-[log]
-fsync = "always"
-# Tests read the whole history back with `dbmux tail`.
-truncate = false
-
+{log}
 [admin]
 listen = "{admin}"
 
@@ -87,6 +122,66 @@ include = ["{db}"]
             // Tests that create tables before dbmux starts count events
             // exactly; the ones about snapshots say `[snapshot]` themselves.
             toml.push_str("\n[snapshot]\ninitial = false\n");
+        }
+        toml.push_str(extra);
+        let config = dir.path().join("dbmux.toml");
+        std::fs::write(&config, toml).unwrap();
+        Dbmux {
+            dir,
+            config,
+            admin,
+            db: db.to_string(),
+            child: None,
+            starts: 0,
+        }
+    }
+
+    /// A config capturing PostgreSQL database `db` (all of schema `public`)
+    /// through slot and publication `db`, into MariaDB replica database `db`
+    /// and PostgreSQL replica schema `db`.
+    pub fn with_pg_source(db: &str, replicas: Replicas, extra: &str) -> Dbmux {
+        Self::with_pg_source_log(db, replicas, extra, LogKind::Embedded)
+    }
+
+    /// As [`Dbmux::with_pg_source`], with the given log.
+    pub fn with_pg_source_log(db: &str, replicas: Replicas, extra: &str, kind: LogKind) -> Dbmux {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = format!("127.0.0.1:{}", free_port());
+        let brokers = if kind == LogKind::Kafka {
+            kafka_brokers()
+        } else {
+            String::new()
+        };
+        let mut toml = format!(
+            r#"name = "{db}"
+data_dir = "{data}"
+
+{log}
+[admin]
+listen = "{admin}"
+
+[source.postgres]
+url = "{source}"
+slot = "{db}"
+publication = "{db}"
+include = ["public"]
+status_interval_secs = 1
+"#,
+            data = dir.path().join("data").display(),
+            source = with_db(&pg_url(), db),
+            log = log_section(kind, db, &brokers),
+        );
+        if replicas.mariadb {
+            toml.push_str(&format!(
+                "\n[[replica]]\nname = \"mariadb\"\n[replica.mysql]\nurl = \"{}\"\ndatabases = {{ public = \"{db}\" }}\n",
+                with_db(&mysql_replica_url(), "")
+            ));
+        }
+        if replicas.postgres {
+            toml.push_str(&format!(
+                "\n[[replica]]\nname = \"postgres\"\n[replica.postgres]\nurl = \"{}\"\nschema = \"{db}\"\n",
+                pg_url()
+            ));
         }
         toml.push_str(extra);
         let config = dir.path().join("dbmux.toml");
@@ -162,16 +257,21 @@ include = ["{db}"]
 
     /// `GET path` on the admin server; `None` while it is not up.
     pub async fn admin_get(&self, path: &str) -> Option<String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(&self.admin).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8(buf).ok()?;
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
+        admin_get(&self.admin, path).await
+    }
+
+    /// A separate `dbmux <args…>` process on this configuration (`capture`,
+    /// `apply --replica NAME`, `proxy`), with its own admin address.
+    pub fn part(&self, label: &str, args: &[&str]) -> Part {
+        Part {
+            label: label.to_string(),
+            config: self.config.clone(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            admin: format!("127.0.0.1:{}", free_port()),
+            log: self.dir.path().join(format!("{label}.log")),
+            child: None,
+            starts: 0,
+        }
     }
 
     /// `/status` as JSON.
@@ -246,6 +346,123 @@ impl Drop for Dbmux {
         if std::thread::panicking() {
             eprintln!(
                 "---- dbmux output ({} starts) ----\n{}",
+                self.starts,
+                self.output()
+            );
+        }
+    }
+}
+
+/// `GET path` on an admin server; `None` while it is not up or not 200.
+pub async fn admin_get(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8(buf).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
+}
+
+/// One process of a split deployment (`dbmux capture`, `dbmux apply …`).
+pub struct Part {
+    pub label: String,
+    pub admin: String,
+    config: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Part {
+    /// Starts the process (output appended to `<label>.log`), with extra
+    /// environment variables.
+    pub fn start_with_env(&mut self, vars: &[(&str, &str)]) {
+        assert!(self.child.is_none(), "{} already running", self.label);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbmux"));
+        cmd.args(&self.args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("DBMUX_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log));
+        if self.args.first().map(String::as_str) != Some("proxy") {
+            cmd.args(["--admin", &self.admin]);
+        }
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn dbmux"));
+        self.starts += 1;
+    }
+
+    pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        c.wait().unwrap()
+    }
+
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut().and_then(|c| c.try_wait().unwrap());
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let label = self.label.clone();
+        let status = wait_for(&format!("{label} to exit"), timeout, || {
+            let s = self.child.as_mut().and_then(|c| c.try_wait().unwrap());
+            async move { s }
+        })
+        .await;
+        self.child = None;
+        status
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn status(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&admin_get(&self.admin, "/status").await?).ok()
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} output ({} starts) ----\n{}",
+                self.label,
                 self.starts,
                 self.output()
             );

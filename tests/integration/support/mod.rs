@@ -3,7 +3,9 @@
 
 pub mod compare;
 pub mod dbmux;
+pub mod kafka;
 pub mod observe;
+pub mod pg_source;
 pub mod private;
 pub mod workload;
 
@@ -45,6 +47,16 @@ pub fn env(name: &str) -> String {
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.clone())
         .unwrap_or_else(|| panic!("{name} is not set: run `scripts/services up` first"))
+}
+
+/// A setting from the environment or `.dev/services.env`, if either has it.
+pub fn services_value(name: &str) -> Option<String> {
+    std::env::var(name).ok().or_else(|| {
+        services_env()
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    })
 }
 
 pub fn mysql_url() -> String {
