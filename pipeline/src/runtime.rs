@@ -1607,6 +1607,145 @@ mod tests {
         }
     }
 
+    /// A log whose appends wait for a permit: shows what capture publishes
+    /// while an append (a Kafka transaction) is not done yet.
+    #[derive(Clone)]
+    struct GatedLog {
+        inner: crate::log::EmbeddedLog,
+        gate: Arc<tokio::sync::Semaphore>,
+    }
+    impl Log for GatedLog {
+        type Reader = crate::log::EmbeddedReader;
+        fn last_seq(&self) -> u64 {
+            Log::last_seq(&self.inner)
+        }
+        fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+            Log::subscribe(&self.inner)
+        }
+        async fn last(&self) -> Result<Option<(u64, Position)>, LogError> {
+            Log::last(&self.inner).await
+        }
+        async fn first_seq(&self) -> Result<Option<u64>, LogError> {
+            Log::first_seq(&self.inner).await
+        }
+        async fn append(&self, txns: Vec<Transaction>) -> Result<u64, LogError> {
+            self.gate.acquire().await.expect("gate open").forget();
+            Log::append(&self.inner, txns).await
+        }
+        async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, LogError> {
+            Log::meta(&self.inner, key).await
+        }
+        async fn set_meta(&self, key: &str, value: Vec<u8>) -> Result<(), LogError> {
+            Log::set_meta(&self.inner, key, value).await
+        }
+        async fn reader(&self, consumer: &str) -> Result<Self::Reader, LogError> {
+            Log::reader(&self.inner, consumer).await
+        }
+        async fn acked(&self, consumer: &str) -> Result<Option<u64>, LogError> {
+            Log::acked(&self.inner, consumer).await
+        }
+        async fn truncate(&self, consumers: Vec<String>) -> Result<u64, LogError> {
+            Log::truncate(&self.inner, consumers).await
+        }
+        async fn commit_ts_at(&self, seq: u64) -> Result<Option<i64>, LogError> {
+            Log::commit_ts_at(&self.inner, seq).await
+        }
+        async fn sync(&self) -> Result<(), LogError> {
+            Log::sync(&self.inner).await
+        }
+    }
+
+    /// A [`MemSource`] that keeps the durable-position watch it is given.
+    struct Watching {
+        inner: MemSource,
+        durable: Arc<Mutex<Option<crate::source::DurablePosition>>>,
+    }
+    impl Source for Watching {
+        type Error = Fault;
+        async fn preflight(&mut self) -> Result<(), Fault> {
+            self.inner.preflight().await
+        }
+        async fn current_position(&mut self) -> Result<Position, Fault> {
+            self.inner.current_position().await
+        }
+        async fn start(&mut self, resume: Option<Position>) -> Result<(), Fault> {
+            self.inner.start(resume).await
+        }
+        async fn next_transaction(&mut self) -> Result<CapturedTransaction, Fault> {
+            self.inner.next_transaction().await
+        }
+        fn watch_durable(&mut self, durable: crate::source::DurablePosition) {
+            *self.durable.lock().unwrap() = Some(durable);
+        }
+    }
+
+    /// What a source may acknowledge upstream (a PostgreSQL slot's confirmed
+    /// position) never runs ahead of the log: capture publishes a position
+    /// only once the append holding it has returned (with Kafka: after the
+    /// transaction commit), and then exactly the newest one.
+    #[tokio::test]
+    async fn the_durable_position_follows_only_finished_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = GatedLog {
+            inner: crate::log::EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap(),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        };
+        let durable = Arc::new(Mutex::new(None));
+        let source = Watching {
+            inner: MemSource {
+                total: 3,
+                next: 0,
+                fail_at: vec![],
+            },
+            durable: durable.clone(),
+        };
+        let shutdown = CancellationToken::new();
+        let cap = tokio::spawn(run_capture(
+            source,
+            log.clone(),
+            PipelineMetrics::unregistered(),
+            CaptureOptions::default(),
+            shutdown.clone(),
+        ));
+        let mut watch = loop {
+            if let Some(w) = durable.lock().unwrap().clone() {
+                break w;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(*watch.borrow(), None, "nothing appended yet");
+        // The writer now waits inside `append` with the first batch.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(log.last_seq(), 0);
+        assert_eq!(
+            *watch.borrow_and_update(),
+            None,
+            "published before the append finished"
+        );
+        let pos = |offset: u64| {
+            Some(Position::Mysql(MysqlPosition {
+                file: "b.000001".into(),
+                offset,
+                gtid_set: None,
+            }))
+        };
+        // Let appends through one at a time: each published position is in the log.
+        let mut seen = None;
+        while seen != pos(3) {
+            log.gate.add_permits(1);
+            tokio::time::timeout(Duration::from_secs(10), watch.changed())
+                .await
+                .expect("a position after the append")
+                .unwrap();
+            seen = watch.borrow_and_update().clone();
+            let (_, in_log) = Log::last(&log).await.unwrap().expect("appended");
+            assert_eq!(seen, Some(in_log), "the published position is the log's newest");
+        }
+        assert_eq!(log.last_seq(), 6);
+        shutdown.cancel();
+        cap.await.unwrap().unwrap();
+    }
+
     #[tokio::test]
     async fn capture_and_apply_exactly_once_through_faults_and_restarts() {
         let dir = tempfile::tempdir().unwrap();
