@@ -7,6 +7,7 @@ mod support;
 
 mod apply;
 mod capture;
+mod ddl;
 mod equality;
 mod kafka;
 mod observe;
