@@ -29,26 +29,51 @@ async fn last_seq(dbmux: &Dbmux) -> u64 {
     dbmux.status().await.unwrap()["log"]["last_seq"].as_u64().unwrap()
 }
 
-/// Waits until capture has read the master's binlog up to its end as of now
-/// and every replica applied the whole log.
-async fn settle(dbmux: &mut Dbmux) -> u64 {
+/// Waits until both replicas have applied everything written so far: bumps a
+/// marker row (table `settle_mark`, captured like the others) and waits for
+/// its value on both replicas. (The master's binlog end is no use as a mark:
+/// other tests write to other databases all along.)
+async fn settle(dbmux: &mut Dbmux) {
+    let db = dbmux.db.clone();
     let mut c = mysql_async::Conn::from_url(mysql_url()).await.unwrap();
-    let row: mysql_async::Row = c.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
-    let (file, offset): (String, u64) = (row.get(0).unwrap(), row.get(1).unwrap());
-    let me = &*dbmux;
-    wait_for("capture to reach the master's end", CATCH_UP, || {
-        let file = file.clone();
+    c.query_drop(format!(
+        "CREATE TABLE IF NOT EXISTS `{db}`.settle_mark (id INT PRIMARY KEY, n BIGINT NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    let n: u64 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        / 1000;
+    c.query_drop(format!("REPLACE INTO `{db}`.settle_mark VALUES (1, {n})"))
+        .await
+        .unwrap();
+    let want = vec![vec![Some(n.to_string())]];
+    let db2 = db.clone();
+    wait_for("both replicas to apply the marker", CATCH_UP, || {
+        let (db, want) = (db2.clone(), want.clone());
         async move {
-            let st = me.status().await?;
-            let pos = st["capture"]["position"].as_str()?.to_string();
-            let mut parts = pos.split(':');
-            let (_, f, o) = (parts.next()?, parts.next()?, parts.next()?.parse::<u64>().ok()?);
-            (f > file.as_str() || (f == file && o >= offset)).then_some(())
+            let exists = format!(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = '{db}' \
+                 AND table_name = 'settle_mark'"
+            );
+            if mysql_rows(&mysql_replica_url(), &exists).await.is_empty() || pg_rows(&exists).await.is_empty()
+            {
+                return None;
+            }
+            let my = mysql_rows(
+                &mysql_replica_url(),
+                &format!("SELECT CAST(n AS CHAR) FROM `{db}`.settle_mark"),
+            )
+            .await;
+            let pg = pg_rows(&format!("SELECT n::text FROM \"{db}\".settle_mark")).await;
+            (my == want && pg == want).then_some(())
         }
     })
     .await;
     let last = last_seq(dbmux).await;
-    dbmux.wait_caught_up(last, CATCH_UP).await
+    dbmux.wait_caught_up(last, CATCH_UP).await;
 }
 
 /// Columns (name, type, nullability, default) and indexes of a table on the
@@ -276,7 +301,10 @@ async fn a_migration_sequence_reaches_both_replicas_through_restarts() {
     // The end state: data and schemas equal, dropped things gone everywhere.
     assert_identical(&db, &accounts(), true, true).await;
     assert_schema_equivalent(&db, "accounts").await;
-    let want: Rows = vec![vec![Some("accounts".to_string())]];
+    let want: Rows = vec![
+        vec![Some("accounts".to_string())],
+        vec![Some("settle_mark".to_string())],
+    ];
     assert_eq!(mariadb_tables(&db).await, want, "tables on the MariaDB replica");
     assert_eq!(pg_tables(&db).await, want, "tables on PostgreSQL");
     assert!(mariadb_tables(&other).await.is_empty());

@@ -809,12 +809,12 @@ async fn late_replica(by_command: bool) {
         },
     )
     .await;
+    let last = log_last_seq(&dbmux).await;
     exec(
         &mut c,
         &["INSERT INTO t VALUES (5, 'v5')", "DELETE FROM t WHERE id = 2"],
     )
     .await;
-    let last = log_last_seq(&dbmux).await;
     dbmux.wait_caught_up(last + 2, CATCH_UP).await;
     let sql = "SELECT CAST(id AS CHAR), v FROM t ORDER BY id";
     let m = mysql_rows(&with_db(&mysql_url(), &db), sql).await;

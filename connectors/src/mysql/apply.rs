@@ -1143,8 +1143,24 @@ impl MysqlSink {
                 }
             }
         };
+        // A database that existed before capture began is not in the stream:
+        // the replica may not have it yet (the applier creates it for a
+        // table's first row too). Created with utf8mb4 like there; a replayed
+        // CREATE TABLE without a charset then takes utf8mb4 where the master's
+        // database default may be another (values are the same text).
+        let ensure_db = |target: &TableId| {
+            format!(
+                "CREATE DATABASE IF NOT EXISTS {} DEFAULT CHARACTER SET utf8mb4",
+                sql::quote_ident(&target.schema)
+            )
+        };
         Ok(match &change.kind {
-            DdlKind::CreateTable { .. } | DdlKind::AlterTable { .. } | DdlKind::Unknown { .. } => replay()?,
+            DdlKind::CreateTable { .. } => {
+                let mut v = vec![ensure_db(&target)];
+                v.extend(replay()?);
+                v
+            }
+            DdlKind::AlterTable { .. } | DdlKind::Unknown { .. } => replay()?,
             DdlKind::RenameTable { from } => {
                 if change
                     .statement
@@ -1155,11 +1171,14 @@ impl MysqlSink {
                     replay()?
                 } else {
                     let from = TableId::new(map(&from.schema), from.name.clone());
-                    vec![format!(
-                        "RENAME TABLE {} TO {}",
-                        sql::quote_table(&from),
-                        sql::quote_table(&target)
-                    )]
+                    vec![
+                        ensure_db(&target),
+                        format!(
+                            "RENAME TABLE {} TO {}",
+                            sql::quote_table(&from),
+                            sql::quote_table(&target)
+                        ),
+                    ]
                 }
             }
             DdlKind::DropTable => vec![format!("DROP TABLE IF EXISTS {}", sql::quote_table(&target))],
