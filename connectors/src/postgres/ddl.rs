@@ -168,7 +168,11 @@ pub async fn apply(
         return Err(why.into());
     }
     let target = config.target_table(&source.id);
-    let table = sql::quote_table(&target)?;
+    // A database-level change names no table (its table name is empty).
+    let table = match &change.kind {
+        DdlKind::CreateDatabase | DdlKind::DropDatabase => String::new(),
+        _ => sql::quote_table(&target)?,
+    };
     match &change.kind {
         DdlKind::CreateTable {
             if_not_exists,
