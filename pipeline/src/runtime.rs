@@ -314,22 +314,23 @@ where
     if result.is_ok() {
         let _ = crate::snapshot::checkpoint(&log, &state).await;
     }
-    if let Some(c) = coordinator {
-        match c.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                if result.is_ok() {
-                    return Err(RuntimeError::Capture(e.to_string()));
-                }
-            }
-            Err(e) => return Err(RuntimeError::Join(e.to_string())),
-        }
-    }
-    match reader.await {
-        Ok(Ok(())) => result,
-        Ok(Err(e)) => Err(e),
+    // The reader's own error first: it is the cause (a failed preflight, a
+    // source gone) when the coordinator merely saw capture stop.
+    let read = match reader.await {
+        Ok(r) => r,
         Err(e) => Err(RuntimeError::Join(e.to_string())),
-    }
+    };
+    let coordinated = match coordinator {
+        Some(c) => match c.await {
+            // Capture ended first (shutdown, or its own error, returned
+            // above): the coordinator only saw it go.
+            Ok(Ok(())) | Ok(Err(crate::snapshot::CoordinatorError::CaptureGone)) => Ok(()),
+            Ok(Err(e)) => Err(RuntimeError::Capture(e.to_string())),
+            Err(e) => Err(RuntimeError::Join(e.to_string())),
+        },
+        None => Ok(()),
+    };
+    read.and(result).and(coordinated)
 }
 
 /// The events of a batch that capture's state must look at, and the batch's

@@ -581,19 +581,31 @@ async fn type_matrix_through_the_snapshot_path_equals_the_streaming_path() {
             .then_some(())
     })
     .await;
-    // Capture has read the binlog to its end as of now, and the replicas
-    // applied all of the log.
-    let row: mysql_async::Row = conn.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
-    let (file, offset): (String, u64) = (row.get(0).unwrap(), row.get(1).unwrap());
+    // The replicas applied all of the streamed rows (the last one written is
+    // the marker), then the whole log.
     let me = &dbmux;
-    wait_for("capture to reach the master's end", CATCH_UP, || {
-        let file = file.clone();
+    let live2 = live.clone();
+    wait_for("the streamed rows on both replicas", CATCH_UP, || {
+        let live = live2.clone();
         async move {
-            let st = me.status().await?;
-            let pos = st["capture"]["position"].as_str()?.to_string();
-            let mut parts = pos.split(':');
-            let (_, f, o) = (parts.next()?, parts.next()?, parts.next()?.parse::<u64>().ok()?);
-            (f > file.as_str() || (f == file && o >= offset)).then_some(())
+            let _ = me;
+            let exists = format!(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = '{live}' AND table_name = 'types'"
+            );
+            let replica = crate::support::mysql_replica_url();
+            if crate::support::compare::mysql_rows(&replica, &exists).await.is_empty()
+                || crate::support::compare::pg_rows(&exists).await.is_empty()
+            {
+                return None;
+            }
+            let my = crate::support::compare::mysql_rows(
+                &replica,
+                &format!("SELECT id FROM `{live}`.types WHERE id = 4"),
+            )
+            .await;
+            let pg =
+                crate::support::compare::pg_rows(&format!("SELECT id FROM \"{live}\".types WHERE id = 4")).await;
+            (my.len() == 1 && pg.len() == 1).then_some(())
         }
     })
     .await;
