@@ -103,6 +103,15 @@ impl Sink for AnySink {
         }
     }
 
+    async fn reset(&mut self, from_seq: u64) -> Result<(), AnySinkError> {
+        match self {
+            AnySink::Mysql(s) => Ok(s.reset(from_seq).await?),
+            AnySink::Postgres(s) => Ok(s.reset(from_seq).await?),
+            #[cfg(feature = "sqlserver")]
+            AnySink::SqlServer(s) => Ok(s.reset(from_seq).await?),
+        }
+    }
+
     async fn resume(
         &mut self,
         table: &TableId,

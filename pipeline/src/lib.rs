@@ -4,8 +4,10 @@
 
 pub mod apply;
 pub mod batch;
+pub mod capture_state;
 pub mod cascade;
 pub mod codec;
+pub mod ddl;
 pub mod envelope;
 pub mod event;
 pub mod filter;
@@ -18,6 +20,7 @@ pub mod runtime;
 pub mod schema;
 pub mod secret;
 pub mod sink;
+pub mod snapshot;
 pub mod source;
 pub mod value;
 

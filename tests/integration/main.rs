@@ -7,10 +7,12 @@ mod support;
 
 mod apply;
 mod capture;
+mod ddl;
 mod equality;
 mod kafka;
 mod observe;
 mod pg_source;
 mod pipeline;
+mod snapshot;
 #[cfg(feature = "sqlserver")]
 mod sqlserver;

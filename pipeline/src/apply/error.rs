@@ -44,6 +44,12 @@ pub enum ApplyError<G: Engine> {
         missing: u64,
     },
     Internal(String),
+    /// An event kind this core does not apply yet (snapshots, schema changes).
+    Unsupported {
+        table: String,
+        what: &'static str,
+        seq: u64,
+    },
     TargetTaken {
         table: TableId,
         target: String,
@@ -91,6 +97,11 @@ impl<G: Engine> fmt::Display for ApplyError<G> {
                  given is {next}"
             ),
             ApplyError::Internal(m) => f.write_str(m),
+            ApplyError::Unsupported { table, what, seq } => write!(
+                f,
+                "{table}: event seq {seq}: {G} replicas do not apply {what} yet; the table is left as it was",
+                G = G::NAME
+            ),
             ApplyError::TargetTaken { table, target, other } => write!(
                 f,
                 "replica table {target} already receives source table {other}; {table} cannot be written there too"

@@ -795,13 +795,20 @@ async fn applies_once_skips_what_is_applied_and_refuses_gaps() {
     // DDL events are a definite "not yet", tied to their table.
     let ddl = Seq(6).txn(vec![(
         t.clone(),
-        Op::Ddl {
+        Op::Ddl(Box::new(crate::ddl::SchemaChange {
             statement: "ALTER TABLE t ADD w INT".into(),
-        },
+            default_schema: "app".into(),
+            kind: crate::ddl::DdlKind::Unknown {
+                reason: "test".into(),
+            },
+            unique_key_names: Vec::new(),
+        })),
     )]);
     let e = a.apply(&[ddl], &none()).await.unwrap_err();
+    assert!(!e.is_transient());
     assert_eq!(e.table(), Some(&t.id));
-    assert!(e.to_string().contains("not replicated yet"), "{e}");
+    assert!(e.to_string().contains("do not apply schema changes yet"), "{e}");
+    assert_eq!(offset(&server), 5, "nothing moved");
 }
 
 #[tokio::test]
@@ -1305,4 +1312,42 @@ async fn random_histories_with_faults_end_equal_to_the_model() {
         assert_eq!(rows(&server, "n"), model_n, "seed {seed}");
         assert_eq!(offset(&server), seq.0 - 1, "seed {seed}");
     }
+}
+
+#[tokio::test]
+async fn reset_sets_the_offset_and_lifts_every_quarantine_in_one_transaction() {
+    let server = Server::default();
+    let t = table("t", true);
+    let mut a = Applier::new("r1", Mem::new(&server));
+    a.open().await.unwrap();
+    a.apply(&[Seq(1).txn(vec![ins(&t, iv(1, 1)), ins(&t, iv(2, 2))])], &none())
+        .await
+        .unwrap();
+    let q = Quarantine {
+        table: t.id.clone(),
+        first_seq: 2,
+        reason: "test".into(),
+    };
+    a.quarantine(&q).await.unwrap();
+    assert_eq!(a.open().await.unwrap().quarantined, vec![q]);
+    // A failure inside the reset leaves everything as it was.
+    let at = server.faults.lock().unwrap().executes + 2;
+    server
+        .faults
+        .lock()
+        .unwrap()
+        .fail_at
+        .insert(at, ErrorClass::Definite);
+    assert!(a.reset(10).await.is_err());
+    assert_eq!(offset(&server), 2);
+    assert_eq!(a.open().await.unwrap().quarantined.len(), 1);
+    a.reset(10).await.unwrap();
+    assert_eq!(offset(&server), 9);
+    let opened = a.open().await.unwrap();
+    assert_eq!((opened.applied, opened.quarantined.len()), (9, 0));
+    // The next event is 10.
+    a.apply(&[Seq(10).txn(vec![ins(&t, iv(3, 3))])], &none())
+        .await
+        .unwrap();
+    assert_eq!(offset(&server), 10);
 }
