@@ -70,6 +70,19 @@ pub fn describe(c: &Config) -> String {
             s.push_str(&format!(", replica {} {}", r.name, redact_url(&r.url.0)));
         }
         s.push('\n');
+        if let Some(c) = p.cache.as_ref().filter(|c| c.enabled) {
+            s.push_str(&format!(
+                "cache: {} tables {} ttl {}s{}\n",
+                redact_url(&c.redis),
+                c.tables.join(","),
+                c.ttl_secs,
+                if c.invalidator {
+                    ", invalidator in this process"
+                } else {
+                    ""
+                }
+            ));
+        }
     }
     s
 }

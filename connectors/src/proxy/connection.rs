@@ -1750,6 +1750,7 @@ impl Session {
         }
         let a = analyze(text, self.charset)?;
         let Verdict::Cacheable(tables) = &a.verdict else {
+            tracing::debug!(verdict = ?a.verdict, "cache: not cacheable");
             return None;
         };
         if (cache.cfg.hint_only && !a.hinted) || !cache.cfg.covers_statement(&a.shape) {
@@ -1805,6 +1806,7 @@ impl Session {
     async fn cache_lookup(&mut self, plan: &CachePlan) -> Result<CacheStep, Fail> {
         let which = self.read_target(false).await?;
         let Which::Replica(idx) = which else {
+            tracing::debug!("cache: the read goes to the master");
             return Ok(CacheStep::Bypass(which));
         };
         let Some(cache) = self.shared.cache.clone() else {
@@ -1812,11 +1814,13 @@ impl Session {
         };
         // Read before the statement runs: the replica's state when it runs
         // includes at least this.
-        let seq = self.shared.replicas[idx].health.applied_seq();
+        let Some(seq) = self.shared.replicas[idx].health.applied_seq() else {
+            return Ok(CacheStep::Bypass(which));
+        };
         let Some(floor) = self.ryw_floor(idx) else {
             return Ok(CacheStep::Bypass(which));
         };
-        match cache.lookup(&plan.hash, &plan.tables, floor).await {
+        match cache.lookup(&plan.hash, &plan.tables, floor, seq).await {
             Some(super::cache::Lookup::Hit(blob)) => {
                 self.client.wbuf.extend_from_slice(&blob);
                 self.client.flush().await?;
@@ -1824,7 +1828,7 @@ impl Session {
                 self.last = None;
                 Ok(CacheStep::Hit)
             }
-            Some(super::cache::Lookup::Miss) => Ok(CacheStep::Fill { idx, seq }),
+            Some(super::cache::Lookup::Miss) => Ok(CacheStep::Fill { idx, seq: Some(seq) }),
             None => Ok(CacheStep::Bypass(which)),
         }
     }

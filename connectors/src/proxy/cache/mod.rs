@@ -148,17 +148,22 @@ impl Epoch {
     }
 }
 
-/// Serves an entry: the epoch must be current, the entry's seq must reach
-/// the session's floor (read-your-writes) and every table's last change.
-/// A stale entry is deleted on the way. Returns `{1, result}`, or `{0}`
-/// absent, `{-1}` epoch changed, `{-2}` below the session's floor, `{-3}`
-/// stale (deleted).
+/// Serves an entry: the epoch must be current, the invalidator must have
+/// recorded every change up to the serving replica's applied seq (so a hit
+/// is never older than what that replica would answer), the entry's seq
+/// must reach every table's last change and the session's floor
+/// (read-your-writes). A stale entry is deleted on the way. Returns
+/// `{1, result}`, or `{0}` absent, `{-1}` epoch changed, `{-2}` below the
+/// session's floor, `{-3}` stale (deleted), `{-4}` invalidator behind the
+/// replica.
 const LOOKUP: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
+local w = redis.call('GET', KEYS[3])
+if (not w) or tonumber(w) < tonumber(ARGV[3]) then return {-4} end
 local e = redis.call('HMGET', KEYS[2], 's', 'r')
 if not e[1] then return {0} end
 local seq = tonumber(e[1])
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   local t = redis.call('GET', KEYS[i])
   if t and tonumber(t) > seq then
     redis.call('DEL', KEYS[2])
@@ -342,18 +347,32 @@ impl Cache {
 
     /// Looks `hash` up for a statement reading `tables` (`(db, table)`);
     /// `floor`: the entry must reflect at least this replica `seq` (the
-    /// session's own last write). `None` when the cache is not usable now
-    /// (the caller reads from the databases).
-    pub async fn lookup(&self, hash: &str, tables: &[(String, String)], floor: u64) -> Option<Lookup> {
+    /// session's own last write); `replica_seq`: the applied `seq` of the
+    /// replica the read would go to (the invalidator must have recorded
+    /// every change up to it). `None` when the cache is not usable now (the
+    /// caller reads from the databases).
+    pub async fn lookup(
+        &self,
+        hash: &str,
+        tables: &[(String, String)],
+        floor: u64,
+        replica_seq: u64,
+    ) -> Option<Lookup> {
         let epoch = self.epoch()?;
         let mut inv = self.lookup.prepare_invoke();
-        inv.key(self.keys.epoch()).key(self.keys.entry(&epoch.id, hash));
+        inv.key(self.keys.epoch())
+            .key(self.keys.entry(&epoch.id, hash))
+            .key(self.keys.watermark(&epoch.id));
         for (db, t) in tables {
             inv.key(self.keys.table(&epoch.id, db, t));
         }
-        inv.arg(&epoch.value).arg(floor);
+        inv.arg(&epoch.value).arg(floor).arg(replica_seq);
         let mut conn = self.conn.clone();
         let r: Result<redis::Value, CacheError> = self.bounded(inv.invoke_async(&mut conn)).await;
+        tracing::debug!(hash, floor, replica_seq, answer = ?r.as_ref().map(|v| match v {
+            redis::Value::Array(a) => a.first().cloned(),
+            _ => None,
+        }), "cache lookup");
         match r {
             Ok(redis::Value::Array(v)) => match v.as_slice() {
                 [redis::Value::Int(1), redis::Value::BulkString(b)] => {
@@ -408,7 +427,9 @@ impl Cache {
             .arg(self.cfg.ttl_secs * 1000)
             .arg(result);
         let mut conn = self.conn.clone();
-        match self.bounded(inv.invoke_async::<i64>(&mut conn)).await {
+        let r = self.bounded(inv.invoke_async::<i64>(&mut conn)).await;
+        tracing::debug!(hash, seq, bytes = result.len(), answer = ?r, "cache fill");
+        match r {
             Ok(1) => {
                 self.metrics.fills.inc();
                 Fill::Stored

@@ -1,0 +1,393 @@
+//! The Redis result cache in the front door, over the real pipeline: real
+//! MariaDB master and replica, real Redis, `dbmux run` with capture, the
+//! embedded log, the applier, the proxy and the invalidator.
+
+use crate::support::dbmux::{free_port, Dbmux, Replicas};
+use crate::support::{mysql_url, unique_name, wait_for, with_db};
+use mysql_async::prelude::Queryable;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CATCH_UP: Duration = Duration::from_secs(120);
+const HASHES: &str = "mysql_native_password = \"*F142931D9296BB66D4600D47418DBC1475D27D29\"\n\
+                      caching_sha2_password = \"6681bbfe12153c1b4a0268cf4733a0a3021ff47751fafc3c0a4bdae5a0a89db6\"\n";
+
+fn shared_redis() -> String {
+    crate::support::env("DBMUX_TEST_REDIS_URL")
+}
+
+/// `dbmux run` on database `db` (tables `t`, `u` cached, `x` not) with the
+/// proxy on a free port and the cache on `redis`.
+struct Cached {
+    dbmux: Dbmux,
+    port: u16,
+    db: String,
+}
+
+impl Cached {
+    async fn start(prefix: &str, redis: &str, rows: i32) -> Cached {
+        let db = unique_name(prefix);
+        let mut c = mysql_async::Conn::from_url(mysql_url()).await.unwrap();
+        c.query_drop(format!("CREATE DATABASE `{db}`")).await.unwrap();
+        for ddl in [
+            "CREATE TABLE t (id INT PRIMARY KEY, v INT NOT NULL, pad VARCHAR(40) NOT NULL DEFAULT 'p')",
+            "CREATE TABLE u (id INT PRIMARY KEY, t_id INT NOT NULL, w VARCHAR(20) NOT NULL, KEY (t_id))",
+            "CREATE TABLE x (id INT PRIMARY KEY)",
+        ] {
+            c.query_drop(format!("USE `{db}`; {ddl}")).await.unwrap();
+        }
+        c.disconnect().await.unwrap();
+        let port = free_port();
+        let extra = format!(
+            "\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nmaster = \"{}\"\nhealth_interval_ms = 50\n\
+             [[proxy.replicas]]\nname = \"mariadb\"\nurl = \"{}\"\n\
+             [[proxy.users]]\nname = \"app\"\n{HASHES}\
+             [[proxy.users]]\nname = \"eventual\"\nconsistency = \"eventual\"\n{HASHES}\
+             [proxy.cache]\nredis = \"{redis}\"\ntables = [\"{db}.t\", \"{db}.u\"]\nkey_prefix = \"{db}\"\ntimeout_ms = 200\n",
+            with_db(&mysql_url(), ""),
+            with_db(&crate::support::mysql_replica_url(), "")
+        );
+        let mut dbmux = Dbmux::new(
+            &db,
+            Replicas {
+                mariadb: true,
+                postgres: false,
+            },
+            &extra,
+        );
+        dbmux.start();
+        dbmux.wait_capturing().await;
+        let me = Cached { dbmux, port, db };
+        // Rows written after capture started, so the replica gets them.
+        let mut c = me.direct_master().await;
+        if rows > 0 {
+            let values: Vec<String> = (1..=rows).map(|i| format!("({i}, {i})")).collect();
+            c.query_drop(format!("INSERT INTO t (id, v) VALUES {}", values.join(",")))
+                .await
+                .unwrap();
+            let values: Vec<String> = (1..=rows.min(100))
+                .map(|i| format!("({i}, {i}, 'w{i}')"))
+                .collect();
+            c.query_drop(format!("INSERT INTO u VALUES {}", values.join(",")))
+                .await
+                .unwrap();
+        }
+        c.query_drop("INSERT INTO x VALUES (1)").await.unwrap();
+        c.disconnect().await.unwrap();
+        let mut me = me;
+        let events = if rows > 0 { rows + rows.min(100) } else { 0 } + 1;
+        me.dbmux.wait_caught_up(events as u64, CATCH_UP).await;
+        me.wait_available(true).await;
+        me
+    }
+
+    fn url(&self, user: &str) -> String {
+        format!(
+            "mysql://{user}:app-password@127.0.0.1:{}/{}?prefer_socket=false",
+            self.port, self.db
+        )
+    }
+
+    async fn conn(&self, user: &str) -> mysql_async::Conn {
+        mysql_async::Conn::from_url(self.url(user)).await.unwrap()
+    }
+
+    async fn direct_master(&self) -> mysql_async::Conn {
+        mysql_async::Conn::from_url(with_db(&mysql_url(), &self.db))
+            .await
+            .unwrap()
+    }
+
+    async fn head(&self) -> u64 {
+        self.dbmux.status().await.unwrap()["log"]["last_seq"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// `/status`'s `proxy.cache.<field>`.
+    async fn cache_stat(&self, field: &str) -> u64 {
+        let st = self.dbmux.status().await.unwrap();
+        let v = &st["proxy"]["cache"][field];
+        v.as_u64()
+            .unwrap_or_else(|| v.as_bool().map(u64::from).unwrap_or(0))
+    }
+
+    async fn wait_available(&self, available: bool) {
+        wait_for(
+            &format!(
+                "the cache to be {}",
+                if available { "in use" } else { "out of use" }
+            ),
+            Duration::from_secs(30),
+            || async {
+                let st = self.dbmux.status().await?;
+                (st["proxy"]["cache"]["available"].as_bool() == Some(available)).then_some(())
+            },
+        )
+        .await
+    }
+
+    /// A metric's value from `/metrics` (first sample of that name).
+    async fn metric(&self, name: &str) -> f64 {
+        let text = self.dbmux.admin_get("/metrics").await.unwrap_or_default();
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until the invalidator has recorded everything in the log now.
+    async fn wait_invalidated(&self) {
+        let head = self.head().await;
+        wait_for("the invalidator to record the log head", CATCH_UP, || async {
+            (self.metric("dbmux_cache_invalidated_seq").await >= head as f64).then_some(())
+        })
+        .await
+    }
+}
+
+/// Rows as text, for comparing answers.
+fn rows(r: Vec<mysql_async::Row>) -> Vec<String> {
+    r.into_iter().map(|row| format!("{:?}", row.unwrap())).collect()
+}
+
+/// Runs `sql` through `c` (text protocol, or prepared with `params`) and
+/// returns its rows as text.
+async fn run(c: &mut mysql_async::Conn, sql: &str, params: Option<Vec<mysql_async::Value>>) -> Vec<String> {
+    match params {
+        None => rows(c.query(sql).await.unwrap()),
+        Some(p) => rows(c.exec(sql, p).await.unwrap()),
+    }
+}
+
+/// Runs `sql` until one execution is answered from the cache (10 s at most).
+async fn until_hit(
+    p: &Cached,
+    c: &mut mysql_async::Conn,
+    sql: &str,
+    params: Option<Vec<mysql_async::Value>>,
+) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = p.cache_stat("hits").await;
+        let r = run(c, sql, params.clone()).await;
+        if p.cache_stat("hits").await > before {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sql} was never answered from the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Each statement class of docs/cache.md, routed as documented: cacheable
+/// reads are answered from the cache (with the master's answer), the others
+/// never are, a transaction never uses an entry, and a write is seen at once
+/// by its session and never hidden by an entry afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_routes_each_statement_class_as_documented() {
+    let p = Cached::start("cache_route", &shared_redis(), 200).await;
+    let mut c = p.conn("app").await;
+    let mut m = p.direct_master().await;
+    let int = |i: i64| Some(vec![mysql_async::Value::Int(i)]);
+    let classes: Vec<(&str, &str, Option<Vec<mysql_async::Value>>, bool)> = vec![
+        (
+            "primary-key lookup",
+            "SELECT v, pad FROM t WHERE id = 1",
+            None,
+            true,
+        ),
+        ("prepared lookup", "SELECT v FROM t WHERE id = ?", int(2), true),
+        (
+            "range",
+            "SELECT id, v FROM t WHERE id BETWEEN 10 AND 109 ORDER BY id",
+            None,
+            true,
+        ),
+        (
+            "aggregate",
+            "SELECT COUNT(*), SUM(v), MAX(pad) FROM t",
+            None,
+            true,
+        ),
+        (
+            "join",
+            "SELECT t.v, u.w FROM t JOIN u ON u.t_id = t.id WHERE t.id = 3",
+            None,
+            true,
+        ),
+        (
+            "subquery",
+            "SELECT v FROM t WHERE id IN (SELECT t_id FROM u WHERE w = 'w4')",
+            None,
+            true,
+        ),
+        ("NOW()", "SELECT v, NOW() FROM t WHERE id = 1", None, false),
+        ("RAND()", "SELECT v FROM t ORDER BY RAND() LIMIT 1", None, false),
+        ("UUID()", "SELECT UUID(), v FROM t WHERE id = 1", None, false),
+        (
+            "CURRENT_USER()",
+            "SELECT CURRENT_USER(), v FROM t WHERE id = 1",
+            None,
+            false,
+        ),
+        (
+            "DATABASE()",
+            "SELECT DATABASE(), v FROM t WHERE id = 1",
+            None,
+            false,
+        ),
+        (
+            "system variable",
+            "SELECT @@sql_mode, v FROM t WHERE id = 1",
+            None,
+            false,
+        ),
+        (
+            "FOR UPDATE",
+            "SELECT v FROM t WHERE id = 5 FOR UPDATE",
+            None,
+            false,
+        ),
+        (
+            "LOCK IN SHARE MODE",
+            "SELECT v FROM t WHERE id = 6 LOCK IN SHARE MODE",
+            None,
+            false,
+        ),
+        (
+            "SQL_NO_CACHE",
+            "SELECT SQL_NO_CACHE v FROM t WHERE id = 7",
+            None,
+            false,
+        ),
+        (
+            "nocache hint",
+            "SELECT v FROM t WHERE id = 8 /* dbmux:nocache */",
+            None,
+            false,
+        ),
+        ("table not configured", "SELECT COUNT(*) FROM x", None, false),
+        (
+            "system schema",
+            "SELECT COUNT(*) > 0 FROM information_schema.tables WHERE table_schema = DATABASE()",
+            None,
+            false,
+        ),
+        ("no table", "SELECT 1 + 1", None, false),
+    ];
+    for (i, (class, sql, params, cacheable)) in classes.into_iter().enumerate() {
+        let expected = run(&mut m, sql, params.clone()).await;
+        let hits0 = p.cache_stat("hits").await;
+        // Run it until a fill could have landed: a sentinel of this round (a
+        // cacheable statement of its own) is run until it hits, and fills
+        // are sent in order.
+        let sentinel = format!("SELECT v FROM t WHERE id = {}", 1000 + i);
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(run(&mut c, sql, params.clone()).await);
+        }
+        run(&mut c, &sentinel, None).await;
+        until_hit(&p, &mut c, &sentinel, None).await;
+        got.push(run(&mut c, sql, params.clone()).await);
+        let hits = p.cache_stat("hits").await - hits0;
+        if class == "RAND()" {
+            // Any row of the table, whatever it is.
+            assert_eq!(got[0].len(), 1);
+        } else if !["NOW()", "UUID()", "CURRENT_USER()"].contains(&class) {
+            for g in &got {
+                assert_eq!(
+                    g, &expected,
+                    "{class}: the proxy's answer differs from the master's"
+                );
+            }
+        }
+        if cacheable {
+            assert!(hits >= 2, "{class} ({sql}): cacheable, but only {hits} hits");
+        } else {
+            // Only the sentinel's hit.
+            assert_eq!(
+                hits, 1,
+                "{class} ({sql}): not cacheable, yet answered from the cache"
+            );
+            // The statement itself again: still not a hit.
+            let before = p.cache_stat("hits").await;
+            run(&mut c, sql, params.clone()).await;
+            assert_eq!(
+                p.cache_stat("hits").await,
+                before,
+                "{class} ({sql}) was answered from the cache"
+            );
+        }
+    }
+
+    // A user variable pins the session to the master: never the cache.
+    let mut pinned = p.conn("app").await;
+    pinned.query_drop("SET @id = 1").await.unwrap();
+    let before = p.cache_stat("hits").await;
+    for _ in 0..3 {
+        run(&mut pinned, "SELECT v, pad FROM t WHERE id = 1", None).await;
+    }
+    assert_eq!(
+        p.cache_stat("hits").await,
+        before,
+        "a pinned session used the cache"
+    );
+
+    // Inside a transaction the entry filled above is not used.
+    let before = p.cache_stat("hits").await;
+    c.query_drop("BEGIN").await.unwrap();
+    run(&mut c, "SELECT v, pad FROM t WHERE id = 1", None).await;
+    c.query_drop("COMMIT").await.unwrap();
+    c.query_drop("SET autocommit = 0").await.unwrap();
+    run(&mut c, "SELECT v, pad FROM t WHERE id = 1", None).await;
+    c.query_drop("SET autocommit = 1").await.unwrap();
+    assert_eq!(
+        p.cache_stat("hits").await,
+        before,
+        "a transaction read a cached entry"
+    );
+    // Outside again: a hit.
+    run(&mut c, "SELECT v, pad FROM t WHERE id = 1", None).await;
+    assert_eq!(
+        p.cache_stat("hits").await,
+        before + 1,
+        "outside the transaction the entry is used again"
+    );
+
+    // A write: its session reads it at once (read-your-writes), and once
+    // replicated, every session gets the new row, from the cache too.
+    let mut w = p.conn("app").await;
+    w.query_drop("UPDATE t SET v = 5000 WHERE id = 1").await.unwrap();
+    assert_eq!(
+        run(&mut w, "SELECT v, pad FROM t WHERE id = 1", None).await,
+        run(&mut m, "SELECT v, pad FROM t WHERE id = 1", None).await
+    );
+    let head = p.head().await;
+    let mut pp = p;
+    pp.dbmux.wait_caught_up(head, CATCH_UP).await;
+    pp.wait_invalidated().await;
+    let expected = run(&mut m, "SELECT v, pad FROM t WHERE id = 1", None).await;
+    let mut e = pp.conn("eventual").await;
+    let hits0 = pp.cache_stat("hits").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // Caught up and invalidated: never the old row again.
+        assert_eq!(
+            run(&mut e, "SELECT v, pad FROM t WHERE id = 1", None).await,
+            expected
+        );
+        if pp.cache_stat("hits").await > hits0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new row was never served from the cache"
+        );
+    }
+    println!("cache routing: every statement class routed as documented");
+}
