@@ -391,3 +391,227 @@ async fn cache_routes_each_statement_class_as_documented() {
     }
     println!("cache routing: every statement class routed as documented");
 }
+
+/// Holds the replica's applier: its `dbmux_offsets` row locked `FOR UPDATE`
+/// in a transaction of this connection until [`Hold::release`].
+struct Hold(Option<mysql_async::Conn>);
+
+impl Hold {
+    async fn new(db: &str) -> Hold {
+        let mut r = mysql_async::Conn::from_url(crate::support::mysql_replica_url())
+            .await
+            .unwrap();
+        r.query_drop("BEGIN").await.unwrap();
+        let _: Option<u64> = r
+            .exec_first(
+                "SELECT seq FROM dbmux.dbmux_offsets WHERE consumer = ? FOR UPDATE",
+                (format!("{db}/mariadb"),),
+            )
+            .await
+            .unwrap();
+        Hold(Some(r))
+    }
+    async fn release(mut self) {
+        if let Some(mut r) = self.0.take() {
+            r.query_drop("COMMIT").await.unwrap();
+            r.disconnect().await.unwrap();
+        }
+    }
+}
+
+/// The classic race, made to happen in order: an entry is cached; the
+/// replica is held back; a write commits and the invalidator records it;
+/// a reader then misses (the entry is stale), reads the old row from the
+/// lagging replica and tries to store it — and the fill is refused. Once the
+/// replica has the write, only the new row is ever served, from the cache
+/// too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_refuses_a_fill_older_than_a_recorded_change() {
+    let mut p = Cached::start("cache_stale", &shared_redis(), 10).await;
+    let q = "SELECT v FROM t WHERE id = 1";
+    let mut e = p.conn("eventual").await;
+    let old = until_hit(&p, &mut e, q, None).await;
+    let hold = Hold::new(&p.db).await;
+    let mut m = p.direct_master().await;
+    m.query_drop("UPDATE t SET v = 100 WHERE id = 1").await.unwrap();
+    let new = run(&mut m, q, None).await;
+    assert_ne!(old, new);
+    p.wait_invalidated().await;
+    let (hits0, refused0) = (p.cache_stat("hits").await, p.cache_stat("fills_refused_stale").await);
+    // The replica still has the old row: an eventual read gets it from
+    // there (as without a cache), but never from the cache, and its fill is
+    // refused.
+    for _ in 0..3 {
+        assert_eq!(run(&mut e, q, None).await, old);
+    }
+    wait_for("a stale fill to be refused", Duration::from_secs(10), || async {
+        (p.cache_stat("fills_refused_stale").await > refused0).then_some(())
+    })
+    .await;
+    assert_eq!(p.cache_stat("hits").await, hits0, "a stale entry was served");
+    hold.release().await;
+    let head = p.head().await;
+    p.dbmux.wait_caught_up(head, CATCH_UP).await;
+    // The proxy sees the replica's new position within a health interval;
+    // from then on, every read is the new row, and it gets cached.
+    let got = until_hit(&p, &mut e, q, None).await;
+    assert_eq!(got, new);
+    println!(
+        "stale fills refused: {}",
+        p.cache_stat("fills_refused_stale").await - refused0
+    );
+}
+
+/// Writers and cached readers on the same rows through the proxy, with
+/// replication held back at random; after every phase the replica catches
+/// up and every read must be the committed row. Throughout: no read shows a
+/// value never committed, a writer always reads its own write, and the
+/// cache must have answered reads (or the test proves nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_race_writers_and_cached_readers_never_read_stale() {
+    const ROWS: i64 = 8;
+    const PHASES: usize = 3;
+    const PHASE: Duration = Duration::from_secs(4);
+    let mut p = Cached::start("cache_race", &shared_redis(), ROWS as i32).await;
+    let p_db = p.db.clone();
+    // committed[id] = the newest value committed for row id (values only grow).
+    let committed: Arc<Vec<AtomicU64>> = Arc::new((0..=ROWS).map(|i| AtomicU64::new(i as u64)).collect());
+    let violations = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reads = Arc::new(AtomicU64::new(0));
+    for phase in 0..PHASES {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        // Replication held back at random.
+        tasks.push(tokio::spawn({
+            let (stop, db) = (stop.clone(), p_db.clone());
+            async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let hold = Hold::new(&db).await;
+                    tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 400)).await;
+                    hold.release().await;
+                    tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 100)).await;
+                }
+            }
+        }));
+        // Two writers, each owning half of the rows, reading their own writes.
+        for w in 0..2i64 {
+            let (stop, committed, violations, url) =
+                (stop.clone(), committed.clone(), violations.clone(), p.url("app"));
+            tasks.push(tokio::spawn(async move {
+                let mut c = mysql_async::Conn::from_url(url).await.unwrap();
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let id = 1 + w + 2 * (n as i64 % (ROWS / 2));
+                    let v = committed[id as usize].load(Ordering::SeqCst) + 1;
+                    // Raised before the write: readers check against the
+                    // newest value that may be committed by then.
+                    committed[id as usize].store(v, Ordering::SeqCst);
+                    c.exec_drop("UPDATE t SET v = ? WHERE id = ?", (v, id)).await.unwrap();
+                    let got: Option<u64> = if n % 2 == 0 {
+                        c.exec_first("SELECT v FROM t WHERE id = ?", (id,)).await.unwrap()
+                    } else {
+                        c.query_first(format!("SELECT v FROM t WHERE id = {id}")).await.unwrap()
+                    };
+                    if got != Some(v) {
+                        violations.lock().unwrap().push(format!("writer read {got:?} after writing {v} to row {id}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 30)).await;
+                }
+            }));
+        }
+        // Readers: two eventual, one read-your-writes user that never writes.
+        for (r, user) in ["eventual", "eventual", "app"].into_iter().enumerate() {
+            let (stop, committed, violations, reads, url) = (
+                stop.clone(),
+                committed.clone(),
+                violations.clone(),
+                reads.clone(),
+                p.url(user),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut c = mysql_async::Conn::from_url(url).await.unwrap();
+                let mut n = r as u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let id = 1 + (n as i64 % ROWS);
+                    let got: Vec<(i64, u64)> = match n % 3 {
+                        0 => c
+                            .exec("SELECT id, v FROM t WHERE id = ?", (id,))
+                            .await
+                            .unwrap(),
+                        1 => c
+                            .query(format!("SELECT id, v FROM t WHERE id = {id}"))
+                            .await
+                            .unwrap(),
+                        _ => c.query("SELECT id, v FROM t ORDER BY id").await.unwrap(),
+                    };
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    for (id, v) in got {
+                        // Never a value that was not committed by now.
+                        let max = committed[id as usize].load(Ordering::SeqCst);
+                        if v > max || v < id as u64 {
+                            violations
+                                .lock()
+                                .unwrap()
+                                .push(format!("{user} read v={v} of row {id}, committed up to {max}"));
+                        }
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(PHASE).await;
+        stop.store(true, Ordering::SeqCst);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // Caught up and invalidated: every read, from the cache or not, is
+        // the committed row, at once.
+        let head = p.head().await;
+        p.dbmux.wait_caught_up(head, CATCH_UP).await;
+        p.wait_invalidated().await;
+        // The proxy's view of the replica's position (health checks every 50 ms).
+        wait_for("the proxy to see the replica caught up", Duration::from_secs(10), || async {
+            let st = p.dbmux.status().await?;
+            let b = st["proxy"]["backends"].as_array()?;
+            b.iter()
+                .any(|b| b["name"] == "mariadb" && b["applied_seq"].as_u64() == Some(head))
+                .then_some(())
+        })
+        .await;
+        for user in ["eventual", "app"] {
+            let mut c = p.conn(user).await;
+            for round in 0..3 {
+                for id in 1..=ROWS {
+                    let want = committed[id as usize].load(Ordering::SeqCst);
+                    let got: Option<u64> = if round % 2 == 0 {
+                        c.exec_first("SELECT v FROM t WHERE id = ?", (id,)).await.unwrap()
+                    } else {
+                        c.query_first(format!("SELECT v FROM t WHERE id = {id}")).await.unwrap()
+                    };
+                    assert_eq!(
+                        got,
+                        Some(want),
+                        "phase {phase}: {user} read a stale row {id} after catching up"
+                    );
+                }
+                let all: Vec<(i64, u64)> = c.query("SELECT id, v FROM t ORDER BY id").await.unwrap();
+                for (id, v) in all {
+                    assert_eq!(v, committed[id as usize].load(Ordering::SeqCst), "phase {phase}: range read stale");
+                }
+            }
+        }
+    }
+    let v = violations.lock().unwrap().clone();
+    assert!(v.is_empty(), "{} violations, first: {:?}", v.len(), &v[..v.len().min(5)]);
+    let (hits, misses, refused) = (
+        p.cache_stat("hits").await,
+        p.cache_stat("misses").await,
+        p.cache_stat("fills_refused_stale").await,
+    );
+    assert!(hits > 0, "the cache never answered a read: the test proves nothing");
+    println!(
+        "cache race: {} reads, {hits} hits, {misses} misses, {refused} stale fills refused, 0 stale reads",
+        reads.load(Ordering::Relaxed)
+    );
+}
