@@ -723,3 +723,161 @@ async fn cache_survives_redis_kill_and_restart_without_stale_reads() {
     );
     println!("Redis kill and restart from an old snapshot: 0 client errors, 0 stale reads, {n} reads during the outage");
 }
+
+/// `examples/cache.toml` as shipped: valid, and against `scripts/services up`
+/// it replicates database `app` and answers reads of it from the cache
+/// through the front door as user `app` / `app-password`. Only where dbmux
+/// keeps its state, its ports, its pipeline name and its Redis prefix move
+/// (environment overrides), so the test neither needs port 3307 nor meets
+/// another run of the example.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn examples_cache_toml_works_as_is() {
+    let path = crate::support::repo_root().join("examples/cache.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for needle in [
+        "[proxy.cache]",
+        "redis = \"redis://127.0.0.1:16379/\"",
+        "tables = [\"app.*\"]",
+        "listen = \"127.0.0.1:3307\"",
+        "name = \"app\"",
+        "13306/app",
+    ] {
+        assert!(text.contains(needle), "{needle} not in the example");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dbmux"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cache: redis://127.0.0.1:16379/ tables app.*"));
+
+    let name = unique_name("excache");
+    let table = name.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("dbmux.log")).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_dbmux"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("DBMUX__NAME", &name)
+        .env("DBMUX__DATA_DIR", dir.path().join("data").display().to_string())
+        .env("DBMUX__ADMIN__LISTEN", &admin)
+        .env("DBMUX__PROXY__LISTEN", format!("127.0.0.1:{port}"))
+        .env("DBMUX__PROXY__CACHE__KEY_PREFIX", &name)
+        .stderr(log.try_clone().unwrap())
+        .stdout(log)
+        .spawn()
+        .unwrap();
+    struct Running(std::process::Child, std::path::PathBuf, String);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            if std::thread::panicking() {
+                eprintln!(
+                    "---- dbmux output ----\n{}",
+                    std::fs::read_to_string(&self.1).unwrap_or_default()
+                );
+            }
+            // The example's table and offsets rows, wherever they went.
+            let sql = format!(
+                "DROP TABLE IF EXISTS app.`{0}`; DELETE FROM dbmux.dbmux_offsets WHERE consumer LIKE '{0}/%'",
+                self.2
+            );
+            for url in [mysql_url(), crate::support::mysql_replica_url()] {
+                let u = url::Url::parse(&url).unwrap();
+                let _ = std::process::Command::new(crate::support::env("DBMUX_TEST_MYSQL_CLIENT"))
+                    .args([
+                        "--no-defaults",
+                        "--force",
+                        "-h",
+                        u.host_str().unwrap_or("127.0.0.1"),
+                    ])
+                    .arg(format!("-P{}", u.port().unwrap_or(3306)))
+                    .arg(format!("-u{}", u.username()))
+                    .arg(format!("-p{}", u.password().unwrap_or("")))
+                    .args(["-e", &sql])
+                    .output();
+            }
+            let _ = std::process::Command::new(crate::support::env("DBMUX_TEST_PSQL"))
+                .arg(crate::support::pg_url())
+                .args(["-c", &format!("DROP TABLE IF EXISTS app.\"{0}\"; DELETE FROM dbmux.dbmux_offsets WHERE consumer LIKE '{0}/%'", self.2)])
+                .output();
+        }
+    }
+    let running = Running(child, dir.path().join("dbmux.log"), name.clone());
+    let status = |admin: String| async move {
+        let body = crate::support::dbmux::admin_get(&admin, "/status").await?;
+        serde_json::from_str::<serde_json::Value>(&body).ok()
+    };
+    wait_for(
+        "the example to stream and cache",
+        Duration::from_secs(60),
+        || async {
+            let st = status(admin.clone()).await?;
+            (st["capture"]["connected"].as_bool() == Some(true)
+                && st["proxy"]["cache"]["available"].as_bool() == Some(true))
+            .then_some(())
+        },
+    )
+    .await;
+    // Written through the front door: the session reads its writes from the
+    // master until the replica has them.
+    let mut c = mysql_async::Conn::from_url(format!(
+        "mysql://app:app-password@127.0.0.1:{port}/app?prefer_socket=false"
+    ))
+    .await
+    .unwrap();
+    c.query_drop(format!(
+        "CREATE TABLE `{table}` (id INT PRIMARY KEY, v VARCHAR(20) NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    c.query_drop(format!("INSERT INTO `{table}` VALUES (1, 'one'), (2, 'two')"))
+        .await
+        .unwrap();
+    let q = format!("SELECT v FROM `{table}` WHERE id = 1");
+    let hits = || async {
+        status(admin.clone())
+            .await
+            .map(|s| s["proxy"]["cache"]["hits"].as_u64().unwrap_or(0))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let before = hits().await.unwrap_or(0);
+        let v: Option<String> = c.query_first(&q).await.unwrap();
+        assert_eq!(v.as_deref(), Some("one"));
+        if hits().await.unwrap_or(0) > before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the example never answered from the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A write through the front door: read back at once, then cached fresh.
+    c.query_drop(format!("UPDATE `{table}` SET v = 'uno' WHERE id = 1"))
+        .await
+        .unwrap();
+    let v: Option<String> = c.query_first(&q).await.unwrap();
+    assert_eq!(v.as_deref(), Some("uno"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let before = hits().await.unwrap_or(0);
+        let v: Option<String> = c.query_first(&q).await.unwrap();
+        assert_eq!(v.as_deref(), Some("uno"), "a stale read through the example");
+        if hits().await.unwrap_or(0) > before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new row was never answered from the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.disconnect().await.unwrap();
+    drop(running);
+}
