@@ -881,3 +881,134 @@ async fn examples_cache_toml_works_as_is() {
     c.disconnect().await.unwrap();
     drop(running);
 }
+
+/// With the Kafka log and every part in its own process — `dbmux capture`,
+/// `dbmux apply`, `dbmux proxy` (cache on) and `dbmux invalidate` — reads
+/// are answered from the cache and a write invalidates them. Hits are told
+/// apart from replica reads by changing the replica's row behind dbmux's
+/// back (no event, so no invalidation): a hit still returns the row it
+/// stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_with_the_kafka_log_and_a_separate_invalidator() {
+    use crate::support::dbmux::LogKind;
+    let db = unique_name("kcache");
+    let mut c = mysql_async::Conn::from_url(mysql_url()).await.unwrap();
+    c.query_drop(format!("CREATE DATABASE `{db}`")).await.unwrap();
+    c.query_drop(format!(
+        "CREATE TABLE `{db}`.t (id INT PRIMARY KEY, v VARCHAR(20) NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    c.disconnect().await.unwrap();
+    let port = free_port();
+    let extra = format!(
+        "\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nmaster = \"{}\"\nhealth_interval_ms = 50\n\
+         [[proxy.replicas]]\nname = \"mariadb\"\nurl = \"{}\"\n\
+         [[proxy.users]]\nname = \"eventual\"\nconsistency = \"eventual\"\n{HASHES}\
+         [proxy.cache]\nredis = \"{}\"\ntables = [\"{db}.*\"]\nkey_prefix = \"{db}\"\ninvalidator = false\n",
+        with_db(&mysql_url(), ""),
+        with_db(&crate::support::mysql_replica_url(), ""),
+        shared_redis()
+    );
+    let dbmux = Dbmux::with_log(
+        &db,
+        Replicas {
+            mariadb: true,
+            postgres: false,
+        },
+        &extra,
+        LogKind::Kafka,
+    );
+    let mut capture = dbmux.part("capture", &["capture"]);
+    let mut apply = dbmux.part("apply-mariadb", &["apply", "--replica", "mariadb"]);
+    let mut proxy = dbmux.part("proxy", &["proxy"]);
+    let mut invalidate = dbmux.part("invalidate", &["invalidate"]);
+    capture.start();
+    apply.start();
+    proxy.start();
+    invalidate.start();
+    wait_for("capture to stream", Duration::from_secs(60), || async {
+        let st = capture.status().await?;
+        (st["capture"]["connected"].as_bool() == Some(true)).then_some(())
+    })
+    .await;
+    let mut m = mysql_async::Conn::from_url(with_db(&mysql_url(), &db))
+        .await
+        .unwrap();
+    m.query_drop("INSERT INTO t VALUES (1, 'one')").await.unwrap();
+    wait_for("the row on the replica", CATCH_UP, || async {
+        let mut r = mysql_async::Conn::from_url(with_db(&crate::support::mysql_replica_url(), &db))
+            .await
+            .ok()?;
+        let v: Option<String> = r.query_first("SELECT v FROM t WHERE id = 1").await.ok()?;
+        (v.as_deref() == Some("one")).then_some(())
+    })
+    .await;
+    let mut r = mysql_async::Conn::from_url(with_db(&crate::support::mysql_replica_url(), &db))
+        .await
+        .unwrap();
+    let url = format!("mysql://eventual:app-password@127.0.0.1:{port}/{db}?prefer_socket=false");
+    let mut e = wait_for("the proxy to accept clients", Duration::from_secs(60), || {
+        let u = url.clone();
+        async move { mysql_async::Conn::from_url(u).await.ok() }
+    })
+    .await;
+    let q = "SELECT v FROM t WHERE id = 1";
+    // Fill: read until the proxy has surely stored it (a few reads, then
+    // the replica's row changes behind dbmux's back; a hit keeps "one").
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut diverged = false;
+    loop {
+        let v: Option<String> = e.query_first(q).await.unwrap();
+        if diverged && v.as_deref() == Some("one") {
+            break; // answered from the cache
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never answered from the cache (last: {v:?})"
+        );
+        if !diverged {
+            // Give the fill a moment, then make the replica differ.
+            for _ in 0..5 {
+                let _: Option<String> = e.query_first(q).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            r.query_drop("SET SESSION sql_log_bin = 0").await.ok();
+            r.query_drop("UPDATE t SET v = 'diverged' WHERE id = 1")
+                .await
+                .unwrap();
+            diverged = true;
+        } else {
+            // The entry was not stored yet: put the row back and retry.
+            r.query_drop("UPDATE t SET v = 'one' WHERE id = 1").await.unwrap();
+            diverged = false;
+        }
+    }
+    // A write on the master: invalidated by the separate invalidator, and
+    // once applied (the applier overwrites the diverged row), read fresh.
+    m.query_drop("UPDATE t SET v = 'two' WHERE id = 1").await.unwrap();
+    wait_for("the write to be read through the proxy", CATCH_UP, || async {
+        let v: Option<String> = mysql_async::Conn::from_url(url.clone())
+            .await
+            .ok()?
+            .query_first(q)
+            .await
+            .ok()?;
+        (v.as_deref() == Some("two")).then_some(())
+    })
+    .await;
+    for _ in 0..20 {
+        let v: Option<String> = e.query_first(q).await.unwrap();
+        assert_eq!(v.as_deref(), Some("two"), "an invalidated entry was served");
+    }
+    let metrics = crate::support::dbmux::admin_get(&invalidate.admin, "/metrics")
+        .await
+        .unwrap_or_default();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("dbmux_cache_invalidations_total ") && !l.ends_with(" 0")),
+        "the separate invalidator recorded nothing:\n{}",
+        invalidate.output()
+    );
+}

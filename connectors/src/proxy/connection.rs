@@ -1865,12 +1865,13 @@ impl Session {
         let Some(blob) = self.client.wbuf.get(mark..) else {
             return;
         };
-        if blob.is_empty() || blob.len() > cache.cfg.max_result_bytes {
+        if blob.is_empty() || blob.len() > cache.cfg.max_result_bytes || !cache.reserve_fill(blob.len()) {
             return;
         }
         let blob = blob.to_vec();
         tokio::spawn(async move {
             cache.fill(&plan.hash, &plan.tables, seq, &blob).await;
+            cache.filled(blob.len());
         });
     }
 

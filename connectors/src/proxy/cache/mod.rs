@@ -67,6 +67,9 @@ pub const AVAILABLE: &str = "dbmux_cache_available";
 pub const BEAT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the proxy reads the epoch and heartbeat.
 pub const WATCH_EVERY: Duration = Duration::from_millis(100);
+/// Result bytes of fills in flight at once: beyond this a fill is dropped
+/// (whatever clients send, a slow Redis cannot make the proxy hold more).
+pub const MAX_FILL_BYTES_IN_FLIGHT: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -273,6 +276,8 @@ pub struct Cache {
     trust: RwLock<Trust>,
     /// In a Redis error episode (one warning per episode).
     failing: AtomicBool,
+    /// Result bytes of fills in flight ([`MAX_FILL_BYTES_IN_FLIGHT`]).
+    filling: std::sync::atomic::AtomicUsize,
     pub metrics: CacheMetrics,
     lookup: redis::Script,
     fill: redis::Script,
@@ -302,10 +307,27 @@ impl Cache {
             timeout,
             trust: RwLock::new(Trust::default()),
             failing: AtomicBool::new(false),
+            filling: std::sync::atomic::AtomicUsize::new(0),
             metrics: CacheMetrics::default(),
             lookup: redis::Script::new(LOOKUP),
             fill: redis::Script::new(FILL),
         })
+    }
+
+    /// Reserves `bytes` for a fill in flight; `false` when the bound is
+    /// reached (the caller skips the fill). Release with [`Cache::filled`].
+    pub fn reserve_fill(&self, bytes: usize) -> bool {
+        let prev = self.filling.fetch_add(bytes, Ordering::Relaxed);
+        if prev + bytes > MAX_FILL_BYTES_IN_FLIGHT {
+            self.filling.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Releases what [`Cache::reserve_fill`] reserved.
+    pub fn filled(&self, bytes: usize) {
+        self.filling.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     /// The epoch lookups and fills may use now, if any.
