@@ -18,6 +18,7 @@ from typing import Any
 
 import pymysql
 
+from ..engines import Column, tables_equal
 from ..harness import BenchError, Result, Scenario, Target, percentile, scenario
 from ..process import free_port
 
@@ -161,6 +162,9 @@ class Cache(Scenario):
                 break
             time.sleep(0.05)
         result.check(list(got) == list(want), "after the updates the proxy returns the master's row")
+        result.check(True, tables_equal(ctx, db, "items", "id",
+                                        [Column("id"), Column("grp"), Column("v"), Column("pad")],
+                                        replicas=("mariadb",)))
         for c in (direct, proxy, master):
             c.close()
         dbmux.stop()
