@@ -641,7 +641,7 @@ async fn cache_race_writers_and_cached_readers_never_read_stale() {
     );
 }
 
-/// Redis killed mid-run and restarted from an old snapshot (which holds an
+/// Redis frozen (slow), then killed mid-run and restarted from an old snapshot (which holds an
 /// entry that was valid when saved, and table keys from before a later
 /// write): no client sees an error, reads meanwhile come from the databases,
 /// one warning is logged for the outage, and after the restart the old
@@ -655,6 +655,31 @@ async fn cache_survives_redis_kill_and_restart_without_stale_reads() {
     let mut e = p.conn("eventual").await;
     let mut a = p.conn("app").await;
     let old = until_hit(&p, &mut e, q, None).await;
+
+    // Slow first: Redis frozen for 1.5 s. Every read still answers within
+    // the bound (timeout_ms = 200 here), from the databases, and right.
+    let errors0 = p.cache_stat("redis_errors").await;
+    let mut frozen = redis.freeze(1.5);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while started.elapsed() < Duration::from_millis(1200) {
+        let t = Instant::now();
+        assert_eq!(run(&mut e, q, None).await, old);
+        slowest = slowest.max(t.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(1000),
+        "a read waited {slowest:?} for a frozen Redis"
+    );
+    frozen.wait().unwrap();
+    assert!(
+        p.cache_stat("redis_errors").await > errors0,
+        "the slow Redis was not counted"
+    );
+    p.wait_available(true).await;
+    assert_eq!(until_hit(&p, &mut e, q, None).await, old);
+
     assert_eq!(redis.cli(&["SAVE"]), "OK");
     // A write after the snapshot: recorded in the live Redis only.
     let mut m = p.direct_master().await;
@@ -680,12 +705,13 @@ async fn cache_survives_redis_kill_and_restart_without_stale_reads() {
     assert!(n > 10, "only {n} reads in 2 s without Redis");
     p.wait_available(false).await;
     assert!(p.cache_stat("redis_errors").await > errors0);
+    // One warning per episode: the freeze, then the kill.
     let warnings = p
         .dbmux
         .output()
         .matches("the result cache's Redis failed")
         .count();
-    assert_eq!(warnings, 1, "one warning per Redis outage");
+    assert_eq!(warnings, 2, "one warning per Redis episode");
 
     // Back, with the old snapshot: its entry is valid by its own (old) table
     // keys, and must never be served.

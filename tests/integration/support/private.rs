@@ -157,6 +157,8 @@ impl PrivateRedis {
     async fn launch(&mut self) {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            // `DEBUG SLEEP`: a Redis that answers slowly.
+            .args(["--enable-debug-command", "yes"])
             .args(["--port", &self.port.to_string()])
             .arg("--dir")
             .arg(self.dir.path())
@@ -196,6 +198,16 @@ impl PrivateRedis {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Makes the server unresponsive for `secs` (`DEBUG SLEEP`), without
+    /// waiting: the returned process ends when the server answers again.
+    pub fn freeze(&self, secs: f64) -> Child {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "DEBUG", "SLEEP", &secs.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
     }
 
     /// Starts again on the same port and directory (loading a snapshot
