@@ -47,9 +47,29 @@ impl AnyLog {
                     Role::Follow => KafkaRole::Reader { follow_head: true },
                     Role::Read => KafkaRole::Reader { follow_head: false },
                 };
-                let log = KafkaLog::open(k, &cfg.name, role)
-                    .await
-                    .context("opening the Kafka log")?;
+                // Brokers that cannot be reached yet (started after dbmux, a
+                // restart, a network blip) are waited for, loudly: a process
+                // manager starting dbmux and Kafka together must not need an
+                // ordering. Definite errors (unsafe topic settings, bad
+                // credentials, fencing) still stop at once.
+                let mut waited = std::time::Duration::ZERO;
+                let mut backoff = std::time::Duration::from_millis(500);
+                let log = loop {
+                    match KafkaLog::open(k.clone(), &cfg.name, role).await {
+                        Ok(log) => break log,
+                        Err(LogError::Unavailable(m)) => {
+                            tracing::warn!(brokers = %k.brokers, waited_s = waited.as_secs(), error = %m,
+                                "Kafka log unavailable at start; retrying");
+                            tokio::time::sleep(backoff).await;
+                            waited += backoff;
+                            backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+                        }
+                        Err(e) => return Err(e).context("opening the Kafka log"),
+                    }
+                };
+                if !waited.is_zero() {
+                    tracing::info!(brokers = %k.brokers, waited_s = waited.as_secs(), "Kafka log reachable");
+                }
                 return Ok(AnyLog::Kafka(log));
             }
             #[cfg(not(feature = "kafka"))]

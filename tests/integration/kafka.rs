@@ -272,6 +272,35 @@ async fn broker_restart_mid_stream_loses_nothing() {
         stats.row_changes
     );
     assert!(dbmux.stop().success(), "clean shutdown:\n{}", dbmux.output());
+
+    // Started while the broker is down (a process manager starting both at
+    // once): dbmux waits for it, saying so, instead of exiting; changes made
+    // meanwhile arrive once it is back.
+    kafka.kill(0);
+    let more = workload::run(&db, 40, 52, Arc::new(AtomicU64::new(0))).await;
+    dbmux.start();
+    wait_for("dbmux to say it waits for Kafka", Duration::from_secs(60), || {
+        let out = dbmux.output();
+        async move {
+            out.contains("Kafka log unavailable at start; retrying")
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        dbmux.try_exit().is_none(),
+        "dbmux must wait for the broker at start:\n{}",
+        dbmux.output()
+    );
+    kafka.restart(0).await;
+    kafka.wait_ready(1).await;
+    wait_replicas_at(&db, stats.row_changes + more.row_changes).await;
+    assert_all_identical(&db).await;
+    assert_eq!(
+        assert_committed_gapless(&brokers, &format!("dbmux-test.{db}")),
+        stats.row_changes + more.row_changes
+    );
+    assert!(dbmux.stop().success(), "clean shutdown:\n{}", dbmux.output());
 }
 
 /// Three brokers (replication factor 3, min.insync.replicas 2): one is

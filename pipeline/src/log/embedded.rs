@@ -61,6 +61,13 @@ struct Store {
     /// Serializes appends so the gapless check and the write are one step.
     append_lock: Mutex<()>,
     last_seq: AtomicU64,
+    /// Key of the oldest stored chunk, 0 while the log is empty. Kept in
+    /// memory because truncation leaves tombstones at the front of the
+    /// keyspace: asking the tree for its first key, or scanning from the
+    /// start, walks every one of them until compaction drops them (seconds on
+    /// a long-running log, which made `/status` and truncation slow). Every
+    /// range below starts here instead.
+    first_key: AtomicU64,
     notify: watch::Sender<u64>,
 }
 
@@ -87,8 +94,13 @@ impl EmbeddedLog {
             policy,
             append_lock: Mutex::new(()),
             last_seq: AtomicU64::new(0),
+            first_key: AtomicU64::new(0),
             notify: watch::channel(0).0,
         }));
+        // The one walk over leftover tombstones, at open.
+        if let Some(kv) = log.0.records.first_key_value() {
+            log.0.first_key.store(seq_of(&kv.key()?), Ordering::SeqCst);
+        }
         let last = log.last()?.map_or(0, |(s, _)| s);
         log.0.last_seq.store(last, Ordering::SeqCst);
         log.0.notify.send_replace(last);
@@ -123,10 +135,14 @@ impl EmbeddedLog {
 
     /// The `seq` of the oldest stored event, if any.
     pub fn first_seq(&self) -> Result<Option<u64>, LogError> {
-        match self.0.records.first_key_value() {
-            Some(kv) => Ok(Some(seq_of(&kv.key()?))),
-            None => Ok(None),
-        }
+        Ok(match self.0.first_key.load(Ordering::SeqCst) {
+            0 => None,
+            k => Some(k),
+        })
+    }
+
+    fn first_key(&self) -> [u8; 8] {
+        key(self.0.first_key.load(Ordering::SeqCst))
     }
 
     /// Appends one whole transaction atomically. Its first `seq` must be the
@@ -166,7 +182,13 @@ impl EmbeddedLog {
             FsyncPolicy::Always => batch.durability(Some(PersistMode::SyncData)),
             _ => batch.durability(Some(PersistMode::Buffer)),
         };
+        let first_appended = txns[0].first_seq();
         batch.commit()?;
+        // Only an empty log learns its first key here; truncation moves it.
+        let _ = self
+            .0
+            .first_key
+            .compare_exchange(0, first_appended, Ordering::SeqCst, Ordering::SeqCst);
         self.0.last_seq.store(expect - 1, Ordering::SeqCst);
         self.0.notify.send_replace(expect - 1);
         Ok(bytes)
@@ -186,7 +208,7 @@ impl EmbeddedLog {
             return Ok(Vec::new());
         }
         // Start at the chunk containing `from_seq`.
-        let start = match self.0.records.range(..=key(from_seq)).next_back() {
+        let start = match self.0.records.range(self.first_key()..=key(from_seq)).next_back() {
             Some(kv) => seq_of(&kv.key()?),
             None => {
                 let first = self.first_seq()?.unwrap_or(0);
@@ -235,7 +257,7 @@ impl EmbeddedLog {
         if seq == 0 || seq > self.last_seq() {
             return Ok(None);
         }
-        let Some(kv) = self.0.records.range(..=key(seq)).next_back() else {
+        let Some(kv) = self.0.records.range(self.first_key()..=key(seq)).next_back() else {
             return Ok(None);
         };
         let (k, v) = kv.into_inner()?;
@@ -292,7 +314,11 @@ impl EmbeddedLog {
     /// Deletes chunks whose every event has `seq <= upto`, keeping the newest chunk.
     pub fn truncate_through(&self, upto: u64) -> Result<u64, LogError> {
         let mut keys = Vec::new();
-        for kv in self.0.records.range(..=key(upto.saturating_add(1))) {
+        for kv in self
+            .0
+            .records
+            .range(self.first_key()..=key(upto.saturating_add(1)))
+        {
             keys.push(seq_of(&kv.key()?));
         }
         let newest = self
@@ -304,15 +330,22 @@ impl EmbeddedLog {
             .map(|k| seq_of(&k));
         let mut removed = 0;
         let mut batch = self.0.db.batch();
+        let mut kept_first = None;
         for w in keys.windows(2) {
             // A chunk ends just before the next chunk starts.
             if w[1] <= upto.saturating_add(1) && Some(w[0]) != newest {
                 batch.remove(&self.0.records, key(w[0]));
                 removed += w[1] - w[0];
+                kept_first = Some(w[1]);
             }
         }
         if !batch.is_empty() {
             batch.commit()?;
+        }
+        if let Some(k) = kept_first {
+            // Chunks are removed from the front only, so the chunk after the
+            // last removed one is the oldest left.
+            self.0.first_key.store(k, Ordering::SeqCst);
         }
         Ok(removed)
     }
@@ -455,7 +488,9 @@ mod tests {
         {
             let log = EmbeddedLog::open(dir.path(), FsyncPolicy::Always).unwrap();
             assert_eq!(log.last().unwrap(), None);
+            assert_eq!(log.first_seq().unwrap(), None);
             log.append(&txn(1, 3)).unwrap();
+            assert_eq!(log.first_seq().unwrap(), Some(1));
             // A large transaction spans several chunks.
             log.append(&txn(4, CHUNK_EVENTS * 2 + 5)).unwrap();
             let last = 3 + CHUNK_EVENTS as u64 * 2 + 5;
@@ -482,6 +517,14 @@ mod tests {
         assert_eq!(log.truncate(&["a", "b"]).unwrap(), 3);
         assert_eq!(log.first_seq().unwrap(), Some(4));
         assert!(matches!(log.read(2, 10), Err(LogError::Truncated { .. })));
+        assert_eq!(log.commit_ts_at(2).unwrap(), None);
+        assert!(log.commit_ts_at(4).unwrap().is_some());
+        // The oldest key is found again after a reopen (past the tombstones).
+        drop(log);
+        let log = EmbeddedLog::open(dir.path(), FsyncPolicy::Always).unwrap();
+        assert_eq!(log.first_seq().unwrap(), Some(4));
+        assert!(matches!(log.read(3, 10), Err(LogError::Truncated { .. })));
+        assert_eq!(log.read(4, 1).unwrap().first().unwrap().seq, 4);
         log.ack("a", total).unwrap();
         log.ack("b", total).unwrap();
         log.truncate(&["a", "b"]).unwrap();
