@@ -4,7 +4,8 @@
 //! `/log?from=SEQ&limit=N` (JSON envelopes, one per line; how `dbmux tail`
 //! reads the log while dbmux holds its lock) and
 //! `POST /replicas/NAME/resume?table=DB.TABLE` (how `dbmux resume-table` lifts
-//! a quarantine while dbmux runs).
+//! a quarantine while dbmux runs) and `POST /replicas/NAME/snapshot[?table=DB.TABLE]`
+//! (how `dbmux snapshot` asks for a re-snapshot while dbmux runs).
 
 use crate::log::AnyLog;
 use crate::status::StatusBoard;
@@ -36,6 +37,12 @@ pub struct Pipeline {
     pub board: ReplicaBoard,
     /// Where to send a replica's resume requests.
     pub resume: Arc<HashMap<String, tokio::sync::mpsc::Sender<ResumeRequest>>>,
+    /// Wakes the snapshot coordinator when a request was stored; `None` when
+    /// this process runs no snapshot coordinator (no MySQL capture here).
+    pub snapshot_wake: Option<Arc<tokio::sync::Notify>>,
+    /// The configured replicas a snapshot may be requested for (all of the
+    /// configuration's, also in `dbmux capture`, which applies to none).
+    pub snapshot_replicas: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -50,6 +57,16 @@ struct AppState {
 #[derive(Deserialize)]
 struct ResumeQuery {
     table: String,
+}
+
+#[derive(Deserialize)]
+struct SnapshotQuery {
+    table: Option<String>,
+    /// Start the replica over: recreate and reload every captured table and
+    /// move its offset to the run's first event (for a replica that needs a
+    /// snapshot because the log no longer has its next `seq`). Implied when
+    /// this process sees the replica in `needs_snapshot`.
+    start_over: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +98,7 @@ pub async fn serve(
         .route("/status/history", get(history))
         .route("/log", get(read_log))
         .route("/replicas/{name}/resume", post(resume_table))
+        .route("/replicas/{name}/snapshot", post(snapshot))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -154,6 +172,67 @@ async fn resume_table(
             format!("replica {name} stopped before answering; see /status\n"),
         )
             .into_response(),
+    }
+}
+
+/// Asks capture to re-snapshot one table (or every table) for one replica:
+/// the request is stored in the log and begins at the coordinator's next look.
+/// Only a process that runs capture (with a MySQL source) can take it.
+async fn snapshot(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<SnapshotQuery>,
+) -> Response {
+    if !s.pipeline.snapshot_replicas.contains(&name) {
+        return (StatusCode::NOT_FOUND, format!("no replica named {name:?}\n")).into_response();
+    }
+    let Some(wake) = &s.pipeline.snapshot_wake else {
+        return (
+            StatusCode::CONFLICT,
+            "this process does not run capture from a MySQL/MariaDB source: ask the admin server of the process \
+             that does (`dbmux run` or `dbmux capture`)\n",
+        )
+            .into_response();
+    };
+    let tables = match &q.table {
+        Some(t) => match t.split_once('.') {
+            Some((db, table)) if !db.is_empty() && !table.is_empty() => vec![TableId::new(db, table)],
+            _ => return (StatusCode::BAD_REQUEST, "table must be DB.TABLE\n").into_response(),
+        },
+        None => Vec::new(),
+    };
+    let needs = s
+        .pipeline
+        .board
+        .get(&name)
+        .is_some_and(|r| matches!(r.state, pipeline::replica::ReplicaState::NeedsSnapshot { .. }));
+    let start_over = q.start_over.unwrap_or(false) || needs;
+    if start_over && !tables.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "replica {name} must start over (every table recreated and reloaded): a single table cannot be \
+                 requested for it; leave out `table`\n"
+            ),
+        )
+            .into_response();
+    }
+    match pipeline::snapshot::request(&s.log, &name, &tables, start_over).await {
+        Ok(id) => {
+            wake.notify_one();
+            let what = q.table.as_deref().unwrap_or("every captured table");
+            let how = if start_over {
+                " (the replica starts over from it)"
+            } else {
+                ""
+            };
+            (
+                StatusCode::OK,
+                format!("snapshot of {what} for replica {name} requested ({id}){how}; progress on /status\n"),
+            )
+                .into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
 

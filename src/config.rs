@@ -54,6 +54,8 @@ pub struct Config {
     pub source: Option<SourceConfig>,
     pub replicas: Vec<ReplicaConfig>,
     pub admin: AdminConfig,
+    /// Copying the rows tables already have (`[snapshot]`).
+    pub snapshot: SnapshotConfig,
     /// The MySQL-protocol front door (`[proxy]`), when configured.
     #[cfg(feature = "proxy")]
     pub proxy: Option<connectors::proxy::config::ProxyConfig>,
@@ -76,6 +78,8 @@ struct RawConfig {
     replica: Vec<RawReplica>,
     #[serde(default)]
     admin: AdminConfig,
+    #[serde(default)]
+    snapshot: SnapshotConfig,
     #[serde(default)]
     proxy: Option<toml::Value>,
 }
@@ -270,6 +274,40 @@ impl Default for AdminConfig {
     }
 }
 
+/// `[snapshot]`: copying the rows tables already have (see docs/snapshot.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Copy every captured table's existing rows on the first start, and the
+    /// rows of a table that enters `include` later.
+    #[serde(default = "default_true")]
+    pub initial: bool,
+    /// Rows per chunk: one short consistent read on the master and one log
+    /// transaction.
+    #[serde(default = "default_chunk_rows")]
+    pub chunk_rows: usize,
+    /// Tables copied at the same time.
+    #[serde(default = "default_parallel_tables")]
+    pub parallel_tables: usize,
+}
+
+fn default_chunk_rows() -> usize {
+    pipeline::snapshot::DEFAULT_CHUNK_ROWS
+}
+fn default_parallel_tables() -> usize {
+    pipeline::snapshot::DEFAULT_PARALLEL_TABLES
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            initial: true,
+            chunk_rows: default_chunk_rows(),
+            parallel_tables: default_parallel_tables(),
+        }
+    }
+}
+
 /// The file could not be turned into a valid configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -460,6 +498,7 @@ impl Config {
             source,
             replicas,
             admin: raw.admin,
+            snapshot: raw.snapshot,
             #[cfg(feature = "proxy")]
             proxy: section(raw.proxy, "proxy", &mut problems),
         };
@@ -541,6 +580,18 @@ impl Config {
         }
         if self.log.truncate_interval_s == 0 {
             p.push("log.truncate_interval_s: must be > 0".into());
+        }
+        if !(1..=1_000_000).contains(&self.snapshot.chunk_rows) {
+            p.push(format!(
+                "snapshot.chunk_rows: must be between 1 and 1000000 (found {})",
+                self.snapshot.chunk_rows
+            ));
+        }
+        if !(1..=64).contains(&self.snapshot.parallel_tables) {
+            p.push(format!(
+                "snapshot.parallel_tables: must be between 1 and 64 (found {})",
+                self.snapshot.parallel_tables
+            ));
         }
         #[cfg(feature = "proxy")]
         let has_proxy = self.proxy.is_some();
@@ -724,7 +775,10 @@ fn prefixed(prefix: &str, msg: String) -> String {
 /// Known keys per table path (arrays of tables use `[]`). Sections owned by
 /// connectors are checked by their own `deny_unknown_fields`.
 fn collect_unknown_keys(doc: &mut toml::Table, problems: &mut Vec<String>) {
-    const TOP: &[&str] = &["name", "data_dir", "log", "source", "replica", "admin", "proxy"];
+    const TOP: &[&str] = &[
+        "name", "data_dir", "log", "source", "replica", "admin", "snapshot", "proxy",
+    ];
+    const SNAPSHOT: &[&str] = &["initial", "chunk_rows", "parallel_tables"];
     const LOG: &[&str] = &[
         "kind",
         "kafka",
@@ -766,6 +820,9 @@ fn collect_unknown_keys(doc: &mut toml::Table, problems: &mut Vec<String>) {
     }
     if let Some(toml::Value::Table(t)) = doc.get_mut("admin") {
         check(t, ADMIN, "admin", problems);
+    }
+    if let Some(toml::Value::Table(t)) = doc.get_mut("snapshot") {
+        check(t, SNAPSHOT, "snapshot", problems);
     }
     if let Some(toml::Value::Array(items)) = doc.get_mut("replica") {
         for (i, it) in items.iter_mut().enumerate() {

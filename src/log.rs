@@ -148,6 +148,10 @@ impl Log for AnyLog {
         dispatch!(self, l => Log::acked(l, consumer).await)
     }
 
+    async fn ack_for(&self, consumer: &str, seq: u64) -> Result<(), LogError> {
+        dispatch!(self, l => Log::ack_for(l, consumer, seq).await)
+    }
+
     async fn truncate(&self, consumers: Vec<String>) -> Result<u64, LogError> {
         dispatch!(self, l => Log::truncate(l, consumers).await)
     }

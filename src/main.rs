@@ -4,10 +4,12 @@ mod admin;
 mod config;
 mod log;
 mod observe;
+mod progress;
 #[cfg(feature = "proxy")]
 mod proxy_cmd;
 mod resume;
 mod run;
+mod snapshot_cmd;
 mod source;
 mod status;
 mod tail;
@@ -95,6 +97,31 @@ enum Command {
         table: String,
         /// Admin server of the process that applies to the replica (overrides
         /// [admin] listen; with the Kafka log, the `dbmux apply` process's).
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// Copy a table's rows (or every captured table's) to one replica again:
+    /// the table is recreated there and reloaded while changes keep flowing
+    /// (through the admin server of the process that captures while it runs;
+    /// with the embedded log and dbmux stopped, the request is stored and
+    /// begins with the next `dbmux run`).
+    Snapshot {
+        #[arg(long, short, env = "DBMUX_CONFIG")]
+        config: PathBuf,
+        /// The replica's name.
+        #[arg(long)]
+        replica: String,
+        /// The source table, `DB.TABLE` (default: every captured table).
+        #[arg(long, conflicts_with = "start_over")]
+        table: Option<String>,
+        /// Start the replica over: every captured table recreated and
+        /// reloaded, its offset moved to the snapshot (a replica that needs a
+        /// snapshot, e.g. added after the log was truncated). Implied when the
+        /// capturing process sees the replica in `needs_snapshot`.
+        #[arg(long)]
+        start_over: bool,
+        /// Admin server of the process that captures (overrides [admin]
+        /// listen; with the Kafka log, the `dbmux capture` process's).
         #[arg(long)]
         admin: Option<String>,
     },
@@ -278,6 +305,34 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("dbmux resume-table: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Snapshot {
+            config,
+            replica,
+            table,
+            start_over,
+            admin,
+        } => {
+            let Some(cfg) = load_config(&config) else {
+                return ExitCode::from(2);
+            };
+            let rt = runtime();
+            match rt.block_on(snapshot_cmd::snapshot(
+                &cfg,
+                &replica,
+                table.as_deref(),
+                start_over,
+                admin.as_deref(),
+            )) {
+                Ok(msg) => {
+                    println!("{}", msg.trim_end());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dbmux snapshot: {e:#}");
                     ExitCode::FAILURE
                 }
             }

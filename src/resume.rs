@@ -77,7 +77,7 @@ pub async fn resume_table(cfg: &Config, replica: &str, table: &str) -> anyhow::R
 }
 
 /// Percent-encodes a query value.
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -91,7 +91,11 @@ fn encode(s: &str) -> String {
 
 /// One HTTP/1.0 POST without a body on an open connection (the admin server is
 /// on loopback; see `tail.rs` for why there is no HTTP client crate).
-async fn http_post(mut s: tokio::net::TcpStream, addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+pub(crate) async fn http_post(
+    mut s: tokio::net::TcpStream,
+    addr: &str,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
     s.write_all(
         format!("POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             .as_bytes(),

@@ -47,6 +47,14 @@ pub fn describe(c: &Config) -> String {
     }
     if let Some(source) = &c.source {
         s.push_str(&format!("source: {}\n", source.describe()));
+        if let crate::config::SourceConfig::Mysql(_) = source {
+            s.push_str(&format!(
+                "snapshot: initial={} chunk_rows={} parallel_tables={}\n",
+                c.snapshot.initial, c.snapshot.chunk_rows, c.snapshot.parallel_tables
+            ));
+        } else {
+            s.push_str("snapshot: not available for this source (existing rows are not copied)\n");
+        }
     }
     for r in &c.replicas {
         let url = match (&r.mysql, &r.postgres) {
@@ -132,6 +140,7 @@ pub async fn run(mut cfg: Config, parts: Parts) -> anyhow::Result<()> {
     for line in describe(&cfg).lines() {
         info!("{line}");
     }
+    let all_replicas: Vec<String> = cfg.replicas.iter().map(|r| r.name.clone()).collect();
     match &parts.appliers {
         Appliers::All => {}
         Appliers::One(name) => {
@@ -189,20 +198,54 @@ pub async fn run(mut cfg: Config, parts: Parts) -> anyhow::Result<()> {
     // Resume requests for quarantined tables, per replica (from the admin server).
     let mut resume: HashMap<String, tokio::sync::mpsc::Sender<ResumeRequest>> = HashMap::new();
 
+    // Snapshot progress (for /status, the metrics and the progress display)
+    // and the admin server's way to wake the coordinator on a request.
+    let snapshot_board = pipeline::snapshot::SnapshotBoard::default();
+    let snapshot_wake = Arc::new(tokio::sync::Notify::new());
+    let mut snapshot_running = false;
     if let Some(source_config) = &cfg.source {
         // (A proxy-only configuration has no source and no replicas.)
-        if let crate::config::SourceConfig::Mysql(m) = source_config {
-            backlog = connectors::mysql::backlog::BinlogBacklog::new(&m.url)
-                .ok()
-                .map(crate::observe::Backlog::Mysql);
-        }
+        let snapshots = match source_config {
+            crate::config::SourceConfig::Mysql(m) => {
+                backlog = connectors::mysql::backlog::BinlogBacklog::new(&m.url)
+                    .ok()
+                    .map(crate::observe::Backlog::Mysql);
+                Some(pipeline::snapshot::Snapshots {
+                    source: connectors::mysql::snapshot::MysqlSnapshots::new(m)
+                        .context("configuring snapshots")?,
+                    options: pipeline::snapshot::SnapshotOptions {
+                        chunk_rows: cfg.snapshot.chunk_rows,
+                        parallel_tables: cfg.snapshot.parallel_tables,
+                        initial: cfg.snapshot.initial,
+                        // Every configured replica, also when this process
+                        // (`dbmux capture`) applies to none: requests are
+                        // kept per replica.
+                        replicas: all_replicas.clone(),
+                        poll: Duration::from_secs(2),
+                    },
+                    board: snapshot_board.clone(),
+                    wake: snapshot_wake.clone(),
+                })
+            }
+            crate::config::SourceConfig::Postgres(_) => {
+                info!("snapshots are not available for a PostgreSQL source: existing rows are not copied");
+                None
+            }
+        };
+        snapshot_running = snapshots.is_some();
         let source = crate::source::build(source_config).context("configuring capture")?;
         let (log, metrics, sd) = (log.clone(), metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
             (
                 "capture".into(),
-                runtime::run_capture(source, log, metrics, CaptureOptions::default(), sd).await,
+                runtime::run_capture_with(source, snapshots, log, metrics, CaptureOptions::default(), sd)
+                    .await,
             )
+        });
+        let (board, sd) = (snapshot_board.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            crate::progress::run(board, sd).await;
+            ("snapshot progress".into(), Ok(()))
         });
     }
     for r in &cfg.replicas {
@@ -243,7 +286,9 @@ pub async fn run(mut cfg: Config, parts: Parts) -> anyhow::Result<()> {
     // The process that writes the embedded log also trims it (Kafka: the
     // topic's retention does).
     if cfg.log.truncate && log.is_embedded() && role == Role::Capture {
-        let (log, sd, names) = (log.clone(), shutdown.clone(), replica_names.clone());
+        let (log, sd, mut names) = (log.clone(), shutdown.clone(), replica_names.clone());
+        // Capture's state checkpoint: what follows it stays in the log.
+        names.push(pipeline::capture_state::STATE_CONSUMER.to_string());
         let every = Duration::from_secs(cfg.log.truncate_interval_s);
         let board = replica_board.clone();
         tasks.spawn(async move {
@@ -325,13 +370,16 @@ pub async fn run(mut cfg: Config, parts: Parts) -> anyhow::Result<()> {
             .with_context(|| format!("binding the admin server to {}", cfg.admin.listen))?;
         info!("admin server on http://{}", listener.local_addr()?);
         let source = cfg.source.as_ref().map(|s| s.describe());
-        let board = Arc::new(crate::status::StatusBoard::new(
-            &cfg.name,
-            if log.is_embedded() { "embedded" } else { "kafka" },
-            source,
-            replica_names.clone(),
-            proxy_view,
-        ));
+        let board = Arc::new(
+            crate::status::StatusBoard::new(
+                &cfg.name,
+                if log.is_embedded() { "embedded" } else { "kafka" },
+                source,
+                replica_names.clone(),
+                proxy_view,
+            )
+            .with_snapshots(snapshot_board.clone()),
+        );
         {
             let (board, log, sd) = (board.clone(), log.clone(), shutdown.clone());
             tasks.spawn(async move {
@@ -344,6 +392,8 @@ pub async fn run(mut cfg: Config, parts: Parts) -> anyhow::Result<()> {
         let admin = crate::admin::Pipeline {
             board: replica_board.clone(),
             resume: Arc::new(resume),
+            snapshot_wake: snapshot_running.then(|| snapshot_wake.clone()),
+            snapshot_replicas: all_replicas.clone(),
         };
         tasks.spawn(async move {
             let r = crate::admin::serve(listener, log, metrics, registry, board, admin, sd).await;

@@ -6,9 +6,12 @@
 use crate::config::SourceConfig;
 use connectors::mysql::capture::{MysqlCaptureError, MysqlSource};
 use connectors::postgres::capture::{PostgresCaptureError, PostgresSource};
+use pipeline::capture_state::HistoryEntry;
 use pipeline::retry::{Classify, ErrorClass};
+use pipeline::schema::TableId;
 use pipeline::source::{CapturedTransaction, DurablePosition, Source};
 use pipeline::Position;
+use std::collections::BTreeMap;
 
 /// A configured source of any kind.
 #[derive(Debug)]
@@ -78,6 +81,30 @@ impl Source for AnySource {
         match self {
             AnySource::Mysql(s) => s.watch_durable(durable),
             AnySource::Postgres(s) => s.watch_durable(durable),
+        }
+    }
+
+    // The snapshot and schema-history hooks (see `pipeline::source`): every
+    // one must reach the engine's source, or snapshots would place chunks
+    // blind and restarts would decode old events with today's schema.
+    fn read_position(&self) -> Option<Position> {
+        match self {
+            AnySource::Mysql(s) => s.read_position(),
+            AnySource::Postgres(s) => s.read_position(),
+        }
+    }
+
+    fn restore_history(&mut self, history: BTreeMap<TableId, HistoryEntry>) {
+        match self {
+            AnySource::Mysql(s) => s.restore_history(history),
+            AnySource::Postgres(s) => s.restore_history(history),
+        }
+    }
+
+    fn take_entered_tables(&mut self) -> Vec<TableId> {
+        match self {
+            AnySource::Mysql(s) => s.take_entered_tables(),
+            AnySource::Postgres(s) => s.take_entered_tables(),
         }
     }
 }

@@ -184,6 +184,7 @@ pub struct StatusBoard {
     proxy: Option<ProxyFn>,
     history: Mutex<VecDeque<Sample>>,
     progress: Mutex<HashMap<String, Progress>>,
+    snapshots: Option<pipeline::snapshot::SnapshotBoard>,
 }
 
 impl StatusBoard {
@@ -204,7 +205,14 @@ impl StatusBoard {
             proxy,
             history: Mutex::new(VecDeque::with_capacity(HISTORY)),
             progress: Mutex::new(HashMap::new()),
+            snapshots: None,
         }
+    }
+
+    /// Reports snapshot progress too.
+    pub fn with_snapshots(mut self, board: pipeline::snapshot::SnapshotBoard) -> Self {
+        self.snapshots = Some(board);
+        self
     }
 
     pub fn proxy(&self) -> Option<ProxySample> {
@@ -350,6 +358,10 @@ impl StatusBoard {
                 "disk_bytes": metrics.log_disk_bytes.get(),
             },
             "replicas": replicas,
+            "snapshot": self.snapshots.as_ref().map(|b| serde_json::json!({
+                "active": b.active(),
+                "tables": b.all(),
+            })),
             "proxy": self.proxy(),
             "errors": errors,
             "recent_problems": problems,

@@ -61,12 +61,6 @@ use std::sync::Arc;
 /// A transaction cannot be planned; retrying cannot help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    #[error("event seq {seq} on {table}: schema changes are not replicated yet ({statement:?})")]
-    DdlNotSupported {
-        seq: u64,
-        table: TableId,
-        statement: String,
-    },
     #[error("event seq {seq} on {table}: row image has {got} values but the table has {expected} columns")]
     RowWidth {
         seq: u64,
@@ -84,9 +78,7 @@ impl PlanError {
     /// The source table the error belongs to (all but `OutOfOrder`).
     pub fn table(&self) -> Option<&TableId> {
         match self {
-            PlanError::DdlNotSupported { table, .. }
-            | PlanError::RowWidth { table, .. }
-            | PlanError::BadPrimaryKey { table, .. } => Some(table),
+            PlanError::RowWidth { table, .. } | PlanError::BadPrimaryKey { table, .. } => Some(table),
             PlanError::OutOfOrder { .. } => None,
         }
     }
@@ -142,15 +134,31 @@ pub enum Action<'a> {
     /// (see [`crate::cascade`]): placed right before the deletes, or right
     /// after the update, it belongs to.
     Cascade(crate::cascade::Change<'a>),
+    /// Rows of a snapshot chunk: insert or replace them by primary key (a
+    /// table without one: insert). Keys are distinct within the step.
+    Load(Vec<&'a Row>),
+    /// Snapshot control (see [`crate::snapshot`]): what the replica records
+    /// or prepares for the chunk rows that follow.
+    Snapshot {
+        seq: u64,
+        mark: &'a crate::snapshot::SnapshotMark,
+    },
+    /// A schema change of the table (see [`crate::ddl`]); `commit_ts_us` is
+    /// when it ran on the source.
+    Ddl {
+        seq: u64,
+        commit_ts_us: i64,
+        change: &'a crate::ddl::SchemaChange,
+    },
 }
 
 impl Action<'_> {
     /// Rows this step touches (1 for single-row steps, 0 for truncate).
     pub fn rows(&self) -> usize {
         match self {
-            Action::Upsert(r) | Action::Delete(r) | Action::Insert(r) => r.len(),
+            Action::Upsert(r) | Action::Delete(r) | Action::Insert(r) | Action::Load(r) => r.len(),
             Action::UpdateOne { .. } | Action::DeleteOne { .. } => 1,
-            Action::Truncate | Action::Cascade(_) => 0,
+            Action::Truncate | Action::Cascade(_) | Action::Snapshot { .. } | Action::Ddl { .. } => 0,
         }
     }
 }
@@ -222,12 +230,27 @@ pub fn plan_with<'a>(txns: &'a [Transaction], options: &PlanOptions<'_>) -> Resu
             });
         }
         match &ev.op {
-            Op::Ddl { statement } => {
-                return Err(PlanError::DdlNotSupported {
-                    seq: ev.seq,
-                    table: table.id.clone(),
-                    statement: statement.clone(),
-                })
+            Op::Ddl(change) => {
+                b.close();
+                b.steps.push(Step {
+                    table,
+                    action: Action::Ddl {
+                        seq: ev.seq,
+                        commit_ts_us: ev.txn.commit_ts_us,
+                        change,
+                    },
+                });
+            }
+            Op::Snapshot(mark) => {
+                b.close();
+                b.steps.push(Step {
+                    table,
+                    action: Action::Snapshot { seq: ev.seq, mark },
+                });
+            }
+            Op::Read { after } => {
+                check(after)?;
+                b.load(table, after);
             }
             Op::Truncate => {
                 b.close();
@@ -362,6 +385,9 @@ struct Inserts<'a> {
 /// Deletes from one cascade parent: the table, the rows, their keys.
 type CascadingDeletes<'a> = (&'a Arc<TableSchema>, Vec<&'a Row>, HashSet<Vec<u8>>);
 
+/// Snapshot rows of one table, with each key's slot.
+type Loads<'a> = (&'a Arc<TableSchema>, Vec<&'a Row>, HashMap<Vec<u8>, usize>);
+
 #[derive(Default)]
 struct Builder<'a> {
     steps: Vec<Step<'a>>,
@@ -371,6 +397,8 @@ struct Builder<'a> {
     /// reference with a cascading action: emitted as one cascade step and
     /// one delete step.
     cascading_deletes: Option<CascadingDeletes<'a>>,
+    /// Snapshot rows of one table (a key read twice keeps its last image).
+    loads: Option<Loads<'a>>,
     last_seq: Option<u64>,
     events: usize,
 }
@@ -410,11 +438,43 @@ impl<'a> Builder<'a> {
                 action: Action::Insert(ins.rows),
             });
         }
+        if let Some((table, rows, _)) = self.loads.take() {
+            self.steps.push(Step {
+                table,
+                action: Action::Load(rows),
+            });
+        }
+    }
+
+    /// A snapshot row.
+    fn load(&mut self, table: &'a Arc<TableSchema>, row: &'a Row) {
+        let reuse = matches!(&self.loads, Some((t, _, _)) if same_table(t, table))
+            && self.run.is_none()
+            && self.inserts.is_none()
+            && self.cascading_deletes.is_none();
+        if !reuse {
+            self.close();
+            self.loads = Some((table, Vec::new(), HashMap::new()));
+        }
+        let (_, rows, slots) = self.loads.as_mut().expect("just opened");
+        if !table.has_primary_key() {
+            rows.push(row);
+            return;
+        }
+        match slots.get(&key_of(table, row)) {
+            Some(&slot) => rows[slot] = row,
+            None => {
+                slots.insert(key_of(table, row), rows.len());
+                rows.push(row);
+            }
+        }
     }
 
     /// The open key run for `table`, closing anything else that is open.
     fn run_for(&mut self, table: &'a Arc<TableSchema>) -> &mut Run<'a> {
-        let reuse = matches!(&self.run, Some(r) if same_table(r.table, table)) && self.inserts.is_none();
+        let reuse = matches!(&self.run, Some(r) if same_table(r.table, table))
+            && self.inserts.is_none()
+            && self.loads.is_none();
         if !reuse {
             self.close();
             self.run = Some(Run {
@@ -477,7 +537,8 @@ impl<'a> Builder<'a> {
     fn cascading_delete(&mut self, table: &'a Arc<TableSchema>, row: &'a Row) {
         let reuse = matches!(&self.cascading_deletes, Some((t, _, _)) if same_table(t, table))
             && self.run.is_none()
-            && self.inserts.is_none();
+            && self.inserts.is_none()
+            && self.loads.is_none();
         if !reuse {
             self.close();
             self.cascading_deletes = Some((table, Vec::new(), HashSet::new()));
@@ -489,7 +550,7 @@ impl<'a> Builder<'a> {
     }
 
     fn insert_no_key(&mut self, table: &'a Arc<TableSchema>, row: &'a Row) {
-        let reuse = matches!(&self.inserts, Some(i) if same_table(i.table, table));
+        let reuse = matches!(&self.inserts, Some(i) if same_table(i.table, table)) && self.loads.is_none();
         if !reuse {
             self.close();
             self.inserts = Some(Inserts {
@@ -720,6 +781,9 @@ mod tests {
                     Action::DeleteOne { before, .. } => format!("d:{t}[{}]", ids(&[before])),
                     Action::Truncate => format!("T:{t}"),
                     Action::Cascade(_) => format!("C:{t}"),
+                    Action::Load(r) => format!("L:{t}[{}]", ids(r)),
+                    Action::Snapshot { .. } => format!("S:{t}"),
+                    Action::Ddl { .. } => format!("DDL:{t}"),
                 }
             })
             .collect()
@@ -837,23 +901,85 @@ mod tests {
     }
 
     #[test]
-    fn rejects_ddl_bad_rows_and_disorder() {
+    fn ddl_and_snapshot_events_are_barriers() {
+        use crate::ddl::{DdlKind, SchemaChange};
+        use crate::snapshot::{SnapshotMark, SnapshotPhase};
         let a = table("a", true);
-        let ddl = vec![txn(
-            1,
-            vec![(
-                a.clone(),
-                Op::Ddl {
-                    statement: "ALTER TABLE a ADD c INT".into(),
-                },
-            )],
-        )];
-        assert!(matches!(
-            plan(&ddl, 0),
-            Err(PlanError::DdlNotSupported { seq: 1, .. })
-        ));
-        // Already applied: not an error.
-        assert!(plan(&ddl, 1).unwrap().steps.is_empty());
+        let n = table("n", false);
+        let change = SchemaChange {
+            statement: "ALTER TABLE a ADD c INT".into(),
+            default_schema: "app".into(),
+            kind: DdlKind::AlterTable { actions: vec![] },
+            unique_key_names: vec![],
+        };
+        let mark = SnapshotMark {
+            id: 1,
+            targets: vec![],
+            reset: false,
+            phase: SnapshotPhase::Chunk {
+                index: 0,
+                upto: None,
+                rows: 3,
+                last: true,
+                whole: false,
+                create: None,
+            },
+        };
+        let read = |t: &Arc<TableSchema>, id: i64, v: i64| (t.clone(), Op::Read { after: row(id, v) });
+        let txns = vec![
+            txn(
+                1,
+                vec![
+                    ins(&a, 1, 1),
+                    (a.clone(), Op::Ddl(Box::new(change))),
+                    ins(&a, 2, 2),
+                ],
+            ),
+            txn(
+                4,
+                vec![
+                    (a.clone(), Op::Snapshot(Box::new(mark.clone()))),
+                    read(&a, 5, 5),
+                    read(&a, 6, 6),
+                    read(&a, 5, 7),
+                ],
+            ),
+            txn(
+                8,
+                vec![
+                    (n.clone(), Op::Snapshot(Box::new(mark))),
+                    read(&n, 1, 1),
+                    read(&n, 1, 1),
+                ],
+            ),
+        ];
+        let p = plan(&txns, 0).unwrap();
+        let kinds: Vec<String> = p
+            .steps
+            .iter()
+            .map(|s| match &s.action {
+                Action::Ddl { .. } => "DDL".to_string(),
+                Action::Snapshot { .. } => "SNAP".to_string(),
+                Action::Load(rows) => format!(
+                    "L{}",
+                    rows.iter().map(|r| format!("{:?}", pair(r))).collect::<String>()
+                ),
+                Action::Upsert(_) => "U".to_string(),
+                _ => "?".to_string(),
+            })
+            .collect();
+        // The last image of a key read twice wins; a table without a key keeps every row.
+        assert_eq!(
+            kinds,
+            ["U", "DDL", "U", "SNAP", "L(5, 7)(6, 6)", "SNAP", "L(1, 1)(1, 1)"]
+        );
+        // Already applied: nothing.
+        assert!(plan(&txns, 10).unwrap().steps.is_empty());
+    }
+
+    #[test]
+    fn rejects_bad_rows_and_disorder() {
+        let a = table("a", true);
         let narrow = vec![txn(
             1,
             vec![(
@@ -947,7 +1073,7 @@ mod tests {
                         state.bag.remove(i);
                     }
                     Op::Truncate => state.bag.clear(),
-                    Op::Ddl { .. } => unreachable!(),
+                    Op::Ddl(_) | Op::Read { .. } | Op::Snapshot(_) => unreachable!(),
                 }
                 continue;
             }
@@ -971,7 +1097,7 @@ mod tests {
                     m.remove(&pair(before).0);
                 }
                 Op::Truncate => m.clear(),
-                Op::Ddl { .. } => unreachable!(),
+                Op::Ddl(_) | Op::Read { .. } | Op::Snapshot(_) => unreachable!(),
             }
         }
         state.bag.sort();
@@ -1014,7 +1140,7 @@ mod tests {
                     let i = state.bag.iter().position(|r| *r == pair(before)).unwrap();
                     state.bag.remove(i);
                 }
-                Action::Cascade(_) => {}
+                Action::Cascade(_) | Action::Load(_) | Action::Snapshot { .. } | Action::Ddl { .. } => {}
                 Action::Truncate => {
                     if s.table.has_primary_key() {
                         state.keyed.entry(name).or_default().clear();

@@ -24,6 +24,12 @@
 //!   produced by MariaDB/MySQL) is carried as a JSON string;
 //! - ENUM → string; SET → array of strings; BIT → number.
 //!
+//! Operations (`op`): `c`, `u`, `d`, `t` (truncate), `r` (a snapshot row:
+//! `after` is the row as of the event's position), `ddl` (a schema change:
+//! `ddl` is the statement, `schema_change` what dbmux understood, `schema` the
+//! table's columns and primary key after it) and `snapshot` (snapshot control:
+//! `snapshot` says which run, table phase and chunk; see docs/snapshot.md).
+//!
 //! The envelope is rendered straight to text ([`Envelope`]), never through a
 //! `serde_json::Value`, which would round numbers beyond f64. Record keys on
 //! the per-table Kafka topics ([`key_of`]) are rendered the same way.
@@ -163,8 +169,84 @@ struct EnvelopeJson<'a> {
     before: Option<RowJson<'a>>,
     after: Option<RowJson<'a>>,
     transaction: TransactionJson<'a>,
+    /// Schema changes: the statement as the source logged it.
     #[serde(skip_serializing_if = "Option::is_none")]
     ddl: Option<&'a str>,
+    /// Schema changes: what dbmux understood (see `pipeline::ddl`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema_change: Option<&'a crate::ddl::DdlKind>,
+    /// Schema changes: the table's columns and primary key after the change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema: Option<SchemaJson<'a>>,
+    /// Snapshot control events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot: Option<SnapshotJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct ColumnJson<'a> {
+    name: &'a str,
+    #[serde(rename = "type")]
+    ty: &'a str,
+    nullable: bool,
+}
+
+#[derive(Serialize)]
+struct SchemaJson<'a> {
+    columns: Vec<ColumnJson<'a>>,
+    primary_key: Vec<&'a str>,
+}
+
+#[derive(Serialize)]
+struct SnapshotJson<'a> {
+    id: u64,
+    targets: &'a [String],
+    reset: bool,
+    phase: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    estimated_rows: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rows: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+fn snapshot_json(m: &crate::snapshot::SnapshotMark) -> SnapshotJson<'_> {
+    use crate::snapshot::SnapshotPhase;
+    let mut j = SnapshotJson {
+        id: m.id,
+        targets: &m.targets,
+        reset: m.reset,
+        phase: "",
+        estimated_rows: None,
+        index: None,
+        rows: None,
+        last: None,
+        reason: None,
+    };
+    match &m.phase {
+        SnapshotPhase::Begin { estimated_rows, .. } => {
+            j.phase = "begin";
+            j.estimated_rows = Some(*estimated_rows);
+        }
+        SnapshotPhase::Chunk {
+            index, rows, last, ..
+        } => {
+            j.phase = "chunk";
+            j.index = Some(*index);
+            j.rows = Some(*rows);
+            j.last = Some(*last);
+        }
+        SnapshotPhase::End { reason } => {
+            j.phase = "end";
+            j.reason = Some(reason);
+        }
+    }
+    j
 }
 
 /// The envelope of one event: one line of JSON text.
@@ -227,7 +309,8 @@ pub fn envelope_part(event: &ChangeEvent, part: Part, data_collection_order: Opt
         (Op::Insert { after }, _) => ("c", None, Some(RowJson(cols, after))),
         (Op::Update { before, after }, _) => ("u", Some(RowJson(cols, before)), Some(RowJson(cols, after))),
         (Op::Delete { before }, _) => ("d", Some(RowJson(cols, before)), None),
-        (Op::Truncate | Op::Ddl { .. }, _) => (event.op.code(), None, None),
+        (Op::Read { after }, _) => ("r", None, Some(RowJson(cols, after))),
+        (Op::Truncate | Op::Ddl(_) | Op::Snapshot(_), _) => (event.op.code(), None, None),
     };
     let ts_ms = event.txn.commit_ts_us.div_euclid(1000);
     let (file, pos, gtid, lsn) = match &event.position {
@@ -244,6 +327,7 @@ pub fn envelope_part(event: &ChangeEvent, part: Part, data_collection_order: Opt
         }
         Position::Postgres(lsn) => (None, None, None, Some(*lsn)),
     };
+    let t = &event.table;
     let env = EnvelopeJson {
         seq: event.seq,
         op,
@@ -252,7 +336,12 @@ pub fn envelope_part(event: &ChangeEvent, part: Part, data_collection_order: Opt
             version: env!("CARGO_PKG_VERSION"),
             connector: "dbmux",
             ts_ms,
-            snapshot: "false",
+            // Debezium's convention: snapshot rows say so in their source.
+            snapshot: if matches!(event.op, Op::Read { .. }) {
+                "true"
+            } else {
+                "false"
+            },
             db: &event.table.id.schema,
             table: &event.table.id.name,
             seq: event.seq,
@@ -274,7 +363,34 @@ pub fn envelope_part(event: &ChangeEvent, part: Part, data_collection_order: Opt
             data_collection_order,
         },
         ddl: match &event.op {
-            Op::Ddl { statement } => Some(statement),
+            Op::Ddl(c) => Some(&c.statement),
+            _ => None,
+        },
+        schema_change: match &event.op {
+            Op::Ddl(c) => Some(&c.kind),
+            _ => None,
+        },
+        schema: match &event.op {
+            Op::Ddl(_) => Some(SchemaJson {
+                columns: t
+                    .columns
+                    .iter()
+                    .map(|c| ColumnJson {
+                        name: &c.name,
+                        ty: &c.source_type,
+                        nullable: c.nullable,
+                    })
+                    .collect(),
+                primary_key: t
+                    .primary_key
+                    .iter()
+                    .map(|&i| t.columns[i].name.as_str())
+                    .collect(),
+            }),
+            _ => None,
+        },
+        snapshot: match &event.op {
+            Op::Snapshot(m) => Some(snapshot_json(m)),
             _ => None,
         },
     };

@@ -11,8 +11,10 @@
 //! All events of one transaction share one `position`: the point *after* its
 //! commit, from which capture resumes.
 
+use crate::ddl::SchemaChange;
 use crate::position::Position;
 use crate::schema::TableSchema;
+use crate::snapshot::SnapshotMark;
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -47,21 +49,30 @@ pub enum Op {
         before: Row,
     },
     Truncate,
-    /// A schema change, as the source's statement text (replayed in a later issue).
-    Ddl {
-        statement: String,
+    /// A schema change of this event's table (or database); the event's
+    /// table is the definition after it (see [`crate::ddl`]).
+    Ddl(Box<SchemaChange>),
+    /// A row of a snapshot: the row as it was at this event's position
+    /// (Debezium's `r`; see [`crate::snapshot`]).
+    Read {
+        after: Row,
     },
+    /// Snapshot control, the first event of every snapshot transaction.
+    Snapshot(Box<SnapshotMark>),
 }
 
 impl Op {
-    /// Short code used in the JSON envelope (Debezium's `c`/`u`/`d`/`t`, plus `ddl`).
+    /// Short code used in the JSON envelope (Debezium's `c`/`u`/`d`/`t`/`r`,
+    /// plus `ddl` and `snapshot`).
     pub fn code(&self) -> &'static str {
         match self {
             Op::Insert { .. } => "c",
             Op::Update { .. } => "u",
             Op::Delete { .. } => "d",
             Op::Truncate => "t",
-            Op::Ddl { .. } => "ddl",
+            Op::Ddl(_) => "ddl",
+            Op::Read { .. } => "r",
+            Op::Snapshot(_) => "snapshot",
         }
     }
 }
@@ -84,6 +95,19 @@ pub struct Transaction {
 }
 
 impl Transaction {
+    /// The snapshot mark when this is a snapshot transaction.
+    pub fn snapshot_mark(&self) -> Option<&SnapshotMark> {
+        match self.events.first().map(|e| &e.op) {
+            Some(Op::Snapshot(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// True when the transaction is a schema change.
+    pub fn is_ddl(&self) -> bool {
+        self.events.iter().any(|e| matches!(e.op, Op::Ddl(_)))
+    }
+
     pub fn first_seq(&self) -> u64 {
         self.events.first().map_or(0, |e| e.seq)
     }

@@ -165,6 +165,26 @@ impl TableFilter {
     }
 }
 
+impl TableFilter {
+    /// True when every table of `schema` is captured (a whole database in
+    /// `include`, nothing of it excluded): only then does a `DROP DATABASE`
+    /// reach the replicas as such.
+    pub fn covers_schema(&self, schema: &str) -> bool {
+        if self.exclude.iter().any(|p| wildcard_match(&p.schema, schema)) {
+            return false;
+        }
+        let system = self.system_schemas.iter().any(|s| s == schema);
+        if self.include.is_empty() {
+            return !system;
+        }
+        self.include.iter().any(|p| {
+            p.table.as_deref().is_none_or(|t| t == "*")
+                && wildcard_match(&p.schema, schema)
+                && (!system || p.names_schema_literally(schema))
+        })
+    }
+}
+
 /// Glob match with `*` (any run, also empty) and `?` (one character).
 fn wildcard_match(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();

@@ -3,8 +3,10 @@
 //! Dependency direction: the `dbmux` binary → `connectors` → `pipeline`.
 
 pub mod batch;
+pub mod capture_state;
 pub mod cascade;
 pub mod codec;
+pub mod ddl;
 pub mod envelope;
 pub mod event;
 pub mod filter;
@@ -17,6 +19,7 @@ pub mod runtime;
 pub mod schema;
 pub mod secret;
 pub mod sink;
+pub mod snapshot;
 pub mod source;
 pub mod value;
 

@@ -24,8 +24,10 @@
 //!   the log (truncation, where to start reading next time), never the truth:
 //!   an applier always restarts from the offset stored in its replica.
 //! - **Metadata.** [`Log::meta`] / [`Log::set_meta`] keep small durable values
-//!   beside the records (the capture start position today; snapshot progress
-//!   later), so everything a capture process needs to resume is in the log.
+//!   beside the records (the capture start position, capture's state
+//!   checkpoint: schema history and snapshot progress, see
+//!   [`crate::capture_state`], and snapshot requests), so everything a
+//!   capture process needs to resume is in the log.
 
 pub mod embedded;
 
@@ -120,6 +122,16 @@ pub trait Log: Clone + Send + Sync + 'static {
 
     /// The `seq` consumer `consumer` last acknowledged, as far as the log knows.
     fn acked(&self, consumer: &str) -> impl Future<Output = Result<Option<u64>, LogError>> + Send;
+
+    /// Records `seq` as consumer `consumer`'s acknowledgement on its behalf,
+    /// where the log keeps acknowledgements itself (the embedded log, whose
+    /// truncation follows them): capture holds the log for a replica that
+    /// starts over from a snapshot, and for its own state checkpoint. A no-op
+    /// where retention is the server's business (Kafka).
+    fn ack_for(&self, consumer: &str, seq: u64) -> impl Future<Output = Result<(), LogError>> + Send {
+        let _ = (consumer, seq);
+        async { Ok(()) }
+    }
 
     /// Deletes what every named consumer has acknowledged, where the log
     /// manages its own retention; returns the events removed (0 where

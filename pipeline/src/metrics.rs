@@ -80,17 +80,42 @@ pub const APPLY_QUARANTINED_TABLES: &str = "dbmux_apply_quarantined_tables";
 /// Counter, label `replica`: tables put into quarantine.
 pub const APPLY_QUARANTINES: &str = "dbmux_apply_quarantines";
 
+/// Counter, label `replica`: schema changes (DDL) applied.
+pub const APPLY_DDL: &str = "dbmux_apply_ddl";
+/// Counter, label `replica`: schema changes the replica could not apply
+/// (the table is quarantined, the statement named in the reason).
+pub const APPLY_DDL_FAILURES: &str = "dbmux_apply_ddl_failures";
+
+/// Counter: snapshot rows placed in the log.
+pub const SNAPSHOT_ROWS: &str = "dbmux_snapshot_rows";
+/// Counter: snapshot chunks placed in the log.
+pub const SNAPSHOT_CHUNKS: &str = "dbmux_snapshot_chunks";
+/// Gauge, label `state` ([`SNAPSHOT_STATES`]): tables of unfinished snapshots.
+pub const SNAPSHOT_TABLES: &str = "dbmux_snapshot_tables";
+/// Gauge: rows the source estimates the tables of unfinished snapshots hold.
+pub const SNAPSHOT_ROWS_ESTIMATED: &str = "dbmux_snapshot_rows_estimated";
+/// Histogram (seconds): time capture held the stream for one chunk read.
+pub const SNAPSHOT_HOLD_SECONDS: &str = "dbmux_snapshot_hold_seconds";
+
+/// Values of the `state` label of [`SNAPSHOT_TABLES`].
+pub const SNAPSHOT_STATES: [&str; 2] = ["waiting", "copying"];
+
 /// Counter, labels `component` ([`COMPONENTS`]) and `class` ([`ERROR_CLASSES`]).
 pub const ERRORS: &str = "dbmux_errors";
 
 /// Values of the `component` label of [`ERRORS`].
-pub const COMPONENTS: [&str; 2] = ["capture", "apply"];
+pub const COMPONENTS: [&str; 3] = ["capture", "apply", "snapshot"];
 /// Values of the `class` label of [`ERRORS`] (see `retry::ErrorClass`).
 pub const ERROR_CLASSES: [&str; 2] = ["transient", "definite"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReplicaLabel {
     pub replica: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,6 +155,13 @@ pub struct PipelineMetrics {
     pub apply_needs_snapshot: Family<ReplicaLabel, Gauge<u64, AtomicU64>>,
     pub apply_quarantined_tables: Family<ReplicaLabel, Gauge<u64, AtomicU64>>,
     pub apply_quarantines: Family<ReplicaLabel, Counter>,
+    pub apply_ddl: Family<ReplicaLabel, Counter>,
+    pub apply_ddl_failures: Family<ReplicaLabel, Counter>,
+    pub snapshot_rows: Counter,
+    pub snapshot_chunks: Counter,
+    pub snapshot_tables: Family<StateLabel, Gauge<u64, AtomicU64>>,
+    pub snapshot_rows_estimated: Gauge<u64, AtomicU64>,
+    pub snapshot_hold_seconds: Histogram,
     pub errors: Family<ErrorLabels, Counter>,
 }
 
@@ -170,6 +202,13 @@ impl PipelineMetrics {
             apply_needs_snapshot: Family::default(),
             apply_quarantined_tables: Family::default(),
             apply_quarantines: Family::default(),
+            apply_ddl: Family::default(),
+            apply_ddl_failures: Family::default(),
+            snapshot_rows: Counter::default(),
+            snapshot_chunks: Counter::default(),
+            snapshot_tables: Family::default(),
+            snapshot_rows_estimated: Gauge::default(),
+            snapshot_hold_seconds: seconds_histogram(),
             errors: Family::default(),
         };
         let r = registry;
@@ -284,6 +323,46 @@ impl PipelineMetrics {
             "Tables put into quarantine",
             m.apply_quarantines.clone(),
         );
+        r.register(
+            APPLY_DDL,
+            "Schema changes applied to a replica",
+            m.apply_ddl.clone(),
+        );
+        r.register(
+            APPLY_DDL_FAILURES,
+            "Schema changes a replica could not apply (the table is quarantined)",
+            m.apply_ddl_failures.clone(),
+        );
+        r.register(
+            SNAPSHOT_ROWS,
+            "Snapshot rows placed in the log",
+            m.snapshot_rows.clone(),
+        );
+        r.register(
+            SNAPSHOT_CHUNKS,
+            "Snapshot chunks placed in the log",
+            m.snapshot_chunks.clone(),
+        );
+        r.register(
+            SNAPSHOT_TABLES,
+            "Tables of unfinished snapshots, by state",
+            m.snapshot_tables.clone(),
+        );
+        r.register(
+            SNAPSHOT_ROWS_ESTIMATED,
+            "Rows the source estimates the tables of unfinished snapshots hold",
+            m.snapshot_rows_estimated.clone(),
+        );
+        r.register(
+            SNAPSHOT_HOLD_SECONDS,
+            "Seconds capture held the stream for one snapshot chunk",
+            m.snapshot_hold_seconds.clone(),
+        );
+        for state in SNAPSHOT_STATES {
+            let _ = m
+                .snapshot_tables
+                .get_or_create(&StateLabel { state: state.into() });
+        }
         r.register(ERRORS, "Errors by component and class", m.errors.clone());
         for component in COMPONENTS {
             for class in ERROR_CLASSES {
@@ -318,6 +397,8 @@ impl PipelineMetrics {
         let _ = self.apply_needs_snapshot.get_or_create(&label);
         let _ = self.apply_quarantined_tables.get_or_create(&label);
         let _ = self.apply_quarantines.get_or_create(&label);
+        let _ = self.apply_ddl.get_or_create(&label);
+        let _ = self.apply_ddl_failures.get_or_create(&label);
     }
 
     pub fn error(&self, component: &str, class: crate::retry::ErrorClass) {

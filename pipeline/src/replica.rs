@@ -59,6 +59,9 @@ pub struct ReplicaReport {
     #[serde(flatten)]
     pub state: ReplicaState,
     pub quarantined: Vec<Quarantine>,
+    /// Tables waiting for the first chunk of a snapshot meant for this
+    /// replica (their changes are skipped until then).
+    pub snapshot_pending: Vec<TableId>,
 }
 
 impl Default for ReplicaReport {
@@ -67,6 +70,7 @@ impl Default for ReplicaReport {
             applied_seq: None,
             state: ReplicaState::Running,
             quarantined: Vec::new(),
+            snapshot_pending: Vec::new(),
         }
     }
 }

@@ -13,16 +13,20 @@
 //! bounded channel; the writer drains whatever is waiting and appends it in one
 //! atomic (and, with `fsync = "always"`, one synced) write.
 
-use crate::event::sequence_transaction;
+use crate::ddl::DdlKind;
+use crate::event::{sequence_transaction, Transaction};
 use crate::filter::TableFilter;
 use crate::log::{Log, LogError, LogReader};
 use crate::metrics::{PipelineMetrics, ReplicaLabel};
+use crate::position::Position;
 use crate::replica::{Quarantine, ReplicaBoard, ReplicaState};
 use crate::retry::{Backoff, Classify, ErrorClass};
 use crate::schema::TableId;
 use crate::sink::{Sink, TableScoped};
+use crate::snapshot::{CaptureControl, SharedState, SnapshotPhase, SnapshotSource, Snapshots};
 use crate::source::{CapturedTransaction, Source};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -98,9 +102,9 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
 }
 
 /// Reads committed transactions from `source` and appends them to `log` with
-/// gapless `seq`s until `shutdown` or a definite error.
+/// gapless `seq`s until `shutdown` or a definite error (no snapshots).
 pub async fn run_capture<S, L>(
-    mut source: S,
+    source: S,
     log: L,
     metrics: PipelineMetrics,
     options: CaptureOptions,
@@ -110,37 +114,121 @@ where
     S: Source + 'static,
     L: Log,
 {
-    let (tx, mut rx) = mpsc::channel::<CapturedTransaction>(options.channel_capacity.max(1));
+    run_capture_with(
+        source,
+        None::<Snapshots<crate::snapshot::NoSnapshots>>,
+        log,
+        metrics,
+        options,
+        shutdown,
+    )
+    .await
+}
+
+/// What the source reader hands the log writer.
+enum WriterItem {
+    Txn(CapturedTransaction),
+    /// A snapshot transaction; the reply gets its first `seq` once appended.
+    Snapshot(CapturedTransaction, oneshot::Sender<u64>),
+}
+
+impl WriterItem {
+    fn txn(&self) -> &CapturedTransaction {
+        match self {
+            WriterItem::Txn(t) | WriterItem::Snapshot(t, _) => t,
+        }
+    }
+}
+
+/// Seconds between capture state checkpoints while the log grows.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+
+/// [`run_capture`] with snapshots: capture's state (schema history, snapshot
+/// progress) is loaded from the log first, the source is given its schema
+/// history, and the snapshot coordinator runs beside the reader, which holds
+/// the stream while a chunk is read and places the chunk at its position
+/// (see [`crate::snapshot`]).
+pub async fn run_capture_with<S, C, L>(
+    mut source: S,
+    snapshots: Option<Snapshots<C>>,
+    log: L,
+    metrics: PipelineMetrics,
+    options: CaptureOptions,
+    shutdown: CancellationToken,
+) -> Result<(), RuntimeError>
+where
+    S: Source + 'static,
+    C: SnapshotSource,
+    L: Log,
+{
     // Resume after the newest transaction in the log; before the first one,
     // from the start position stored on the very first start.
-    let last = log.last().await?.map(|(_, p)| p);
+    let last = log.last().await?;
     let resume = match &last {
-        Some(p) => Some(p.clone()),
+        Some((_, p)) => Some(p.clone()),
         None => log.start_position().await?,
     };
     // What the log holds durably, for sources that confirm progress upstream
     // (a PostgreSQL slot): published only once `append` has returned, which
     // the log's contract makes the point of durability (Kafka: after the
     // transaction commit).
-    let (durable_tx, durable_rx) = tokio::sync::watch::channel(last);
+    let (durable_tx, durable_rx) = tokio::sync::watch::channel(last.as_ref().map(|(_, p)| p.clone()));
     source.watch_durable(durable_rx);
+    let state = crate::capture_state::load(&log).await?;
+    let fresh_log = last.is_none();
+    source.restore_history(state.history());
+    info!(
+        state_seq = state.seq,
+        tables = state.history().len(),
+        snapshot_runs = state.runs.len(),
+        "capture state loaded"
+    );
+    let state: SharedState = Arc::new(std::sync::Mutex::new(state));
+
+    let (tx, mut rx) = mpsc::channel::<WriterItem>(options.channel_capacity.max(1));
+    let (ctl_tx, ctl_rx) = mpsc::channel::<CaptureControl>(64);
     let reader_shutdown = shutdown.child_token();
-    let reader_metrics = metrics.clone();
+    let mut holds = Holds::default();
+    let coordinator = snapshots.map(|snap| {
+        // Nothing reaches the log before the coordinator's first plan.
+        holds.holds.insert(crate::snapshot::INITIAL_HOLD, None);
+        tokio::spawn(crate::snapshot::run_coordinator(
+            snap,
+            ctl_tx.clone(),
+            state.clone(),
+            fresh_log,
+            log.clone(),
+            metrics.clone(),
+            reader_shutdown.clone(),
+        ))
+    });
+    drop(ctl_tx);
     let reader = tokio::spawn(read_source(
         source,
         log.clone(),
         resume,
         tx,
-        reader_metrics,
+        ctl_rx,
+        holds,
+        state.clone(),
+        metrics.clone(),
         reader_shutdown.clone(),
     ));
 
     let writer = async {
+        let mut last_checkpoint = Instant::now();
+        let mut checkpointed_seq = state.lock().expect("capture state").seq;
         loop {
             let first = tokio::select! {
                 t = rx.recv() => match t { Some(t) => t, None => return Ok(()) },
                 _ = tokio::time::sleep(WRITER_HEARTBEAT) => {
                     log.heartbeat().await?;
+                    let seq = state.lock().expect("capture state").seq;
+                    if seq > checkpointed_seq && last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                        crate::snapshot::checkpoint(&log, &state).await?;
+                        checkpointed_seq = seq;
+                        last_checkpoint = Instant::now();
+                    }
                     continue;
                 }
                 _ = shutdown.cancelled() => return Ok(()),
@@ -154,29 +242,52 @@ where
             }
             let mut next_seq = log.last_seq() + 1;
             let mut events = 0u64;
-            let newest_commit_us = pending.iter().map(|t| t.commit_ts_us).max().unwrap_or(0);
-            let txns: Vec<_> = pending
-                .into_iter()
-                .filter(|t| !t.changes.is_empty())
-                .map(|t| {
-                    let txn = sequence_transaction(next_seq, t.id, t.commit_ts_us, t.position, t.changes);
-                    next_seq += txn.len() as u64;
-                    events += txn.len() as u64;
-                    txn
-                })
-                .collect();
+            let newest_commit_us = pending
+                .iter()
+                .filter(|t| matches!(t, WriterItem::Txn(_)))
+                .map(|t| t.txn().commit_ts_us)
+                .max()
+                .unwrap_or(0);
+            let mut replies = Vec::new();
+            let mut txns = Vec::with_capacity(pending.len());
+            for item in pending {
+                let (t, reply) = match item {
+                    WriterItem::Txn(t) => (t, None),
+                    WriterItem::Snapshot(t, r) => (t, Some(r)),
+                };
+                if t.changes.is_empty() {
+                    continue;
+                }
+                let txn = sequence_transaction(next_seq, t.id, t.commit_ts_us, t.position, t.changes);
+                if let Some(r) = reply {
+                    replies.push((r, next_seq));
+                }
+                next_seq += txn.len() as u64;
+                events += txn.len() as u64;
+                txns.push(txn);
+            }
             let n = txns.len() as u64;
             let newest_position = txns.last().and_then(|t| t.position().cloned());
+            // What the state must learn from this batch, taken before the
+            // append consumes it and folded in only once the append returned.
+            let folding = to_fold(&txns);
             let started = Instant::now();
             // An append the shutdown interrupts is either whole in the log or
             // not at all (the log's contract); the next start reads which. It
-            // publishes nothing as durable.
+            // publishes nothing as durable and folds nothing into the state.
             let bytes = tokio::select! {
                 r = log.append(txns) => r?,
                 _ = shutdown.cancelled() => return Ok(()),
             };
             if newest_position.is_some() {
                 durable_tx.send_replace(newest_position);
+            }
+            {
+                let mut st = state.lock().expect("capture state");
+                fold(&mut st, folding);
+            }
+            for (reply, seq) in replies {
+                let _ = reply.send(seq);
             }
             metrics.log_appended_bytes.inc_by(bytes);
             metrics
@@ -190,22 +301,141 @@ where
                     .capture_last_commit_timestamp
                     .set(newest_commit_us as f64 / 1e6);
             }
+            if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                crate::snapshot::checkpoint(&log, &state).await?;
+                checkpointed_seq = state.lock().expect("capture state").seq;
+                last_checkpoint = Instant::now();
+            }
         }
     };
     let result: Result<(), RuntimeError> = writer.await;
     reader_shutdown.cancel();
-    match reader.await {
-        Ok(Ok(())) => result,
-        Ok(Err(e)) => Err(e),
+    // What was appended is in the checkpoint (or follows it in the log).
+    if result.is_ok() {
+        let _ = crate::snapshot::checkpoint(&log, &state).await;
+    }
+    // The reader's own error first: it is the cause (a failed preflight, a
+    // source gone) when the coordinator merely saw capture stop.
+    let read = match reader.await {
+        Ok(r) => r,
         Err(e) => Err(RuntimeError::Join(e.to_string())),
+    };
+    let coordinated = match coordinator {
+        Some(c) => match c.await {
+            // Capture ended first (shutdown, or its own error, returned
+            // above): the coordinator only saw it go.
+            Ok(Ok(())) | Ok(Err(crate::snapshot::CoordinatorError::CaptureGone)) => Ok(()),
+            Ok(Err(e)) => Err(RuntimeError::Capture(e.to_string())),
+            Err(e) => Err(RuntimeError::Join(e.to_string())),
+        },
+        None => Ok(()),
+    };
+    read.and(result).and(coordinated)
+}
+
+/// The events of a batch that capture's state must look at, and the batch's
+/// last `seq`. Row events change the schema history only when their
+/// definition changes: each distinct definition of a batch is kept once
+/// (cheap clones: a definition is shared, a row is one row), and snapshot
+/// rows and truncations change nothing.
+fn to_fold(txns: &[Transaction]) -> (Vec<crate::event::ChangeEvent>, u64) {
+    let mut seen: HashSet<usize> = HashSet::new();
+    let mut out = Vec::new();
+    for t in txns {
+        for e in &t.events {
+            let row = matches!(
+                e.op,
+                crate::Op::Insert { .. } | crate::Op::Update { .. } | crate::Op::Delete { .. }
+            );
+            if row && !seen.insert(Arc::as_ptr(&e.table) as usize) {
+                continue;
+            }
+            if row || !matches!(e.op, crate::Op::Read { .. } | crate::Op::Truncate) {
+                out.push(e.clone());
+            }
+        }
+    }
+    (out, txns.last().map_or(0, Transaction::last_seq))
+}
+
+/// Folds what [`to_fold`] kept of an appended batch into capture's state.
+fn fold(
+    state: &mut crate::capture_state::CaptureState,
+    (events, last): (Vec<crate::event::ChangeEvent>, u64),
+) {
+    for e in &events {
+        state.observe(e);
+    }
+    state.seq = state.seq.max(last);
+}
+
+/// The reader's holds (see [`crate::snapshot`]): while any hold exists,
+/// nothing read after it was taken reaches the log unless it is at or before
+/// every hold's position; chunks wait until the stream has reached their
+/// position.
+/// The changes of one transaction to place, with their definitions.
+type Changes = Vec<(Arc<crate::schema::TableSchema>, crate::Op)>;
+
+#[derive(Default)]
+struct Holds {
+    /// Hold id → its read view's position, once known.
+    holds: BTreeMap<u64, Option<Position>>,
+    /// Chunks to place, in arrival order: (hold, changes, release, reply).
+    placements: VecDeque<(u64, Changes, bool, oneshot::Sender<u64>)>,
+    /// Transactions to append at the current point.
+    appends: VecDeque<(Changes, oneshot::Sender<u64>)>,
+    /// When the oldest current hold began (for the log line on long holds).
+    since: Option<Instant>,
+}
+
+impl Holds {
+    /// Whether `t` (read from the source) may be handed to the log now.
+    fn may_send(&self, t: &Position) -> bool {
+        self.holds.values().all(|p| {
+            p.as_ref()
+                .is_some_and(|p| t.partial_cmp(p).is_some_and(|o| o.is_le()))
+        })
+    }
+
+    fn apply(&mut self, msg: CaptureControl) {
+        match msg {
+            CaptureControl::Hold { id, reply } => {
+                self.holds.insert(id, None);
+                self.since.get_or_insert_with(Instant::now);
+                let _ = reply.send(());
+            }
+            CaptureControl::At { id, position } => {
+                if let Some(p) = self.holds.get_mut(&id) {
+                    *p = Some(position);
+                }
+            }
+            CaptureControl::Place {
+                id,
+                changes,
+                release,
+                reply,
+            } => self.placements.push_back((id, changes, release, reply)),
+            CaptureControl::Release { id } => {
+                self.holds.remove(&id);
+                self.placements.retain(|(h, ..)| *h != id);
+            }
+            CaptureControl::Append { changes, reply } => self.appends.push_back((changes, reply)),
+        }
+        if self.holds.is_empty() {
+            self.since = None;
+        }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read_source<S: Source, L: Log>(
     mut source: S,
     log: L,
     mut resume: Option<crate::position::Position>,
-    tx: mpsc::Sender<CapturedTransaction>,
+    tx: mpsc::Sender<WriterItem>,
+    mut control: mpsc::Receiver<CaptureControl>,
+    mut holds: Holds,
+    state: SharedState,
     metrics: PipelineMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
@@ -253,52 +483,204 @@ async fn read_source<S: Source, L: Log>(
         resume = Some(position);
     }
     backoff.reset();
+    // The position of what was last handed to the log (snapshot
+    // transactions placed here carry it: resuming from it never skips).
+    let mut sent_at = resume.clone().expect("set above");
+    // A transaction read from the source that a hold keeps from the log.
+    let mut held: Option<CapturedTransaction> = None;
+    // Whether the source is streaming (started since the last failure).
+    let mut streaming = false;
+    let mut control_open = true;
     loop {
-        match resume.as_ref() {
-            Some(p) => info!(position = %p, "capture resuming"),
-            None => info!("capture starting at the source's current end"),
+        while let Ok(msg) = control.try_recv() {
+            holds.apply(msg);
         }
-        metrics.capture_connected.set(0);
-        if let Err(e) = source.start(resume.clone()).await {
-            if e.is_transient() {
-                metrics.error("capture", ErrorClass::Transient);
-                warn!(error = %e, attempt = backoff.attempts() + 1, "capture could not start; retrying");
-                if sleep_or_cancel(backoff.next_delay(), &shutdown).await {
+        // Hand over everything that may go now, in stream order.
+        loop {
+            if let Some((changes, reply)) = holds.appends.pop_front() {
+                let t = snapshot_txn(changes, &sent_at);
+                if tx.send(WriterItem::Snapshot(t, reply)).await.is_err() {
                     return Ok(());
                 }
                 continue;
             }
-            metrics.error("capture", ErrorClass::Definite);
-            return Err(RuntimeError::Capture(e.to_string()));
-        }
-        metrics.capture_connected.set(1);
-        loop {
-            let next = tokio::select! {
-                r = source.next_transaction() => r,
-                _ = shutdown.cancelled() => return Ok(()),
+            if let Some(t) = held.as_ref() {
+                if holds.may_send(&t.position) {
+                    let t = held.take().expect("checked");
+                    sent_at = t.position.clone();
+                    if tx.send(WriterItem::Txn(t)).await.is_err() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
+            // A chunk may be placed once every transaction at or before its
+            // position was handed over: the next one is later, or the source
+            // has read past it.
+            let read_to = if streaming { source.read_position() } else { None };
+            let ready = {
+                let reached = |p: &Position| match held.as_ref() {
+                    Some(t) => t.position.partial_cmp(p).is_some_and(|o| o.is_gt()),
+                    None => read_to
+                        .as_ref()
+                        .is_some_and(|r| r.partial_cmp(p).is_some_and(|o| o.is_ge())),
+                };
+                holds
+                    .placements
+                    .iter()
+                    .position(|(id, ..)| holds.holds.get(id).and_then(|p| p.as_ref()).is_some_and(reached))
             };
-            match next {
+            if let Some(i) = ready {
+                let (id, changes, release, reply) = holds.placements.remove(i).expect("found");
+                let t = snapshot_txn(changes, &sent_at);
+                if release {
+                    holds.holds.remove(&id);
+                    if holds.holds.is_empty() {
+                        holds.since = None;
+                    }
+                }
+                if tx.send(WriterItem::Snapshot(t, reply)).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            break;
+        }
+        if !streaming {
+            match resume.as_ref() {
+                Some(p) => info!(position = %p, "capture resuming"),
+                None => info!("capture starting at the source's current end"),
+            }
+            metrics.capture_connected.set(0);
+            if let Err(e) = source.start(resume.clone()).await {
+                if e.is_transient() {
+                    metrics.error("capture", ErrorClass::Transient);
+                    warn!(error = %e, attempt = backoff.attempts() + 1, "capture could not start; retrying");
+                    if sleep_or_cancel(backoff.next_delay(), &shutdown).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                metrics.error("capture", ErrorClass::Definite);
+                return Err(RuntimeError::Capture(e.to_string()));
+            }
+            metrics.capture_connected.set(1);
+            streaming = true;
+        }
+        // Wait for the next transaction (unless one is held), a message from
+        // the coordinator, or — while chunks wait for their position — a
+        // short tick to look at how far the source has read.
+        let waiting_chunks = !holds.placements.is_empty();
+        tokio::select! {
+            r = source.next_transaction(), if held.is_none() => match r {
                 Ok(t) => {
                     backoff.reset();
                     resume = Some(t.position.clone());
-                    if tx.send(t).await.is_err() {
-                        return Ok(()); // the writer stopped; it reports why
+                    // Tables that entered the captured set (renamed in) get a
+                    // snapshot run, announced before any later change of them.
+                    let entered = source.take_entered_tables();
+                    if !entered.is_empty() && control_open {
+                        let run = {
+                            let mut st = state.lock().expect("capture state");
+                            let id = st.next_run.max(1);
+                            st.next_run = id + 1;
+                            id
+                        };
+                        let changes = entered
+                            .iter()
+                            .map(|id| {
+                                (
+                                    Arc::new(crate::schema::TableSchema {
+                                        id: id.clone(),
+                                        ..Default::default()
+                                    }),
+                                    crate::Op::Snapshot(Box::new(crate::snapshot::SnapshotMark {
+                                        id: run,
+                                        targets: Vec::new(),
+                                        reset: false,
+                                        phase: SnapshotPhase::Begin {
+                                            estimated_rows: 0,
+                                            request: None,
+                                        },
+                                    })),
+                                )
+                            })
+                            .collect();
+                        let (reply, _) = oneshot::channel();
+                        if tx.send(WriterItem::Snapshot(snapshot_txn(changes, &sent_at), reply)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    if holds.holds.is_empty() {
+                        sent_at = t.position.clone();
+                        if tx.send(WriterItem::Txn(t)).await.is_err() {
+                            return Ok(()); // the writer stopped; it reports why
+                        }
+                    } else {
+                        held = Some(t);
                     }
                 }
                 Err(e) if e.is_transient() => {
                     metrics.error("capture", ErrorClass::Transient);
                     warn!(error = %e, "capture stream interrupted; reconnecting");
+                    streaming = false;
                     if sleep_or_cancel(backoff.next_delay(), &shutdown).await {
                         return Ok(());
                     }
-                    break;
                 }
                 Err(e) => {
                     metrics.error("capture", ErrorClass::Definite);
                     return Err(RuntimeError::Capture(e.to_string()));
                 }
+            },
+            msg = control.recv(), if control_open => match msg {
+                Some(msg) => holds.apply(msg),
+                None => {
+                    // The coordinator stopped: nobody will place a chunk.
+                    control_open = false;
+                    holds = Holds::default();
+                }
+            },
+            _ = tokio::time::sleep(Duration::from_millis(20)), if waiting_chunks => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        if let Some(since) = holds.since {
+            if since.elapsed() > Duration::from_secs(30) {
+                warn!(
+                    held_for_s = since.elapsed().as_secs(),
+                    "capture has been held for a snapshot read for a long time"
+                );
+                holds.since = Some(Instant::now());
             }
         }
+    }
+}
+
+/// A snapshot transaction placed at `at`.
+fn snapshot_txn(
+    changes: Vec<(Arc<crate::schema::TableSchema>, crate::Op)>,
+    at: &Position,
+) -> CapturedTransaction {
+    // An id unique in the log: run, table, phase, and where it was placed.
+    let (run, what) = match changes.first().map(|(t, op)| (t, op)) {
+        Some((t, crate::Op::Snapshot(m))) => (
+            m.id,
+            match &m.phase {
+                SnapshotPhase::Begin { .. } => "begin".to_string(),
+                SnapshotPhase::Chunk { index, .. } => format!("{}#{index}@{at}", t.id),
+                SnapshotPhase::End { .. } => format!("{}:end@{at}", t.id),
+            },
+        ),
+        _ => (0, String::new()),
+    };
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    CapturedTransaction {
+        id: format!("snapshot-{run}:{what}"),
+        commit_ts_us: now_us,
+        position: at.clone(),
+        changes,
     }
 }
 
@@ -310,17 +692,28 @@ pub struct ResumeRequest {
     pub reply: oneshot::Sender<Result<String, String>>,
 }
 
-/// Reads that may come back empty before resuming a table gives up (a shared
-/// log's reader answers "nothing yet" when a fetch takes longer than it waits).
-const RESUME_READ_ATTEMPTS: u32 = 100;
-
 /// What the apply loop keeps about its replica between batches.
 struct ApplyState {
     applied: u64,
     quarantined: BTreeMap<TableId, Quarantine>,
+    /// Tables waiting for the first chunk of a snapshot meant for this
+    /// replica: their changes are skipped until it recreates them.
+    pending: BTreeSet<TableId>,
 }
 
 impl ApplyState {
+    fn from(opened: crate::sink::Opened) -> Self {
+        ApplyState {
+            applied: opened.applied,
+            quarantined: opened
+                .quarantined
+                .into_iter()
+                .map(|q| (q.table.clone(), q))
+                .collect(),
+            pending: opened.pending.into_iter().collect(),
+        }
+    }
+
     /// The `seq` the log must keep everything after: the replica's offset, or
     /// just before the oldest event a quarantined table still needs.
     fn retain(&self) -> u64 {
@@ -331,6 +724,62 @@ impl ApplyState {
     }
 }
 
+/// The next segment of `carry` to apply as one `Sink::apply` call: a
+/// snapshot or schema-change transaction alone (what a replica skips or
+/// records changes at its boundary), or the ordinary transactions before
+/// the next such one.
+fn next_segment(carry: &mut VecDeque<Transaction>) -> Vec<Transaction> {
+    let special = |t: &Transaction| t.snapshot_mark().is_some() || t.is_ddl();
+    match carry.front() {
+        None => Vec::new(),
+        Some(t) if special(t) => vec![carry.pop_front().expect("front")],
+        Some(_) => {
+            let n = carry.iter().position(special).unwrap_or(carry.len());
+            carry.drain(..n).collect()
+        }
+    }
+}
+
+/// Tables of `segment` this replica leaves out (see [`crate::replica`] and
+/// [`crate::snapshot`]).
+fn skip_set(segment: &[Transaction], st: &ApplyState, filter: &TableFilter, name: &str) -> HashSet<TableId> {
+    let excluded = |id: &TableId| {
+        if id.name.is_empty() {
+            !filter.may_match_schema(&id.schema)
+        } else {
+            !filter.matches(&id.schema, &id.name)
+        }
+    };
+    if let [t] = segment {
+        if let Some(mark) = t.snapshot_mark() {
+            let mut skip = HashSet::new();
+            for e in &t.events {
+                let id = &e.table.id;
+                let later_chunk_of_quarantined = matches!(
+                    &e.op,
+                    crate::Op::Snapshot(m) if matches!(m.phase, SnapshotPhase::Chunk { index, .. } if index > 0)
+                ) && st.quarantined.contains_key(id);
+                if !mark.targets(name) || excluded(id) || later_chunk_of_quarantined {
+                    skip.insert(id.clone());
+                }
+            }
+            return skip;
+        }
+    }
+    let mut skip = HashSet::new();
+    for e in segment.iter().flat_map(|t| &t.events) {
+        let id = &e.table.id;
+        // A dropped table is dropped on the replica whatever its state (its
+        // quarantine or pending snapshot ends with it).
+        let cleanup = matches!(&e.op, crate::Op::Ddl(c) if matches!(c.kind, DdlKind::DropTable | DdlKind::DropDatabase));
+        if excluded(id) || (!cleanup && (st.quarantined.contains_key(id) || st.pending.contains(id))) {
+            skip.insert(id.clone());
+        }
+    }
+    // A table with a skipped event must not be half applied.
+    skip
+}
+
 /// Applies the log to one replica, from the replica's own stored offset, until
 /// `shutdown`. Transient errors are retried with backoff forever (logged
 /// loudly); the offset never moves past what the replica committed.
@@ -338,9 +787,10 @@ impl ApplyState {
 /// A definite error that belongs to one table quarantines that table on this
 /// replica (see [`crate::replica`]) and the rest keeps flowing; any other
 /// definite error stops this replica alone (its state on `board` says why) and
-/// the function returns `Ok`. Only a definite failure of the log itself is
-/// an `Err`; a transient one (a broker restarting) is retried like a replica
-/// outage.
+/// the function returns `Ok`. A replica whose next `seq` was truncated asks
+/// capture for a snapshot that starts it over and waits for it. Only a
+/// definite failure of the log itself is an `Err`; a transient one (a broker
+/// restarting) is retried like a replica outage.
 pub async fn run_apply<K: Sink, L: Log>(
     name: String,
     mut sink: K,
@@ -400,14 +850,7 @@ pub async fn run_apply<K: Sink, L: Log>(
                 return Ok(());
             }
         };
-        let mut st = ApplyState {
-            applied: opened.applied,
-            quarantined: opened
-                .quarantined
-                .into_iter()
-                .map(|q| (q.table.clone(), q))
-                .collect(),
-        };
+        let mut st = ApplyState::from(opened);
         publish(&board, &metrics, &label, &name, &st);
         // Read from the log itself: a shared log's head watch may not have
         // caught up yet.
@@ -425,12 +868,28 @@ pub async fn run_apply<K: Sink, L: Log>(
         }
         if let Some(first) = log_try!('open, log.first_seq().await) {
             if st.applied < log_last && st.applied + 1 < first {
-                needs_snapshot(&name, &board, &metrics, &label, st.applied + 1, first);
+                if start_over(
+                    &name,
+                    &mut sink,
+                    &log,
+                    &mut reader,
+                    &board,
+                    &metrics,
+                    &label,
+                    st.applied + 1,
+                    &shutdown,
+                )
+                .await?
+                {
+                    continue 'open;
+                }
                 return Ok(());
             }
         }
-        info!(replica = %name, applied = st.applied, quarantined = st.quarantined.len(), "applier resuming");
+        info!(replica = %name, applied = st.applied, quarantined = st.quarantined.len(),
+            snapshot_pending = st.pending.len(), "applier resuming");
         log_try!('open, reader.ack(st.retain()).await);
+        let mut carry: VecDeque<Transaction> = VecDeque::new();
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -441,49 +900,76 @@ pub async fn run_apply<K: Sink, L: Log>(
                 let _ = req.reply.send(r);
                 log_try!('open, reader.ack(st.retain()).await);
             }
-            notify.borrow_and_update();
-            let txns = match reader.read(st.applied + 1, options.max_batch_events).await {
-                Err(LogError::Truncated { requested, first }) => {
-                    needs_snapshot(&name, &board, &metrics, &label, requested, first);
-                    return Ok(());
-                }
-                r => log_try!('open, r),
-            };
-            if txns.is_empty() {
-                tokio::select! {
-                    _ = notify.changed() => {}
-                    // A shared log's head watch may run ahead of or behind
-                    // this reader's own fetches: look again now and then.
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    Some(req) = requests.recv() => {
-                        let r = resume_table(&name, &mut sink, &mut reader, &options, &mut st, &req.table).await;
-                        publish(&board, &metrics, &label, &name, &st);
-                        let _ = req.reply.send(r);
-                        log_try!('open, reader.ack(st.retain()).await);
+            if carry.is_empty() {
+                notify.borrow_and_update();
+                let txns = match reader.read(st.applied + 1, options.max_batch_events).await {
+                    Err(LogError::Truncated { requested, .. }) => {
+                        if start_over(
+                            &name,
+                            &mut sink,
+                            &log,
+                            &mut reader,
+                            &board,
+                            &metrics,
+                            &label,
+                            requested,
+                            &shutdown,
+                        )
+                        .await?
+                        {
+                            continue 'open;
+                        }
+                        return Ok(());
                     }
-                    _ = shutdown.cancelled() => return Ok(()),
+                    r => log_try!('open, r),
+                };
+                if txns.is_empty() {
+                    tokio::select! {
+                        _ = notify.changed() => {}
+                        // A shared log's head watch may run ahead of or behind
+                        // this reader's own fetches: look again now and then.
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        Some(req) = requests.recv() => {
+                            let r = resume_table(&name, &mut sink, &mut reader, &options, &mut st, &req.table).await;
+                            publish(&board, &metrics, &label, &name, &st);
+                            let _ = req.reply.send(r);
+                            log_try!('open, reader.ack(st.retain()).await);
+                        }
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                    continue;
                 }
-                continue;
+                carry = txns.into();
             }
-            let skip: HashSet<TableId> = txns
-                .iter()
-                .flat_map(|t| &t.events)
-                .map(|e| &e.table.id)
-                .filter(|id| {
-                    st.quarantined.contains_key(*id) || !options.filter.matches(&id.schema, &id.name)
-                })
-                .cloned()
-                .collect();
+            let txns = next_segment(&mut carry);
+            let skip = skip_set(&txns, &st, &options.filter, &name);
             let n_events: u64 = txns
                 .iter()
                 .flat_map(|t| &t.events)
                 .filter(|e| !skip.contains(&e.table.id))
+                .count() as u64;
+            let ddl_events = txns
+                .iter()
+                .flat_map(|t| &t.events)
+                .filter(|e| matches!(e.op, crate::Op::Ddl(_)) && !skip.contains(&e.table.id))
                 .count() as u64;
             let started = Instant::now();
             match sink.apply(&txns, &skip).await {
                 Ok(()) => {
                     backoff.reset();
                     st.applied = txns.last().expect("non-empty").last_seq();
+                    if let [t] = txns.as_slice() {
+                        if t.snapshot_mark().is_some_and(|m| m.targets(&name)) {
+                            note_snapshot(&mut st, t, &skip);
+                        }
+                    }
+                    if ddl_events > 0 {
+                        metrics.apply_ddl.get_or_create(&label).inc_by(ddl_events);
+                        // Renames and drops move the replica's own state:
+                        // read it back.
+                        log_try!('open, reader.ack(st.retain()).await);
+                        continue 'open;
+                    }
                     log_try!('open, reader.ack(st.retain()).await);
                     metrics
                         .apply_batch_seconds
@@ -512,6 +998,9 @@ pub async fn run_apply<K: Sink, L: Log>(
                         stop(e.to_string());
                         return Ok(());
                     };
+                    if ddl_events > 0 {
+                        metrics.apply_ddl_failures.get_or_create(&label).inc();
+                    }
                     // Re-read the offset: a sink that commits in several parts
                     // may have committed some before failing.
                     let applied = loop {
@@ -569,12 +1058,147 @@ pub async fn run_apply<K: Sink, L: Log>(
                         }
                         error!(replica = %name, table = %t, first_seq = q.first_seq, reason = %q.reason,
                             "table quarantined on this replica: its events are skipped (and kept in the log) \
-                             until `dbmux resume-table --replica {name} --table {t}`; the rest goes on");
+                             until `dbmux resume-table --replica {name} --table {t}` (or a re-snapshot: \
+                             `dbmux snapshot --replica {name} --table {t}`); the rest goes on");
                         metrics.apply_quarantines.get_or_create(&label).inc();
                     }
                     continue 'open;
                 }
             }
+        }
+    }
+}
+
+/// What a snapshot transaction meant for this replica changed in its state
+/// (the sink recorded the same in the replica, in the same transaction).
+fn note_snapshot(st: &mut ApplyState, t: &Transaction, skip: &HashSet<TableId>) {
+    for e in &t.events {
+        let crate::Op::Snapshot(m) = &e.op else { continue };
+        let id = &e.table.id;
+        if skip.contains(id) {
+            continue;
+        }
+        match &m.phase {
+            SnapshotPhase::Begin { .. } => {
+                st.pending.insert(id.clone());
+            }
+            SnapshotPhase::Chunk { .. } => {
+                if m.phase.recreates() {
+                    st.quarantined.remove(id);
+                }
+                if m.phase.ends_pending() {
+                    st.pending.remove(id);
+                }
+            }
+            SnapshotPhase::End { reason } => {
+                st.pending.remove(id);
+                st.quarantined.insert(
+                    id.clone(),
+                    Quarantine {
+                        table: id.clone(),
+                        first_seq: e.seq,
+                        reason: reason.clone(),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// A replica whose next `seq` (`needed_seq`) the log no longer has: shown
+/// as `needs_snapshot`, it asks capture for a snapshot run that starts it
+/// over (every captured table, recreated and reloaded) and waits for the
+/// run's first event to be in the log; then the replica's offset is moved to
+/// just before it (its quarantines and pending snapshots cleared) and the
+/// function returns true. False on shutdown. The other replicas are not
+/// disturbed: the run is targeted at this replica alone.
+#[allow(clippy::too_many_arguments)]
+async fn start_over<K: Sink, L: Log>(
+    name: &str,
+    sink: &mut K,
+    log: &L,
+    reader: &mut L::Reader,
+    board: &ReplicaBoard,
+    metrics: &PipelineMetrics,
+    label: &ReplicaLabel,
+    needed_seq: u64,
+    shutdown: &CancellationToken,
+) -> Result<bool, RuntimeError> {
+    let first = log.first_seq().await?.unwrap_or(0);
+    needs_snapshot(name, board, metrics, label, needed_seq, first);
+    let mut backoff = Backoff::default();
+    let mut request: Option<String> = None;
+    // A process that only reads the log (`dbmux apply` with Kafka) cannot
+    // store the request itself: it says once how to make one, and waits.
+    let mut told = false;
+    loop {
+        let log_first = log.first_seq().await?.unwrap_or(0);
+        let pending = crate::snapshot::pending_reset(log, name).await;
+        let id = match (&request, pending) {
+            (_, Some(id)) => Some(id),
+            (Some(id), None) => Some(id.clone()),
+            (None, None) => match crate::snapshot::request(log, name, &[], true).await {
+                Ok(id) => {
+                    info!(replica = %name, request = %id, "asked capture for a snapshot that starts this replica over");
+                    Some(id)
+                }
+                Err(LogError::ReadOnly) => {
+                    if !told {
+                        error!(replica = %name,
+                            "this process cannot write to the log: request the snapshot from the capture \
+                             process (`dbmux snapshot --replica {name} --start-over`, through its admin server); \
+                             this applier waits for it");
+                        told = true;
+                    }
+                    None
+                }
+                Err(e) => return Err(RuntimeError::Capture(e.to_string())),
+            },
+        };
+        request = id.clone();
+        let started = crate::snapshot::started(log, name)
+            .await
+            .map_err(|e| RuntimeError::Capture(e.to_string()))?;
+        if let Some(s) = started.filter(|s| id.is_none() || id.as_ref() == Some(&s.request)) {
+            // With no request of its own (a read-only log), any run that
+            // starts this replica over and began after it fell behind will do.
+            let usable = s.reset || id.is_some();
+            let in_log = log.last().await?.is_some_and(|(last, _)| s.begin_seq <= last);
+            if usable && in_log && (id.is_some() || s.begin_seq >= needed_seq) {
+                if s.begin_seq < log_first {
+                    // Truncated before this replica got to it: ask again.
+                    request = crate::snapshot::request(log, name, &[], true).await.ok();
+                    continue;
+                }
+                loop {
+                    match sink.reset(s.begin_seq).await {
+                        Ok(()) => break,
+                        Err(e) if e.is_transient() => {
+                            warn!(replica = %name, error = %e, "replica unavailable; retrying");
+                            if sleep_or_cancel(backoff.next_delay(), shutdown).await {
+                                return Ok(false);
+                            }
+                        }
+                        Err(e) => {
+                            metrics.error("apply", ErrorClass::Definite);
+                            error!(replica = %name, error = %e, "replica cannot be started over");
+                            board.update(name, |r| {
+                                r.state = ReplicaState::Stopped {
+                                    reason: e.to_string(),
+                                }
+                            });
+                            return Ok(false);
+                        }
+                    }
+                }
+                reader.ack(s.begin_seq.saturating_sub(1)).await?;
+                info!(replica = %name, run = s.run, begin_seq = s.begin_seq,
+                    "replica starts over from a snapshot: its tables are recreated and reloaded; the others go on");
+                return Ok(true);
+            }
+        }
+        if sleep_or_cancel(Duration::from_millis(500), shutdown).await {
+            return Ok(false);
         }
     }
 }
@@ -591,6 +1215,7 @@ fn publish(
         r.applied_seq = Some(st.applied);
         r.state = ReplicaState::Running;
         r.quarantined = st.quarantined.values().cloned().collect();
+        r.snapshot_pending = st.pending.iter().cloned().collect();
     });
     metrics.apply_last_seq.get_or_create(label).set(st.applied);
     metrics.apply_stopped.get_or_create(label).set(0);
@@ -636,20 +1261,17 @@ pub async fn resume_quarantined<K: Sink, L: Log>(
 ) -> Result<String, String> {
     let mut reader = log.reader(name).await.map_err(|e| e.to_string())?;
     let opened = sink.open().await.map_err(|e| e.to_string())?;
-    let mut st = ApplyState {
-        applied: opened.applied,
-        quarantined: opened
-            .quarantined
-            .into_iter()
-            .map(|q| (q.table.clone(), q))
-            .collect(),
-    };
+    let mut st = ApplyState::from(opened);
     let r = resume_table(name, sink, &mut reader, options, &mut st, table).await;
     if r.is_ok() {
         reader.ack(st.retain()).await.map_err(|e| e.to_string())?;
     }
     r
 }
+
+/// Reads that may come back empty before resuming a table gives up (a shared
+/// log's reader answers "nothing yet" when a fetch takes longer than it waits).
+const RESUME_READ_ATTEMPTS: u32 = 100;
 
 /// Re-applies the skipped events of a quarantined table from the log, in
 /// batches, each committed with the quarantine's new start (so a crash in the
@@ -703,6 +1325,17 @@ async fn resume_table<K: Sink, R: LogReader>(
             // Whole transactions up to the replica's offset: the applier
             // always stops at a transaction boundary.
             let txns: Vec<_> = txns.into_iter().filter(|t| t.last_seq() <= st.applied).collect();
+            if let Some(e) = txns
+                .iter()
+                .flat_map(|t| &t.events)
+                .find(|e| e.table.id == *table && matches!(e.op, crate::Op::Ddl(_)))
+            {
+                return Err(format!(
+                    "{table} changed schema while quarantined (seq {}): its skipped changes cannot be replayed \
+                     on the old table; re-snapshot it instead: dbmux snapshot --replica {name} --table {table}",
+                    e.seq
+                ));
+            }
             let last = txns.last().map_or(st.applied, |t| t.last_seq());
             let next = (last < st.applied).then_some(last + 1);
             (txns, next)
@@ -781,8 +1414,9 @@ pub async fn refresh_lag<L: Log>(metrics: &PipelineMetrics, log: &L, board: &Rep
 
 /// Periodically deletes log chunks every named consumer has applied (a
 /// consumer's acknowledgement already keeps what its quarantined tables
-/// still need). A replica that needs a snapshot cannot use the log and does
-/// not hold it back.
+/// still need; capture's state checkpoint is a consumer too). A replica that
+/// needs a snapshot cannot use the log and does not hold it back until the
+/// snapshot that starts it over has begun.
 pub async fn run_truncation<L: Log>(
     log: L,
     consumers: Vec<String>,
@@ -794,15 +1428,19 @@ pub async fn run_truncation<L: Log>(
         if sleep_or_cancel(every, &shutdown).await {
             return Ok(());
         }
-        let names: Vec<String> = consumers
-            .iter()
-            .filter(|n| {
-                !board
-                    .get(n)
-                    .is_some_and(|r| matches!(r.state, ReplicaState::NeedsSnapshot { .. }))
-            })
-            .cloned()
-            .collect();
+        let first = log.first_seq().await?.unwrap_or(0);
+        let mut names: Vec<String> = Vec::new();
+        for n in &consumers {
+            let waiting = board
+                .get(n)
+                .is_some_and(|r| matches!(r.state, ReplicaState::NeedsSnapshot { .. }));
+            // A replica that needs a snapshot holds nothing back — unless the
+            // run that starts it over has begun (capture acknowledged just
+            // before its first event for it).
+            if !waiting || log.acked(n).await?.is_some_and(|a| a + 1 >= first) {
+                names.push(n.clone());
+            }
+        }
         if names.is_empty() {
             continue;
         }
@@ -932,7 +1570,12 @@ mod tests {
             Ok(crate::sink::Opened {
                 applied: self.store.lock().unwrap().offset,
                 quarantined: Vec::new(),
+                pending: Vec::new(),
             })
+        }
+        async fn reset(&mut self, from: u64) -> Result<(), Fault> {
+            self.store.lock().unwrap().offset = from - 1;
+            Ok(())
         }
         async fn quarantine(&mut self, _: &Quarantine) -> Result<(), Fault> {
             Ok(())
@@ -1185,6 +1828,9 @@ mod tests {
             async fn quarantine(&mut self, _: &Quarantine) -> Result<(), Fault> {
                 Ok(())
             }
+            async fn reset(&mut self, _: u64) -> Result<(), Fault> {
+                Ok(())
+            }
             async fn resume(
                 &mut self,
                 _: &TableId,
@@ -1235,5 +1881,487 @@ mod tests {
             ReplicaState::Stopped { .. }
         ));
         assert_eq!(log.acked("b").unwrap(), Some(0));
+    }
+}
+
+#[cfg(test)]
+mod snapshot_model {
+    //! The snapshot merge against a simulated master: a writer changes a
+    //! keyed table and a key-less one while they are copied, capture is killed
+    //! twice in the middle, and a replica applying the log in order (with the
+    //! appliers' rules: upserts and deletes by key, chunk 0 recreates, changes
+    //! of pending tables skipped) must end equal to the master.
+    use super::*;
+    use crate::event::{Op, Row};
+    use crate::position::MysqlPosition;
+    use crate::retry::Classify;
+    use crate::schema::{ColumnDef, ColumnType, TableSchema};
+    use crate::snapshot::{ChunkKey, ChunkReader, ReadView, SnapshotOptions};
+    use crate::value::Value;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::sync::Mutex;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("simulated failure")]
+    struct SimError;
+    impl Classify for SimError {
+        fn class(&self) -> ErrorClass {
+            ErrorClass::Transient
+        }
+    }
+
+    fn pos(n: u64) -> Position {
+        Position::Mysql(MysqlPosition {
+            file: "b.000001".into(),
+            offset: n,
+            gtid_set: None,
+        })
+    }
+
+    fn offset(p: &Position) -> u64 {
+        match p {
+            Position::Mysql(m) => m.offset,
+            _ => unreachable!(),
+        }
+    }
+
+    fn table(name: &str, keyed: bool) -> Arc<TableSchema> {
+        let col = |n: &str| ColumnDef {
+            name: n.into(),
+            ty: ColumnType::Integer {
+                bytes: 8,
+                unsigned: false,
+            },
+            nullable: false,
+            charset: None,
+            collation: None,
+            source_type: "bigint".into(),
+        };
+        Arc::new(TableSchema::new(
+            TableId::new("app", name),
+            vec![col("id"), col("v")],
+            if keyed { vec![0] } else { vec![] },
+        ))
+    }
+
+    /// The simulated master: two tables, and its binlog (the ops of each
+    /// committed transaction; transaction `i` ends at offset `i + 1`).
+    #[derive(Default)]
+    struct Master {
+        keyed: BTreeMap<i64, i64>,
+        bag: Vec<(i64, i64)>,
+        binlog: Vec<Vec<(bool, Op)>>,
+    }
+
+    type Shared = Arc<Mutex<Master>>;
+
+    fn row(k: i64, v: i64) -> Row {
+        vec![Value::Int(k), Value::Int(v)]
+    }
+
+    /// One random transaction on the master.
+    fn write(m: &Shared, rng: &mut StdRng) {
+        let mut m = m.lock().unwrap();
+        let mut ops = Vec::new();
+        for _ in 0..rng.gen_range(1..4) {
+            let k = rng.gen_range(0..3000i64);
+            let v = rng.gen_range(0..1_000_000i64);
+            if rng.gen_bool(0.7) {
+                match m.keyed.get(&k).copied() {
+                    Some(old) if rng.gen_bool(0.3) => {
+                        m.keyed.remove(&k);
+                        ops.push((true, Op::Delete { before: row(k, old) }));
+                    }
+                    Some(old) if rng.gen_bool(0.2) => {
+                        // A key change.
+                        let k2 = rng.gen_range(0..3000i64);
+                        if !m.keyed.contains_key(&k2) {
+                            m.keyed.remove(&k);
+                            m.keyed.insert(k2, v);
+                            ops.push((
+                                true,
+                                Op::Update {
+                                    before: row(k, old),
+                                    after: row(k2, v),
+                                },
+                            ));
+                        }
+                    }
+                    Some(old) => {
+                        m.keyed.insert(k, v);
+                        ops.push((
+                            true,
+                            Op::Update {
+                                before: row(k, old),
+                                after: row(k, v),
+                            },
+                        ));
+                    }
+                    None => {
+                        m.keyed.insert(k, v);
+                        ops.push((true, Op::Insert { after: row(k, v) }));
+                    }
+                }
+            } else if !m.bag.is_empty() && rng.gen_bool(0.4) {
+                let i = rng.gen_range(0..m.bag.len());
+                let (a, b) = m.bag[i];
+                if rng.gen_bool(0.5) {
+                    m.bag.remove(i);
+                    ops.push((false, Op::Delete { before: row(a, b) }));
+                } else {
+                    m.bag[i] = (a, v);
+                    ops.push((
+                        false,
+                        Op::Update {
+                            before: row(a, b),
+                            after: row(a, v),
+                        },
+                    ));
+                }
+            } else {
+                m.bag.push((k, v));
+                ops.push((false, Op::Insert { after: row(k, v) }));
+            }
+        }
+        if !ops.is_empty() {
+            m.binlog.push(ops);
+        }
+    }
+
+    struct SimSource {
+        m: Shared,
+        next: usize,
+        read_to: usize,
+    }
+
+    impl Source for SimSource {
+        type Error = SimError;
+        async fn preflight(&mut self) -> Result<(), SimError> {
+            Ok(())
+        }
+        async fn current_position(&mut self) -> Result<Position, SimError> {
+            Ok(pos(self.m.lock().unwrap().binlog.len() as u64))
+        }
+        async fn start(&mut self, resume: Option<Position>) -> Result<(), SimError> {
+            self.next = resume.map_or(0, |p| offset(&p) as usize);
+            self.read_to = self.next;
+            Ok(())
+        }
+        async fn next_transaction(&mut self) -> Result<CapturedTransaction, SimError> {
+            loop {
+                let got = {
+                    let m = self.m.lock().unwrap();
+                    m.binlog.get(self.next).cloned()
+                };
+                match got {
+                    Some(ops) => {
+                        let i = self.next;
+                        self.next += 1;
+                        self.read_to = self.next;
+                        let (k, n) = (table("k", true), table("n", false));
+                        return Ok(CapturedTransaction {
+                            id: format!("t{i}"),
+                            commit_ts_us: 0,
+                            position: pos(i as u64 + 1),
+                            changes: ops
+                                .into_iter()
+                                .map(|(keyed, op)| (if keyed { k.clone() } else { n.clone() }, op))
+                                .collect(),
+                        });
+                    }
+                    None => tokio::time::sleep(Duration::from_millis(2)).await,
+                }
+            }
+        }
+        fn read_position(&self) -> Option<Position> {
+            Some(pos(self.read_to as u64))
+        }
+    }
+
+    struct SimSnapshots {
+        m: Shared,
+    }
+
+    struct SimReader {
+        m: Shared,
+        view: Option<(Vec<Row>, bool)>,
+        at: usize,
+    }
+
+    impl SnapshotSource for SimSnapshots {
+        type Error = SimError;
+        type Reader = SimReader;
+        async fn tables(&self) -> Result<Vec<(TableId, u64)>, SimError> {
+            let m = self.m.lock().unwrap();
+            Ok(vec![
+                (TableId::new("app", "k"), m.keyed.len() as u64),
+                (TableId::new("app", "n"), m.bag.len() as u64),
+            ])
+        }
+        async fn reader(&self) -> Result<SimReader, SimError> {
+            Ok(SimReader {
+                m: self.m.clone(),
+                view: None,
+                at: 0,
+            })
+        }
+    }
+
+    impl ChunkReader for SimReader {
+        type Error = SimError;
+        async fn begin(&mut self, t: &TableId) -> Result<ReadView, SimError> {
+            // A consistent view: the rows and the binlog end, atomically.
+            let m = self.m.lock().unwrap();
+            let keyed = t.name == "k";
+            let rows: Vec<Row> = if keyed {
+                m.keyed.iter().map(|(k, v)| row(*k, *v)).collect()
+            } else {
+                m.bag.iter().map(|(k, v)| row(*k, *v)).collect()
+            };
+            self.view = Some((rows, keyed));
+            self.at = 0;
+            Ok(ReadView {
+                position: pos(m.binlog.len() as u64),
+                schema: table(&t.name, keyed),
+                create_statement: None,
+                key: if keyed {
+                    ChunkKey::Columns(vec![0])
+                } else {
+                    ChunkKey::WholeTable
+                },
+            })
+        }
+        async fn read(&mut self, after: Option<&[Value]>, limit: usize) -> Result<Vec<Row>, SimError> {
+            // Reading takes a while, so the master moves on meanwhile.
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            let (rows, keyed) = self.view.as_ref().expect("begun");
+            if *keyed {
+                let after = after.map(|a| match a[0] {
+                    Value::Int(k) => k,
+                    _ => unreachable!(),
+                });
+                Ok(rows
+                    .iter()
+                    .filter(|r| after.is_none_or(|a| matches!(r[0], Value::Int(k) if k > a)))
+                    .take(limit)
+                    .cloned()
+                    .collect())
+            } else {
+                let out: Vec<Row> = rows.iter().skip(self.at).take(limit).cloned().collect();
+                self.at += out.len();
+                Ok(out)
+            }
+        }
+        async fn end(&mut self) -> Result<(), SimError> {
+            self.view = None;
+            Ok(())
+        }
+        fn is_gone(_: &SimError) -> bool {
+            false
+        }
+    }
+
+    /// The replica: applies the log in order with the appliers' rules.
+    fn replay(events: &[crate::event::ChangeEvent]) -> (BTreeMap<i64, i64>, Vec<(i64, i64)>) {
+        let mut keyed = BTreeMap::new();
+        let mut bag: Vec<(i64, i64)> = Vec::new();
+        let mut pending: BTreeSet<String> = BTreeSet::new();
+        let kv = |r: &Row| match (&r[0], &r[1]) {
+            (Value::Int(a), Value::Int(b)) => (*a, *b),
+            _ => unreachable!(),
+        };
+        for e in events {
+            let name = e.table.id.name.clone();
+            let is_k = name == "k";
+            match &e.op {
+                Op::Snapshot(m) => {
+                    if matches!(m.phase, SnapshotPhase::Begin { .. }) {
+                        pending.insert(name.clone());
+                    }
+                    if m.phase.recreates() {
+                        if is_k {
+                            keyed.clear();
+                        } else {
+                            bag.clear();
+                        }
+                    }
+                    if m.phase.ends_pending() {
+                        pending.remove(&name);
+                    }
+                }
+                // A chunk's rows are applied whatever the table's state.
+                Op::Insert { .. } | Op::Update { .. } | Op::Delete { .. } if pending.contains(&name) => {}
+                Op::Read { after } | Op::Insert { after } => {
+                    let (k, v) = kv(after);
+                    if is_k {
+                        keyed.insert(k, v);
+                    } else {
+                        bag.push((k, v));
+                    }
+                }
+                Op::Update { before, after } => {
+                    let (bk, bv) = kv(before);
+                    let (k, v) = kv(after);
+                    if is_k {
+                        keyed.remove(&bk);
+                        keyed.insert(k, v);
+                    } else {
+                        let i = bag
+                            .iter()
+                            .position(|r| *r == (bk, bv))
+                            .unwrap_or_else(|| panic!("seq {}: update of a row the replica lacks", e.seq));
+                        bag[i] = (k, v);
+                    }
+                }
+                Op::Delete { before } => {
+                    let (bk, bv) = kv(before);
+                    if is_k {
+                        keyed.remove(&bk);
+                    } else {
+                        let i = bag
+                            .iter()
+                            .position(|r| *r == (bk, bv))
+                            .unwrap_or_else(|| panic!("seq {}: delete of a row the replica lacks", e.seq));
+                        bag.remove(i);
+                    }
+                }
+                Op::Truncate | Op::Ddl(_) => unreachable!(),
+            }
+        }
+        (keyed, bag)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_merge_with_live_changes_through_kills() {
+        let dir = tempfile::tempdir().unwrap();
+        let m: Shared = Arc::default();
+        let mut rng = StdRng::seed_from_u64(7);
+        // Rows that exist before capture starts (never in the binlog capture reads).
+        for _ in 0..1500 {
+            write(&m, &mut rng);
+        }
+        let preexisting = m.lock().unwrap().binlog.len();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = tokio::spawn({
+            let (m, stop) = (m.clone(), stop.clone());
+            async move {
+                let mut rng = StdRng::seed_from_u64(8);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    write(&m, &mut rng);
+                    tokio::time::sleep(Duration::from_micros(300)).await;
+                }
+            }
+        });
+        // Capture's first start begins at the binlog's end as of now.
+        {
+            let log = crate::log::EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap();
+            log.set_start_position(&pos(preexisting as u64)).await.unwrap();
+        }
+        let chunks_in = |log: &crate::log::EmbeddedLog| {
+            log.read(1, usize::MAX)
+                .unwrap()
+                .iter()
+                .filter(
+                    |e| matches!(&e.op, Op::Snapshot(m) if matches!(m.phase, SnapshotPhase::Chunk { .. })),
+                )
+                .count()
+        };
+        let mut placed = 0;
+        for round in 0..3 {
+            let log = crate::log::EmbeddedLog::open(dir.path(), crate::log::FsyncPolicy::Never).unwrap();
+            let shutdown = CancellationToken::new();
+            let cap = tokio::spawn(run_capture_with(
+                SimSource {
+                    m: m.clone(),
+                    next: 0,
+                    read_to: 0,
+                },
+                Some(Snapshots {
+                    source: SimSnapshots { m: m.clone() },
+                    options: SnapshotOptions {
+                        chunk_rows: 37,
+                        parallel_tables: 2,
+                        initial: true,
+                        replicas: vec!["r".into()],
+                        poll: Duration::from_millis(50),
+                    },
+                    board: Default::default(),
+                    wake: Default::default(),
+                }),
+                log.clone(),
+                PipelineMetrics::unregistered(),
+                CaptureOptions::default(),
+                shutdown.clone(),
+            ));
+            if round < 2 {
+                // Kill in the middle of the copy: a few more chunks, then stop.
+                let target = placed + 5;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while chunks_in(&log) < target {
+                    assert!(Instant::now() < deadline, "round {round}: no progress");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                placed = chunks_in(&log);
+                cap.abort();
+                let _ = cap.await;
+                continue;
+            }
+            // Let the copy finish, then stop the writer and let capture drain.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                assert!(Instant::now() < deadline, "snapshot did not finish");
+                let done = crate::capture_state::load(&log).await.unwrap().runs.is_empty()
+                    && chunks_in(&log) > placed;
+                if done {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            while !writer.is_finished() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let end = m.lock().unwrap().binlog.len() as u64;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while log.last().unwrap().is_none_or(|(_, p)| offset(&p) < end) {
+                assert!(Instant::now() < deadline, "capture did not drain");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            shutdown.cancel();
+            cap.await.unwrap().unwrap();
+            let events = log.read(1, usize::MAX).unwrap();
+            assert!(
+                events.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1),
+                "gapless"
+            );
+            if std::env::var("DUMP").is_ok() {
+                for e in &events {
+                    if e.table.id.name == "n" {
+                        let what = match &e.op {
+                            Op::Snapshot(m) => format!("{:?} targets={:?}", m.phase, m.targets),
+                            Op::Read { after } => format!("r {:?}", after),
+                            Op::Insert { after } => format!("c {:?}", after),
+                            Op::Update { before, after } => format!("u {:?} {:?}", before, after),
+                            Op::Delete { before } => format!("d {:?}", before),
+                            op => op.code().to_string(),
+                        };
+                        eprintln!("{} {} {} {}", e.seq, e.position, e.txn.id, what);
+                    }
+                }
+            }
+            let (keyed, mut bag) = replay(&events);
+            let master = m.lock().unwrap();
+            let mut want_bag = master.bag.clone();
+            want_bag.sort();
+            bag.sort();
+            assert_eq!(keyed, master.keyed, "keyed table equals the master");
+            assert_eq!(bag, want_bag, "key-less table equals the master");
+            let kinds: BTreeSet<&str> = events.iter().map(|e| e.op.code()).collect();
+            assert!(
+                kinds.contains("r") && kinds.contains("snapshot") && kinds.contains("u"),
+                "{kinds:?}"
+            );
+        }
     }
 }

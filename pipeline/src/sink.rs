@@ -14,6 +14,9 @@ pub struct Opened {
     pub applied: u64,
     /// The tables this replica has quarantined (stored in the replica).
     pub quarantined: Vec<Quarantine>,
+    /// Tables waiting for the first chunk of a snapshot meant for this
+    /// replica (stored in the replica): their changes are skipped until it.
+    pub pending: Vec<TableId>,
 }
 
 /// An error that may belong to one source table: a value the replica refuses,
@@ -36,6 +39,14 @@ pub trait TableScoped {
 ///   transaction across target transactions;
 /// - a sink may be handed transactions it already applied only after a failed
 ///   `apply`, never after a successful one.
+///
+/// # Snapshots and schema changes
+/// A snapshot transaction's mark ([`crate::snapshot::SnapshotMark`]) is
+/// recorded with the data: a `Begin` stores the table as pending, the first
+/// chunk recreates the table, loads its rows and lifts the pending state and
+/// any quarantine of it, an `End` quarantines it. A schema change is applied
+/// (replayed or translated) with the offset, or — on an engine whose DDL
+/// commits by itself — so that a crash between the two can only re-run it.
 ///
 /// # Quarantine
 /// Events of tables in `skip` (quarantined or excluded) are left out of the
@@ -60,6 +71,12 @@ pub trait Sink: Send {
 
     /// Stores `q` (replacing a quarantine of the same table).
     fn quarantine(&mut self, q: &Quarantine) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Starts the replica over at `from_seq` (the first event of a snapshot
+    /// run that reloads every table): sets the offset to `from_seq - 1` and
+    /// clears every quarantine and pending snapshot, in one target
+    /// transaction. Only for a replica whose next `seq` was truncated.
+    fn reset(&mut self, from_seq: u64) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// Applies the events of `table` in `txns` with `seq >= from_seq`, then, in
     /// the same target transaction, sets the table's quarantine to start at

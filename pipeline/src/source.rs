@@ -1,9 +1,11 @@
 //! The capture side's contract.
 
+use crate::capture_state::HistoryEntry;
 use crate::event::Op;
 use crate::position::Position;
 use crate::retry::Classify;
-use crate::schema::TableSchema;
+use crate::schema::{TableId, TableSchema};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -45,7 +47,32 @@ pub trait Source: Send {
     fn start(&mut self, resume: Option<Position>) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// The next committed transaction. Waits while there is none.
+    ///
+    /// Must be cancel-safe: capture drops a pending call to look at its
+    /// snapshot holds, and calls it again; nothing read may be lost.
     fn next_transaction(&mut self) -> impl Future<Output = Result<CapturedTransaction, Self::Error>> + Send;
+
+    /// The position up to which the source has read the stream completely:
+    /// the boundary after the last transaction it read (handed out or not —
+    /// transactions of tables not captured move it too). Snapshot chunks are
+    /// placed by it when the source is idle; `None` when unknown.
+    fn read_position(&self) -> Option<Position> {
+        None
+    }
+
+    /// Gives the source the newest definition of every table as of the
+    /// position it resumes from (before `start`): old row events are decoded
+    /// with the definition they were written under.
+    fn restore_history(&mut self, history: BTreeMap<TableId, HistoryEntry>) {
+        let _ = history;
+    }
+
+    /// Tables that entered the captured set while streaming (a rename from a
+    /// table not captured): their existing rows need a snapshot. Taken after
+    /// each transaction.
+    fn take_entered_tables(&mut self) -> Vec<TableId> {
+        Vec::new()
+    }
 
     /// Called once, before `start`, with a view of what the log holds
     /// durably. A source that acknowledges progress to its server (a

@@ -1108,19 +1108,28 @@ async fn offsets(engine: Engine) {
     let (class, msg) = again.apply(&[gap]).await.unwrap_err();
     assert_eq!(class, ErrorClass::Definite, "{msg}");
     assert!(msg.contains("skip seq 8"), "{msg}");
-    // DDL events are a definite "not yet".
+    // A schema change the replica cannot make is a definite error naming the
+    // statement, and the offset stays.
+    let statement = "ALTER TABLE counter ADD PARTITION (PARTITION p9 VALUES LESS THAN (10))";
     let ddl = txn(
         8,
         vec![(
             keyed.clone(),
-            Op::Ddl {
-                statement: "ALTER TABLE counter ADD w INT".into(),
-            },
+            Op::Ddl(Box::new(pipeline::ddl::SchemaChange {
+                statement: statement.into(),
+                default_schema: keyed.id.schema.clone(),
+                kind: pipeline::ddl::DdlKind::AlterTable {
+                    actions: vec![pipeline::ddl::AlterAction::Unsupported {
+                        clause: "ADD PARTITION (PARTITION p9 VALUES LESS THAN (10))".into(),
+                    }],
+                },
+                unique_key_names: vec![],
+            })),
         )],
     );
     let (class, msg) = again.apply(&[ddl]).await.unwrap_err();
     assert_eq!(class, ErrorClass::Definite, "{msg}");
-    assert!(msg.contains("not replicated yet"), "{msg}");
+    assert!(msg.contains(statement), "{msg}");
     assert_eq!(t.stored_offset().await, 7);
 
     // max_transactions_per_commit = 1: each source transaction commits on its

@@ -722,13 +722,27 @@ async fn lag_and_exclude(kind: LogKind) {
 }
 
 /// Item 11: a replica added after the log was truncated cannot start from the
-/// log: it is stopped alone, loudly, shown as `needs_snapshot` on `/status` and
-/// in the metrics, while capture and the other replica keep flowing.
+/// log: it says so loudly (`needs_snapshot` on `/status`, "needs a snapshot"
+/// in the log), is seeded by a snapshot run targeted at it alone, and then
+/// follows the log; capture and the other replica are never disturbed. The
+/// run is asked for by the replica itself (`dbmux run` may write the log).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_added_after_truncation_is_stopped_alone() {
+async fn a_replica_added_after_truncation_is_seeded_by_a_snapshot_alone() {
+    late_replica(false).await
+}
+
+/// Item 11 through the documented command: with dbmux stopped, `dbmux
+/// snapshot --replica late --start-over` stores the request; the next start
+/// seeds the replica from it (the replica does not ask again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_needs_a_snapshot_is_seeded_by_dbmux_snapshot() {
+    late_replica(true).await
+}
+
+async fn late_replica(by_command: bool) {
     let db = unique_name("late");
     let mut c = master(&db).await;
-    exec(&mut c, &["CREATE TABLE t (id INT PRIMARY KEY)"]).await;
+    exec(&mut c, &["CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10))"]).await;
     let mut dbmux = Dbmux::new(&db, MARIADB_ONLY, "");
     let text = std::fs::read_to_string(&dbmux.config).unwrap();
     std::fs::write(
@@ -739,7 +753,7 @@ async fn a_replica_added_after_truncation_is_stopped_alone() {
     dbmux.start();
     dbmux.wait_capturing().await;
     for i in 1..=3 {
-        exec(&mut c, &[&format!("INSERT INTO t VALUES ({i})")]).await;
+        exec(&mut c, &[&format!("INSERT INTO t VALUES ({i}, 'v{i}')")]).await;
     }
     dbmux.wait_caught_up(3, CATCH_UP).await;
     let me = &dbmux;
@@ -758,45 +772,84 @@ async fn a_replica_added_after_truncation_is_stopped_alone() {
         ),
     )
     .unwrap();
+    if by_command {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dbmux"))
+            .args(["snapshot", "--config"])
+            .arg(&dbmux.config)
+            .args(["--replica", "late", "--start-over"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(said.contains("next `dbmux run`"), "{said}");
+    }
     dbmux.start();
-    let me = &dbmux;
-    let late = wait_for("the late replica to be stopped", CATCH_UP, || async move {
-        let st = me.status().await?;
-        (st["replicas"]["late"]["state"] == "needs_snapshot").then(|| st["replicas"]["late"].clone())
-    })
+    // Capture and the MariaDB replica go on meanwhile.
+    exec(
+        &mut c,
+        &[
+            "INSERT INTO t VALUES (4, 'v4')",
+            "UPDATE t SET v = 'changed' WHERE id = 1",
+        ],
+    )
     .await;
-    assert_eq!(late["needed_seq"], 1, "{late}");
-    assert!(late["log_first_seq"].as_u64().unwrap() > 1, "{late}");
-    // Capture and the MariaDB replica go on.
-    exec(&mut c, &["INSERT INTO t VALUES (4)", "INSERT INTO t VALUES (5)"]).await;
     let me = &dbmux;
-    wait_for("the MariaDB replica to apply seq 5", CATCH_UP, || async move {
-        let st = me.status().await?;
-        (st["replicas"]["mariadb"]["applied_seq"].as_u64()? == 5).then_some(())
-    })
+    wait_for(
+        "the late replica to be seeded and follow the log",
+        CATCH_UP,
+        || async move {
+            let st = me.status().await?;
+            let last = st["log"]["last_seq"].as_u64()?;
+            let late = &st["replicas"]["late"];
+            (late["state"] == "running"
+                && late["applied_seq"].as_u64() == Some(last)
+                && late["snapshot_pending"].as_array()?.is_empty()
+                && st["replicas"]["mariadb"]["applied_seq"].as_u64() == Some(last))
+            .then_some(())
+        },
+    )
     .await;
-    assert_eq!(
-        mysql_rows(&with_db(&mysql_replica_url(), &db), "SELECT id FROM t")
-            .await
-            .len(),
-        5
-    );
+    let last = log_last_seq(&dbmux).await;
+    exec(
+        &mut c,
+        &["INSERT INTO t VALUES (5, 'v5')", "DELETE FROM t WHERE id = 2"],
+    )
+    .await;
+    dbmux.wait_caught_up(last + 2, CATCH_UP).await;
+    let sql = "SELECT CAST(id AS CHAR), v FROM t ORDER BY id";
+    let m = mysql_rows(&with_db(&mysql_url(), &db), sql).await;
+    assert_eq!(m.len(), 4);
+    let r = mysql_rows(&with_db(&mysql_replica_url(), &db), sql).await;
+    crate::support::compare::assert_rows_eq(&m, &r, "the MariaDB replica");
+    let pg = pg_rows(&format!("SELECT id::text, v FROM \"{db}\".t ORDER BY id")).await;
+    crate::support::compare::assert_rows_eq(&m, &pg, "the late PostgreSQL replica");
     let metrics = dbmux.admin_get("/metrics").await.unwrap();
     assert_eq!(
         metric(&metrics, "dbmux_apply_needs_snapshot{replica=\"late\"}"),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric(&metrics, "dbmux_apply_stopped{replica=\"late\"}"),
-        Some(1.0)
+        Some(0.0)
     );
     assert_eq!(
         metric(&metrics, "dbmux_apply_stopped{replica=\"mariadb\"}"),
         Some(0.0)
     );
-    assert!(dbmux.try_exit().is_none(), "{}", dbmux.output());
-    assert!(dbmux.output().contains("needs a snapshot"));
+    let out = dbmux.output();
+    assert!(out.contains("needs a snapshot"), "said loudly:\n{out}");
+    assert!(out.contains("starts over from a snapshot"), "{out}");
+    assert_eq!(
+        out.contains("asked capture for a snapshot that starts this replica over"),
+        !by_command,
+        "{out}"
+    );
     assert!(dbmux.stop().success());
+    // The run was for the late replica alone: the MariaDB replica skipped it.
+    let env = dbmux.tail(None);
+    let marks: Vec<&serde_json::Value> = env.iter().filter(|e| e["op"] == "snapshot").collect();
+    assert!(!marks.is_empty());
+    for m in marks {
+        assert_eq!(m["snapshot"]["targets"], serde_json::json!(["late"]), "{m}");
+        assert_eq!(m["snapshot"]["reset"], true, "{m}");
+    }
+    c.query_drop(format!("DROP DATABASE `{db}`")).await.unwrap();
 }
 
 /// Item 3: a session whose default database is *not* captured, writing with

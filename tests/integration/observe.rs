@@ -146,6 +146,7 @@ fn assert_exposition_well_formed(text: &str, replicas: &[&str], backends: &[&str
                 "class" => pipeline::metrics::ERROR_CLASSES.contains(&v.as_str()),
                 "le" => v == "+Inf" || v.parse::<f64>().is_ok(),
                 "version" => v == env!("CARGO_PKG_VERSION"),
+                "state" => pipeline::metrics::SNAPSHOT_STATES.contains(&v.as_str()),
                 _ => false,
             };
             assert!(

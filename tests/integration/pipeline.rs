@@ -494,7 +494,11 @@ async fn type_matrix_body(kind: LogKind) {
     // With dbmux stopped, `tail` opens the log itself (while it runs, it reads
     // through the admin server, as the workload test does).
     assert!(dbmux.stop().success());
-    let envelopes = dbmux.tail(Some(1));
+    let all = dbmux.tail(Some(1));
+    // The CREATE TABLE is in the log first, in stream order.
+    assert_eq!(all[0]["op"], "ddl", "{}", all[0]);
+    assert_eq!(all[0]["source"]["table"], "types");
+    let envelopes: Vec<serde_json::Value> = all.into_iter().skip(1).collect();
     assert_eq!(envelopes.len() as u64, changes);
     let ops: Vec<&str> = envelopes.iter().map(|e| e["op"].as_str().unwrap()).collect();
     assert_eq!(ops, ["c", "c", "c", "c", "u", "u", "u", "d"]);
@@ -510,6 +514,137 @@ async fn type_matrix_body(kind: LogKind) {
     assert_eq!(max_row["js"]["k"][2], "é😀");
     assert_eq!(envelopes[6]["before"]["id"], 1);
     assert_eq!(envelopes[6]["after"]["id"], 10);
+}
+
+/// The type matrix through the snapshot path: the rows exist before dbmux
+/// starts and are copied by chunk reads; the same rows written while dbmux
+/// runs go through the binlog. Both give identical replica rows (each equal
+/// to the master, value by value), and the log carries the same values for
+/// both: the snapshot reader maps every type to the `Value` the binlog
+/// decoder produces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn type_matrix_through_the_snapshot_path_equals_the_streaming_path() {
+    let db = unique_name("snaptypes");
+    let live = format!("{db}_live");
+    let all_bytes: String = (0..=255u8).map(|b| format!("{b:02X}")).collect();
+    let mut conn = mysql_async::Conn::from_url(mysql_url()).await.unwrap();
+    conn.query_drop("SET time_zone = '+00:00'").await.unwrap();
+    let fill = |db: String| {
+        let all_bytes = all_bytes.clone();
+        async move {
+            let mut conn = mysql_async::Conn::from_url(mysql_url()).await.unwrap();
+            conn.query_drop("SET time_zone = '+00:00'").await.unwrap();
+            conn.query_drop(format!("CREATE DATABASE `{db}` CHARACTER SET utf8mb4"))
+                .await
+                .unwrap();
+            conn.query_drop(format!("USE `{db}`")).await.unwrap();
+            conn.query_drop(TYPE_MATRIX).await.unwrap();
+            for row in TYPE_ROWS {
+                conn.query_drop(format!(
+                    "INSERT INTO types VALUES {}",
+                    row.replace("@ALLBYTES@", &all_bytes)
+                ))
+                .await
+                .unwrap();
+            }
+            conn.disconnect().await.unwrap();
+        }
+    };
+    // Before dbmux starts: copied by the snapshot.
+    fill(db.clone()).await;
+    let mut dbmux = Dbmux::new(
+        &db,
+        BOTH,
+        "\n[snapshot]\ninitial = true\nchunk_rows = 2\nparallel_tables = 1\n",
+    );
+    let text = std::fs::read_to_string(&dbmux.config).unwrap();
+    std::fs::write(
+        &dbmux.config,
+        text.replace(
+            &format!("include = [\"{db}\"]"),
+            &format!("include = [\"{db}\", \"{live}\"]"),
+        ),
+    )
+    .unwrap();
+    dbmux.start();
+    dbmux.wait_capturing().await;
+    // While it runs: streamed from the binlog.
+    fill(live.clone()).await;
+    let me = &dbmux;
+    wait_for("the snapshot to finish", CATCH_UP, || async move {
+        let st = me.status().await?;
+        let pending = st["replicas"]
+            .as_object()?
+            .values()
+            .all(|r| r["snapshot_pending"].as_array().is_some_and(|p| p.is_empty()));
+        (st["snapshot"]["active"] == false && st["snapshot"]["tables"].as_array()?.len() == 1 && pending)
+            .then_some(())
+    })
+    .await;
+    // The replicas applied all of the streamed rows (the last one written is
+    // the marker), then the whole log.
+    let me = &dbmux;
+    let live2 = live.clone();
+    wait_for("the streamed rows on both replicas", CATCH_UP, || {
+        let live = live2.clone();
+        async move {
+            let _ = me;
+            let exists = format!(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = '{live}' AND table_name = 'types'"
+            );
+            let replica = crate::support::mysql_replica_url();
+            if crate::support::compare::mysql_rows(&replica, &exists).await.is_empty()
+                || crate::support::compare::pg_rows(&exists).await.is_empty()
+            {
+                return None;
+            }
+            let my = crate::support::compare::mysql_rows(
+                &replica,
+                &format!("SELECT id FROM `{live}`.types WHERE id = 4"),
+            )
+            .await;
+            let pg =
+                crate::support::compare::pg_rows(&format!("SELECT id FROM \"{live}\".types WHERE id = 4")).await;
+            (my.len() == 1 && pg.len() == 1).then_some(())
+        }
+    })
+    .await;
+    let last = dbmux.status().await.unwrap()["log"]["last_seq"].as_u64().unwrap();
+    dbmux.wait_caught_up(last, CATCH_UP).await;
+    let p = type_projection();
+    assert_eq!(assert_identical(&db, &p, true, true).await, 4);
+    assert_eq!(assert_identical(&live, &p, true, true).await, 4);
+    // The two paths' replica rows, compared with each other directly.
+    use crate::support::compare::{assert_rows_eq, mysql_rows, pg_rows};
+    let my = |d: &str| format!("SELECT {} FROM `{d}`.types ORDER BY id", p.mysql);
+    let pg = |d: &str| format!("SELECT {} FROM \"{d}\".types ORDER BY id", p.pg);
+    let replica = crate::support::mysql_replica_url();
+    assert_rows_eq(
+        &mysql_rows(&replica, &my(&db)).await,
+        &mysql_rows(&replica, &my(&live)).await,
+        "MariaDB replica: snapshot path vs streaming path",
+    );
+    assert_rows_eq(
+        &pg_rows(&pg(&db)).await,
+        &pg_rows(&pg(&live)).await,
+        "PostgreSQL: snapshot path vs streaming path",
+    );
+    assert!(dbmux.stop().success(), "{}", dbmux.output());
+    // In the log: the snapshot's `r` rows carry exactly the values of the
+    // binlog's `c` rows.
+    let env = dbmux.tail(Some(1));
+    let rows_of = |d: &str, op: &str| -> std::collections::BTreeMap<i64, serde_json::Value> {
+        env.iter()
+            .filter(|e| e["op"] == op && e["source"]["db"] == d && e["source"]["table"] == "types")
+            .map(|e| (e["after"]["id"].as_i64().unwrap(), e["after"].clone()))
+            .collect()
+    };
+    let snap = rows_of(&db, "r");
+    let streamed = rows_of(&live, "c");
+    assert_eq!(snap.len(), 4, "snapshot rows in the log");
+    assert_eq!(snap, streamed, "snapshot values equal binlog values");
+    conn.query_drop(format!("DROP DATABASE `{db}`")).await.unwrap();
+    conn.query_drop(format!("DROP DATABASE `{live}`")).await.unwrap();
 }
 
 /// The front door in front of the real pipeline: a session that wrote reads

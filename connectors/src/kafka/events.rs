@@ -52,7 +52,8 @@ pub fn records(cfg: &KafkaLogConfig, txns: &[Transaction]) -> Vec<Outgoing> {
             let topic = cfg.table_topic(&event.table.id.schema, &event.table.id.name);
             let env = |part: Part| Some(envelope_part(event, part, Some(order)).into_string().into_bytes());
             match &event.op {
-                Op::Insert { after } => {
+                // A snapshot row (`op: "r"`) is keyed like an insert.
+                Op::Insert { after } | Op::Read { after } => {
                     out.push(record(&topic, key_of(event, after).as_ref(), env(Part::Whole)))
                 }
                 Op::Update { before, after } => {
@@ -77,7 +78,10 @@ pub fn records(cfg: &KafkaLogConfig, txns: &[Transaction]) -> Vec<Outgoing> {
                 Op::Truncate => out.push(record(&topic, None, env(Part::Whole))),
                 // Schema changes are not row changes; consumers get the new
                 // shape with the next row (its `after` names every column).
-                Op::Ddl { .. } => {}
+                // Snapshot control marks (run/table begin, chunk bounds) are
+                // dbmux's own bookkeeping: `dbmux tail` shows them, the
+                // per-table topics carry only the rows.
+                Op::Ddl(_) | Op::Snapshot(_) => {}
             }
         }
         if !ce.transaction_topic.is_empty() {

@@ -290,7 +290,12 @@ impl Writer {
         while self.producer.in_flight_count() > 0 && Instant::now() < flush_until {
             self.producer.poll(Duration::from_millis(1));
         }
-        if let Some(d) = self.commit_delay {
+        // Only transactions that append to the log topic: a test kills
+        // capture in this window to leave aborted *log* records, and the
+        // metadata writes (capture's state checkpoint, heartbeats) must not
+        // take the place of the append it waits for.
+        let appends = records.iter().any(|r| r.topic == self.resolved.topic);
+        if let (Some(d), true) = (self.commit_delay, appends) {
             self.producer.flush(d).ok();
             info!("fault injection: records produced, waiting {d:?} before the commit");
             std::thread::sleep(d);

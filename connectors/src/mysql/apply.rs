@@ -59,6 +59,18 @@ pub const DEFAULT_OFFSETS_DATABASE: &str = "dbmux";
 pub const OFFSETS_TABLE: &str = "dbmux_offsets";
 /// The quarantine table's name (beside the offsets table).
 pub const QUARANTINE_TABLE: &str = "dbmux_quarantine";
+/// Tables waiting for a snapshot's first chunk (beside the offsets table).
+pub const SNAPSHOT_TABLE: &str = "dbmux_snapshot";
+/// A schema change that may have run but whose offset is not committed yet
+/// (MariaDB/MySQL DDL commits by itself; beside the offsets table).
+pub const DDL_TABLE: &str = "dbmux_ddl";
+
+/// Server errors that mean a replayed schema change had already taken
+/// effect: table/database exists or is unknown, duplicate or unknown column
+/// or key, multiple primary keys.
+const DDL_ALREADY_DONE: &[u16] = &[
+    1007, 1008, 1050, 1051, 1054, 1060, 1061, 1068, 1091, 1146, 1176, 1826,
+];
 /// Default rows per multi-row statement.
 pub const DEFAULT_MAX_ROWS_PER_STATEMENT: usize = 1000;
 /// Default approximate bytes of values per statement (below MariaDB's default
@@ -231,6 +243,14 @@ pub enum MysqlApplyError {
         target: String,
         other: TableId,
     },
+    #[error(
+        "cannot apply the schema change `{statement}` to {table} on the MariaDB/MySQL replica: {message}"
+    )]
+    Ddl {
+        table: String,
+        statement: String,
+        message: String,
+    },
     /// A definite error while applying one source table's events.
     #[error("{source}")]
     InTable {
@@ -360,6 +380,8 @@ pub struct MysqlSink {
     targets: HashMap<TableId, TableId>,
     offsets_table: String,
     quarantine_table: String,
+    snapshot_table: String,
+    ddl_table: String,
 }
 
 /// What one target transaction does.
@@ -389,6 +411,15 @@ impl MysqlSink {
             sql::quote_ident(&config.offsets_database),
             sql::quote_ident(QUARANTINE_TABLE)
         );
+        let own = |t: &str| {
+            format!(
+                "{}.{}",
+                sql::quote_ident(&config.offsets_database),
+                sql::quote_ident(t)
+            )
+        };
+        let snapshot_table = own(SNAPSHOT_TABLE);
+        let ddl_table = own(DDL_TABLE);
         Self {
             name: name.to_string(),
             config,
@@ -400,6 +431,8 @@ impl MysqlSink {
             targets: HashMap::new(),
             quarantine_table,
             offsets_table,
+            snapshot_table,
+            ddl_table,
         }
     }
 
@@ -461,6 +494,28 @@ impl MysqlSink {
         ))
         .await
         .map_err(driver("creating the quarantine table"))?;
+        conn.query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS {} (\
+             `consumer` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+             `table_schema` VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+             `table_name` VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+             `run` BIGINT UNSIGNED NOT NULL, \
+             `since` TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
+             PRIMARY KEY (`consumer`, `table_schema`, `table_name`)) ENGINE=InnoDB",
+            self.snapshot_table
+        ))
+        .await
+        .map_err(driver("creating the snapshot table"))?;
+        conn.query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS {} (\
+             `consumer` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY, \
+             `seq` BIGINT UNSIGNED NOT NULL, \
+             `statement` LONGTEXT NOT NULL, \
+             `since` TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB",
+            self.ddl_table
+        ))
+        .await
+        .map_err(driver("creating the schema-change table"))?;
         conn.exec_drop(
             format!(
                 "INSERT INTO {} (`consumer`, `seq`) VALUES (?, 0) ON DUPLICATE KEY UPDATE `consumer` = `consumer`",
@@ -498,7 +553,21 @@ impl MysqlSink {
                 Mode::Stream { skip } => ev.seq > self.applied && !skip.contains(&ev.table.id),
                 Mode::Resume { table, from, .. } => ev.seq >= from && ev.table.id == *table,
             };
-            if !wanted || !seen.insert(Arc::as_ptr(&ev.table) as usize) {
+            if !wanted {
+                continue;
+            }
+            match &ev.op {
+                pipeline::Op::Snapshot(m) => {
+                    if m.phase.recreates() {
+                        self.recreate(ev, m).await.map_err(|e| e.in_table(&ev.table.id))?;
+                        seen.insert(Arc::as_ptr(&ev.table) as usize);
+                    }
+                    continue;
+                }
+                pipeline::Op::Ddl(_) => continue,
+                _ => {}
+            }
+            if !seen.insert(Arc::as_ptr(&ev.table) as usize) {
                 continue;
             }
             self.ensure_table(ev)
@@ -508,36 +577,89 @@ impl MysqlSink {
         Ok(())
     }
 
-    async fn ensure_table(&mut self, ev: &pipeline::ChangeEvent) -> Result<()> {
-        if matches!(ev.op, pipeline::Op::Ddl { .. }) {
-            return Ok(());
-        }
-        let target = TableId::new(
-            self.config.target_database(&ev.table.id.schema),
-            ev.table.id.name.clone(),
-        );
+    /// The replica table a source table is written to, checked: never
+    /// dbmux's own tables, never one another source table already feeds.
+    fn claim_target(&mut self, source: &TableId) -> Result<TableId> {
+        let target = TableId::new(self.config.target_database(&source.schema), source.name.clone());
         if target.schema == self.config.offsets_database
-            && [OFFSETS_TABLE, QUARANTINE_TABLE].contains(&target.name.as_str())
+            && [OFFSETS_TABLE, QUARANTINE_TABLE, SNAPSHOT_TABLE, DDL_TABLE].contains(&target.name.as_str())
         {
             return Err(MysqlApplyError::TargetTaken {
-                table: ev.table.id.clone(),
+                table: source.clone(),
                 target: target.to_string(),
                 other: TableId::new("dbmux", "itself"),
             });
         }
         match self.targets.get(&target) {
-            Some(other) if *other != ev.table.id => {
+            Some(other) if other != source => {
                 return Err(MysqlApplyError::TargetTaken {
-                    table: ev.table.id.clone(),
+                    table: source.clone(),
                     target: target.to_string(),
                     other: other.clone(),
                 })
             }
             Some(_) => {}
             None => {
-                self.targets.insert(target.clone(), ev.table.id.clone());
+                self.targets.insert(target.clone(), source.clone());
             }
         }
+        Ok(target)
+    }
+
+    /// A snapshot's first chunk: the replica table is dropped and created
+    /// again as the source has it at the chunk's position — from the source's
+    /// own `CREATE TABLE` on a MariaDB replica (indexes, defaults and all),
+    /// from the definition otherwise. Runs before the data transaction (DDL
+    /// commits by itself); running it twice is harmless.
+    async fn recreate(
+        &mut self,
+        ev: &pipeline::ChangeEvent,
+        mark: &pipeline::snapshot::SnapshotMark,
+    ) -> Result<()> {
+        let target = self.claim_target(&ev.table.id)?;
+        let source_statement = match &mark.phase {
+            pipeline::snapshot::SnapshotPhase::Chunk { create, .. } => create.clone(),
+            _ => None,
+        };
+        let config = self.config.clone();
+        let map = |db: &str| config.target_database(db).to_string();
+        let create = match source_statement.filter(|_| self.flavor == Flavor::MariaDb) {
+            Some(text) => super::ddl::rewrite(&text, &ev.table.id.schema, &map).ok(),
+            None => None,
+        };
+        let create = match create {
+            Some(c) => c,
+            None => sql::create_table_sql(&target, &ev.table, self.flavor).map_err(|(column, message)| {
+                MysqlApplyError::UnsupportedColumn {
+                    table: target.to_string(),
+                    column,
+                    message,
+                }
+            })?,
+        };
+        let conn = self.conn.as_mut().expect("connected");
+        conn.query_drop(format!(
+            "CREATE DATABASE IF NOT EXISTS {} DEFAULT CHARACTER SET utf8mb4",
+            sql::quote_ident(&target.schema)
+        ))
+        .await
+        .map_err(driver(format!("creating database {}", target.schema)))?;
+        conn.query_drop(format!("DROP TABLE IF EXISTS {}", sql::quote_table(&target)))
+            .await
+            .map_err(driver(format!("dropping {target} to reload it")))?;
+        conn.query_drop(&create)
+            .await
+            .map_err(driver(format!("creating table {target}")))?;
+        self.tables.retain(|k, _| k.id != ev.table.id);
+        self.known_tables.insert(target);
+        Ok(())
+    }
+
+    async fn ensure_table(&mut self, ev: &pipeline::ChangeEvent) -> Result<()> {
+        if matches!(ev.op, pipeline::Op::Ddl(_) | pipeline::Op::Snapshot(_)) {
+            return Ok(());
+        }
+        let target = self.claim_target(&ev.table.id)?;
         if self.known_tables.contains(&target) {
             return Ok(());
         }
@@ -761,9 +883,10 @@ impl MysqlSink {
         let width = step.table.columns.len();
         let per_stmt = max_rows.min(sql::MAX_PARAMS / width.max(1)).max(1);
         match &step.action {
-            Action::Upsert(rows) | Action::Delete(rows) | Action::Insert(rows) => {
+            Action::Upsert(rows) | Action::Delete(rows) | Action::Insert(rows) | Action::Load(rows) => {
                 let (kind, pad) = match &step.action {
                     Action::Upsert(_) => (0u8, true),
+                    Action::Load(_) if step.table.has_primary_key() => (0u8, true),
                     Action::Delete(_) => (1, true),
                     _ => (2, false),
                 };
@@ -842,6 +965,9 @@ impl MysqlSink {
                     .await
                     .map_err(driver(format!("truncating {table}")))?;
             }
+            Action::Snapshot { seq, mark } => self.record_snapshot(conn, step.table, *seq, mark).await?,
+            // Executed before this transaction (see `apply_ddl`).
+            Action::Ddl { .. } => {}
             Action::Cascade(change) => {
                 let mut store = MysqlCascade {
                     conn,
@@ -908,6 +1034,361 @@ impl MysqlSink {
 }
 
 impl MysqlSink {
+    async fn read_pending(&mut self) -> Result<Vec<TableId>> {
+        let conn = self.conn.as_mut().expect("connected");
+        let rows: Vec<(String, String)> = conn
+            .exec(
+                format!(
+                    "SELECT `table_schema`, `table_name` FROM {} WHERE `consumer` = ? ORDER BY 1, 2",
+                    self.snapshot_table
+                ),
+                (self.name.as_str(),),
+            )
+            .await
+            .map_err(driver("reading the snapshot table"))?;
+        Ok(rows.into_iter().map(|(s, n)| TableId::new(s, n)).collect())
+    }
+
+    /// What a snapshot mark changes in the replica's own tables, inside the
+    /// data transaction (see `pipeline::sink`).
+    async fn record_snapshot(
+        &self,
+        conn: &mut Conn,
+        table: &TableSchema,
+        seq: u64,
+        mark: &pipeline::snapshot::SnapshotMark,
+    ) -> Result<()> {
+        use pipeline::snapshot::SnapshotPhase;
+        let id = &table.id;
+        let who = (self.name.as_str(), id.schema.as_str(), id.name.as_str());
+        let delete_pending = format!(
+            "DELETE FROM {} WHERE `consumer` = ? AND `table_schema` = ? AND `table_name` = ?",
+            self.snapshot_table
+        );
+        let delete_quarantine = format!(
+            "DELETE FROM {} WHERE `consumer` = ? AND `table_schema` = ? AND `table_name` = ?",
+            self.quarantine_table
+        );
+        let ctx = || driver(format!("recording the snapshot of {id}"));
+        match &mark.phase {
+            SnapshotPhase::Begin { .. } => conn
+                .exec_drop(
+                    format!(
+                        "INSERT INTO {} (`consumer`, `table_schema`, `table_name`, `run`) VALUES (?, ?, ?, ?) \
+                         ON DUPLICATE KEY UPDATE `run` = VALUES(`run`), `since` = CURRENT_TIMESTAMP(6)",
+                        self.snapshot_table
+                    ),
+                    (who.0, who.1, who.2, mark.id),
+                )
+                .await
+                .map_err(ctx())?,
+            SnapshotPhase::Chunk { .. } => {
+                if mark.phase.recreates() {
+                    conn.exec_drop(&delete_quarantine, who).await.map_err(ctx())?;
+                }
+                if mark.phase.ends_pending() {
+                    conn.exec_drop(&delete_pending, who).await.map_err(ctx())?;
+                }
+            }
+            SnapshotPhase::End { reason } => {
+                conn.exec_drop(&delete_pending, who).await.map_err(ctx())?;
+                conn.exec_drop(
+                    format!(
+                        "INSERT INTO {} (`consumer`, `table_schema`, `table_name`, `first_seq`, `reason`) \
+                         VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE `first_seq` = VALUES(`first_seq`), \
+                         `reason` = VALUES(`reason`), `since` = CURRENT_TIMESTAMP(6)",
+                        self.quarantine_table
+                    ),
+                    (who.0, who.1, who.2, seq, reason.as_str()),
+                )
+                .await
+                .map_err(ctx())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The statements that make one schema change on this replica: the
+    /// source's statement with its table names qualified and mapped, or a
+    /// generated one where the statement would do more than this table's
+    /// part (a multi-table `DROP`/`RENAME`).
+    fn ddl_statements(
+        &self,
+        table: &TableSchema,
+        change: &pipeline::ddl::SchemaChange,
+    ) -> std::result::Result<Vec<String>, String> {
+        use pipeline::ddl::DdlKind;
+        let config = &self.config;
+        let map = |db: &str| config.target_database(db).to_string();
+        let target = TableId::new(map(&table.id.schema), table.id.name.clone());
+        let replay = || -> std::result::Result<Vec<String>, String> {
+            match super::ddl::rewrite(&change.statement, &change.default_schema, &map) {
+                Ok(s) => Ok(vec![s]),
+                Err(e) => {
+                    // Unreadable for dbmux, but the source ran it: replay it
+                    // as written where no name needs mapping.
+                    let unmapped = map(&table.id.schema) == table.id.schema
+                        && (change.default_schema.is_empty()
+                            || map(&change.default_schema) == change.default_schema);
+                    if unmapped && !change.default_schema.is_empty() {
+                        Ok(vec![
+                            format!("USE {}", sql::quote_ident(&change.default_schema)),
+                            change.statement.clone(),
+                        ])
+                    } else {
+                        Err(format!(
+                            "its table names cannot be rewritten for the replica ({e})"
+                        ))
+                    }
+                }
+            }
+        };
+        // A database that existed before capture began is not in the stream:
+        // the replica may not have it yet (the applier creates it for a
+        // table's first row too). Created with utf8mb4 like there; a replayed
+        // CREATE TABLE without a charset then takes utf8mb4 where the master's
+        // database default may be another (values are the same text).
+        let ensure_db = |target: &TableId| {
+            format!(
+                "CREATE DATABASE IF NOT EXISTS {} DEFAULT CHARACTER SET utf8mb4",
+                sql::quote_ident(&target.schema)
+            )
+        };
+        Ok(match &change.kind {
+            DdlKind::CreateTable { .. } => {
+                let mut v = vec![ensure_db(&target)];
+                v.extend(replay()?);
+                v
+            }
+            DdlKind::AlterTable { .. } | DdlKind::Unknown { .. } => replay()?,
+            DdlKind::RenameTable { from } => {
+                if change
+                    .statement
+                    .trim_start()
+                    .to_ascii_uppercase()
+                    .starts_with("ALTER")
+                {
+                    replay()?
+                } else {
+                    let from = TableId::new(map(&from.schema), from.name.clone());
+                    vec![
+                        ensure_db(&target),
+                        format!(
+                            "RENAME TABLE {} TO {}",
+                            sql::quote_table(&from),
+                            sql::quote_table(&target)
+                        ),
+                    ]
+                }
+            }
+            DdlKind::DropTable => vec![format!("DROP TABLE IF EXISTS {}", sql::quote_table(&target))],
+            DdlKind::CreateDatabase => replay()?,
+            DdlKind::DropDatabase => {
+                if target.schema == config.offsets_database {
+                    return Err(format!(
+                        "database {} holds dbmux's own tables on this replica; it is not dropped",
+                        target.schema
+                    ));
+                }
+                vec![format!(
+                    "DROP DATABASE IF EXISTS {}",
+                    sql::quote_ident(&target.schema)
+                )]
+            }
+        })
+    }
+
+    /// Applies one schema-change transaction. MariaDB/MySQL DDL commits by
+    /// itself, so: (1) with the offset row locked, note the change as
+    /// possibly running (`dbmux_ddl`) and commit; (2) run it; (3) move the
+    /// offset and forget the note in one transaction. A crash between (1)
+    /// and (3) leaves the note: the retry runs the statement again and takes
+    /// "already exists / does not exist" answers as done (MariaDB's DDL is
+    /// atomic: all of a statement happened or none).
+    async fn apply_ddl(&mut self, txn: &Transaction, skip: &HashSet<TableId>) -> Result<()> {
+        if self.conn.is_none() {
+            self.connect().await?;
+        }
+        let mut conn = self.conn.take().expect("connected");
+        let r = self.apply_ddl_in(&mut conn, txn, skip).await;
+        match r {
+            Ok(()) => {
+                self.conn = Some(conn);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = conn.query_drop("ROLLBACK").await;
+                let _ = conn.disconnect().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn apply_ddl_in(
+        &mut self,
+        conn: &mut Conn,
+        txn: &Transaction,
+        skip: &HashSet<TableId>,
+    ) -> Result<()> {
+        use pipeline::ddl::DdlKind;
+        let (first, last) = (txn.first_seq(), txn.last_seq());
+        let lock = format!(
+            "SELECT `seq` FROM {} WHERE `consumer` = ? FOR UPDATE",
+            self.offsets_table
+        );
+        conn.query_drop("START TRANSACTION")
+            .await
+            .map_err(driver("starting a transaction"))?;
+        let applied: u64 = conn
+            .exec_first(&lock, (self.name.as_str(),))
+            .await
+            .map_err(driver("locking the offset"))?
+            .ok_or_else(|| self.offset_missing())?;
+        if last <= applied {
+            conn.query_drop("COMMIT").await.map_err(driver("committing"))?;
+            self.applied = applied;
+            return Ok(());
+        }
+        if applied > 0 && first > applied + 1 {
+            return Err(MysqlApplyError::Gap {
+                applied,
+                next: first,
+                missing: applied + 1,
+            });
+        }
+        let noted: Option<u64> = conn
+            .exec_first(
+                format!("SELECT `seq` FROM {} WHERE `consumer` = ?", self.ddl_table),
+                (self.name.as_str(),),
+            )
+            .await
+            .map_err(driver("reading the schema-change note"))?;
+        let maybe_ran = noted == Some(first);
+        let statement = txn
+            .events
+            .iter()
+            .find_map(|e| match &e.op {
+                pipeline::Op::Ddl(c) => Some(c.statement.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        conn.exec_drop(
+            format!(
+                "INSERT INTO {} (`consumer`, `seq`, `statement`) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE \
+                 `seq` = VALUES(`seq`), `statement` = VALUES(`statement`), `since` = CURRENT_TIMESTAMP(6)",
+                self.ddl_table
+            ),
+            (self.name.as_str(), first, statement.as_str()),
+        )
+        .await
+        .map_err(driver("noting the schema change"))?;
+        conn.query_drop("COMMIT").await.map_err(driver("committing"))?;
+        // (2) The statements.
+        let mut bookkeeping: Vec<(String, Vec<mysql_async::Value>)> = Vec::new();
+        for ev in &txn.events {
+            let pipeline::Op::Ddl(change) = &ev.op else {
+                continue;
+            };
+            if skip.contains(&ev.table.id) {
+                continue;
+            }
+            let in_table = |message: String| {
+                MysqlApplyError::Ddl {
+                    table: ev.table.id.to_string(),
+                    statement: change.statement.clone(),
+                    message,
+                }
+                .in_table(&ev.table.id)
+            };
+            let statements = self.ddl_statements(&ev.table, change).map_err(in_table)?;
+            let ts = ev.txn.commit_ts_us;
+            conn.query_drop(format!(
+                "SET TIMESTAMP = {}.{:06}",
+                ts.div_euclid(1_000_000),
+                ts.rem_euclid(1_000_000)
+            ))
+            .await
+            .map_err(driver("setting the statement time"))?;
+            for st in &statements {
+                match conn.query_drop(st).await {
+                    Ok(()) => {}
+                    Err(mysql_async::Error::Server(e)) if maybe_ran && DDL_ALREADY_DONE.contains(&e.code) => {
+                        tracing::info!(replica = %self.name, seq = ev.seq, code = e.code,
+                            "schema change had already taken effect before a restart");
+                    }
+                    Err(e) if classify_driver(&e) == ErrorClass::Transient => {
+                        return Err(driver("applying a schema change")(e));
+                    }
+                    Err(e) => return Err(in_table(e.to_string())),
+                }
+            }
+            conn.query_drop("SET TIMESTAMP = DEFAULT")
+                .await
+                .map_err(driver("resetting the statement time"))?;
+            let who = |id: &TableId| -> Vec<mysql_async::Value> {
+                vec![
+                    self.name.as_str().into(),
+                    id.schema.as_str().into(),
+                    id.name.as_str().into(),
+                ]
+            };
+            match &change.kind {
+                DdlKind::DropTable => {
+                    for t in [&self.snapshot_table, &self.quarantine_table] {
+                        bookkeeping.push((
+                            format!("DELETE FROM {t} WHERE `consumer` = ? AND `table_schema` = ? AND `table_name` = ?"),
+                            who(&ev.table.id),
+                        ));
+                    }
+                }
+                DdlKind::DropDatabase => {
+                    for t in [&self.snapshot_table, &self.quarantine_table] {
+                        bookkeeping.push((
+                            format!("DELETE FROM {t} WHERE `consumer` = ? AND `table_schema` = ?"),
+                            vec![self.name.as_str().into(), ev.table.id.schema.as_str().into()],
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Definitions changed: forget what was learned about tables.
+        self.known_tables.clear();
+        self.tables.clear();
+        self.targets.clear();
+        // (3) The offset, with the note gone.
+        conn.query_drop("START TRANSACTION")
+            .await
+            .map_err(driver("starting a transaction"))?;
+        conn.exec_drop(&lock, (self.name.as_str(),))
+            .await
+            .map_err(driver("locking the offset"))?;
+        for (st, params) in bookkeeping {
+            conn.exec_drop(st, Params::Positional(params))
+                .await
+                .map_err(driver("updating dbmux's own tables"))?;
+        }
+        conn.exec_drop(
+            format!("DELETE FROM {} WHERE `consumer` = ?", self.ddl_table),
+            (self.name.as_str(),),
+        )
+        .await
+        .map_err(driver("clearing the schema-change note"))?;
+        let position = txn.position().map(|p| p.to_string());
+        conn.exec_drop(
+            format!(
+                "UPDATE {} SET `seq` = ?, `position` = ?, `updated_at` = CURRENT_TIMESTAMP(6) WHERE `consumer` = ?",
+                self.offsets_table
+            ),
+            (last, position, self.name.as_str()),
+        )
+        .await
+        .map_err(driver("writing the offset"))?;
+        conn.query_drop("COMMIT").await.map_err(driver("committing"))?;
+        self.applied = last;
+        Ok(())
+    }
+
     async fn read_quarantines(&mut self) -> Result<Vec<Quarantine>> {
         let conn = self.conn.as_mut().expect("connected");
         let rows: Vec<(String, String, u64, String)> = conn
@@ -951,13 +1432,15 @@ impl Sink for MysqlSink {
     async fn open(&mut self) -> Result<Opened> {
         let r = async {
             self.connect().await?;
-            self.read_quarantines().await
+            let q = self.read_quarantines().await?;
+            Ok::<_, MysqlApplyError>((q, self.read_pending().await?))
         }
         .await;
         match r {
-            Ok(quarantined) => Ok(Opened {
+            Ok((quarantined, pending)) => Ok(Opened {
                 applied: self.applied,
                 quarantined,
+                pending,
             }),
             Err(e) => {
                 self.conn = None;
@@ -967,19 +1450,77 @@ impl Sink for MysqlSink {
     }
 
     async fn apply(&mut self, txns: &[Transaction], skip: &HashSet<TableId>) -> Result<()> {
-        let mode = Mode::Stream { skip };
-        self.prepare(txns, mode).await?;
-        let group = match self.config.max_transactions_per_commit {
-            0 => txns.len().max(1),
-            n => n,
-        };
-        for part in txns.chunks(group) {
-            if self.conn.is_none() {
-                self.connect().await?;
+        // Schema changes commit by themselves here: each is applied on its
+        // own, between the data before and after it.
+        let mut rest = txns;
+        while !rest.is_empty() {
+            let n = rest.iter().position(Transaction::is_ddl).unwrap_or(rest.len());
+            if n == 0 {
+                self.apply_ddl(&rest[0], skip).await?;
+                rest = &rest[1..];
+                continue;
             }
-            self.apply_group(part, mode).await?;
+            let (part, tail) = rest.split_at(n);
+            rest = tail;
+            let mode = Mode::Stream { skip };
+            self.prepare(part, mode).await?;
+            let group = match self.config.max_transactions_per_commit {
+                0 => part.len().max(1),
+                n => n,
+            };
+            for g in part.chunks(group) {
+                if self.conn.is_none() {
+                    self.connect().await?;
+                }
+                self.apply_group(g, mode).await?;
+            }
         }
         Ok(())
+    }
+
+    async fn reset(&mut self, from_seq: u64) -> Result<()> {
+        if self.conn.is_none() {
+            self.connect().await?;
+        }
+        let mut conn = self.conn.take().expect("connected");
+        let r = async {
+            conn.query_drop("START TRANSACTION")
+                .await
+                .map_err(driver("starting a transaction"))?;
+            conn.exec_drop(
+                format!("SELECT `seq` FROM {} WHERE `consumer` = ? FOR UPDATE", self.offsets_table),
+                (self.name.as_str(),),
+            )
+            .await
+            .map_err(driver("locking the offset"))?;
+            conn.exec_drop(
+                format!(
+                    "UPDATE {} SET `seq` = ?, `position` = NULL, `updated_at` = CURRENT_TIMESTAMP(6) WHERE `consumer` = ?",
+                    self.offsets_table
+                ),
+                (from_seq.saturating_sub(1), self.name.as_str()),
+            )
+            .await
+            .map_err(driver("moving the offset"))?;
+            for t in [&self.quarantine_table, &self.snapshot_table, &self.ddl_table] {
+                conn.exec_drop(format!("DELETE FROM {t} WHERE `consumer` = ?"), (self.name.as_str(),))
+                    .await
+                    .map_err(driver("clearing the replica's state"))?;
+            }
+            conn.query_drop("COMMIT").await.map_err(driver("committing"))
+        }
+        .await;
+        match r {
+            Ok(()) => {
+                self.applied = from_seq.saturating_sub(1);
+                self.conn = Some(conn);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = conn.disconnect().await;
+                Err(e)
+            }
+        }
     }
 
     async fn quarantine(&mut self, q: &Quarantine) -> Result<()> {

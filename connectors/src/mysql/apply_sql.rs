@@ -24,10 +24,16 @@ use pipeline::value::{civil_from_days, Value};
 ///   silent truncation); zero dates allowed (the source has them);
 ///   `NO_AUTO_VALUE_ON_ZERO` so a replicated `0` in an AUTO_INCREMENT column
 ///   stays `0`; no `NO_BACKSLASH_ESCAPES`, which [`quote_string`] relies on.
+/// - `foreign_key_checks = 0`: foreign keys a replayed `CREATE`/`ALTER TABLE`
+///   or a snapshot's `SHOW CREATE TABLE` brings to the replica are never
+///   checked and never cascade there: tables are loaded in any order by
+///   snapshots, and the applier performs the source's cascades itself (see
+///   architecture.md), which InnoDB would otherwise repeat.
 pub const SESSION_SETUP: &[&str] = &[
     "SET NAMES utf8mb4",
     "SET SESSION time_zone = '+00:00', \
-     sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO'",
+     sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO', \
+     foreign_key_checks = 0",
 ];
 
 /// The most parameters one prepared statement may carry (a protocol limit).

@@ -50,9 +50,13 @@ pub struct InfoColumn {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableFacts {
     pub columns: Vec<InfoColumn>,
+    /// The primary key's columns, in key order (empty: none).
+    pub primary_key: Vec<String>,
     /// UNIQUE keys other than the primary key, as column names; keys with a
     /// prefix-length column are left out.
     pub unique_keys: Vec<Vec<String>>,
+    /// The names of `unique_keys`, pairwise.
+    pub unique_key_names: Vec<String>,
     /// Foreign keys of the table (it references others).
     pub foreign_keys: Vec<ForeignKey>,
     /// Foreign keys that change rows when this table's rows change, transitively.
@@ -66,6 +70,11 @@ pub struct TablePlan {
     pub decoders: Vec<ColumnDecoder>,
     /// Bytes of the row-image NULL bitmap (`ceil(columns / 8)`).
     pub null_bitmap_len: usize,
+    /// Whether the facts described this table map (otherwise the schema
+    /// comes from the table map alone).
+    pub consistent: bool,
+    /// Names of the schema's UNIQUE keys, pairwise.
+    pub unique_key_names: Vec<String>,
 }
 
 /// One collation as the server names it.
@@ -83,6 +92,8 @@ pub struct CollationInfo {
 pub struct ServerCharsets {
     pub collations: HashMap<u16, CollationInfo>,
     pub max_len: HashMap<String, u32>,
+    /// Each character set's default collation.
+    pub default_collation: HashMap<String, String>,
 }
 
 impl ServerCharsets {
@@ -274,6 +285,110 @@ pub fn build_plan(
     facts: &TableFacts,
     server: &ServerCharsets,
 ) -> Result<TablePlan, MysqlCaptureError> {
+    build_plan_with(tme, facts, server, true)
+}
+
+/// Whether `facts` describe the table map (the same check [`build_plan`]
+/// makes, without its warning).
+pub fn describes(
+    tme: &TableMapEvent<'_>,
+    facts: &TableFacts,
+    server: &ServerCharsets,
+) -> Result<bool, MysqlCaptureError> {
+    Ok(build_plan_with(tme, facts, server, false)?.consistent)
+}
+
+/// A catalog-like description of a definition from capture's schema history,
+/// for [`build_plan`] (the history knows what the catalog knew when the row
+/// was written).
+pub fn facts_of(schema: &TableSchema, unique_key_names: &[String]) -> TableFacts {
+    let data_type = |c: &ColumnDef| -> &'static str {
+        match &c.ty {
+            ColumnType::Bool | ColumnType::Integer { bytes: 1, .. } => "tinyint",
+            ColumnType::Integer { bytes: 2, .. } => "smallint",
+            ColumnType::Integer { bytes: 3, .. } => "mediumint",
+            ColumnType::Integer { bytes: 4, .. } => "int",
+            ColumnType::Integer { .. } => "bigint",
+            ColumnType::Decimal { .. } => "decimal",
+            ColumnType::Float => "float",
+            ColumnType::Double => "double",
+            ColumnType::Date => "date",
+            ColumnType::Time { .. } => "time",
+            ColumnType::DateTime { .. } => "datetime",
+            ColumnType::Timestamp { .. } => "timestamp",
+            ColumnType::Year => "year",
+            ColumnType::Char { .. } => "char",
+            ColumnType::VarChar { .. } => "varchar",
+            ColumnType::Text { max_bytes: 255 } => "tinytext",
+            ColumnType::Text { max_bytes: 65_535 } => "text",
+            ColumnType::Text {
+                max_bytes: 16_777_215,
+            } => "mediumtext",
+            ColumnType::Text { .. } | ColumnType::Json => "longtext",
+            ColumnType::Binary { .. } => "binary",
+            ColumnType::VarBinary { .. } => "varbinary",
+            ColumnType::Blob { max_bytes: 255 } => "tinyblob",
+            ColumnType::Blob { max_bytes: 65_535 } => "blob",
+            ColumnType::Blob {
+                max_bytes: 16_777_215,
+            } => "mediumblob",
+            ColumnType::Blob { .. } => "longblob",
+            ColumnType::Enum { .. } => "enum",
+            ColumnType::Set { .. } => "set",
+            ColumnType::Bit { .. } => "bit",
+            // PostgreSQL-source types never occur in a MySQL definition.
+            ColumnType::Uuid
+            | ColumnType::Other { .. }
+            | ColumnType::Numeric
+            | ColumnType::TimestampTz { .. }
+            | ColumnType::Interval => "other",
+        }
+    };
+    let char_len = |c: &ColumnDef| -> Option<u64> {
+        match c.ty {
+            ColumnType::Char { length }
+            | ColumnType::VarChar { length }
+            | ColumnType::Binary { length }
+            | ColumnType::VarBinary { length } => Some(length as u64),
+            _ => None,
+        }
+    };
+    let name = |i: usize| schema.columns[i].name.clone();
+    TableFacts {
+        columns: schema
+            .columns
+            .iter()
+            .map(|c| InfoColumn {
+                name: c.name.clone(),
+                data_type: data_type(c).into(),
+                column_type: c.source_type.clone(),
+                nullable: c.nullable,
+                charset: c.charset.clone(),
+                char_max_len: char_len(c),
+                json_check: c.ty == ColumnType::Json,
+                collation: c.collation.clone(),
+            })
+            .collect(),
+        primary_key: schema.primary_key.iter().map(|&i| name(i)).collect(),
+        unique_keys: schema
+            .unique_keys
+            .iter()
+            .map(|k| k.iter().map(|&i| name(i)).collect())
+            .collect(),
+        unique_key_names: (0..schema.unique_keys.len())
+            .map(|i| unique_key_names.get(i).cloned().unwrap_or_default())
+            .collect(),
+        foreign_keys: schema.foreign_keys.clone(),
+        cascades: schema.cascades.clone(),
+    }
+}
+
+fn build_plan_with(
+    tme: &TableMapEvent<'_>,
+    facts: &TableFacts,
+    server: &ServerCharsets,
+    warn: bool,
+) -> Result<TablePlan, MysqlCaptureError> {
     let info = facts.columns.as_slice();
     let id = TableId::new(tme.database_name(), tme.table_name());
     let cols = map_columns(tme, &id)?;
@@ -368,7 +483,7 @@ pub fn build_plan(
             }
         }
     }
-    if !consistent {
+    if !consistent && warn {
         tracing::warn!(
             table = %id,
             binlog_columns = cols.len(),
@@ -379,31 +494,230 @@ pub fn build_plan(
     }
     let primary_key = primary_key(tme, &id, columns.len())?;
     // Unique keys from the catalog, when they still name columns of this table map.
-    let unique_keys = if consistent {
-        facts
-            .unique_keys
-            .iter()
-            .filter_map(|k| {
-                k.iter()
-                    .map(|n| columns.iter().position(|c| &c.name == n))
-                    .collect::<Option<Vec<usize>>>()
-            })
-            .filter(|k| !k.is_empty() && *k != primary_key)
-            .collect()
+    let (unique_keys, unique_key_names) = if consistent {
+        resolve_unique_keys(facts, &columns, &primary_key)
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
+    let mut schema = TableSchema {
+        id,
+        columns,
+        primary_key,
+        unique_keys,
+        foreign_keys: facts.foreign_keys.clone(),
+        cascades: facts.cascades.clone(),
+    };
+    let mut unique_key_names = unique_key_names;
+    promote_identity(&mut schema, &mut unique_key_names);
     Ok(TablePlan {
-        null_bitmap_len: columns.len().div_ceil(8),
-        schema: Arc::new(TableSchema {
-            id,
-            columns,
-            primary_key,
-            unique_keys,
-            foreign_keys: facts.foreign_keys.clone(),
-            cascades: facts.cascades.clone(),
-        }),
+        null_bitmap_len: schema.columns.len().div_ceil(8),
+        schema: Arc::new(schema),
         decoders,
+        consistent,
+        unique_key_names,
+    })
+}
+
+/// The facts' UNIQUE keys as column indexes (keys naming a column the table
+/// does not have are left out, as is one equal to the primary key), with
+/// their names.
+fn resolve_unique_keys(
+    facts: &TableFacts,
+    columns: &[ColumnDef],
+    primary_key: &[usize],
+) -> (Vec<Vec<usize>>, Vec<String>) {
+    facts
+        .unique_keys
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| {
+            let cols = k
+                .iter()
+                .map(|n| columns.iter().position(|c| &c.name == n))
+                .collect::<Option<Vec<usize>>>()?;
+            (!cols.is_empty() && cols != primary_key)
+                .then(|| (cols, facts.unique_key_names.get(i).cloned().unwrap_or_default()))
+        })
+        .unzip()
+}
+
+/// A table without a primary key but with a UNIQUE key over NOT NULL columns
+/// is keyed by that key, as InnoDB does (it becomes the clustered index): the
+/// appliers upsert and delete by it, and a snapshot copies the table by its
+/// ranges. The first such key (in the catalog's order) is taken.
+pub fn promote_identity(schema: &mut TableSchema, names: &mut Vec<String>) {
+    if schema.has_primary_key() {
+        return;
+    }
+    let Some(i) = schema
+        .unique_keys
+        .iter()
+        .position(|k| !k.is_empty() && k.iter().all(|&c| !schema.columns[c].nullable))
+    else {
+        return;
+    };
+    schema.primary_key = schema.unique_keys.remove(i);
+    if i < names.len() {
+        names.remove(i);
+    }
+}
+
+/// A table's definition from the catalog alone (a snapshot's read view, where
+/// there is no table map): the same definition [`build_plan`] gives for a
+/// table map the catalog describes.
+pub fn schema_from_facts(
+    id: TableId,
+    facts: &TableFacts,
+    server: &ServerCharsets,
+) -> Result<(TableSchema, Vec<String>), MysqlCaptureError> {
+    let mut columns = Vec::with_capacity(facts.columns.len());
+    for ic in &facts.columns {
+        if known_unsupported(&ic.data_type) {
+            return Err(unsupported(&id, &ic.name, ic.column_type.clone()));
+        }
+        let ty = column_type_from_info(ic, &id)?;
+        let text = ic.charset.as_deref().is_some_and(|c| c != "binary")
+            && matches!(
+                ty,
+                ColumnType::Char { .. }
+                    | ColumnType::VarChar { .. }
+                    | ColumnType::Text { .. }
+                    | ColumnType::Json
+                    | ColumnType::Enum { .. }
+                    | ColumnType::Set { .. }
+            );
+        let _ = server;
+        columns.push(ColumnDef {
+            name: ic.name.clone(),
+            ty,
+            nullable: ic.nullable,
+            charset: if text { ic.charset.clone() } else { None },
+            collation: if text { ic.collation.clone() } else { None },
+            source_type: ic.column_type.clone(),
+        });
+    }
+    let primary_key = facts
+        .primary_key
+        .iter()
+        .map(|n| {
+            columns
+                .iter()
+                .position(|c| &c.name == n)
+                .ok_or_else(|| meta_err(&id, format!("primary key column {n} is not a column")))
+        })
+        .collect::<Result<Vec<usize>, _>>()?;
+    let (unique_keys, mut names) = resolve_unique_keys(facts, &columns, &primary_key);
+    let mut schema = TableSchema {
+        id,
+        columns,
+        primary_key,
+        unique_keys,
+        foreign_keys: facts.foreign_keys.clone(),
+        cascades: facts.cascades.clone(),
+    };
+    promote_identity(&mut schema, &mut names);
+    Ok((schema, names))
+}
+
+/// The `(…)` arguments of a `COLUMN_TYPE` (`decimal(10,2)` → `["10", "2"]`).
+fn type_args(column_type: &str) -> Vec<&str> {
+    let Some(open) = column_type.find('(') else {
+        return Vec::new();
+    };
+    let Some(close) = column_type[open..].find(')') else {
+        return Vec::new();
+    };
+    column_type[open + 1..open + close]
+        .split(',')
+        .map(str::trim)
+        .collect()
+}
+
+/// ENUM/SET labels from a `COLUMN_TYPE` (`enum('a','it''s')`): quoted, `''`
+/// standing for a quote.
+pub fn type_labels(column_type: &str) -> Vec<String> {
+    let Some(open) = column_type.find('(') else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    let mut chars = column_type[open + 1..].chars().peekable();
+    while let Some(c) = chars.next() {
+        match (&mut cur, c) {
+            (None, '\'') => cur = Some(String::new()),
+            (None, ')') => break,
+            (None, _) => {}
+            (Some(label), '\'') => {
+                if chars.peek() == Some(&'\'') {
+                    chars.next();
+                    label.push('\'');
+                } else {
+                    out.push(cur.take().expect("in a label"));
+                }
+            }
+            (Some(label), c) => label.push(c),
+        }
+    }
+    out
+}
+
+/// The pipeline type of one catalog column (the same one the table map gives).
+fn column_type_from_info(ic: &InfoColumn, id: &TableId) -> Result<ColumnType, MysqlCaptureError> {
+    let ct = ic.column_type.to_ascii_lowercase();
+    let args = type_args(&ct);
+    let num = |i: usize, default: u32| -> u32 { args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default) };
+    let unsigned = ct.contains("unsigned");
+    let len = || ic.char_max_len.unwrap_or(0) as u32;
+    let int = |bytes: u8| ColumnType::Integer { bytes, unsigned };
+    Ok(match ic.data_type.as_str() {
+        "tinyint" => int(1),
+        "smallint" => int(2),
+        "mediumint" => int(3),
+        "int" | "integer" => int(4),
+        "bigint" => int(8),
+        "decimal" | "numeric" => ColumnType::Decimal {
+            precision: num(0, 10) as u8,
+            scale: num(1, 0) as u8,
+        },
+        "float" => ColumnType::Float,
+        "double" | "real" => ColumnType::Double,
+        "date" => ColumnType::Date,
+        "time" => ColumnType::Time { fsp: num(0, 0) as u8 },
+        "datetime" => ColumnType::DateTime { fsp: num(0, 0) as u8 },
+        "timestamp" => ColumnType::Timestamp { fsp: num(0, 0) as u8 },
+        "year" => ColumnType::Year,
+        "bit" => ColumnType::Bit {
+            width: num(0, 1) as u16,
+        },
+        "enum" => ColumnType::Enum {
+            labels: type_labels(&ic.column_type),
+        },
+        "set" => ColumnType::Set {
+            labels: type_labels(&ic.column_type),
+        },
+        "char" => ColumnType::Char { length: len() },
+        "varchar" => ColumnType::VarChar { length: len() },
+        "binary" => ColumnType::Binary { length: len() },
+        "varbinary" => ColumnType::VarBinary { length: len() },
+        "tinytext" | "text" | "mediumtext" | "longtext" if ic.json_check => ColumnType::Json,
+        "json" => ColumnType::Json,
+        "tinytext" => ColumnType::Text { max_bytes: 255 },
+        "text" => ColumnType::Text { max_bytes: 65_535 },
+        "mediumtext" => ColumnType::Text {
+            max_bytes: 16_777_215,
+        },
+        "longtext" => ColumnType::Text {
+            max_bytes: 4_294_967_295,
+        },
+        "tinyblob" => ColumnType::Blob { max_bytes: 255 },
+        "blob" => ColumnType::Blob { max_bytes: 65_535 },
+        "mediumblob" => ColumnType::Blob {
+            max_bytes: 16_777_215,
+        },
+        "longblob" => ColumnType::Blob {
+            max_bytes: 4_294_967_295,
+        },
+        other => return Err(unsupported(id, &ic.name, format!("{other} ({})", ic.column_type))),
     })
 }
 
@@ -703,6 +1017,15 @@ fn with_fsp(base: &str, fsp: u8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_and_arguments_of_column_types() {
+        assert_eq!(type_labels("enum('a','it''s','x,y')"), ["a", "it's", "x,y"]);
+        assert_eq!(type_labels("set('')"), [""]);
+        assert_eq!(type_labels("enum('(',')')"), ["(", ")"]);
+        assert_eq!(type_args("decimal(10,2) unsigned"), ["10", "2"]);
+        assert!(type_args("int").is_empty());
+    }
 
     #[test]
     fn column_type_text_normalization() {

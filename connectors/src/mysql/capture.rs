@@ -56,14 +56,19 @@
 //! - `get_binlog_stream` overrides `@master_binlog_checksum` with `'ALL'`; the
 //!   servers accept it and send checksummed events, which mysql_common verifies.
 
-use super::binlog_table::{build_plan, CollationInfo, InfoColumn, ServerCharsets, TableFacts, TablePlan};
+use super::binlog_table::{
+    build_plan, facts_of, schema_from_facts, CollationInfo, InfoColumn, ServerCharsets, TableFacts, TablePlan,
+};
 use super::binlog_values::{Charset, Cursor, DecodeError};
+use super::ddl::{self, Clause, Statement};
 use super::gtid::{parse_gtid_list, GtidState, MariaGtid, FL_PREPARED_XA};
 use super::preflight;
 use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts};
 use mysql_common::binlog::events::{Event, EventData, GtidEvent, QueryEvent, TableMapEvent};
+use pipeline::capture_state::HistoryEntry;
+use pipeline::ddl::{AlterAction, DdlKind, SchemaChange};
 use pipeline::filter::{TableFilter, TablePattern};
 use pipeline::position::MysqlPosition;
 use pipeline::retry::{Classify, ErrorClass};
@@ -315,9 +320,9 @@ const MARIA_COMPRESSED: std::ops::RangeInclusive<u8> = 165..=171;
 
 /// The master as seen on connect.
 #[derive(Debug, Clone)]
-struct ServerInfo {
-    mariadb: bool,
-    charsets: Arc<ServerCharsets>,
+pub(crate) struct ServerInfo {
+    pub(crate) mariadb: bool,
+    pub(crate) charsets: Arc<ServerCharsets>,
 }
 
 /// A cached table map: its raw bytes, and the plan when the table is captured.
@@ -360,9 +365,9 @@ type InfoRow = (
 );
 
 /// `information_schema.STATISTICS` rows (index, column, prefix length) of
-/// unique indexes → keys as column names, without keys that have a prefix
-/// column or an expression part.
-fn unique_keys(rows: Vec<(String, Option<String>, Option<u64>)>) -> Vec<Vec<String>> {
+/// unique indexes → keys as column names with the index name, without keys
+/// that have a prefix column or an expression part.
+fn unique_keys(rows: Vec<(String, Option<String>, Option<u64>)>) -> Vec<(Vec<String>, String)> {
     let mut out: Vec<(String, Option<Vec<String>>)> = Vec::new();
     for (index, column, sub_part) in rows {
         if out.last().is_none_or(|(n, _)| *n != index) {
@@ -374,7 +379,9 @@ fn unique_keys(rows: Vec<(String, Option<String>, Option<u64>)>) -> Vec<Vec<Stri
             _ => *key = None,
         }
     }
-    out.into_iter().filter_map(|(_, k)| k).collect()
+    out.into_iter()
+        .filter_map(|(name, k)| k.map(|k| (k, name)))
+        .collect()
 }
 
 /// `REFERENTIAL_CONSTRAINTS.UPDATE_RULE` / `DELETE_RULE` text.
@@ -412,6 +419,282 @@ fn cascade_closure(all: &[ForeignKey], table: &TableId) -> Vec<ForeignKey> {
     out
 }
 
+/// The master's flavour, collations, character set widths, and the byte →
+/// character tables of its single-byte charsets (registered for decoding).
+pub(crate) async fn read_server_info(conn: &mut Conn) -> Result<ServerInfo, MysqlCaptureError> {
+    let version: Option<String> = conn
+        .query_first("SELECT @@version")
+        .await
+        .map_err(driver("reading @@version"))?;
+    let mariadb = version
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .contains("mariadb");
+    let mut charsets = ServerCharsets::default();
+    let rows: Vec<(u64, String, String)> = conn
+        .query(
+            "SELECT ID, COLLATION_NAME, CHARACTER_SET_NAME FROM information_schema.COLLATIONS \
+             WHERE ID IS NOT NULL",
+        )
+        .await
+        .map_err(driver("reading information_schema.COLLATIONS"))?;
+    for (id, name, charset) in rows {
+        charsets
+            .collations
+            .insert(id as u16, CollationInfo { name, charset });
+    }
+    if mariadb {
+        // MariaDB 10.10+ lists the ids (and full names) of its UCA-14 collations only here.
+        if let Ok(rows) = conn
+            .query::<(u64, String, String), _>(
+                "SELECT ID, FULL_COLLATION_NAME, CHARACTER_SET_NAME \
+                 FROM information_schema.COLLATION_CHARACTER_SET_APPLICABILITY WHERE ID IS NOT NULL",
+            )
+            .await
+        {
+            for (id, name, charset) in rows {
+                charsets
+                    .collations
+                    .insert(id as u16, CollationInfo { name, charset });
+            }
+        }
+    }
+    let defaults: Vec<(String, String)> = conn
+        .query("SELECT CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLLATIONS WHERE IS_DEFAULT = 'Yes'")
+        .await
+        .map_err(driver("reading information_schema.COLLATIONS"))?;
+    charsets.default_collation.extend(defaults);
+    let sets: Vec<(String, u64)> = conn
+        .query("SELECT CHARACTER_SET_NAME, MAXLEN FROM information_schema.CHARACTER_SETS")
+        .await
+        .map_err(driver("reading information_schema.CHARACTER_SETS"))?;
+    for (name, max_len) in &sets {
+        charsets.max_len.insert(name.clone(), *max_len as u32);
+    }
+    // Single-byte charsets without a built-in decoder: ask the server for its
+    // own byte → character table, once (256 conversions in one query).
+    for (name, max_len) in sets {
+        if max_len != 1 || Charset::is_native(&name) || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
+            continue;
+        }
+        let exprs: Vec<String> = (0..=255u8)
+            .map(|b| format!("HEX(CONVERT(CONVERT(UNHEX('{b:02X}') USING {name}) USING utf8mb4))"))
+            .collect();
+        let row: Option<mysql_async::Row> = conn
+            .query_first(format!("SELECT {}", exprs.join(",")))
+            .await
+            .map_err(driver(format!("reading the {name} character table")))?;
+        let Some(row) = row else { continue };
+        let chars = (0..=255usize)
+            .map(|b| {
+                let hex: Option<String> = row.get(b);
+                let text = hex
+                    .and_then(|h| hex::decode(h).ok())
+                    .and_then(|bytes| String::from_utf8(bytes).ok())?;
+                let mut it = text.chars();
+                let c = it.next()?;
+                // The server writes `?` for a byte it has no character for.
+                (it.next().is_none() && (c != '?' || b == 0x3F)).then_some(c)
+            })
+            .collect();
+        Charset::register_single_byte(&name, chars);
+    }
+    Ok(ServerInfo {
+        mariadb,
+        charsets: Arc::new(charsets),
+    })
+}
+
+/// `information_schema`'s view of one table (without foreign keys): its
+/// columns, primary key, UNIQUE keys and, on MariaDB, JSON checks.
+pub(crate) async fn read_table_facts(
+    conn: &mut Conn,
+    db: &str,
+    table: &str,
+    mariadb: bool,
+) -> Result<TableFacts, mysql_async::Error> {
+    let rows: Vec<InfoRow> = conn
+        .exec(
+            "SELECT COLUMN_NAME, LOWER(DATA_TYPE), COLUMN_TYPE, IS_NULLABLE, CHARACTER_SET_NAME, \
+             CHARACTER_MAXIMUM_LENGTH, COLLATION_NAME FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+            (db, table),
+        )
+        .await?;
+    let checks: Vec<String> = if mariadb {
+        conn.exec(
+            "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
+             WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
+            (db, table),
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
+    let keys: Vec<(String, Option<String>, Option<u64>)> = conn
+        .exec(
+            "SELECT INDEX_NAME, COLUMN_NAME, SUB_PART FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 \
+             ORDER BY INDEX_NAME = 'PRIMARY' DESC, INDEX_NAME, SEQ_IN_INDEX",
+            (db, table),
+        )
+        .await?;
+    let (primary, unique): (Vec<_>, Vec<_>) = keys.into_iter().partition(|(index, ..)| index == "PRIMARY");
+    let columns = rows
+        .into_iter()
+        .map(
+            |(name, data_type, column_type, nullable, charset, char_max_len, collation)| {
+                let json_clause = format!("json_valid(`{}`)", name.replace('`', "``"));
+                InfoColumn {
+                    json_check: checks.iter().any(|c| c.trim() == json_clause),
+                    name,
+                    data_type,
+                    column_type,
+                    nullable: nullable.eq_ignore_ascii_case("YES"),
+                    charset,
+                    char_max_len,
+                    collation,
+                }
+            },
+        )
+        .collect();
+    let (unique_keys, unique_key_names) = unique_keys(unique).into_iter().unzip();
+    Ok(TableFacts {
+        columns,
+        primary_key: primary.into_iter().filter_map(|(_, c, _)| c).collect(),
+        unique_keys,
+        unique_key_names,
+        foreign_keys: Vec::new(),
+        cascades: Vec::new(),
+    })
+}
+
+/// Every foreign key whose referencing table is in a database `filter` may
+/// capture (one restricted query per such database: cheap for the server,
+/// `information_schema` opens only that database's tables).
+pub(crate) async fn read_foreign_keys(
+    conn: &mut Conn,
+    filter: &TableFilter,
+) -> Result<Vec<ForeignKey>, mysql_async::Error> {
+    type FkRow = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+    );
+    let schemas: Vec<String> = conn
+        .query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY 1")
+        .await?;
+    let mut rows = Vec::new();
+    for schema in schemas.iter().filter(|s| filter.may_match_schema(s)) {
+        let part: Vec<FkRow> = conn
+            .exec(
+                "SELECT rc.CONSTRAINT_SCHEMA, rc.TABLE_NAME, rc.CONSTRAINT_NAME, rc.UPDATE_RULE, \
+                 rc.DELETE_RULE, k.COLUMN_NAME, k.REFERENCED_TABLE_SCHEMA, k.REFERENCED_TABLE_NAME, \
+                 k.REFERENCED_COLUMN_NAME \
+                 FROM information_schema.REFERENTIAL_CONSTRAINTS rc \
+                 JOIN information_schema.KEY_COLUMN_USAGE k ON k.CONSTRAINT_SCHEMA = rc.CONSTRAINT_SCHEMA \
+                 AND k.CONSTRAINT_NAME = rc.CONSTRAINT_NAME AND k.TABLE_NAME = rc.TABLE_NAME \
+                 WHERE rc.CONSTRAINT_SCHEMA = ? AND k.TABLE_SCHEMA = ? AND k.REFERENCED_TABLE_NAME IS NOT NULL \
+                 ORDER BY rc.TABLE_NAME, rc.CONSTRAINT_NAME, k.ORDINAL_POSITION",
+                (schema, schema),
+            )
+            .await?;
+        rows.extend(part);
+    }
+    let mut fks: Vec<ForeignKey> = Vec::new();
+    for (schema, table, name, update, delete, column, ref_schema, ref_table, ref_column) in rows {
+        let id = TableId::new(schema, table);
+        match fks.last_mut() {
+            Some(f) if f.table == id && f.name == name => {
+                f.columns.push(column);
+                f.referenced_columns.push(ref_column);
+            }
+            _ => {
+                let referenced_table = TableId::new(ref_schema, ref_table);
+                fks.push(ForeignKey {
+                    referenced_captured: filter.matches(&referenced_table.schema, &referenced_table.name),
+                    table_captured: filter.matches(&id.schema, &id.name),
+                    name,
+                    table: id,
+                    columns: vec![column],
+                    referenced_table,
+                    referenced_columns: vec![ref_column],
+                    on_delete: fk_action(&delete),
+                    on_update: fk_action(&update),
+                })
+            }
+        }
+    }
+    Ok(fks)
+}
+
+/// The foreign keys of `table`, and those whose actions change rows when its
+/// rows change (see [`cascade_closure`]), from every key of the master.
+pub(crate) fn with_foreign_keys(mut facts: TableFacts, all: &[ForeignKey], table: &TableId) -> TableFacts {
+    facts.foreign_keys = all.iter().filter(|f| f.table == *table).cloned().collect();
+    facts.cascades = cascade_closure(all, table);
+    facts
+}
+
+/// A definition naming only the table.
+fn name_only(id: &TableId) -> Arc<TableSchema> {
+    Arc::new(TableSchema {
+        id: id.clone(),
+        ..TableSchema::default()
+    })
+}
+
+/// The table a DDL statement dbmux cannot parse names, by a light reading of
+/// its first words (`ALTER [ONLINE|IGNORE] TABLE x`, `CREATE [OR REPLACE]
+/// TABLE [IF NOT EXISTS] x`, `DROP TABLE [IF EXISTS] x`, `RENAME TABLE x`).
+fn ddl_target_guess(text: &[u8], default_db: &str) -> Option<TableId> {
+    let s = std::str::from_utf8(text).ok()?;
+    let mut rest = s.trim_start();
+    for w in [
+        "ALTER", "CREATE", "DROP", "RENAME", "OR", "REPLACE", "ONLINE", "IGNORE", "TABLE", "IF", "NOT",
+        "EXISTS",
+    ] {
+        if starts_with_word(rest.as_bytes(), w) {
+            rest = rest[w.len()..].trim_start();
+        }
+    }
+    let (first, r) = identifier(rest)?;
+    match r.trim_start().strip_prefix('.') {
+        Some(r) => Some(TableId::new(first, identifier(r.trim_start())?.0)),
+        None if !default_db.is_empty() => Some(TableId::new(default_db, first)),
+        None => None,
+    }
+}
+
+/// The catalog-like facts of a history entry.
+fn history_facts(h: &HistoryEntry) -> TableFacts {
+    facts_of(&h.schema, &h.unique_key_names)
+}
+
+/// Same columns (names, types, nullability) and keys: two definitions of a
+/// table that describe the same rows (the catalog's may add spelling and
+/// exact collations).
+fn same_shape(a: &TableSchema, b: &TableSchema) -> bool {
+    let keys = |s: &TableSchema| {
+        let mut k = s.unique_keys.clone();
+        k.sort();
+        k
+    };
+    a.columns.len() == b.columns.len()
+        && a.columns
+            .iter()
+            .zip(&b.columns)
+            .all(|(x, y)| x.name.eq_ignore_ascii_case(&y.name) && x.ty == y.ty && x.nullable == y.nullable)
+        && a.primary_key == b.primary_key
+        && keys(a) == keys(b)
+}
+
 /// Capture from a MariaDB / MySQL master's row binlog.
 pub struct MysqlSource {
     config: MysqlSourceConfig,
@@ -435,6 +718,17 @@ pub struct MysqlSource {
     pending: Option<Event>,
     /// Every foreign key of the master, read once per `ddl_epoch` (the epoch it was read at).
     foreign_keys: Option<(u64, Arc<Vec<ForeignKey>>)>,
+    /// Schema history: each captured table's definition as of the stream's
+    /// position, with its UNIQUE keys' names (restored from the log on start,
+    /// then kept by table maps and DDL).
+    history: HashMap<TableId, HistoryEntry>,
+    /// The boundary after the last transaction read (handed out or not).
+    boundary: Option<MysqlPosition>,
+    /// The DDL events computed for the query event being processed (async
+    /// catalog reads happen before `handle`, which is synchronous).
+    ddl_ready: Option<Vec<(Arc<TableSchema>, Op)>>,
+    /// Tables that entered the captured set by a rename (they need a copy).
+    entered: Vec<TableId>,
 }
 
 impl fmt::Debug for MysqlSource {
@@ -474,6 +768,10 @@ impl MysqlSource {
             txn: None,
             pending: None,
             foreign_keys: None,
+            history: HashMap::new(),
+            boundary: None,
+            ddl_ready: None,
+            entered: Vec::new(),
         })
     }
 
@@ -498,83 +796,8 @@ impl MysqlSource {
             return Ok(s.clone());
         }
         let conn = self.meta().await?;
-        let version: Option<String> = conn
-            .query_first("SELECT @@version")
-            .await
-            .map_err(driver("reading @@version"))?;
-        let mariadb = version
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-            .contains("mariadb");
-        let mut charsets = ServerCharsets::default();
-        let rows: Vec<(u64, String, String)> = conn
-            .query(
-                "SELECT ID, COLLATION_NAME, CHARACTER_SET_NAME FROM information_schema.COLLATIONS \
-                 WHERE ID IS NOT NULL",
-            )
-            .await
-            .map_err(driver("reading information_schema.COLLATIONS"))?;
-        for (id, name, charset) in rows {
-            charsets
-                .collations
-                .insert(id as u16, CollationInfo { name, charset });
-        }
-        if mariadb {
-            // MariaDB 10.10+ lists the ids (and full names) of its UCA-14 collations only here.
-            if let Ok(rows) = conn
-                .query::<(u64, String, String), _>(
-                    "SELECT ID, FULL_COLLATION_NAME, CHARACTER_SET_NAME \
-                     FROM information_schema.COLLATION_CHARACTER_SET_APPLICABILITY WHERE ID IS NOT NULL",
-                )
-                .await
-            {
-                for (id, name, charset) in rows {
-                    charsets
-                        .collations
-                        .insert(id as u16, CollationInfo { name, charset });
-                }
-            }
-        }
-        let sets: Vec<(String, u64)> = conn
-            .query("SELECT CHARACTER_SET_NAME, MAXLEN FROM information_schema.CHARACTER_SETS")
-            .await
-            .map_err(driver("reading information_schema.CHARACTER_SETS"))?;
-        for (name, max_len) in &sets {
-            charsets.max_len.insert(name.clone(), *max_len as u32);
-        }
-        // Single-byte charsets without a built-in decoder: ask the server for its
-        // own byte → character table, once (256 conversions in one query).
-        for (name, max_len) in sets {
-            if max_len != 1 || Charset::is_native(&name) || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
-                continue;
-            }
-            let exprs: Vec<String> = (0..=255u8)
-                .map(|b| format!("HEX(CONVERT(CONVERT(UNHEX('{b:02X}') USING {name}) USING utf8mb4))"))
-                .collect();
-            let row: Option<mysql_async::Row> = conn
-                .query_first(format!("SELECT {}", exprs.join(",")))
-                .await
-                .map_err(driver(format!("reading the {name} character table")))?;
-            let Some(row) = row else { continue };
-            let chars = (0..=255usize)
-                .map(|b| {
-                    let hex: Option<String> = row.get(b);
-                    let text = hex
-                        .and_then(|h| hex::decode(h).ok())
-                        .and_then(|bytes| String::from_utf8(bytes).ok())?;
-                    let mut it = text.chars();
-                    let c = it.next()?;
-                    // The server writes `?` for a byte it has no character for.
-                    (it.next().is_none() && (c != '?' || b == 0x3F)).then_some(c)
-                })
-                .collect();
-            Charset::register_single_byte(&name, chars);
-        }
-        let info = ServerInfo {
-            mariadb,
-            charsets: Arc::new(charsets),
-        };
-        self.gtid = if mariadb {
+        let info = read_server_info(conn).await?;
+        self.gtid = if info.mariadb {
             GtidState::MariaDb(Default::default())
         } else {
             GtidState::MySql(Default::default())
@@ -682,60 +905,7 @@ impl MysqlSource {
     ) -> Result<TableFacts, MysqlCaptureError> {
         let all_fks = self.all_foreign_keys().await?;
         let conn = self.meta().await?;
-        let res: Result<TableFacts, mysql_async::Error> = async {
-            let rows: Vec<InfoRow> = conn
-                .exec(
-                    "SELECT COLUMN_NAME, LOWER(DATA_TYPE), COLUMN_TYPE, IS_NULLABLE, CHARACTER_SET_NAME, \
-                     CHARACTER_MAXIMUM_LENGTH, COLLATION_NAME FROM information_schema.COLUMNS \
-                     WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
-                    (db, table),
-                )
-                .await?;
-            let checks: Vec<String> = if mariadb {
-                conn.exec(
-                    "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
-                     WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
-                    (db, table),
-                )
-                .await?
-            } else {
-                Vec::new()
-            };
-            let keys: Vec<(String, Option<String>, Option<u64>)> = conn
-                .exec(
-                    "SELECT INDEX_NAME, COLUMN_NAME, SUB_PART FROM information_schema.STATISTICS \
-                     WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY' \
-                     ORDER BY INDEX_NAME, SEQ_IN_INDEX",
-                    (db, table),
-                )
-                .await?;
-            let columns = rows
-                .into_iter()
-                .map(
-                    |(name, data_type, column_type, nullable, charset, char_max_len, collation)| {
-                        let json_clause = format!("json_valid(`{}`)", name.replace('`', "``"));
-                        InfoColumn {
-                            json_check: checks.iter().any(|c| c.trim() == json_clause),
-                            name,
-                            data_type,
-                            column_type,
-                            nullable: nullable.eq_ignore_ascii_case("YES"),
-                            charset,
-                            char_max_len,
-                            collation,
-                        }
-                    },
-                )
-                .collect();
-            Ok(TableFacts {
-                columns,
-                unique_keys: unique_keys(keys),
-                foreign_keys: Vec::new(),
-                cascades: Vec::new(),
-            })
-        }
-        .await;
-        let mut facts = res.map_err(|e| {
+        let mut facts = read_table_facts(conn, db, table, mariadb).await.map_err(|e| {
             self.meta = None;
             driver(format!("reading information_schema for {db}.{table}"))(e)
         })?;
@@ -756,75 +926,10 @@ impl MysqlSource {
         let epoch = self.ddl_epoch;
         let filter = self.filter.clone();
         let conn = self.meta().await?;
-        type FkRow = (
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-        );
-        // Keys live in the referencing table's database; only databases capture
-        // may read can hold a key whose referencing table a replica has. One
-        // query per such database, each restricted to it (cheap for the
-        // server: information_schema opens only that database's tables).
-        let rows: Result<Vec<FkRow>, mysql_async::Error> = async {
-            let schemas: Vec<String> = conn
-                .query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY 1")
-                .await?;
-            let mut rows = Vec::new();
-            for schema in schemas.iter().filter(|s| filter.may_match_schema(s)) {
-                let part: Vec<FkRow> = conn
-                    .exec(
-                        "SELECT rc.CONSTRAINT_SCHEMA, rc.TABLE_NAME, rc.CONSTRAINT_NAME, rc.UPDATE_RULE, \
-                         rc.DELETE_RULE, k.COLUMN_NAME, k.REFERENCED_TABLE_SCHEMA, k.REFERENCED_TABLE_NAME, \
-                         k.REFERENCED_COLUMN_NAME \
-                         FROM information_schema.REFERENTIAL_CONSTRAINTS rc \
-                         JOIN information_schema.KEY_COLUMN_USAGE k ON k.CONSTRAINT_SCHEMA = rc.CONSTRAINT_SCHEMA \
-                         AND k.CONSTRAINT_NAME = rc.CONSTRAINT_NAME AND k.TABLE_NAME = rc.TABLE_NAME \
-                         WHERE rc.CONSTRAINT_SCHEMA = ? AND k.TABLE_SCHEMA = ? AND k.REFERENCED_TABLE_NAME IS NOT NULL \
-                         ORDER BY rc.TABLE_NAME, rc.CONSTRAINT_NAME, k.ORDINAL_POSITION",
-                        (schema, schema),
-                    )
-                    .await?;
-                rows.extend(part);
-            }
-            Ok(rows)
-        }
-        .await;
-        let rows = rows.map_err(|e| {
+        let fks = read_foreign_keys(conn, &filter).await.map_err(|e| {
             self.meta = None;
             driver("reading the master's foreign keys")(e)
         })?;
-        let mut fks: Vec<ForeignKey> = Vec::new();
-        for (schema, table, name, update, delete, column, ref_schema, ref_table, ref_column) in rows {
-            let id = TableId::new(schema, table);
-            match fks.last_mut() {
-                Some(f) if f.table == id && f.name == name => {
-                    f.columns.push(column);
-                    f.referenced_columns.push(ref_column);
-                }
-                _ => {
-                    let referenced_table = TableId::new(ref_schema, ref_table);
-                    fks.push(ForeignKey {
-                        referenced_captured: self
-                            .filter
-                            .matches(&referenced_table.schema, &referenced_table.name),
-                        table_captured: self.filter.matches(&id.schema, &id.name),
-                        name,
-                        table: id,
-                        columns: vec![column],
-                        referenced_table,
-                        referenced_columns: vec![ref_column],
-                        on_delete: fk_action(&delete),
-                        on_update: fk_action(&update),
-                    })
-                }
-            }
-        }
         let fks = Arc::new(fks);
         self.foreign_keys = Some((epoch, fks.clone()));
         Ok(fks)
@@ -858,6 +963,40 @@ impl MysqlSource {
         }
     }
 
+    /// Builds and installs the plan of a table map: from the schema history
+    /// when it describes the table map (the definition the row was written
+    /// under), else from `information_schema` (read now).
+    async fn plan_table_map(&mut self, ev: &Event, db: &str, table: &str) -> Result<(), MysqlCaptureError> {
+        let mariadb = self.server.as_ref().is_some_and(|s| s.mariadb);
+        let id = TableId::new(db, table);
+        if let Some(h) = self.history.get(&id).cloned() {
+            let fks = self.all_foreign_keys().await?;
+            let facts = with_foreign_keys(history_facts(&h), &fks, &id);
+            if self.try_install_plan(ev, &facts)? {
+                return Ok(());
+            }
+        }
+        let info = self.table_info(db, table, mariadb).await?;
+        self.install_plan(ev, &info)
+    }
+
+    /// Installs the plan when `facts` describe the table map; false otherwise.
+    fn try_install_plan(&mut self, ev: &Event, facts: &TableFacts) -> Result<bool, MysqlCaptureError> {
+        let tme = ev
+            .read_event::<TableMapEvent<'_>>()
+            .map_err(|e| self.event_error(ev, e.to_string()))?;
+        let charsets = self
+            .server
+            .as_ref()
+            .map(|s| s.charsets.clone())
+            .unwrap_or_default();
+        if !super::binlog_table::describes(&tme, facts, &charsets)? {
+            return Ok(false);
+        }
+        self.install_plan(ev, facts)?;
+        Ok(true)
+    }
+
     fn install_plan(&mut self, ev: &Event, info: &TableFacts) -> Result<(), MysqlCaptureError> {
         let tme = ev
             .read_event::<TableMapEvent<'_>>()
@@ -868,6 +1007,15 @@ impl MysqlSource {
             .map(|s| s.charsets.clone())
             .unwrap_or_default();
         let plan = build_plan(&tme, info, &charsets)?;
+        if plan.consistent {
+            self.history.insert(
+                plan.schema.id.clone(),
+                HistoryEntry {
+                    schema: plan.schema.clone(),
+                    unique_key_names: plan.unique_key_names.clone(),
+                },
+            );
+        }
         let plan = match self.plans.get(&plan.schema.id) {
             Some(old) if old.schema == plan.schema && old.decoders == plan.decoders => old.clone(),
             _ => {
@@ -885,6 +1033,368 @@ impl MysqlSource {
             },
         );
         Ok(())
+    }
+
+    /// A table's definition as the catalog shows it now (`None`: no such
+    /// table), with its UNIQUE keys' names.
+    async fn catalog_definition(
+        &mut self,
+        id: &TableId,
+    ) -> Result<Option<ddl::Definition>, MysqlCaptureError> {
+        let info = self.server_info().await?;
+        let facts = self.table_info(&id.schema, &id.name, info.mariadb).await?;
+        if facts.columns.is_empty() {
+            return Ok(None);
+        }
+        match schema_from_facts(id.clone(), &facts, &info.charsets) {
+            Ok((schema, unique_key_names)) => Ok(Some(ddl::Definition {
+                schema,
+                unique_key_names,
+            })),
+            // A type capture cannot carry: the table map of its first row
+            // says so loudly; the DDL event names the table only.
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The default collation of a new text column of `table` (its table's,
+    /// else its database's), as the catalog shows it now.
+    async fn default_collation(&mut self, table: &TableId) -> Result<Option<String>, MysqlCaptureError> {
+        let conn = self.meta().await?;
+        let r: Result<Option<Option<String>>, mysql_async::Error> = async {
+            let t: Option<Option<String>> = conn
+                .exec_first(
+                    "SELECT TABLE_COLLATION FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                    (&table.schema, &table.name),
+                )
+                .await?;
+            if let Some(Some(c)) = t {
+                return Ok(Some(Some(c)));
+            }
+            conn.exec_first(
+                "SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+                (&table.schema,),
+            )
+            .await
+        }
+        .await;
+        r.map(Option::flatten).map_err(|e| {
+            self.meta = None;
+            driver(format!("reading the default collation of {table}"))(e)
+        })
+    }
+
+    /// The definition after a statement: what applying the statement to the
+    /// definition before gives (`parsed`), checked against the catalog: when
+    /// the catalog shows the same columns and keys, its definition (exact
+    /// spelling and collations) is taken; when it is ahead (capture behind a
+    /// later change, or re-reading old events after a restart), the parsed
+    /// one. Without a parsed definition, the catalog's (the change is then
+    /// `Unknown` unless `catalog_ok`).
+    async fn settle(
+        &mut self,
+        id: &TableId,
+        parsed: Result<(ddl::Definition, DdlKind), String>,
+        catalog_ok: bool,
+    ) -> Result<(Arc<TableSchema>, Vec<String>, DdlKind), MysqlCaptureError> {
+        let catalog = self.catalog_definition(id).await?;
+        Ok(match (parsed, catalog) {
+            (Ok((p, kind)), Some(c)) if same_shape(&p.schema, &c.schema) => {
+                (Arc::new(c.schema), c.unique_key_names, kind)
+            }
+            (Ok((p, kind)), _) => {
+                tracing::debug!(table = %id, "information_schema is ahead of this schema change; using the statement's definition");
+                (Arc::new(p.schema), p.unique_key_names, kind)
+            }
+            (Err(e), Some(c)) if catalog_ok => {
+                tracing::debug!(table = %id, reason = %e, "schema change read from information_schema");
+                let kind = DdlKind::CreateTable {
+                    if_not_exists: false,
+                    or_replace: false,
+                };
+                (Arc::new(c.schema), c.unique_key_names, kind)
+            }
+            (Err(e), c) => {
+                tracing::warn!(table = %id, reason = %e,
+                    "schema change dbmux cannot follow; replicas that translate DDL stop this table");
+                let schema = c.map_or_else(|| name_only(id), |c| Arc::new(c.schema));
+                (
+                    schema,
+                    Vec::new(),
+                    DdlKind::Unknown {
+                        reason: format!("dbmux cannot follow this schema change: {e}"),
+                    },
+                )
+            }
+        })
+    }
+
+    /// The DDL events of a query event: one per captured table it changes
+    /// (empty for anything else). Updates the schema history.
+    async fn schema_changes(&mut self, ev: &Event) -> Result<Vec<(Arc<TableSchema>, Op)>, MysqlCaptureError> {
+        let q = ev
+            .read_event::<QueryEvent<'_>>()
+            .map_err(|e| self.event_error(ev, e.to_string()))?;
+        let raw = q.query_raw().to_vec();
+        let default_db = q.schema().into_owned();
+        drop(q);
+        let text = strip_comments(&raw);
+        let is_ddl = ["CREATE", "ALTER", "DROP", "RENAME"]
+            .iter()
+            .any(|w| starts_with_word(text, w))
+            || text.starts_with(b"/*!");
+        if !is_ddl {
+            return Ok(Vec::new());
+        }
+        let statement = String::from_utf8_lossy(&raw).into_owned();
+        // Foreign keys and other catalog facts may change with any DDL.
+        self.ddl_epoch += 1;
+        let commit_ts_us = ev.header().timestamp() as i64 * 1_000_000;
+        let change = |kind: DdlKind, names: Vec<String>| {
+            Op::Ddl(Box::new(SchemaChange {
+                statement: statement.clone(),
+                default_schema: default_db.clone(),
+                kind,
+                unique_key_names: names,
+            }))
+        };
+        let captured = |f: &TableFilter, id: &TableId| f.matches(&id.schema, &id.name);
+        let filter = self.filter.clone();
+        let st = match ddl::parse(&statement) {
+            Ok(st) => st,
+            Err(e) => {
+                // Unreadable: the table it names (when a light reading finds
+                // one that is captured) gets an Unknown change.
+                let Some(id) = ddl_target_guess(text, &default_db).filter(|id| captured(&filter, id)) else {
+                    tracing::warn!(statement = %statement, error = %e, "a DDL statement dbmux cannot read; it names no captured table");
+                    return Ok(Vec::new());
+                };
+                let (schema, names, kind) = self.settle(&id, Err(e), false).await?;
+                self.history.remove(&id);
+                return Ok(vec![(schema, change(kind, names))]);
+            }
+        };
+        let charsets = self.server_info().await?.charsets;
+        let mut out = Vec::new();
+        match st {
+            Statement::CreateTable(ct) => {
+                let id = ct.table.id(&default_db);
+                if !captured(&filter, &id) {
+                    return Ok(out);
+                }
+                let default_collation = match (&ct.collation, &ct.charset) {
+                    (Some(c), _) => Some(c.clone()),
+                    (None, Some(cs)) => charsets.default_collation.get(cs).cloned(),
+                    (None, None) => self.default_collation(&id).await?,
+                };
+                let ctx = ddl::Context {
+                    server: &charsets,
+                    default_collation,
+                    commit_ts_us,
+                };
+                let kind = DdlKind::CreateTable {
+                    if_not_exists: ct.if_not_exists,
+                    or_replace: ct.or_replace,
+                };
+                let parsed = ddl::create_definition(&ct, id.clone(), &ctx).map(|d| (d, kind));
+                let (schema, names, kind) = self.settle(&id, parsed, true).await?;
+                self.remember(&schema, &names, &kind);
+                out.push((schema, change(kind, names)));
+            }
+            Statement::CreateTableLike {
+                table,
+                like,
+                if_not_exists,
+                or_replace,
+            } => {
+                let id = table.id(&default_db);
+                if !captured(&filter, &id) {
+                    return Ok(out);
+                }
+                let like = like.id(&default_db);
+                let base = match self.history.get(&like) {
+                    Some(h) => Some(ddl::Definition {
+                        schema: (*h.schema).clone(),
+                        unique_key_names: h.unique_key_names.clone(),
+                    }),
+                    None => self.catalog_definition(&like).await?,
+                };
+                let kind = DdlKind::CreateTable {
+                    if_not_exists,
+                    or_replace,
+                };
+                let parsed = base
+                    .map(|mut d| {
+                        d.schema.id = id.clone();
+                        (d, kind)
+                    })
+                    .ok_or_else(|| format!("the definition of {like} is not known"));
+                let (schema, names, kind) = self.settle(&id, parsed, true).await?;
+                self.remember(&schema, &names, &kind);
+                out.push((schema, change(kind, names)));
+            }
+            Statement::Alter { table, clauses } => {
+                let id = table.id(&default_db);
+                let rename_to = clauses.iter().find_map(|c| match c {
+                    Clause::RenameTo(n) => Some(n.id(&default_db)),
+                    _ => None,
+                });
+                let new_id = rename_to.clone().unwrap_or_else(|| id.clone());
+                match (captured(&filter, &id), captured(&filter, &new_id)) {
+                    (false, false) => return Ok(out),
+                    (false, true) => {
+                        tracing::info!(table = %new_id, "a table entered the captured set by a rename; it will be copied");
+                        self.entered.push(new_id);
+                        return Ok(out);
+                    }
+                    (true, false) => {
+                        let schema = self.forget_table(&id);
+                        out.push((schema, change(DdlKind::DropTable, Vec::new())));
+                        return Ok(out);
+                    }
+                    (true, true) => {}
+                }
+                let before = match self.history.get(&id) {
+                    Some(h) => Some(ddl::Definition {
+                        schema: (*h.schema).clone(),
+                        unique_key_names: h.unique_key_names.clone(),
+                    }),
+                    None => self.catalog_definition(&new_id).await?,
+                };
+                let default_collation = self.default_collation(&new_id).await?;
+                let ctx = ddl::Context {
+                    server: &charsets,
+                    default_collation,
+                    commit_ts_us,
+                };
+                let only_rename = clauses.len() == 1 && rename_to.is_some();
+                let parsed = match before {
+                    None => Err(format!("the definition of {id} before the change is not known")),
+                    Some(b) => ddl::alter_definition(&b, &clauses, rename_to.clone(), &ctx).map(
+                        |(d, mut actions)| {
+                            let kind = if only_rename {
+                                DdlKind::RenameTable { from: id.clone() }
+                            } else {
+                                if rename_to.is_some() {
+                                    actions.insert(0, AlterAction::RenameTable { from: id.clone() });
+                                }
+                                DdlKind::AlterTable { actions }
+                            };
+                            (d, kind)
+                        },
+                    ),
+                };
+                let (schema, names, kind) = self.settle(&new_id, parsed, false).await?;
+                if new_id != id {
+                    self.history.remove(&id);
+                }
+                self.remember(&schema, &names, &kind);
+                out.push((schema, change(kind, names)));
+            }
+            Statement::Rename(pairs) => {
+                for (from, to) in pairs {
+                    let (f, t) = (from.id(&default_db), to.id(&default_db));
+                    match (captured(&filter, &f), captured(&filter, &t)) {
+                        (true, true) => {
+                            let before = self.history.get(&f).map(|h| ddl::Definition {
+                                schema: TableSchema {
+                                    id: t.clone(),
+                                    ..(*h.schema).clone()
+                                },
+                                unique_key_names: h.unique_key_names.clone(),
+                            });
+                            let kind = DdlKind::RenameTable { from: f.clone() };
+                            let parsed = before
+                                .map(|d| (d, kind))
+                                .ok_or_else(|| format!("the definition of {f} is not known"));
+                            let (schema, names, kind) = self.settle(&t, parsed, false).await?;
+                            let kind = match kind {
+                                DdlKind::Unknown { .. } => DdlKind::RenameTable { from: f.clone() },
+                                k => k,
+                            };
+                            self.history.remove(&f);
+                            self.remember(&schema, &names, &kind);
+                            out.push((schema, change(kind, names)));
+                        }
+                        (true, false) => {
+                            let schema = self.forget_table(&f);
+                            out.push((schema, change(DdlKind::DropTable, Vec::new())));
+                        }
+                        (false, true) => {
+                            tracing::info!(table = %t, "a table entered the captured set by a rename; it will be copied");
+                            self.entered.push(t);
+                        }
+                        (false, false) => {}
+                    }
+                }
+            }
+            Statement::Drop { tables } => {
+                for n in tables {
+                    let id = n.id(&default_db);
+                    if captured(&filter, &id) {
+                        let schema = self.forget_table(&id);
+                        out.push((schema, change(DdlKind::DropTable, Vec::new())));
+                    }
+                }
+            }
+            Statement::CreateDatabase { name, .. } => {
+                if filter.may_match_schema(&name) {
+                    out.push((
+                        name_only(&TableId::new(name, "")),
+                        change(DdlKind::CreateDatabase, Vec::new()),
+                    ));
+                }
+            }
+            Statement::DropDatabase { name, .. } => {
+                if filter.covers_schema(&name) {
+                    self.history.retain(|id, _| id.schema != name);
+                    out.push((
+                        name_only(&TableId::new(name, "")),
+                        change(DdlKind::DropDatabase, Vec::new()),
+                    ));
+                } else {
+                    // Only some of its tables are captured: they are dropped,
+                    // the replica's database stays.
+                    let mut gone: Vec<TableId> = self
+                        .history
+                        .keys()
+                        .filter(|id| id.schema == name)
+                        .cloned()
+                        .collect();
+                    gone.sort();
+                    for id in gone {
+                        let schema = self.forget_table(&id);
+                        out.push((schema, change(DdlKind::DropTable, Vec::new())));
+                    }
+                }
+            }
+            Statement::Other => {}
+        }
+        Ok(out)
+    }
+
+    /// Records a definition after a schema change in the history.
+    fn remember(&mut self, schema: &Arc<TableSchema>, names: &[String], kind: &DdlKind) {
+        if matches!(kind, DdlKind::Unknown { .. }) || schema.columns_unknown() {
+            self.history.remove(&schema.id);
+            return;
+        }
+        self.history.insert(
+            schema.id.clone(),
+            HistoryEntry {
+                schema: schema.clone(),
+                unique_key_names: names.to_vec(),
+            },
+        );
+    }
+
+    /// Forgets a dropped table; its last known definition (or its name).
+    fn forget_table(&mut self, id: &TableId) -> Arc<TableSchema> {
+        self.plans.remove(id);
+        self.history
+            .remove(id)
+            .map(|h| h.schema)
+            .unwrap_or_else(|| name_only(id))
     }
 
     fn event_error(&self, ev: &Event, message: String) -> MysqlCaptureError {
@@ -1150,8 +1660,20 @@ impl MysqlSource {
                     }
                 }
             }
-            // Other DDL: information_schema facts may have changed.
-            None if !dml => self.ddl_epoch += 1,
+            // Other DDL: the events computed before (`schema_changes`); the
+            // catalog's facts (foreign keys) may have changed.
+            None if !dml => {
+                self.ddl_epoch += 1;
+                let changes = self.ddl_ready.take().unwrap_or_default();
+                if !changes.is_empty() {
+                    if self.txn.is_none() {
+                        self.begin(ev, None, TxnGtid::None, false);
+                    }
+                    if let Some(t) = self.txn.as_mut() {
+                        t.changes.extend(changes);
+                    }
+                }
+            }
             None => {}
         }
         // A DDL group ends with its statement: MariaDB flags it standalone, MySQL has no BEGIN.
@@ -1264,6 +1786,18 @@ impl MysqlSource {
 impl Source for MysqlSource {
     type Error = MysqlCaptureError;
 
+    fn read_position(&self) -> Option<Position> {
+        self.boundary.clone().map(Position::Mysql)
+    }
+
+    fn restore_history(&mut self, history: std::collections::BTreeMap<TableId, HistoryEntry>) {
+        self.history = history.into_iter().collect();
+    }
+
+    fn take_entered_tables(&mut self) -> Vec<TableId> {
+        std::mem::take(&mut self.entered)
+    }
+
     async fn current_position(&mut self) -> Result<Position, MysqlCaptureError> {
         self.master_position().await
     }
@@ -1302,14 +1836,30 @@ impl Source for MysqlSource {
                 if let Some((db, table)) = self.table_map_needs_lookup(&ev)? {
                     // Kept until installed, so a dropped future does not lose the table map.
                     self.pending = Some(ev.clone());
-                    let mariadb = self.server.as_ref().is_some_and(|s| s.mariadb);
-                    let info = self.table_info(&db, &table, mariadb).await?;
+                    self.plan_table_map(&ev, &db, &table).await?;
                     self.pending = None;
-                    self.install_plan(&ev, &info)?;
                 }
                 continue;
             }
-            if let Some(txn) = self.handle(&ev)? {
+            if ev.header().event_type_raw() == QUERY && self.ddl_ready.is_none() {
+                // Kept until handled: the catalog reads below may be cancelled.
+                self.pending = Some(ev.clone());
+                let changes = self.schema_changes(&ev).await?;
+                self.pending = None;
+                self.ddl_ready = Some(changes);
+            }
+            let handled = self.handle(&ev);
+            self.ddl_ready = None;
+            let handled = handled?;
+            let h = ev.header();
+            if self.txn.is_none() && h.log_pos() > 0 && h.event_type_raw() != ROTATE {
+                self.boundary = Some(MysqlPosition {
+                    file: self.file.clone(),
+                    offset: h.log_pos() as u64,
+                    gtid_set: (!self.gtid.is_empty()).then(|| self.gtid.to_string()),
+                });
+            }
+            if let Some(txn) = handled {
                 return Ok(txn);
             }
         }
@@ -1379,6 +1929,11 @@ impl MysqlSource {
         tracing::info!(file = %p.file, offset = p.offset, gtid = %gtid_text, server_id = self.config.server_id, "binlog capture started");
         self.stream = Some(stream);
         self.requested = format!("{}:{}", p.file, p.offset);
+        self.boundary = Some(MysqlPosition {
+            file: p.file.clone(),
+            offset: p.offset,
+            gtid_set: (!gtid_text.is_empty()).then(|| gtid_text.clone()),
+        });
         self.file = p.file;
         self.seen_fde = false;
         Ok(())

@@ -1,4 +1,4 @@
-//! MySQL / MariaDB: binlog capture and apply.
+//! MySQL / MariaDB: binlog capture, snapshots and apply.
 
 pub mod apply;
 pub mod apply_sql;
@@ -6,5 +6,7 @@ pub mod backlog;
 pub mod binlog_table;
 pub mod binlog_values;
 pub mod capture;
+pub mod ddl;
 pub mod gtid;
 pub mod preflight;
+pub mod snapshot;

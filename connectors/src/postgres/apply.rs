@@ -50,6 +50,8 @@ pub const DEFAULT_OFFSETS_SCHEMA: &str = "dbmux";
 pub const OFFSETS_TABLE: &str = "dbmux_offsets";
 /// The quarantine table's name (beside the offsets table).
 pub const QUARANTINE_TABLE: &str = "dbmux_quarantine";
+/// Tables waiting for a snapshot's first chunk (beside the offsets table).
+pub const SNAPSHOT_TABLE: &str = "dbmux_snapshot";
 /// Default rows per statement (one array parameter per column, so no
 /// parameter-count limit applies).
 pub const DEFAULT_MAX_ROWS_PER_STATEMENT: usize = 5000;
@@ -252,6 +254,12 @@ pub enum PostgresApplyError {
     },
     #[error("cannot create or use {table}: {message}")]
     Table { table: String, message: String },
+    #[error("cannot apply the schema change `{statement}` to {table} on the PostgreSQL replica: {message}")]
+    Ddl {
+        table: String,
+        statement: String,
+        message: String,
+    },
     #[error(
         "replica diverged: {table} (no primary key) has no row equal to the before image of the {op} \
          of event seq {seq}; compare the table with the source and re-seed it"
@@ -456,6 +464,7 @@ pub struct PostgresSink {
     targets: HashMap<TableId, TableId>,
     offsets_table: String,
     quarantine_table: String,
+    snapshot_table: String,
 }
 
 impl PostgresSink {
@@ -471,6 +480,11 @@ impl PostgresSink {
             sql::quote_ident(&config.offsets_schema).unwrap_or_else(|_| "\"dbmux\"".into()),
             sql::quote_ident(QUARANTINE_TABLE).expect("valid name")
         );
+        let snapshot_table = format!(
+            "{}.{}",
+            sql::quote_ident(&config.offsets_schema).unwrap_or_else(|_| "\"dbmux\"".into()),
+            sql::quote_ident(SNAPSHOT_TABLE).expect("valid name")
+        );
         Self {
             name: name.to_string(),
             config,
@@ -481,6 +495,7 @@ impl PostgresSink {
             targets: HashMap::new(),
             offsets_table,
             quarantine_table,
+            snapshot_table,
         }
     }
 
@@ -542,6 +557,17 @@ impl PostgresSink {
                 self.quarantine_table
             ),
             "creating the quarantine table",
+        )
+        .await?;
+        ddl(
+            &conn.client,
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {} (consumer text NOT NULL, table_schema text NOT NULL, \
+                 table_name text NOT NULL, run bigint NOT NULL, since timestamptz NOT NULL DEFAULT now(), \
+                 PRIMARY KEY (consumer, table_schema, table_name))",
+                self.snapshot_table
+            ),
+            "creating the snapshot table",
         )
         .await?;
         conn.client
@@ -606,9 +632,22 @@ impl PostgresSink {
                 Mode::Stream { skip } => ev.seq > self.applied && !skip.contains(&ev.table.id),
                 Mode::Resume { table, from, .. } => ev.seq >= from && ev.table.id == *table,
             };
-            if !wanted
-                || matches!(ev.op, pipeline::Op::Ddl { .. })
-                || !seen.insert(Arc::as_ptr(&ev.table) as usize)
+            if !wanted {
+                continue;
+            }
+            match &ev.op {
+                pipeline::Op::Snapshot(m) => {
+                    if m.phase.recreates() {
+                        self.recreate(&ev.table)
+                            .await
+                            .map_err(|e| e.in_table(&ev.table.id))?;
+                    }
+                    continue;
+                }
+                pipeline::Op::Ddl(_) => continue,
+                _ => {}
+            }
+            if !seen.insert(Arc::as_ptr(&ev.table) as usize)
                 || (self.tables.contains_key(&ev.table) && !ev.table.columns_unknown())
             {
                 continue;
@@ -620,6 +659,39 @@ impl PostgresSink {
         Ok(())
     }
 
+    /// A snapshot's first chunk: the replica table is dropped and created
+    /// again from the definition at the chunk's position (before the data
+    /// transaction, like any table creation; running it twice is harmless).
+    async fn recreate(&mut self, source: &Arc<TableSchema>) -> Result<()> {
+        let target = self.target(source);
+        let table_err = |message: String| PostgresApplyError::Table {
+            table: target.to_string(),
+            message,
+        };
+        let renamed = self.renamed(source).map_err(table_err)?;
+        let statements =
+            super::ddl::create_statements(&target, &renamed, source, &self.config).map_err(table_err)?;
+        let client = &self.conn.as_ref().expect("connected").client;
+        ddl(
+            client,
+            &format!(
+                "DROP TABLE IF EXISTS {}",
+                sql::quote_table(&target).map_err(table_err)?
+            ),
+            &format!("dropping {target} to reload it"),
+        )
+        .await?;
+        for s in statements {
+            ddl(client, &s, &format!("creating table {target}")).await?;
+        }
+        self.known_tables.remove(&target);
+        self.tables.retain(|k, _| k.id != source.id);
+        if let Some(c) = self.conn.as_mut() {
+            c.prepared.clear();
+        }
+        self.ensure_table(source).await
+    }
+
     async fn ensure_table(&mut self, source: &Arc<TableSchema>) -> Result<()> {
         let target = self.target(source);
         let table_err = |message: String| PostgresApplyError::Table {
@@ -627,7 +699,7 @@ impl PostgresSink {
             message,
         };
         if target.schema == self.config.offsets_schema
-            && [OFFSETS_TABLE, QUARANTINE_TABLE].contains(&target.name.as_str())
+            && [OFFSETS_TABLE, QUARANTINE_TABLE, SNAPSHOT_TABLE].contains(&target.name.as_str())
         {
             return Err(table_err(
                 "it is one of dbmux's own tables (offsets_schema)".into(),
@@ -917,6 +989,37 @@ impl PostgresSink {
 
     /// Executes one step of a plan inside the open transaction.
     async fn run_step(&self, conn: &mut Connection, step: &batch::Step<'_>, skip: &Skip<'_>) -> Result<()> {
+        match &step.action {
+            Action::Snapshot { seq, mark } => {
+                return self.record_snapshot(conn, step.table, *seq, mark).await
+            }
+            Action::Ddl { change, .. } => {
+                let renamed = self
+                    .renamed(step.table)
+                    .map_err(|message| PostgresApplyError::Table {
+                        table: step.table.id.to_string(),
+                        message,
+                    })?;
+                return super::ddl::apply(
+                    &conn.client,
+                    &self.config,
+                    step.table,
+                    &renamed,
+                    change,
+                    self.config.zero_dates,
+                )
+                .await
+                .map_err(|e| match e {
+                    super::ddl::DdlError::Transient(e) => driver("applying a schema change")(e),
+                    super::ddl::DdlError::Refused(message) => PostgresApplyError::Ddl {
+                        table: step.table.id.to_string(),
+                        statement: change.statement.clone(),
+                        message,
+                    },
+                });
+            }
+            _ => {}
+        }
         let t = self
             .tables
             .get(step.table)
@@ -990,6 +1093,9 @@ impl PostgresSink {
                     });
                 }
             }
+            Action::Load(rows) if rows.is_empty() => {}
+            Action::Load(rows) => self.load(conn, step.table, &t, rows).await?,
+            Action::Snapshot { .. } | Action::Ddl { .. } => unreachable!("handled above"),
             Action::Truncate if s.truncate.is_empty() => {} // the replica has no such table
             Action::Truncate => {
                 conn.client
@@ -1009,6 +1115,187 @@ impl PostgresSink {
                         CascadeError::Store(e) => e,
                         e => PostgresApplyError::Internal(e.to_string()),
                     })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows of a snapshot chunk, with `COPY`: straight into the table when
+    /// none of their keys is there yet (a table reloaded from its first
+    /// chunk), else through a temporary table and an upsert (changes
+    /// applied since the first chunk may have put some keys there).
+    async fn load(
+        &self,
+        conn: &mut Connection,
+        table: &TableSchema,
+        t: &TableSql,
+        rows: &[&Row],
+    ) -> Result<()> {
+        let mut data = Vec::with_capacity(rows.len() * 64);
+        for row in rows {
+            for (i, (col, v)) in table.columns.iter().zip(row.iter()).enumerate() {
+                if i > 0 {
+                    data.push(b'\t');
+                }
+                let text = sql::to_text(v, col, self.config.zero_dates)
+                    .map_err(Self::value_err(&t.target_text, &col.name))?;
+                sql::push_copy_field(&mut data, text.as_deref());
+            }
+            data.push(b'\n');
+        }
+        let s = &t.statements;
+        let copy = format!("COPY {} ({}) FROM STDIN", t.target_text, s.columns);
+        let context = || format!("loading snapshot rows into {}", t.target_text);
+        if !table.has_primary_key() {
+            return copy_in(&conn.client, &copy, &data)
+                .await
+                .map_err(driver(context()));
+        }
+        conn.client
+            .batch_execute("SAVEPOINT dbmux_load")
+            .await
+            .map_err(driver(context()))?;
+        match copy_in(&conn.client, &copy, &data).await {
+            Ok(()) => conn
+                .client
+                .batch_execute("RELEASE SAVEPOINT dbmux_load")
+                .await
+                .map_err(driver(context())),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                conn.client
+                    .batch_execute("ROLLBACK TO SAVEPOINT dbmux_load; RELEASE SAVEPOINT dbmux_load")
+                    .await
+                    .map_err(driver(context()))?;
+                let stage = sql::quote_ident(&sql::pg_name(&format!("dbmux_stage_{}", t.target_text)))
+                    .map_err(|message| PostgresApplyError::Table {
+                        table: t.target_text.clone(),
+                        message,
+                    })?;
+                conn.client
+                    .batch_execute(&format!(
+                        "CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {}) ON COMMIT DROP; TRUNCATE {stage}",
+                        t.target_text
+                    ))
+                    .await
+                    .map_err(driver(context()))?;
+                copy_in(
+                    &conn.client,
+                    &format!("COPY {stage} ({}) FROM STDIN", s.columns),
+                    &data,
+                )
+                .await
+                .map_err(driver(context()))?;
+                conn.client
+                    .batch_execute(&format!(
+                        "INSERT INTO {} ({cols}) SELECT {cols} FROM {stage}{}",
+                        t.target_text,
+                        s.on_conflict,
+                        cols = s.columns
+                    ))
+                    .await
+                    .map_err(driver(context()))
+            }
+            Err(e) => Err(driver(context())(e)),
+        }
+    }
+
+    /// What a snapshot mark changes in the replica's own tables, inside the
+    /// data transaction (see `pipeline::sink`).
+    async fn record_snapshot(
+        &self,
+        conn: &mut Connection,
+        table: &TableSchema,
+        seq: u64,
+        mark: &pipeline::snapshot::SnapshotMark,
+    ) -> Result<()> {
+        use pipeline::snapshot::SnapshotPhase;
+        let id = &table.id;
+        let c = &conn.client;
+        let ctx = || driver(format!("recording the snapshot of {id}"));
+        let delete = |t: &str| {
+            format!("DELETE FROM {t} WHERE consumer = $1 AND table_schema = $2 AND table_name = $3")
+        };
+        match &mark.phase {
+            SnapshotPhase::Begin { .. } => {
+                c.execute(
+                    &format!(
+                        "INSERT INTO {} (consumer, table_schema, table_name, run) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (consumer, table_schema, table_name) DO UPDATE SET run = EXCLUDED.run, since = now()",
+                        self.snapshot_table
+                    ),
+                    &[&self.name, &id.schema, &id.name, &(mark.id as i64)],
+                )
+                .await
+                .map_err(ctx())?;
+            }
+            SnapshotPhase::Chunk { .. } => {
+                if mark.phase.recreates() {
+                    c.execute(
+                        &delete(&self.quarantine_table),
+                        &[&self.name, &id.schema, &id.name],
+                    )
+                    .await
+                    .map_err(ctx())?;
+                }
+                if mark.phase.ends_pending() {
+                    c.execute(&delete(&self.snapshot_table), &[&self.name, &id.schema, &id.name])
+                        .await
+                        .map_err(ctx())?;
+                }
+            }
+            SnapshotPhase::End { reason } => {
+                c.execute(&delete(&self.snapshot_table), &[&self.name, &id.schema, &id.name])
+                    .await
+                    .map_err(ctx())?;
+                c.execute(
+                    &format!(
+                        "INSERT INTO {} (consumer, table_schema, table_name, first_seq, reason) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (consumer, table_schema, table_name) \
+                         DO UPDATE SET first_seq = EXCLUDED.first_seq, reason = EXCLUDED.reason, since = now()",
+                        self.quarantine_table
+                    ),
+                    &[&self.name, &id.schema, &id.name, &(seq as i64), reason],
+                )
+                .await
+                .map_err(ctx())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bookkeeping of a schema-change transaction in dbmux's own tables (a
+    /// dropped table's pending snapshot and quarantine end with it).
+    async fn after_ddl(&self, conn: &Connection, txn: &Transaction, skip: &HashSet<TableId>) -> Result<()> {
+        use pipeline::ddl::DdlKind;
+        for ev in &txn.events {
+            let pipeline::Op::Ddl(change) = &ev.op else {
+                continue;
+            };
+            if skip.contains(&ev.table.id) {
+                continue;
+            }
+            let id = &ev.table.id;
+            for t in [&self.snapshot_table, &self.quarantine_table] {
+                let r = match change.kind {
+                    DdlKind::DropTable => {
+                        conn.client
+                            .execute(
+                                &format!("DELETE FROM {t} WHERE consumer = $1 AND table_schema = $2 AND table_name = $3"),
+                                &[&self.name, &id.schema, &id.name],
+                            )
+                            .await
+                    }
+                    DdlKind::DropDatabase => {
+                        conn.client
+                            .execute(
+                                &format!("DELETE FROM {t} WHERE consumer = $1 AND table_schema = $2"),
+                                &[&self.name, &id.schema],
+                            )
+                            .await
+                    }
+                    _ => Ok(0),
+                };
+                r.map_err(driver("updating dbmux's own tables"))?;
             }
         }
         Ok(())
@@ -1090,6 +1377,22 @@ async fn read_columns(
     ))
 }
 
+/// `COPY … FROM STDIN` of `data` (text format).
+async fn copy_in(
+    client: &Client,
+    statement: &str,
+    data: &[u8],
+) -> std::result::Result<(), tokio_postgres::Error> {
+    use futures_util::SinkExt;
+    let sink = client.copy_in(statement).await?;
+    futures_util::pin_mut!(sink);
+    for chunk in data.chunks(1 << 20) {
+        sink.send(bytes::Bytes::copy_from_slice(chunk)).await?;
+    }
+    sink.finish().await?;
+    Ok(())
+}
+
 /// Runs idempotent DDL; a concurrent creator of the same object makes the
 /// first attempt fail with a duplicate error, and the retry then sees it.
 async fn ddl(client: &Client, statement: &str, context: &str) -> Result<()> {
@@ -1128,6 +1431,24 @@ fn first_words(s: &str) -> String {
 }
 
 impl PostgresSink {
+    async fn read_pending(&mut self) -> Result<Vec<TableId>> {
+        let client = &self.conn.as_ref().expect("connected").client;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT table_schema, table_name FROM {} WHERE consumer = $1 ORDER BY 1, 2",
+                    self.snapshot_table
+                ),
+                &[&self.name],
+            )
+            .await
+            .map_err(driver("reading the snapshot table"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect())
+    }
+
     async fn read_quarantines(&mut self) -> Result<Vec<Quarantine>> {
         let client = &self.conn.as_ref().expect("connected").client;
         let rows = client
@@ -1173,13 +1494,15 @@ impl Sink for PostgresSink {
         self.tables.clear();
         let r = async {
             self.connect().await?;
-            self.read_quarantines().await
+            let q = self.read_quarantines().await?;
+            Ok::<_, PostgresApplyError>((q, self.read_pending().await?))
         }
         .await;
         match r {
-            Ok(quarantined) => Ok(Opened {
+            Ok((quarantined, pending)) => Ok(Opened {
                 applied: self.applied,
                 quarantined,
+                pending,
             }),
             Err(e) => {
                 self.conn = None;
@@ -1189,19 +1512,92 @@ impl Sink for PostgresSink {
     }
 
     async fn apply(&mut self, txns: &[Transaction], skip: &HashSet<TableId>) -> Result<()> {
-        let mode = Mode::Stream { skip };
-        self.prepare(txns, mode).await?;
-        let group = match self.config.max_transactions_per_commit {
-            0 => txns.len().max(1),
-            n => n,
-        };
-        for part in txns.chunks(group) {
-            if self.conn.is_none() {
-                self.prepare(part, mode).await?;
+        // A schema change is one target transaction of its own (with its
+        // offset): tables are prepared for what follows it only after it.
+        let mut rest = txns;
+        while !rest.is_empty() {
+            let n = match rest.iter().position(Transaction::is_ddl) {
+                Some(0) => 1,
+                Some(n) => n,
+                None => rest.len(),
+            };
+            let (part, tail) = rest.split_at(n);
+            rest = tail;
+            let mode = Mode::Stream { skip };
+            self.prepare(part, mode).await?;
+            let ddl = part[0].is_ddl();
+            let group = match self.config.max_transactions_per_commit {
+                0 => part.len().max(1),
+                n => n,
+            };
+            for g in part.chunks(group) {
+                if self.conn.is_none() {
+                    self.prepare(g, mode).await?;
+                }
+                self.apply_group(g, mode).await?;
             }
-            self.apply_group(part, mode).await?;
+            if ddl {
+                if let Some(conn) = self.conn.as_ref() {
+                    self.after_ddl(conn, &part[0], skip).await?;
+                }
+                // Definitions changed: forget what was learned about tables.
+                self.known_tables.clear();
+                self.tables.clear();
+                self.targets.clear();
+                if let Some(c) = self.conn.as_mut() {
+                    c.prepared.clear();
+                }
+            }
         }
         Ok(())
+    }
+
+    async fn reset(&mut self, from_seq: u64) -> Result<()> {
+        if self.conn.is_none() {
+            self.tables.clear();
+            self.connect().await?;
+        }
+        let r = async {
+            let c = &self.conn.as_ref().expect("connected").client;
+            c.batch_execute("BEGIN")
+                .await
+                .map_err(driver("starting a transaction"))?;
+            c.execute(
+                &format!(
+                    "SELECT seq FROM {} WHERE consumer = $1 FOR UPDATE",
+                    self.offsets_table
+                ),
+                &[&self.name],
+            )
+            .await
+            .map_err(driver("locking the offset"))?;
+            c.execute(
+                &format!(
+                    "UPDATE {} SET seq = $1, position = NULL, updated_at = now() WHERE consumer = $2",
+                    self.offsets_table
+                ),
+                &[&(from_seq.saturating_sub(1) as i64), &self.name],
+            )
+            .await
+            .map_err(driver("moving the offset"))?;
+            for t in [&self.quarantine_table, &self.snapshot_table] {
+                c.execute(&format!("DELETE FROM {t} WHERE consumer = $1"), &[&self.name])
+                    .await
+                    .map_err(driver("clearing the replica's state"))?;
+            }
+            c.batch_execute("COMMIT").await.map_err(driver("committing"))
+        }
+        .await;
+        match r {
+            Ok(()) => {
+                self.applied = from_seq.saturating_sub(1);
+                Ok(())
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
+        }
     }
 
     async fn quarantine(&mut self, q: &Quarantine) -> Result<()> {

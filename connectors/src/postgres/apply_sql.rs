@@ -249,6 +249,10 @@ fn key_list(schema: &TableSchema) -> Result<String, String> {
 /// without type modifiers (`"pg_catalog"."numeric"`), read from the catalog.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableStatements {
+    /// The replica's column list, quoted (`COPY` of snapshot rows).
+    pub columns: String,
+    /// `ON CONFLICT (key) DO …` of the upsert (empty without a key).
+    pub on_conflict: String,
     pub upsert: String,
     pub insert: String,
     pub delete: String,
@@ -262,6 +266,8 @@ impl TableStatements {
     /// replica has no such table (nothing to truncate).
     pub fn truncate_only(target: &TableId, exists: bool) -> Result<Self, String> {
         Ok(TableStatements {
+            columns: String::new(),
+            on_conflict: String::new(),
             upsert: String::new(),
             insert: String::new(),
             delete: String::new(),
@@ -305,13 +311,18 @@ pub fn table_statements(
         .filter(|i| !schema.primary_key.contains(i))
         .map(|&i| format!("{c} = EXCLUDED.{c}", c = cols[i]))
         .collect();
-    let upsert = if schema.has_primary_key() {
+    let on_conflict = if schema.has_primary_key() {
         let action = if non_key.is_empty() {
             "NOTHING".to_string()
         } else {
             format!("UPDATE SET {}", non_key.join(", "))
         };
-        format!("{insert} ON CONFLICT ({}) DO {action}", key_list(schema)?)
+        format!(" ON CONFLICT ({}) DO {action}", key_list(schema)?)
+    } else {
+        String::new()
+    };
+    let upsert = if schema.has_primary_key() {
+        format!("{insert}{on_conflict}")
     } else {
         String::new()
     };
@@ -358,6 +369,8 @@ pub fn table_statements(
         matches(0)
     );
     Ok(TableStatements {
+        columns: cols.join(","),
+        on_conflict,
         upsert,
         insert,
         delete,
@@ -365,6 +378,24 @@ pub fn table_statements(
         delete_one,
         truncate: format!("TRUNCATE TABLE {table}"),
     })
+}
+
+/// Appends one value to a `COPY … FROM STDIN` text-format row: `\N` for
+/// NULL, the text with backslash, tab, newline and carriage return escaped.
+pub fn push_copy_field(out: &mut Vec<u8>, text: Option<&str>) {
+    let Some(t) = text else {
+        out.extend_from_slice(b"\\N");
+        return;
+    };
+    for b in t.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b => out.push(b),
+        }
+    }
 }
 
 /// The text-format input for one value of column `col`; `None` is NULL.
@@ -614,6 +645,15 @@ mod tests {
              $2::\"pg_catalog\".\"text\"[]))"
         );
         assert!(s.upsert.ends_with("ON CONFLICT (\"id\",\"v\") DO NOTHING"));
+    }
+
+    #[test]
+    fn copy_fields() {
+        let mut out = Vec::new();
+        push_copy_field(&mut out, Some("a\tb\\c\nd\r"));
+        out.push(b'\t');
+        push_copy_field(&mut out, None);
+        assert_eq!(out, b"a\\tb\\\\c\\nd\\r\t\\N");
     }
 
     #[test]

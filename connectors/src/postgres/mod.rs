@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod apply_sql;
 pub mod capture;
+pub mod ddl;
 pub mod pgoutput;
 pub mod replication;
 pub mod source_types;

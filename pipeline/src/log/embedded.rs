@@ -6,8 +6,9 @@
 //! event to an encoded chunk (see [`crate::codec`]); a transaction larger than
 //! [`CHUNK_EVENTS`] is split into several chunks written in **one atomic batch**,
 //! so a reader never sees part of a transaction. Keyspace `consumers` holds each
-//! registered consumer's acknowledged `seq`; keyspace `meta` the position where
-//! capture first began.
+//! registered consumer's acknowledged `seq`; keyspace `meta` small durable
+//! values: the position where capture first began, capture's state checkpoint
+//! (see [`crate::capture_state`]) and snapshot requests.
 //!
 //! # Durability
 //! [`FsyncPolicy::Always`] syncs the journal (`fdatasync`) before `append`
@@ -404,6 +405,10 @@ impl Log for EmbeddedLog {
 
     async fn acked(&self, consumer: &str) -> Result<Option<u64>, LogError> {
         EmbeddedLog::acked(self, consumer)
+    }
+
+    async fn ack_for(&self, consumer: &str, seq: u64) -> Result<(), LogError> {
+        EmbeddedLog::ack(self, consumer, seq)
     }
 
     async fn truncate(&self, consumers: Vec<String>) -> Result<u64, LogError> {
