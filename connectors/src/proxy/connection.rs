@@ -63,6 +63,10 @@ const ER_UNKNOWN_STMT: u16 = 1243;
 const ER_MAX_PREPARED_STMT_COUNT_REACHED: u16 = 1461;
 const ER_CONNECTION_KILLED: u16 = 1927;
 const ER_BAD_DB: u16 = 1049;
+/// Errors a replica gives for a read when its schema is behind the master's:
+/// no such table (1146), unknown column (1054), no such database (1049).
+/// A plain read that fails so on a replica is answered by the master.
+const SCHEMA_LAG_CODES: &[u16] = &[1146, 1054, ER_BAD_DB];
 
 /// Errors after which the server closes the connection (packet too large,
 /// network read/write errors and timeouts).
@@ -1165,7 +1169,20 @@ impl Session {
         rewrite: Option<u32>,
     ) -> Result<(Which, Summary), Fail> {
         let which = self.read_target(false).await?;
+        let (mark, err_mark) = (self.client.wbuf.len(), self.answered_err);
         match self.run_on(which, payload, reply, rewrite).await {
+            Ok((Which::Replica(_), s))
+                if !s.flushed && s.err.as_ref().is_some_and(|e| SCHEMA_LAG_CODES.contains(&e.code)) =>
+            {
+                // The replica's schema is behind the master's (a table or
+                // column created moments ago, replicated with the stream):
+                // the client never sees that error; the master answers, with
+                // its own error if the object does not exist there either.
+                self.client.wbuf.truncate(mark);
+                self.answered_err = err_mark;
+                self.shared.metrics.replica_failovers.inc();
+                self.run_on(Which::Master, payload, reply, rewrite).await
+            }
             Err(Fail::MasterUnavailable(e)) if which == Which::Master && !self.master_held_state() => {
                 match self.read_replica(true) {
                     Some(i) => {
