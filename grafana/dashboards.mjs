@@ -278,6 +278,22 @@ function proxy() {
       { expr: `rate(dbmux_proxy_kills_total[${R}])`, legend: "KILLs" },
       { expr: `rate(dbmux_proxy_session_panics_total[${R}])`, legend: "session panics" },
     ], { w: 12, description: "Packets over max_allowed_packet or max_memory; KILL statements carried out; sessions ended by a panic (a bug to report: the process and the other sessions go on)." }),
+    l.row("Result cache"),
+    l.chart("Cache lookups", "ops", [
+      { expr: `rate(dbmux_cache_hits_total[${R}])`, legend: "hits" },
+      { expr: `rate(dbmux_cache_misses_total[${R}])`, legend: "misses" },
+      { expr: `rate(dbmux_cache_fills_total[${R}])`, legend: "fills" },
+    ], { w: 8, description: "Cacheable reads answered from Redis (hits) or by a database (misses, then filled in the background). See docs/cache.md." }),
+    l.chart("Stale fills refused, Redis errors", "ops", [
+      { expr: `rate(dbmux_cache_fills_refused_stale_total[${R}])`, legend: "fills refused as stale" },
+      { expr: `rate(dbmux_cache_redis_errors_total[${R}])`, legend: "Redis errors (proxy)" },
+      { expr: `rate(dbmux_cache_invalidator_redis_errors_total[${R}])`, legend: "Redis errors (invalidator)" },
+    ], { w: 8, description: "A fill older than a change the invalidator recorded is refused atomically (the race docs/cache.md describes); Redis errors make reads go to the databases." }),
+    l.chart("Invalidation lag", "s", [
+      { expr: `histogram_quantile(0.5, sum by (le) (rate(dbmux_cache_invalidation_lag_seconds_bucket[${R}])))`, legend: "p50" },
+      { expr: `histogram_quantile(0.99, sum by (le) (rate(dbmux_cache_invalidation_lag_seconds_bucket[${R}])))`, legend: "p99" },
+      { expr: "dbmux_cache_available", legend: "cache available (0/1)" },
+    ], { w: 8, description: "Master commit to the change's tables invalidated in Redis. 'available' is 0 while the proxy does not serve from the cache (Redis down, invalidator silent)." }),
     l.row("Backends"),
     l.chart("Ping latency", "s", [{ expr: `dbmux_proxy_backend_ping_seconds{${sel}}`, legend: "{{backend}}" }], { w: 12 }),
     l.chart("Up", "none", [{ expr: `dbmux_proxy_backend_up{${sel}}`, legend: "{{backend}}" }], { w: 12, min: 0, max: 1 }),

@@ -57,6 +57,17 @@ enum Command {
         #[arg(long)]
         admin: Option<String>,
     },
+    /// Run only the result cache's invalidator ([proxy.cache]): follow the
+    /// log and record each change's table in Redis (exactly one per
+    /// `key_prefix`; set `invalidator = false` for `dbmux run` then).
+    #[cfg(feature = "proxy")]
+    Invalidate {
+        #[arg(long, short, env = "DBMUX_CONFIG")]
+        config: PathBuf,
+        /// Admin server address for this process (overrides [admin] listen; "" disables it).
+        #[arg(long)]
+        admin: Option<String>,
+    },
     /// Validate a configuration file and list every problem.
     CheckConfig { file: PathBuf },
     /// Print change events from the log as JSON envelopes, one per line.
@@ -195,6 +206,48 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// `dbmux invalidate`: the parts of `run_parts` with only the invalidator.
+#[cfg(feature = "proxy")]
+fn run_invalidator(config: &std::path::Path, admin: Option<String>) -> ExitCode {
+    init_tracing();
+    let Some(mut cfg) = load_config(config) else {
+        return ExitCode::from(2);
+    };
+    match cfg
+        .proxy
+        .as_mut()
+        .and_then(|p| p.cache.as_mut())
+        .filter(|c| c.enabled)
+    {
+        Some(c) => c.invalidator = true,
+        None => {
+            eprintln!("dbmux invalidate: the configuration has no enabled [proxy.cache]");
+            return ExitCode::from(2);
+        }
+    }
+    if let Some(a) = admin {
+        if !a.is_empty() && a.parse::<std::net::SocketAddr>().is_err() {
+            eprintln!("--admin: {a:?} is not a host:port address");
+            return ExitCode::from(2);
+        }
+        cfg.admin.listen = a;
+    }
+    let parts = run::Parts {
+        capture: false,
+        appliers: run::Appliers::None,
+        proxy: false,
+        invalidate: true,
+    };
+    match runtime().block_on(run::run(cfg, parts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("dbmux stopped: {e:#}");
+            eprintln!("dbmux stopped: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     install_crypto_provider();
     let cli = Cli::parse();
@@ -225,8 +278,11 @@ fn main() -> ExitCode {
                 capture: true,
                 appliers: run::Appliers::None,
                 proxy: false,
+                invalidate: false,
             },
         ),
+        #[cfg(feature = "proxy")]
+        Command::Invalidate { config, admin } => run_invalidator(&config, admin),
         Command::Apply {
             config,
             replica,
@@ -238,6 +294,7 @@ fn main() -> ExitCode {
                 capture: false,
                 appliers: run::Appliers::One(replica),
                 proxy: false,
+                invalidate: false,
             },
         ),
         Command::ResumeTable {

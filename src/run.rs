@@ -74,6 +74,19 @@ pub fn describe(c: &Config) -> String {
             s.push_str(&format!(", replica {} {}", r.name, redact_url(&r.url.0)));
         }
         s.push('\n');
+        if let Some(c) = p.cache.as_ref().filter(|c| c.enabled) {
+            s.push_str(&format!(
+                "cache: {} tables {} ttl {}s{}\n",
+                redact_url(&c.redis),
+                c.tables.join(","),
+                c.ttl_secs,
+                if c.invalidator {
+                    ", invalidator in this process"
+                } else {
+                    ""
+                }
+            ));
+        }
     }
     s
 }
@@ -104,6 +117,9 @@ pub struct Parts {
     pub capture: bool,
     pub appliers: Appliers,
     pub proxy: bool,
+    /// The cache invalidator, when `[proxy.cache]` is enabled with
+    /// `invalidator = true` (`dbmux invalidate` forces it on).
+    pub invalidate: bool,
 }
 
 impl Parts {
@@ -112,6 +128,7 @@ impl Parts {
         capture: true,
         appliers: Appliers::All,
         proxy: true,
+        invalidate: true,
     };
 }
 
@@ -277,6 +294,27 @@ pub async fn run(mut cfg: Config, parts: Parts) -> anyhow::Result<()> {
             ("observer".into(), Ok(()))
         });
     }
+    #[cfg(feature = "proxy")]
+    if let Some(ccfg) = cfg
+        .proxy
+        .as_ref()
+        .and_then(|p| p.cache.clone())
+        .filter(|c| parts.invalidate && c.enabled && c.invalidator)
+    {
+        // The result cache's invalidator follows the same log as the appliers.
+        let m = connectors::proxy::cache::invalidate::InvalidatorMetrics::default();
+        m.register(&mut registry);
+        let (log, sd) = (log.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let stop = async move { sd.cancelled().await };
+            (
+                "cache invalidator".into(),
+                connectors::proxy::cache::invalidate::run(log, ccfg, m, stop)
+                    .await
+                    .map_err(RuntimeError::from),
+            )
+        });
+    }
     #[allow(unused_mut)]
     let mut proxy_view: Option<crate::status::ProxyFn> = None;
     #[cfg(feature = "proxy")]
@@ -398,5 +436,13 @@ fn proxy_status(p: &connectors::proxy::Proxy, listen: &str) -> crate::status::Pr
                 idle_connections: b.idle_connections,
             })
             .collect(),
+        cache: p.shared.cache.as_ref().map(|c| crate::status::CacheSample {
+            available: c.available(),
+            hits: c.metrics.hits.get(),
+            misses: c.metrics.misses.get(),
+            fills: c.metrics.fills.get(),
+            fills_refused_stale: c.metrics.fills_refused_stale.get(),
+            redis_errors: c.metrics.redis_errors.get(),
+        }),
     }
 }

@@ -62,6 +62,20 @@ pub struct ProxySample {
     pub sessions: i64,
     pub queries: u64,
     pub backends: Vec<BackendSample>,
+    /// The result cache (`None`: not configured).
+    pub cache: Option<CacheSample>,
+}
+
+/// The proxy's result cache, for `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheSample {
+    /// Hits are served now (Redis answers, the invalidator's heartbeat is fresh).
+    pub available: bool,
+    pub hits: u64,
+    pub misses: u64,
+    pub fills: u64,
+    pub fills_refused_stale: u64,
+    pub redis_errors: u64,
 }
 
 /// Reads the proxy's state (the binary wires it when a proxy runs).

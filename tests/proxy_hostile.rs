@@ -710,6 +710,83 @@ print("\n".join(out))
     );
 }
 
+/// Under `dbmux run` a table or column created on the master reaches the
+/// replica later (with the stream's schema change): a plain read of it in the
+/// meantime is answered by the master, never with the replica's "doesn't
+/// exist"; an object neither has is the master's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item7_tables_and_columns_only_the_master_has_yet_are_read_there() {
+    let p = start_proxy(ProxyOpts::default());
+    let db = unique("pxy_tlater");
+    let mut m = direct(&master_url()).await;
+    let mut r = direct(&replica_url()).await;
+    for c in [&mut m, &mut r] {
+        c.query_drop(format!("CREATE DATABASE {db}")).await.unwrap();
+        c.query_drop(format!("CREATE TABLE {db}.t (a INT)"))
+            .await
+            .unwrap();
+    }
+    m.query_drop(format!("CREATE TABLE {db}.fresh (a INT)"))
+        .await
+        .unwrap();
+    m.query_drop(format!("INSERT INTO {db}.fresh VALUES (1), (2)"))
+        .await
+        .unwrap();
+    m.query_drop(format!("ALTER TABLE {db}.t ADD COLUMN b INT"))
+        .await
+        .unwrap();
+    let master_id = server_id(&mut m).await;
+    let replica_id = server_id(&mut r).await;
+    let mut c = p.conn("app_eventual", &db).await;
+    // The replica serves what it has.
+    let mut on_replica = false;
+    for _ in 0..50 {
+        let (id, n): (u32, i64) = c
+            .query_first("SELECT @@server_id, COUNT(*) FROM t")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 0);
+        if id == replica_id {
+            on_replica = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        on_replica,
+        "plain reads never reached the replica:\n{}",
+        p.log_text()
+    );
+    let (id, n): (u32, i64) = c
+        .query_first("SELECT @@server_id, COUNT(*) FROM fresh")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((id, n), (master_id, 2), "a table only the master has yet");
+    let (id, b): (u32, Option<i64>) = c
+        .query_first("SELECT @@server_id, MAX(b) FROM t")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((id, b), (master_id, None), "a column only the master has yet");
+    let e = c
+        .query_drop("SELECT * FROM no_such_table_anywhere")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, mysql_async::Error::Server(s) if s.code == 1146),
+        "the master's own error: {e:?}"
+    );
+    // The session goes on, on the replica for what it has.
+    let n: Option<i64> = c.query_first("SELECT COUNT(*) FROM t").await.unwrap();
+    assert_eq!(n, Some(0));
+    for url in [master_url(), replica_url()] {
+        let mut c = direct(&url).await;
+        c.query_drop(format!("DROP DATABASE {db}")).await.unwrap();
+    }
+}
+
 /// Under `dbmux run` a database created on the master reaches the replica
 /// later, with its first rows: a session that logged in before reads from
 /// the master meanwhile, and from the replica once it has the database (not

@@ -6,6 +6,7 @@
 mod support;
 
 mod apply;
+mod cache;
 mod capture;
 mod ddl;
 mod equality;

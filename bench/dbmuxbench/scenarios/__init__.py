@@ -7,7 +7,7 @@ the sustainable rate from `keeps_up`), then any other module in alphabetical ord
 import importlib
 import pkgutil
 
-ORDER = ["capture", "keeps_up", "drain", "snapshot", "lag", "proxy", "cost", "soak"]
+ORDER = ["capture", "keeps_up", "drain", "snapshot", "lag", "proxy", "cache", "cost", "soak"]
 
 
 def load_all() -> None:

@@ -205,6 +205,9 @@ pub struct ProxyConfig {
     pub users: Vec<UserConfig>,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// `[proxy.cache]`: the Redis result cache (absent: off).
+    #[serde(default)]
+    pub cache: Option<super::cache::CacheConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -499,6 +502,11 @@ impl ProxyConfig {
         }
         if let Err(e) = self.master.parse() {
             bad("proxy.master".into(), e);
+        }
+        if let Some(c) = &self.cache {
+            for p in c.validate() {
+                bad(p.path, p.message);
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (i, r) in self.replicas.iter().enumerate() {

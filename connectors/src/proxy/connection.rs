@@ -63,6 +63,10 @@ const ER_UNKNOWN_STMT: u16 = 1243;
 const ER_MAX_PREPARED_STMT_COUNT_REACHED: u16 = 1461;
 const ER_CONNECTION_KILLED: u16 = 1927;
 const ER_BAD_DB: u16 = 1049;
+/// Errors a replica gives for a read when its schema is behind the master's:
+/// no such table (1146), unknown column (1054), no such database (1049).
+/// A plain read that fails so on a replica is answered by the master.
+const SCHEMA_LAG_CODES: &[u16] = &[1146, 1054, ER_BAD_DB];
 
 /// Errors after which the server closes the connection (packet too large,
 /// network read/write errors and timeouts).
@@ -89,6 +93,7 @@ const M_MASTER: usize = 0;
 const M_REPLICA: usize = 1;
 const M_SESSION: usize = 2;
 const M_LOCAL: usize = 3;
+const M_CACHE: usize = 4;
 
 /// What other sessions may know of a session: its user, the backend
 /// statement it runs (for `KILL QUERY`), and a way to end it (`KILL`).
@@ -376,6 +381,26 @@ struct Session {
     /// The current command's reply to the client was an SQL error (the
     /// `outcome` of the query metrics).
     answered_err: bool,
+    /// Read-your-writes with the cache: the session's last write and a
+    /// replica `seq` known to include it (a cached result must reach it).
+    ryw_floor: Option<(Gtid, u64)>,
+}
+
+/// A cacheable statement, ready for the cache: its key and tables.
+struct CachePlan {
+    hash: String,
+    tables: Vec<(String, String)>,
+}
+
+/// What the cache did for a read.
+enum CacheStep {
+    /// Answered (sent to the client).
+    Hit,
+    /// Not found: run it on this replica, and store the result read at this
+    /// applied `seq` (when known).
+    Fill { idx: usize, seq: Option<u64> },
+    /// The cache does not apply now: run it here.
+    Bypass(Which),
 }
 
 impl Session {
@@ -422,6 +447,7 @@ impl Session {
             no_backslash_escapes: false,
             close_after: false,
             answered_err: false,
+            ryw_floor: None,
         }
     }
 
@@ -1145,7 +1171,20 @@ impl Session {
         rewrite: Option<u32>,
     ) -> Result<(Which, Summary), Fail> {
         let which = self.read_target(false).await?;
+        let (mark, err_mark) = (self.client.wbuf.len(), self.answered_err);
         match self.run_on(which, payload, reply, rewrite).await {
+            Ok((Which::Replica(_), s))
+                if !s.flushed && s.err.as_ref().is_some_and(|e| SCHEMA_LAG_CODES.contains(&e.code)) =>
+            {
+                // The replica's schema is behind the master's (a table or
+                // column created moments ago, replicated with the stream):
+                // the client never sees that error; the master answers, with
+                // its own error if the object does not exist there either.
+                self.client.wbuf.truncate(mark);
+                self.answered_err = err_mark;
+                self.shared.metrics.replica_failovers.inc();
+                self.run_on(Which::Master, payload, reply, rewrite).await
+            }
             Err(Fail::MasterUnavailable(e)) if which == Which::Master && !self.master_held_state() => {
                 match self.read_replica(true) {
                     Some(i) => {
@@ -1239,7 +1278,25 @@ impl Session {
                 let which = self.last_backend();
                 self.run_on(which, &payload, Reply::ResultSets, None).await?.0
             }
-            Target::Replica => self.run_read(&payload, Reply::ResultSets, None).await?.0,
+            Target::Replica => match self.cache_plan(&payload[1..], false, &[]) {
+                None => self.run_read(&payload, Reply::ResultSets, None).await?.0,
+                Some(plan) => match self.cache_lookup(&plan).await? {
+                    CacheStep::Hit => return Ok(M_CACHE),
+                    CacheStep::Bypass(_) => self.run_read(&payload, Reply::ResultSets, None).await?.0,
+                    CacheStep::Fill { idx, seq } => {
+                        let (mark, flushes) = (self.client.wbuf.len(), self.client.flushes);
+                        let (ran, sum) = self
+                            .run_on(Which::Replica(idx), &payload, Reply::ResultSets, None)
+                            .await?;
+                        if let (Which::Replica(i), None, Some(seq)) = (ran, &sum.err, seq) {
+                            if i == idx && self.client.flushes == flushes {
+                                self.spawn_fill(plan, seq, mark);
+                            }
+                        }
+                        ran
+                    }
+                },
+            },
             Target::Local(_) => unreachable!("answered above"),
         };
         if let Some(cs) = route.charset {
@@ -1624,11 +1681,28 @@ impl Session {
         if write {
             self.wrote = true;
         }
-        let mut which = match target {
-            Target::Replica => self.read_target(false).await?,
-            Target::Last => self.last_backend(),
+        let mut fill: Option<(CachePlan, usize, u64)> = None;
+        let plan = match target {
+            Target::Replica if long_data.is_empty() => self.stmt_cache_plan(id, &payload, n, bound),
+            _ => None,
+        };
+        let mut which = match (target, plan) {
+            (Target::Replica, Some(plan)) => match self.cache_lookup(&plan).await? {
+                CacheStep::Hit => return Ok(M_CACHE),
+                CacheStep::Bypass(w) => w,
+                CacheStep::Fill { idx, seq } => {
+                    if let Some(seq) = seq {
+                        fill = Some((plan, idx, seq));
+                    }
+                    Which::Replica(idx)
+                }
+            },
+            (Target::Replica, None) => self.read_target(false).await?,
+            (Target::Last, _) => self.last_backend(),
             _ => Which::Master,
         };
+        let (mark, flushes) = (self.client.wbuf.len(), self.client.flushes);
+        let answered_ok;
         loop {
             let Some((bid, types_sent)) = self.ensure_prepared(id, which).await? else {
                 self.shared.metrics.replica_failovers.inc();
@@ -1648,7 +1722,8 @@ impl Session {
                 .exec(which, body, Reply::ResultSets, None, &chunks, Some(bid))
                 .await?
             {
-                Exec::Done(_) => {
+                Exec::Done(sum) => {
+                    answered_ok = sum.err.is_none();
                     if n > 0 && (bound || types_sent) {
                         let stmt = self.stmts.get_mut(&id).expect("exists");
                         match which {
@@ -1668,11 +1743,155 @@ impl Session {
                 }
             }
         }
+        if let Some((plan, idx, seq)) = fill {
+            if answered_ok && which == Which::Replica(idx) && self.client.flushes == flushes {
+                self.spawn_fill(plan, seq, mark);
+            }
+        }
         self.client.flush().await?;
         if which == Which::Master {
             self.after_master();
         }
         Ok(Self::metrics_route(which))
+    }
+
+    // -----------------------------------------------------------------------
+    // The result cache (see `super::cache` and docs/cache.md).
+
+    /// The cache plan of a statement text the router sends to a replica,
+    /// when the cache is in use and the configuration caches it.
+    /// `params`: an execution's parameter types and values.
+    fn cache_plan(&self, text: &[u8], binary: bool, params: &[u8]) -> Option<CachePlan> {
+        use super::cache::classify::{analyze, Verdict};
+        let cache = self.shared.cache.as_ref()?;
+        if !cache.available() || self.no_backslash_escapes {
+            return None;
+        }
+        let a = analyze(text, self.charset)?;
+        let Verdict::Cacheable(tables) = &a.verdict else {
+            tracing::debug!(verdict = ?a.verdict, "cache: not cacheable");
+            return None;
+        };
+        if (cache.cfg.hint_only && !a.hinted) || !cache.cfg.covers_statement(&a.shape) {
+            return None;
+        }
+        let mut resolved = Vec::with_capacity(tables.len());
+        for t in tables {
+            let db = t.db.as_deref().or(self.db.as_deref())?;
+            if !cache.cfg.covers_table(db, &t.name) {
+                return None;
+            }
+            resolved.push((db.to_string(), t.name.clone()));
+        }
+        let statement = super::cache::normalize(text);
+        let hash = super::cache::KeyParts {
+            db: self.db.as_deref(),
+            statement: &statement,
+            binary,
+            params,
+            caps: self.key.caps,
+            collation: self.key.collation,
+            account: self.replica_account,
+            settings: &self.settings,
+        }
+        .hash();
+        Some(CachePlan {
+            hash,
+            tables: resolved,
+        })
+    }
+
+    /// The cache plan of an execution of prepared statement `id`: keyed by
+    /// its text, parameter types and values (`n` parameters; `bound`: the
+    /// payload carries the types).
+    fn stmt_cache_plan(&self, id: u32, payload: &[u8], n: usize, bound: bool) -> Option<CachePlan> {
+        let stmt = self.stmts.get(&id)?;
+        let mut params = Vec::new();
+        if n > 0 {
+            let nulls = payload.get(10..10 + n.div_ceil(8))?;
+            let values_at = 10 + n.div_ceil(8) + 1 + if bound { 2 * n } else { 0 };
+            let types = stmt.param_types.as_deref()?;
+            params.extend_from_slice(&(types.len() as u32).to_le_bytes());
+            params.extend_from_slice(types);
+            params.extend_from_slice(nulls);
+            params.extend_from_slice(payload.get(values_at..)?);
+        }
+        self.cache_plan(&stmt.sql, true, &params)
+    }
+
+    /// Looks a planned read up. Runs only where a plain read would go to a
+    /// replica now (outside transactions, not pinned, the session's own
+    /// writes applied there): a hit is sent to the client.
+    async fn cache_lookup(&mut self, plan: &CachePlan) -> Result<CacheStep, Fail> {
+        let which = self.read_target(false).await?;
+        let Which::Replica(idx) = which else {
+            tracing::debug!("cache: the read goes to the master");
+            return Ok(CacheStep::Bypass(which));
+        };
+        let Some(cache) = self.shared.cache.clone() else {
+            return Ok(CacheStep::Bypass(which));
+        };
+        // Read before the statement runs: the replica's state when it runs
+        // includes at least this.
+        let Some(seq) = self.shared.replicas[idx].health.applied_seq() else {
+            return Ok(CacheStep::Bypass(which));
+        };
+        let Some(floor) = self.ryw_floor(idx) else {
+            return Ok(CacheStep::Bypass(which));
+        };
+        match cache.lookup(&plan.hash, &plan.tables, floor, seq).await {
+            Some(super::cache::Lookup::Hit(blob)) => {
+                self.client.wbuf.extend_from_slice(&blob);
+                self.client.flush().await?;
+                // `SHOW WARNINGS` and friends run on the master from here.
+                self.last = None;
+                Ok(CacheStep::Hit)
+            }
+            Some(super::cache::Lookup::Miss) => Ok(CacheStep::Fill { idx, seq: Some(seq) }),
+            None => Ok(CacheStep::Bypass(which)),
+        }
+    }
+
+    /// The replica `seq` a cached result must reach for this session: 0
+    /// without read-your-writes or without a write; else a `seq` of replica
+    /// `idx` known to include the session's last write (`read_replica` has
+    /// just checked that `idx` covers it; the health check stores a
+    /// replica's applied `seq` before its GTID set, both read in that order,
+    /// so the `seq` read after the GTID check includes the write).
+    fn ryw_floor(&mut self, idx: usize) -> Option<u64> {
+        if self.user.consistency != Consistency::ReadYourWrites {
+            return Some(0);
+        }
+        let Some(g) = self.last_write else {
+            return Some(0);
+        };
+        if let Some((w, s)) = self.ryw_floor {
+            if w == g {
+                return Some(s);
+            }
+        }
+        let s = self.shared.replicas[idx].health.applied_seq()?;
+        self.ryw_floor = Some((g, s));
+        Some(s)
+    }
+
+    /// Stores the reply buffered since `mark` (not sent yet) in the
+    /// background: the client does not wait for Redis.
+    fn spawn_fill(&self, plan: CachePlan, seq: u64, mark: usize) {
+        let Some(cache) = self.shared.cache.clone() else {
+            return;
+        };
+        let Some(blob) = self.client.wbuf.get(mark..) else {
+            return;
+        };
+        if blob.is_empty() || blob.len() > cache.cfg.max_result_bytes || !cache.reserve_fill(blob.len()) {
+            return;
+        }
+        let blob = blob.to_vec();
+        tokio::spawn(async move {
+            cache.fill(&plan.hash, &plan.tables, seq, &blob).await;
+            cache.filled(blob.len());
+        });
     }
 
     async fn close_stmt(&mut self, id: u32) {
@@ -1773,6 +1992,7 @@ impl Session {
 
     /// Forgets everything the session set up (not the connections).
     fn reset_state(&mut self) {
+        self.ryw_floor = None;
         self.settings.clear();
         self.stmts.clear();
         self.pin = None;

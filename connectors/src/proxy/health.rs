@@ -312,8 +312,12 @@ pub async fn monitor(
                 Ok(Ok((latency, applied, seq))) => {
                     health.record_latency(latency);
                     if queries.is_some() {
+                        // The seq first: it was read after the GTID set, so
+                        // whoever sees the new set and then reads the seq
+                        // gets one that includes the set (the cache's
+                        // read-your-writes floor relies on it).
+                        health.applied_seq.store(seq, Ordering::SeqCst);
                         health.set_applied_gtids(&applied);
-                        health.applied_seq.store(seq, Ordering::Relaxed);
                     }
                     health.mark_up();
                 }

@@ -72,7 +72,7 @@ pub const POOL_IDLE_CONNECTIONS: &str = "dbmux_proxy_pool_idle_connections";
 pub const BACKEND_CONNECTS: &str = "dbmux_proxy_backend_connects";
 
 /// Values of the `route` label: where a command ran.
-pub const ROUTES: [&str; 4] = ["master", "replica", "session", "local"];
+pub const ROUTES: [&str; 5] = ["master", "replica", "session", "local", "cache"];
 /// Values of the `outcome` label: `ok` (OK or a result set), `error` (an SQL
 /// error reached the client, from the server or from dbmux), `failed` (the
 /// backend broke or could not be reached).

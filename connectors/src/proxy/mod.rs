@@ -36,6 +36,7 @@
 //! connection ends the client session with an error (its state is lost).
 
 pub mod backend;
+pub mod cache;
 pub mod command;
 pub mod config;
 pub mod connection;
@@ -96,6 +97,8 @@ pub struct Shared {
     pub accounts: HashMap<String, (u16, u16)>,
     /// Failed logins and login-phase connections per client address.
     pub door: Arc<listener::Door>,
+    /// The result cache, when `[proxy.cache]` is configured and enabled.
+    pub cache: Option<Arc<cache::Cache>>,
 }
 
 impl Shared {
@@ -233,6 +236,15 @@ impl Proxy {
                 }
             }
         };
+        let cache = match cfg.cache.as_ref().filter(|c| c.enabled) {
+            Some(c) => Some(Arc::new(cache::Cache::new(c.clone()).map_err(|e| {
+                ProxyError::Config(vec![config::ConfigProblem {
+                    path: "proxy.cache.redis".into(),
+                    message: e.to_string(),
+                }])
+            })?)),
+            None => None,
+        };
         let memory = memory::Budget::new(cfg.max_memory);
         let door = Arc::new(listener::Door::new(&cfg));
         Ok(Proxy {
@@ -241,6 +253,7 @@ impl Proxy {
                 memory,
                 accounts,
                 door,
+                cache,
                 cfg,
                 master,
                 master_health: Arc::new(BackendHealth::new("master")),
@@ -286,6 +299,9 @@ impl Proxy {
             })
             .collect();
         s.metrics.register(registry, backends, s.memory.clone());
+        if let Some(c) = &s.cache {
+            c.metrics.register(registry);
+        }
     }
 
     /// The backends as the status page shows them: the master first.
@@ -342,6 +358,9 @@ impl Proxy {
                 Some(q),
                 timing,
             )));
+        }
+        if let Some(c) = &s.cache {
+            tasks.push(tokio::spawn(c.clone().watch()));
         }
         listener::serve(listener, s.clone(), shutdown).await;
         for t in tasks {

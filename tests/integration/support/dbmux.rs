@@ -211,7 +211,11 @@ status_interval_secs = 1
         let child = Command::new(env!("CARGO_BIN_EXE_dbmux"))
             .args(["run", "--config"])
             .arg(&self.config)
-            .env("DBMUX_LOG", "info")
+            // DBMUX_TEST_LOG (e.g. `info,connectors::proxy::cache=debug`) to see more.
+            .env(
+                "DBMUX_LOG",
+                std::env::var("DBMUX_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()

@@ -151,6 +151,8 @@ impl Drop for Prometheus {
 /// the pipeline, users `app` (read-your-writes) and `eventual`, password
 /// `app-password`. Reads of `eventual` go to the replica however far behind
 /// it is (`max_replica_lag`), so a loaded test machine still shows both routes.
+/// The Redis result cache is on for every table, so its metrics and dashboard
+/// panels have data.
 pub fn proxy_section(port: u16) -> String {
     let hashes = "mysql_native_password = \"*F142931D9296BB66D4600D47418DBC1475D27D29\"\n\
                   caching_sha2_password = \"6681bbfe12153c1b4a0268cf4733a0a3021ff47751fafc3c0a4bdae5a0a89db6\"\n";
@@ -158,9 +160,11 @@ pub fn proxy_section(port: u16) -> String {
         "\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nmaster = \"{}\"\nhealth_interval_ms = 200\nmax_replica_lag = 100000000\n\
          [[proxy.replicas]]\nname = \"mariadb\"\nurl = \"{}\"\n\
          [[proxy.users]]\nname = \"app\"\n{hashes}\
-         [[proxy.users]]\nname = \"eventual\"\nconsistency = \"eventual\"\n{hashes}",
+         [[proxy.users]]\nname = \"eventual\"\nconsistency = \"eventual\"\n{hashes}\
+         [proxy.cache]\nredis = \"{}\"\ntables = [\"*.*\"]\nkey_prefix = \"dbmux-observe-{port}\"\n",
         super::with_db(&super::mysql_url(), ""),
-        super::with_db(&super::mysql_replica_url(), "")
+        super::with_db(&super::mysql_replica_url(), ""),
+        super::redis_url()
     )
 }
 

@@ -130,3 +130,96 @@ impl Drop for PrivateMariadb {
         self.kill();
     }
 }
+
+/// A Redis server of this test's own (no automatic persistence; `SAVE`
+/// writes a snapshot that a restart loads back), in a temporary directory.
+pub struct PrivateRedis {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> PrivateRedis {
+        let mut r = PrivateRedis {
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            child: None,
+        };
+        r.launch().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    async fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            // `DEBUG SLEEP`: a Redis that answers slowly.
+            .args(["--enable-debug-command", "yes"])
+            .args(["--port", &self.port.to_string()])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (run scripts/services up first)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(
+            "the private Redis to answer",
+            Duration::from_secs(20),
+            || async move {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "ping"])
+                    .output()
+                    .ok()?;
+                (String::from_utf8_lossy(&out.stdout).trim() == "PONG").then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Runs `redis-cli` with `args`; returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// SIGKILL, no chance to save anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Makes the server unresponsive for `secs` (`DEBUG SLEEP`), without
+    /// waiting: the returned process ends when the server answers again.
+    pub fn freeze(&self, secs: f64) -> Child {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "DEBUG", "SLEEP", &secs.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Starts again on the same port and directory (loading a snapshot
+    /// `SAVE` left there).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.launch().await;
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
