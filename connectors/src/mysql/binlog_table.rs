@@ -21,7 +21,7 @@
 //! a definite error there would stop replication on an ordinary migration.)
 
 use super::binlog_values::{BlobContent, Charset, ColumnDecoder};
-use super::capture::MysqlCaptureError;
+use super::capture_error::MysqlCaptureError;
 use mysql_common::binlog::events::{OptionalMetaExtractor, OptionalMetadataField, TableMapEvent};
 use mysql_common::constants::ColumnType as MyType;
 use pipeline::schema::{ColumnDef, ColumnType, ForeignKey, TableId, TableSchema};

@@ -63,237 +63,30 @@ use super::binlog_values::{Charset, Cursor, DecodeError};
 use super::ddl::{self, Clause, Statement};
 use super::gtid::{parse_gtid_list, GtidState, MariaGtid, FL_PREPARED_XA};
 use super::preflight;
+// Configuration and errors live in their own modules; re-exported here, where
+// users of the source have always found them.
+use super::capture_error::driver;
+pub use super::capture_error::MysqlCaptureError;
+pub use super::source_config::*;
+use super::statement::{
+    ddl_target_guess, starts_with_word, statement_tables, strip_comments, truncate_target,
+};
 use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts};
 use mysql_common::binlog::events::{Event, EventData, GtidEvent, QueryEvent, TableMapEvent};
 use pipeline::capture_state::HistoryEntry;
 use pipeline::ddl::{AlterAction, DdlKind, SchemaChange};
-use pipeline::filter::{TableFilter, TablePattern};
+use pipeline::filter::TableFilter;
 use pipeline::position::MysqlPosition;
-use pipeline::retry::{Classify, ErrorClass};
 use pipeline::schema::{FkAction, ForeignKey, TableId, TableSchema};
 use pipeline::source::{CapturedTransaction, Source};
 use pipeline::value::format_uuid;
 use pipeline::{Op, Position, Value};
-use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Default replication `server_id` of the dump connection (distinct from the
-/// usual small ids of real servers; give every capture of one master its own).
-pub const DEFAULT_SERVER_ID: u32 = 65_435;
-/// Default heartbeat period asked of the master.
-pub const DEFAULT_HEARTBEAT_SECS: u64 = 5;
-/// The connection is presumed dead after this many silent heartbeat periods.
-pub const HEARTBEAT_MISSES: u32 = 3;
-/// Schemas never captured unless an include pattern names them literally.
-pub const SYSTEM_SCHEMAS: &[&str] = &["mysql", "sys", "information_schema", "performance_schema"];
-
-fn default_server_id() -> u32 {
-    DEFAULT_SERVER_ID
-}
-fn default_heartbeat_secs() -> u64 {
-    DEFAULT_HEARTBEAT_SECS
-}
-
-/// `[source]` for a MariaDB / MySQL master.
-///
-/// ```toml
-/// [source]
-/// url = "mysql://dbmux:secret@db1:3306/"
-/// server_id = 65435              # replication id of the dump; unique per master
-/// include = ["app", "shop.orders"]  # `db` or `db.table`, `*` and `?` wildcards; empty = all
-/// exclude = ["app.sessions"]
-/// heartbeat_secs = 5
-/// ```
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MysqlSourceConfig {
-    /// `mysql://user:password@host:port/[db]` of the master (the path is ignored).
-    pub url: String,
-    /// Replication `server_id` the dump registers with: non-zero and different
-    /// from every server's and every other capture's.
-    #[serde(default = "default_server_id")]
-    pub server_id: u32,
-    /// Tables to capture: `db` (every table) or `db.table`; empty means all.
-    #[serde(default)]
-    pub include: Vec<String>,
-    /// Tables never captured (wins over `include`).
-    #[serde(default)]
-    pub exclude: Vec<String>,
-    /// Heartbeat period asked of the master, in seconds (1–600).
-    #[serde(default = "default_heartbeat_secs")]
-    pub heartbeat_secs: u64,
-}
-
-impl MysqlSourceConfig {
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            server_id: DEFAULT_SERVER_ID,
-            include: Vec::new(),
-            exclude: Vec::new(),
-            heartbeat_secs: DEFAULT_HEARTBEAT_SECS,
-        }
-    }
-
-    /// All problems, with field paths under `source.`.
-    pub fn validate(&self) -> Vec<String> {
-        self.validate_at("source")
-    }
-
-    /// All problems, with field paths under `prefix.`.
-    pub fn validate_at(&self, prefix: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        match url::Url::parse(&self.url) {
-            Err(e) => out.push(format!("{prefix}.url: not a URL ({e})")),
-            Ok(u) => {
-                if u.scheme() != "mysql" {
-                    out.push(format!(
-                        "{prefix}.url: scheme must be mysql:// (found {}://)",
-                        u.scheme()
-                    ));
-                } else if u.host_str().is_none_or(str::is_empty) {
-                    out.push(format!("{prefix}.url: no host"));
-                } else if let Err(e) = Opts::from_url(&self.url) {
-                    out.push(format!("{prefix}.url: {e}"));
-                }
-            }
-        }
-        if self.server_id == 0 {
-            out.push(format!(
-                "{prefix}.server_id: must not be 0 (a replication server_id unique among the servers and captures of this master)"
-            ));
-        }
-        if !(1..=600).contains(&self.heartbeat_secs) {
-            out.push(format!(
-                "{prefix}.heartbeat_secs: must be between 1 and 600 (found {})",
-                self.heartbeat_secs
-            ));
-        }
-        for (field, list) in [("include", &self.include), ("exclude", &self.exclude)] {
-            for (i, p) in list.iter().enumerate() {
-                if let Err(e) = TablePattern::parse(p) {
-                    out.push(format!("{prefix}.{field}[{i}]: {e}"));
-                }
-            }
-        }
-        out
-    }
-
-    /// The table filter these settings describe.
-    pub fn filter(&self) -> Result<TableFilter, MysqlCaptureError> {
-        TableFilter::new(&self.include, &self.exclude)
-            .map(|f| f.with_system_schemas(SYSTEM_SCHEMAS))
-            .map_err(|errs| MysqlCaptureError::Config(errs.iter().map(ToString::to_string).collect()))
-    }
-
-    /// The URL with its password replaced by `***`.
-    pub fn redacted_url(&self) -> String {
-        pipeline::secret::redact_url(&self.url)
-    }
-}
-
-impl fmt::Debug for MysqlSourceConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MysqlSourceConfig")
-            .field("url", &self.redacted_url())
-            .field("server_id", &self.server_id)
-            .field("include", &self.include)
-            .field("exclude", &self.exclude)
-            .field("heartbeat_secs", &self.heartbeat_secs)
-            .finish()
-    }
-}
-
-/// Everything that can go wrong in MySQL capture.
-#[derive(Debug, thiserror::Error)]
-pub enum MysqlCaptureError {
-    #[error("invalid MySQL source configuration: {}", .0.join("; "))]
-    Config(Vec<String>),
-    #[error("{context}: {source}")]
-    Driver {
-        context: String,
-        #[source]
-        source: mysql_async::Error,
-    },
-    #[error("MySQL preflight failed:\n  - {}", .0.join("\n  - "))]
-    Preflight(Vec<String>),
-    #[error("no binlog event or heartbeat from the master for {0:?}: the connection is presumed dead")]
-    HeartbeatTimeout(Duration),
-    #[error("the master closed the binlog stream")]
-    StreamEnded,
-    #[error(
-        "the master cannot stream from {position}: {message} (the binlog may have been purged; \
-         re-snapshot the replicas or point capture at an existing position)"
-    )]
-    PositionUnavailable { position: String, message: String },
-    #[error("the master has no binary log (SHOW MASTER STATUS is empty): enable log_bin")]
-    NoBinlog,
-    #[error("{table}.{column}: unsupported column type {ty}; exclude the table or change the column type")]
-    UnsupportedType {
-        table: String,
-        column: String,
-        ty: String,
-    },
-    #[error("table map of {table}: {message}")]
-    TableMap { table: String, message: String },
-    #[error("row of {table} at {position}, column {column}: {message}")]
-    Decode {
-        table: String,
-        column: String,
-        position: String,
-        message: String,
-    },
-    #[error("binlog event at {position}: {message}")]
-    Event { position: String, message: String },
-    #[error("capture is not started (call start first)")]
-    NotStarted,
-}
-
-impl Classify for MysqlCaptureError {
-    fn class(&self) -> ErrorClass {
-        use MysqlCaptureError::*;
-        match self {
-            Driver { source, .. } => driver_class(source),
-            HeartbeatTimeout(_) | StreamEnded => ErrorClass::Transient,
-            Config(_)
-            | Preflight(_)
-            | PositionUnavailable { .. }
-            | NoBinlog
-            | UnsupportedType { .. }
-            | TableMap { .. }
-            | Decode { .. }
-            | Event { .. }
-            | NotStarted => ErrorClass::Definite,
-        }
-    }
-}
-
-/// Server errors that retrying cannot fix; everything else (I/O, lost connections,
-/// shutdowns, kills, lock waits) is transient.
-fn driver_class(e: &mysql_async::Error) -> ErrorClass {
-    match e {
-        mysql_async::Error::Server(s) => match s.code {
-            // access denied (db, user, specific privilege, table, column, proc), unknown database,
-            // syntax, unknown system variable, fatal binlog read
-            1044 | 1045 | 1049 | 1064 | 1142 | 1143 | 1193 | 1227 | 1236 | 1370 => ErrorClass::Definite,
-            _ => ErrorClass::Transient,
-        },
-        mysql_async::Error::Url(_) => ErrorClass::Definite,
-        mysql_async::Error::Driver(_) | mysql_async::Error::Io(_) | mysql_async::Error::Other(_) => {
-            ErrorClass::Transient
-        }
-    }
-}
-
-fn driver(context: impl Into<String>) -> impl FnOnce(mysql_async::Error) -> MysqlCaptureError {
-    let context = context.into();
-    move |source| MysqlCaptureError::Driver { context, source }
-}
 
 // Binlog event type codes.
 const QUERY: u8 = 2;
@@ -648,28 +441,6 @@ fn name_only(id: &TableId) -> Arc<TableSchema> {
         id: id.clone(),
         ..TableSchema::default()
     })
-}
-
-/// The table a DDL statement dbmux cannot parse names, by a light reading of
-/// its first words (`ALTER [ONLINE|IGNORE] TABLE x`, `CREATE [OR REPLACE]
-/// TABLE [IF NOT EXISTS] x`, `DROP TABLE [IF EXISTS] x`, `RENAME TABLE x`).
-fn ddl_target_guess(text: &[u8], default_db: &str) -> Option<TableId> {
-    let s = std::str::from_utf8(text).ok()?;
-    let mut rest = s.trim_start();
-    for w in [
-        "ALTER", "CREATE", "DROP", "RENAME", "OR", "REPLACE", "ONLINE", "IGNORE", "TABLE", "IF", "NOT",
-        "EXISTS",
-    ] {
-        if starts_with_word(rest.as_bytes(), w) {
-            rest = rest[w.len()..].trim_start();
-        }
-    }
-    let (first, r) = identifier(rest)?;
-    match r.trim_start().strip_prefix('.') {
-        Some(r) => Some(TableId::new(first, identifier(r.trim_start())?.0)),
-        None if !default_db.is_empty() => Some(TableId::new(default_db, first)),
-        None => None,
-    }
 }
 
 /// The catalog-like facts of a history entry.
@@ -1992,143 +1763,10 @@ fn crc32(chunks: &[&[u8]]) -> u32 {
     !c
 }
 
-/// The tables a statement-based DML statement may write, as (database, table),
-/// with `default_db` for unqualified names: every table the statement names
-/// (a multi-table UPDATE or DELETE may write any of them; an INSERT … SELECT
-/// also lists what it reads, which errs on the safe side). `None` when the
-/// statement cannot be read or names a table without a database to put it in:
-/// the caller must then assume the worst.
-fn statement_tables(text: &[u8], default_db: &str) -> Option<Vec<(String, String)>> {
-    use sqlparser::ast::visit_relations;
-    use sqlparser::dialect::MySqlDialect;
-    use sqlparser::parser::Parser;
-    use std::ops::ControlFlow;
-    let sql = std::str::from_utf8(text).ok()?;
-    if starts_with_word(text, "LOAD") {
-        // `LOAD DATA … INTO TABLE [db.]name …` (sqlparser does not read LOAD DATA).
-        let upper = sql.to_ascii_uppercase();
-        let at = upper.find("INTO TABLE")? + "INTO TABLE".len();
-        let rest = sql[at..].trim_start();
-        let (first, rest) = identifier(rest)?;
-        return match rest.trim_start().strip_prefix('.') {
-            Some(r) => Some(vec![(first, identifier(r.trim_start())?.0)]),
-            None if !default_db.is_empty() => Some(vec![(default_db.to_string(), first)]),
-            None => None,
-        };
-    }
-    let statements = Parser::parse_sql(&MySqlDialect {}, sql).ok()?;
-    let mut out = Vec::new();
-    let mut unsure = false;
-    let _ = visit_relations(&statements, |name| {
-        let parts: Vec<&str> = name
-            .0
-            .iter()
-            .map(|p| p.as_ident().map(|i| i.value.as_str()))
-            .collect::<Option<_>>()
-            .unwrap_or_default();
-        match parts.as_slice() {
-            [t] if !default_db.is_empty() => out.push((default_db.to_string(), t.to_string())),
-            [d, t] => out.push((d.to_string(), t.to_string())),
-            _ => unsure = true,
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    (!unsure && !out.is_empty()).then_some(out)
-}
-
-/// `TRUNCATE [TABLE] [db.]name` → (db, name), identifiers optionally backquoted.
-fn truncate_target(text: &[u8]) -> Option<(Option<String>, String)> {
-    if !starts_with_word(text, "TRUNCATE") {
-        return None;
-    }
-    let s = std::str::from_utf8(&text["TRUNCATE".len()..]).ok()?.trim_start();
-    let s = if starts_with_word(s.as_bytes(), "TABLE") {
-        s["TABLE".len()..].trim_start()
-    } else {
-        s
-    };
-    let (first, rest) = identifier(s)?;
-    match rest.trim_start().strip_prefix('.') {
-        Some(r) => {
-            let (second, _) = identifier(r.trim_start())?;
-            Some((Some(first), second))
-        }
-        None => Some((None, first)),
-    }
-}
-
-/// One identifier at the start of `s` (`` `a``b` `` or `name`), and the rest.
-fn identifier(s: &str) -> Option<(String, &str)> {
-    if let Some(r) = s.strip_prefix('`') {
-        let mut out = String::new();
-        let mut it = r.char_indices().peekable();
-        while let Some((i, c)) = it.next() {
-            if c == '`' {
-                if it.peek().is_some_and(|&(_, n)| n == '`') {
-                    it.next();
-                    out.push('`');
-                } else {
-                    return Some((out, &r[i + 1..]));
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        None
-    } else {
-        let end = s
-            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
-            .unwrap_or(s.len());
-        (end > 0).then(|| (s[..end].to_string(), &s[end..]))
-    }
-}
-
-/// The statement text after leading whitespace and `/* … */` comments.
-fn strip_comments(raw: &[u8]) -> &[u8] {
-    let mut s = raw;
-    loop {
-        while let [b, rest @ ..] = s {
-            if b.is_ascii_whitespace() {
-                s = rest;
-            } else {
-                break;
-            }
-        }
-        if s.starts_with(b"/*") {
-            match s.windows(2).position(|w| w == b"*/") {
-                Some(end) => s = &s[end + 2..],
-                None => return &[],
-            }
-        } else {
-            return s;
-        }
-    }
-}
-
-/// Case-insensitive `text` starts with the words `w` (single spaces between
-/// words match any whitespace), followed by a non-identifier character or the end.
-fn starts_with_word(text: &[u8], w: &str) -> bool {
-    let mut t = text;
-    for (i, word) in w.split(' ').enumerate() {
-        if i > 0 {
-            let ws = t.iter().take_while(|b| b.is_ascii_whitespace()).count();
-            if ws == 0 {
-                return false;
-            }
-            t = &t[ws..];
-        }
-        if t.len() < word.len() || !t[..word.len()].eq_ignore_ascii_case(word.as_bytes()) {
-            return false;
-        }
-        t = &t[word.len()..];
-    }
-    t.first()
-        .is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pipeline::retry::Classify;
 
     #[test]
     fn config_defaults_validation_and_redaction() {
