@@ -150,10 +150,26 @@ async fn sigkill_during_workload_loses_nothing_and_applies_nothing_twice() {
     dbmux.start();
     dbmux.wait_capturing().await;
     let progress = Arc::new(AtomicU64::new(0));
+    let stop_writing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Rounds of 100 transactions (each seed its own keys) until two kills
+    // landed during the writes, at least 800 transactions in all: however
+    // fast or slow this machine runs the writes and the restarts.
     let writer = tokio::spawn({
         let db = db.clone();
         let progress = progress.clone();
-        async move { workload::run(&db, 800, 11, progress).await }
+        let stop = stop_writing.clone();
+        async move {
+            let mut total = workload::Stats::default();
+            for round in 0..100u64 {
+                if round >= 8 && stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let s = workload::run(&db, 100, 11 + round, progress.clone()).await;
+                total.transactions += s.transactions;
+                total.row_changes += s.row_changes;
+            }
+            total
+        }
     });
     let mut kills = 0;
     let mut kills_while_writing = 0;
@@ -186,6 +202,9 @@ async fn sigkill_during_workload_loses_nothing_and_applies_nothing_twice() {
         kills += 1;
         if writing {
             kills_while_writing += 1;
+            if kills_while_writing >= 2 {
+                stop_writing.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
         }
         dbmux.start();
     }
