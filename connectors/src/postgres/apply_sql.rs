@@ -492,13 +492,20 @@ pub fn push_array_element(out: &mut String, element: Option<&str>) {
     match element {
         None => out.push_str("NULL"),
         Some(s) => {
+            // Copies runs between the two characters that need a backslash
+            // (both ASCII, so byte positions are character boundaries): the
+            // profile of a backlog drain had the old char-by-char loop at
+            // 6-10 % of dbmux's CPU.
+            out.reserve(s.len() + 2);
             out.push('"');
-            for c in s.chars() {
-                if c == '"' || c == '\\' {
-                    out.push('\\');
-                }
-                out.push(c);
+            let mut rest = s;
+            while let Some(i) = rest.find(['"', '\\']) {
+                out.push_str(&rest[..i]);
+                out.push('\\');
+                out.push_str(&rest[i..=i]);
+                rest = &rest[i + 1..];
             }
+            out.push_str(rest);
             out.push('"');
         }
     }
@@ -518,6 +525,48 @@ mod tests {
             collation: None,
             source_type: String::new(),
         }
+    }
+
+    #[test]
+    fn array_elements_are_quoted_and_escaped() {
+        // The escaping rule of a PostgreSQL array literal, one character at a time.
+        fn reference(out: &mut String, element: Option<&str>) {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            match element {
+                None => out.push_str("NULL"),
+                Some(s) => {
+                    out.push('"');
+                    for c in s.chars() {
+                        if c == '"' || c == '\\' {
+                            out.push('\\');
+                        }
+                        out.push(c);
+                    }
+                    out.push('"');
+                }
+            }
+        }
+        let elements = [
+            Some(""),
+            Some("plain"),
+            Some("\""),
+            Some("\\"),
+            Some("a\"b\\c\"\""),
+            Some("é😀\"ü\\"),
+            Some("NULL"),
+            Some("{,}"),
+            None,
+            Some("trailing\\"),
+        ];
+        let (mut got, mut want) = ("{".to_string(), "{".to_string());
+        for e in elements {
+            push_array_element(&mut got, e);
+            reference(&mut want, e);
+        }
+        assert_eq!(got, want);
+        assert!(got.starts_with("{\"\",\"plain\",\"\\\"\",\"\\\\\""), "{got}");
     }
 
     #[test]
