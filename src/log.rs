@@ -52,23 +52,25 @@ impl AnyLog {
                 // manager starting dbmux and Kafka together must not need an
                 // ordering. Definite errors (unsafe topic settings, bad
                 // credentials, fencing) still stop at once.
-                let mut waited = std::time::Duration::ZERO;
-                let mut backoff = std::time::Duration::from_millis(500);
+                let started = std::time::Instant::now();
+                let mut backoff = pipeline::retry::Backoff::new(
+                    std::time::Duration::from_millis(500),
+                    pipeline::retry::Backoff::DEFAULT_MAX,
+                );
                 let log = loop {
                     match KafkaLog::open(k.clone(), &cfg.name, role).await {
                         Ok(log) => break log,
                         Err(LogError::Unavailable(m)) => {
-                            tracing::warn!(brokers = %k.brokers, waited_s = waited.as_secs(), error = %m,
+                            let delay = backoff.next_delay();
+                            tracing::warn!(brokers = %k.brokers, attempt = backoff.attempts(), error = %m,
                                 "Kafka log unavailable at start; retrying");
-                            tokio::time::sleep(backoff).await;
-                            waited += backoff;
-                            backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+                            tokio::time::sleep(delay).await;
                         }
                         Err(e) => return Err(e).context("opening the Kafka log"),
                     }
                 };
-                if !waited.is_zero() {
-                    tracing::info!(brokers = %k.brokers, waited_s = waited.as_secs(), "Kafka log reachable");
+                if backoff.attempts() > 0 {
+                    tracing::info!(brokers = %k.brokers, waited_s = started.elapsed().as_secs(), "Kafka log reachable");
                 }
                 return Ok(AnyLog::Kafka(log));
             }
