@@ -7,6 +7,7 @@
 //! given. Methods that build SQL are pure (no connection) so each engine's
 //! generated SQL can be unit-tested without a server.
 
+use crate::ddl::SchemaChange;
 use crate::event::Row;
 use crate::replica::Quarantine;
 use crate::retry::ErrorClass;
@@ -125,6 +126,24 @@ pub enum CascadeOp<'a, P> {
         keys: &'a [Vec<P>],
         new: Option<&'a [P]>,
     },
+}
+
+/// Why a schema change could not be made on the replica.
+#[derive(Debug)]
+pub enum DdlError<E> {
+    /// The server refused a statement (the engine's error; the applier asks
+    /// [`Engine::classify`] whether to retry).
+    Driver(E),
+    /// The engine will not make this change (a statement it cannot translate,
+    /// a database holding dbmux's own tables…): why, for the operator.
+    Refused(String),
+}
+
+/// A bulk load could not be done.
+#[derive(Debug)]
+pub enum LoadError<E> {
+    Driver(E),
+    Value(ValueError),
 }
 
 /// One replica engine (MySQL / MariaDB, PostgreSQL, SQL Server…): its SQL,
@@ -293,6 +312,103 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<Statement<Self::Param>, ValueError>;
     /// Deletes every row, inside the current transaction.
     fn truncate(&self, target: &TableId) -> Statement<Self::Param>;
+
+    // ------------------------------------------------------------ snapshots
+
+    /// Rows `(table_schema, table_name)`: the source tables whose snapshot
+    /// `consumer` is waiting for (begun, first chunk not applied yet).
+    fn read_pending(&self, consumer: &str) -> Statement<Self::Param>;
+    /// Notes that a snapshot run `run` of source table `table` has begun
+    /// (inserts or replaces).
+    fn store_pending(&self, consumer: &str, table: &TableId, run: u64) -> Statement<Self::Param>;
+    /// Forgets the pending snapshot of source table `table`, if any.
+    fn drop_pending(&self, consumer: &str, table: &TableId) -> Statement<Self::Param>;
+    /// Forgets every pending snapshot and quarantine of the source tables
+    /// of database (schema) `schema`: it was dropped.
+    fn drop_schema_state(&self, consumer: &str, schema: &str) -> Vec<Statement<Self::Param>>;
+    /// Forgets every quarantine, pending snapshot and schema-change note of
+    /// `consumer` ([`crate::sink::Sink::reset`]).
+    fn clear_state(&self, consumer: &str) -> Vec<Statement<Self::Param>>;
+    /// Idempotent DDL for a snapshot's first chunk: drop `target` and create
+    /// it again for `schema` (replica names; `source` is the same definition
+    /// with the source's names). `create` is the source's own `CREATE TABLE`
+    /// at the chunk's position, which an engine of the same kind may replay
+    /// (indexes, defaults). `Err((column, message))` as [`Engine::create_table`].
+    fn recreate_table(
+        &self,
+        target: &TableId,
+        schema: &TableSchema,
+        source: &TableSchema,
+        create: Option<&str>,
+    ) -> Result<Vec<String>, (String, String)>;
+    /// A bulk path for snapshot rows (`COPY`…) inside the open transaction:
+    /// `Ok(false)` when the engine has none, and the applier then writes the
+    /// rows as upserts (a table with a primary key) or inserts. Rows of a
+    /// table with a key may already be there (changes applied since the
+    /// table's first chunk): they must end equal to these.
+    fn load(
+        &self,
+        conn: &mut Self::Conn,
+        table: &mut TargetTable<Self::Table>,
+        rows: &[&Row],
+    ) -> impl Future<Output = Result<bool, LoadError<Self::Error>>> + Send {
+        let _ = (conn, table, rows);
+        std::future::ready(Ok(false))
+    }
+
+    // ------------------------------------------------------------ schema changes
+
+    /// DDL commits by itself on this engine (MySQL): the applier runs a
+    /// schema change between two transactions, with a note
+    /// ([`Engine::store_ddl_note`]) saying it may have run. Otherwise the
+    /// change runs inside the data transaction with the offset.
+    const AUTOCOMMIT_DDL: bool = false;
+    /// One row, one column: the `seq` of the schema change `consumer` noted
+    /// as possibly run (no row: none). Used only with [`Engine::AUTOCOMMIT_DDL`].
+    fn read_ddl_note(&self, consumer: &str) -> Option<Statement<Self::Param>> {
+        let _ = consumer;
+        None
+    }
+    /// Notes (inserts or replaces) that the schema change at `seq` may run.
+    fn store_ddl_note(&self, consumer: &str, seq: u64, statement: &str) -> Option<Statement<Self::Param>> {
+        let _ = (consumer, seq, statement);
+        None
+    }
+    /// Removes `consumer`'s note.
+    fn clear_ddl_note(&self, consumer: &str) -> Option<Statement<Self::Param>> {
+        let _ = consumer;
+        None
+    }
+    /// Makes one captured schema change on the replica: `source` is the
+    /// table's definition after the change with source names, `renamed` the
+    /// same with replica names ([`Engine::target_table`],
+    /// [`Engine::target_column`]); `commit_ts_us` the source commit time.
+    /// `retried`: the change may already have taken effect (an
+    /// [`Engine::AUTOCOMMIT_DDL`] engine crashed between running and
+    /// recording it), so "already exists / does not exist" answers mean done.
+    /// The default refuses every change.
+    fn schema_change(
+        &self,
+        conn: &mut Self::Conn,
+        source: &TableSchema,
+        renamed: &TableSchema,
+        change: &SchemaChange,
+        commit_ts_us: i64,
+        retried: bool,
+    ) -> impl Future<Output = Result<(), DdlError<Self::Error>>> + Send {
+        let _ = (conn, source, renamed, commit_ts_us, retried);
+        let message = format!(
+            "{} replicas do not apply schema changes yet ({:?})",
+            Self::NAME,
+            change.statement
+        );
+        std::future::ready(Err(DdlError::Refused(message)))
+    }
+    /// Table definitions changed on `conn`: forget what is cached on it
+    /// (prepared statements whose result shape may have changed).
+    fn schema_changed(conn: &mut Self::Conn) {
+        let _ = conn;
+    }
 
     // ------------------------------------------------------------ cascades
 

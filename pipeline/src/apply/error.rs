@@ -44,6 +44,12 @@ pub enum ApplyError<G: Engine> {
         missing: u64,
     },
     Internal(String),
+    /// A schema change the replica did not take.
+    Ddl {
+        table: String,
+        statement: String,
+        message: String,
+    },
     /// An event kind this core does not apply yet (snapshots, schema changes).
     Unsupported {
         table: String,
@@ -97,6 +103,15 @@ impl<G: Engine> fmt::Display for ApplyError<G> {
                  given is {next}"
             ),
             ApplyError::Internal(m) => f.write_str(m),
+            ApplyError::Ddl {
+                table,
+                statement,
+                message,
+            } => write!(
+                f,
+                "cannot apply the schema change `{statement}` to {table} on the {G} replica: {message}",
+                G = G::NAME
+            ),
             ApplyError::Unsupported { table, what, seq } => write!(
                 f,
                 "{table}: event seq {seq}: {G} replicas do not apply {what} yet; the table is left as it was",

@@ -88,15 +88,19 @@ mod error;
 #[cfg(test)]
 mod tests;
 
-pub use engine::{CascadeOp, Engine, Limits, RowsKind, Statement, TargetTable, ValueError};
+pub use engine::{
+    CascadeOp, DdlError, Engine, Limits, LoadError, RowsKind, Statement, TargetTable, ValueError,
+};
 pub use error::ApplyError;
 
 use crate::batch::{self, Action, PlanOptions, Step};
 use crate::cascade::{CascadeError, CascadeStore, Skip};
+use crate::ddl::{DdlKind, SchemaChange};
 use crate::event::{ChangeEvent, Op, Transaction};
 use crate::replica::Quarantine;
 use crate::schema::{TableId, TableSchema};
 use crate::sink::{Opened, Sink};
+use crate::snapshot::{SnapshotMark, SnapshotPhase};
 use crate::value::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -258,18 +262,64 @@ impl<G: Engine> Applier<G> {
     async fn ensure_tables(&mut self, txns: &[Transaction], mode: Mode<'_>) -> ApplyResult<(), G> {
         let mut seen: HashSet<usize> = HashSet::new();
         for ev in txns.iter().flat_map(|t| &t.events) {
-            if !mode.wants(ev, self.applied)
-                || matches!(ev.op, Op::Ddl { .. })
-                || !seen.insert(Arc::as_ptr(&ev.table) as usize)
+            if !mode.wants(ev, self.applied) {
+                continue;
+            }
+            match &ev.op {
+                Op::Ddl(_) => continue,
+                Op::Snapshot(mark) => {
+                    if mark.phase.recreates() {
+                        self.recreate(&ev.table, mark)
+                            .await
+                            .map_err(|e| e.in_table(&ev.table.id))?;
+                        seen.insert(Arc::as_ptr(&ev.table) as usize);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if !seen.insert(Arc::as_ptr(&ev.table) as usize)
                 || (self.tables.contains_key(&ev.table) && !ev.table.columns_unknown())
             {
                 continue;
             }
-            self.ensure_table(&ev.table)
+            self.ensure_table(&ev.table, false)
                 .await
                 .map_err(|e| e.in_table(&ev.table.id))?;
         }
         Ok(())
+    }
+
+    /// A snapshot's first chunk: the replica table is dropped and created
+    /// again as the source has it at the chunk's position (before the data
+    /// transaction, like any table creation; running it twice is harmless).
+    async fn recreate(&mut self, source: &Arc<TableSchema>, mark: &SnapshotMark) -> ApplyResult<(), G> {
+        let target = self.claim(source)?;
+        let table_err = |message: String| ApplyError::Table {
+            table: target.to_string(),
+            message,
+        };
+        let renamed = self.renamed(source, &target).map_err(table_err)?;
+        let create = match &mark.phase {
+            SnapshotPhase::Chunk { create, .. } => create.as_deref(),
+            _ => None,
+        };
+        let ddl = self
+            .engine
+            .recreate_table(&target, &renamed, source, create)
+            .map_err(|(column, m)| column_err(&target, column, m))?;
+        let conn = self.conn.as_mut().expect("connected");
+        for s in ddl {
+            Self::ddl(
+                conn,
+                &Statement::text(s),
+                &format!("recreating table {target} for its snapshot"),
+            )
+            .await?;
+        }
+        self.known.remove(&target);
+        self.tables.retain(|k, _| k.id != source.id);
+        self.ensure_table(source, true).await
     }
 
     async fn describe(&mut self, target: &TableId) -> ApplyResult<Option<Arc<G::Described>>, G> {
@@ -289,14 +339,15 @@ impl<G: Engine> Applier<G> {
         Ok(found)
     }
 
-    async fn ensure_table(&mut self, source: &Arc<TableSchema>) -> ApplyResult<(), G> {
+    /// The replica table `source` is written to, checked: never one of
+    /// dbmux's own tables, never one another source table already writes.
+    fn claim(&mut self, source: &TableSchema) -> ApplyResult<TableId, G> {
         let target = self.engine.target_table(&source.id);
-        let table_err = |message: String| ApplyError::Table {
-            table: target.to_string(),
-            message,
-        };
         if self.engine.is_own_table(&target) {
-            return Err(table_err("it is one of dbmux's own tables".into()));
+            return Err(ApplyError::Table {
+                table: target.to_string(),
+                message: "it is one of dbmux's own tables".into(),
+            });
         }
         match self.targets.get(&target) {
             Some(other) if *other != source.id => {
@@ -311,6 +362,17 @@ impl<G: Engine> Applier<G> {
                 self.targets.insert(target.clone(), source.id.clone());
             }
         }
+        Ok(target)
+    }
+
+    /// Prepares `source` for writing; `created`: its replica table was just
+    /// (re)created, so no `CREATE` is needed.
+    async fn ensure_table(&mut self, source: &Arc<TableSchema>, created: bool) -> ApplyResult<(), G> {
+        let target = self.claim(source)?;
+        let table_err = |message: String| ApplyError::Table {
+            table: target.to_string(),
+            message,
+        };
         if source.columns_unknown() {
             // A TRUNCATE of a table capture has no definition for (its first
             // event after a restart, or a table created while dbmux runs):
@@ -330,17 +392,11 @@ impl<G: Engine> Applier<G> {
             return Err(table_err(crate::cascade::uncaptured_parent_message(f)));
         }
         let renamed = self.renamed(source, &target).map_err(table_err)?;
-        if !self.known.contains_key(&target) {
+        if !created && !self.known.contains_key(&target) {
             let ddl = self
                 .engine
                 .create_table(&target, &renamed)
-                .map_err(|(column, m)| {
-                    table_err(if column.is_empty() {
-                        m
-                    } else {
-                        format!("column {column}: {m}")
-                    })
-                })?;
+                .map_err(|(column, m)| column_err(&target, column, m))?;
             let conn = self.conn.as_mut().expect("connected");
             for s in ddl {
                 Self::ddl(conn, &Statement::text(s), &format!("creating table {target}")).await?;
@@ -528,21 +584,25 @@ impl<G: Engine> Applier<G> {
 
     /// Executes one step of a plan inside the open transaction.
     async fn run_step(&mut self, conn: &mut G::Conn, step: &Step<'_>, skip: &Skip<'_>) -> ApplyResult<(), G> {
-        // Snapshot marks and schema changes are not part of the engine
-        // contract yet (they landed with the snapshot work after this core):
-        // refuse them as a definite error of the table, so the table is
-        // quarantined loudly instead of drifting.
-        let unsupported = match &step.action {
-            Action::Snapshot { seq, .. } => Some(("snapshots", *seq)),
-            Action::Ddl { seq, .. } => Some(("schema changes", *seq)),
-            _ => None,
-        };
-        if let Some((what, seq)) = unsupported {
-            return Err(ApplyError::Unsupported {
-                table: self.engine.target_table(&step.table.id).to_string(),
-                what,
-                seq,
-            });
+        match &step.action {
+            Action::Snapshot { seq, mark } => {
+                return self.record_snapshot(conn, step.table, *seq, mark).await
+            }
+            // Run between transactions (see `apply_autocommit_ddl`).
+            Action::Ddl { .. } if G::AUTOCOMMIT_DDL => return Ok(()),
+            Action::Ddl {
+                change, commit_ts_us, ..
+            } => {
+                self.schema_change(conn, step.table, change, *commit_ts_us, false)
+                    .await?;
+                for s in self.after_schema_change(&step.table.id, change) {
+                    G::execute(conn, &s)
+                        .await
+                        .map_err(ApplyError::driver("updating dbmux's own tables"))?;
+                }
+                return Ok(());
+            }
+            _ => {}
         }
         let limits = self.engine.limits();
         let prepared = self.tables.get_mut(step.table).ok_or_else(|| ApplyError::Table {
@@ -556,6 +616,18 @@ impl<G: Engine> Applier<G> {
             message: e.message,
         };
         match &step.action {
+            Action::Load(rows) if rows.is_empty() => {}
+            Action::Load(rows)
+                if self
+                    .engine
+                    .load(conn, writes::<G>(prepared)?, rows)
+                    .await
+                    .map_err(|e| match e {
+                        LoadError::Driver(e) => {
+                            ApplyError::driver(format!("loading snapshot rows into {text}"))(e)
+                        }
+                        LoadError::Value(e) => value_err(e),
+                    })? => {}
             Action::Upsert(rows) | Action::Delete(rows) | Action::Insert(rows) | Action::Load(rows) => {
                 let kind = match &step.action {
                     Action::Upsert(_) => RowsKind::Upsert,
@@ -604,7 +676,7 @@ impl<G: Engine> Applier<G> {
                     });
                 }
             }
-            Action::Snapshot { .. } | Action::Ddl { .. } => unreachable!("refused above"),
+            Action::Snapshot { .. } | Action::Ddl { .. } => unreachable!("handled above"),
             Action::Truncate if !prepared.exists => {} // the replica has no such table
             Action::Truncate => {
                 let statement = self.engine.truncate(&prepared.target);
@@ -631,6 +703,267 @@ impl<G: Engine> Applier<G> {
 }
 
 impl<G: Engine> Applier<G> {
+    /// What a snapshot mark changes in the replica's own tables, inside the
+    /// data transaction (see [`crate::sink`]).
+    async fn record_snapshot(
+        &self,
+        conn: &mut G::Conn,
+        table: &TableSchema,
+        seq: u64,
+        mark: &SnapshotMark,
+    ) -> ApplyResult<(), G> {
+        let id = &table.id;
+        let e = &self.engine;
+        let name = self.name.as_str();
+        let statements = match &mark.phase {
+            SnapshotPhase::Begin { .. } => vec![e.store_pending(name, id, mark.id)],
+            SnapshotPhase::Chunk { .. } => {
+                let mut v = Vec::new();
+                if mark.phase.recreates() {
+                    v.push(e.move_quarantine(name, id, None));
+                }
+                if mark.phase.ends_pending() {
+                    v.push(e.drop_pending(name, id));
+                }
+                v
+            }
+            SnapshotPhase::End { reason } => vec![
+                e.drop_pending(name, id),
+                e.store_quarantine(
+                    name,
+                    &Quarantine {
+                        table: id.clone(),
+                        first_seq: seq,
+                        reason: reason.clone(),
+                    },
+                ),
+            ],
+        };
+        for s in &statements {
+            G::execute(conn, s)
+                .await
+                .map_err(ApplyError::driver(format!("recording the snapshot of {id}")))?;
+        }
+        Ok(())
+    }
+
+    /// Makes one schema change through the engine, its errors tied to the table.
+    async fn schema_change(
+        &self,
+        conn: &mut G::Conn,
+        source: &Arc<TableSchema>,
+        change: &SchemaChange,
+        commit_ts_us: i64,
+        retried: bool,
+    ) -> ApplyResult<(), G> {
+        let target = self.engine.target_table(&source.id);
+        let refused = |message: String| ApplyError::Ddl {
+            table: source.id.to_string(),
+            statement: change.statement.clone(),
+            message,
+        };
+        let renamed = self.renamed(source, &target).map_err(refused)?;
+        match self
+            .engine
+            .schema_change(conn, source, &renamed, change, commit_ts_us, retried)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(DdlError::Driver(e)) if G::classify(&e) == crate::retry::ErrorClass::Transient => {
+                Err(ApplyError::driver("applying a schema change")(e))
+            }
+            Err(DdlError::Driver(e)) => Err(refused(G::describe_error(&e))),
+            Err(DdlError::Refused(m)) => Err(refused(m)),
+        }
+    }
+
+    /// Bookkeeping after a schema change: a dropped table's (or database's)
+    /// pending snapshot and quarantine end with it.
+    fn after_schema_change(&self, table: &TableId, change: &SchemaChange) -> Vec<Statement<G::Param>> {
+        let name = self.name.as_str();
+        match change.kind {
+            DdlKind::DropTable => vec![
+                self.engine.drop_pending(name, table),
+                self.engine.move_quarantine(name, table, None),
+            ],
+            DdlKind::DropDatabase => self.engine.drop_schema_state(name, &table.schema),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Forgets every table definition learned (they changed).
+    fn definitions_changed(&mut self) {
+        self.known.clear();
+        self.tables.clear();
+        self.targets.clear();
+        if let Some(conn) = self.conn.as_mut() {
+            G::schema_changed(conn);
+        }
+    }
+
+    /// One schema-change transaction on an engine whose DDL commits by
+    /// itself ([`Engine::AUTOCOMMIT_DDL`]): (1) with the offset row locked,
+    /// note the change as possibly running and commit; (2) run it; (3) move
+    /// the offset and remove the note in one transaction. A crash between
+    /// (1) and (3) leaves the note: the retry runs the change again and takes
+    /// "already exists / does not exist" answers as done.
+    async fn apply_autocommit_ddl(
+        &mut self,
+        txn: &Transaction,
+        skip: &HashSet<TableId>,
+    ) -> ApplyResult<(), G> {
+        if self.conn.is_none() {
+            self.connect().await?;
+        }
+        let mut conn = self.conn.take().expect("connected");
+        let r = self.autocommit_ddl_in(&mut conn, txn, skip).await;
+        match r {
+            Ok(()) => {
+                self.conn = Some(conn);
+                self.definitions_changed();
+                Ok(())
+            }
+            Err(e) => {
+                let _ = G::rollback(&mut conn).await;
+                drop(conn);
+                self.forget();
+                Err(e)
+            }
+        }
+    }
+
+    async fn autocommit_ddl_in(
+        &mut self,
+        conn: &mut G::Conn,
+        txn: &Transaction,
+        skip: &HashSet<TableId>,
+    ) -> ApplyResult<(), G> {
+        let (first, last) = (txn.first_seq(), txn.last_seq());
+        let note_missing = || ApplyError::Internal(format!("{} has no schema-change note table", G::NAME));
+        let lock = self.engine.read_offset(&self.name, true);
+        G::begin(conn)
+            .await
+            .map_err(ApplyError::driver("starting a transaction"))?;
+        let rows = G::query(conn, &lock)
+            .await
+            .map_err(ApplyError::driver("locking the offset"))?;
+        let applied = first_u64::<G>(&rows).ok_or_else(|| self.offset_missing())?;
+        if last <= applied {
+            G::commit(conn).await.map_err(ApplyError::driver("committing"))?;
+            self.applied = applied;
+            return Ok(());
+        }
+        if applied > 0 && first > applied + 1 {
+            return Err(ApplyError::Gap {
+                applied,
+                next: first,
+                missing: applied + 1,
+            });
+        }
+        let read = self.engine.read_ddl_note(&self.name).ok_or_else(note_missing)?;
+        let noted = G::query(conn, &read)
+            .await
+            .map_err(ApplyError::driver("reading the schema-change note"))?;
+        let retried = first_u64::<G>(&noted) == Some(first);
+        let statement = txn
+            .events
+            .iter()
+            .find_map(|e| match &e.op {
+                Op::Ddl(c) => Some(c.statement.as_str()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let store = self
+            .engine
+            .store_ddl_note(&self.name, first, statement)
+            .ok_or_else(note_missing)?;
+        G::execute(conn, &store)
+            .await
+            .map_err(ApplyError::driver("noting the schema change"))?;
+        G::commit(conn).await.map_err(ApplyError::driver("committing"))?;
+        // (2) The changes.
+        let mut bookkeeping = Vec::new();
+        for ev in &txn.events {
+            let Op::Ddl(change) = &ev.op else {
+                continue;
+            };
+            if skip.contains(&ev.table.id) {
+                continue;
+            }
+            self.schema_change(conn, &ev.table, change, ev.txn.commit_ts_us, retried)
+                .await
+                .map_err(|e| e.in_table(&ev.table.id))?;
+            if retried {
+                tracing::debug!(replica = %self.name, seq = ev.seq, "schema change run again after a restart");
+            }
+            bookkeeping.extend(self.after_schema_change(&ev.table.id, change));
+        }
+        // (3) The offset, with the note gone.
+        G::begin(conn)
+            .await
+            .map_err(ApplyError::driver("starting a transaction"))?;
+        G::query(conn, &lock)
+            .await
+            .map_err(ApplyError::driver("locking the offset"))?;
+        for s in &bookkeeping {
+            G::execute(conn, s)
+                .await
+                .map_err(ApplyError::driver("updating dbmux's own tables"))?;
+        }
+        let clear = self.engine.clear_ddl_note(&self.name).ok_or_else(note_missing)?;
+        G::execute(conn, &clear)
+            .await
+            .map_err(ApplyError::driver("clearing the schema-change note"))?;
+        let position = txn.position().map(|p| p.to_string());
+        let write = self
+            .engine
+            .write_offset(&self.name, last, position.as_deref())
+            .map_err(|message| ApplyError::Table {
+                table: self.engine.offsets_table(),
+                message,
+            })?;
+        G::execute(conn, &write)
+            .await
+            .map_err(ApplyError::driver("writing the offset"))?;
+        G::commit(conn).await.map_err(ApplyError::driver("committing"))?;
+        self.applied = last;
+        Ok(())
+    }
+
+    /// Applies data transactions (no schema change among them).
+    async fn apply_data(&mut self, txns: &[Transaction], skip: &HashSet<TableId>) -> ApplyResult<(), G> {
+        let mode = Mode::Stream { skip };
+        self.prepare(txns, mode).await?;
+        let group = match self.engine.limits().max_transactions_per_commit {
+            0 => txns.len().max(1),
+            n => n,
+        };
+        for part in txns.chunks(group) {
+            if self.conn.is_none() {
+                self.prepare(part, mode).await?;
+            }
+            self.apply_group(part, mode).await?;
+        }
+        Ok(())
+    }
+
+    async fn read_pending(&mut self) -> ApplyResult<Vec<TableId>, G> {
+        let statement = self.engine.read_pending(&self.name);
+        let conn = self.conn.as_mut().expect("connected");
+        let rows = G::query(conn, &statement)
+            .await
+            .map_err(ApplyError::driver("reading the snapshot table"))?;
+        rows.iter()
+            .map(|r| match r.as_slice() {
+                [schema, name] => Some(TableId::new(G::as_text(schema)?, G::as_text(name)?)),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ApplyError::Internal("the snapshot table has a row dbmux cannot read".into()))
+    }
+}
+
+impl<G: Engine> Applier<G> {
     /// One target transaction: every quarantine lifted, the offset set to
     /// `from_seq - 1` (see [`Sink::reset`]).
     async fn reset_in(&mut self, from_seq: u64) -> ApplyResult<(), G> {
@@ -647,6 +980,11 @@ impl<G: Engine> Applier<G> {
                 .await
                 .map_err(ApplyError::driver("lifting a quarantine"))?;
         }
+        for s in self.engine.clear_state(&self.name) {
+            G::execute(conn, &s)
+                .await
+                .map_err(ApplyError::driver("clearing the replica's state"))?;
+        }
         let write = self
             .engine
             .write_offset(&self.name, from_seq.saturating_sub(1), None)
@@ -658,6 +996,18 @@ impl<G: Engine> Applier<G> {
             .await
             .map_err(ApplyError::driver("writing the offset"))?;
         G::commit(conn).await.map_err(ApplyError::driver("committing"))
+    }
+}
+
+/// A column (or, unnamed, the table) the engine cannot create.
+fn column_err<G: Engine>(target: &TableId, column: String, message: String) -> ApplyError<G> {
+    ApplyError::Table {
+        table: target.to_string(),
+        message: if column.is_empty() {
+            message
+        } else {
+            format!("column {column}: {message}")
+        },
     }
 }
 
@@ -681,16 +1031,15 @@ impl<G: Engine> Sink for Applier<G> {
     async fn open(&mut self) -> ApplyResult<Opened, G> {
         let r = async {
             self.connect().await?;
-            self.read_quarantines().await
+            let quarantined = self.read_quarantines().await?;
+            Ok::<_, ApplyError<G>>((quarantined, self.read_pending().await?))
         }
         .await;
         match r {
-            Ok(quarantined) => Ok(Opened {
+            Ok((quarantined, pending)) => Ok(Opened {
                 applied: self.applied,
                 quarantined,
-                // No engine of this core records pending snapshots (they are
-                // refused, see `run_step`).
-                pending: Vec::new(),
+                pending,
             }),
             Err(e) => {
                 self.forget();
@@ -700,17 +1049,26 @@ impl<G: Engine> Sink for Applier<G> {
     }
 
     async fn apply(&mut self, txns: &[Transaction], skip: &HashSet<TableId>) -> ApplyResult<(), G> {
-        let mode = Mode::Stream { skip };
-        self.prepare(txns, mode).await?;
-        let group = match self.engine.limits().max_transactions_per_commit {
-            0 => txns.len().max(1),
-            n => n,
-        };
-        for part in txns.chunks(group) {
-            if self.conn.is_none() {
-                self.prepare(part, mode).await?;
+        // A schema change is a target transaction of its own (with its
+        // offset): the tables of what follows are prepared only after it.
+        let mut rest = txns;
+        while !rest.is_empty() {
+            match rest.iter().position(Transaction::is_ddl) {
+                Some(0) => {
+                    if G::AUTOCOMMIT_DDL {
+                        self.apply_autocommit_ddl(&rest[0], skip).await?;
+                    } else {
+                        self.apply_data(&rest[..1], skip).await?;
+                        self.definitions_changed();
+                    }
+                    rest = &rest[1..];
+                }
+                n => {
+                    let (part, tail) = rest.split_at(n.unwrap_or(rest.len()));
+                    self.apply_data(part, skip).await?;
+                    rest = tail;
+                }
             }
-            self.apply_group(part, mode).await?;
         }
         Ok(())
     }

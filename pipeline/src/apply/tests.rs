@@ -54,6 +54,14 @@ enum Cmd {
     Create {
         schema: TableSchema,
     },
+    Drop {
+        target: TableId,
+    },
+    ReadPending,
+    StorePending,
+    DropPending,
+    DropSchemaState,
+    ClearState,
     Rows {
         target: TableId,
         kind: u8,
@@ -88,6 +96,8 @@ struct Db {
     tables: BTreeMap<TableId, (TableSchema, Vec<Vec<Value>>)>,
     offsets: BTreeMap<String, u64>,
     quarantine: BTreeMap<(String, TableId), (u64, String)>,
+    /// Pending snapshots: run per (consumer, source table).
+    pending: BTreeMap<(String, TableId), u64>,
 }
 
 /// Injected faults (counted over every `execute` of every connection).
@@ -254,6 +264,39 @@ fn run(db: &mut Db, c: Cmd, p: &[Value]) -> Result<(u64, Vec<Vec<Value>>), MemEr
                 }),
             };
             (1, vec![])
+        }
+        Cmd::Drop { target } => {
+            db.tables.remove(&target);
+            (0, vec![])
+        }
+        Cmd::ReadPending => (
+            0,
+            db.pending
+                .keys()
+                .filter(|(c, _)| *c == text(&p[0]))
+                .map(|(_, t)| vec![Value::Text(t.schema.clone()), Value::Text(t.name.clone())])
+                .collect(),
+        ),
+        Cmd::StorePending => {
+            let t = TableId::new(text(&p[1]), text(&p[2]));
+            db.pending.insert((text(&p[0]), t), uint(&p[3]));
+            (1, vec![])
+        }
+        Cmd::DropPending => {
+            let t = TableId::new(text(&p[1]), text(&p[2]));
+            (db.pending.remove(&(text(&p[0]), t)).is_some() as u64, vec![])
+        }
+        Cmd::DropSchemaState => {
+            let (c, schema) = (text(&p[0]), text(&p[1]));
+            db.pending.retain(|(k, t), _| !(*k == c && t.schema == schema));
+            db.quarantine.retain(|(k, t), _| !(*k == c && t.schema == schema));
+            (0, vec![])
+        }
+        Cmd::ClearState => {
+            let c = text(&p[0]);
+            db.pending.retain(|(k, _), _| *k != c);
+            db.quarantine.retain(|(k, _), _| *k != c);
+            (0, vec![])
         }
         Cmd::Create { schema } => {
             db.tables.entry(schema.id.clone()).or_insert((schema, vec![]));
@@ -481,6 +524,53 @@ impl Engine for Mem {
                 next.map_or(Value::Null, Value::UInt),
             ],
         )
+    }
+    fn read_pending(&self, consumer: &str) -> Statement<Value> {
+        cmd(Cmd::ReadPending, vec![Value::Text(consumer.into())])
+    }
+    fn store_pending(&self, consumer: &str, table: &TableId, run: u64) -> Statement<Value> {
+        cmd(
+            Cmd::StorePending,
+            vec![
+                Value::Text(consumer.into()),
+                Value::Text(table.schema.clone()),
+                Value::Text(table.name.clone()),
+                Value::UInt(run),
+            ],
+        )
+    }
+    fn drop_pending(&self, consumer: &str, table: &TableId) -> Statement<Value> {
+        cmd(
+            Cmd::DropPending,
+            vec![
+                Value::Text(consumer.into()),
+                Value::Text(table.schema.clone()),
+                Value::Text(table.name.clone()),
+            ],
+        )
+    }
+    fn drop_schema_state(&self, consumer: &str, schema: &str) -> Vec<Statement<Value>> {
+        vec![cmd(
+            Cmd::DropSchemaState,
+            vec![Value::Text(consumer.into()), Value::Text(schema.into())],
+        )]
+    }
+    fn clear_state(&self, consumer: &str) -> Vec<Statement<Value>> {
+        vec![cmd(Cmd::ClearState, vec![Value::Text(consumer.into())])]
+    }
+    fn recreate_table(
+        &self,
+        target: &TableId,
+        schema: &TableSchema,
+        _source: &TableSchema,
+        _create: Option<&str>,
+    ) -> Result<Vec<String>, (String, String)> {
+        let mut v = vec![serde_json::to_string(&Cmd::Drop {
+            target: target.clone(),
+        })
+        .unwrap()];
+        v.extend(self.create_table(target, schema)?);
+        Ok(v)
     }
     fn target_table(&self, source: &TableId) -> TableId {
         let name = self
