@@ -158,11 +158,13 @@ pub struct Applier<G: Engine> {
 }
 
 impl<G: Engine> Applier<G> {
-    /// An applier keyed `name` in the replica's bookkeeping tables. Connects on first use.
-    pub fn new(name: &str, engine: G) -> Self {
+    /// An applier keyed `name` in the replica's bookkeeping tables, for
+    /// `engine` (or what builds one, e.g. the engine's configuration).
+    /// Connects on first use.
+    pub fn new(name: &str, engine: impl Into<G>) -> Self {
         Self {
             name: name.to_string(),
-            engine,
+            engine: engine.into(),
             conn: None,
             applied: 0,
             known: HashMap::new(),

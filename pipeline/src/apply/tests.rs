@@ -851,7 +851,7 @@ async fn applies_once_skips_what_is_applied_and_refuses_gaps() {
     let server = Server::default();
     let t = table("t", true);
     let log = table("log", false);
-    let mut a = Applier::new("r1", Mem::new(&server));
+    let mut a = Applier::<Mem>::new("r1", Mem::new(&server));
     assert_eq!(a.open().await.unwrap().applied, 0);
     let mut seq = Seq(1);
     let t1 = seq.txn(vec![ins(&t, iv(1, 1)), ins(&log, iv(1, 1)), ins(&log, iv(1, 1))]);
@@ -905,7 +905,7 @@ async fn applies_once_skips_what_is_applied_and_refuses_gaps() {
 async fn failures_roll_back_and_ambiguous_commits_are_not_applied_twice() {
     let server = Server::default();
     let log = table("log", false);
-    let mut a = Applier::new("r1", Mem::new(&server));
+    let mut a = Applier::<Mem>::new("r1", Mem::new(&server));
     a.open().await.unwrap();
     let mut seq = Seq(1);
     let txns: Vec<Transaction> = (0..40)
@@ -959,7 +959,7 @@ async fn transactions_per_commit_keeps_what_committed_before_a_failure() {
         primary_key: vec![0],
         ..Default::default()
     });
-    let mut a = Applier::new("r1", engine);
+    let mut a = Applier::<Mem>::new("r1", engine);
     a.open().await.unwrap();
     let mut seq = Seq(1);
     let t1 = seq.txn(vec![ins(&log, iv(1, 1))]);
@@ -994,7 +994,7 @@ async fn a_set_based_plan_that_trips_a_unique_key_is_applied_in_source_order() {
     schema.unique_keys = vec![vec![1]];
     let u = Arc::new(schema);
     let s = |id: i64, v: &str| vec![Value::Int(id), Value::Text(v.into())];
-    let mut a = Applier::new("r1", Mem::new(&server));
+    let mut a = Applier::<Mem>::new("r1", Mem::new(&server));
     a.open().await.unwrap();
     let mut seq = Seq(1);
     a.apply(&[seq.txn(vec![ins(&u, s(1, "a"))])], &none())
@@ -1042,7 +1042,7 @@ async fn quarantined_tables_are_skipped_then_resumed_exactly() {
     let server = Server::default();
     let t = table("t", true);
     let q = table("q", false);
-    let mut a = Applier::new("r1", Mem::new(&server));
+    let mut a = Applier::<Mem>::new("r1", Mem::new(&server));
     a.open().await.unwrap();
     let mut seq = Seq(1);
     let t1 = seq.txn(vec![ins(&t, iv(1, 1)), ins(&q, iv(1, 1))]);
@@ -1090,7 +1090,7 @@ async fn tables_that_cannot_be_written_are_refused_per_table() {
     let mut engine = Mem::new(&server);
     engine.rename.insert("app.b".into(), "a".into());
     engine.rename.insert("app.own".into(), "dbmux_offsets".into());
-    let mut a = Applier::new("r1", engine);
+    let mut a = Applier::<Mem>::new("r1", engine);
     a.open().await.unwrap();
     let (ta, tb, own) = (table("a", true), table("b", true), table("own", true));
     let mut seq = Seq(1);
@@ -1147,7 +1147,7 @@ async fn tables_that_cannot_be_written_are_refused_per_table() {
 async fn keyless_rows_must_match_exactly_one_row_and_truncate_needs_no_definition() {
     let server = Server::default();
     let n = table("n", false);
-    let mut a = Applier::new("r1", Mem::new(&server));
+    let mut a = Applier::<Mem>::new("r1", Mem::new(&server));
     a.open().await.unwrap();
     let mut seq = Seq(1);
     a.apply(
@@ -1215,7 +1215,7 @@ async fn cascades_run_on_the_replica_and_leave_quarantined_tables_alone() {
         })
     };
     let (child, other) = (child_schema("child"), child_schema("other"));
-    let mut a = Applier::new("r1", Mem::new(&server));
+    let mut a = Applier::<Mem>::new("r1", Mem::new(&server));
     a.open().await.unwrap();
     let mut seq = Seq(1);
     a.apply(
@@ -1297,7 +1297,7 @@ async fn cascades_run_on_the_replica_and_leave_quarantined_tables_alone() {
 async fn a_vanished_offsets_row_is_a_definite_error() {
     let server = Server::default();
     let t = table("t", true);
-    let mut a = Applier::new("r1", Mem::new(&server));
+    let mut a = Applier::<Mem>::new("r1", Mem::new(&server));
     a.open().await.unwrap();
     server.db.lock().unwrap().offsets.clear();
     let e = a
@@ -1367,7 +1367,7 @@ async fn random_histories_with_faults_end_equal_to_the_model() {
                 f.fail_at.insert(at, class);
             }
         }
-        let mut a = Applier::new("r1", Mem::new(&server));
+        let mut a = Applier::<Mem>::new("r1", Mem::new(&server));
         while a.open().await.is_err() {}
         let mut i = 0;
         while i < txns.len() {
@@ -1408,7 +1408,7 @@ async fn random_histories_with_faults_end_equal_to_the_model() {
 async fn reset_sets_the_offset_and_lifts_every_quarantine_in_one_transaction() {
     let server = Server::default();
     let t = table("t", true);
-    let mut a = Applier::new("r1", Mem::new(&server));
+    let mut a = Applier::<Mem>::new("r1", Mem::new(&server));
     a.open().await.unwrap();
     a.apply(&[Seq(1).txn(vec![ins(&t, iv(1, 1)), ins(&t, iv(2, 2))])], &none())
         .await
