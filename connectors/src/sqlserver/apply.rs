@@ -364,6 +364,63 @@ impl Engine for SqlServerEngine {
         }
     }
 
+    fn read_pending(&self, consumer: &str) -> Statement<Param> {
+        Statement::new(self.books.read_pending(), vec![Self::text(consumer)])
+    }
+
+    fn store_pending(&self, consumer: &str, table: &TableId, run: u64) -> Statement<Param> {
+        Statement::new(
+            self.books.store_pending(),
+            vec![
+                Self::text(consumer),
+                Self::text(&table.schema),
+                Self::text(&table.name),
+                ColumnData::I64(Some(i64::try_from(run).unwrap_or(i64::MAX))),
+            ],
+        )
+    }
+
+    fn drop_pending(&self, consumer: &str, table: &TableId) -> Statement<Param> {
+        Statement::new(
+            self.books.drop_pending(),
+            vec![
+                Self::text(consumer),
+                Self::text(&table.schema),
+                Self::text(&table.name),
+            ],
+        )
+    }
+
+    fn drop_schema_state(&self, consumer: &str, schema: &str) -> Vec<Statement<Param>> {
+        self.books
+            .drop_schema_state()
+            .into_iter()
+            .map(|s| Statement::new(s, vec![Self::text(consumer), Self::text(schema)]))
+            .collect()
+    }
+
+    fn clear_state(&self, consumer: &str) -> Vec<Statement<Param>> {
+        self.books
+            .clear_state()
+            .into_iter()
+            .map(|s| Statement::new(s, vec![Self::text(consumer)]))
+            .collect()
+    }
+
+    /// Snapshots load into a table created from the event's definition
+    /// (the source's own `CREATE TABLE` is another engine's dialect).
+    fn recreate_table(
+        &self,
+        target: &TableId,
+        schema: &TableSchema,
+        _source: &TableSchema,
+        _create: Option<&str>,
+    ) -> Result<Vec<String>, (String, String)> {
+        let mut v = vec![sql::drop_table(target)];
+        v.extend(self.create_table(target, schema)?);
+        Ok(v)
+    }
+
     fn target_table(&self, source: &TableId) -> TableId {
         let name = self
             .config
@@ -389,8 +446,7 @@ impl Engine for SqlServerEngine {
     }
 
     fn is_own_table(&self, target: &TableId) -> bool {
-        target.schema == self.books.schema()
-            && matches!(target.name.as_str(), "dbmux_offsets" | "dbmux_quarantine")
+        target.schema == self.books.schema() && sql::OWN_TABLES.contains(&target.name.as_str())
     }
 
     async fn describe(&self, conn: &mut Conn, target: &TableId) -> Result<Option<Described>, Self::Error> {
@@ -700,6 +756,7 @@ mod tests {
         assert_eq!(e.target_column(&TableId::new("app", "u"), "from"), "from");
         assert!(e.is_own_table(&TableId::new("dbmux", "dbmux_offsets")));
         assert!(e.is_own_table(&TableId::new("dbmux", "dbmux_quarantine")));
+        assert!(e.is_own_table(&TableId::new("dbmux", "dbmux_snapshot")));
         assert!(!e.is_own_table(&TableId::new("app", "dbmux_offsets")));
         let mut c = SqlServerSinkConfig::new("sqlserver://u:p@h/db");
         c.schema = Some("one".into());
@@ -794,6 +851,45 @@ mod tests {
             SqlServerEngine::as_text(&ColumnData::String(Some("x".into()))).as_deref(),
             Some("x")
         );
+    }
+
+    #[test]
+    fn snapshot_bookkeeping_binds_its_parameters_and_recreates_tables() {
+        let e = engine();
+        let t = TableId::new("app", "t");
+        assert!(e
+            .setup()
+            .iter()
+            .any(|s| s.sql.contains("[dbmux].[dbmux_snapshot]")));
+        let read = e.read_pending("p/r");
+        assert!(read
+            .sql
+            .starts_with("SELECT [table_schema], [table_name] FROM [dbmux].[dbmux_snapshot]"));
+        assert_eq!(read.params, vec![ColumnData::String(Some("p/r".into()))]);
+        let store = e.store_pending("p/r", &t, 7);
+        assert!(store
+            .sql
+            .starts_with("MERGE INTO [dbmux].[dbmux_snapshot] WITH (HOLDLOCK)"));
+        assert_eq!(store.params.len(), 4);
+        assert_eq!(store.params[3], i(7));
+        assert!(store.sql.contains("@P4") && !store.sql.contains("@P5"));
+        let dropped = e.drop_pending("p/r", &t);
+        assert!(dropped.sql.starts_with("DELETE FROM [dbmux].[dbmux_snapshot]"));
+        assert_eq!(dropped.params.len(), 3);
+        let schema = e.drop_schema_state("p/r", "app");
+        assert_eq!(schema.len(), 2);
+        assert!(schema
+            .iter()
+            .all(|s| s.params.len() == 2 && s.sql.contains("[table_schema] = @P2")));
+        let clear = e.clear_state("p/r");
+        assert!(clear.iter().any(|s| s.sql.contains("[dbmux_quarantine]")));
+        assert!(clear.iter().any(|s| s.sql.contains("[dbmux_snapshot]")));
+        let k = table(true);
+        let ddl = e
+            .recreate_table(&k.id, &k.schema, &k.schema, Some("CREATE TABLE t (a INT)"))
+            .unwrap();
+        assert_eq!(ddl[0], format!("DROP TABLE IF EXISTS {}", sql::qualified(&k.id)));
+        assert_eq!(&ddl[1..], &e.create_table(&k.id, &k.schema).unwrap()[..]);
     }
 
     #[test]

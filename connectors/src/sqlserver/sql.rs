@@ -469,13 +469,18 @@ fn value_kind(v: &Value) -> &'static str {
 
 // ------------------------------------------------------------------ bookkeeping
 
-/// Statements for `dbmux_offsets` and `dbmux_quarantine` in one schema.
+/// Statements for `dbmux_offsets`, `dbmux_quarantine` and `dbmux_snapshot`
+/// (pending snapshots) in one schema.
 #[derive(Debug, Clone)]
 pub struct Bookkeeping {
     schema: String,
     offsets: String,
     quarantine: String,
+    snapshot: String,
 }
+
+/// dbmux's own tables on a SQL Server replica (in the bookkeeping schema).
+pub const OWN_TABLES: [&str; 3] = ["dbmux_offsets", "dbmux_quarantine", "dbmux_snapshot"];
 
 impl Bookkeeping {
     pub fn new(schema: &str) -> Self {
@@ -483,6 +488,7 @@ impl Bookkeeping {
             schema: schema.to_string(),
             offsets: qualified(&TableId::new(schema, "dbmux_offsets")),
             quarantine: qualified(&TableId::new(schema, "dbmux_quarantine")),
+            snapshot: qualified(&TableId::new(schema, "dbmux_snapshot")),
         }
     }
 
@@ -519,7 +525,59 @@ impl Bookkeeping {
                 literal(&self.quarantine),
                 self.quarantine
             ),
+            format!(
+                "IF OBJECT_ID({}, N'U') IS NULL CREATE TABLE {} (\
+                 [consumer] NVARCHAR(200) NOT NULL, \
+                 [table_schema] NVARCHAR(128) NOT NULL, \
+                 [table_name] NVARCHAR(128) NOT NULL, \
+                 [run] BIGINT NOT NULL, \
+                 [since] DATETIME2(3) NOT NULL DEFAULT SYSUTCDATETIME(), \
+                 PRIMARY KEY ([consumer], [table_schema], [table_name]))",
+                literal(&self.snapshot),
+                self.snapshot
+            ),
         ]
+    }
+
+    /// `@P1` consumer: rows (schema, table) of pending snapshots.
+    pub fn read_pending(&self) -> String {
+        format!(
+            "SELECT [table_schema], [table_name] FROM {} WHERE [consumer] = @P1 ORDER BY 1, 2",
+            self.snapshot
+        )
+    }
+
+    /// `@P1` consumer, `@P2` schema, `@P3` table, `@P4` run.
+    pub fn store_pending(&self) -> String {
+        format!(
+            "MERGE INTO {} WITH (HOLDLOCK) AS t \
+             USING (VALUES (@P1, @P2, @P3, @P4)) AS s ([consumer], [table_schema], [table_name], [run]) \
+             ON t.[consumer] = s.[consumer] AND t.[table_schema] = s.[table_schema] AND t.[table_name] = s.[table_name] \
+             WHEN MATCHED THEN UPDATE SET t.[run] = s.[run], t.[since] = SYSUTCDATETIME() \
+             WHEN NOT MATCHED THEN INSERT ([consumer], [table_schema], [table_name], [run]) \
+             VALUES (s.[consumer], s.[table_schema], s.[table_name], s.[run]);",
+            self.snapshot
+        )
+    }
+
+    /// `@P1` consumer, `@P2` schema, `@P3` table.
+    pub fn drop_pending(&self) -> String {
+        format!(
+            "DELETE FROM {} WHERE [consumer] = @P1 AND [table_schema] = @P2 AND [table_name] = @P3",
+            self.snapshot
+        )
+    }
+
+    /// `@P1` consumer, `@P2` schema: pending snapshots and quarantines of a
+    /// dropped database.
+    pub fn drop_schema_state(&self) -> [String; 2] {
+        [&self.snapshot, &self.quarantine]
+            .map(|t| format!("DELETE FROM {t} WHERE [consumer] = @P1 AND [table_schema] = @P2"))
+    }
+
+    /// `@P1` consumer: every quarantine and pending snapshot.
+    pub fn clear_state(&self) -> [String; 2] {
+        [&self.snapshot, &self.quarantine].map(|t| format!("DELETE FROM {t} WHERE [consumer] = @P1"))
     }
 
     /// `@P1` = consumer. `UPDLOCK, HOLDLOCK` keeps two registrations of one
@@ -832,6 +890,11 @@ pub fn delete_one(t: &TableSchema, nulls: &[bool]) -> String {
         qualified(&t.id),
         conds.join(" AND ")
     )
+}
+
+/// Drops `t` unless it is missing (a snapshot's first chunk creates it again).
+pub fn drop_table(t: &TableId) -> String {
+    format!("DROP TABLE IF EXISTS {}", qualified(t))
 }
 
 /// Every row of `t`, inside the transaction. `DELETE` rather than
