@@ -50,12 +50,6 @@ pub enum ApplyError<G: Engine> {
         statement: String,
         message: String,
     },
-    /// An event kind this core does not apply yet (snapshots, schema changes).
-    Unsupported {
-        table: String,
-        what: &'static str,
-        seq: u64,
-    },
     TargetTaken {
         table: TableId,
         target: String,
@@ -110,11 +104,6 @@ impl<G: Engine> fmt::Display for ApplyError<G> {
             } => write!(
                 f,
                 "cannot apply the schema change `{statement}` to {table} on the {G} replica: {message}",
-                G = G::NAME
-            ),
-            ApplyError::Unsupported { table, what, seq } => write!(
-                f,
-                "{table}: event seq {seq}: {G} replicas do not apply {what} yet; the table is left as it was",
                 G = G::NAME
             ),
             ApplyError::TargetTaken { table, target, other } => write!(

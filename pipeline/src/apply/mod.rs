@@ -63,25 +63,32 @@
 //! | keyless row | `<=>` on utf8mb4 bytes, `LIMIT 1` | `ctid = (… IS NOT DISTINCT FROM … LIMIT 1)` | `TOP (1)`, bytes and lengths |
 //! | set-based fallback | 1062, 1048, 1451, 1452 | 23505, 23503 | 2627, 2601, 547, 8672 |
 //!
-//! The MariaDB and PostgreSQL appliers (`connectors::{mysql, postgres}::apply`)
-//! predate this module and still carry their own copy of this protocol; their
-//! SQL already has the shape of [`Engine`] (`apply_sql.rs`), so moving them
-//! here is mechanical.
+//! # Snapshots
+//! A snapshot's chunk 0 recreates the replica table before the data
+//! transaction ([`Engine::recreate_table`]); its rows are `Load` steps, which
+//! an engine may write through a bulk path ([`Engine::load`], PostgreSQL's
+//! `COPY`) and otherwise go as upserts. The marks change the replica's own
+//! tables in the same target transaction as the rows and the offset: `Begin`
+//! notes the table as pending ([`Engine::store_pending`]), the chunk that ends
+//! the wait forgets it, `End` (the table could not be copied) quarantines it.
+//! [`Sink::open`] reports the pending tables, so a restarted runtime keeps
+//! skipping their changes until their first chunk.
+//!
+//! # Schema changes
+//! A transaction holding a schema change is a target transaction of its own,
+//! and every table definition learned before it is forgotten after it.
+//! Engines whose DDL is transactional (PostgreSQL, SQL Server) run it as a step
+//! inside the data transaction, with the offset and the bookkeeping of a
+//! dropped table. On MySQL DDL commits by itself ([`Engine::AUTOCOMMIT_DDL`]):
+//! the applier notes the change as possibly running and commits, runs it,
+//! then moves the offset and removes the note in one transaction; a crash in
+//! between leaves the note, and the retry runs the change again telling the
+//! engine so (`retried`), which takes "already exists" answers as done.
 //!
 //! # Room for what comes next
-//! - *Snapshot rows* (`op = "r"`) are upserts to the planner: no engine change.
-//! - *Bulk loads* (PostgreSQL `COPY`, SQL Server's TDS bulk load): a step kind
-//!   beside [`RowsKind`] whose engine method defaults to [`Engine::rows`]
-//!   (`Insert`) and that engines with a bulk path override.
-//! - *DDL steps*: an engine method translating the source statement. Engines
-//!   whose DDL is transactional (PostgreSQL, SQL Server) run it inside the data
-//!   transaction like any step; for MySQL the applier commits what precedes
-//!   the DDL event (with its offset), runs the DDL, and continues, so the
-//!   offset still names exactly what is applied.
-//! - *Per-table snapshot state* (which key range of a table a snapshot has
-//!   loaded): a bookkeeping table beside `dbmux_offsets`, written by one more
-//!   engine statement executed right before [`Engine::write_offset`], in the
-//!   same target transaction, exactly like the quarantine rows of a resume.
+//! - *Bulk streaming upserts* (PostgreSQL `COPY` into a staging table plus one
+//!   upsert for large batches): a step kind beside [`RowsKind`] with a default
+//!   through [`Engine::rows`], like [`Engine::load`].
 
 mod engine;
 mod error;

@@ -62,6 +62,16 @@ enum Cmd {
     DropPending,
     DropSchemaState,
     ClearState,
+    ReadNote,
+    StoreNote,
+    ClearNote,
+    /// A schema change: the table's definition becomes `schema` (rows padded
+    /// with NULL or cut); with `create`, it must not exist yet unless `retried`.
+    Alter {
+        schema: TableSchema,
+        create: bool,
+        retried: bool,
+    },
     Rows {
         target: TableId,
         kind: u8,
@@ -98,6 +108,8 @@ struct Db {
     quarantine: BTreeMap<(String, TableId), (u64, String)>,
     /// Pending snapshots: run per (consumer, source table).
     pending: BTreeMap<(String, TableId), u64>,
+    /// Schema-change notes: seq per consumer.
+    notes: BTreeMap<String, u64>,
 }
 
 /// Injected faults (counted over every `execute` of every connection).
@@ -108,6 +120,9 @@ struct Faults {
     fail_at: BTreeMap<u64, ErrorClass>,
     /// Commit, then report a lost connection (the ambiguous commit).
     lose_commit_reply: u32,
+    /// Fail an execute of this command (its JSON tag) as transient, after
+    /// letting this many of them pass.
+    fail_cmd: Option<(String, u32)>,
 }
 
 #[derive(Clone, Default)]
@@ -130,7 +145,8 @@ impl MemConn {
     }
 }
 
-struct Mem {
+/// `AUTO`: schema changes commit by themselves (like MySQL's).
+struct Mem<const AUTO: bool = false> {
     server: Server,
     limits: Limits,
     /// Text values the engine refuses (a value error).
@@ -139,7 +155,7 @@ struct Mem {
     rename: BTreeMap<String, String>,
 }
 
-impl Mem {
+impl<const AUTO: bool> Mem<AUTO> {
     fn new(server: &Server) -> Self {
         Mem {
             server: server.clone(),
@@ -298,6 +314,40 @@ fn run(db: &mut Db, c: Cmd, p: &[Value]) -> Result<(u64, Vec<Vec<Value>>), MemEr
             db.quarantine.retain(|(k, _), _| *k != c);
             (0, vec![])
         }
+        Cmd::ReadNote => (
+            0,
+            db.notes
+                .get(&text(&p[0]))
+                .map(|s| vec![vec![Value::UInt(*s)]])
+                .unwrap_or_default(),
+        ),
+        Cmd::StoreNote => {
+            db.notes.insert(text(&p[0]), uint(&p[1]));
+            (1, vec![])
+        }
+        Cmd::ClearNote => (db.notes.remove(&text(&p[0])).is_some() as u64, vec![]),
+        Cmd::Alter {
+            schema,
+            create,
+            retried,
+        } => {
+            let width = schema.columns.len();
+            match db.tables.remove(&schema.id) {
+                Some(_) if create && !retried => {
+                    return Err(MemError::definite(format!("table {} already exists", schema.id)))
+                }
+                Some((_, mut rows)) => {
+                    for r in &mut rows {
+                        r.resize(width, Value::Null);
+                    }
+                    db.tables.insert(schema.id.clone(), (schema, rows));
+                }
+                None => {
+                    db.tables.insert(schema.id.clone(), (schema, vec![]));
+                }
+            }
+            (0, vec![])
+        }
         Cmd::Create { schema } => {
             db.tables.entry(schema.id.clone()).or_insert((schema, vec![]));
             (0, vec![])
@@ -422,7 +472,7 @@ fn run(db: &mut Db, c: Cmd, p: &[Value]) -> Result<(u64, Vec<Vec<Value>>), MemEr
     })
 }
 
-impl Engine for Mem {
+impl<const AUTO: bool> Engine for Mem<AUTO> {
     type Param = Value;
     type Error = MemError;
     type Conn = MemConn;
@@ -524,6 +574,55 @@ impl Engine for Mem {
                 next.map_or(Value::Null, Value::UInt),
             ],
         )
+    }
+    const AUTOCOMMIT_DDL: bool = AUTO;
+    fn read_ddl_note(&self, consumer: &str) -> Option<Statement<Value>> {
+        AUTO.then(|| cmd(Cmd::ReadNote, vec![Value::Text(consumer.into())]))
+    }
+    fn store_ddl_note(&self, consumer: &str, seq: u64, _statement: &str) -> Option<Statement<Value>> {
+        AUTO.then(|| {
+            cmd(
+                Cmd::StoreNote,
+                vec![Value::Text(consumer.into()), Value::UInt(seq)],
+            )
+        })
+    }
+    fn clear_ddl_note(&self, consumer: &str) -> Option<Statement<Value>> {
+        AUTO.then(|| cmd(Cmd::ClearNote, vec![Value::Text(consumer.into())]))
+    }
+    async fn schema_change(
+        &self,
+        conn: &mut MemConn,
+        _source: &TableSchema,
+        renamed: &TableSchema,
+        change: &crate::ddl::SchemaChange,
+        _commit_ts_us: i64,
+        retried: bool,
+    ) -> Result<(), DdlError<MemError>> {
+        use crate::ddl::DdlKind;
+        if AUTO {
+            // Self-committing DDL never runs inside a transaction.
+            assert!(conn.txn.is_none(), "autocommit DDL inside a transaction");
+        }
+        let c = match &change.kind {
+            DdlKind::CreateTable { .. } | DdlKind::AlterTable { .. } => Cmd::Alter {
+                schema: renamed.clone(),
+                create: matches!(change.kind, DdlKind::CreateTable { .. }),
+                retried,
+            },
+            DdlKind::DropTable => Cmd::Drop {
+                target: renamed.id.clone(),
+            },
+            _ => {
+                return Err(DdlError::Refused(format!(
+                    "{:?} is not supported here",
+                    change.kind
+                )))
+            }
+        };
+        Self::query_or_execute(conn, &cmd(c, vec![]))
+            .map(|_| ())
+            .map_err(DdlError::Driver)
     }
     fn read_pending(&self, consumer: &str) -> Statement<Value> {
         cmd(Cmd::ReadPending, vec![Value::Text(consumer.into())])
@@ -738,7 +837,7 @@ impl Engine for Mem {
     }
 }
 
-impl Mem {
+impl<const AUTO: bool> Mem<AUTO> {
     fn query_or_execute(
         conn: &mut MemConn,
         s: &Statement<Value>,
@@ -747,6 +846,17 @@ impl Mem {
             let mut f = conn.server.faults.lock().unwrap();
             f.executes += 1;
             let n = f.executes;
+            let tag = s.sql.split('"').nth(1).unwrap_or(&s.sql).to_string();
+            if let Some((t, pass)) = &mut f.fail_cmd {
+                if *t == tag {
+                    if *pass == 0 {
+                        f.fail_cmd = None;
+                        conn.txn = None;
+                        return Err(MemError::transient(&format!("injected loss at {tag}")));
+                    }
+                    *pass -= 1;
+                }
+            }
             if let Some(class) = f.fail_at.remove(&n) {
                 if class == ErrorClass::Transient {
                     // A lost connection ends the transaction.
@@ -882,7 +992,7 @@ async fn applies_once_skips_what_is_applied_and_refuses_gaps() {
     let e = a.apply(&[gap], &none()).await.unwrap_err();
     assert!(!e.is_transient() && e.to_string().contains("skip seq 6"), "{e}");
     assert_eq!(offset(&server), 5);
-    // DDL events are a definite "not yet", tied to their table.
+    // A schema change the engine refuses is a definite error of its table.
     let ddl = Seq(6).txn(vec![(
         t.clone(),
         Op::Ddl(Box::new(crate::ddl::SchemaChange {
@@ -897,7 +1007,12 @@ async fn applies_once_skips_what_is_applied_and_refuses_gaps() {
     let e = a.apply(&[ddl], &none()).await.unwrap_err();
     assert!(!e.is_transient());
     assert_eq!(e.table(), Some(&t.id));
-    assert!(e.to_string().contains("do not apply schema changes yet"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("cannot apply the schema change `ALTER TABLE t ADD w INT`")
+            && e.to_string().contains("not supported here"),
+        "{e}"
+    );
     assert_eq!(offset(&server), 5, "nothing moved");
 }
 
@@ -1440,4 +1555,288 @@ async fn reset_sets_the_offset_and_lifts_every_quarantine_in_one_transaction() {
         .await
         .unwrap();
     assert_eq!(offset(&server), 10);
+}
+
+// ---------------------------------------------------------------- snapshots and schema changes
+
+fn mark(id: u64, phase: crate::snapshot::SnapshotPhase) -> Op {
+    Op::Snapshot(Box::new(crate::snapshot::SnapshotMark {
+        id,
+        targets: vec![],
+        reset: false,
+        phase,
+    }))
+}
+
+fn chunk(index: u64, last: bool) -> crate::snapshot::SnapshotPhase {
+    crate::snapshot::SnapshotPhase::Chunk {
+        index,
+        upto: None,
+        rows: 0,
+        last,
+        whole: false,
+        create: None,
+    }
+}
+
+fn read(t: &Arc<TableSchema>, row: Vec<Value>) -> (Arc<TableSchema>, Op) {
+    (t.clone(), Op::Read { after: row })
+}
+
+fn change(statement: &str, kind: crate::ddl::DdlKind) -> Op {
+    Op::Ddl(Box::new(crate::ddl::SchemaChange {
+        statement: statement.into(),
+        default_schema: "app".into(),
+        kind,
+        unique_key_names: Vec::new(),
+    }))
+}
+
+fn pending(server: &Server) -> Vec<TableId> {
+    server
+        .db
+        .lock()
+        .unwrap()
+        .pending
+        .keys()
+        .map(|(_, t)| t.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn snapshots_record_pending_recreate_load_and_end_in_quarantine() {
+    use crate::snapshot::SnapshotPhase;
+    let server = Server::default();
+    let t = table("t", true);
+    let u = table("u", false);
+    let mut a = Applier::<Mem>::new("r1", Mem::new(&server));
+    a.open().await.unwrap();
+    let mut seq = Seq(1);
+    // A row the snapshot must replace, and a quarantine it must lift.
+    let t1 = seq.txn(vec![ins(&t, iv(9, 9))]);
+    a.apply(&[t1], &none()).await.unwrap();
+    a.quarantine(&Quarantine {
+        table: t.id.clone(),
+        first_seq: 1,
+        reason: "old".into(),
+    })
+    .await
+    .unwrap();
+    let begin = seq.txn(vec![(
+        t.clone(),
+        mark(
+            1,
+            SnapshotPhase::Begin {
+                estimated_rows: 3,
+                request: None,
+            },
+        ),
+    )]);
+    a.apply(&[begin], &none()).await.unwrap();
+    assert_eq!(pending(&server), [t.id.clone()]);
+    // A new applier (a restart) learns the pending table from the replica.
+    let mut b = Applier::<Mem>::new("r1", Mem::new(&server));
+    let opened = b.open().await.unwrap();
+    assert_eq!(opened.pending, [t.id.clone()]);
+    assert_eq!(opened.applied, 2);
+    // Chunk 0 recreates the table (row 9 is gone), loads its rows (more
+    // than one statement's worth: 3 rows per statement) and ends pending.
+    let c0 = seq.txn(vec![
+        (t.clone(), mark(1, chunk(0, false))),
+        read(&t, iv(1, 1)),
+        read(&t, iv(2, 2)),
+        read(&t, iv(3, 3)),
+        read(&t, iv(4, 4)),
+    ]);
+    // A change after the chunk, then chunk 1 whose rows overlap it.
+    let after = seq.txn(vec![upd(&t, iv(2, 2), iv(2, 20))]);
+    let c1 = seq.txn(vec![(t.clone(), mark(1, chunk(1, true))), read(&t, iv(5, 5))]);
+    b.apply(&[c0, after, c1], &none()).await.unwrap();
+    assert_eq!(
+        rows(&server, "t"),
+        [iv(1, 1), iv(2, 20), iv(3, 3), iv(4, 4), iv(5, 5)]
+    );
+    assert!(pending(&server).is_empty());
+    assert!(
+        server.db.lock().unwrap().quarantine.is_empty(),
+        "chunk 0 lifts the old quarantine"
+    );
+    // A snapshot that could not finish (the table was dropped meanwhile):
+    // the table's pending state ends in a quarantine at the End event.
+    let begin_u = seq.txn(vec![(
+        u.clone(),
+        mark(
+            2,
+            SnapshotPhase::Begin {
+                estimated_rows: 0,
+                request: None,
+            },
+        ),
+    )]);
+    let end_u = seq.txn(vec![(
+        u.clone(),
+        mark(
+            2,
+            SnapshotPhase::End {
+                reason: "dropped".into(),
+            },
+        ),
+    )]);
+    let end_seq = end_u.last_seq();
+    b.apply(&[begin_u], &none()).await.unwrap();
+    assert_eq!(pending(&server), [u.id.clone()]);
+    b.apply(&[end_u], &none()).await.unwrap();
+    assert!(pending(&server).is_empty());
+    let q = server.db.lock().unwrap().quarantine.clone();
+    assert_eq!(
+        q.get(&("r1".to_string(), u.id.clone())),
+        Some(&(end_seq, "dropped".to_string()))
+    );
+    assert_eq!(offset(&server), end_seq);
+    // Reset forgets pending snapshots and quarantines.
+    let begin_t = seq.txn(vec![(
+        t.clone(),
+        mark(
+            3,
+            SnapshotPhase::Begin {
+                estimated_rows: 0,
+                request: None,
+            },
+        ),
+    )]);
+    b.apply(&[begin_t], &none()).await.unwrap();
+    b.reset(1).await.unwrap();
+    assert!(pending(&server).is_empty());
+    assert!(server.db.lock().unwrap().quarantine.is_empty());
+    assert_eq!(offset(&server), 0);
+}
+
+/// `app.t` with a third column.
+fn wide(name: &str) -> Arc<TableSchema> {
+    let mut t = (*table(name, true)).clone();
+    t.columns.push(col("w", int()));
+    Arc::new(t)
+}
+
+#[tokio::test]
+async fn transactional_schema_changes_commit_with_their_offset() {
+    use crate::ddl::DdlKind;
+    let server = Server::default();
+    let t = table("t", true);
+    let t2 = wide("t");
+    let mut a = Applier::<Mem>::new("r1", Mem::new(&server));
+    a.open().await.unwrap();
+    let mut seq = Seq(1);
+    let data = seq.txn(vec![ins(&t, iv(1, 1))]);
+    let alter = seq.txn(vec![(
+        t2.clone(),
+        change("ALTER TABLE t ADD w INT", DdlKind::AlterTable { actions: vec![] }),
+    )]);
+    let after = seq.txn(vec![ins(&t2, vec![Value::Int(2), Value::Int(2), Value::Int(7)])]);
+    // The schema-change transaction is lost at its offset write: nothing of
+    // it stays (it ran inside the transaction), and the retry applies it once.
+    server.faults.lock().unwrap().fail_cmd = Some(("WriteOffset".into(), 1));
+    let batch = [data, alter, after];
+    let e = a.apply(&batch, &none()).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(
+        offset(&server),
+        1,
+        "the data before the change committed on its own"
+    );
+    assert_eq!(
+        server.db.lock().unwrap().tables[&TableId::new("r_app", "t")]
+            .0
+            .columns
+            .len(),
+        2
+    );
+    a.apply(&batch, &none()).await.unwrap();
+    assert_eq!(offset(&server), 3);
+    assert_eq!(
+        rows(&server, "t"),
+        [
+            vec![Value::Int(1), Value::Int(1), Value::Null],
+            vec![Value::Int(2), Value::Int(2), Value::Int(7)]
+        ]
+    );
+    // A dropped table's pending snapshot and quarantine go in the same transaction.
+    a.quarantine(&Quarantine {
+        table: t.id.clone(),
+        first_seq: 3,
+        reason: "x".into(),
+    })
+    .await
+    .unwrap();
+    server
+        .db
+        .lock()
+        .unwrap()
+        .pending
+        .insert(("r1".into(), t.id.clone()), 1);
+    let drop = seq.txn(vec![(t2.clone(), change("DROP TABLE t", DdlKind::DropTable))]);
+    a.apply(&[drop], &none()).await.unwrap();
+    let db = server.db.lock().unwrap().clone();
+    assert!(!db.tables.contains_key(&TableId::new("r_app", "t")));
+    assert!(db.pending.is_empty() && db.quarantine.is_empty());
+    assert_eq!(db.offsets["r1"], 4);
+    assert!(db.notes.is_empty(), "transactional engines keep no note");
+}
+
+#[tokio::test]
+async fn autocommit_schema_changes_are_noted_and_rerun_after_a_crash() {
+    use crate::ddl::DdlKind;
+    let server = Server::default();
+    let n = table("n", true);
+    let mut a = Applier::<Mem<true>>::new("r1", Mem::<true>::new(&server));
+    a.open().await.unwrap();
+    let mut seq = Seq(1);
+    let create = seq.txn(vec![(
+        n.clone(),
+        change(
+            "CREATE TABLE n (id INT PRIMARY KEY, v INT)",
+            DdlKind::CreateTable {
+                if_not_exists: false,
+                or_replace: false,
+            },
+        ),
+    )]);
+    let data = seq.txn(vec![ins(&n, iv(1, 1))]);
+    // Lost after the change ran, before its offset moved: the note stays.
+    server.faults.lock().unwrap().fail_cmd = Some(("WriteOffset".into(), 0));
+    let batch = [create, data];
+    let e = a.apply(&batch, &none()).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    {
+        let db = server.db.lock().unwrap();
+        assert!(
+            db.tables.contains_key(&TableId::new("r_app", "n")),
+            "the change ran"
+        );
+        assert_eq!(db.notes.get("r1"), Some(&1), "and is noted as possibly run");
+        assert_eq!(db.offsets["r1"], 0);
+    }
+    // The retry runs it again as `retried` (the engine takes "already
+    // exists" as done), moves the offset, clears the note, goes on.
+    a.apply(&batch, &none()).await.unwrap();
+    let db = server.db.lock().unwrap().clone();
+    assert!(db.notes.is_empty());
+    assert_eq!(db.offsets["r1"], 2);
+    assert_eq!(rows(&server, "n"), [iv(1, 1)]);
+    // Without a note, the same change on an existing table is the engine's
+    // definite error, tied to the table, and nothing moves.
+    let again = seq.txn(vec![(
+        n.clone(),
+        change(
+            "CREATE TABLE n (id INT PRIMARY KEY, v INT)",
+            DdlKind::CreateTable {
+                if_not_exists: false,
+                or_replace: false,
+            },
+        ),
+    )]);
+    let e = a.apply(&[again], &none()).await.unwrap_err();
+    assert!(!e.is_transient() && e.table() == Some(&n.id), "{e}");
+    assert!(e.to_string().contains("already exists"), "{e}");
+    assert_eq!(offset(&server), 2);
 }
