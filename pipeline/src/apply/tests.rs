@@ -1633,11 +1633,11 @@ async fn snapshots_record_pending_recreate_load_and_end_in_quarantine() {
         ),
     )]);
     a.apply(&[begin], &none()).await.unwrap();
-    assert_eq!(pending(&server), [t.id.clone()]);
+    assert_eq!(pending(&server), vec![t.id.clone()]);
     // A new applier (a restart) learns the pending table from the replica.
     let mut b = Applier::<Mem>::new("r1", Mem::new(&server));
     let opened = b.open().await.unwrap();
-    assert_eq!(opened.pending, [t.id.clone()]);
+    assert_eq!(opened.pending, vec![t.id.clone()]);
     assert_eq!(opened.applied, 2);
     // Chunk 0 recreates the table (row 9 is gone), loads its rows (more
     // than one statement's worth: 3 rows per statement) and ends pending.
@@ -1684,7 +1684,7 @@ async fn snapshots_record_pending_recreate_load_and_end_in_quarantine() {
     )]);
     let end_seq = end_u.last_seq();
     b.apply(&[begin_u], &none()).await.unwrap();
-    assert_eq!(pending(&server), [u.id.clone()]);
+    assert_eq!(pending(&server), vec![u.id.clone()]);
     b.apply(&[end_u], &none()).await.unwrap();
     assert!(pending(&server).is_empty());
     let q = server.db.lock().unwrap().quarantine.clone();
