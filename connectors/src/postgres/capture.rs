@@ -381,9 +381,20 @@ pub struct ExportedSnapshot {
     pub lsn: u64,
 }
 
-/// Where [`PostgresSource`] publishes its exported snapshot while it is
-/// usable (from slot creation until `start`); `None` otherwise.
-pub type SnapshotExport = tokio::sync::watch::Receiver<Option<ExportedSnapshot>>;
+/// What [`PostgresSource`] says about its exported snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Export {
+    /// No slot set up by this source yet.
+    Pending,
+    /// Usable (from slot creation until `start`).
+    Usable(ExportedSnapshot),
+    /// Not (or no longer) available: streaming started, or the slot already
+    /// existed, so nothing was exported.
+    Unavailable,
+}
+
+/// Where [`PostgresSource`] publishes its exported snapshot.
+pub type SnapshotExport = tokio::sync::watch::Receiver<Export>;
 
 enum Rel {
     /// Not captured (filter) — its changes are dropped.
@@ -419,7 +430,7 @@ pub struct PostgresSource {
     creator: Option<ReplicationConn>,
     exported_snapshot: Option<String>,
     /// Publishes the exported snapshot while `creator` keeps it usable.
-    export: tokio::sync::watch::Sender<Option<ExportedSnapshot>>,
+    export: tokio::sync::watch::Sender<Export>,
     relations: HashMap<u32, Rel>,
     /// Plans by table, so an equivalent `Relation` message reuses the same `Arc`.
     plans: HashMap<TableId, Arc<RelPlan>>,
@@ -469,7 +480,7 @@ impl PostgresSource {
             stream: None,
             creator: None,
             exported_snapshot: None,
-            export: tokio::sync::watch::channel(None).0,
+            export: tokio::sync::watch::channel(Export::Pending).0,
             relations: HashMap::new(),
             plans: HashMap::new(),
             txn: None,
@@ -1198,6 +1209,7 @@ impl Source for PostgresSource {
     /// the existing slot's confirmed flush LSN.
     async fn current_position(&mut self) -> Result<Position, PostgresCaptureError> {
         if let Some(lsn) = self.slot_confirmed_lsn().await? {
+            self.export.send_replace(Export::Unavailable);
             return Ok(Position::Postgres(lsn));
         }
         let mut conn = self
@@ -1233,13 +1245,16 @@ impl Source for PostgresSource {
             "replication slot created"
         );
         self.creator = Some(conn);
-        self.export.send_replace(self.exported_snapshot.clone().map(|name| ExportedSnapshot { name, lsn }));
+        self.export.send_replace(match self.exported_snapshot.clone() {
+            Some(name) => Export::Usable(ExportedSnapshot { name, lsn }),
+            None => Export::Unavailable,
+        });
         Ok(Position::Postgres(lsn))
     }
 
     async fn start(&mut self, resume: Option<Position>) -> Result<(), PostgresCaptureError> {
         // The exported snapshot ends here: nothing may read it any more.
-        self.export.send_replace(None);
+        self.export.send_replace(Export::Unavailable);
         if let Some(c) = self.creator.take() {
             c.close().await;
         }
@@ -1371,7 +1386,7 @@ impl Source for PostgresSource {
     /// cut short, or a first start finds a slot left by an earlier attempt):
     /// nothing the slot kept is needed then, since the new snapshot shows it.
     async fn discard_start(&mut self) -> Result<(), PostgresCaptureError> {
-        self.export.send_replace(None);
+        self.export.send_replace(Export::Pending);
         if let Some(c) = self.creator.take() {
             c.close().await;
         }

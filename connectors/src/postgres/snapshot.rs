@@ -37,7 +37,7 @@
 //! unsupported type stops the copy with the error streaming gives.
 
 use super::capture::{
-    describe_relation, ExportedSnapshot, PostgresCaptureError, PostgresSourceConfig, RelPlan, SnapshotExport,
+    describe_relation, Export, ExportedSnapshot, PostgresCaptureError, PostgresSourceConfig, RelPlan, SnapshotExport,
     CONNECT_TIMEOUT, STREAM_SETTINGS,
 };
 use super::pgoutput::{Relation, RelationColumn};
@@ -83,12 +83,13 @@ impl PostgresSnapshots {
     async fn exported(&self) -> Result<ExportedSnapshot, PostgresCaptureError> {
         let mut export = self.export.clone();
         let found = export
-            .wait_for(Option::is_some)
+            .wait_for(|e| !matches!(e, Export::Pending))
             .await
-            .map(|s| s.clone())
-            .ok()
-            .flatten();
-        found.ok_or(PostgresCaptureError::SnapshotGone)
+            .map(|e| e.clone());
+        match found {
+            Ok(Export::Usable(s)) => Ok(s),
+            _ => Err(PostgresCaptureError::SnapshotGone),
+        }
     }
 
     /// A connection in a transaction that imported the exported snapshot.
