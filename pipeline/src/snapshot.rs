@@ -1366,13 +1366,20 @@ async fn run_single_view<C: SnapshotSource, L: Log>(
             .into_values()
             .collect();
         for run in &abandoned {
-            for t in run.tables.iter().filter(|t| !t.done && !listed.contains(&t.table)) {
+            for t in run
+                .tables
+                .iter()
+                .filter(|t| !t.done && !listed.contains(&t.table))
+            {
                 let reason = format!(
                     "{} is no longer captured (the initial snapshot that began copying it was cut short)",
                     t.table
                 );
-                ctl.append(vec![(name_only(&t.table), mark(run, SnapshotPhase::End { reason }))])
-                    .await?;
+                ctl.append(vec![(
+                    name_only(&t.table),
+                    mark(run, SnapshotPhase::End { reason }),
+                )])
+                .await?;
             }
         }
         if !abandoned.is_empty() {
@@ -1440,7 +1447,10 @@ async fn run_single_view<C: SnapshotSource, L: Log>(
         // streamed transactions may follow them.
         log.set_meta(INITIAL_VIEW_KEY, INITIAL_VIEW_DONE.to_vec()).await?;
         checkpoint(&log, &state).await?;
-        tracing::info!(run = run.id, "initial snapshot complete; capture streams from its position");
+        tracing::info!(
+            run = run.id,
+            "initial snapshot complete; capture streams from its position"
+        );
     } else {
         let fresh = {
             let mut st = state.lock().expect("capture state");
@@ -1583,7 +1593,10 @@ async fn copy_view_table<C: SnapshotSource>(
     progress.rows = 0;
     progress.upto = None;
     loop {
-        let rows = r.read(progress.upto.as_deref(), limit).await.map_err(src(false))?;
+        let rows = r
+            .read(progress.upto.as_deref(), limit)
+            .await
+            .map_err(src(false))?;
         let last = rows.len() < limit;
         let upto = if whole {
             None

@@ -1141,7 +1141,9 @@ async fn snapshot_writer(
             big_rows + 1 + t as i64,
             100_000 + t
         );
-        tx.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        tx.batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
         tx.commit().await.unwrap();
         t += 1;
         done.store(t, std::sync::atomic::Ordering::SeqCst);
@@ -1219,7 +1221,12 @@ async fn pg_source_snapshot_copies_existing_rows_under_writes_to_both_replicas()
     let mut dbmux = Dbmux::with_pg_source(&src.name, BOTH, &pg_snapshot_config(2000));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let writer = tokio::spawn(snapshot_writer(src.url.clone(), BIG as i64, stop.clone(), done.clone()));
+    let writer = tokio::spawn(snapshot_writer(
+        src.url.clone(),
+        BIG as i64,
+        stop.clone(),
+        done.clone(),
+    ));
     // The writer runs before the slot exists, while it is created and while
     // the tables are copied.
     wait_for("the writer to begin", Duration::from_secs(30), || async {
@@ -1229,12 +1236,16 @@ async fn pg_source_snapshot_copies_existing_rows_under_writes_to_both_replicas()
     let before = done.load(std::sync::atomic::Ordering::SeqCst);
     dbmux.start();
     let me = &dbmux;
-    let st = wait_for("the initial snapshot to finish", Duration::from_secs(300), || async move {
-        let st = me.status().await?;
-        let tables = st["snapshot"]["tables"].as_array()?;
-        (tables.len() == 4 && st["snapshot"]["active"] == false && st["capture"]["connected"] == true)
-            .then_some(st)
-    })
+    let st = wait_for(
+        "the initial snapshot to finish",
+        Duration::from_secs(300),
+        || async move {
+            let st = me.status().await?;
+            let tables = st["snapshot"]["tables"].as_array()?;
+            (tables.len() == 4 && st["snapshot"]["active"] == false && st["capture"]["connected"] == true)
+                .then_some(st)
+        },
+    )
     .await;
     let tables = st["snapshot"]["tables"].as_array().unwrap();
     assert!(tables.iter().all(|t| t["state"] == "done"), "{st}");
@@ -1263,7 +1274,10 @@ async fn pg_source_snapshot_copies_existing_rows_under_writes_to_both_replicas()
             .all(|e| !matches!(e["op"].as_str(), Some("snapshot" | "r"))),
         "snapshot events after a streamed change"
     );
-    let copied = envelopes[..first_change].iter().filter(|e| e["op"] == "r").count();
+    let copied = envelopes[..first_change]
+        .iter()
+        .filter(|e| e["op"] == "r")
+        .count();
     assert!(copied >= BIG as usize, "{copied} rows copied");
     assert!(dbmux.stop().success(), "clean shutdown:\n{}", dbmux.output());
     println!(
@@ -1292,7 +1306,10 @@ async fn pg_source_snapshot_initial_false_copies_nothing() {
     let ids: Vec<i32> = my.query("SELECT id FROM t").await.unwrap();
     assert_eq!(ids, vec![1000], "only the change after the start");
     let st = dbmux.status().await.unwrap();
-    assert!(st["snapshot"]["tables"].as_array().is_none_or(|t| t.is_empty()), "{st}");
+    assert!(
+        st["snapshot"]["tables"].as_array().is_none_or(|t| t.is_empty()),
+        "{st}"
+    );
     assert!(dbmux.stop().success(), "clean shutdown:\n{}", dbmux.output());
 }
 
@@ -1307,33 +1324,49 @@ async fn pg_source_snapshot_killed_midway_starts_over_and_loses_nothing() {
     let mut dbmux = Dbmux::with_pg_source(&src.name, BOTH, &pg_snapshot_config(500));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let writer = tokio::spawn(snapshot_writer(src.url.clone(), BIG as i64, stop.clone(), done.clone()));
+    let writer = tokio::spawn(snapshot_writer(
+        src.url.clone(),
+        BIG as i64,
+        stop.clone(),
+        done.clone(),
+    ));
     let mut consistent_points = Vec::new();
     for kill in 0..2 {
         dbmux.start();
         let me = &dbmux;
-        let at = wait_for("the copy to be under way", Duration::from_secs(300), || async move {
-            let st = me.status().await?;
-            let rows: u64 = st["snapshot"]["tables"]
-                .as_array()?
-                .iter()
-                .filter_map(|t| t["rows"].as_u64())
-                .sum();
-            (rows >= 8000 && st["snapshot"]["active"] == true).then_some(rows)
-        })
+        let at = wait_for(
+            "the copy to be under way",
+            Duration::from_secs(300),
+            || async move {
+                let st = me.status().await?;
+                let rows: u64 = st["snapshot"]["tables"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|t| t["rows"].as_u64())
+                    .sum();
+                (rows >= 8000 && st["snapshot"]["active"] == true).then_some(rows)
+            },
+        )
         .await;
         let st = dbmux.status().await.unwrap();
-        assert_eq!(st["capture"]["connected"], false, "nothing streams during the copy: {st}");
+        assert_eq!(
+            st["capture"]["connected"], false,
+            "nothing streams during the copy: {st}"
+        );
         consistent_points.push(src.slot_confirmed(&src.name).await.expect("slot"));
         dbmux.kill();
         println!("kill {} after {at} rows copied", kill + 1);
     }
     dbmux.start();
     let me = &dbmux;
-    wait_for("the initial snapshot to finish", Duration::from_secs(600), || async move {
-        let st = me.status().await?;
-        (st["snapshot"]["active"] == false && st["capture"]["connected"] == true).then_some(())
-    })
+    wait_for(
+        "the initial snapshot to finish",
+        Duration::from_secs(600),
+        || async move {
+            let st = me.status().await?;
+            (st["snapshot"]["active"] == false && st["capture"]["connected"] == true).then_some(())
+        },
+    )
     .await;
     consistent_points.push(src.slot_confirmed(&src.name).await.expect("slot"));
     assert!(
@@ -1386,7 +1419,10 @@ async fn pg_source_snapshot_requests_are_refused_with_the_reason() {
         text
     };
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.0 409") || head.starts_with("HTTP/1.1 409"), "{response}");
+    assert!(
+        head.starts_with("HTTP/1.0 409") || head.starts_with("HTTP/1.1 409"),
+        "{response}"
+    );
     assert!(body.contains("exported"), "{body}");
     assert!(dbmux.stop().success(), "clean shutdown:\n{}", dbmux.output());
 }

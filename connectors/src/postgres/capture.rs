@@ -704,7 +704,6 @@ impl PostgresSource {
     }
 
     fn here(&self) -> String {
-
         format!("LSN {}", format_lsn(self.at_lsn))
     }
 
@@ -983,123 +982,123 @@ pub(crate) async fn describe_relation(
             )
             .await
             .map_err(catalog(format!("reading the catalog for {table}")))?;
-        let mut catalog: HashMap<String, CatalogColumn> = HashMap::new();
-        let mut order = Vec::new();
-        let mut pk: Vec<(i32, String)> = Vec::new();
-        for r in rows {
-            let name: String = r.get(0);
-            let generated: String = r.get(9);
-            if !generated.is_empty() {
-                continue; // pgoutput does not send generated columns
-            }
-            let pos: i32 = r.get(8);
-            if pos > 0 {
-                pk.push((pos, name.clone()));
-            }
-            order.push(name.clone());
-            catalog.insert(
-                name,
-                CatalogColumn {
-                    not_null: r.get(1),
-                    facts: TypeFacts {
-                        typtype: r.get::<_, String>(6).chars().next().unwrap_or('b'),
-                        labels: r.get(7),
-                        spelled: r.get(2),
-                    },
-                    base_oid: r.get(4),
-                    typmod: r.get(5),
+    let mut catalog: HashMap<String, CatalogColumn> = HashMap::new();
+    let mut order = Vec::new();
+    let mut pk: Vec<(i32, String)> = Vec::new();
+    for r in rows {
+        let name: String = r.get(0);
+        let generated: String = r.get(9);
+        if !generated.is_empty() {
+            continue; // pgoutput does not send generated columns
+        }
+        let pos: i32 = r.get(8);
+        if pos > 0 {
+            pk.push((pos, name.clone()));
+        }
+        order.push(name.clone());
+        catalog.insert(
+            name,
+            CatalogColumn {
+                not_null: r.get(1),
+                facts: TypeFacts {
+                    typtype: r.get::<_, String>(6).chars().next().unwrap_or('b'),
+                    labels: r.get(7),
+                    spelled: r.get(2),
                 },
-            );
-        }
-        pk.sort();
-        // Columns: the Relation message's when there is one, else the catalog's.
-        // (name, part of the replica identity key, WAL type oid and modifier)
-        type WalColumn = (String, bool, Option<(u32, i32)>);
-        let columns: Vec<WalColumn> = match rel {
-            Some(rel) => rel
-                .columns
-                .iter()
-                .map(|c| (c.name.clone(), c.key, Some((c.type_oid, c.type_modifier))))
-                .collect(),
-            None => order.iter().map(|n| (n.clone(), false, None)).collect(),
-        };
-        if rel.is_some() && columns.iter().any(|(n, _, _)| !catalog.contains_key(n)) {
-            tracing::warn!(
-                table = %table,
-                "the catalog no longer matches the replicated relation (altered or dropped since): \
-                 describing it from the WAL alone (all columns nullable)"
-            );
-        }
-        let mut defs = Vec::with_capacity(columns.len());
-        let mut decoders = Vec::with_capacity(columns.len());
-        for (col_name, _, wal_type) in &columns {
-            let (oid, typmod, facts, nullable) = match (catalog.get(col_name), wal_type) {
-                (Some(c), _) => (c.base_oid, c.typmod, c.facts.clone(), !c.not_null),
-                (None, Some((oid, typmod))) => (
-                    *oid,
-                    *typmod,
-                    TypeFacts {
-                        typtype: 'b',
-                        labels: Vec::new(),
-                        spelled: format!("type oid {oid}"),
-                    },
-                    true,
-                ),
-                (None, None) => unreachable!("catalog columns come from the catalog"),
-            };
-            let ty = source_types::column_type(oid, typmod, &facts).map_err(|reason| {
-                PostgresCaptureError::UnsupportedType {
-                    table: table.clone(),
-                    column: col_name.clone(),
-                    ty: facts.spelled.clone(),
-                    reason,
-                }
-            })?;
-            decoders.push(Decoder::for_type(&ty));
-            let text = matches!(
-                ty,
-                ColumnType::Char { .. }
-                    | ColumnType::VarChar { .. }
-                    | ColumnType::Text { .. }
-                    | ColumnType::Enum { .. }
-            );
-            defs.push(ColumnDef {
-                name: col_name.clone(),
-                ty,
-                nullable,
-                charset: text.then(|| "utf8mb4".to_string()),
-                // PostgreSQL's collations are deterministic: values that differ
-                // are different keys, trailing spaces included. A binary,
-                // no-pad collation makes a MariaDB replica compare the same way
-                // (and gives "C" on a PostgreSQL replica).
-                collation: text.then(|| "utf8mb4_nopad_bin".to_string()),
-                source_type: facts.spelled,
-            });
-        }
-        // The key appliers use: the replica identity's columns (default =
-        // the primary key, or the USING INDEX columns); with REPLICA IDENTITY
-        // FULL every column is flagged, so the primary key, if any, is used.
-        let primary_key: Vec<usize> = match rel {
-            Some(r) if r.replica_identity != b'f' && columns.iter().any(|c| c.1) => columns
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.1)
-                .map(|(i, _)| i)
-                .collect(),
-            _ => pk
-                .iter()
-                .filter_map(|(_, n)| columns.iter().position(|c| &c.0 == n))
-                .collect(),
-        };
-        Ok(RelPlan {
-            // Unique keys and foreign keys are not carried from a PostgreSQL
-            // source: its WAL logs the rows that cascades change, so the
-            // appliers need no cascade metadata, and replica tables get no
-            // secondary unique keys that could collide.
-            schema: Arc::new(TableSchema::new(TableId::new(schema, name), defs, primary_key)),
-            decoders,
-        })
+                base_oid: r.get(4),
+                typmod: r.get(5),
+            },
+        );
     }
+    pk.sort();
+    // Columns: the Relation message's when there is one, else the catalog's.
+    // (name, part of the replica identity key, WAL type oid and modifier)
+    type WalColumn = (String, bool, Option<(u32, i32)>);
+    let columns: Vec<WalColumn> = match rel {
+        Some(rel) => rel
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.key, Some((c.type_oid, c.type_modifier))))
+            .collect(),
+        None => order.iter().map(|n| (n.clone(), false, None)).collect(),
+    };
+    if rel.is_some() && columns.iter().any(|(n, _, _)| !catalog.contains_key(n)) {
+        tracing::warn!(
+            table = %table,
+            "the catalog no longer matches the replicated relation (altered or dropped since): \
+             describing it from the WAL alone (all columns nullable)"
+        );
+    }
+    let mut defs = Vec::with_capacity(columns.len());
+    let mut decoders = Vec::with_capacity(columns.len());
+    for (col_name, _, wal_type) in &columns {
+        let (oid, typmod, facts, nullable) = match (catalog.get(col_name), wal_type) {
+            (Some(c), _) => (c.base_oid, c.typmod, c.facts.clone(), !c.not_null),
+            (None, Some((oid, typmod))) => (
+                *oid,
+                *typmod,
+                TypeFacts {
+                    typtype: 'b',
+                    labels: Vec::new(),
+                    spelled: format!("type oid {oid}"),
+                },
+                true,
+            ),
+            (None, None) => unreachable!("catalog columns come from the catalog"),
+        };
+        let ty = source_types::column_type(oid, typmod, &facts).map_err(|reason| {
+            PostgresCaptureError::UnsupportedType {
+                table: table.clone(),
+                column: col_name.clone(),
+                ty: facts.spelled.clone(),
+                reason,
+            }
+        })?;
+        decoders.push(Decoder::for_type(&ty));
+        let text = matches!(
+            ty,
+            ColumnType::Char { .. }
+                | ColumnType::VarChar { .. }
+                | ColumnType::Text { .. }
+                | ColumnType::Enum { .. }
+        );
+        defs.push(ColumnDef {
+            name: col_name.clone(),
+            ty,
+            nullable,
+            charset: text.then(|| "utf8mb4".to_string()),
+            // PostgreSQL's collations are deterministic: values that differ
+            // are different keys, trailing spaces included. A binary,
+            // no-pad collation makes a MariaDB replica compare the same way
+            // (and gives "C" on a PostgreSQL replica).
+            collation: text.then(|| "utf8mb4_nopad_bin".to_string()),
+            source_type: facts.spelled,
+        });
+    }
+    // The key appliers use: the replica identity's columns (default =
+    // the primary key, or the USING INDEX columns); with REPLICA IDENTITY
+    // FULL every column is flagged, so the primary key, if any, is used.
+    let primary_key: Vec<usize> = match rel {
+        Some(r) if r.replica_identity != b'f' && columns.iter().any(|c| c.1) => columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.1)
+            .map(|(i, _)| i)
+            .collect(),
+        _ => pk
+            .iter()
+            .filter_map(|(_, n)| columns.iter().position(|c| &c.0 == n))
+            .collect(),
+    };
+    Ok(RelPlan {
+        // Unique keys and foreign keys are not carried from a PostgreSQL
+        // source: its WAL logs the rows that cascades change, so the
+        // appliers need no cascade metadata, and replica tables get no
+        // secondary unique keys that could collide.
+        schema: Arc::new(TableSchema::new(TableId::new(schema, name), defs, primary_key)),
+        decoders,
+    })
+}
 
 /// The server settings and role attributes preflight checks.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,13 +36,13 @@
 //! table are the same values under the same definition. A column of an
 //! unsupported type stops the copy with the error streaming gives.
 
-use super::capture::{
-    describe_relation, Export, ExportedSnapshot, PostgresCaptureError, PostgresSourceConfig, RelPlan, SnapshotExport,
-    CONNECT_TIMEOUT, STREAM_SETTINGS,
-};
-use super::pgoutput::{Relation, RelationColumn};
 #[cfg(doc)]
 use super::capture::PostgresSource;
+use super::capture::{
+    describe_relation, Export, ExportedSnapshot, PostgresCaptureError, PostgresSourceConfig, RelPlan,
+    SnapshotExport, CONNECT_TIMEOUT, STREAM_SETTINGS,
+};
+use super::pgoutput::{Relation, RelationColumn};
 use pipeline::event::Row;
 use pipeline::filter::TableFilter;
 use pipeline::retry::ErrorClass;
@@ -95,7 +95,10 @@ impl PostgresSnapshots {
     /// A connection in a transaction that imported the exported snapshot.
     async fn connect_in_view(&self) -> Result<(Client, ExportedSnapshot), PostgresCaptureError> {
         let exported = self.exported().await?;
-        let what = format!("connecting to {} for the initial snapshot", self.config.redacted_url());
+        let what = format!(
+            "connecting to {} for the initial snapshot",
+            self.config.redacted_url()
+        );
         let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, self.pg.connect(NoTls))
             .await
             .map_err(|_| PostgresCaptureError::Catalog {
@@ -116,12 +119,17 @@ impl PostgresSnapshots {
             .collect();
         setup.push("SET application_name = 'dbmux-snapshot'".into());
         setup.push("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".into());
-        setup.push(format!("SET TRANSACTION SNAPSHOT {}", quote_literal(&exported.name)));
+        setup.push(format!(
+            "SET TRANSACTION SNAPSHOT {}",
+            quote_literal(&exported.name)
+        ));
         match client.batch_execute(&setup.join("; ")).await {
             Ok(()) => Ok((client, exported)),
             // 22023: the snapshot no longer exists (capture started
             // streaming, or the creating connection died).
-            Err(e) if e.code().is_some_and(|c| c.code() == "22023") => Err(PostgresCaptureError::SnapshotGone),
+            Err(e) if e.code().is_some_and(|c| c.code() == "22023") => {
+                Err(PostgresCaptureError::SnapshotGone)
+            }
             Err(e) => Err(driver("importing the slot's exported snapshot")(e)),
         }
     }
@@ -165,7 +173,9 @@ impl SnapshotSource for PostgresSnapshots {
                 &[&self.config.publication],
             )
             .await
-            .map_err(driver("listing the publication's tables for the initial snapshot"))?;
+            .map_err(driver(
+                "listing the publication's tables for the initial snapshot",
+            ))?;
         let _ = client.batch_execute("COMMIT").await;
         Ok(rows
             .iter()
@@ -336,7 +346,11 @@ impl ChunkReader for PostgresChunkReader {
     /// The cursor's next rows. Keyed tables: `after` must be the key of the
     /// last row this reader returned (the cursor continues from there; a
     /// reader cannot jump, and the single-view coordinator never asks it to).
-    async fn read(&mut self, after: Option<&[Value]>, limit: usize) -> Result<Vec<Row>, PostgresCaptureError> {
+    async fn read(
+        &mut self,
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> Result<Vec<Row>, PostgresCaptureError> {
         let view = self.view.as_ref().ok_or(PostgresCaptureError::NotStarted)?;
         if !view.key.is_empty() && after != view.last_key.as_deref() {
             return Err(PostgresCaptureError::Stream {
@@ -365,12 +379,14 @@ impl ChunkReader for PostgresChunkReader {
             for (i, d) in plan.decoders.iter().enumerate() {
                 row.push(match r.get(i) {
                     None => Value::Null,
-                    Some(raw) => d.decode(raw.as_bytes()).map_err(|message| PostgresCaptureError::Value {
-                        table: table.clone(),
-                        column: plan.schema.columns[i].name.clone(),
-                        position: "initial snapshot".into(),
-                        message,
-                    })?,
+                    Some(raw) => d
+                        .decode(raw.as_bytes())
+                        .map_err(|message| PostgresCaptureError::Value {
+                            table: table.clone(),
+                            column: plan.schema.columns[i].name.clone(),
+                            position: "initial snapshot".into(),
+                            message,
+                        })?,
                 });
             }
             rows.push(row);
