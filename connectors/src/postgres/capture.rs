@@ -15,13 +15,17 @@
 //! the runtime stores. Afterwards a missing slot is a definite error: creating
 //! a new one would silently skip everything that committed in between.
 //!
-//! # Snapshot hook
+//! # Initial snapshot
 //! The snapshot exported at slot creation shows the database exactly as of the
 //! consistent point, and it stays usable while the creating connection is idle:
-//! that connection is kept from `current_position` until `start`, so an initial
-//! copy (`SET TRANSACTION SNAPSHOT '<name>'`, see
-//! [`PostgresSource::exported_snapshot`]) fits between the two. No copy is made
-//! today: rows that existed before the slot was created are not replicated.
+//! that connection is kept from `current_position` until `start`, and
+//! [`PostgresSource::snapshot_export`] publishes it meanwhile. The initial copy
+//! ([`super::snapshot`]) reads every table with it (`SET TRANSACTION SNAPSHOT`)
+//! before the runtime calls `start` (a single-view snapshot source: capture
+//! does not stream until the copy is in the log). A copy cut short cannot be
+//! continued (the snapshot died with the process): the runtime then calls
+//! [`Source::discard_start`], which drops the slot, and `current_position`
+//! creates it anew with a new snapshot. Re-snapshots later are impossible.
 //!
 //! # Transactions and positions
 //! pgoutput (protocol 1) sends whole transactions at commit, in commit order:
