@@ -1,48 +1,61 @@
-//! The PostgreSQL applier: a [`Sink`] that writes change events into a
-//! PostgreSQL database.
+//! PostgreSQL's side of [`pipeline::apply::Engine`]: connection, statements,
+//! error classes, the `COPY` load path and schema changes. The transaction
+//! protocol (offsets, planning, quarantine, cascades, snapshots) is the
+//! core's ([`pipeline::apply::Applier`]).
 //!
 //! # Where tables go
 //! The URL names the database. A source table `db.table` becomes
 //! `"db"."table"` (schema named after the source database) unless `schema` is
 //! configured, in which case every table goes into that one schema. Missing
-//! schemas and tables are created from the event's table definition.
+//! schemas and tables are created from the event's table definition, with an
+//! index on every foreign key's columns (cascades find rows by them).
 //!
-//! # Exactly once
-//! Each [`Sink::apply`] call is one target transaction: `BEGIN` →
-//! `SELECT seq … FOR UPDATE` on this applier's row of `dbmux.dbmux_offsets` →
-//! the data statements → `UPDATE dbmux_offsets SET seq = <last seq>` →
-//! `COMMIT`. Events at or below the stored `seq` are skipped, so a batch
-//! retried after an ambiguous commit failure is never applied twice.
-//!
-//! # Offsets table
+//! # Bookkeeping tables
 //! ```sql
 //! CREATE SCHEMA IF NOT EXISTS "dbmux";
 //! CREATE TABLE IF NOT EXISTS "dbmux"."dbmux_offsets" (
 //!   consumer text PRIMARY KEY, seq bigint NOT NULL, position text,
 //!   updated_at timestamptz NOT NULL DEFAULT now());
 //! ```
-//! (schema configurable with `offsets_schema`).
+//! beside it `dbmux_quarantine` and `dbmux_snapshot` (schema configurable
+//! with `offsets_schema`).
 //!
-//! # Reconnection
-//! Any error rolls back and drops the connection; the next `open` or `apply`
-//! connects again and re-reads the offset. Prepared statements belong to a
-//! connection and are forgotten with it.
+//! # Statements and parameters
+//! Every value travels as a parameter in text format ([`TextParam`]), parsed
+//! by the column type's own input function; multi-row statements bind one
+//! array per column and spread it with `unnest` (see [`super::apply_sql`]),
+//! so one statement text per table and kind serves every batch. Statements
+//! with parameters are prepared once per connection and kept in its cache;
+//! statements without (DDL, `TRUNCATE`) go through the simple query protocol.
+//! A schema change or a dropped table empties the cache.
+//!
+//! # Snapshot rows
+//! [`Engine::load`] writes a chunk with `COPY`: straight into the table, or,
+//! when some of its keys are already there (changes applied since the
+//! table's first chunk), through a temporary table and an upsert.
+//!
+//! # Schema changes
+//! PostgreSQL's DDL is transactional: a captured change is translated
+//! ([`super::ddl`]) and run inside the data transaction, with the offset.
 
 use super::apply_sql::{self as sql, ZeroDates};
-use pipeline::batch::{self, Action, PlanError, PlanOptions};
-use pipeline::cascade::{CascadeError, CascadeStore, Skip};
-use pipeline::event::{Row, Transaction};
+use pipeline::apply::{
+    Applier, ApplyError, CascadeOp, DdlError, Engine, Limits, LoadError, RowsKind, Statement, TargetTable,
+    ValueError,
+};
+use pipeline::ddl::SchemaChange;
+use pipeline::event::Row;
 use pipeline::replica::Quarantine;
-use pipeline::retry::{Classify, ErrorClass};
-use pipeline::schema::{TableId, TableSchema};
+use pipeline::retry::ErrorClass;
+use pipeline::schema::{ColumnDef, TableId, TableSchema};
 use pipeline::secret::redact_url;
-use pipeline::sink::{Opened, Sink, TableScoped};
+use pipeline::value::Value;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
-use tokio_postgres::types::{Format, IsNull, ToSql, Type};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::types::{Format, FromSql, IsNull, ToSql, Type};
+use tokio_postgres::{Client, NoTls};
 
 /// Default schema of `dbmux_offsets`.
 pub const DEFAULT_OFFSETS_SCHEMA: &str = "dbmux";
@@ -59,6 +72,11 @@ pub const DEFAULT_MAX_ROWS_PER_STATEMENT: usize = 5000;
 pub const DEFAULT_MAX_STATEMENT_BYTES: usize = 16 << 20;
 /// Prepared statements kept per connection before the cache is reset.
 const STMT_CACHE_SIZE: usize = 512;
+
+/// The PostgreSQL replica applier.
+pub type PostgresSink = Applier<PostgresEngine>;
+/// Why applying to a PostgreSQL replica failed.
+pub type PostgresApplyError = ApplyError<PostgresEngine>;
 
 /// `[replica.postgres]`: where and how to apply.
 #[derive(Clone, Deserialize)]
@@ -235,115 +253,6 @@ impl fmt::Debug for PostgresSinkConfig {
     }
 }
 
-/// Why applying to a PostgreSQL replica failed.
-#[derive(Debug, thiserror::Error)]
-pub enum PostgresApplyError {
-    #[error("PostgreSQL replica, {context}: {}", describe(source))]
-    Driver {
-        context: String,
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    #[error("{table}.{column}: {message}")]
-    Value {
-        table: String,
-        column: String,
-        message: String,
-    },
-    #[error("cannot create or use {table}: {message}")]
-    Table { table: String, message: String },
-    #[error("cannot apply the schema change `{statement}` to {table} on the PostgreSQL replica: {message}")]
-    Ddl {
-        table: String,
-        statement: String,
-        message: String,
-    },
-    #[error(
-        "replica diverged: {table} (no primary key) has no row equal to the before image of the {op} \
-         of event seq {seq}; compare the table with the source and re-seed it"
-    )]
-    Diverged {
-        table: String,
-        op: &'static str,
-        seq: u64,
-    },
-    #[error("{table} has no row for consumer {consumer:?}; it was deleted while dbmux ran")]
-    OffsetRowMissing { table: String, consumer: String },
-    #[error(
-        "events would skip seq {missing}: the replica has applied up to {applied} and the next event given is {next}"
-    )]
-    Gap { applied: u64, next: u64, missing: u64 },
-    #[error("{0}")]
-    Internal(String),
-    /// A definite error while applying one source table's events.
-    #[error("{source}")]
-    InTable {
-        table: TableId,
-        source: Box<PostgresApplyError>,
-    },
-}
-
-impl PostgresApplyError {
-    /// Ties a definite error to the source table whose step failed.
-    fn in_table(self, table: &TableId) -> Self {
-        match self {
-            e @ PostgresApplyError::InTable { .. } => e,
-            e if e.is_transient() => e,
-            e => PostgresApplyError::InTable {
-                table: table.clone(),
-                source: Box::new(e),
-            },
-        }
-    }
-
-    /// A unique or foreign-key violation (23505, 23503): a set-based plan may
-    /// cause one that source order does not.
-    fn may_pass_in_source_order(&self) -> bool {
-        match self {
-            PostgresApplyError::InTable { source, .. } => source.may_pass_in_source_order(),
-            PostgresApplyError::Driver { source, .. } => {
-                matches!(source.code().map(|c| c.code()), Some("23505" | "23503"))
-            }
-            _ => false,
-        }
-    }
-}
-
-impl Classify for PostgresApplyError {
-    fn class(&self) -> ErrorClass {
-        match self {
-            PostgresApplyError::Driver { source, .. } => classify_driver(source),
-            PostgresApplyError::InTable { source, .. } => source.class(),
-            _ => ErrorClass::Definite,
-        }
-    }
-}
-
-impl TableScoped for PostgresApplyError {
-    fn table(&self) -> Option<&TableId> {
-        match self {
-            PostgresApplyError::InTable { table, .. } => Some(table),
-            PostgresApplyError::Plan(p) => p.table(),
-            _ => None,
-        }
-    }
-}
-
-/// What one target transaction does (see the MySQL sink's `Mode`).
-#[derive(Clone, Copy)]
-enum Mode<'a> {
-    Stream {
-        skip: &'a HashSet<TableId>,
-    },
-    Resume {
-        table: &'a TableId,
-        from: u64,
-        next: Option<u64>,
-    },
-}
-
 /// Lost connections, server shutdowns, serialization failures, deadlocks,
 /// lock and statement timeouts and resource shortages are transient; what the
 /// server says about data or statements is definite.
@@ -394,24 +303,25 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-type Result<T, E = PostgresApplyError> = std::result::Result<T, E>;
-
-fn driver(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> PostgresApplyError {
-    let context = context.into();
-    move |source| PostgresApplyError::Driver { context, source }
-}
-
 /// A parameter in text format: PostgreSQL parses it with the type's own
-/// input function (for arrays, `array_in` then each element's).
-#[derive(Debug)]
-struct TextParam(Option<String>);
+/// input function (for arrays, `array_in` then each element's). `None` is
+/// NULL. Query results come back as the same type: text columns as they
+/// are, integers in decimal (the bookkeeping queries read `bigint`s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextParam(pub Option<String>);
+
+impl TextParam {
+    fn text(s: &str) -> Self {
+        TextParam(Some(s.to_string()))
+    }
+}
 
 impl ToSql for TextParam {
     fn to_sql(
         &self,
         _ty: &Type,
         out: &mut tokio_postgres::types::private::BytesMut,
-    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         match &self.0 {
             None => Ok(IsNull::Yes),
             Some(s) => {
@@ -432,17 +342,33 @@ impl ToSql for TextParam {
     tokio_postgres::types::to_sql_checked!();
 }
 
-/// Per source table definition: where it goes and its statements.
-struct TableSql {
-    target_text: String,
-    statements: sql::TableStatements,
+impl<'a> FromSql<'a> for TextParam {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let text = match *ty {
+            Type::INT8 => i64::from_sql(ty, raw)?.to_string(),
+            Type::INT4 => i32::from_sql(ty, raw)?.to_string(),
+            Type::INT2 => i16::from_sql(ty, raw)?.to_string(),
+            Type::BOOL => bool::from_sql(ty, raw)?.to_string(),
+            _ => <&str as FromSql>::from_sql(ty, raw)?.to_string(),
+        };
+        Ok(TextParam(Some(text)))
+    }
+
+    fn from_sql_null(_ty: &Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(TextParam(None))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::INT8 | Type::INT4 | Type::INT2 | Type::BOOL) || <&str as FromSql>::accepts(ty)
+    }
 }
 
 /// An open connection and what is prepared on it.
-struct Connection {
+pub struct Connection {
     client: Client,
     task: tokio::task::JoinHandle<()>,
-    prepared: HashMap<String, Statement>,
+    /// Prepared statements by text (they belong to this connection).
+    prepared: HashMap<Arc<str>, tokio_postgres::Statement>,
 }
 
 impl Drop for Connection {
@@ -451,881 +377,118 @@ impl Drop for Connection {
     }
 }
 
-/// Applies change events to a PostgreSQL database.
-pub struct PostgresSink {
-    name: String,
+impl Connection {
+    /// The statement prepared on this connection (once per text).
+    async fn prepare(&mut self, text: &Arc<str>) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+        if let Some(s) = self.prepared.get(text) {
+            return Ok(s.clone());
+        }
+        let stmt = self.client.prepare(text).await?;
+        if self.prepared.len() >= STMT_CACHE_SIZE {
+            self.prepared.clear();
+        }
+        self.prepared.insert(text.clone(), stmt.clone());
+        Ok(stmt)
+    }
+}
+
+/// The columns of an existing replica table: name → (qualified type name
+/// without type modifier, type category).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Described {
+    pub columns: HashMap<String, (String, String)>,
+}
+
+/// Per replica table: its statement texts (the same for any row count).
+#[derive(Debug)]
+pub struct Table {
+    /// `"schema"."table"`.
+    quoted: String,
+    /// The replica's column list, quoted (`COPY`).
+    columns: String,
+    /// `ON CONFLICT (key) DO …` of the upsert (empty without a key).
+    on_conflict: String,
+    upsert: Arc<str>,
+    insert: Arc<str>,
+    delete: Arc<str>,
+    update_one: Arc<str>,
+    delete_one: Arc<str>,
+}
+
+/// PostgreSQL for [`Applier`].
+#[derive(Debug)]
+pub struct PostgresEngine {
     config: PostgresSinkConfig,
-    conn: Option<Connection>,
-    applied: u64,
-    /// Target tables known to exist, with each column's type name (no type modifier).
-    known_tables: HashMap<TableId, HashMap<String, String>>,
-    tables: HashMap<Arc<TableSchema>, Arc<TableSql>>,
-    /// Which source table each replica table receives (two never share one).
-    targets: HashMap<TableId, TableId>,
     offsets_table: String,
     quarantine_table: String,
     snapshot_table: String,
 }
 
-impl PostgresSink {
-    /// A sink for replica `name` (its key in `dbmux_offsets`). Connects on `open`.
-    pub fn new(name: &str, config: PostgresSinkConfig) -> Self {
-        let offsets_table = format!(
-            "{}.{}",
-            sql::quote_ident(&config.offsets_schema).unwrap_or_else(|_| "\"dbmux\"".into()),
-            sql::quote_ident(OFFSETS_TABLE).expect("valid name")
-        );
-        let quarantine_table = format!(
-            "{}.{}",
-            sql::quote_ident(&config.offsets_schema).unwrap_or_else(|_| "\"dbmux\"".into()),
-            sql::quote_ident(QUARANTINE_TABLE).expect("valid name")
-        );
-        let snapshot_table = format!(
-            "{}.{}",
-            sql::quote_ident(&config.offsets_schema).unwrap_or_else(|_| "\"dbmux\"".into()),
-            sql::quote_ident(SNAPSHOT_TABLE).expect("valid name")
-        );
-        Self {
-            name: name.to_string(),
-            config,
-            conn: None,
-            applied: 0,
-            known_tables: HashMap::new(),
-            tables: HashMap::new(),
-            targets: HashMap::new(),
-            offsets_table,
-            quarantine_table,
-            snapshot_table,
-        }
+impl From<PostgresSinkConfig> for PostgresEngine {
+    fn from(config: PostgresSinkConfig) -> Self {
+        PostgresEngine::new(config)
     }
+}
 
-    /// The offset as of the last `open` or successful `apply`.
-    pub fn applied_seq(&self) -> u64 {
-        self.applied
+impl PostgresEngine {
+    pub fn new(config: PostgresSinkConfig) -> Self {
+        // The schema was validated with the configuration; the fallback only
+        // keeps a direct caller of `new` from panicking.
+        let schema = sql::quote_ident(&config.offsets_schema).unwrap_or_else(|_| "\"dbmux\"".into());
+        let table = |name: &str| format!("{schema}.{}", sql::quote_ident(name).expect("valid name"));
+        Self {
+            offsets_table: table(OFFSETS_TABLE),
+            quarantine_table: table(QUARANTINE_TABLE),
+            snapshot_table: table(SNAPSHOT_TABLE),
+            config,
+        }
     }
 
     pub fn config(&self) -> &PostgresSinkConfig {
         &self.config
     }
 
-    async fn connect(&mut self) -> Result<()> {
-        self.conn = None;
-        let (client, connection) = tokio_postgres::connect(&self.config.url, NoTls)
-            .await
-            .map_err(driver("connecting"))?;
-        let task = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "PostgreSQL replica connection ended");
-            }
-        });
-        let conn = Connection {
-            client,
-            task,
-            prepared: HashMap::new(),
-        };
-        conn.client
-            .batch_execute(sql::SESSION_SETUP)
-            .await
-            .map_err(driver("setting up the session"))?;
-        let schema =
-            sql::quote_ident(&self.config.offsets_schema).map_err(|message| PostgresApplyError::Table {
-                table: self.offsets_table.clone(),
-                message,
-            })?;
-        ddl(
-            &conn.client,
-            &format!("CREATE SCHEMA IF NOT EXISTS {schema}"),
-            "creating the offsets schema",
-        )
-        .await?;
-        ddl(
-            &conn.client,
-            &format!(
-                "CREATE TABLE IF NOT EXISTS {} (consumer text PRIMARY KEY, seq bigint NOT NULL, \
-                 position text, updated_at timestamptz NOT NULL DEFAULT now())",
-                self.offsets_table
-            ),
-            "creating the offsets table",
-        )
-        .await?;
-        ddl(
-            &conn.client,
-            &format!(
-                "CREATE TABLE IF NOT EXISTS {} (consumer text NOT NULL, table_schema text NOT NULL, \
-                 table_name text NOT NULL, first_seq bigint NOT NULL, reason text NOT NULL, \
-                 since timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (consumer, table_schema, table_name))",
-                self.quarantine_table
-            ),
-            "creating the quarantine table",
-        )
-        .await?;
-        ddl(
-            &conn.client,
-            &format!(
-                "CREATE TABLE IF NOT EXISTS {} (consumer text NOT NULL, table_schema text NOT NULL, \
-                 table_name text NOT NULL, run bigint NOT NULL, since timestamptz NOT NULL DEFAULT now(), \
-                 PRIMARY KEY (consumer, table_schema, table_name))",
-                self.snapshot_table
-            ),
-            "creating the snapshot table",
-        )
-        .await?;
-        conn.client
-            .execute(
-                &format!(
-                    "INSERT INTO {} (consumer, seq) VALUES ($1, 0) ON CONFLICT (consumer) DO NOTHING",
-                    self.offsets_table
-                ),
-                &[&self.name],
-            )
-            .await
-            .map_err(driver("registering in the offsets table"))?;
-        let row = conn
-            .client
-            .query_opt(
-                &format!("SELECT seq FROM {} WHERE consumer = $1", self.offsets_table),
-                &[&self.name],
-            )
-            .await
-            .map_err(driver("reading the offset"))?;
-        let seq: i64 = row.ok_or_else(|| self.offset_missing())?.get(0);
-        self.applied = seq as u64;
-        self.conn = Some(conn);
-        Ok(())
+    fn seq(seq: u64) -> Result<TextParam, String> {
+        i64::try_from(seq)
+            .map(|s| TextParam(Some(s.to_string())))
+            .map_err(|_| format!("seq {seq} does not fit in bigint"))
     }
 
-    fn offset_missing(&self) -> PostgresApplyError {
-        PostgresApplyError::OffsetRowMissing {
-            table: format!("{}.{}", self.config.offsets_schema, OFFSETS_TABLE),
-            consumer: self.name.clone(),
-        }
+    /// A seq that cannot fit `bigint` cannot be an event's: clamp rather
+    /// than fail a quarantine (the reason says what happened).
+    fn seq_clamped(seq: u64) -> TextParam {
+        TextParam(Some(i64::try_from(seq).unwrap_or(i64::MAX).to_string()))
     }
 
-    fn target(&self, schema: &TableSchema) -> TableId {
-        self.config.target_table(&schema.id)
+    fn keyed(consumer: &str, table: &TableId) -> Vec<TextParam> {
+        vec![
+            TextParam::text(consumer),
+            TextParam::text(&table.schema),
+            TextParam::text(&table.name),
+        ]
     }
 
-    /// `schema` with every column named as on the replica (renames applied);
-    /// an error when two columns would get one name.
-    fn renamed(&self, schema: &Arc<TableSchema>) -> std::result::Result<Arc<TableSchema>, String> {
-        let mut t = (**schema).clone();
-        let mut seen = HashSet::new();
-        for c in &mut t.columns {
-            let to = self.config.target_column(&schema.id, &c.name);
-            if !seen.insert(to.clone()) {
-                return Err(format!(
-                    "two columns would be named {to:?} on PostgreSQL; rename one with rename_columns"
-                ));
-            }
-            c.name = to;
-        }
-        Ok(Arc::new(t))
-    }
-
-    /// Creates missing schemas and tables (outside the data transaction, so a
-    /// failed batch does not undo them, which is harmless) and learns the
-    /// target column types of every table the batch touches.
-    async fn ensure_tables(&mut self, txns: &[Transaction], mode: Mode<'_>) -> Result<()> {
-        let mut seen: HashSet<usize> = HashSet::new();
-        for ev in txns.iter().flat_map(|t| &t.events) {
-            let wanted = match mode {
-                Mode::Stream { skip } => ev.seq > self.applied && !skip.contains(&ev.table.id),
-                Mode::Resume { table, from, .. } => ev.seq >= from && ev.table.id == *table,
-            };
-            if !wanted {
-                continue;
-            }
-            match &ev.op {
-                pipeline::Op::Snapshot(m) => {
-                    if m.phase.recreates() {
-                        self.recreate(&ev.table)
-                            .await
-                            .map_err(|e| e.in_table(&ev.table.id))?;
-                    }
-                    continue;
-                }
-                pipeline::Op::Ddl(_) => continue,
-                _ => {}
-            }
-            if !seen.insert(Arc::as_ptr(&ev.table) as usize)
-                || (self.tables.contains_key(&ev.table) && !ev.table.columns_unknown())
-            {
-                continue;
-            }
-            self.ensure_table(&ev.table)
-                .await
-                .map_err(|e| e.in_table(&ev.table.id))?;
-        }
-        Ok(())
-    }
-
-    /// A snapshot's first chunk: the replica table is dropped and created
-    /// again from the definition at the chunk's position (before the data
-    /// transaction, like any table creation; running it twice is harmless).
-    async fn recreate(&mut self, source: &Arc<TableSchema>) -> Result<()> {
-        let target = self.target(source);
-        let table_err = |message: String| PostgresApplyError::Table {
-            table: target.to_string(),
+    fn text_of(&self, v: &Value, col: &ColumnDef) -> Result<Option<String>, ValueError> {
+        sql::to_text(v, col, self.config.zero_dates).map_err(|message| ValueError {
+            column: col.name.clone(),
             message,
-        };
-        let renamed = self.renamed(source).map_err(table_err)?;
-        let statements =
-            super::ddl::create_statements(&target, &renamed, source, &self.config).map_err(table_err)?;
-        let client = &self.conn.as_ref().expect("connected").client;
-        ddl(
-            client,
-            &format!(
-                "DROP TABLE IF EXISTS {}",
-                sql::quote_table(&target).map_err(table_err)?
-            ),
-            &format!("dropping {target} to reload it"),
-        )
-        .await?;
-        for s in statements {
-            ddl(client, &s, &format!("creating table {target}")).await?;
-        }
-        self.known_tables.remove(&target);
-        self.tables.retain(|k, _| k.id != source.id);
-        if let Some(c) = self.conn.as_mut() {
-            c.prepared.clear();
-        }
-        self.ensure_table(source).await
-    }
-
-    async fn ensure_table(&mut self, source: &Arc<TableSchema>) -> Result<()> {
-        let target = self.target(source);
-        let table_err = |message: String| PostgresApplyError::Table {
-            table: target.to_string(),
-            message,
-        };
-        if target.schema == self.config.offsets_schema
-            && [OFFSETS_TABLE, QUARANTINE_TABLE, SNAPSHOT_TABLE].contains(&target.name.as_str())
-        {
-            return Err(table_err(
-                "it is one of dbmux's own tables (offsets_schema)".into(),
-            ));
-        }
-        match self.targets.get(&target) {
-            Some(other) if *other != source.id => {
-                return Err(table_err(format!(
-                    "it already receives source table {other}; {} cannot be written there too",
-                    source.id
-                )))
-            }
-            Some(_) => {}
-            None => {
-                self.targets.insert(target.clone(), source.id.clone());
-            }
-        }
-        if source.columns_unknown() {
-            // A TRUNCATE of a table capture has no definition for (its first
-            // event after a restart, or a table created while dbmux runs):
-            // truncate it if the replica has it; a missing table is empty.
-            let client = &self.conn.as_ref().expect("connected").client;
-            let exists = read_columns(client, &target).await?.is_some();
-            let statements = sql::TableStatements::truncate_only(&target, exists).map_err(table_err)?;
-            self.tables.insert(
-                source.clone(),
-                Arc::new(TableSql {
-                    target_text: target.to_string(),
-                    statements,
-                }),
-            );
-            return Ok(());
-        }
-        if let Some(f) = pipeline::cascade::uncaptured_parent(source) {
-            return Err(table_err(pipeline::cascade::uncaptured_parent_message(f)));
-        }
-        let renamed = self.renamed(source).map_err(table_err)?;
-        if !self.known_tables.contains_key(&target) {
-            let create = sql::create_table_sql(&target, &renamed).map_err(|(column, m)| {
-                table_err(if column.is_empty() {
-                    m
-                } else {
-                    format!("column {column}: {m}")
-                })
-            })?;
-            let client = &self.conn.as_ref().expect("connected").client;
-            let schema = sql::quote_ident(&target.schema).map_err(table_err)?;
-            ddl(
-                client,
-                &format!("CREATE SCHEMA IF NOT EXISTS {schema}"),
-                &format!("creating schema {}", target.schema),
-            )
-            .await?;
-            ddl(client, &create, &format!("creating table {target}")).await?;
-            // An index on every foreign key's columns: the applier finds the
-            // rows a cascade reaches by them (the source has one for each key).
-            for f in &source.foreign_keys {
-                let cols = f
-                    .columns
-                    .iter()
-                    .map(|c| sql::quote_ident(&self.config.target_column(&source.id, c)))
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(table_err)?;
-                let index = sql::quote_ident(&sql::pg_name(&format!("{}_{}_fk", target.name, f.name)))
-                    .map_err(table_err)?;
-                ddl(
-                    client,
-                    &format!(
-                        "CREATE INDEX IF NOT EXISTS {index} ON {} ({})",
-                        sql::quote_table(&target).map_err(table_err)?,
-                        cols.join(", ")
-                    ),
-                    &format!("indexing {target}"),
-                )
-                .await?;
-            }
-            let columns = read_columns(client, &target)
-                .await?
-                .ok_or_else(|| table_err("it does not exist right after CREATE TABLE".into()))?;
-            if let Some((name, _)) = columns.iter().find(|(_, (_, category))| category == "A") {
-                return Err(table_err(format!(
-                    "column {name} is an array, which dbmux does not write"
-                )));
-            }
-            let columns = columns.into_iter().map(|(n, (ty, _))| (n, ty)).collect();
-            self.known_tables.insert(target.clone(), columns);
-        }
-        let columns = &self.known_tables[&target];
-        let types = renamed
-            .columns
-            .iter()
-            .map(|c| {
-                columns.get(&c.name).cloned().ok_or_else(|| {
-                    table_err(format!(
-                        "it has no column {:?} (schema changes are not replicated yet)",
-                        c.name
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let statements = sql::table_statements(&target, &renamed, &types).map_err(table_err)?;
-        self.tables.insert(
-            source.clone(),
-            Arc::new(TableSql {
-                target_text: target.to_string(),
-                statements,
-            }),
-        );
-        Ok(())
-    }
-
-    /// Applies `txns` in one target transaction as `mode` says; a set-based
-    /// plan that trips a unique or foreign key is rolled back and applied
-    /// again in source order.
-    async fn apply_group(&mut self, txns: &[Transaction], mode: Mode<'_>) -> Result<()> {
-        let mut conn = self.conn.take().expect("connected");
-        let mut result = self.apply_in(&mut conn, txns, mode, false).await;
-        if result
-            .as_ref()
-            .is_err_and(PostgresApplyError::may_pass_in_source_order)
-        {
-            let e = result.as_ref().expect_err("an error");
-            tracing::info!(replica = %self.name, error = %e, "set-based batch broke a constraint; applying it in source order");
-            let _ = conn.client.batch_execute("ROLLBACK").await;
-            result = self.apply_in(&mut conn, txns, mode, true).await;
-        }
-        match result {
-            Ok(applied) => {
-                self.applied = applied;
-                self.conn = Some(conn);
-                Ok(())
-            }
-            Err(e) => {
-                let _ = conn.client.batch_execute("ROLLBACK").await;
-                drop(conn);
-                self.known_tables.clear();
-                self.tables.clear();
-                Err(e)
-            }
-        }
-    }
-
-    async fn apply_in(
-        &self,
-        conn: &mut Connection,
-        txns: &[Transaction],
-        mode: Mode<'_>,
-        source_order: bool,
-    ) -> Result<u64> {
-        conn.client
-            .batch_execute("BEGIN")
-            .await
-            .map_err(driver("starting a transaction"))?;
-        let lock = format!(
-            "SELECT seq FROM {} WHERE consumer = $1 FOR UPDATE",
-            self.offsets_table
-        );
-        let stmt = prepare(conn, &lock).await?;
-        let row = conn
-            .client
-            .query_opt(&stmt, &[&self.name])
-            .await
-            .map_err(driver("locking the offset"))?;
-        let applied = row.ok_or_else(|| self.offset_missing())?.get::<_, i64>(0) as u64;
-        let only: HashSet<TableId>;
-        let options = match mode {
-            Mode::Stream { skip } => PlanOptions {
-                applied,
-                skip: Some(skip),
-                only: None,
-                source_order,
-            },
-            Mode::Resume { table, from, .. } => {
-                if let Some(e) = txns.iter().flat_map(|t| &t.events).find(|e| e.seq > applied) {
-                    return Err(PostgresApplyError::Internal(format!(
-                        "resuming {table}: event seq {} is beyond the replica's offset {applied}",
-                        e.seq
-                    )));
-                }
-                only = [table.clone()].into();
-                PlanOptions {
-                    applied: from.saturating_sub(1),
-                    skip: None,
-                    only: Some(&only),
-                    source_order,
-                }
-            }
-        };
-        let plan = batch::plan_with(txns, &options)?;
-        // Cascades leave quarantined tables alone; while resuming a table they
-        // change that table only (see docs/operations.md).
-        let skip: Box<Skip<'_>> = match mode {
-            Mode::Stream { skip } => Box::new(move |t: &TableId| skip.contains(t)),
-            Mode::Resume { table, .. } => Box::new(move |t: &TableId| t != table),
-        };
-        if let Mode::Resume { table, next, .. } = mode {
-            for step in &plan.steps {
-                self.run_step(conn, step, &*skip)
-                    .await
-                    .map_err(|e| e.in_table(&step.table.id))?;
-            }
-            let (sql, first): (String, Option<i64>) = match next {
-                Some(n) => (
-                    format!(
-                        "UPDATE {} SET first_seq = $4 WHERE consumer = $1 AND table_schema = $2 AND table_name = $3",
-                        self.quarantine_table
-                    ),
-                    Some(n as i64),
-                ),
-                None => (
-                    format!(
-                        "DELETE FROM {} WHERE consumer = $1 AND table_schema = $2 AND table_name = $3",
-                        self.quarantine_table
-                    ),
-                    None,
-                ),
-            };
-            let r = match first {
-                Some(n) => {
-                    conn.client
-                        .execute(&sql, &[&self.name, &table.schema, &table.name, &n])
-                        .await
-                }
-                None => {
-                    conn.client
-                        .execute(&sql, &[&self.name, &table.schema, &table.name])
-                        .await
-                }
-            };
-            r.map_err(driver("moving the quarantine"))?;
-            conn.client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(driver("committing"))?;
-            return Ok(applied);
-        }
-        let Some(last) = plan.last_seq else {
-            conn.client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(driver("committing"))?;
-            return Ok(applied);
-        };
-        let first = txns
-            .iter()
-            .flat_map(|t| &t.events)
-            .map(|e| e.seq)
-            .find(|&s| s > applied)
-            .unwrap_or(last);
-        if applied > 0 && first > applied + 1 {
-            return Err(PostgresApplyError::Gap {
-                applied,
-                next: first,
-                missing: applied + 1,
-            });
-        }
-        for step in &plan.steps {
-            self.run_step(conn, step, &*skip)
-                .await
-                .map_err(|e| e.in_table(&step.table.id))?;
-        }
-        let position = txns
-            .iter()
-            .rev()
-            .flat_map(|t| t.events.iter().rev())
-            .find(|e| e.seq == last)
-            .map(|e| e.position.to_string());
-        let update = format!(
-            "UPDATE {} SET seq = $1, position = $2, updated_at = now() WHERE consumer = $3",
-            self.offsets_table
-        );
-        let stmt = prepare(conn, &update).await?;
-        let last_i64 = i64::try_from(last).map_err(|_| PostgresApplyError::Table {
-            table: self.offsets_table.clone(),
-            message: format!("seq {last} does not fit in bigint"),
-        })?;
-        conn.client
-            .execute(&stmt, &[&last_i64, &position, &self.name])
-            .await
-            .map_err(driver("writing the offset"))?;
-        conn.client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(driver("committing"))?;
-        Ok(last)
-    }
-
-    /// Executes one step of a plan inside the open transaction.
-    async fn run_step(&self, conn: &mut Connection, step: &batch::Step<'_>, skip: &Skip<'_>) -> Result<()> {
-        match &step.action {
-            Action::Snapshot { seq, mark } => {
-                return self.record_snapshot(conn, step.table, *seq, mark).await
-            }
-            Action::Ddl { change, .. } => {
-                let renamed = self
-                    .renamed(step.table)
-                    .map_err(|message| PostgresApplyError::Table {
-                        table: step.table.id.to_string(),
-                        message,
-                    })?;
-                return super::ddl::apply(
-                    &conn.client,
-                    &self.config,
-                    step.table,
-                    &renamed,
-                    change,
-                    self.config.zero_dates,
-                )
-                .await
-                .map_err(|e| match e {
-                    super::ddl::DdlError::Transient(e) => driver("applying a schema change")(e),
-                    super::ddl::DdlError::Refused(message) => PostgresApplyError::Ddl {
-                        table: step.table.id.to_string(),
-                        statement: change.statement.clone(),
-                        message,
-                    },
-                });
-            }
-            _ => {}
-        }
-        let t = self
-            .tables
-            .get(step.table)
-            .cloned()
-            .ok_or_else(|| PostgresApplyError::Table {
-                table: step.table.id.to_string(),
-                message: "table was not prepared".into(),
-            })?;
-        let s = &t.statements;
-        match &step.action {
-            Action::Upsert(rows) | Action::Delete(rows) | Action::Insert(rows) => {
-                let (text, cols, what): (&str, Vec<usize>, &str) = match &step.action {
-                    Action::Upsert(_) => (
-                        &s.upsert,
-                        (0..step.table.columns.len()).collect(),
-                        "upserting into",
-                    ),
-                    Action::Delete(_) => (&s.delete, step.table.primary_key.clone(), "deleting from"),
-                    _ => (
-                        &s.insert,
-                        (0..step.table.columns.len()).collect(),
-                        "inserting into",
-                    ),
-                };
-                let stmt = prepare(conn, text).await?;
-                for chunk in batch::chunks(
-                    rows,
-                    self.config.max_rows_per_statement,
-                    self.config.max_statement_bytes,
-                ) {
-                    let params = self.array_params(step.table, &t.target_text, chunk, &cols)?;
-                    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-                    conn.client
-                        .execute(&stmt, &refs)
-                        .await
-                        .map_err(driver(format!("{what} {}", t.target_text)))?;
-                }
-            }
-            Action::UpdateOne { seq, before, after } => {
-                let stmt = prepare(conn, &s.update_one).await?;
-                let mut params = self.row_params(step.table, &t.target_text, after)?;
-                params.extend(self.row_params(step.table, &t.target_text, before)?);
-                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-                let n = conn
-                    .client
-                    .execute(&stmt, &refs)
-                    .await
-                    .map_err(driver(format!("updating {}", t.target_text)))?;
-                if n != 1 {
-                    return Err(PostgresApplyError::Diverged {
-                        table: t.target_text.clone(),
-                        op: "update",
-                        seq: *seq,
-                    });
-                }
-            }
-            Action::DeleteOne { seq, before } => {
-                let stmt = prepare(conn, &s.delete_one).await?;
-                let params = self.row_params(step.table, &t.target_text, before)?;
-                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-                let n = conn
-                    .client
-                    .execute(&stmt, &refs)
-                    .await
-                    .map_err(driver(format!("deleting from {}", t.target_text)))?;
-                if n != 1 {
-                    return Err(PostgresApplyError::Diverged {
-                        table: t.target_text.clone(),
-                        op: "delete",
-                        seq: *seq,
-                    });
-                }
-            }
-            Action::Load(rows) if rows.is_empty() => {}
-            Action::Load(rows) => self.load(conn, step.table, &t, rows).await?,
-            Action::Snapshot { .. } | Action::Ddl { .. } => unreachable!("handled above"),
-            Action::Truncate if s.truncate.is_empty() => {} // the replica has no such table
-            Action::Truncate => {
-                conn.client
-                    .batch_execute(&s.truncate)
-                    .await
-                    .map_err(driver(format!("truncating {}", t.target_text)))?;
-            }
-            Action::Cascade(change) => {
-                let mut store = PgCascade {
-                    conn,
-                    config: &self.config,
-                    types: HashMap::new(),
-                };
-                pipeline::cascade::cascade(&mut store, step.table, change, skip)
-                    .await
-                    .map_err(|e| match e {
-                        CascadeError::Store(e) => e,
-                        e => PostgresApplyError::Internal(e.to_string()),
-                    })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Rows of a snapshot chunk, with `COPY`: straight into the table when
-    /// none of their keys is there yet (a table reloaded from its first
-    /// chunk), else through a temporary table and an upsert (changes
-    /// applied since the first chunk may have put some keys there).
-    async fn load(
-        &self,
-        conn: &mut Connection,
-        table: &TableSchema,
-        t: &TableSql,
-        rows: &[&Row],
-    ) -> Result<()> {
-        let mut data = Vec::with_capacity(rows.len() * 64);
-        for row in rows {
-            for (i, (col, v)) in table.columns.iter().zip(row.iter()).enumerate() {
-                if i > 0 {
-                    data.push(b'\t');
-                }
-                let text = sql::to_text(v, col, self.config.zero_dates)
-                    .map_err(Self::value_err(&t.target_text, &col.name))?;
-                sql::push_copy_field(&mut data, text.as_deref());
-            }
-            data.push(b'\n');
-        }
-        let s = &t.statements;
-        let copy = format!("COPY {} ({}) FROM STDIN", t.target_text, s.columns);
-        let context = || format!("loading snapshot rows into {}", t.target_text);
-        if !table.has_primary_key() {
-            return copy_in(&conn.client, &copy, &data)
-                .await
-                .map_err(driver(context()));
-        }
-        conn.client
-            .batch_execute("SAVEPOINT dbmux_load")
-            .await
-            .map_err(driver(context()))?;
-        match copy_in(&conn.client, &copy, &data).await {
-            Ok(()) => conn
-                .client
-                .batch_execute("RELEASE SAVEPOINT dbmux_load")
-                .await
-                .map_err(driver(context())),
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                conn.client
-                    .batch_execute("ROLLBACK TO SAVEPOINT dbmux_load; RELEASE SAVEPOINT dbmux_load")
-                    .await
-                    .map_err(driver(context()))?;
-                let stage = sql::quote_ident(&sql::pg_name(&format!("dbmux_stage_{}", t.target_text)))
-                    .map_err(|message| PostgresApplyError::Table {
-                        table: t.target_text.clone(),
-                        message,
-                    })?;
-                conn.client
-                    .batch_execute(&format!(
-                        "CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {}) ON COMMIT DROP; TRUNCATE {stage}",
-                        t.target_text
-                    ))
-                    .await
-                    .map_err(driver(context()))?;
-                copy_in(
-                    &conn.client,
-                    &format!("COPY {stage} ({}) FROM STDIN", s.columns),
-                    &data,
-                )
-                .await
-                .map_err(driver(context()))?;
-                conn.client
-                    .batch_execute(&format!(
-                        "INSERT INTO {} ({cols}) SELECT {cols} FROM {stage}{}",
-                        t.target_text,
-                        s.on_conflict,
-                        cols = s.columns
-                    ))
-                    .await
-                    .map_err(driver(context()))
-            }
-            Err(e) => Err(driver(context())(e)),
-        }
-    }
-
-    /// What a snapshot mark changes in the replica's own tables, inside the
-    /// data transaction (see `pipeline::sink`).
-    async fn record_snapshot(
-        &self,
-        conn: &mut Connection,
-        table: &TableSchema,
-        seq: u64,
-        mark: &pipeline::snapshot::SnapshotMark,
-    ) -> Result<()> {
-        use pipeline::snapshot::SnapshotPhase;
-        let id = &table.id;
-        let c = &conn.client;
-        let ctx = || driver(format!("recording the snapshot of {id}"));
-        let delete = |t: &str| {
-            format!("DELETE FROM {t} WHERE consumer = $1 AND table_schema = $2 AND table_name = $3")
-        };
-        match &mark.phase {
-            SnapshotPhase::Begin { .. } => {
-                c.execute(
-                    &format!(
-                        "INSERT INTO {} (consumer, table_schema, table_name, run) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (consumer, table_schema, table_name) DO UPDATE SET run = EXCLUDED.run, since = now()",
-                        self.snapshot_table
-                    ),
-                    &[&self.name, &id.schema, &id.name, &(mark.id as i64)],
-                )
-                .await
-                .map_err(ctx())?;
-            }
-            SnapshotPhase::Chunk { .. } => {
-                if mark.phase.recreates() {
-                    c.execute(
-                        &delete(&self.quarantine_table),
-                        &[&self.name, &id.schema, &id.name],
-                    )
-                    .await
-                    .map_err(ctx())?;
-                }
-                if mark.phase.ends_pending() {
-                    c.execute(&delete(&self.snapshot_table), &[&self.name, &id.schema, &id.name])
-                        .await
-                        .map_err(ctx())?;
-                }
-            }
-            SnapshotPhase::End { reason } => {
-                c.execute(&delete(&self.snapshot_table), &[&self.name, &id.schema, &id.name])
-                    .await
-                    .map_err(ctx())?;
-                c.execute(
-                    &format!(
-                        "INSERT INTO {} (consumer, table_schema, table_name, first_seq, reason) \
-                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (consumer, table_schema, table_name) \
-                         DO UPDATE SET first_seq = EXCLUDED.first_seq, reason = EXCLUDED.reason, since = now()",
-                        self.quarantine_table
-                    ),
-                    &[&self.name, &id.schema, &id.name, &(seq as i64), reason],
-                )
-                .await
-                .map_err(ctx())?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Bookkeeping of a schema-change transaction in dbmux's own tables (a
-    /// dropped table's pending snapshot and quarantine end with it).
-    async fn after_ddl(&self, conn: &Connection, txn: &Transaction, skip: &HashSet<TableId>) -> Result<()> {
-        use pipeline::ddl::DdlKind;
-        for ev in &txn.events {
-            let pipeline::Op::Ddl(change) = &ev.op else {
-                continue;
-            };
-            if skip.contains(&ev.table.id) {
-                continue;
-            }
-            let id = &ev.table.id;
-            for t in [&self.snapshot_table, &self.quarantine_table] {
-                let r = match change.kind {
-                    DdlKind::DropTable => {
-                        conn.client
-                            .execute(
-                                &format!("DELETE FROM {t} WHERE consumer = $1 AND table_schema = $2 AND table_name = $3"),
-                                &[&self.name, &id.schema, &id.name],
-                            )
-                            .await
-                    }
-                    DdlKind::DropDatabase => {
-                        conn.client
-                            .execute(
-                                &format!("DELETE FROM {t} WHERE consumer = $1 AND table_schema = $2"),
-                                &[&self.name, &id.schema],
-                            )
-                            .await
-                    }
-                    _ => Ok(0),
-                };
-                r.map_err(driver("updating dbmux's own tables"))?;
-            }
-        }
-        Ok(())
-    }
-
-    fn value_err(table: &str, col: &str) -> impl FnOnce(String) -> PostgresApplyError {
-        let (table, column) = (table.to_string(), col.to_string());
-        move |message| PostgresApplyError::Value {
-            table,
-            column,
-            message,
-        }
+        })
     }
 
     /// One array literal per column in `cols`, holding that column of every row.
     fn array_params(
         &self,
         table: &TableSchema,
-        target: &str,
         rows: &[&Row],
         cols: &[usize],
-    ) -> Result<Vec<TextParam>> {
+    ) -> Result<Vec<TextParam>, ValueError> {
         let mut out = Vec::with_capacity(cols.len());
         for &i in cols {
             let col = &table.columns[i];
             let mut a = String::with_capacity(2 + rows.len() * 8);
             a.push('{');
             for row in rows {
-                let text = sql::to_text(&row[i], col, self.config.zero_dates)
-                    .map_err(Self::value_err(target, &col.name))?;
+                let text = self.text_of(&row[i], col)?;
                 sql::push_array_element(&mut a, text.as_deref());
             }
             a.push('}');
@@ -1334,364 +497,17 @@ impl PostgresSink {
         Ok(out)
     }
 
-    fn row_params(&self, table: &TableSchema, target: &str, row: &Row) -> Result<Vec<TextParam>> {
+    fn row_params(&self, table: &TableSchema, row: &Row) -> Result<Vec<TextParam>, ValueError> {
         table
             .columns
             .iter()
             .zip(row)
-            .map(|(col, v)| {
-                sql::to_text(v, col, self.config.zero_dates)
-                    .map(TextParam)
-                    .map_err(Self::value_err(target, &col.name))
-            })
-            .collect()
-    }
-}
-
-/// The columns of `target` (name → qualified type name and type category),
-/// `None` when the table does not exist.
-async fn read_columns(
-    client: &Client,
-    target: &TableId,
-) -> Result<Option<HashMap<String, (String, String)>>> {
-    let rows = client
-        .query(
-            "SELECT a.attname::text, format('%I.%I', tn.nspname, t.typname), t.typcategory::text \
-             FROM pg_attribute a \
-             JOIN pg_class c ON c.oid = a.attrelid \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
-             JOIN pg_type t ON t.oid = a.atttypid \
-             JOIN pg_namespace tn ON tn.oid = t.typnamespace \
-             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-            &[&target.schema, &target.name],
-        )
-        .await
-        .map_err(driver(format!("reading the columns of {target}")))?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(
-        rows.into_iter()
-            .map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2))))
-            .collect(),
-    ))
-}
-
-/// `COPY … FROM STDIN` of `data` (text format).
-async fn copy_in(
-    client: &Client,
-    statement: &str,
-    data: &[u8],
-) -> std::result::Result<(), tokio_postgres::Error> {
-    use futures_util::SinkExt;
-    let sink = client.copy_in(statement).await?;
-    futures_util::pin_mut!(sink);
-    for chunk in data.chunks(1 << 20) {
-        sink.send(bytes::Bytes::copy_from_slice(chunk)).await?;
-    }
-    sink.finish().await?;
-    Ok(())
-}
-
-/// Runs idempotent DDL; a concurrent creator of the same object makes the
-/// first attempt fail with a duplicate error, and the retry then sees it.
-async fn ddl(client: &Client, statement: &str, context: &str) -> Result<()> {
-    match client.batch_execute(statement).await {
-        Ok(()) => Ok(()),
-        Err(e)
-            if matches!(
-                e.code().map(|c| c.code()),
-                Some("23505" | "42P06" | "42P07" | "42710")
-            ) =>
-        {
-            client.batch_execute(statement).await.map_err(driver(context))
-        }
-        Err(e) => Err(driver(context)(e)),
-    }
-}
-
-async fn prepare(conn: &mut Connection, text: &str) -> Result<Statement> {
-    if let Some(s) = conn.prepared.get(text) {
-        return Ok(s.clone());
-    }
-    let stmt = conn
-        .client
-        .prepare(text)
-        .await
-        .map_err(driver(format!("preparing {}", first_words(text))))?;
-    if conn.prepared.len() >= STMT_CACHE_SIZE {
-        conn.prepared.clear();
-    }
-    conn.prepared.insert(text.to_string(), stmt.clone());
-    Ok(stmt)
-}
-
-fn first_words(s: &str) -> String {
-    s.chars().take(80).collect()
-}
-
-impl PostgresSink {
-    async fn read_pending(&mut self) -> Result<Vec<TableId>> {
-        let client = &self.conn.as_ref().expect("connected").client;
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT table_schema, table_name FROM {} WHERE consumer = $1 ORDER BY 1, 2",
-                    self.snapshot_table
-                ),
-                &[&self.name],
-            )
-            .await
-            .map_err(driver("reading the snapshot table"))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
-            .collect())
-    }
-
-    async fn read_quarantines(&mut self) -> Result<Vec<Quarantine>> {
-        let client = &self.conn.as_ref().expect("connected").client;
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT table_schema, table_name, first_seq, reason FROM {} WHERE consumer = $1 \
-                     ORDER BY table_schema, table_name",
-                    self.quarantine_table
-                ),
-                &[&self.name],
-            )
-            .await
-            .map_err(driver("reading the quarantine table"))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Quarantine {
-                table: TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-                first_seq: r.get::<_, i64>(2) as u64,
-                reason: r.get(3),
-            })
-            .collect())
-    }
-
-    async fn prepare(&mut self, txns: &[Transaction], mode: Mode<'_>) -> Result<()> {
-        if self.conn.is_none() {
-            self.tables.clear();
-            self.connect().await?;
-        }
-        if let Err(e) = self.ensure_tables(txns, mode).await {
-            self.conn = None;
-            self.known_tables.clear();
-            self.tables.clear();
-            return Err(e);
-        }
-        Ok(())
-    }
-}
-
-impl Sink for PostgresSink {
-    type Error = PostgresApplyError;
-
-    async fn open(&mut self) -> Result<Opened> {
-        self.tables.clear();
-        let r = async {
-            self.connect().await?;
-            let q = self.read_quarantines().await?;
-            Ok::<_, PostgresApplyError>((q, self.read_pending().await?))
-        }
-        .await;
-        match r {
-            Ok((quarantined, pending)) => Ok(Opened {
-                applied: self.applied,
-                quarantined,
-                pending,
-            }),
-            Err(e) => {
-                self.conn = None;
-                Err(e)
-            }
-        }
-    }
-
-    async fn apply(&mut self, txns: &[Transaction], skip: &HashSet<TableId>) -> Result<()> {
-        // A schema change is one target transaction of its own (with its
-        // offset): tables are prepared for what follows it only after it.
-        let mut rest = txns;
-        while !rest.is_empty() {
-            let n = match rest.iter().position(Transaction::is_ddl) {
-                Some(0) => 1,
-                Some(n) => n,
-                None => rest.len(),
-            };
-            let (part, tail) = rest.split_at(n);
-            rest = tail;
-            let mode = Mode::Stream { skip };
-            self.prepare(part, mode).await?;
-            let ddl = part[0].is_ddl();
-            let group = match self.config.max_transactions_per_commit {
-                0 => part.len().max(1),
-                n => n,
-            };
-            for g in part.chunks(group) {
-                if self.conn.is_none() {
-                    self.prepare(g, mode).await?;
-                }
-                self.apply_group(g, mode).await?;
-            }
-            if ddl {
-                if let Some(conn) = self.conn.as_ref() {
-                    self.after_ddl(conn, &part[0], skip).await?;
-                }
-                // Definitions changed: forget what was learned about tables.
-                self.known_tables.clear();
-                self.tables.clear();
-                self.targets.clear();
-                if let Some(c) = self.conn.as_mut() {
-                    c.prepared.clear();
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn reset(&mut self, from_seq: u64) -> Result<()> {
-        if self.conn.is_none() {
-            self.tables.clear();
-            self.connect().await?;
-        }
-        let r = async {
-            let c = &self.conn.as_ref().expect("connected").client;
-            c.batch_execute("BEGIN")
-                .await
-                .map_err(driver("starting a transaction"))?;
-            c.execute(
-                &format!(
-                    "SELECT seq FROM {} WHERE consumer = $1 FOR UPDATE",
-                    self.offsets_table
-                ),
-                &[&self.name],
-            )
-            .await
-            .map_err(driver("locking the offset"))?;
-            c.execute(
-                &format!(
-                    "UPDATE {} SET seq = $1, position = NULL, updated_at = now() WHERE consumer = $2",
-                    self.offsets_table
-                ),
-                &[&(from_seq.saturating_sub(1) as i64), &self.name],
-            )
-            .await
-            .map_err(driver("moving the offset"))?;
-            for t in [&self.quarantine_table, &self.snapshot_table] {
-                c.execute(&format!("DELETE FROM {t} WHERE consumer = $1"), &[&self.name])
-                    .await
-                    .map_err(driver("clearing the replica's state"))?;
-            }
-            c.batch_execute("COMMIT").await.map_err(driver("committing"))
-        }
-        .await;
-        match r {
-            Ok(()) => {
-                self.applied = from_seq.saturating_sub(1);
-                Ok(())
-            }
-            Err(e) => {
-                self.conn = None;
-                Err(e)
-            }
-        }
-    }
-
-    async fn quarantine(&mut self, q: &Quarantine) -> Result<()> {
-        if self.conn.is_none() {
-            self.tables.clear();
-            self.connect().await?;
-        }
-        let client = &self.conn.as_ref().expect("connected").client;
-        let r = client
-            .execute(
-                &format!(
-                    "INSERT INTO {} (consumer, table_schema, table_name, first_seq, reason) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (consumer, table_schema, table_name) \
-                     DO UPDATE SET first_seq = EXCLUDED.first_seq, reason = EXCLUDED.reason, since = now()",
-                    self.quarantine_table
-                ),
-                &[
-                    &self.name,
-                    &q.table.schema,
-                    &q.table.name,
-                    &(q.first_seq as i64),
-                    &q.reason,
-                ],
-            )
-            .await
-            .map(|_| ())
-            .map_err(driver("storing a quarantine"));
-        if r.is_err() {
-            self.conn = None;
-        }
-        r
-    }
-
-    async fn resume(
-        &mut self,
-        table: &TableId,
-        txns: &[Transaction],
-        from: u64,
-        next: Option<u64>,
-    ) -> Result<()> {
-        let mode = Mode::Resume { table, from, next };
-        self.prepare(txns, mode).await?;
-        self.apply_group(txns, mode).await
-    }
-}
-
-/// Foreign-key cascades on a PostgreSQL replica (see [`pipeline::cascade`]),
-/// inside the applier's open transaction. Values travel in text format, cast
-/// to the replica columns' own types; rows read back are cast to text and
-/// bound again the same way, so nothing is converted on the way.
-struct PgCascade<'a> {
-    conn: &'a mut Connection,
-    config: &'a PostgresSinkConfig,
-    /// Replica column types per table (`None`: the replica has no such table).
-    types: HashMap<TableId, Option<HashMap<String, String>>>,
-}
-
-impl PgCascade<'_> {
-    /// The replica table and its column types, `None` when it has no such table.
-    async fn table(&mut self, table: &TableId) -> Result<Option<(TableId, HashMap<String, String>)>> {
-        let target = self.config.target_table(table);
-        if !self.types.contains_key(table) {
-            let cols = read_columns(&self.conn.client, &target)
-                .await?
-                .map(|c| c.into_iter().map(|(n, (ty, _))| (n, ty)).collect());
-            self.types.insert(table.clone(), cols);
-        }
-        Ok(self.types[table].clone().map(|t| (target, t)))
-    }
-
-    /// Replica names and types of `cols` of source table `table`.
-    fn columns(
-        &self,
-        table: &TableId,
-        cols: &[String],
-        types: &HashMap<String, String>,
-    ) -> Result<Vec<(String, String)>> {
-        cols.iter()
-            .map(|c| {
-                let name = self.config.target_column(table, c);
-                let ty = types
-                    .get(&name)
-                    .cloned()
-                    .ok_or_else(|| PostgresApplyError::Table {
-                        table: table.to_string(),
-                        message: format!("a cascade needs column {name:?}, which the replica table lacks"),
-                    })?;
-                Ok((sql::quote_ident(&name).map_err(PostgresApplyError::Internal)?, ty))
-            })
+            .map(|(col, v)| self.text_of(v, col).map(TextParam))
             .collect()
     }
 
     /// `(a, b) IN (SELECT * FROM unnest($1::ta[], $2::tb[]))` from parameter `first`.
-    fn condition(cols: &[(String, String)], first: usize) -> String {
+    fn key_condition(cols: &[(String, String)], first: usize) -> String {
         let names = cols
             .iter()
             .map(|(n, _)| n.as_str())
@@ -1707,12 +523,12 @@ impl PgCascade<'_> {
     }
 
     /// One array literal per column of `keys`.
-    fn arrays(keys: &[Vec<Option<String>>], width: usize) -> Vec<TextParam> {
+    fn key_arrays(keys: &[Vec<TextParam>], width: usize) -> Vec<TextParam> {
         (0..width)
             .map(|i| {
                 let mut a = String::from("{");
                 for k in keys {
-                    sql::push_array_element(&mut a, k[i].as_deref());
+                    sql::push_array_element(&mut a, k[i].0.as_deref());
                 }
                 a.push('}');
                 TextParam(Some(a))
@@ -1721,118 +537,654 @@ impl PgCascade<'_> {
     }
 }
 
-impl CascadeStore for PgCascade<'_> {
-    type Val = Option<String>;
-    type Error = PostgresApplyError;
+/// `"schema"."table"`, for statements that cannot fail: a name PostgreSQL
+/// cannot hold then fails on the server, with its message.
+fn quoted(t: &TableId) -> String {
+    sql::quote_table(t).unwrap_or_else(|_| {
+        format!(
+            "\"{}\".\"{}\"",
+            t.schema.replace('"', "\"\""),
+            t.name.replace('"', "\"\"")
+        )
+    })
+}
 
-    fn value(&self, table: &TableSchema, col: usize, v: &pipeline::Value) -> Result<Self::Val> {
-        let c = &table.columns[col];
-        sql::to_text(v, c, self.config.zero_dates).map_err(|message| PostgresApplyError::Value {
-            table: table.id.to_string(),
-            column: c.name.clone(),
-            message,
+/// The columns of `target` (name → qualified type name and type category),
+/// `None` when the table does not exist.
+async fn read_columns(client: &Client, target: &TableId) -> Result<Option<Described>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format('%I.%I', tn.nspname, t.typname), t.typcategory::text \
+             FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_type t ON t.oid = a.atttypid \
+             JOIN pg_namespace tn ON tn.oid = t.typnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&target.schema, &target.name],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Described {
+        columns: rows
+            .into_iter()
+            .map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2))))
+            .collect(),
+    }))
+}
+
+/// `COPY … FROM STDIN` of `data` (text format).
+async fn copy_in(client: &Client, statement: &str, data: &[u8]) -> Result<(), tokio_postgres::Error> {
+    use futures_util::SinkExt;
+    let sink = client.copy_in(statement).await?;
+    futures_util::pin_mut!(sink);
+    for chunk in data.chunks(1 << 20) {
+        sink.send(bytes::Bytes::copy_from_slice(chunk)).await?;
+    }
+    sink.finish().await?;
+    Ok(())
+}
+
+impl Engine for PostgresEngine {
+    type Param = TextParam;
+    type Error = tokio_postgres::Error;
+    type Conn = Connection;
+    type Described = Described;
+    type Table = Table;
+
+    const NAME: &'static str = "PostgreSQL";
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_rows_per_statement: self.config.max_rows_per_statement,
+            max_statement_bytes: self.config.max_statement_bytes,
+            max_transactions_per_commit: self.config.max_transactions_per_commit,
+        }
+    }
+
+    fn classify(e: &Self::Error) -> ErrorClass {
+        classify_driver(e)
+    }
+
+    /// A unique or foreign-key violation (23505, 23503).
+    fn may_pass_in_source_order(e: &Self::Error) -> bool {
+        matches!(e.code().map(|c| c.code()), Some("23505" | "23503"))
+    }
+
+    /// Unique violation (two `CREATE … IF NOT EXISTS` racing on the
+    /// catalog), duplicate schema, table or object.
+    fn already_exists(e: &Self::Error) -> bool {
+        matches!(
+            e.code().map(|c| c.code()),
+            Some("23505" | "42P06" | "42P07" | "42710")
+        )
+    }
+
+    fn describe_error(e: &Self::Error) -> String {
+        describe(e)
+    }
+
+    async fn connect(&mut self) -> Result<Connection, Self::Error> {
+        let (client, connection) = tokio_postgres::connect(&self.config.url, NoTls).await?;
+        let task = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "PostgreSQL replica connection ended");
+            }
+        });
+        let conn = Connection {
+            client,
+            task,
+            prepared: HashMap::new(),
+        };
+        conn.client.batch_execute(sql::SESSION_SETUP).await?;
+        Ok(conn)
+    }
+
+    async fn execute(conn: &mut Connection, s: &Statement<TextParam>) -> Result<u64, Self::Error> {
+        if s.params.is_empty() {
+            // DDL and TRUNCATE: one round trip, nothing to keep prepared.
+            let mut n = 0;
+            for m in conn.client.simple_query(&s.sql).await? {
+                if let tokio_postgres::SimpleQueryMessage::CommandComplete(k) = m {
+                    n += k;
+                }
+            }
+            if s.sql.starts_with("DROP ") {
+                // A table recreated for its snapshot: statements prepared
+                // against the old one are forgotten.
+                conn.prepared.clear();
+            }
+            return Ok(n);
+        }
+        let stmt = conn.prepare(&s.sql).await?;
+        let refs: Vec<&(dyn ToSql + Sync)> = s.params.iter().map(|p| p as _).collect();
+        conn.client.execute(&stmt, &refs).await
+    }
+
+    async fn query(
+        conn: &mut Connection,
+        s: &Statement<TextParam>,
+    ) -> Result<Vec<Vec<TextParam>>, Self::Error> {
+        let stmt = conn.prepare(&s.sql).await?;
+        let refs: Vec<&(dyn ToSql + Sync)> = s.params.iter().map(|p| p as _).collect();
+        let rows = conn.client.query(&stmt, &refs).await?;
+        rows.iter()
+            .map(|r| (0..r.len()).map(|i| r.try_get::<_, TextParam>(i)).collect())
+            .collect()
+    }
+
+    async fn begin(conn: &mut Connection) -> Result<(), Self::Error> {
+        conn.client.batch_execute("BEGIN").await
+    }
+
+    async fn commit(conn: &mut Connection) -> Result<(), Self::Error> {
+        conn.client.batch_execute("COMMIT").await
+    }
+
+    async fn rollback(conn: &mut Connection) -> Result<(), Self::Error> {
+        conn.client.batch_execute("ROLLBACK").await
+    }
+
+    fn as_u64(p: &TextParam) -> Option<u64> {
+        p.0.as_deref()?.parse().ok()
+    }
+
+    fn as_text(p: &TextParam) -> Option<String> {
+        p.0.clone()
+    }
+
+    // ------------------------------------------------------------ bookkeeping
+
+    fn setup(&self) -> Vec<Statement<TextParam>> {
+        let schema = sql::quote_ident(&self.config.offsets_schema).unwrap_or_else(|_| "\"dbmux\"".into());
+        [
+            format!("CREATE SCHEMA IF NOT EXISTS {schema}"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (consumer text PRIMARY KEY, seq bigint NOT NULL, \
+                 position text, updated_at timestamptz NOT NULL DEFAULT now())",
+                self.offsets_table
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (consumer text NOT NULL, table_schema text NOT NULL, \
+                 table_name text NOT NULL, first_seq bigint NOT NULL, reason text NOT NULL, \
+                 since timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (consumer, table_schema, table_name))",
+                self.quarantine_table
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (consumer text NOT NULL, table_schema text NOT NULL, \
+                 table_name text NOT NULL, run bigint NOT NULL, since timestamptz NOT NULL DEFAULT now(), \
+                 PRIMARY KEY (consumer, table_schema, table_name))",
+                self.snapshot_table
+            ),
+        ]
+        .into_iter()
+        .map(Statement::text)
+        .collect()
+    }
+
+    fn offsets_table(&self) -> String {
+        format!("{}.{OFFSETS_TABLE}", self.config.offsets_schema)
+    }
+
+    fn register(&self, consumer: &str) -> Statement<TextParam> {
+        Statement::new(
+            format!(
+                "INSERT INTO {} (consumer, seq) VALUES ($1, 0) ON CONFLICT (consumer) DO NOTHING",
+                self.offsets_table
+            ),
+            vec![TextParam::text(consumer)],
+        )
+    }
+
+    fn read_offset(&self, consumer: &str, lock: bool) -> Statement<TextParam> {
+        let lock = if lock { " FOR UPDATE" } else { "" };
+        Statement::new(
+            format!("SELECT seq FROM {} WHERE consumer = $1{lock}", self.offsets_table),
+            vec![TextParam::text(consumer)],
+        )
+    }
+
+    fn write_offset(
+        &self,
+        consumer: &str,
+        seq: u64,
+        position: Option<&str>,
+    ) -> Result<Statement<TextParam>, String> {
+        Ok(Statement::new(
+            format!(
+                "UPDATE {} SET seq = $1, position = $2, updated_at = now() WHERE consumer = $3",
+                self.offsets_table
+            ),
+            vec![
+                Self::seq(seq)?,
+                TextParam(position.map(str::to_string)),
+                TextParam::text(consumer),
+            ],
+        ))
+    }
+
+    fn read_quarantines(&self, consumer: &str) -> Statement<TextParam> {
+        Statement::new(
+            format!(
+                "SELECT table_schema, table_name, first_seq, reason FROM {} WHERE consumer = $1 \
+                 ORDER BY table_schema, table_name",
+                self.quarantine_table
+            ),
+            vec![TextParam::text(consumer)],
+        )
+    }
+
+    fn store_quarantine(&self, consumer: &str, q: &Quarantine) -> Statement<TextParam> {
+        let mut params = Self::keyed(consumer, &q.table);
+        params.push(Self::seq_clamped(q.first_seq));
+        params.push(TextParam::text(&q.reason));
+        Statement::new(
+            format!(
+                "INSERT INTO {} (consumer, table_schema, table_name, first_seq, reason) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (consumer, table_schema, table_name) \
+                 DO UPDATE SET first_seq = EXCLUDED.first_seq, reason = EXCLUDED.reason, since = now()",
+                self.quarantine_table
+            ),
+            params,
+        )
+    }
+
+    fn move_quarantine(&self, consumer: &str, table: &TableId, next: Option<u64>) -> Statement<TextParam> {
+        let mut params = Self::keyed(consumer, table);
+        match next {
+            Some(n) => {
+                params.push(Self::seq_clamped(n));
+                Statement::new(
+                    format!(
+                        "UPDATE {} SET first_seq = $4 WHERE consumer = $1 AND table_schema = $2 AND table_name = $3",
+                        self.quarantine_table
+                    ),
+                    params,
+                )
+            }
+            None => Statement::new(
+                format!(
+                    "DELETE FROM {} WHERE consumer = $1 AND table_schema = $2 AND table_name = $3",
+                    self.quarantine_table
+                ),
+                params,
+            ),
+        }
+    }
+
+    // ------------------------------------------------------------ replica tables
+
+    fn target_table(&self, source: &TableId) -> TableId {
+        self.config.target_table(source)
+    }
+
+    fn target_column(&self, source: &TableId, column: &str) -> String {
+        self.config.target_column(source, column)
+    }
+
+    fn is_own_table(&self, target: &TableId) -> bool {
+        target.schema == self.config.offsets_schema
+            && [OFFSETS_TABLE, QUARANTINE_TABLE, SNAPSHOT_TABLE].contains(&target.name.as_str())
+    }
+
+    async fn describe(
+        &self,
+        conn: &mut Connection,
+        target: &TableId,
+    ) -> Result<Option<Described>, Self::Error> {
+        read_columns(&conn.client, target).await
+    }
+
+    fn create_table(&self, target: &TableId, schema: &TableSchema) -> Result<Vec<String>, (String, String)> {
+        super::ddl::create_statements(target, schema)
+    }
+
+    fn table(
+        &self,
+        target: &TableId,
+        schema: &Arc<TableSchema>,
+        described: &Described,
+    ) -> Result<Table, String> {
+        let mut arrays: Vec<&String> = described
+            .columns
+            .iter()
+            .filter(|(_, (_, category))| category == "A")
+            .map(|(n, _)| n)
+            .collect();
+        arrays.sort();
+        if let Some(name) = arrays.first() {
+            return Err(format!("column {name} is an array, which dbmux does not write"));
+        }
+        let types = schema
+            .columns
+            .iter()
+            .map(|c| {
+                described.columns.get(&c.name).map(|(ty, _)| ty.clone()).ok_or_else(|| {
+                    format!(
+                        "it has no column {:?} (it was created otherwise; add the column or drop the table to have \
+                         it created again)",
+                        c.name
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let s = sql::table_statements(target, schema, &types)?;
+        Ok(Table {
+            quoted: sql::quote_table(target)?,
+            columns: s.columns,
+            on_conflict: s.on_conflict,
+            upsert: s.upsert.into(),
+            insert: s.insert.into(),
+            delete: s.delete.into(),
+            update_one: s.update_one.into(),
+            delete_one: s.delete_one.into(),
         })
     }
 
-    fn is_null(v: &Self::Val) -> bool {
-        v.is_none()
+    // ------------------------------------------------------------ statements
+
+    /// One array parameter per column: no parameter-count limit.
+    fn max_rows(&self, _table: &TargetTable<Table>, _kind: RowsKind) -> usize {
+        usize::MAX
     }
 
-    fn null() -> Self::Val {
-        None
-    }
-
-    async fn select(
-        &mut self,
-        table: &TableId,
-        cols: &[String],
-        keys: &[Vec<Self::Val>],
-        want: &[String],
-    ) -> Result<Vec<Vec<Self::Val>>> {
-        let Some((target, types)) = self.table(table).await? else {
-            return Ok(Vec::new());
+    fn rows(
+        &self,
+        table: &mut TargetTable<Table>,
+        kind: RowsKind,
+        rows: &[&Row],
+    ) -> Result<Statement<TextParam>, ValueError> {
+        let t = &table.schema;
+        let (text, cols): (&Arc<str>, Vec<usize>) = match kind {
+            RowsKind::Upsert => (&table.engine.upsert, (0..t.columns.len()).collect()),
+            RowsKind::Insert => (&table.engine.insert, (0..t.columns.len()).collect()),
+            RowsKind::Delete => (&table.engine.delete, t.primary_key.clone()),
         };
-        let m = self.columns(table, cols, &types)?;
-        let w = self.columns(table, want, &types)?;
-        let list = w
-            .iter()
-            .map(|(n, _)| format!("{n}::text"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let q = format!(
-            "SELECT {list} FROM {} WHERE {}",
-            sql::quote_table(&target).map_err(PostgresApplyError::Internal)?,
-            Self::condition(&m, 1)
-        );
-        let params = Self::arrays(keys, m.len());
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        let rows = self
-            .conn
-            .client
-            .query(&q, &refs)
-            .await
-            .map_err(driver(format!("reading rows a cascade reaches in {target}")))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (0..w.len()).map(|i| r.get::<_, Option<String>>(i)).collect())
-            .collect())
+        Ok(Statement::new(text.clone(), self.array_params(t, rows, &cols)?))
     }
 
-    async fn delete(&mut self, table: &TableId, cols: &[String], keys: &[Vec<Self::Val>]) -> Result<()> {
-        let Some((target, types)) = self.table(table).await? else {
-            return Ok(());
-        };
-        let m = self.columns(table, cols, &types)?;
-        let q = format!(
-            "DELETE FROM {} WHERE {}",
-            sql::quote_table(&target).map_err(PostgresApplyError::Internal)?,
-            Self::condition(&m, 1)
-        );
-        let params = Self::arrays(keys, m.len());
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        self.conn
-            .client
-            .execute(&q, &refs)
-            .await
-            .map_err(driver(format!("cascading a delete into {target}")))?;
-        Ok(())
+    fn update_one(
+        &self,
+        table: &mut TargetTable<Table>,
+        before: &Row,
+        after: &Row,
+    ) -> Result<Statement<TextParam>, ValueError> {
+        let mut params = self.row_params(&table.schema, after)?;
+        params.extend(self.row_params(&table.schema, before)?);
+        Ok(Statement::new(table.engine.update_one.clone(), params))
     }
 
-    async fn update(
-        &mut self,
-        table: &TableId,
-        cols: &[String],
-        keys: &[Vec<Self::Val>],
-        new: Option<&[Self::Val]>,
-    ) -> Result<()> {
-        let Some((target, types)) = self.table(table).await? else {
-            return Ok(());
-        };
-        let m = self.columns(table, cols, &types)?;
-        let (set, mut params): (Vec<String>, Vec<TextParam>) = match new {
-            Some(values) => (
-                m.iter()
-                    .enumerate()
-                    .map(|(i, (n, ty))| format!("{n} = ${}::{ty}", i + 1))
-                    .collect(),
-                values.iter().map(|v| TextParam(v.clone())).collect(),
+    fn delete_one(
+        &self,
+        table: &mut TargetTable<Table>,
+        before: &Row,
+    ) -> Result<Statement<TextParam>, ValueError> {
+        Ok(Statement::new(
+            table.engine.delete_one.clone(),
+            self.row_params(&table.schema, before)?,
+        ))
+    }
+
+    fn truncate(&self, target: &TableId) -> Statement<TextParam> {
+        Statement::text(format!("TRUNCATE TABLE {}", quoted(target)))
+    }
+
+    // ------------------------------------------------------------ snapshots
+
+    fn read_pending(&self, consumer: &str) -> Statement<TextParam> {
+        Statement::new(
+            format!(
+                "SELECT table_schema, table_name FROM {} WHERE consumer = $1 ORDER BY 1, 2",
+                self.snapshot_table
             ),
-            None => (m.iter().map(|(n, _)| format!("{n} = NULL")).collect(), Vec::new()),
-        };
-        let q = format!(
-            "UPDATE {} SET {} WHERE {}",
-            sql::quote_table(&target).map_err(PostgresApplyError::Internal)?,
-            set.join(", "),
-            Self::condition(&m, params.len() + 1)
-        );
-        params.extend(Self::arrays(keys, m.len()));
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        self.conn
-            .client
-            .execute(&q, &refs)
+            vec![TextParam::text(consumer)],
+        )
+    }
+
+    fn store_pending(&self, consumer: &str, table: &TableId, run: u64) -> Statement<TextParam> {
+        let mut params = Self::keyed(consumer, table);
+        params.push(Self::seq_clamped(run));
+        Statement::new(
+            format!(
+                "INSERT INTO {} (consumer, table_schema, table_name, run) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (consumer, table_schema, table_name) DO UPDATE SET run = EXCLUDED.run, since = now()",
+                self.snapshot_table
+            ),
+            params,
+        )
+    }
+
+    fn drop_pending(&self, consumer: &str, table: &TableId) -> Statement<TextParam> {
+        Statement::new(
+            format!(
+                "DELETE FROM {} WHERE consumer = $1 AND table_schema = $2 AND table_name = $3",
+                self.snapshot_table
+            ),
+            Self::keyed(consumer, table),
+        )
+    }
+
+    fn drop_schema_state(&self, consumer: &str, schema: &str) -> Vec<Statement<TextParam>> {
+        [&self.snapshot_table, &self.quarantine_table]
+            .into_iter()
+            .map(|t| {
+                Statement::new(
+                    format!("DELETE FROM {t} WHERE consumer = $1 AND table_schema = $2"),
+                    vec![TextParam::text(consumer), TextParam::text(schema)],
+                )
+            })
+            .collect()
+    }
+
+    fn clear_state(&self, consumer: &str) -> Vec<Statement<TextParam>> {
+        [&self.quarantine_table, &self.snapshot_table]
+            .into_iter()
+            .map(|t| {
+                Statement::new(
+                    format!("DELETE FROM {t} WHERE consumer = $1"),
+                    vec![TextParam::text(consumer)],
+                )
+            })
+            .collect()
+    }
+
+    fn recreate_table(
+        &self,
+        target: &TableId,
+        schema: &TableSchema,
+        _source: &TableSchema,
+        _create: Option<&str>,
+    ) -> Result<Vec<String>, (String, String)> {
+        // The source's own CREATE TABLE is MySQL's dialect: the table is
+        // created from the definition instead.
+        let mut out = vec![format!(
+            "DROP TABLE IF EXISTS {}",
+            sql::quote_table(target).map_err(|m| (String::new(), m))?
+        )];
+        out.extend(super::ddl::create_statements(target, schema)?);
+        Ok(out)
+    }
+
+    /// Rows of a snapshot chunk, with `COPY`: straight into the table when
+    /// none of their keys is there yet (a table reloaded from its first
+    /// chunk), else through a temporary table and an upsert (changes
+    /// applied since the first chunk may have put some keys there).
+    async fn load(
+        &self,
+        conn: &mut Connection,
+        table: &mut TargetTable<Table>,
+        rows: &[&Row],
+    ) -> Result<bool, LoadError<Self::Error>> {
+        let schema = &table.schema;
+        let t = &table.engine;
+        let mut data = Vec::with_capacity(rows.len() * 64);
+        for row in rows {
+            for (i, (col, v)) in schema.columns.iter().zip(row.iter()).enumerate() {
+                if i > 0 {
+                    data.push(b'\t');
+                }
+                let text = self.text_of(v, col).map_err(LoadError::Value)?;
+                sql::push_copy_field(&mut data, text.as_deref());
+            }
+            data.push(b'\n');
+        }
+        let copy = format!("COPY {} ({}) FROM STDIN", t.quoted, t.columns);
+        let client = &conn.client;
+        if !schema.has_primary_key() {
+            copy_in(client, &copy, &data).await.map_err(LoadError::Driver)?;
+            return Ok(true);
+        }
+        client
+            .batch_execute("SAVEPOINT dbmux_load")
             .await
-            .map_err(driver(format!("cascading an update into {target}")))?;
-        Ok(())
+            .map_err(LoadError::Driver)?;
+        match copy_in(client, &copy, &data).await {
+            Ok(()) => client
+                .batch_execute("RELEASE SAVEPOINT dbmux_load")
+                .await
+                .map_err(LoadError::Driver)?,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                client
+                    .batch_execute("ROLLBACK TO SAVEPOINT dbmux_load; RELEASE SAVEPOINT dbmux_load")
+                    .await
+                    .map_err(LoadError::Driver)?;
+                // Named after the target so two tables of one transaction
+                // do not share a stage; `pg_name` keeps it within 63 bytes.
+                let stage = sql::quote_ident(&sql::pg_name(&format!("dbmux_stage_{}", table.id)))
+                    .expect("pg_name fits an identifier");
+                client
+                    .batch_execute(&format!(
+                        "CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {}) ON COMMIT DROP; TRUNCATE {stage}",
+                        t.quoted
+                    ))
+                    .await
+                    .map_err(LoadError::Driver)?;
+                copy_in(client, &format!("COPY {stage} ({}) FROM STDIN", t.columns), &data)
+                    .await
+                    .map_err(LoadError::Driver)?;
+                client
+                    .batch_execute(&format!(
+                        "INSERT INTO {} ({cols}) SELECT {cols} FROM {stage}{}",
+                        t.quoted,
+                        t.on_conflict,
+                        cols = t.columns
+                    ))
+                    .await
+                    .map_err(LoadError::Driver)?;
+            }
+            Err(e) => return Err(LoadError::Driver(e)),
+        }
+        Ok(true)
+    }
+
+    // ------------------------------------------------------------ schema changes
+
+    async fn schema_change(
+        &self,
+        conn: &mut Connection,
+        source: &TableSchema,
+        renamed: &TableSchema,
+        change: &SchemaChange,
+        _commit_ts_us: i64,
+        _retried: bool,
+    ) -> Result<(), DdlError<Self::Error>> {
+        super::ddl::apply(
+            &conn.client,
+            &self.config,
+            source,
+            renamed,
+            change,
+            self.config.zero_dates,
+        )
+        .await
+        .map_err(|e| match e {
+            super::ddl::DdlError::Transient(e) => DdlError::Driver(e),
+            super::ddl::DdlError::Refused(m) => DdlError::Refused(m),
+        })
+    }
+
+    fn schema_changed(conn: &mut Connection) {
+        conn.prepared.clear();
+    }
+
+    // ------------------------------------------------------------ cascades
+
+    fn param(&self, column: &ColumnDef, value: &Value) -> Result<TextParam, String> {
+        sql::to_text(value, column, self.config.zero_dates).map(TextParam)
+    }
+
+    fn null() -> TextParam {
+        TextParam(None)
+    }
+
+    fn is_null(p: &TextParam) -> bool {
+        p.0.is_none()
+    }
+
+    /// Values travel in text format, cast to the replica columns' own types;
+    /// rows read back are cast to text and bound again the same way, so
+    /// nothing is converted on the way.
+    fn cascade(
+        &self,
+        target: &TableId,
+        described: &Described,
+        op: CascadeOp<'_, TextParam>,
+    ) -> Result<Vec<Statement<TextParam>>, String> {
+        let typed = |cols: &[String]| -> Result<Vec<(String, String)>, String> {
+            cols.iter()
+                .map(|name| {
+                    let (ty, _) = described.columns.get(name).ok_or_else(|| {
+                        format!("a cascade needs column {name:?}, which the replica table lacks")
+                    })?;
+                    Ok((sql::quote_ident(name)?, ty.clone()))
+                })
+                .collect()
+        };
+        let table = sql::quote_table(target)?;
+        let statement = match op {
+            CascadeOp::Select { cols, keys, want } => {
+                let m = typed(cols)?;
+                let w = typed(want)?;
+                let list = w
+                    .iter()
+                    .map(|(n, _)| format!("{n}::text"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                Statement::new(
+                    format!("SELECT {list} FROM {table} WHERE {}", Self::key_condition(&m, 1)),
+                    Self::key_arrays(keys, m.len()),
+                )
+            }
+            CascadeOp::Delete { cols, keys } => {
+                let m = typed(cols)?;
+                Statement::new(
+                    format!("DELETE FROM {table} WHERE {}", Self::key_condition(&m, 1)),
+                    Self::key_arrays(keys, m.len()),
+                )
+            }
+            CascadeOp::Update { cols, keys, new } => {
+                let m = typed(cols)?;
+                let (set, mut params): (Vec<String>, Vec<TextParam>) = match new {
+                    Some(values) => (
+                        m.iter()
+                            .enumerate()
+                            .map(|(i, (n, ty))| format!("{n} = ${}::{ty}", i + 1))
+                            .collect(),
+                        values.to_vec(),
+                    ),
+                    None => (m.iter().map(|(n, _)| format!("{n} = NULL")).collect(), Vec::new()),
+                };
+                let condition = Self::key_condition(&m, params.len() + 1);
+                params.extend(Self::key_arrays(keys, m.len()));
+                Statement::new(
+                    format!("UPDATE {table} SET {} WHERE {condition}", set.join(", ")),
+                    params,
+                )
+            }
+        };
+        Ok(vec![statement])
     }
 }
 

@@ -90,44 +90,32 @@ async fn exists(client: &Client, target: &TableId) -> Result<bool, DdlError> {
     Ok(row.is_some())
 }
 
-/// The statements that create `target` from `renamed` (its columns named
-/// as on the replica) with the indexes cascades need.
-pub fn create_statements(
-    target: &TableId,
-    renamed: &TableSchema,
-    source: &TableSchema,
-    config: &PostgresSinkConfig,
-) -> Result<Vec<String>, String> {
+/// The statements that create `target` from `renamed` (the definition with
+/// the replica's names: columns and foreign-key columns) with the indexes
+/// cascades need. `Err((column, message))` names the column that cannot be
+/// created (empty when none is to blame).
+pub fn create_statements(target: &TableId, renamed: &TableSchema) -> Result<Vec<String>, (String, String)> {
+    let whole = |m: String| (String::new(), m);
     let mut out = vec![format!(
         "CREATE SCHEMA IF NOT EXISTS {}",
-        sql::quote_ident(&target.schema)?
+        sql::quote_ident(&target.schema).map_err(whole)?
     )];
-    out.push(sql::create_table_sql(target, renamed).map_err(|(c, m)| {
-        if c.is_empty() {
-            m
-        } else {
-            format!("column {c}: {m}")
-        }
-    })?);
-    out.extend(fk_index_statements(target, source, config)?);
+    out.push(sql::create_table_sql(target, renamed)?);
+    out.extend(fk_index_statements(target, renamed).map_err(whole)?);
     Ok(out)
 }
 
 /// An index on every foreign key's columns (the applier finds the rows a
-/// cascade reaches by them).
-fn fk_index_statements(
-    target: &TableId,
-    source: &TableSchema,
-    config: &PostgresSinkConfig,
-) -> Result<Vec<String>, String> {
-    source
+/// cascade reaches by them). `renamed`'s foreign keys name replica columns.
+fn fk_index_statements(target: &TableId, renamed: &TableSchema) -> Result<Vec<String>, String> {
+    renamed
         .foreign_keys
         .iter()
         .map(|f| {
             let cols = f
                 .columns
                 .iter()
-                .map(|c| sql::quote_ident(&config.target_column(&source.id, c)))
+                .map(|c| sql::quote_ident(c))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
@@ -155,7 +143,7 @@ fn column<'a>(
 
 /// Applies one schema change inside the replica's open transaction.
 /// `source` is the definition after the change, `renamed` the same with the
-/// replica's column names.
+/// replica's names (table, columns, foreign-key columns).
 pub async fn apply(
     client: &Client,
     config: &PostgresSinkConfig,
@@ -187,7 +175,14 @@ pub async fn apply(
                     return Err(format!("the replica already has a table {target}").into());
                 }
             }
-            for s in create_statements(&target, renamed, source, config)? {
+            let statements = create_statements(&target, renamed).map_err(|(c, m)| {
+                DdlError::Refused(if c.is_empty() {
+                    m
+                } else {
+                    format!("column {c}: {m}")
+                })
+            })?;
+            for s in statements {
                 exec(client, &s).await?;
             }
         }
@@ -397,7 +392,7 @@ async fn alter(
                 .await?;
             }
             AlterAction::ForeignKeys => {
-                for s in fk_index_statements(target, source, config)? {
+                for s in fk_index_statements(target, renamed)? {
                     exec(client, &s).await?;
                 }
             }
