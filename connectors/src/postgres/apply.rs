@@ -1235,4 +1235,238 @@ mod tests {
         )
         .is_err());
     }
+
+    fn int() -> pipeline::schema::ColumnType {
+        pipeline::schema::ColumnType::Integer {
+            bytes: 4,
+            unsigned: false,
+        }
+    }
+
+    fn engine() -> PostgresEngine {
+        let mut c = PostgresSinkConfig::new("postgres://u:p@h/db");
+        c.rename_columns
+            .insert("app.t".into(), [("from".to_string(), "to".to_string())].into());
+        PostgresEngine::from(c)
+    }
+
+    fn described(cols: &[(&str, &str, &str)]) -> Described {
+        Described {
+            columns: cols
+                .iter()
+                .map(|(n, t, c)| (n.to_string(), (t.to_string(), c.to_string())))
+                .collect(),
+        }
+    }
+
+    /// `app.t (a int, b text, c int)`, key `a` when `keyed`, as the replica has it.
+    fn table(e: &PostgresEngine, keyed: bool) -> TargetTable<Table> {
+        let col = |n: &str, ty| ColumnDef {
+            name: n.to_string(),
+            ty,
+            nullable: true,
+            charset: None,
+            collation: None,
+            source_type: String::new(),
+        };
+        let schema = Arc::new(TableSchema::new(
+            TableId::new("app", "t"),
+            vec![
+                col("a", int()),
+                col("b", pipeline::schema::ColumnType::Text { max_bytes: 65535 }),
+                col("c", int()),
+            ],
+            if keyed { vec![0] } else { vec![] },
+        ));
+        let d = described(&[
+            ("a", "pg_catalog.int4", "N"),
+            ("b", "pg_catalog.text", "S"),
+            ("c", "pg_catalog.int4", "N"),
+        ]);
+        TargetTable {
+            id: schema.id.clone(),
+            engine: e.table(&schema.id, &schema, &d).unwrap(),
+            schema,
+        }
+    }
+
+    fn t(s: &str) -> TextParam {
+        TextParam::text(s)
+    }
+
+    /// One array literal per column, the same statement text for any row
+    /// count, key arrays only for deletes, after then before for keyless updates.
+    #[test]
+    fn rows_bind_one_array_per_column() {
+        let e = engine();
+        let mut k = table(&e, true);
+        let r1 = vec![Value::Int(1), Value::Text("x\"y".into()), Value::Null];
+        let r2 = vec![Value::Int(2), Value::Null, Value::Int(3)];
+        let up = e.rows(&mut k, RowsKind::Upsert, &[&r1, &r2]).unwrap();
+        assert!(up.sql.starts_with("INSERT INTO \"app\".\"t\""), "{}", up.sql);
+        assert!(up.sql.contains("ON CONFLICT (\"a\") DO UPDATE"), "{}", up.sql);
+        assert_eq!(
+            up.params,
+            vec![t(r#"{"1","2"}"#), t(r#"{"x\"y",NULL}"#), t(r#"{NULL,"3"}"#)]
+        );
+        let again = e.rows(&mut k, RowsKind::Upsert, &[&r2]).unwrap();
+        assert!(Arc::ptr_eq(&up.sql, &again.sql), "one text per table and kind");
+        let del = e.rows(&mut k, RowsKind::Delete, &[&r1, &r2]).unwrap();
+        assert_eq!(del.params, vec![t(r#"{"1","2"}"#)], "only the key column");
+        let mut n = table(&e, false);
+        let u = e.update_one(&mut n, &r1, &r2).unwrap();
+        assert_eq!(
+            u.params,
+            vec![
+                t("2"),
+                TextParam(None),
+                t("3"),
+                t("1"),
+                t("x\"y"),
+                TextParam(None)
+            ],
+            "the after image, then the before image"
+        );
+        assert_eq!(e.delete_one(&mut n, &r2).unwrap().params.len(), 3);
+        let bad = vec![Value::Int(1), Value::Text("a\0b".into()), Value::Null];
+        assert_eq!(e.rows(&mut n, RowsKind::Insert, &[&bad]).unwrap_err().column, "b");
+        assert_eq!(
+            e.max_rows(&n, RowsKind::Insert),
+            usize::MAX,
+            "no parameter-count limit"
+        );
+    }
+
+    #[test]
+    fn replica_tables_with_arrays_or_missing_columns_are_refused() {
+        let e = engine();
+        let k = table(&e, true);
+        let arrays = described(&[
+            ("a", "pg_catalog.int4", "N"),
+            ("b", "pg_catalog._text", "A"),
+            ("c", "pg_catalog.int4", "N"),
+        ]);
+        let err = e.table(&k.id, &k.schema, &arrays).unwrap_err();
+        assert!(err.contains("column b is an array"), "{err}");
+        let short = described(&[("a", "pg_catalog.int4", "N"), ("b", "pg_catalog.text", "S")]);
+        let err = e.table(&k.id, &k.schema, &short).unwrap_err();
+        assert!(err.contains("no column \"c\""), "{err}");
+    }
+
+    #[test]
+    fn bookkeeping_statements_and_own_tables() {
+        let e = engine();
+        assert!(e.is_own_table(&TableId::new("dbmux", "dbmux_offsets")));
+        assert!(e.is_own_table(&TableId::new("dbmux", "dbmux_snapshot")));
+        assert!(!e.is_own_table(&TableId::new("app", "dbmux_offsets")));
+        assert_eq!(e.offsets_table(), "dbmux.dbmux_offsets");
+        assert!(e.read_offset("p/r", true).sql.ends_with("FOR UPDATE"));
+        assert!(!e.read_offset("p/r", false).sql.contains("FOR UPDATE"));
+        let w = e.write_offset("p/r", 42, Some("mysql-bin.000001:4")).unwrap();
+        assert_eq!(w.params, vec![t("42"), t("mysql-bin.000001:4"), t("p/r")]);
+        assert!(e
+            .write_offset("p/r", u64::MAX, None)
+            .unwrap_err()
+            .contains("bigint"));
+        let id = TableId::new("app", "t");
+        let moved = e.move_quarantine("p/r", &id, Some(9));
+        assert!(moved.sql.starts_with("UPDATE \"dbmux\".\"dbmux_quarantine\""));
+        assert_eq!(moved.params, vec![t("p/r"), t("app"), t("t"), t("9")]);
+        assert!(e.move_quarantine("p/r", &id, None).sql.starts_with("DELETE"));
+        let dropped = e.drop_schema_state("p/r", "app");
+        assert_eq!(dropped.len(), 2, "pending snapshots and quarantines");
+        assert!(dropped.iter().all(|s| s.params == vec![t("p/r"), t("app")]));
+        assert_eq!(e.clear_state("p/r").len(), 2);
+        assert_eq!(e.setup().len(), 4, "schema, offsets, quarantine, snapshot");
+        assert_eq!(PostgresEngine::as_u64(&t("17")), Some(17));
+        assert_eq!(PostgresEngine::as_u64(&TextParam(None)), None);
+        assert_eq!(PostgresEngine::as_u64(&t("-1")), None);
+    }
+
+    #[test]
+    fn recreate_drops_then_creates_schema_table_and_foreign_key_indexes() {
+        let e = engine();
+        let mut schema = (*table(&e, true).schema).clone();
+        schema.foreign_keys.push(pipeline::schema::ForeignKey {
+            name: "fk_c".into(),
+            table: schema.id.clone(),
+            columns: vec!["c".into()],
+            referenced_table: TableId::new("app", "parent"),
+            referenced_columns: vec!["id".into()],
+            on_delete: pipeline::schema::FkAction::Cascade,
+            on_update: pipeline::schema::FkAction::Restrict,
+            table_captured: true,
+            referenced_captured: true,
+        });
+        let s = e.recreate_table(&schema.id, &schema, &schema, None).unwrap();
+        assert_eq!(s[0], "DROP TABLE IF EXISTS \"app\".\"t\"");
+        assert_eq!(s[1], "CREATE SCHEMA IF NOT EXISTS \"app\"");
+        assert!(s[2].starts_with("CREATE TABLE IF NOT EXISTS \"app\".\"t\""));
+        assert_eq!(
+            s[3],
+            "CREATE INDEX IF NOT EXISTS \"t_fk_c_fk\" ON \"app\".\"t\" (\"c\")"
+        );
+        assert_eq!(e.create_table(&schema.id, &schema).unwrap(), s[1..].to_vec());
+        schema.columns[1].ty = pipeline::schema::ColumnType::Other {
+            name: "geometry".into(),
+        };
+        let (column, message) = e.create_table(&schema.id, &schema).unwrap_err();
+        assert_eq!(column, "b");
+        assert!(message.contains("geometry"), "{message}");
+    }
+
+    #[test]
+    fn cascades_cast_to_the_replica_types_and_put_new_values_first() {
+        let e = engine();
+        let d = described(&[("a", "pg_catalog.int4", "N"), ("b", "pg_catalog.text", "S")]);
+        let id = TableId::new("app", "t");
+        let cols = vec!["a".to_string()];
+        let keys = vec![vec![t("1")], vec![t("2")]];
+        let u = e
+            .cascade(
+                &id,
+                &d,
+                CascadeOp::Update {
+                    cols: &cols,
+                    keys: &keys,
+                    new: Some(&[t("7")]),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            &*u[0].sql,
+            "UPDATE \"app\".\"t\" SET \"a\" = $1::pg_catalog.int4 WHERE (\"a\") IN \
+             (SELECT * FROM unnest($2::pg_catalog.int4[]))"
+        );
+        assert_eq!(u[0].params, vec![t("7"), t(r#"{"1","2"}"#)]);
+        let want = vec!["b".to_string()];
+        let sel = e
+            .cascade(
+                &id,
+                &d,
+                CascadeOp::Select {
+                    cols: &cols,
+                    keys: &keys,
+                    want: &want,
+                },
+            )
+            .unwrap();
+        assert!(
+            sel[0].sql.starts_with("SELECT \"b\"::text FROM"),
+            "{}",
+            sel[0].sql
+        );
+        let missing = vec!["zz".to_string()];
+        let err = e
+            .cascade(
+                &id,
+                &d,
+                CascadeOp::Delete {
+                    cols: &missing,
+                    keys: &keys,
+                },
+            )
+            .unwrap_err();
+        assert!(err.contains("\"zz\""), "{err}");
+    }
 }
