@@ -1540,6 +1540,97 @@ async fn no_primary_key_postgres() {
     no_primary_key(Engine::Postgres).await;
 }
 
+// ---------------------------------------------------------------- snapshot loads
+
+/// A snapshot mark of table `t` in run 1.
+fn mark(t: &Arc<TableSchema>, phase: pipeline::snapshot::SnapshotPhase) -> (Arc<TableSchema>, Op) {
+    (
+        t.clone(),
+        Op::Snapshot(Box::new(pipeline::snapshot::SnapshotMark {
+            id: 1,
+            targets: Vec::new(),
+            reset: false,
+            phase,
+        })),
+    )
+}
+
+fn chunk(t: &Arc<TableSchema>, index: u64, rows: &[(i64, i64)], last: bool) -> Vec<(Arc<TableSchema>, Op)> {
+    let mut out = vec![mark(
+        t,
+        pipeline::snapshot::SnapshotPhase::Chunk {
+            index,
+            upto: rows.last().map(|&(id, v)| row(id, v)),
+            rows: rows.len() as u64,
+            last,
+            whole: false,
+            create: None,
+        },
+    )];
+    out.extend(
+        rows.iter()
+            .map(|&(id, v)| (t.clone(), Op::Read { after: row(id, v) })),
+    );
+    out
+}
+
+/// Snapshot chunks into a table whose name needs quoting (capitals, a
+/// space): the first chunk recreates the table (dropping what was there),
+/// a later chunk whose keys are partly there already (a change applied since
+/// the first chunk) ends with the chunk's rows; the pending mark is gone.
+async fn snapshot_loads(engine: Engine) {
+    let mut t = Target::new(engine).await;
+    let name = "Odd Name";
+    let table = id_v_table(&t.db, name, true);
+    let mut sink = t.sink();
+    sink.open().await.unwrap();
+    let mut seq = Seq(1);
+    let stale = seq.txn(vec![ins(&table, 99, 99)]);
+    let begin = seq.txn(vec![mark(
+        &table,
+        pipeline::snapshot::SnapshotPhase::Begin {
+            estimated_rows: 4,
+            request: None,
+        },
+    )]);
+    let first = seq.txn(chunk(&table, 0, &[(1, 10), (2, 20)], false));
+    let change = seq.txn(vec![ins(&table, 3, 3), upd(&table, (1, 10), (1, 11))]);
+    let second = seq.txn(chunk(&table, 1, &[(3, 30), (4, 40)], true));
+    sink.apply(&[stale, begin]).await.unwrap();
+    let pending = format!(
+        "SELECT COUNT(*) FROM {} WHERE consumer = 'r1'",
+        t.table("dbmux_snapshot")
+    );
+    assert_eq!(
+        t.rows(&pending).await[0][0].as_deref(),
+        Some("1"),
+        "Begin notes the table"
+    );
+    sink.apply(&[first, change, second]).await.unwrap();
+    assert_eq!(
+        t.pairs(name).await,
+        vec![(1, 11), (2, 20), (3, 30), (4, 40)],
+        "chunk 0 dropped row 99; the second chunk's rows won over the streamed insert of 3"
+    );
+    assert_eq!(
+        t.rows(&pending).await[0][0].as_deref(),
+        Some("0"),
+        "chunk 0 ended the wait"
+    );
+    assert_eq!(t.stored_offset().await, seq.0 - 1);
+    t.drop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_loads_mariadb() {
+    snapshot_loads(Engine::Mariadb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_loads_postgres() {
+    snapshot_loads(Engine::Postgres).await;
+}
+
 // ---------------------------------------------------------------- throughput
 
 /// Rows per second for 50k-row upserts (inserts, then updates of the same
