@@ -901,4 +901,219 @@ mod tests {
         }
         .is_transient());
     }
+
+    fn engine(config: MysqlSinkConfig) -> MysqlEngine {
+        MysqlEngine::from(config)
+    }
+
+    fn col(name: &str, ty: pipeline::schema::ColumnType) -> ColumnDef {
+        ColumnDef {
+            name: name.into(),
+            ty,
+            nullable: true,
+            charset: None,
+            collation: None,
+            source_type: String::new(),
+        }
+    }
+
+    fn target(engine: &MysqlEngine, pk: Vec<usize>) -> TargetTable<MysqlTable> {
+        use pipeline::schema::ColumnType;
+        let int = ColumnType::Integer {
+            bytes: 4,
+            unsigned: false,
+        };
+        let source = TableSchema::new(
+            TableId::new("app", "t"),
+            vec![
+                col("id", int.clone()),
+                col("k", int),
+                col("v", ColumnType::VarChar { length: 10 }),
+            ],
+            pk,
+        );
+        let id = engine.target_table(&source.id);
+        let schema = Arc::new(TableSchema {
+            id: id.clone(),
+            ..source
+        });
+        let state = engine.table(&id, &schema, &()).unwrap();
+        TargetTable {
+            id,
+            schema,
+            engine: state,
+        }
+    }
+
+    fn row(i: i64) -> Row {
+        vec![Value::Int(i), Value::Int(-i), Value::Text(format!("v{i}"))]
+    }
+
+    /// Upserts and deletes go in power-of-two shapes (the last row repeated),
+    /// capped by `max_rows_per_statement`; plain inserts are not padded; a
+    /// shape's text is built once per table.
+    #[test]
+    fn padded_shapes_and_cached_texts() {
+        let e = engine(MysqlSinkConfig {
+            max_rows_per_statement: 6,
+            databases: [("app".to_string(), "copy".to_string())].into(),
+            ..MysqlSinkConfig::new("mysql://h/x")
+        });
+        let mut t = target(&e, vec![0, 1]);
+        assert_eq!(t.id, TableId::new("copy", "t"));
+        let rows: Vec<Row> = (1..=6).map(row).collect();
+        let refs: Vec<&Row> = rows.iter().collect();
+
+        let up = e.rows(&mut t, RowsKind::Upsert, &refs[..3]).unwrap();
+        assert_eq!(up.sql.matches("(?,?,?)").count(), 4, "{}", up.sql);
+        assert!(up.sql.starts_with("INSERT INTO `copy`.`t`"), "{}", up.sql);
+        assert!(up.sql.contains("ON DUPLICATE KEY UPDATE"), "{}", up.sql);
+        assert_eq!(up.params.len(), 12);
+        assert_eq!(up.params[9..], up.params[6..9], "the last row repeated");
+        let again = e.rows(&mut t, RowsKind::Upsert, &refs[1..4]).unwrap();
+        assert!(Arc::ptr_eq(&up.sql, &again.sql), "one text per shape");
+        // 5 rows: 8 would pass the configured 6, so 6.
+        let five = e.rows(&mut t, RowsKind::Upsert, &refs[..5]).unwrap();
+        assert_eq!(five.sql.matches("(?,?,?)").count(), 6, "{}", five.sql);
+
+        let del = e.rows(&mut t, RowsKind::Delete, &refs[..3]).unwrap();
+        assert_eq!(del.sql.matches("(`id`=? AND `k`=?)").count(), 4, "{}", del.sql);
+        assert_eq!(
+            del.params,
+            [1, -1, 2, -2, 3, -3, 3, -3].map(mysql_async::Value::Int).to_vec(),
+            "keys only, padded"
+        );
+
+        let mut keyless = target(&e, vec![]);
+        let ins = e.rows(&mut keyless, RowsKind::Insert, &refs[..3]).unwrap();
+        assert_eq!(ins.sql.matches("(?,?,?)").count(), 3, "{}", ins.sql);
+        assert_eq!(ins.params.len(), 9);
+        assert_eq!(e.max_rows(&keyless, RowsKind::Insert), sql::MAX_PARAMS / 3);
+        assert_eq!(e.max_rows(&t, RowsKind::Delete), sql::MAX_PARAMS / 2);
+
+        let upd = e.update_one(&mut keyless, &rows[0], &rows[1]).unwrap();
+        assert!(upd.sql.ends_with("LIMIT 1"), "{}", upd.sql);
+        assert_eq!(upd.params[0], mysql_async::Value::Int(2), "after image first");
+        assert_eq!(upd.params[3], mysql_async::Value::Int(1), "then the before image");
+        let del = e.delete_one(&mut keyless, &rows[0]).unwrap();
+        assert_eq!(del.params.len(), 3);
+
+        // A value the column cannot take names the column.
+        let bad = vec![Value::Int(1), Value::Int(1), Value::Timestamp(i64::MAX)];
+        let err = e.rows(&mut t, RowsKind::Upsert, &[&bad]).unwrap_err();
+        assert_eq!(err.column, "v");
+    }
+
+    #[test]
+    fn bookkeeping_statements() {
+        let e = engine(MysqlSinkConfig {
+            offsets_database: "books".into(),
+            ..MysqlSinkConfig::new("mysql://h/x")
+        });
+        assert_eq!(e.setup().len(), 5, "the database and four tables");
+        assert!(e
+            .setup()
+            .iter()
+            .all(|s| s.params.is_empty() && s.sql.contains("IF NOT EXISTS")));
+        let lock = e.read_offset("c", true);
+        assert!(lock.sql.contains("`books`.`dbmux_offsets`") && lock.sql.ends_with("FOR UPDATE"));
+        assert!(!e.read_offset("c", false).sql.contains("FOR UPDATE"));
+        let w = e.write_offset("c", 7, None).unwrap();
+        assert_eq!(
+            w.params,
+            [
+                mysql_async::Value::UInt(7),
+                mysql_async::Value::NULL,
+                mysql_async::Value::from("c")
+            ]
+        );
+        for t in sql::OWN_TABLES {
+            assert!(e.is_own_table(&TableId::new("books", *t)), "{t}");
+            assert!(!e.is_own_table(&TableId::new("app", *t)), "{t}");
+        }
+        let cleared: Vec<String> = e.clear_state("c").iter().map(|s| s.sql.to_string()).collect();
+        for t in [QUARANTINE_TABLE, SNAPSHOT_TABLE, DDL_TABLE] {
+            assert!(cleared.iter().any(|s| s.contains(t)), "{t} in {cleared:?}");
+        }
+        assert_eq!(e.drop_schema_state("c", "app").len(), 2);
+        let moved = e.move_quarantine("c", &TableId::new("app", "t"), Some(9));
+        assert!(moved.sql.starts_with("UPDATE") && moved.params[0] == mysql_async::Value::UInt(9));
+        assert!(e
+            .move_quarantine("c", &TableId::new("app", "t"), None)
+            .sql
+            .starts_with("DELETE"));
+        assert!(e.read_ddl_note("c").is_some() && e.store_ddl_note("c", 3, "DROP TABLE t").is_some());
+        assert_eq!(e.offsets_table(), "books.dbmux_offsets");
+        // Text results (no parameters) come back as digits.
+        assert_eq!(MysqlEngine::as_u64(&mysql_async::Value::from("42")), Some(42));
+        assert_eq!(MysqlEngine::as_u64(&mysql_async::Value::UInt(42)), Some(42));
+    }
+
+    /// A snapshot's table: the source's own CREATE TABLE on a MariaDB
+    /// replica (database mapped), a generated one on MySQL.
+    #[test]
+    fn recreate_replays_the_source_create_on_mariadb() {
+        let mut e = engine(MysqlSinkConfig {
+            databases: [("app".to_string(), "copy".to_string())].into(),
+            ..MysqlSinkConfig::new("mysql://h/x")
+        });
+        let t = target(&e, vec![0]);
+        let source = TableSchema {
+            id: TableId::new("app", "t"),
+            ..(*t.schema).clone()
+        };
+        let create = "CREATE TABLE `t` (`id` int NOT NULL, `k` int DEFAULT 5, `v` varchar(10), \
+                      PRIMARY KEY (`id`), KEY `kk` (`k`)) ENGINE=InnoDB";
+        let ddl = e.recreate_table(&t.id, &t.schema, &source, Some(create)).unwrap();
+        assert_eq!(ddl[1], "DROP TABLE IF EXISTS `copy`.`t`");
+        assert!(
+            ddl[2].contains("`copy`") && ddl[2].contains("DEFAULT 5"),
+            "{}",
+            ddl[2]
+        );
+        e.flavor = Flavor::Mysql;
+        let ddl = e.recreate_table(&t.id, &t.schema, &source, Some(create)).unwrap();
+        assert!(
+            ddl[2].starts_with("CREATE TABLE IF NOT EXISTS `copy`.`t`") && !ddl[2].contains("DEFAULT 5"),
+            "{}",
+            ddl[2]
+        );
+    }
+
+    #[test]
+    fn schema_change_statements() {
+        let e = engine(MysqlSinkConfig {
+            databases: [("app".to_string(), "copy".to_string())].into(),
+            offsets_database: "books".into(),
+            ..MysqlSinkConfig::new("mysql://h/x")
+        });
+        let change = |kind: DdlKind, statement: &str| SchemaChange {
+            statement: statement.into(),
+            default_schema: "app".into(),
+            kind,
+            unique_key_names: vec![],
+        };
+        let t = TableSchema::new(TableId::new("app", "t"), vec![], vec![]);
+        assert_eq!(
+            e.ddl_statements(&t, &change(DdlKind::DropTable, "DROP TABLE t, u"))
+                .unwrap(),
+            ["DROP TABLE IF EXISTS `copy`.`t`"]
+        );
+        let alter = e
+            .ddl_statements(
+                &t,
+                &change(
+                    DdlKind::AlterTable { actions: vec![] },
+                    "ALTER TABLE t ADD COLUMN x INT",
+                ),
+            )
+            .unwrap();
+        assert_eq!(alter.len(), 1);
+        assert!(alter[0].contains("`copy`"), "{alter:?}");
+        let books = TableSchema::new(TableId::new("books", ""), vec![], vec![]);
+        let refused = e
+            .ddl_statements(&books, &change(DdlKind::DropDatabase, "DROP DATABASE books"))
+            .unwrap_err();
+        assert!(refused.contains("dbmux's own tables"), "{refused}");
+    }
 }
