@@ -43,6 +43,9 @@ pub struct Pipeline {
     /// The configured replicas a snapshot may be requested for (all of the
     /// configuration's, also in `dbmux capture`, which applies to none).
     pub snapshot_replicas: Vec<String>,
+    /// Why this process's source cannot take a snapshot requested now (a
+    /// PostgreSQL source copies on its first start only); answered 409.
+    pub snapshot_refused: Option<String>,
 }
 
 #[derive(Clone)]
@@ -185,6 +188,9 @@ async fn snapshot(
 ) -> Response {
     if !s.pipeline.snapshot_replicas.contains(&name) {
         return (StatusCode::NOT_FOUND, format!("no replica named {name:?}\n")).into_response();
+    }
+    if let Some(why) = &s.pipeline.snapshot_refused {
+        return (StatusCode::CONFLICT, format!("{why}\n")).into_response();
     }
     let Some(wake) = &s.pipeline.snapshot_wake else {
         return (

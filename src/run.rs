@@ -47,14 +47,17 @@ pub fn describe(c: &Config) -> String {
     }
     if let Some(source) = &c.source {
         s.push_str(&format!("source: {}\n", source.describe()));
-        if let crate::config::SourceConfig::Mysql(_) = source {
-            s.push_str(&format!(
-                "snapshot: initial={} chunk_rows={} parallel_tables={}\n",
-                c.snapshot.initial, c.snapshot.chunk_rows, c.snapshot.parallel_tables
-            ));
-        } else {
-            s.push_str("snapshot: not available for this source (existing rows are not copied)\n");
-        }
+        s.push_str(&format!(
+            "snapshot: initial={} chunk_rows={} parallel_tables={}{}\n",
+            c.snapshot.initial,
+            c.snapshot.chunk_rows,
+            c.snapshot.parallel_tables,
+            match source {
+                crate::config::SourceConfig::Mysql(_) => "",
+                // See docs/snapshot.md: the slot's exported snapshot exists on the first start only.
+                crate::config::SourceConfig::Postgres(_) => " (first start only; re-snapshots are refused)",
+            }
+        ));
     }
     for r in &c.replicas {
         let url = r.kind.describe();
@@ -201,41 +204,59 @@ pub async fn run(mut cfg: Config, parts: Parts) -> anyhow::Result<()> {
     let mut snapshot_running = false;
     if let Some(source_config) = &cfg.source {
         // (A proxy-only configuration has no source and no replicas.)
+        let source = crate::source::build(source_config).context("configuring capture")?;
+        let options = pipeline::snapshot::SnapshotOptions {
+            chunk_rows: cfg.snapshot.chunk_rows,
+            parallel_tables: cfg.snapshot.parallel_tables,
+            initial: cfg.snapshot.initial,
+            // Every configured replica, also when this process
+            // (`dbmux capture`) applies to none: requests are kept per
+            // replica.
+            replicas: all_replicas.clone(),
+            poll: Duration::from_secs(2),
+        };
         let snapshots = match source_config {
             crate::config::SourceConfig::Mysql(m) => {
                 backlog = connectors::mysql::backlog::BinlogBacklog::new(&m.url)
                     .ok()
                     .map(crate::observe::Backlog::Mysql);
-                Some(pipeline::snapshot::Snapshots {
+                snapshot_running = true;
+                crate::source::AnySnapshots::Mysql(pipeline::snapshot::Snapshots {
                     source: connectors::mysql::snapshot::MysqlSnapshots::new(m)
                         .context("configuring snapshots")?,
-                    options: pipeline::snapshot::SnapshotOptions {
-                        chunk_rows: cfg.snapshot.chunk_rows,
-                        parallel_tables: cfg.snapshot.parallel_tables,
-                        initial: cfg.snapshot.initial,
-                        // Every configured replica, also when this process
-                        // (`dbmux capture`) applies to none: requests are
-                        // kept per replica.
-                        replicas: all_replicas.clone(),
-                        poll: Duration::from_secs(2),
-                    },
+                    options,
                     board: snapshot_board.clone(),
                     wake: snapshot_wake.clone(),
                 })
             }
-            crate::config::SourceConfig::Postgres(_) => {
-                info!("snapshots are not available for a PostgreSQL source: existing rows are not copied");
-                None
+            crate::config::SourceConfig::Postgres(p) => {
+                // The initial snapshot only (the slot's exported snapshot);
+                // the admin server refuses re-snapshot requests.
+                let crate::source::AnySource::Postgres(pg) = &source else {
+                    unreachable!("built from the same configuration")
+                };
+                crate::source::AnySnapshots::Postgres(pipeline::snapshot::Snapshots {
+                    source: connectors::postgres::snapshot::PostgresSnapshots::new(p, pg.snapshot_export())
+                        .context("configuring snapshots")?,
+                    options,
+                    board: snapshot_board.clone(),
+                    wake: snapshot_wake.clone(),
+                })
             }
         };
-        snapshot_running = snapshots.is_some();
-        let source = crate::source::build(source_config).context("configuring capture")?;
         let (log, metrics, sd) = (log.clone(), metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
+            let options = CaptureOptions::default();
             (
                 "capture".into(),
-                runtime::run_capture_with(source, snapshots, log, metrics, CaptureOptions::default(), sd)
-                    .await,
+                match snapshots {
+                    crate::source::AnySnapshots::Mysql(s) => {
+                        runtime::run_capture_with(source, Some(s), log, metrics, options, sd).await
+                    }
+                    crate::source::AnySnapshots::Postgres(s) => {
+                        runtime::run_capture_with(source, Some(s), log, metrics, options, sd).await
+                    }
+                },
             )
         });
         let (board, sd) = (snapshot_board.clone(), shutdown.clone());
@@ -374,6 +395,8 @@ pub async fn run(mut cfg: Config, parts: Parts) -> anyhow::Result<()> {
             resume: Arc::new(resume),
             snapshot_wake: snapshot_running.then(|| snapshot_wake.clone()),
             snapshot_replicas: all_replicas.clone(),
+            snapshot_refused: matches!(cfg.source, Some(crate::config::SourceConfig::Postgres(_)))
+                .then(|| POSTGRES_SNAPSHOT_REFUSED.to_string()),
         };
         tasks.spawn(async move {
             let r = crate::admin::serve(listener, log, metrics, registry, board, admin, sd).await;
@@ -409,6 +432,13 @@ pub async fn run(mut cfg: Config, parts: Parts) -> anyhow::Result<()> {
         }
     }
 }
+
+/// Why a re-snapshot of a PostgreSQL source is refused (admin server and
+/// `dbmux snapshot`).
+pub const POSTGRES_SNAPSHOT_REFUSED: &str =
+    "a PostgreSQL source cannot take a snapshot on request: its rows are copied once, on the first start, through \
+     the snapshot the replication slot exported when dbmux created it, and no such snapshot exists later. To \
+     reload a replica, start a new pipeline (empty data_dir, new slot name) for it; see docs/snapshot.md";
 
 /// The proxy as the status page shows it.
 #[cfg(feature = "proxy")]

@@ -31,6 +31,9 @@ pub async fn snapshot(
     if !cfg.replicas.iter().any(|r| r.name == replica) {
         bail!("no [[replica]] named {replica:?} in the configuration");
     }
+    if matches!(cfg.source, Some(SourceConfig::Postgres(_))) {
+        bail!("{}", crate::run::POSTGRES_SNAPSHOT_REFUSED);
+    }
     if !matches!(cfg.source, Some(SourceConfig::Mysql(_))) {
         bail!("snapshots copy from a MySQL/MariaDB source: the configuration has no [source.mysql]");
     }

@@ -20,6 +20,12 @@ pub enum AnySource {
     Postgres(PostgresSource),
 }
 
+/// The snapshot coordinator's view of whichever source runs.
+pub enum AnySnapshots {
+    Mysql(pipeline::snapshot::Snapshots<connectors::mysql::snapshot::MysqlSnapshots>),
+    Postgres(pipeline::snapshot::Snapshots<connectors::postgres::snapshot::PostgresSnapshots>),
+}
+
 /// The error of whichever source runs.
 #[derive(Debug, thiserror::Error)]
 pub enum AnySourceError {
@@ -105,6 +111,13 @@ impl Source for AnySource {
         match self {
             AnySource::Mysql(s) => s.take_entered_tables(),
             AnySource::Postgres(s) => s.take_entered_tables(),
+        }
+    }
+
+    async fn discard_start(&mut self) -> Result<(), AnySourceError> {
+        match self {
+            AnySource::Mysql(s) => Ok(s.discard_start().await?),
+            AnySource::Postgres(s) => Ok(s.discard_start().await?),
         }
     }
 }

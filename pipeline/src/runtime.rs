@@ -164,10 +164,37 @@ where
     // Resume after the newest transaction in the log; before the first one,
     // from the start position stored on the very first start.
     let last = log.last().await?;
-    let resume = match &last {
+    let mut resume = match &last {
         Some((_, p)) => Some(p.clone()),
         None => log.start_position().await?,
     };
+    // A single-view source (PostgreSQL) takes its initial snapshot before it
+    // streams anything, from the view it sets up at its start position; a
+    // copy cut short (the log says "copying": no streamed transaction is in
+    // it yet) cannot be continued, so it is taken again from a new start
+    // position (see `crate::snapshot::INITIAL_VIEW_KEY`).
+    let single_view = snapshots.as_ref().is_some_and(|s| s.source.single_view());
+    let take_initial = match &snapshots {
+        Some(s) if single_view => {
+            let view = log.meta(crate::snapshot::INITIAL_VIEW_KEY).await?;
+            let copying = view.as_deref() == Some(crate::snapshot::INITIAL_VIEW_COPYING);
+            if copying {
+                warn!(
+                    initial = s.options.initial,
+                    "the initial snapshot was cut short before it was complete: it is taken again from a new \
+                     start position (the replicas recreate and reload every table)"
+                );
+            }
+            copying
+                || (s.options.initial
+                    && last.is_none()
+                    && view.as_deref() != Some(crate::snapshot::INITIAL_VIEW_DONE))
+        }
+        _ => false,
+    };
+    if take_initial {
+        resume = None;
+    }
     // What the log holds durably, for sources that confirm progress upstream
     // (a PostgreSQL slot): published only once `append` has returned, which
     // the log's contract makes the point of durability (Kafka: after the
@@ -196,7 +223,7 @@ where
             snap,
             ctl_tx.clone(),
             state.clone(),
-            fresh_log,
+            if single_view { take_initial } else { fresh_log },
             log.clone(),
             metrics.clone(),
             reader_shutdown.clone(),
@@ -207,6 +234,10 @@ where
         source,
         log.clone(),
         resume,
+        ReadMode {
+            discard_start: take_initial,
+            defer_start: single_view,
+        },
         tx,
         ctl_rx,
         holds,
@@ -330,7 +361,23 @@ where
         },
         None => Ok(()),
     };
-    read.and(result).and(coordinated)
+    if single_view {
+        // The reader stops when the initial copy fails; the copy's error is the cause.
+        coordinated.and(read).and(result)
+    } else {
+        read.and(result).and(coordinated)
+    }
+}
+
+/// How the reader starts (see [`run_capture_with`]).
+#[derive(Debug, Clone, Copy)]
+struct ReadMode {
+    /// Abandon the stored start position and set up a new one first
+    /// ([`Source::discard_start`]).
+    discard_start: bool,
+    /// Start streaming only once the initial hold is released (a
+    /// single-view source: its view dies when it streams).
+    defer_start: bool,
 }
 
 /// The events of a batch that capture's state must look at, and the batch's
@@ -432,6 +479,7 @@ async fn read_source<S: Source, L: Log>(
     mut source: S,
     log: L,
     mut resume: Option<crate::position::Position>,
+    mode: ReadMode,
     tx: mpsc::Sender<WriterItem>,
     mut control: mpsc::Receiver<CaptureControl>,
     mut holds: Holds,
@@ -457,6 +505,25 @@ async fn read_source<S: Source, L: Log>(
         }
     }
     backoff.reset();
+    if mode.discard_start {
+        loop {
+            match source.discard_start().await {
+                Ok(()) => break,
+                Err(e) if e.is_transient() => {
+                    metrics.error("capture", ErrorClass::Transient);
+                    warn!(error = %e, "capture could not discard its previous start position yet; retrying");
+                    if sleep_or_cancel(backoff.next_delay(), &shutdown).await {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    metrics.error("capture", ErrorClass::Definite);
+                    return Err(RuntimeError::Capture(e.to_string()));
+                }
+            }
+        }
+        backoff.reset();
+    }
     if resume.is_none() {
         // First start ever: pin "the source's current end" to a concrete
         // position and store it durably before streaming, so that a crash
@@ -546,7 +613,8 @@ async fn read_source<S: Source, L: Log>(
             }
             break;
         }
-        if !streaming {
+        let deferred = mode.defer_start && holds.holds.contains_key(&crate::snapshot::INITIAL_HOLD);
+        if !streaming && !deferred {
             match resume.as_ref() {
                 Some(p) => info!(position = %p, "capture resuming"),
                 None => info!("capture starting at the source's current end"),
@@ -572,7 +640,7 @@ async fn read_source<S: Source, L: Log>(
         // short tick to look at how far the source has read.
         let waiting_chunks = !holds.placements.is_empty();
         tokio::select! {
-            r = source.next_transaction(), if held.is_none() => match r {
+            r = source.next_transaction(), if held.is_none() && streaming => match r {
                 Ok(t) => {
                     backoff.reset();
                     resume = Some(t.position.clone());
@@ -636,6 +704,14 @@ async fn read_source<S: Source, L: Log>(
             msg = control.recv(), if control_open => match msg {
                 Some(msg) => holds.apply(msg),
                 None => {
+                    if deferred && !shutdown.is_cancelled() {
+                        // A single-view source's initial copy stopped before
+                        // it was complete: streaming now would put changes
+                        // after a partial copy. (The coordinator says why.)
+                        return Err(RuntimeError::Capture(
+                            "the initial snapshot stopped before it was complete".into(),
+                        ));
+                    }
                     // The coordinator stopped: nobody will place a chunk.
                     control_open = false;
                     holds = Holds::default();

@@ -161,7 +161,29 @@ pub trait SnapshotSource: Send + Sync + 'static {
 
     /// A new reader (its own connection), used for one table at a time.
     fn reader(&self) -> impl Future<Output = Result<Self::Reader, Self::Error>> + Send;
+
+    /// True when every read view shows one and the same state, the one at
+    /// capture's start position, and only while capture has not started
+    /// streaming (a PostgreSQL slot's exported snapshot). Such a source can
+    /// take the initial snapshot of a first start only: the coordinator
+    /// copies every table under the initial hold, appending the chunks
+    /// before any streamed transaction, and capture starts streaming once
+    /// the copy is complete ([`INITIAL_VIEW_KEY`]). Later runs (operator
+    /// requests, tables entering `include`) are refused.
+    fn single_view(&self) -> bool {
+        false
+    }
 }
+
+/// Log metadata key: the state of a [`SnapshotSource::single_view`] source's
+/// initial snapshot, [`INITIAL_VIEW_COPYING`] from its plan until its last
+/// chunk is in the log, then [`INITIAL_VIEW_DONE`]. While it says copying,
+/// the log holds no streamed transaction: a start that finds it so (the
+/// copy was cut short) takes the initial snapshot again from a new start
+/// position ([`crate::source::Source::discard_start`]).
+pub const INITIAL_VIEW_KEY: &str = "snapshot_initial_view";
+pub const INITIAL_VIEW_COPYING: &[u8] = b"copying";
+pub const INITIAL_VIEW_DONE: &[u8] = b"done";
 
 /// Reads one table chunk by chunk.
 ///
@@ -559,6 +581,8 @@ pub enum CoordinatorError {
     CaptureGone,
     #[error("snapshot: {0}")]
     Log(#[from] crate::log::LogError),
+    #[error("initial snapshot failed: {0}")]
+    Initial(String),
 }
 
 struct Ctl {
@@ -656,6 +680,9 @@ pub async fn run_coordinator<C: SnapshotSource, L: Log>(
     let opts = snap.options.clone();
     let source = Arc::new(snap.source);
     let board = snap.board.clone();
+    if source.single_view() {
+        return run_single_view(source, opts, board, ctl, state, fresh_log, log, metrics, shutdown).await;
+    }
     // The first plan, with capture held.
     let mut runs: BTreeMap<u64, SnapshotRun> = state.lock().expect("capture state").runs.clone();
     let tables = loop {
@@ -1273,4 +1300,349 @@ async fn retry_or_end(
         r.finished = Some(Instant::now());
     });
     Ok(false)
+}
+
+// ---------------------------------------------------------------------------
+// Single-view sources (a PostgreSQL slot's exported snapshot): the initial
+// snapshot only, all of it before the first streamed transaction.
+// ---------------------------------------------------------------------------
+
+/// Transient failures of one table's copy retried (from its first chunk)
+/// before the initial snapshot of a single-view source fails.
+const SINGLE_VIEW_RETRIES: u32 = 5;
+
+/// The coordinator of a [`SnapshotSource::single_view`] source. With
+/// `take_initial`, copies every table the source lists as of its one view
+/// while capture stays held and does not stream (the chunks are appended at
+/// the start position, in order), marks the copy done in the log
+/// ([`INITIAL_VIEW_KEY`]) and only then releases capture. Otherwise (or
+/// afterwards) it only refuses operator requests, which such a source cannot
+/// serve. A failure of the copy is an error that stops capture: the next
+/// start takes the initial snapshot again from a new start position.
+#[allow(clippy::too_many_arguments)]
+async fn run_single_view<C: SnapshotSource, L: Log>(
+    source: Arc<C>,
+    opts: SnapshotOptions,
+    board: SnapshotBoard,
+    ctl: Arc<Ctl>,
+    state: SharedState,
+    take_initial: bool,
+    log: L,
+    metrics: PipelineMetrics,
+    shutdown: CancellationToken,
+) -> Result<(), CoordinatorError> {
+    if take_initial {
+        log.set_meta(INITIAL_VIEW_KEY, INITIAL_VIEW_COPYING.to_vec())
+            .await?;
+        let tables = loop {
+            // (The source may wait for capture to set up its view.)
+            let listed = tokio::select! {
+                r = source.tables() => r,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            match listed {
+                Ok(t) => break t,
+                Err(e) if e.is_transient() => {
+                    metrics.error("snapshot", ErrorClass::Transient);
+                    tracing::warn!(error = %e, "initial snapshot: cannot list the source's tables yet; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                }
+                Err(e) => {
+                    metrics.error("snapshot", ErrorClass::Definite);
+                    return Err(CoordinatorError::Initial(format!(
+                        "listing the tables to copy: {e}"
+                    )));
+                }
+            }
+        };
+        let listed: BTreeSet<TableId> = tables.iter().map(|(t, _)| t.clone()).collect();
+        // Runs of an earlier initial snapshot that was cut short: the tables
+        // copied again below are recreated by their new first chunk; the
+        // others (dropped or excluded since) are ended on the replicas.
+        let abandoned: Vec<SnapshotRun> = std::mem::take(&mut state.lock().expect("capture state").runs)
+            .into_values()
+            .collect();
+        for run in &abandoned {
+            for t in run
+                .tables
+                .iter()
+                .filter(|t| !t.done && !listed.contains(&t.table))
+            {
+                let reason = format!(
+                    "{} is no longer captured (the initial snapshot that began copying it was cut short)",
+                    t.table
+                );
+                ctl.append(vec![(
+                    name_only(&t.table),
+                    mark(run, SnapshotPhase::End { reason }),
+                )])
+                .await?;
+            }
+        }
+        if !abandoned.is_empty() {
+            tracing::warn!(
+                runs = abandoned.len(),
+                "initial snapshot: the previous attempt was cut short; copying every table again from a new start position"
+            );
+        }
+        let estimates: BTreeMap<TableId, u64> = tables.iter().cloned().collect();
+        let ids: Vec<TableId> = tables.iter().map(|(t, _)| t.clone()).collect();
+        tracing::info!(
+            tables = ids.len(),
+            "first start: copying the existing rows of every captured table as of the start position \
+             (capture streams once the copy is complete)"
+        );
+        let run = begin_run(&ctl, &state, Vec::new(), false, None, &ids, &estimates).await?;
+        state.lock().expect("capture state").initialized = true;
+        checkpoint(&log, &state).await?;
+        for t in &run.tables {
+            board.add(&run, t);
+        }
+        board.set_planned();
+        board.publish(&metrics);
+        let mut queue: Vec<TableProgress> = run.tables.iter().rev().cloned().collect();
+        let mut workers = tokio::task::JoinSet::new();
+        loop {
+            while workers.len() < opts.parallel_tables.max(1) {
+                let Some(table) = queue.pop() else { break };
+                let (source, ctl, run, opts, board, metrics, shutdown) = (
+                    source.clone(),
+                    ctl.clone(),
+                    run.clone(),
+                    opts.clone(),
+                    board.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                );
+                workers.spawn(async move {
+                    copy_single_view(&*source, &ctl, &run, table, &opts, &board, &metrics, &shutdown).await
+                });
+            }
+            tokio::select! {
+                done = workers.join_next() => match done {
+                    None => break,
+                    Some(Ok(Ok(()))) => board.publish(&metrics),
+                    Some(Ok(Err(e))) => {
+                        workers.shutdown().await;
+                        return Err(e);
+                    }
+                    Some(Err(e)) => {
+                        workers.shutdown().await;
+                        return Err(CoordinatorError::Initial(format!("snapshot worker: {e}")));
+                    }
+                },
+                _ = shutdown.cancelled() => {
+                    workers.shutdown().await;
+                    return Ok(());
+                }
+            }
+        }
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        // Every chunk is in the log (each append returned): from here on
+        // streamed transactions may follow them.
+        log.set_meta(INITIAL_VIEW_KEY, INITIAL_VIEW_DONE.to_vec()).await?;
+        checkpoint(&log, &state).await?;
+        tracing::info!(
+            run = run.id,
+            "initial snapshot complete; capture streams from its position"
+        );
+    } else {
+        let fresh = {
+            let mut st = state.lock().expect("capture state");
+            !std::mem::replace(&mut st.initialized, true)
+        };
+        if fresh {
+            checkpoint(&log, &state).await?;
+        }
+        board.set_planned();
+    }
+    ctl.send(CaptureControl::Release { id: INITIAL_HOLD }).await?;
+    // Nothing more to copy, ever: requests are refused (loudly, once each).
+    let mut refused: BTreeSet<String> = BTreeSet::new();
+    let mut tick = tokio::time::interval(opts.poll);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        for r in &opts.replicas {
+            if let Some(req) = pending_request(&log, r).await {
+                if refused.insert(req.id.clone()) {
+                    tracing::error!(replica = %r, request = %req.id,
+                        "snapshot request refused: this source can copy tables only on the first start (a \
+                         PostgreSQL source reads its slot's exported snapshot, which exists only then); to \
+                         reload a replica, re-create the pipeline from an empty data_dir and a new slot");
+                }
+            }
+        }
+    }
+}
+
+/// Copies one table of a single-view source's initial snapshot: chunk by
+/// chunk in one read view, each appended as it is read. A transient failure
+/// copies the table again from its first chunk (which recreates it on the
+/// replicas); a definite one fails the snapshot.
+#[allow(clippy::too_many_arguments)]
+async fn copy_single_view<C: SnapshotSource>(
+    source: &C,
+    ctl: &Ctl,
+    run: &SnapshotRun,
+    mut progress: TableProgress,
+    opts: &SnapshotOptions,
+    board: &SnapshotBoard,
+    metrics: &PipelineMetrics,
+    shutdown: &CancellationToken,
+) -> Result<(), CoordinatorError> {
+    let table = progress.table.clone();
+    let mut backoff = Backoff::default();
+    board.update(run.id, &table, |r| {
+        r.state = "copying";
+        r.started = Some(Instant::now());
+        r.rows_at_start = 0;
+    });
+    tracing::info!(run = run.id, table = %table, estimated_rows = progress.estimated_rows, "snapshot: copying table");
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let result = copy_view_table(source, ctl, run, &mut progress, opts, board, metrics).await;
+        match result {
+            Ok(()) => {
+                board.update(run.id, &table, |r| {
+                    r.state = "done";
+                    r.eta_seconds = None;
+                    r.finished = Some(Instant::now());
+                });
+                tracing::info!(run = run.id, table = %table, rows = progress.rows, chunks = progress.chunks,
+                    "snapshot: table copied");
+                return Ok(());
+            }
+            Err(ChunkError::Capture(e)) => return Err(e),
+            Err(ChunkError::Source(e, _, true)) => {
+                // Dropped since the view was taken: its targets stop waiting.
+                retry_or_end(
+                    ctl,
+                    run,
+                    &table,
+                    &e,
+                    false,
+                    true,
+                    &mut backoff,
+                    board,
+                    metrics,
+                    shutdown,
+                )
+                .await?;
+                return Ok(());
+            }
+            Err(ChunkError::Source(e, true, false)) if backoff.attempts() < SINGLE_VIEW_RETRIES => {
+                metrics.error("snapshot", ErrorClass::Transient);
+                tracing::warn!(run = run.id, table = %table, error = %e, attempt = backoff.attempts() + 1,
+                    "snapshot of the table failed; copying it again from its first chunk");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+            Err(ChunkError::Source(e, _, false)) => {
+                metrics.error("snapshot", ErrorClass::Definite);
+                board.update(run.id, &table, |r| {
+                    r.state = "failed";
+                    r.error = Some(e.clone());
+                    r.eta_seconds = None;
+                    r.finished = Some(Instant::now());
+                });
+                return Err(CoordinatorError::Initial(format!("copying {table}: {e}")));
+            }
+        }
+    }
+}
+
+/// One attempt at a table of a single-view source, from its first chunk.
+async fn copy_view_table<C: SnapshotSource>(
+    source: &C,
+    ctl: &Ctl,
+    run: &SnapshotRun,
+    progress: &mut TableProgress,
+    opts: &SnapshotOptions,
+    board: &SnapshotBoard,
+    metrics: &PipelineMetrics,
+) -> Result<(), ChunkError> {
+    fn src<E: std::error::Error + Classify>(gone: bool) -> impl Fn(E) -> ChunkError {
+        move |e: E| ChunkError::Source(e.to_string(), e.is_transient(), gone)
+    }
+    let mut r = source.reader().await.map_err(src(false))?;
+    let view = match r.begin(&progress.table).await {
+        Ok(v) => v,
+        Err(e) => {
+            let gone = C::Reader::is_gone(&e);
+            return Err(src(gone)(e));
+        }
+    };
+    let limit = opts.chunk_rows.max(1);
+    let (key, whole) = match &view.key {
+        ChunkKey::Columns(k) => (k.clone(), false),
+        ChunkKey::WholeTable => (Vec::new(), true),
+    };
+    progress.chunks = 0;
+    progress.rows = 0;
+    progress.upto = None;
+    loop {
+        let rows = r
+            .read(progress.upto.as_deref(), limit)
+            .await
+            .map_err(src(false))?;
+        let last = rows.len() < limit;
+        let upto = if whole {
+            None
+        } else {
+            rows.last().map(|row| key_of(row, &key)).or(progress.upto.clone())
+        };
+        let n = rows.len() as u64;
+        let index = progress.chunks;
+        let mut changes = Vec::with_capacity(rows.len() + 1);
+        changes.push((
+            view.schema.clone(),
+            mark(
+                run,
+                SnapshotPhase::Chunk {
+                    index,
+                    upto: upto.clone(),
+                    rows: n,
+                    last,
+                    whole,
+                    create: if index == 0 {
+                        view.create_statement.clone()
+                    } else {
+                        None
+                    },
+                },
+            ),
+        ));
+        changes.extend(
+            rows.into_iter()
+                .map(|after| (view.schema.clone(), Op::Read { after })),
+        );
+        ctl.append(changes).await?;
+        progress.chunks += 1;
+        progress.rows += n;
+        progress.upto = upto;
+        progress.done = last;
+        metrics.snapshot_rows.inc_by(n);
+        metrics.snapshot_chunks.inc();
+        board.update(run.id, &progress.table, |b| {
+            b.rows = progress.rows;
+            b.chunks = progress.chunks;
+            b.estimated_rows = b.estimated_rows.max(progress.rows);
+        });
+        if last {
+            let _ = r.end().await;
+            return Ok(());
+        }
+    }
 }

@@ -82,4 +82,17 @@ pub trait Source: Send {
     fn watch_durable(&mut self, durable: DurablePosition) {
         let _ = durable;
     }
+
+    /// The start position stored on a first start is abandoned, before
+    /// `current_position` is asked for a new one: the first start's initial
+    /// snapshot was cut short before any streamed transaction reached the
+    /// log, and the source can no longer show its rows as of that position
+    /// (a PostgreSQL slot's exported snapshot dies with the connection that
+    /// created the slot). The source forgets what it set up for that
+    /// position (a PostgreSQL source drops its slot) so that
+    /// `current_position` sets up anew. Only called while the log holds no
+    /// streamed transaction. Sources without such state do nothing.
+    fn discard_start(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        async { Ok(()) }
+    }
 }

@@ -1087,3 +1087,342 @@ async fn forget_example_offsets() {
         .batch_execute("DELETE FROM dbmux.dbmux_offsets WHERE consumer LIKE 'dbmux-shop/%'")
         .await;
 }
+
+// ---------------------------------------------------------------------------
+// The initial snapshot of a PostgreSQL source (the slot's exported snapshot).
+// ---------------------------------------------------------------------------
+
+/// Tables that exist, with rows, before dbmux first starts: the type matrix,
+/// `big` (spans many chunks), `nokey` (no primary key: copied whole; 40
+/// identical rows that must arrive exactly 40 times) and `fence` (written
+/// last, to know when everything before it was applied).
+async fn preload_snapshot_tables(src: &PgSourceDb, big_rows: u64) {
+    src.exec(MATRIX).await;
+    src.exec(MATRIX_ROWS).await;
+    src.exec(&format!(
+        "CREATE TABLE big (id int PRIMARY KEY, v text NOT NULL, n numeric(12,2), at timestamptz(6));
+         INSERT INTO big SELECT i, 'row ' || i || repeat('é', i % 7), i * 1.25,
+           '2024-01-01 00:00:00+00'::timestamptz + i * interval '1 second' FROM generate_series(1, {big_rows}) i;
+         CREATE TABLE nokey (a int NOT NULL, b text NOT NULL);
+         ALTER TABLE nokey REPLICA IDENTITY FULL;
+         INSERT INTO nokey SELECT i, 'row ' || i FROM generate_series(1, 3000) i;
+         INSERT INTO nokey SELECT -1, 'dup' FROM generate_series(1, 40);
+         CREATE TABLE fence (id int PRIMARY KEY);
+         ANALYZE"
+    ))
+    .await;
+}
+
+/// Changes the snapshot tables until `stop`: updates, deletes and inserts
+/// on `big`, `nokey` (never its duplicates) and `matrix`. Returns the
+/// number of transactions.
+async fn snapshot_writer(
+    url: String,
+    big_rows: i64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> u64 {
+    use rand::{Rng, SeedableRng};
+    let mut client = crate::support::pg_source::connect(&url).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut t = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let tx = client.transaction().await.unwrap();
+        let (u, d) = (rng.gen_range(1..=big_rows), rng.gen_range(1..=big_rows));
+        let (nu, nd) = (rng.gen_range(1..=3000), rng.gen_range(1..=3000));
+        let sql = format!(
+            "UPDATE big SET v = v || 'u', n = n + 1, at = clock_timestamp() WHERE id = {u};
+             DELETE FROM big WHERE id = {d};
+             INSERT INTO big VALUES ({}, 'new {t}', NULL, NULL);
+             UPDATE nokey SET b = b || '+' WHERE a = {nu};
+             DELETE FROM nokey WHERE a = {nd};
+             INSERT INTO nokey VALUES ({}, 'ins {t}');
+             UPDATE matrix SET i4 = i4 + 1, vc = 'w{t}' WHERE id = 1",
+            big_rows + 1 + t as i64,
+            100_000 + t
+        );
+        tx.batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        tx.commit().await.unwrap();
+        t += 1;
+        done.store(t, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    t
+}
+
+fn big_cols() -> Vec<Col> {
+    use Kind::*;
+    vec![
+        Col("id::text", "CAST(id AS CHAR)", Plain),
+        Col("v", "v", Plain),
+        Col("n::text", "CAST(n AS CHAR)", Plain),
+        Col(
+            "to_char(at, 'YYYY-MM-DD HH24:MI:SS.US')",
+            "DATE_FORMAT(at, '%Y-%m-%d %H:%i:%s.%f')",
+            Plain,
+        ),
+    ]
+}
+
+fn nokey_cols() -> Vec<Col> {
+    vec![
+        Col("a::text", "CAST(a AS CHAR)", Kind::Plain),
+        Col("b", "b", Kind::Plain),
+    ]
+}
+
+/// Writes the fence row and waits until both replicas have it and applied
+/// the whole log (pgoutput streams in commit order: everything committed
+/// before it is then applied).
+async fn fence_and_catch_up(src: &PgSourceDb, dbmux: &mut Dbmux) -> u64 {
+    use mysql_async::prelude::Queryable;
+    src.exec("INSERT INTO fence VALUES (1)").await;
+    let (name, replica) = (src.name.clone(), with_db(&mysql_replica_url(), &src.name));
+    wait_for("the fence on both replicas", Duration::from_secs(300), || {
+        let (name, replica) = (name.clone(), replica.clone());
+        async move {
+            let mut my = mysql_async::Conn::from_url(replica).await.ok()?;
+            let got: Vec<i32> = my.query("SELECT id FROM fence").await.ok()?;
+            let pg = crate::support::pg_source::connect(&pg_url()).await;
+            let rows = pg
+                .query(&format!("SELECT id FROM \"{name}\".fence"), &[])
+                .await
+                .ok()?;
+            (got == vec![1] && rows.len() == 1).then_some(())
+        }
+    })
+    .await;
+    dbmux.wait_caught_up(1, Duration::from_secs(120)).await
+}
+
+/// Asserts every snapshot table is identical on both replicas; returns rows.
+async fn assert_snapshot_tables_identical(src: &PgSourceDb) -> usize {
+    let mut rows = assert_table_identical(src, "matrix", "id", &matrix_cols()).await;
+    rows += assert_table_identical(src, "big", "id", &big_cols()).await;
+    rows += assert_table_identical(src, "nokey", "a, b", &nokey_cols()).await;
+    rows
+}
+
+fn pg_snapshot_config(chunk_rows: u64) -> String {
+    format!("\n[snapshot]\ninitial = true\nchunk_rows = {chunk_rows}\nparallel_tables = 2\n")
+}
+
+/// The Prove item: rows that exist before the first start (every type of the
+/// matrix, a table of many chunks, a table without a key) reach both
+/// replicas value by value while a writer changes the same tables before,
+/// during and after the copy; nothing is lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_source_snapshot_copies_existing_rows_under_writes_to_both_replicas() {
+    const BIG: u64 = 24_000;
+    let src = PgSourceDb::create("pgsnap").await;
+    preload_snapshot_tables(&src, BIG).await;
+    let mut dbmux = Dbmux::with_pg_source(&src.name, BOTH, &pg_snapshot_config(2000));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = tokio::spawn(snapshot_writer(
+        src.url.clone(),
+        BIG as i64,
+        stop.clone(),
+        done.clone(),
+    ));
+    // The writer runs before the slot exists, while it is created and while
+    // the tables are copied.
+    wait_for("the writer to begin", Duration::from_secs(30), || async {
+        (done.load(std::sync::atomic::Ordering::SeqCst) >= 20).then_some(())
+    })
+    .await;
+    let before = done.load(std::sync::atomic::Ordering::SeqCst);
+    dbmux.start();
+    let me = &dbmux;
+    let st = wait_for(
+        "the initial snapshot to finish",
+        Duration::from_secs(300),
+        || async move {
+            let st = me.status().await?;
+            let tables = st["snapshot"]["tables"].as_array()?;
+            (tables.len() == 4 && st["snapshot"]["active"] == false && st["capture"]["connected"] == true)
+                .then_some(st)
+        },
+    )
+    .await;
+    let tables = st["snapshot"]["tables"].as_array().unwrap();
+    assert!(tables.iter().all(|t| t["state"] == "done"), "{st}");
+    let big = tables.iter().find(|t| t["table"] == "public.big").unwrap();
+    assert!(big["chunks"].as_u64().unwrap() >= 10, "several chunks: {big}");
+    let during = done.load(std::sync::atomic::Ordering::SeqCst);
+    // Some more streamed changes after the copy.
+    wait_for("more writes", Duration::from_secs(60), || async {
+        (done.load(std::sync::atomic::Ordering::SeqCst) >= during + 50).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let txns = writer.await.unwrap();
+    fence_and_catch_up(&src, &mut dbmux).await;
+    let rows = assert_snapshot_tables_identical(&src).await;
+    assert!(rows > BIG as usize, "{rows} rows");
+    // The log: the snapshot (marks and `r` rows) comes before every streamed change.
+    let envelopes = dbmux.tail(Some(1));
+    let first_change = envelopes
+        .iter()
+        .position(|e| !matches!(e["op"].as_str(), Some("snapshot" | "r")))
+        .expect("streamed changes");
+    assert!(
+        envelopes[first_change..]
+            .iter()
+            .all(|e| !matches!(e["op"].as_str(), Some("snapshot" | "r"))),
+        "snapshot events after a streamed change"
+    );
+    let copied = envelopes[..first_change]
+        .iter()
+        .filter(|e| e["op"] == "r")
+        .count();
+    assert!(copied >= BIG as usize, "{copied} rows copied");
+    assert!(dbmux.stop().success(), "clean shutdown:\n{}", dbmux.output());
+    println!(
+        "pg snapshot: {copied} rows copied, writer {txns} transactions ({before} before start, {during} by the end of the copy), {rows} rows compared"
+    );
+}
+
+/// `[snapshot] initial = false`: rows that existed before the first start are
+/// not copied; what changes afterwards is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_source_snapshot_initial_false_copies_nothing() {
+    use mysql_async::prelude::Queryable;
+    let src = PgSourceDb::create("pgnosnap").await;
+    src.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT i, 'old' FROM generate_series(1, 500) i",
+    )
+    .await;
+    let mut dbmux = Dbmux::with_pg_source(&src.name, BOTH, "\n[snapshot]\ninitial = false\n");
+    dbmux.start();
+    dbmux.wait_capturing().await;
+    src.exec("INSERT INTO t VALUES (1000, 'new')").await;
+    assert_eq!(dbmux.wait_caught_up(1, Duration::from_secs(60)).await, 1);
+    let mut my = mysql_async::Conn::from_url(with_db(&mysql_replica_url(), &src.name))
+        .await
+        .unwrap();
+    let ids: Vec<i32> = my.query("SELECT id FROM t").await.unwrap();
+    assert_eq!(ids, vec![1000], "only the change after the start");
+    let st = dbmux.status().await.unwrap();
+    assert!(
+        st["snapshot"]["tables"].as_array().is_none_or(|t| t.is_empty()),
+        "{st}"
+    );
+    assert!(dbmux.stop().success(), "clean shutdown:\n{}", dbmux.output());
+}
+
+/// SIGKILL in the middle of the copy (twice), with the writer running: the
+/// next start finds the copy cut short, creates the slot anew and copies
+/// everything again; the replicas end equal to the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_source_snapshot_killed_midway_starts_over_and_loses_nothing() {
+    const BIG: u64 = 60_000;
+    let src = PgSourceDb::create("pgsnapkill").await;
+    preload_snapshot_tables(&src, BIG).await;
+    let mut dbmux = Dbmux::with_pg_source(&src.name, BOTH, &pg_snapshot_config(500));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = tokio::spawn(snapshot_writer(
+        src.url.clone(),
+        BIG as i64,
+        stop.clone(),
+        done.clone(),
+    ));
+    let mut consistent_points = Vec::new();
+    for kill in 0..2 {
+        dbmux.start();
+        let me = &dbmux;
+        let at = wait_for(
+            "the copy to be under way",
+            Duration::from_secs(300),
+            || async move {
+                let st = me.status().await?;
+                let rows: u64 = st["snapshot"]["tables"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|t| t["rows"].as_u64())
+                    .sum();
+                (rows >= 8000 && st["snapshot"]["active"] == true).then_some(rows)
+            },
+        )
+        .await;
+        let st = dbmux.status().await.unwrap();
+        assert_eq!(
+            st["capture"]["connected"], false,
+            "nothing streams during the copy: {st}"
+        );
+        consistent_points.push(src.slot_confirmed(&src.name).await.expect("slot"));
+        dbmux.kill();
+        println!("kill {} after {at} rows copied", kill + 1);
+    }
+    dbmux.start();
+    let me = &dbmux;
+    wait_for(
+        "the initial snapshot to finish",
+        Duration::from_secs(600),
+        || async move {
+            let st = me.status().await?;
+            (st["snapshot"]["active"] == false && st["capture"]["connected"] == true).then_some(())
+        },
+    )
+    .await;
+    consistent_points.push(src.slot_confirmed(&src.name).await.expect("slot"));
+    assert!(
+        consistent_points.windows(2).all(|w| w[0] < w[1]),
+        "each start after a cut-short copy creates the slot anew: {consistent_points:X?}"
+    );
+    let out = dbmux.output();
+    assert_eq!(
+        out.matches("the initial snapshot was cut short").count(),
+        2,
+        "both restarts say so:\n{out}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.await.unwrap();
+    fence_and_catch_up(&src, &mut dbmux).await;
+    let rows = assert_snapshot_tables_identical(&src).await;
+    assert!(rows > BIG as usize);
+    assert!(dbmux.stop().success(), "clean shutdown:\n{}", dbmux.output());
+}
+
+/// Re-snapshot requests cannot be served for a PostgreSQL source: refused
+/// with the reason, through the admin server and by `dbmux snapshot`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_source_snapshot_requests_are_refused_with_the_reason() {
+    let src = PgSourceDb::create("pgsnapreq").await;
+    src.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let mut dbmux = Dbmux::with_pg_source(&src.name, BOTH, "");
+    dbmux.start();
+    dbmux.wait_capturing().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dbmux"))
+        .args(["snapshot", "--config"])
+        .arg(&dbmux.config)
+        .args(["--replica", "mariadb"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("a PostgreSQL source cannot take a snapshot on request"),
+        "{stderr}"
+    );
+    let response = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&dbmux.admin).await.unwrap();
+        s.write_all(b"POST /replicas/mariadb/snapshot HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        text
+    };
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 409") || head.starts_with("HTTP/1.1 409"),
+        "{response}"
+    );
+    assert!(body.contains("exported"), "{body}");
+    assert!(dbmux.stop().success(), "clean shutdown:\n{}", dbmux.output());
+}

@@ -15,13 +15,17 @@
 //! the runtime stores. Afterwards a missing slot is a definite error: creating
 //! a new one would silently skip everything that committed in between.
 //!
-//! # Snapshot hook
+//! # Initial snapshot
 //! The snapshot exported at slot creation shows the database exactly as of the
 //! consistent point, and it stays usable while the creating connection is idle:
-//! that connection is kept from `current_position` until `start`, so an initial
-//! copy (`SET TRANSACTION SNAPSHOT '<name>'`, see
-//! [`PostgresSource::exported_snapshot`]) fits between the two. No copy is made
-//! today: rows that existed before the slot was created are not replicated.
+//! that connection is kept from `current_position` until `start`, and
+//! [`PostgresSource::snapshot_export`] publishes it meanwhile. The initial copy
+//! ([`super::snapshot`]) reads every table with it (`SET TRANSACTION SNAPSHOT`)
+//! before the runtime calls `start` (a single-view snapshot source: capture
+//! does not stream until the copy is in the log). A copy cut short cannot be
+//! continued (the snapshot died with the process): the runtime then calls
+//! [`Source::discard_start`], which drops the slot, and `current_position`
+//! creates it anew with a new snapshot. Re-snapshots later are impossible.
 //!
 //! # Transactions and positions
 //! pgoutput (protocol 1) sends whole transactions at commit, in commit order:
@@ -290,6 +294,13 @@ pub enum PostgresCaptureError {
     WrongPosition(String),
     #[error("capture is not started (call start first)")]
     NotStarted,
+    #[error(
+        "the replication slot's exported snapshot is no longer available (capture started streaming, or the \
+         connection that created the slot was lost): the initial snapshot is taken again on the next start"
+    )]
+    SnapshotGone,
+    #[error("{0} does not exist (any more)")]
+    TableGone(String),
 }
 
 impl Classify for PostgresCaptureError {
@@ -308,7 +319,9 @@ impl Classify for PostgresCaptureError {
             | Value { .. }
             | Stream { .. }
             | WrongPosition(_)
-            | NotStarted => ErrorClass::Definite,
+            | NotStarted
+            | SnapshotGone
+            | TableGone(_) => ErrorClass::Definite,
         }
     }
 }
@@ -357,10 +370,35 @@ fn quote_literal(s: &str) -> String {
 
 /// A relation as capture uses it: the table definition plus how to decode each column.
 #[derive(Debug)]
-struct RelPlan {
-    schema: Arc<TableSchema>,
-    decoders: Vec<Decoder>,
+pub(crate) struct RelPlan {
+    pub(crate) schema: Arc<TableSchema>,
+    pub(crate) decoders: Vec<Decoder>,
 }
+
+/// The snapshot exported when this process created the slot, and the
+/// slot's consistent point it shows the database at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedSnapshot {
+    /// For `SET TRANSACTION SNAPSHOT '<name>'`.
+    pub name: String,
+    /// The start position (the slot's consistent point).
+    pub lsn: u64,
+}
+
+/// What [`PostgresSource`] says about its exported snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Export {
+    /// No slot set up by this source yet.
+    Pending,
+    /// Usable (from slot creation until `start`).
+    Usable(ExportedSnapshot),
+    /// Not (or no longer) available: streaming started, or the slot already
+    /// existed, so nothing was exported.
+    Unavailable,
+}
+
+/// Where [`PostgresSource`] publishes its exported snapshot.
+pub type SnapshotExport = tokio::sync::watch::Receiver<Export>;
 
 enum Rel {
     /// Not captured (filter) — its changes are dropped.
@@ -395,6 +433,8 @@ pub struct PostgresSource {
     /// snapshot stays usable until `start`.
     creator: Option<ReplicationConn>,
     exported_snapshot: Option<String>,
+    /// Publishes the exported snapshot while `creator` keeps it usable.
+    export: tokio::sync::watch::Sender<Export>,
     relations: HashMap<u32, Rel>,
     /// Plans by table, so an equivalent `Relation` message reuses the same `Arc`.
     plans: HashMap<TableId, Arc<RelPlan>>,
@@ -444,6 +484,7 @@ impl PostgresSource {
             stream: None,
             creator: None,
             exported_snapshot: None,
+            export: tokio::sync::watch::channel(Export::Pending).0,
             relations: HashMap::new(),
             plans: HashMap::new(),
             txn: None,
@@ -467,6 +508,12 @@ impl PostgresSource {
     /// `REPEATABLE READ` transaction sees the database as of the start position.
     pub fn exported_snapshot(&self) -> Option<&str> {
         self.creator.as_ref().and(self.exported_snapshot.as_deref())
+    }
+
+    /// The exported snapshot as it comes and goes (for
+    /// [`super::snapshot::PostgresSnapshots`], which copies tables with it).
+    pub fn snapshot_export(&self) -> SnapshotExport {
+        self.export.subscribe()
     }
 
     /// The catalog connection, (re)connected on demand.
@@ -656,142 +703,8 @@ impl PostgresSource {
         name: &str,
         rel: Option<&Relation>,
     ) -> Result<RelPlan, PostgresCaptureError> {
-        let table = format!("{schema}.{name}");
-        let rows = self
-            .meta()
-            .await?
-            .query(
-                "SELECT a.attname::text, a.attnotnull, format_type(a.atttypid, a.atttypmod), t.typtype::text, \
-                   COALESCE(NULLIF(t.typbasetype, 0), a.atttypid), \
-                   CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END, \
-                   COALESCE(bt.typtype, t.typtype)::text, \
-                   ARRAY(SELECT e.enumlabel::text FROM pg_enum e \
-                         WHERE e.enumtypid = COALESCE(NULLIF(t.typbasetype, 0), a.atttypid) ORDER BY e.enumsortorder), \
-                   COALESCE((SELECT k.n FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
-                             WHERE i.indrelid = a.attrelid AND i.indisprimary AND k.attnum = a.attnum), 0)::int4, \
-                   a.attgenerated::text \
-                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_type bt ON bt.oid = t.typbasetype \
-                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-                &[&oid],
-            )
-            .await
-            .map_err(catalog(format!("reading the catalog for {table}")))?;
-        let mut catalog: HashMap<String, CatalogColumn> = HashMap::new();
-        let mut order = Vec::new();
-        let mut pk: Vec<(i32, String)> = Vec::new();
-        for r in rows {
-            let name: String = r.get(0);
-            let generated: String = r.get(9);
-            if !generated.is_empty() {
-                continue; // pgoutput does not send generated columns
-            }
-            let pos: i32 = r.get(8);
-            if pos > 0 {
-                pk.push((pos, name.clone()));
-            }
-            order.push(name.clone());
-            catalog.insert(
-                name,
-                CatalogColumn {
-                    not_null: r.get(1),
-                    facts: TypeFacts {
-                        typtype: r.get::<_, String>(6).chars().next().unwrap_or('b'),
-                        labels: r.get(7),
-                        spelled: r.get(2),
-                    },
-                    base_oid: r.get(4),
-                    typmod: r.get(5),
-                },
-            );
-        }
-        pk.sort();
-        // Columns: the Relation message's when there is one, else the catalog's.
-        // (name, part of the replica identity key, WAL type oid and modifier)
-        type WalColumn = (String, bool, Option<(u32, i32)>);
-        let columns: Vec<WalColumn> = match rel {
-            Some(rel) => rel
-                .columns
-                .iter()
-                .map(|c| (c.name.clone(), c.key, Some((c.type_oid, c.type_modifier))))
-                .collect(),
-            None => order.iter().map(|n| (n.clone(), false, None)).collect(),
-        };
-        if rel.is_some() && columns.iter().any(|(n, _, _)| !catalog.contains_key(n)) {
-            tracing::warn!(
-                table = %table,
-                "the catalog no longer matches the replicated relation (altered or dropped since): \
-                 describing it from the WAL alone (all columns nullable)"
-            );
-        }
-        let mut defs = Vec::with_capacity(columns.len());
-        let mut decoders = Vec::with_capacity(columns.len());
-        for (col_name, _, wal_type) in &columns {
-            let (oid, typmod, facts, nullable) = match (catalog.get(col_name), wal_type) {
-                (Some(c), _) => (c.base_oid, c.typmod, c.facts.clone(), !c.not_null),
-                (None, Some((oid, typmod))) => (
-                    *oid,
-                    *typmod,
-                    TypeFacts {
-                        typtype: 'b',
-                        labels: Vec::new(),
-                        spelled: format!("type oid {oid}"),
-                    },
-                    true,
-                ),
-                (None, None) => unreachable!("catalog columns come from the catalog"),
-            };
-            let ty = source_types::column_type(oid, typmod, &facts).map_err(|reason| {
-                PostgresCaptureError::UnsupportedType {
-                    table: table.clone(),
-                    column: col_name.clone(),
-                    ty: facts.spelled.clone(),
-                    reason,
-                }
-            })?;
-            decoders.push(Decoder::for_type(&ty));
-            let text = matches!(
-                ty,
-                ColumnType::Char { .. }
-                    | ColumnType::VarChar { .. }
-                    | ColumnType::Text { .. }
-                    | ColumnType::Enum { .. }
-            );
-            defs.push(ColumnDef {
-                name: col_name.clone(),
-                ty,
-                nullable,
-                charset: text.then(|| "utf8mb4".to_string()),
-                // PostgreSQL's collations are deterministic: values that differ
-                // are different keys, trailing spaces included. A binary,
-                // no-pad collation makes a MariaDB replica compare the same way
-                // (and gives "C" on a PostgreSQL replica).
-                collation: text.then(|| "utf8mb4_nopad_bin".to_string()),
-                source_type: facts.spelled,
-            });
-        }
-        // The key appliers use: the replica identity's columns (default =
-        // the primary key, or the USING INDEX columns); with REPLICA IDENTITY
-        // FULL every column is flagged, so the primary key, if any, is used.
-        let primary_key: Vec<usize> = match rel {
-            Some(r) if r.replica_identity != b'f' && columns.iter().any(|c| c.1) => columns
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.1)
-                .map(|(i, _)| i)
-                .collect(),
-            _ => pk
-                .iter()
-                .filter_map(|(_, n)| columns.iter().position(|c| &c.0 == n))
-                .collect(),
-        };
-        Ok(RelPlan {
-            // Unique keys and foreign keys are not carried from a PostgreSQL
-            // source: its WAL logs the rows that cascades change, so the
-            // appliers need no cascade metadata, and replica tables get no
-            // secondary unique keys that could collide.
-            schema: Arc::new(TableSchema::new(TableId::new(schema, name), defs, primary_key)),
-            decoders,
-        })
+        let client = self.meta().await?;
+        describe_relation(client, oid, schema, name, rel).await
     }
 
     fn here(&self) -> String {
@@ -1044,6 +957,153 @@ impl PostgresSource {
     }
 }
 
+/// Builds the table definition of relation `oid` from the catalog (and
+/// the `Relation` message, which is authoritative for columns and order).
+/// Shared by streaming and the initial snapshot, so both describe a table
+/// (and decode its values) the same way.
+pub(crate) async fn describe_relation(
+    client: &Client,
+    oid: u32,
+    schema: &str,
+    name: &str,
+    rel: Option<&Relation>,
+) -> Result<RelPlan, PostgresCaptureError> {
+    let table = format!("{schema}.{name}");
+    let rows = client
+        .query(
+                "SELECT a.attname::text, a.attnotnull, format_type(a.atttypid, a.atttypmod), t.typtype::text, \
+                   COALESCE(NULLIF(t.typbasetype, 0), a.atttypid), \
+                   CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END, \
+                   COALESCE(bt.typtype, t.typtype)::text, \
+                   ARRAY(SELECT e.enumlabel::text FROM pg_enum e \
+                         WHERE e.enumtypid = COALESCE(NULLIF(t.typbasetype, 0), a.atttypid) ORDER BY e.enumsortorder), \
+                   COALESCE((SELECT k.n FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
+                             WHERE i.indrelid = a.attrelid AND i.indisprimary AND k.attnum = a.attnum), 0)::int4, \
+                   a.attgenerated::text \
+                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_type bt ON bt.oid = t.typbasetype \
+                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                &[&oid],
+            )
+            .await
+            .map_err(catalog(format!("reading the catalog for {table}")))?;
+    let mut catalog: HashMap<String, CatalogColumn> = HashMap::new();
+    let mut order = Vec::new();
+    let mut pk: Vec<(i32, String)> = Vec::new();
+    for r in rows {
+        let name: String = r.get(0);
+        let generated: String = r.get(9);
+        if !generated.is_empty() {
+            continue; // pgoutput does not send generated columns
+        }
+        let pos: i32 = r.get(8);
+        if pos > 0 {
+            pk.push((pos, name.clone()));
+        }
+        order.push(name.clone());
+        catalog.insert(
+            name,
+            CatalogColumn {
+                not_null: r.get(1),
+                facts: TypeFacts {
+                    typtype: r.get::<_, String>(6).chars().next().unwrap_or('b'),
+                    labels: r.get(7),
+                    spelled: r.get(2),
+                },
+                base_oid: r.get(4),
+                typmod: r.get(5),
+            },
+        );
+    }
+    pk.sort();
+    // Columns: the Relation message's when there is one, else the catalog's.
+    // (name, part of the replica identity key, WAL type oid and modifier)
+    type WalColumn = (String, bool, Option<(u32, i32)>);
+    let columns: Vec<WalColumn> = match rel {
+        Some(rel) => rel
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.key, Some((c.type_oid, c.type_modifier))))
+            .collect(),
+        None => order.iter().map(|n| (n.clone(), false, None)).collect(),
+    };
+    if rel.is_some() && columns.iter().any(|(n, _, _)| !catalog.contains_key(n)) {
+        tracing::warn!(
+            table = %table,
+            "the catalog no longer matches the replicated relation (altered or dropped since): \
+             describing it from the WAL alone (all columns nullable)"
+        );
+    }
+    let mut defs = Vec::with_capacity(columns.len());
+    let mut decoders = Vec::with_capacity(columns.len());
+    for (col_name, _, wal_type) in &columns {
+        let (oid, typmod, facts, nullable) = match (catalog.get(col_name), wal_type) {
+            (Some(c), _) => (c.base_oid, c.typmod, c.facts.clone(), !c.not_null),
+            (None, Some((oid, typmod))) => (
+                *oid,
+                *typmod,
+                TypeFacts {
+                    typtype: 'b',
+                    labels: Vec::new(),
+                    spelled: format!("type oid {oid}"),
+                },
+                true,
+            ),
+            (None, None) => unreachable!("catalog columns come from the catalog"),
+        };
+        let ty = source_types::column_type(oid, typmod, &facts).map_err(|reason| {
+            PostgresCaptureError::UnsupportedType {
+                table: table.clone(),
+                column: col_name.clone(),
+                ty: facts.spelled.clone(),
+                reason,
+            }
+        })?;
+        decoders.push(Decoder::for_type(&ty));
+        let text = matches!(
+            ty,
+            ColumnType::Char { .. }
+                | ColumnType::VarChar { .. }
+                | ColumnType::Text { .. }
+                | ColumnType::Enum { .. }
+        );
+        defs.push(ColumnDef {
+            name: col_name.clone(),
+            ty,
+            nullable,
+            charset: text.then(|| "utf8mb4".to_string()),
+            // PostgreSQL's collations are deterministic: values that differ
+            // are different keys, trailing spaces included. A binary,
+            // no-pad collation makes a MariaDB replica compare the same way
+            // (and gives "C" on a PostgreSQL replica).
+            collation: text.then(|| "utf8mb4_nopad_bin".to_string()),
+            source_type: facts.spelled,
+        });
+    }
+    // The key appliers use: the replica identity's columns (default =
+    // the primary key, or the USING INDEX columns); with REPLICA IDENTITY
+    // FULL every column is flagged, so the primary key, if any, is used.
+    let primary_key: Vec<usize> = match rel {
+        Some(r) if r.replica_identity != b'f' && columns.iter().any(|c| c.1) => columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.1)
+            .map(|(i, _)| i)
+            .collect(),
+        _ => pk
+            .iter()
+            .filter_map(|(_, n)| columns.iter().position(|c| &c.0 == n))
+            .collect(),
+    };
+    Ok(RelPlan {
+        // Unique keys and foreign keys are not carried from a PostgreSQL
+        // source: its WAL logs the rows that cascades change, so the
+        // appliers need no cascade metadata, and replica tables get no
+        // secondary unique keys that could collide.
+        schema: Arc::new(TableSchema::new(TableId::new(schema, name), defs, primary_key)),
+        decoders,
+    })
+}
+
 /// The server settings and role attributes preflight checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerSettings {
@@ -1152,6 +1212,7 @@ impl Source for PostgresSource {
     /// the existing slot's confirmed flush LSN.
     async fn current_position(&mut self) -> Result<Position, PostgresCaptureError> {
         if let Some(lsn) = self.slot_confirmed_lsn().await? {
+            self.export.send_replace(Export::Unavailable);
             return Ok(Position::Postgres(lsn));
         }
         let mut conn = self
@@ -1187,10 +1248,16 @@ impl Source for PostgresSource {
             "replication slot created"
         );
         self.creator = Some(conn);
+        self.export.send_replace(match self.exported_snapshot.clone() {
+            Some(name) => Export::Usable(ExportedSnapshot { name, lsn }),
+            None => Export::Unavailable,
+        });
         Ok(Position::Postgres(lsn))
     }
 
     async fn start(&mut self, resume: Option<Position>) -> Result<(), PostgresCaptureError> {
+        // The exported snapshot ends here: nothing may read it any more.
+        self.export.send_replace(Export::Unavailable);
         if let Some(c) = self.creator.take() {
             c.close().await;
         }
@@ -1314,6 +1381,44 @@ impl Source for PostgresSource {
 
     fn watch_durable(&mut self, durable: DurablePosition) {
         self.durable = Some(durable);
+    }
+
+    /// Drops the slot (when it exists), so that `current_position` creates
+    /// it anew with a new exported snapshot. The runtime calls this only
+    /// while the log holds no streamed transaction (an initial snapshot was
+    /// cut short, or a first start finds a slot left by an earlier attempt):
+    /// nothing the slot kept is needed then, since the new snapshot shows it.
+    async fn discard_start(&mut self) -> Result<(), PostgresCaptureError> {
+        self.export.send_replace(Export::Pending);
+        if let Some(c) = self.creator.take() {
+            c.close().await;
+        }
+        if self.slot_confirmed_lsn().await?.is_none() {
+            return Ok(());
+        }
+        let slot = self.config.slot.clone();
+        let mut conn = self
+            .replication_conn("connecting to drop the replication slot")
+            .await?;
+        let dropped = conn
+            .simple_query(&format!("DROP_REPLICATION_SLOT {}", quote_ident(&slot)))
+            .await;
+        conn.close().await;
+        match dropped {
+            Ok(_) => {
+                tracing::warn!(slot = %slot, "replication slot dropped: the initial snapshot starts over from a new slot");
+                Ok(())
+            }
+            // Still active: the walsender of a process that just died may
+            // not have noticed yet (55006 is transient); a live one is
+            // another capture on the same slot, which the error names.
+            Err(source) => Err(PostgresCaptureError::Replication {
+                context: format!(
+                    "dropping replication slot {slot:?} to take the initial snapshot again (is another dbmux using it?)"
+                ),
+                source,
+            }),
+        }
     }
 }
 

@@ -6,4 +6,5 @@ pub mod capture;
 pub mod ddl;
 pub mod pgoutput;
 pub mod replication;
+pub mod snapshot;
 pub mod source_types;
