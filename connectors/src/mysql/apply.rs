@@ -1,74 +1,69 @@
-//! The MySQL / MariaDB applier: a [`Sink`] that writes change events into a
-//! replica server.
+//! MySQL / MariaDB's side of [`pipeline::apply::Engine`]: connection,
+//! statements, schema changes and error classes. The exactly-once protocol
+//! (offset row locked in the data transaction, quarantine, snapshots,
+//! cascades, the source-order fallback) is the core's, [`Applier`].
 //!
-//! # Exactly once
-//! Each [`Sink::apply`] call is one target transaction:
-//! `START TRANSACTION` → `SELECT seq … FOR UPDATE` on this applier's row of
-//! `dbmux.dbmux_offsets` → the data statements → `UPDATE dbmux_offsets SET
-//! seq = <last seq>` → `COMMIT`. Events at or below the stored `seq` are
-//! skipped, so a batch retried after an ambiguous `COMMIT` failure (the
-//! connection dropped, the commit may or may not have happened) is never
-//! applied twice; the row lock makes a second applier with the same name wait
-//! and then skip instead of applying concurrently.
+//! # Bookkeeping tables
+//! In `offsets_database` (default `dbmux`), apart from replicated databases:
+//! `dbmux_offsets` (one row per consumer: `seq`, the source `position` after
+//! it, for people), `dbmux_quarantine`, `dbmux_snapshot` (tables waiting for
+//! a snapshot's first chunk) and `dbmux_ddl` (a schema change that may have
+//! run but whose offset is not committed yet). Their DDL is
+//! [`sql::Bookkeeping::setup`].
 //!
-//! # Offsets table
-//! `dbmux.dbmux_offsets` (database configurable with `offsets_database`), in
-//! its own database so it never mixes with replicated ones:
-//! ```sql
-//! CREATE TABLE IF NOT EXISTS `dbmux`.`dbmux_offsets` (
-//!   `consumer` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,
-//!   `seq` BIGINT UNSIGNED NOT NULL,
-//!   `position` TEXT NULL,
-//!   `updated_at` TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
-//! ) ENGINE=InnoDB
-//! ```
-//! `consumer` is the replica name given to [`MysqlSink::new`]; `position` is the
-//! source position after the last applied transaction, for people.
-//!
-//! # Reconnection
-//! Any error rolls the transaction back and drops the connection. The next
-//! `open` or `apply` connects again, sets the session up and re-reads the
-//! offset; nothing is cached across connections except which tables exist.
+//! # Session
+//! Each connection sets [`sql::SESSION_SETUP`] (UTC, strict mode, no foreign
+//! key checks), counts found rather than changed rows (`CLIENT_FOUND_ROWS`,
+//! so an update of a row to its own values still proves the row was there),
+//! and keeps its prepared statements in a cache. `SELECT VERSION()` tells
+//! MariaDB from MySQL ([`Flavor`]): a few types and comparisons differ.
 //!
 //! # Statements
-//! See [`pipeline::batch`] for how events become steps and
-//! [`super::apply_sql`] for the SQL. Multi-row statements are padded to a
-//! power-of-two row count by repeating their last row (harmless for an
-//! upsert or a delete by key) so only a handful of prepared shapes exist per
-//! table; the connection's statement cache keeps them prepared.
+//! Multi-row statements are padded to a power-of-two row count by repeating
+//! their last row (harmless for an upsert or a delete by key), so only a
+//! handful of statement shapes exist per table; their texts are built once
+//! per table ([`MysqlTable`]) and stay prepared in the connection's cache.
+//!
+//! # Schema changes
+//! DDL commits by itself here ([`Engine::AUTOCOMMIT_DDL`]): the core notes the
+//! change in `dbmux_ddl`, commits, runs it, then moves the offset. The change
+//! is the source's statement with its names qualified and mapped
+//! ([`super::ddl::rewrite`]), run with the source's commit time as the
+//! statement time; run again after a crash, "already exists / does not
+//! exist" answers ([`DDL_ALREADY_DONE`]) mean done (MariaDB's DDL is atomic:
+//! all of a statement happened or none).
 
-use super::apply_sql::{self as sql, Flavor};
+use super::apply_sql::{self as sql, Bookkeeping, Flavor};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Params};
-use pipeline::batch::{self, Action, PlanError, PlanOptions};
-use pipeline::cascade::{CascadeError, CascadeStore, Skip};
-use pipeline::event::{Row, Transaction};
+use pipeline::apply::{
+    Applier, ApplyError, CascadeOp, DdlError, Engine, Limits, RowsKind, Statement, TargetTable, ValueError,
+};
+use pipeline::ddl::{DdlKind, SchemaChange};
+use pipeline::event::Row;
 use pipeline::replica::Quarantine;
-use pipeline::retry::{Classify, ErrorClass};
-use pipeline::schema::{TableId, TableSchema};
+use pipeline::retry::ErrorClass;
+use pipeline::schema::{ColumnDef, TableId, TableSchema};
 use pipeline::secret::redact_url;
-use pipeline::sink::{Opened, Sink, TableScoped};
+use pipeline::value::Value;
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
+pub use super::apply_sql::{DDL_TABLE, OFFSETS_TABLE, QUARANTINE_TABLE, SNAPSHOT_TABLE};
+
+/// The MariaDB / MySQL replica applier.
+pub type MysqlSink = Applier<MysqlEngine>;
+/// Why applying to a MariaDB / MySQL replica failed.
+pub type MysqlApplyError = ApplyError<MysqlEngine>;
+
 /// Default database of `dbmux_offsets` on the replica.
 pub const DEFAULT_OFFSETS_DATABASE: &str = "dbmux";
-/// The offsets table's name.
-pub const OFFSETS_TABLE: &str = "dbmux_offsets";
-/// The quarantine table's name (beside the offsets table).
-pub const QUARANTINE_TABLE: &str = "dbmux_quarantine";
-/// Tables waiting for a snapshot's first chunk (beside the offsets table).
-pub const SNAPSHOT_TABLE: &str = "dbmux_snapshot";
-/// A schema change that may have run but whose offset is not committed yet
-/// (MariaDB/MySQL DDL commits by itself; beside the offsets table).
-pub const DDL_TABLE: &str = "dbmux_ddl";
-
 /// Server errors that mean a replayed schema change had already taken
 /// effect: table/database exists or is unknown, duplicate or unknown column
 /// or key, multiple primary keys.
-const DDL_ALREADY_DONE: &[u16] = &[
+pub const DDL_ALREADY_DONE: &[u16] = &[
     1007, 1008, 1050, 1051, 1054, 1060, 1061, 1068, 1091, 1146, 1176, 1826,
 ];
 /// Default rows per multi-row statement.
@@ -193,125 +188,6 @@ impl fmt::Debug for MysqlSinkConfig {
     }
 }
 
-/// Why applying to a MySQL / MariaDB replica failed.
-#[derive(Debug, thiserror::Error)]
-pub enum MysqlApplyError {
-    #[error("replica URL: {0}")]
-    Url(String),
-    #[error("MySQL replica, {context}: {source}")]
-    Driver {
-        context: String,
-        #[source]
-        source: mysql_async::Error,
-    },
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    #[error("{table}.{column}: {message}")]
-    Value {
-        table: String,
-        column: String,
-        message: String,
-    },
-    #[error("cannot create {table}: column {column}: {message}")]
-    UnsupportedColumn {
-        table: String,
-        column: String,
-        message: String,
-    },
-    #[error(
-        "replica diverged: {table} (no primary key) has no row equal to the before image of the {op} \
-         of event seq {seq}; compare the table with the source and re-seed it"
-    )]
-    Diverged {
-        table: String,
-        op: &'static str,
-        seq: u64,
-    },
-    #[error("{table} has no row for consumer {consumer:?}; it was deleted while dbmux ran")]
-    OffsetRowMissing { table: String, consumer: String },
-    #[error(
-        "events would skip seq {missing}: the replica has applied up to {applied} and the next event given is {next}"
-    )]
-    Gap { applied: u64, next: u64, missing: u64 },
-    #[error("{0}")]
-    Internal(String),
-    #[error(
-        "replica table {target} already receives source table {other}; {table} cannot be written there too"
-    )]
-    TargetTaken {
-        table: TableId,
-        target: String,
-        other: TableId,
-    },
-    #[error(
-        "cannot apply the schema change `{statement}` to {table} on the MariaDB/MySQL replica: {message}"
-    )]
-    Ddl {
-        table: String,
-        statement: String,
-        message: String,
-    },
-    /// A definite error while applying one source table's events.
-    #[error("{source}")]
-    InTable {
-        table: TableId,
-        source: Box<MysqlApplyError>,
-    },
-}
-
-impl MysqlApplyError {
-    /// Ties a definite error to the source table whose step failed (transient
-    /// errors belong to the connection, not to a table).
-    fn in_table(self, table: &TableId) -> Self {
-        match self {
-            e @ MysqlApplyError::InTable { .. } => e,
-            e if e.is_transient() => e,
-            e => MysqlApplyError::InTable {
-                table: table.clone(),
-                source: Box::new(e),
-            },
-        }
-    }
-
-    /// A constraint the set-based plan may have broken and source order may
-    /// not: a duplicate unique value (1062), the upsert guard firing because
-    /// a row collided on a key other than the primary key (1048), a foreign
-    /// key of a table created by the user (1451, 1452).
-    fn may_pass_in_source_order(&self) -> bool {
-        let code = match self {
-            MysqlApplyError::InTable { source, .. } => return source.may_pass_in_source_order(),
-            MysqlApplyError::Driver {
-                source: mysql_async::Error::Server(s),
-                ..
-            } => s.code,
-            _ => return false,
-        };
-        matches!(code, 1062 | 1048 | 1451 | 1452)
-    }
-}
-
-impl Classify for MysqlApplyError {
-    fn class(&self) -> ErrorClass {
-        match self {
-            MysqlApplyError::Driver { source, .. } => classify_driver(source),
-            MysqlApplyError::InTable { source, .. } => source.class(),
-            _ => ErrorClass::Definite,
-        }
-    }
-}
-
-impl TableScoped for MysqlApplyError {
-    fn table(&self) -> Option<&TableId> {
-        match self {
-            MysqlApplyError::InTable { table, .. } | MysqlApplyError::TargetTaken { table, .. } => {
-                Some(table)
-            }
-            MysqlApplyError::Plan(p) => p.table(),
-            _ => None,
-        }
-    }
-}
-
 /// Connection trouble, server restarts, deadlocks and lock waits are transient;
 /// everything the server says about the data or the statements is definite.
 pub fn classify_driver(e: &mysql_async::Error) -> ErrorClass {
@@ -346,782 +222,99 @@ pub fn classify_driver(e: &mysql_async::Error) -> ErrorClass {
     }
 }
 
-type Result<T, E = MysqlApplyError> = std::result::Result<T, E>;
+/// Keys per cascade statement.
+const CASCADE_KEYS_PER_STATEMENT: usize = 500;
 
-fn driver(context: impl Into<String>) -> impl FnOnce(mysql_async::Error) -> MysqlApplyError {
-    let context = context.into();
-    move |source| MysqlApplyError::Driver { context, source }
-}
-
-/// SQL for one source table definition, built once.
-struct TableSql {
-    target: TableId,
-    target_text: String,
-    update_one: String,
-    delete_one: String,
-    truncate: String,
-    /// Row counts per statement shape, by kind (0 upsert, 1 delete, 2 insert).
-    multi: HashMap<(u8, usize), Arc<str>>,
-}
-
-/// Applies change events to a MySQL or MariaDB server.
-pub struct MysqlSink {
-    name: String,
+/// MariaDB / MySQL for [`Applier`].
+#[derive(Debug)]
+pub struct MysqlEngine {
     config: MysqlSinkConfig,
-    conn: Option<Conn>,
+    books: Bookkeeping,
+    /// Read at each connection (`SELECT VERSION()`).
     flavor: Flavor,
-    /// The offset read at the last (re)connection or written by the last commit.
-    applied: u64,
-    /// Replica tables known to exist.
-    known_tables: HashSet<TableId>,
-    /// Generated SQL per source table definition.
-    tables: HashMap<Arc<TableSchema>, TableSql>,
-    /// Which source table each replica table receives (two never share one).
-    targets: HashMap<TableId, TableId>,
-    offsets_table: String,
-    quarantine_table: String,
-    snapshot_table: String,
-    ddl_table: String,
 }
 
-/// What one target transaction does.
-#[derive(Clone, Copy)]
-enum Mode<'a> {
-    /// Apply after the offset, leaving out `skip`, and move the offset.
-    Stream { skip: &'a HashSet<TableId> },
-    /// Apply the events of a quarantined table from `from` (all at or below
-    /// the offset) and move its quarantine to `next` or lift it.
-    Resume {
-        table: &'a TableId,
-        from: u64,
-        next: Option<u64>,
-    },
+impl From<MysqlSinkConfig> for MysqlEngine {
+    fn from(config: MysqlSinkConfig) -> Self {
+        Self::new(config)
+    }
 }
 
-impl MysqlSink {
-    /// A sink for replica `name` (the key of its row in `dbmux_offsets`). Connects on `open`.
-    pub fn new(name: &str, config: MysqlSinkConfig) -> Self {
-        let offsets_table = format!(
-            "{}.{}",
-            sql::quote_ident(&config.offsets_database),
-            sql::quote_ident(OFFSETS_TABLE)
-        );
-        let quarantine_table = format!(
-            "{}.{}",
-            sql::quote_ident(&config.offsets_database),
-            sql::quote_ident(QUARANTINE_TABLE)
-        );
-        let own = |t: &str| {
-            format!(
-                "{}.{}",
-                sql::quote_ident(&config.offsets_database),
-                sql::quote_ident(t)
-            )
-        };
-        let snapshot_table = own(SNAPSHOT_TABLE);
-        let ddl_table = own(DDL_TABLE);
+/// Per replica table: its statement texts, built once.
+#[derive(Debug)]
+pub struct MysqlTable {
+    update_one: Arc<str>,
+    delete_one: Arc<str>,
+    /// Multi-row statements by kind and (padded) row count.
+    multi: HashMap<(RowsKind, usize), Arc<str>>,
+}
+
+impl MysqlEngine {
+    pub fn new(config: MysqlSinkConfig) -> Self {
+        let books = Bookkeeping::new(&config.offsets_database);
         Self {
-            name: name.to_string(),
             config,
-            conn: None,
+            books,
             flavor: Flavor::MariaDb,
-            applied: 0,
-            known_tables: HashSet::new(),
-            tables: HashMap::new(),
-            targets: HashMap::new(),
-            quarantine_table,
-            offsets_table,
-            snapshot_table,
-            ddl_table,
         }
     }
 
-    /// The offset as of the last `open` or successful `apply`.
-    pub fn applied_seq(&self) -> u64 {
-        self.applied
-    }
-
-    /// The configuration.
     pub fn config(&self) -> &MysqlSinkConfig {
         &self.config
     }
 
-    async fn connect(&mut self) -> Result<()> {
-        if let Some(old) = self.conn.take() {
-            let _ = old.disconnect().await;
-        }
-        let opts = Opts::from_url(&self.config.url).map_err(|e| MysqlApplyError::Url(e.to_string()))?;
-        let opts = OptsBuilder::from_opts(opts)
-            .client_found_rows(true)
-            .stmt_cache_size(STMT_CACHE_SIZE);
-        let mut conn = Conn::new(opts).await.map_err(driver("connecting"))?;
-        for stmt in sql::SESSION_SETUP {
-            conn.query_drop(*stmt)
-                .await
-                .map_err(driver("setting up the session"))?;
-        }
-        let version: Option<String> = conn
-            .query_first("SELECT VERSION()")
-            .await
-            .map_err(driver("reading the server version"))?;
-        self.flavor = Flavor::from_version(version.as_deref().unwrap_or(""));
-        conn.query_drop(format!(
-            "CREATE DATABASE IF NOT EXISTS {} DEFAULT CHARACTER SET utf8mb4",
-            sql::quote_ident(&self.config.offsets_database)
-        ))
-        .await
-        .map_err(driver("creating the offsets database"))?;
-        conn.query_drop(format!(
-            "CREATE TABLE IF NOT EXISTS {} (\
-             `consumer` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY, \
-             `seq` BIGINT UNSIGNED NOT NULL, \
-             `position` TEXT NULL, \
-             `updated_at` TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB",
-            self.offsets_table
-        ))
-        .await
-        .map_err(driver("creating the offsets table"))?;
-        conn.query_drop(format!(
-            "CREATE TABLE IF NOT EXISTS {} (\
-             `consumer` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
-             `table_schema` VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
-             `table_name` VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
-             `first_seq` BIGINT UNSIGNED NOT NULL, \
-             `reason` TEXT NOT NULL, \
-             `since` TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
-             PRIMARY KEY (`consumer`, `table_schema`, `table_name`)) ENGINE=InnoDB",
-            self.quarantine_table
-        ))
-        .await
-        .map_err(driver("creating the quarantine table"))?;
-        conn.query_drop(format!(
-            "CREATE TABLE IF NOT EXISTS {} (\
-             `consumer` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
-             `table_schema` VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
-             `table_name` VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
-             `run` BIGINT UNSIGNED NOT NULL, \
-             `since` TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
-             PRIMARY KEY (`consumer`, `table_schema`, `table_name`)) ENGINE=InnoDB",
-            self.snapshot_table
-        ))
-        .await
-        .map_err(driver("creating the snapshot table"))?;
-        conn.query_drop(format!(
-            "CREATE TABLE IF NOT EXISTS {} (\
-             `consumer` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY, \
-             `seq` BIGINT UNSIGNED NOT NULL, \
-             `statement` LONGTEXT NOT NULL, \
-             `since` TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB",
-            self.ddl_table
-        ))
-        .await
-        .map_err(driver("creating the schema-change table"))?;
-        conn.exec_drop(
-            format!(
-                "INSERT INTO {} (`consumer`, `seq`) VALUES (?, 0) ON DUPLICATE KEY UPDATE `consumer` = `consumer`",
-                self.offsets_table
-            ),
-            (self.name.as_str(),),
-        )
-        .await
-        .map_err(driver("registering in the offsets table"))?;
-        let seq: Option<u64> = conn
-            .exec_first(
-                format!("SELECT `seq` FROM {} WHERE `consumer` = ?", self.offsets_table),
-                (self.name.as_str(),),
-            )
-            .await
-            .map_err(driver("reading the offset"))?;
-        self.applied = seq.ok_or_else(|| self.offset_missing())?;
-        self.conn = Some(conn);
-        Ok(())
+    /// The replica's flavor as of the last connection.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
     }
 
-    fn offset_missing(&self) -> MysqlApplyError {
-        MysqlApplyError::OffsetRowMissing {
-            table: format!("{}.{}", self.config.offsets_database, OFFSETS_TABLE),
-            consumer: self.name.clone(),
-        }
+    fn text(s: &str) -> mysql_async::Value {
+        mysql_async::Value::Bytes(s.as_bytes().to_vec())
     }
 
-    /// Creates every replica database and table the plan needs that is not known
-    /// to exist. Runs outside the data transaction: DDL commits implicitly in MySQL.
-    async fn ensure_tables(&mut self, txns: &[Transaction], mode: Mode<'_>) -> Result<()> {
-        let mut seen: HashSet<usize> = HashSet::new();
-        for ev in txns.iter().flat_map(|t| &t.events) {
-            let wanted = match mode {
-                Mode::Stream { skip } => ev.seq > self.applied && !skip.contains(&ev.table.id),
-                Mode::Resume { table, from, .. } => ev.seq >= from && ev.table.id == *table,
-            };
-            if !wanted {
-                continue;
-            }
-            match &ev.op {
-                pipeline::Op::Snapshot(m) => {
-                    if m.phase.recreates() {
-                        self.recreate(ev, m).await.map_err(|e| e.in_table(&ev.table.id))?;
-                        seen.insert(Arc::as_ptr(&ev.table) as usize);
-                    }
-                    continue;
-                }
-                pipeline::Op::Ddl(_) => continue,
-                _ => {}
-            }
-            if !seen.insert(Arc::as_ptr(&ev.table) as usize) {
-                continue;
-            }
-            self.ensure_table(ev)
-                .await
-                .map_err(|e| e.in_table(&ev.table.id))?;
-        }
-        Ok(())
+    fn who(consumer: &str, table: &TableId) -> Vec<mysql_async::Value> {
+        vec![
+            Self::text(consumer),
+            Self::text(&table.schema),
+            Self::text(&table.name),
+        ]
     }
 
-    /// The replica table a source table is written to, checked: never
-    /// dbmux's own tables, never one another source table already feeds.
-    fn claim_target(&mut self, source: &TableId) -> Result<TableId> {
-        let target = TableId::new(self.config.target_database(&source.schema), source.name.clone());
-        if target.schema == self.config.offsets_database
-            && [OFFSETS_TABLE, QUARANTINE_TABLE, SNAPSHOT_TABLE, DDL_TABLE].contains(&target.name.as_str())
-        {
-            return Err(MysqlApplyError::TargetTaken {
-                table: source.clone(),
-                target: target.to_string(),
-                other: TableId::new("dbmux", "itself"),
-            });
-        }
-        match self.targets.get(&target) {
-            Some(other) if other != source => {
-                return Err(MysqlApplyError::TargetTaken {
-                    table: source.clone(),
-                    target: target.to_string(),
-                    other: other.clone(),
-                })
-            }
-            Some(_) => {}
-            None => {
-                self.targets.insert(target.clone(), source.clone());
-            }
-        }
-        Ok(target)
-    }
-
-    /// A snapshot's first chunk: the replica table is dropped and created
-    /// again as the source has it at the chunk's position — from the source's
-    /// own `CREATE TABLE` on a MariaDB replica (indexes, defaults and all),
-    /// from the definition otherwise. Runs before the data transaction (DDL
-    /// commits by itself); running it twice is harmless.
-    async fn recreate(
-        &mut self,
-        ev: &pipeline::ChangeEvent,
-        mark: &pipeline::snapshot::SnapshotMark,
-    ) -> Result<()> {
-        let target = self.claim_target(&ev.table.id)?;
-        let source_statement = match &mark.phase {
-            pipeline::snapshot::SnapshotPhase::Chunk { create, .. } => create.clone(),
-            _ => None,
-        };
-        let config = self.config.clone();
-        let map = |db: &str| config.target_database(db).to_string();
-        let create = match source_statement.filter(|_| self.flavor == Flavor::MariaDb) {
-            Some(text) => super::ddl::rewrite(&text, &ev.table.id.schema, &map).ok(),
-            None => None,
-        };
-        let create = match create {
-            Some(c) => c,
-            None => sql::create_table_sql(&target, &ev.table, self.flavor).map_err(|(column, message)| {
-                MysqlApplyError::UnsupportedColumn {
-                    table: target.to_string(),
-                    column,
-                    message,
-                }
-            })?,
-        };
-        let conn = self.conn.as_mut().expect("connected");
-        conn.query_drop(format!(
-            "CREATE DATABASE IF NOT EXISTS {} DEFAULT CHARACTER SET utf8mb4",
-            sql::quote_ident(&target.schema)
-        ))
-        .await
-        .map_err(driver(format!("creating database {}", target.schema)))?;
-        conn.query_drop(format!("DROP TABLE IF EXISTS {}", sql::quote_table(&target)))
-            .await
-            .map_err(driver(format!("dropping {target} to reload it")))?;
-        conn.query_drop(&create)
-            .await
-            .map_err(driver(format!("creating table {target}")))?;
-        self.tables.retain(|k, _| k.id != ev.table.id);
-        self.known_tables.insert(target);
-        Ok(())
-    }
-
-    async fn ensure_table(&mut self, ev: &pipeline::ChangeEvent) -> Result<()> {
-        if matches!(ev.op, pipeline::Op::Ddl(_) | pipeline::Op::Snapshot(_)) {
-            return Ok(());
-        }
-        let target = self.claim_target(&ev.table.id)?;
-        if self.known_tables.contains(&target) {
-            return Ok(());
-        }
-        if ev.table.columns_unknown() {
-            // A TRUNCATE of a table capture has no definition for (its first
-            // event after a restart, or a table created while dbmux runs):
-            // truncate it if the replica has it; a missing table is empty,
-            // and `apply_in` skips the truncate.
-            let conn = self.conn.as_mut().expect("connected");
-            let exists: Option<u8> = conn
-                .exec_first(
-                    "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-                    (&target.schema, &target.name),
-                )
-                .await
-                .map_err(driver(format!("looking for table {target}")))?;
-            if exists.is_some() {
-                self.known_tables.insert(target);
-            }
-            return Ok(());
-        }
-        if let Some(f) = pipeline::cascade::uncaptured_parent(&ev.table) {
-            return Err(MysqlApplyError::Internal(
-                pipeline::cascade::uncaptured_parent_message(f),
-            ));
-        }
-        let create =
-            sql::create_table_sql(&target, &ev.table, self.flavor).map_err(|(column, message)| {
-                MysqlApplyError::UnsupportedColumn {
-                    table: target.to_string(),
-                    column,
-                    message,
-                }
-            })?;
-        let conn = self.conn.as_mut().expect("connected");
-        conn.query_drop(format!(
-            "CREATE DATABASE IF NOT EXISTS {} DEFAULT CHARACTER SET utf8mb4",
-            sql::quote_ident(&target.schema)
-        ))
-        .await
-        .map_err(driver(format!("creating database {}", target.schema)))?;
-        conn.query_drop(create)
-            .await
-            .map_err(driver(format!("creating table {target}")))?;
-        self.known_tables.insert(target);
-        Ok(())
-    }
-
-    fn table_sql(&mut self, schema: &Arc<TableSchema>) -> &mut TableSql {
-        let config = &self.config;
-        let flavor = self.flavor;
-        self.tables.entry(schema.clone()).or_insert_with(|| {
-            let target = TableId::new(config.target_database(&schema.id.schema), schema.id.name.clone());
-            TableSql {
-                target_text: target.to_string(),
-                update_one: sql::update_one_sql(&target, schema, flavor),
-                delete_one: sql::delete_one_sql(&target, schema, flavor),
-                truncate: sql::truncate_sql(&target),
-                target,
-                multi: HashMap::new(),
-            }
-        })
-    }
-
-    /// Applies `txns` in one target transaction as `mode` says. A set-based
-    /// plan that trips a constraint (a unique key other than the primary key,
-    /// a foreign key the user created) is rolled back and applied again in
-    /// source order, which the source itself proved valid.
-    async fn apply_group(&mut self, txns: &[Transaction], mode: Mode<'_>) -> Result<()> {
-        let mut conn = self.conn.take().expect("connected");
-        let mut result = self.apply_in(&mut conn, txns, mode, false).await;
-        if result
-            .as_ref()
-            .is_err_and(MysqlApplyError::may_pass_in_source_order)
-        {
-            let e = result.as_ref().expect_err("an error");
-            tracing::info!(replica = %self.name, error = %e, "set-based batch broke a constraint; applying it in source order");
-            let _ = conn.query_drop("ROLLBACK").await;
-            result = self.apply_in(&mut conn, txns, mode, true).await;
-        }
-        match result {
-            Ok(applied) => {
-                self.applied = applied;
-                self.conn = Some(conn);
-                Ok(())
-            }
-            Err(e) => {
-                // Roll back what is open; the connection is dropped either way so
-                // the next call starts clean and re-reads the offset.
-                let _ = conn.query_drop("ROLLBACK").await;
-                let _ = conn.disconnect().await;
-                self.known_tables.clear();
-                Err(e)
-            }
-        }
-    }
-
-    async fn apply_in(
-        &mut self,
-        conn: &mut Conn,
-        txns: &[Transaction],
-        mode: Mode<'_>,
-        source_order: bool,
-    ) -> Result<u64> {
-        conn.query_drop("START TRANSACTION")
-            .await
-            .map_err(driver("starting a transaction"))?;
-        let stored: Option<u64> = conn
-            .exec_first(
-                format!(
-                    "SELECT `seq` FROM {} WHERE `consumer` = ? FOR UPDATE",
-                    self.offsets_table
-                ),
-                (self.name.as_str(),),
-            )
-            .await
-            .map_err(driver("locking the offset"))?;
-        let applied = stored.ok_or_else(|| self.offset_missing())?;
-        let only: HashSet<TableId>;
-        let options = match mode {
-            Mode::Stream { skip } => PlanOptions {
-                applied,
-                skip: Some(skip),
-                only: None,
-                source_order,
-            },
-            Mode::Resume { table, from, .. } => {
-                if let Some(e) = txns.iter().flat_map(|t| &t.events).find(|e| e.seq > applied) {
-                    return Err(MysqlApplyError::Internal(format!(
-                        "resuming {table}: event seq {} is beyond the replica's offset {applied}",
-                        e.seq
-                    )));
-                }
-                only = [table.clone()].into();
-                PlanOptions {
-                    applied: from.saturating_sub(1),
-                    skip: None,
-                    only: Some(&only),
-                    source_order,
-                }
-            }
-        };
-        let plan = batch::plan_with(txns, &options)?;
-        // Cascades leave quarantined tables alone; while resuming a table they
-        // change that table only (see docs/operations.md).
-        let skip: Box<Skip<'_>> = match mode {
-            Mode::Stream { skip } => Box::new(move |t: &TableId| skip.contains(t)),
-            Mode::Resume { table, .. } => Box::new(move |t: &TableId| t != table),
-        };
-        if let Mode::Resume { table, next, .. } = mode {
-            for step in &plan.steps {
-                self.run_step(conn, step, &*skip)
-                    .await
-                    .map_err(|e| e.in_table(&step.table.id))?;
-            }
-            let done = match next {
-                Some(n) => conn.exec_drop(
-                    format!(
-                        "UPDATE {} SET `first_seq` = ? WHERE `consumer` = ? AND `table_schema` = ? AND `table_name` = ?",
-                        self.quarantine_table
-                    ),
-                    (n, self.name.as_str(), &table.schema, &table.name),
-                ),
-                None => conn.exec_drop(
-                    format!(
-                        "DELETE FROM {} WHERE `consumer` = ? AND `table_schema` = ? AND `table_name` = ?",
-                        self.quarantine_table
-                    ),
-                    (self.name.as_str(), &table.schema, &table.name),
-                ),
-            };
-            done.await.map_err(driver("moving the quarantine"))?;
-            conn.query_drop("COMMIT").await.map_err(driver("committing"))?;
-            return Ok(applied);
-        }
-        let Some(last) = plan.last_seq else {
-            conn.query_drop("COMMIT").await.map_err(driver("committing"))?;
-            return Ok(applied);
-        };
-        let first = txns
-            .iter()
-            .flat_map(|t| &t.events)
-            .map(|e| e.seq)
-            .find(|&s| s > applied)
-            .unwrap_or(last);
-        if applied > 0 && first > applied + 1 {
-            return Err(MysqlApplyError::Gap {
-                applied,
-                next: first,
-                missing: applied + 1,
-            });
-        }
-        for step in &plan.steps {
-            self.run_step(conn, step, &*skip)
-                .await
-                .map_err(|e| e.in_table(&step.table.id))?;
-        }
-        let position = txns
-            .iter()
-            .rev()
-            .flat_map(|t| t.events.iter().rev())
-            .find(|e| e.seq == last)
-            .map(|e| e.position.to_string());
-        conn.exec_drop(
-            format!(
-                "UPDATE {} SET `seq` = ?, `position` = ?, `updated_at` = CURRENT_TIMESTAMP(6) WHERE `consumer` = ?",
-                self.offsets_table
-            ),
-            (last, position, self.name.as_str()),
-        )
-        .await
-        .map_err(driver("writing the offset"))?;
-        conn.query_drop("COMMIT").await.map_err(driver("committing"))?;
-        Ok(last)
-    }
-
-    /// Executes one step of a plan inside the open transaction.
-    async fn run_step(&mut self, conn: &mut Conn, step: &batch::Step<'_>, skip: &Skip<'_>) -> Result<()> {
-        let max_rows = self.config.max_rows_per_statement;
-        let max_bytes = self.config.max_statement_bytes;
-        let width = step.table.columns.len();
-        let per_stmt = max_rows.min(sql::MAX_PARAMS / width.max(1)).max(1);
-        match &step.action {
-            Action::Upsert(rows) | Action::Delete(rows) | Action::Insert(rows) | Action::Load(rows) => {
-                let (kind, pad) = match &step.action {
-                    Action::Upsert(_) => (0u8, true),
-                    Action::Load(_) if step.table.has_primary_key() => (0u8, true),
-                    Action::Delete(_) => (1, true),
-                    _ => (2, false),
-                };
-                let key_only = kind == 1;
-                let per_stmt = if key_only {
-                    max_rows.min(sql::MAX_PARAMS / step.table.primary_key.len().max(1))
-                } else {
-                    per_stmt
-                };
-                for chunk in batch::chunks(rows, per_stmt, max_bytes) {
-                    let shape = if pad {
-                        chunk.len().next_power_of_two().min(per_stmt).max(chunk.len())
-                    } else {
-                        chunk.len()
-                    };
-                    let params = self.params(step.table, chunk, shape, key_only)?;
-                    let t = self.table_sql(step.table);
-                    let stmt = t
-                        .multi
-                        .entry((kind, shape))
-                        .or_insert_with(|| {
-                            match kind {
-                                0 => sql::upsert_sql(&t.target, step.table, shape),
-                                1 => sql::delete_sql(&t.target, step.table, shape),
-                                _ => sql::insert_sql(&t.target, step.table, shape),
-                            }
-                            .into()
-                        })
-                        .clone();
-                    let what = ["upserting into", "deleting from", "inserting into"][kind as usize];
-                    let context = format!("{what} {}", t.target_text);
-                    conn.exec_drop(&*stmt, Params::Positional(params))
-                        .await
-                        .map_err(driver(context))?;
-                }
-            }
-            Action::UpdateOne { seq, before, after } => {
-                let mut params = self.row_params(step.table, after)?;
-                params.extend(self.row_params(step.table, before)?);
-                let t = self.table_sql(step.table);
-                let (stmt, table) = (t.update_one.clone(), t.target_text.clone());
-                conn.exec_drop(stmt, Params::Positional(params))
-                    .await
-                    .map_err(driver(format!("updating {table}")))?;
-                if conn.affected_rows() != 1 {
-                    return Err(MysqlApplyError::Diverged {
-                        table,
-                        op: "update",
-                        seq: *seq,
-                    });
-                }
-            }
-            Action::DeleteOne { seq, before } => {
-                let params = self.row_params(step.table, before)?;
-                let t = self.table_sql(step.table);
-                let (stmt, table) = (t.delete_one.clone(), t.target_text.clone());
-                conn.exec_drop(stmt, Params::Positional(params))
-                    .await
-                    .map_err(driver(format!("deleting from {table}")))?;
-                if conn.affected_rows() != 1 {
-                    return Err(MysqlApplyError::Diverged {
-                        table,
-                        op: "delete",
-                        seq: *seq,
-                    });
-                }
-            }
-            Action::Truncate => {
-                let target = self.table_sql(step.table).target.clone();
-                if step.table.columns_unknown() && !self.known_tables.contains(&target) {
-                    return Ok(()); // the replica has no such table: nothing to truncate
-                }
-                let t = self.table_sql(step.table);
-                let (stmt, table) = (t.truncate.clone(), t.target_text.clone());
-                conn.query_drop(stmt)
-                    .await
-                    .map_err(driver(format!("truncating {table}")))?;
-            }
-            Action::Snapshot { seq, mark } => self.record_snapshot(conn, step.table, *seq, mark).await?,
-            // Executed before this transaction (see `apply_ddl`).
-            Action::Ddl { .. } => {}
-            Action::Cascade(change) => {
-                let mut store = MysqlCascade {
-                    conn,
-                    config: &self.config,
-                    known: &mut self.known_tables,
-                };
-                pipeline::cascade::cascade(&mut store, step.table, change, skip)
-                    .await
-                    .map_err(|e| match e {
-                        CascadeError::Store(e) => e,
-                        e => MysqlApplyError::Internal(e.to_string()),
-                    })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Parameters for `shape` rows (the chunk, then its last row repeated), of
-    /// whole rows or of key columns only.
-    fn params(
-        &self,
-        table: &TableSchema,
-        chunk: &[&Row],
+    /// Parameters of `cols` of each row, then the last row's repeated up to
+    /// `shape` rows.
+    fn values(
+        t: &TableSchema,
+        cols: &[usize],
+        rows: &[&Row],
         shape: usize,
-        key_only: bool,
-    ) -> Result<Vec<mysql_async::Value>> {
-        let cols: Vec<usize> = if key_only {
-            table.primary_key.clone()
-        } else {
-            (0..table.columns.len()).collect()
-        };
+    ) -> Result<Vec<mysql_async::Value>, ValueError> {
         let mut out = Vec::with_capacity(cols.len() * shape);
-        for row in chunk {
-            for &i in &cols {
-                out.push(self.param(table, i, &row[i])?);
+        for row in rows {
+            for &i in cols {
+                let c = &t.columns[i];
+                out.push(sql::to_param(&row[i], c).map_err(|message| ValueError {
+                    column: c.name.clone(),
+                    message,
+                })?);
             }
         }
-        let last = out.len() - cols.len();
-        for _ in chunk.len()..shape {
-            out.extend_from_within(last..last + cols.len());
+        if let Some(last) = out.len().checked_sub(cols.len()) {
+            for _ in rows.len()..shape {
+                out.extend_from_within(last..last + cols.len());
+            }
         }
         Ok(out)
-    }
-
-    fn row_params(&self, table: &TableSchema, row: &Row) -> Result<Vec<mysql_async::Value>> {
-        row.iter()
-            .enumerate()
-            .map(|(i, v)| self.param(table, i, v))
-            .collect()
-    }
-
-    fn param(&self, table: &TableSchema, i: usize, v: &pipeline::Value) -> Result<mysql_async::Value> {
-        let col = &table.columns[i];
-        sql::to_param(v, col).map_err(|message| MysqlApplyError::Value {
-            table: format!(
-                "{}.{}",
-                self.config.target_database(&table.id.schema),
-                table.id.name
-            ),
-            column: col.name.clone(),
-            message,
-        })
-    }
-}
-
-impl MysqlSink {
-    async fn read_pending(&mut self) -> Result<Vec<TableId>> {
-        let conn = self.conn.as_mut().expect("connected");
-        let rows: Vec<(String, String)> = conn
-            .exec(
-                format!(
-                    "SELECT `table_schema`, `table_name` FROM {} WHERE `consumer` = ? ORDER BY 1, 2",
-                    self.snapshot_table
-                ),
-                (self.name.as_str(),),
-            )
-            .await
-            .map_err(driver("reading the snapshot table"))?;
-        Ok(rows.into_iter().map(|(s, n)| TableId::new(s, n)).collect())
-    }
-
-    /// What a snapshot mark changes in the replica's own tables, inside the
-    /// data transaction (see `pipeline::sink`).
-    async fn record_snapshot(
-        &self,
-        conn: &mut Conn,
-        table: &TableSchema,
-        seq: u64,
-        mark: &pipeline::snapshot::SnapshotMark,
-    ) -> Result<()> {
-        use pipeline::snapshot::SnapshotPhase;
-        let id = &table.id;
-        let who = (self.name.as_str(), id.schema.as_str(), id.name.as_str());
-        let delete_pending = format!(
-            "DELETE FROM {} WHERE `consumer` = ? AND `table_schema` = ? AND `table_name` = ?",
-            self.snapshot_table
-        );
-        let delete_quarantine = format!(
-            "DELETE FROM {} WHERE `consumer` = ? AND `table_schema` = ? AND `table_name` = ?",
-            self.quarantine_table
-        );
-        let ctx = || driver(format!("recording the snapshot of {id}"));
-        match &mark.phase {
-            SnapshotPhase::Begin { .. } => conn
-                .exec_drop(
-                    format!(
-                        "INSERT INTO {} (`consumer`, `table_schema`, `table_name`, `run`) VALUES (?, ?, ?, ?) \
-                         ON DUPLICATE KEY UPDATE `run` = VALUES(`run`), `since` = CURRENT_TIMESTAMP(6)",
-                        self.snapshot_table
-                    ),
-                    (who.0, who.1, who.2, mark.id),
-                )
-                .await
-                .map_err(ctx())?,
-            SnapshotPhase::Chunk { .. } => {
-                if mark.phase.recreates() {
-                    conn.exec_drop(&delete_quarantine, who).await.map_err(ctx())?;
-                }
-                if mark.phase.ends_pending() {
-                    conn.exec_drop(&delete_pending, who).await.map_err(ctx())?;
-                }
-            }
-            SnapshotPhase::End { reason } => {
-                conn.exec_drop(&delete_pending, who).await.map_err(ctx())?;
-                conn.exec_drop(
-                    format!(
-                        "INSERT INTO {} (`consumer`, `table_schema`, `table_name`, `first_seq`, `reason`) \
-                         VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE `first_seq` = VALUES(`first_seq`), \
-                         `reason` = VALUES(`reason`), `since` = CURRENT_TIMESTAMP(6)",
-                        self.quarantine_table
-                    ),
-                    (who.0, who.1, who.2, seq, reason.as_str()),
-                )
-                .await
-                .map_err(ctx())?;
-            }
-        }
-        Ok(())
     }
 
     /// The statements that make one schema change on this replica: the
     /// source's statement with its table names qualified and mapped, or a
     /// generated one where the statement would do more than this table's
     /// part (a multi-table `DROP`/`RENAME`).
-    fn ddl_statements(
-        &self,
-        table: &TableSchema,
-        change: &pipeline::ddl::SchemaChange,
-    ) -> std::result::Result<Vec<String>, String> {
-        use pipeline::ddl::DdlKind;
+    fn ddl_statements(&self, table: &TableSchema, change: &SchemaChange) -> Result<Vec<String>, String> {
         let config = &self.config;
         let map = |db: &str| config.target_database(db).to_string();
         let target = TableId::new(map(&table.id.schema), table.id.name.clone());
-        let replay = || -> std::result::Result<Vec<String>, String> {
+        let replay = || -> Result<Vec<String>, String> {
             match super::ddl::rewrite(&change.statement, &change.default_schema, &map) {
                 Ok(s) => Ok(vec![s]),
                 Err(e) => {
@@ -1148,12 +341,7 @@ impl MysqlSink {
         // table's first row too). Created with utf8mb4 like there; a replayed
         // CREATE TABLE without a charset then takes utf8mb4 where the master's
         // database default may be another (values are the same text).
-        let ensure_db = |target: &TableId| {
-            format!(
-                "CREATE DATABASE IF NOT EXISTS {} DEFAULT CHARACTER SET utf8mb4",
-                sql::quote_ident(&target.schema)
-            )
-        };
+        let ensure_db = |target: &TableId| sql::create_database_sql(&target.schema);
         Ok(match &change.kind {
             DdlKind::CreateTable { .. } => {
                 let mut v = vec![ensure_db(&target)];
@@ -1197,533 +385,449 @@ impl MysqlSink {
             }
         })
     }
+}
 
-    /// Applies one schema-change transaction. MariaDB/MySQL DDL commits by
-    /// itself, so: (1) with the offset row locked, note the change as
-    /// possibly running (`dbmux_ddl`) and commit; (2) run it; (3) move the
-    /// offset and forget the note in one transaction. A crash between (1)
-    /// and (3) leaves the note: the retry runs the statement again and takes
-    /// "already exists / does not exist" answers as done (MariaDB's DDL is
-    /// atomic: all of a statement happened or none).
-    async fn apply_ddl(&mut self, txn: &Transaction, skip: &HashSet<TableId>) -> Result<()> {
-        if self.conn.is_none() {
-            self.connect().await?;
-        }
-        let mut conn = self.conn.take().expect("connected");
-        let r = self.apply_ddl_in(&mut conn, txn, skip).await;
-        match r {
-            Ok(()) => {
-                self.conn = Some(conn);
-                Ok(())
-            }
-            Err(e) => {
-                let _ = conn.query_drop("ROLLBACK").await;
-                let _ = conn.disconnect().await;
-                Err(e)
-            }
+impl Engine for MysqlEngine {
+    type Param = mysql_async::Value;
+    type Error = mysql_async::Error;
+    type Conn = Conn;
+    /// The table exists (nothing more is read of it).
+    type Described = ();
+    type Table = MysqlTable;
+
+    const NAME: &'static str = "MariaDB/MySQL";
+    const AUTOCOMMIT_DDL: bool = true;
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_rows_per_statement: self.config.max_rows_per_statement,
+            max_statement_bytes: self.config.max_statement_bytes,
+            max_transactions_per_commit: self.config.max_transactions_per_commit,
         }
     }
 
-    async fn apply_ddl_in(
-        &mut self,
+    fn classify(e: &Self::Error) -> ErrorClass {
+        classify_driver(e)
+    }
+
+    /// A duplicate unique value (1062), the upsert guard firing because a row
+    /// collided on a key other than the primary key (1048, see
+    /// [`sql::upsert_sql`]), a foreign key of a table created by the user
+    /// (1451, 1452).
+    fn may_pass_in_source_order(e: &Self::Error) -> bool {
+        matches!(e, mysql_async::Error::Server(s) if matches!(s.code, 1062 | 1048 | 1451 | 1452))
+    }
+
+    async fn connect(&mut self) -> Result<Conn, Self::Error> {
+        let opts = Opts::from_url(&self.config.url)?;
+        let opts = OptsBuilder::from_opts(opts)
+            .client_found_rows(true)
+            .stmt_cache_size(STMT_CACHE_SIZE);
+        let mut conn = Conn::new(opts).await?;
+        for stmt in sql::SESSION_SETUP {
+            conn.query_drop(*stmt).await?;
+        }
+        let version: Option<String> = conn.query_first("SELECT VERSION()").await?;
+        self.flavor = Flavor::from_version(version.as_deref().unwrap_or(""));
+        Ok(conn)
+    }
+
+    /// Statements with parameters are prepared (and cached by the
+    /// connection); those without go as text (DDL, `START TRANSACTION`).
+    async fn execute(conn: &mut Conn, s: &Statement<Self::Param>) -> Result<u64, Self::Error> {
+        if s.params.is_empty() {
+            conn.query_drop(&*s.sql).await?;
+        } else {
+            conn.exec_drop(&*s.sql, Params::Positional(s.params.clone()))
+                .await?;
+        }
+        Ok(conn.affected_rows())
+    }
+
+    async fn query(
         conn: &mut Conn,
-        txn: &Transaction,
-        skip: &HashSet<TableId>,
-    ) -> Result<()> {
-        use pipeline::ddl::DdlKind;
-        let (first, last) = (txn.first_seq(), txn.last_seq());
-        let lock = format!(
-            "SELECT `seq` FROM {} WHERE `consumer` = ? FOR UPDATE",
-            self.offsets_table
-        );
-        conn.query_drop("START TRANSACTION")
-            .await
-            .map_err(driver("starting a transaction"))?;
-        let applied: u64 = conn
-            .exec_first(&lock, (self.name.as_str(),))
-            .await
-            .map_err(driver("locking the offset"))?
-            .ok_or_else(|| self.offset_missing())?;
-        if last <= applied {
-            conn.query_drop("COMMIT").await.map_err(driver("committing"))?;
-            self.applied = applied;
-            return Ok(());
+        s: &Statement<Self::Param>,
+    ) -> Result<Vec<Vec<Self::Param>>, Self::Error> {
+        let rows: Vec<mysql_async::Row> = if s.params.is_empty() {
+            conn.query(&*s.sql).await?
+        } else {
+            conn.exec(&*s.sql, Params::Positional(s.params.clone())).await?
+        };
+        Ok(rows.into_iter().map(mysql_async::Row::unwrap).collect())
+    }
+
+    async fn begin(conn: &mut Conn) -> Result<(), Self::Error> {
+        conn.query_drop("START TRANSACTION").await
+    }
+
+    async fn commit(conn: &mut Conn) -> Result<(), Self::Error> {
+        conn.query_drop("COMMIT").await
+    }
+
+    async fn rollback(conn: &mut Conn) -> Result<(), Self::Error> {
+        conn.query_drop("ROLLBACK").await
+    }
+
+    /// Binary results are typed; text results (queries without parameters) are digits.
+    fn as_u64(p: &Self::Param) -> Option<u64> {
+        match p {
+            mysql_async::Value::UInt(v) => Some(*v),
+            mysql_async::Value::Int(v) => u64::try_from(*v).ok(),
+            mysql_async::Value::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+            _ => None,
         }
-        if applied > 0 && first > applied + 1 {
-            return Err(MysqlApplyError::Gap {
-                applied,
-                next: first,
-                missing: applied + 1,
-            });
+    }
+
+    fn as_text(p: &Self::Param) -> Option<String> {
+        match p {
+            mysql_async::Value::Bytes(b) => String::from_utf8(b.clone()).ok(),
+            _ => None,
         }
-        let noted: Option<u64> = conn
-            .exec_first(
-                format!("SELECT `seq` FROM {} WHERE `consumer` = ?", self.ddl_table),
-                (self.name.as_str(),),
-            )
-            .await
-            .map_err(driver("reading the schema-change note"))?;
-        let maybe_ran = noted == Some(first);
-        let statement = txn
-            .events
-            .iter()
-            .find_map(|e| match &e.op {
-                pipeline::Op::Ddl(c) => Some(c.statement.clone()),
-                _ => None,
-            })
-            .unwrap_or_default();
-        conn.exec_drop(
-            format!(
-                "INSERT INTO {} (`consumer`, `seq`, `statement`) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE \
-                 `seq` = VALUES(`seq`), `statement` = VALUES(`statement`), `since` = CURRENT_TIMESTAMP(6)",
-                self.ddl_table
-            ),
-            (self.name.as_str(), first, statement.as_str()),
-        )
-        .await
-        .map_err(driver("noting the schema change"))?;
-        conn.query_drop("COMMIT").await.map_err(driver("committing"))?;
-        // (2) The statements.
-        let mut bookkeeping: Vec<(String, Vec<mysql_async::Value>)> = Vec::new();
-        for ev in &txn.events {
-            let pipeline::Op::Ddl(change) = &ev.op else {
-                continue;
-            };
-            if skip.contains(&ev.table.id) {
-                continue;
+    }
+
+    fn setup(&self) -> Vec<Statement<Self::Param>> {
+        self.books.setup().into_iter().map(Statement::text).collect()
+    }
+
+    fn offsets_table(&self) -> String {
+        format!("{}.{}", self.books.database(), OFFSETS_TABLE)
+    }
+
+    fn register(&self, consumer: &str) -> Statement<Self::Param> {
+        Statement::new(self.books.register(), vec![Self::text(consumer)])
+    }
+
+    fn read_offset(&self, consumer: &str, lock: bool) -> Statement<Self::Param> {
+        Statement::new(self.books.read_offset(lock), vec![Self::text(consumer)])
+    }
+
+    fn write_offset(
+        &self,
+        consumer: &str,
+        seq: u64,
+        position: Option<&str>,
+    ) -> Result<Statement<Self::Param>, String> {
+        Ok(Statement::new(
+            self.books.write_offset(),
+            vec![
+                mysql_async::Value::UInt(seq),
+                position.map_or(mysql_async::Value::NULL, Self::text),
+                Self::text(consumer),
+            ],
+        ))
+    }
+
+    fn read_quarantines(&self, consumer: &str) -> Statement<Self::Param> {
+        Statement::new(self.books.read_quarantines(), vec![Self::text(consumer)])
+    }
+
+    fn store_quarantine(&self, consumer: &str, q: &Quarantine) -> Statement<Self::Param> {
+        let mut params = Self::who(consumer, &q.table);
+        params.push(mysql_async::Value::UInt(q.first_seq));
+        params.push(Self::text(&q.reason));
+        Statement::new(self.books.store_quarantine(), params)
+    }
+
+    fn move_quarantine(&self, consumer: &str, table: &TableId, next: Option<u64>) -> Statement<Self::Param> {
+        let who = Self::who(consumer, table);
+        match next {
+            Some(n) => {
+                let mut params = vec![mysql_async::Value::UInt(n)];
+                params.extend(who);
+                Statement::new(self.books.move_quarantine(), params)
             }
-            let in_table = |message: String| {
-                MysqlApplyError::Ddl {
-                    table: ev.table.id.to_string(),
-                    statement: change.statement.clone(),
-                    message,
-                }
-                .in_table(&ev.table.id)
-            };
-            let statements = self.ddl_statements(&ev.table, change).map_err(in_table)?;
-            let ts = ev.txn.commit_ts_us;
-            conn.query_drop(format!(
-                "SET TIMESTAMP = {}.{:06}",
-                ts.div_euclid(1_000_000),
-                ts.rem_euclid(1_000_000)
-            ))
-            .await
-            .map_err(driver("setting the statement time"))?;
-            for st in &statements {
-                match conn.query_drop(st).await {
-                    Ok(()) => {}
-                    Err(mysql_async::Error::Server(e)) if maybe_ran && DDL_ALREADY_DONE.contains(&e.code) => {
-                        tracing::info!(replica = %self.name, seq = ev.seq, code = e.code,
-                            "schema change had already taken effect before a restart");
-                    }
-                    Err(e) if classify_driver(&e) == ErrorClass::Transient => {
-                        return Err(driver("applying a schema change")(e));
-                    }
-                    Err(e) => return Err(in_table(e.to_string())),
-                }
-            }
-            conn.query_drop("SET TIMESTAMP = DEFAULT")
-                .await
-                .map_err(driver("resetting the statement time"))?;
-            let who = |id: &TableId| -> Vec<mysql_async::Value> {
-                vec![
-                    self.name.as_str().into(),
-                    id.schema.as_str().into(),
-                    id.name.as_str().into(),
-                ]
-            };
-            match &change.kind {
-                DdlKind::DropTable => {
-                    for t in [&self.snapshot_table, &self.quarantine_table] {
-                        bookkeeping.push((
-                            format!("DELETE FROM {t} WHERE `consumer` = ? AND `table_schema` = ? AND `table_name` = ?"),
-                            who(&ev.table.id),
-                        ));
-                    }
-                }
-                DdlKind::DropDatabase => {
-                    for t in [&self.snapshot_table, &self.quarantine_table] {
-                        bookkeeping.push((
-                            format!("DELETE FROM {t} WHERE `consumer` = ? AND `table_schema` = ?"),
-                            vec![self.name.as_str().into(), ev.table.id.schema.as_str().into()],
-                        ));
-                    }
-                }
-                _ => {}
-            }
-        }
-        // Definitions changed: forget what was learned about tables.
-        self.known_tables.clear();
-        self.tables.clear();
-        self.targets.clear();
-        // (3) The offset, with the note gone.
-        conn.query_drop("START TRANSACTION")
-            .await
-            .map_err(driver("starting a transaction"))?;
-        conn.exec_drop(&lock, (self.name.as_str(),))
-            .await
-            .map_err(driver("locking the offset"))?;
-        for (st, params) in bookkeeping {
-            conn.exec_drop(st, Params::Positional(params))
-                .await
-                .map_err(driver("updating dbmux's own tables"))?;
-        }
-        conn.exec_drop(
-            format!("DELETE FROM {} WHERE `consumer` = ?", self.ddl_table),
-            (self.name.as_str(),),
-        )
-        .await
-        .map_err(driver("clearing the schema-change note"))?;
-        let position = txn.position().map(|p| p.to_string());
-        conn.exec_drop(
-            format!(
-                "UPDATE {} SET `seq` = ?, `position` = ?, `updated_at` = CURRENT_TIMESTAMP(6) WHERE `consumer` = ?",
-                self.offsets_table
-            ),
-            (last, position, self.name.as_str()),
-        )
-        .await
-        .map_err(driver("writing the offset"))?;
-        conn.query_drop("COMMIT").await.map_err(driver("committing"))?;
-        self.applied = last;
-        Ok(())
-    }
-
-    async fn read_quarantines(&mut self) -> Result<Vec<Quarantine>> {
-        let conn = self.conn.as_mut().expect("connected");
-        let rows: Vec<(String, String, u64, String)> = conn
-            .exec(
-                format!(
-                    "SELECT `table_schema`, `table_name`, `first_seq`, `reason` FROM {} WHERE `consumer` = ? \
-                     ORDER BY `table_schema`, `table_name`",
-                    self.quarantine_table
-                ),
-                (self.name.as_str(),),
-            )
-            .await
-            .map_err(driver("reading the quarantine table"))?;
-        Ok(rows
-            .into_iter()
-            .map(|(schema, name, first_seq, reason)| Quarantine {
-                table: TableId::new(schema, name),
-                first_seq,
-                reason,
-            })
-            .collect())
-    }
-
-    async fn prepare(&mut self, txns: &[Transaction], mode: Mode<'_>) -> Result<()> {
-        if self.conn.is_none() {
-            self.connect().await?;
-        }
-        if let Err(e) = self.ensure_tables(txns, mode).await {
-            if let Some(conn) = self.conn.take() {
-                let _ = conn.disconnect().await;
-            }
-            return Err(e);
-        }
-        Ok(())
-    }
-}
-
-impl Sink for MysqlSink {
-    type Error = MysqlApplyError;
-
-    async fn open(&mut self) -> Result<Opened> {
-        let r = async {
-            self.connect().await?;
-            let q = self.read_quarantines().await?;
-            Ok::<_, MysqlApplyError>((q, self.read_pending().await?))
-        }
-        .await;
-        match r {
-            Ok((quarantined, pending)) => Ok(Opened {
-                applied: self.applied,
-                quarantined,
-                pending,
-            }),
-            Err(e) => {
-                self.conn = None;
-                Err(e)
-            }
+            None => Statement::new(self.books.lift_quarantine(), who),
         }
     }
 
-    async fn apply(&mut self, txns: &[Transaction], skip: &HashSet<TableId>) -> Result<()> {
-        // Schema changes commit by themselves here: each is applied on its
-        // own, between the data before and after it.
-        let mut rest = txns;
-        while !rest.is_empty() {
-            let n = rest.iter().position(Transaction::is_ddl).unwrap_or(rest.len());
-            if n == 0 {
-                self.apply_ddl(&rest[0], skip).await?;
-                rest = &rest[1..];
-                continue;
-            }
-            let (part, tail) = rest.split_at(n);
-            rest = tail;
-            let mode = Mode::Stream { skip };
-            self.prepare(part, mode).await?;
-            let group = match self.config.max_transactions_per_commit {
-                0 => part.len().max(1),
-                n => n,
-            };
-            for g in part.chunks(group) {
-                if self.conn.is_none() {
-                    self.connect().await?;
-                }
-                self.apply_group(g, mode).await?;
-            }
-        }
-        Ok(())
+    fn target_table(&self, source: &TableId) -> TableId {
+        TableId::new(self.config.target_database(&source.schema), source.name.clone())
     }
 
-    async fn reset(&mut self, from_seq: u64) -> Result<()> {
-        if self.conn.is_none() {
-            self.connect().await?;
-        }
-        let mut conn = self.conn.take().expect("connected");
-        let r = async {
-            conn.query_drop("START TRANSACTION")
-                .await
-                .map_err(driver("starting a transaction"))?;
-            conn.exec_drop(
-                format!("SELECT `seq` FROM {} WHERE `consumer` = ? FOR UPDATE", self.offsets_table),
-                (self.name.as_str(),),
-            )
-            .await
-            .map_err(driver("locking the offset"))?;
-            conn.exec_drop(
-                format!(
-                    "UPDATE {} SET `seq` = ?, `position` = NULL, `updated_at` = CURRENT_TIMESTAMP(6) WHERE `consumer` = ?",
-                    self.offsets_table
-                ),
-                (from_seq.saturating_sub(1), self.name.as_str()),
-            )
-            .await
-            .map_err(driver("moving the offset"))?;
-            for t in [&self.quarantine_table, &self.snapshot_table, &self.ddl_table] {
-                conn.exec_drop(format!("DELETE FROM {t} WHERE `consumer` = ?"), (self.name.as_str(),))
-                    .await
-                    .map_err(driver("clearing the replica's state"))?;
-            }
-            conn.query_drop("COMMIT").await.map_err(driver("committing"))
-        }
-        .await;
-        match r {
-            Ok(()) => {
-                self.applied = from_seq.saturating_sub(1);
-                self.conn = Some(conn);
-                Ok(())
-            }
-            Err(e) => {
-                let _ = conn.disconnect().await;
-                Err(e)
-            }
-        }
+    /// Columns keep their source names.
+    fn target_column(&self, _source: &TableId, column: &str) -> String {
+        column.to_string()
     }
 
-    async fn quarantine(&mut self, q: &Quarantine) -> Result<()> {
-        if self.conn.is_none() {
-            self.connect().await?;
-        }
-        let conn = self.conn.as_mut().expect("connected");
-        let r = conn
-            .exec_drop(
-                format!(
-                    "INSERT INTO {} (`consumer`, `table_schema`, `table_name`, `first_seq`, `reason`) \
-                     VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE `first_seq` = VALUES(`first_seq`), \
-                     `reason` = VALUES(`reason`), `since` = CURRENT_TIMESTAMP(6)",
-                    self.quarantine_table
-                ),
-                (
-                    self.name.as_str(),
-                    &q.table.schema,
-                    &q.table.name,
-                    q.first_seq,
-                    q.reason.as_str(),
-                ),
-            )
-            .await
-            .map_err(driver("storing a quarantine"));
-        if r.is_err() {
-            self.conn = None;
-        }
-        r
+    fn is_own_table(&self, target: &TableId) -> bool {
+        target.schema == self.config.offsets_database && sql::OWN_TABLES.contains(&target.name.as_str())
     }
 
-    async fn resume(
-        &mut self,
-        table: &TableId,
-        txns: &[Transaction],
-        from: u64,
-        next: Option<u64>,
-    ) -> Result<()> {
-        let mode = Mode::Resume { table, from, next };
-        self.prepare(txns, mode).await?;
-        self.apply_group(txns, mode).await
-    }
-}
-
-/// Foreign-key cascades on a MySQL / MariaDB replica (see [`pipeline::cascade`]),
-/// inside the applier's open transaction. Values travel as typed parameters;
-/// rows are matched with `=` under the replica column's collation, as InnoDB
-/// matches them on the source.
-struct MysqlCascade<'a> {
-    conn: &'a mut Conn,
-    config: &'a MysqlSinkConfig,
-    /// Replica tables known to exist.
-    known: &'a mut HashSet<TableId>,
-}
-
-/// Keys per cascade statement.
-const CASCADE_KEYS_PER_STATEMENT: usize = 500;
-
-impl MysqlCascade<'_> {
-    fn target(&self, table: &TableId) -> TableId {
-        TableId::new(self.config.target_database(&table.schema), table.name.clone())
+    async fn describe(&self, conn: &mut Conn, target: &TableId) -> Result<Option<()>, Self::Error> {
+        let found: Option<u8> = conn
+            .exec_first(sql::TABLE_EXISTS, (&target.schema, &target.name))
+            .await?;
+        Ok(found.map(|_| ()))
     }
 
-    /// Whether the replica has the table (a table it does not have has no rows to change).
-    async fn exists(&mut self, target: &TableId) -> Result<bool> {
-        if self.known.contains(target) {
-            return Ok(true);
-        }
-        let found: Option<u8> = self
-            .conn
-            .exec_first(
-                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-                (&target.schema, &target.name),
-            )
-            .await
-            .map_err(driver(format!("looking for table {target}")))?;
-        if found.is_some() {
-            self.known.insert(target.clone());
-        }
-        Ok(found.is_some())
+    fn create_table(&self, target: &TableId, schema: &TableSchema) -> Result<Vec<String>, (String, String)> {
+        Ok(vec![
+            sql::create_database_sql(&target.schema),
+            sql::create_table_sql(target, schema, self.flavor)?,
+        ])
     }
 
-    /// `(a = ? AND b = ?) OR …` for `n` keys, and its parameters.
-    fn condition(cols: &[String], keys: &[Vec<mysql_async::Value>]) -> (String, Vec<mysql_async::Value>) {
-        let one = cols
-            .iter()
-            .map(|c| format!("{} = ?", sql::quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let cond = vec![format!("({one})"); keys.len()].join(" OR ");
-        (cond, keys.iter().flatten().cloned().collect())
-    }
-}
-
-impl CascadeStore for MysqlCascade<'_> {
-    type Val = mysql_async::Value;
-    type Error = MysqlApplyError;
-
-    fn value(&self, table: &TableSchema, col: usize, v: &pipeline::Value) -> Result<Self::Val> {
-        let c = &table.columns[col];
-        sql::to_param(v, c).map_err(|message| MysqlApplyError::Value {
-            table: table.id.to_string(),
-            column: c.name.clone(),
-            message,
+    fn table(&self, target: &TableId, schema: &Arc<TableSchema>, _: &()) -> Result<MysqlTable, String> {
+        Ok(MysqlTable {
+            update_one: sql::update_one_sql(target, schema, self.flavor).into(),
+            delete_one: sql::delete_one_sql(target, schema, self.flavor).into(),
+            multi: HashMap::new(),
         })
     }
 
-    fn is_null(v: &Self::Val) -> bool {
-        matches!(v, mysql_async::Value::NULL)
+    /// 65,535 parameters per statement.
+    fn max_rows(&self, table: &TargetTable<MysqlTable>, kind: RowsKind) -> usize {
+        let width = match kind {
+            RowsKind::Delete => table.schema.primary_key.len(),
+            _ => table.schema.columns.len(),
+        };
+        sql::MAX_PARAMS / width.max(1)
     }
 
-    fn null() -> Self::Val {
+    /// Upserts and deletes by key are padded to a power of two rows (at most
+    /// the statement's row limit), so a table has a handful of shapes.
+    fn rows(
+        &self,
+        table: &mut TargetTable<MysqlTable>,
+        kind: RowsKind,
+        rows: &[&Row],
+    ) -> Result<Statement<Self::Param>, ValueError> {
+        let per_statement = self
+            .max_rows(table, kind)
+            .min(self.config.max_rows_per_statement)
+            .max(1);
+        let t = &table.schema;
+        let (cols, shape): (Vec<usize>, usize) = match kind {
+            RowsKind::Insert => ((0..t.columns.len()).collect(), rows.len()),
+            RowsKind::Upsert | RowsKind::Delete => {
+                let cols = match kind {
+                    RowsKind::Delete => t.primary_key.clone(),
+                    _ => (0..t.columns.len()).collect(),
+                };
+                let shape = rows.len().next_power_of_two().min(per_statement).max(rows.len());
+                (cols, shape)
+            }
+        };
+        let params = Self::values(t, &cols, rows, shape)?;
+        let sql = table
+            .engine
+            .multi
+            .entry((kind, shape))
+            .or_insert_with(|| {
+                match kind {
+                    RowsKind::Upsert => sql::upsert_sql(&table.id, t, shape),
+                    RowsKind::Delete => sql::delete_sql(&table.id, t, shape),
+                    RowsKind::Insert => sql::insert_sql(&table.id, t, shape),
+                }
+                .into()
+            })
+            .clone();
+        Ok(Statement::new(sql, params))
+    }
+
+    /// Parameters: the after image, then the before image.
+    fn update_one(
+        &self,
+        table: &mut TargetTable<MysqlTable>,
+        before: &Row,
+        after: &Row,
+    ) -> Result<Statement<Self::Param>, ValueError> {
+        let t = &table.schema;
+        let all: Vec<usize> = (0..t.columns.len()).collect();
+        let mut params = Self::values(t, &all, &[after], 1)?;
+        params.extend(Self::values(t, &all, &[before], 1)?);
+        Ok(Statement::new(table.engine.update_one.clone(), params))
+    }
+
+    fn delete_one(
+        &self,
+        table: &mut TargetTable<MysqlTable>,
+        before: &Row,
+    ) -> Result<Statement<Self::Param>, ValueError> {
+        let t = &table.schema;
+        let all: Vec<usize> = (0..t.columns.len()).collect();
+        Ok(Statement::new(
+            table.engine.delete_one.clone(),
+            Self::values(t, &all, &[before], 1)?,
+        ))
+    }
+
+    fn truncate(&self, target: &TableId) -> Statement<Self::Param> {
+        Statement::text(sql::truncate_sql(target))
+    }
+
+    fn read_pending(&self, consumer: &str) -> Statement<Self::Param> {
+        Statement::new(self.books.read_pending(), vec![Self::text(consumer)])
+    }
+
+    fn store_pending(&self, consumer: &str, table: &TableId, run: u64) -> Statement<Self::Param> {
+        let mut params = Self::who(consumer, table);
+        params.push(mysql_async::Value::UInt(run));
+        Statement::new(self.books.store_pending(), params)
+    }
+
+    fn drop_pending(&self, consumer: &str, table: &TableId) -> Statement<Self::Param> {
+        Statement::new(self.books.drop_pending(), Self::who(consumer, table))
+    }
+
+    fn drop_schema_state(&self, consumer: &str, schema: &str) -> Vec<Statement<Self::Param>> {
+        self.books
+            .drop_schema_state()
+            .into_iter()
+            .map(|s| Statement::new(s, vec![Self::text(consumer), Self::text(schema)]))
+            .collect()
+    }
+
+    fn clear_state(&self, consumer: &str) -> Vec<Statement<Self::Param>> {
+        self.books
+            .clear_state()
+            .into_iter()
+            .map(|s| Statement::new(s, vec![Self::text(consumer)]))
+            .collect()
+    }
+
+    /// On a MariaDB replica, the source's own `CREATE TABLE` (indexes,
+    /// defaults and all) with its database mapped; otherwise, or when it
+    /// cannot be rewritten, one generated from the definition.
+    fn recreate_table(
+        &self,
+        target: &TableId,
+        schema: &TableSchema,
+        source: &TableSchema,
+        create: Option<&str>,
+    ) -> Result<Vec<String>, (String, String)> {
+        let config = &self.config;
+        let map = |db: &str| config.target_database(db).to_string();
+        let replayed = create
+            .filter(|_| self.flavor == Flavor::MariaDb)
+            .and_then(|text| super::ddl::rewrite(text, &source.id.schema, &map).ok());
+        let create = match replayed {
+            Some(c) => c,
+            None => sql::create_table_sql(target, schema, self.flavor)?,
+        };
+        Ok(vec![
+            sql::create_database_sql(&target.schema),
+            format!("DROP TABLE IF EXISTS {}", sql::quote_table(target)),
+            create,
+        ])
+    }
+
+    fn read_ddl_note(&self, consumer: &str) -> Option<Statement<Self::Param>> {
+        Some(Statement::new(
+            self.books.read_ddl_note(),
+            vec![Self::text(consumer)],
+        ))
+    }
+
+    fn store_ddl_note(&self, consumer: &str, seq: u64, statement: &str) -> Option<Statement<Self::Param>> {
+        Some(Statement::new(
+            self.books.store_ddl_note(),
+            vec![
+                Self::text(consumer),
+                mysql_async::Value::UInt(seq),
+                Self::text(statement),
+            ],
+        ))
+    }
+
+    fn clear_ddl_note(&self, consumer: &str) -> Option<Statement<Self::Param>> {
+        Some(Statement::new(
+            self.books.clear_ddl_note(),
+            vec![Self::text(consumer)],
+        ))
+    }
+
+    /// [`MysqlEngine::ddl_statements`] at the source's commit time (`SET
+    /// TIMESTAMP`, so `DEFAULT CURRENT_TIMESTAMP` columns a change adds get
+    /// the source's values).
+    async fn schema_change(
+        &self,
+        conn: &mut Conn,
+        source: &TableSchema,
+        _renamed: &TableSchema,
+        change: &SchemaChange,
+        commit_ts_us: i64,
+        retried: bool,
+    ) -> Result<(), DdlError<Self::Error>> {
+        let statements = self.ddl_statements(source, change).map_err(DdlError::Refused)?;
+        conn.query_drop(format!(
+            "SET TIMESTAMP = {}.{:06}",
+            commit_ts_us.div_euclid(1_000_000),
+            commit_ts_us.rem_euclid(1_000_000)
+        ))
+        .await
+        .map_err(DdlError::Driver)?;
+        for st in &statements {
+            match conn.query_drop(st).await {
+                Ok(()) => {}
+                Err(mysql_async::Error::Server(e)) if retried && DDL_ALREADY_DONE.contains(&e.code) => {
+                    tracing::info!(table = %source.id, code = e.code,
+                        "schema change had already taken effect before a restart");
+                }
+                Err(e) => return Err(DdlError::Driver(e)),
+            }
+        }
+        conn.query_drop("SET TIMESTAMP = DEFAULT")
+            .await
+            .map_err(DdlError::Driver)
+    }
+
+    fn param(&self, column: &ColumnDef, value: &Value) -> Result<Self::Param, String> {
+        sql::to_param(value, column)
+    }
+
+    fn null() -> Self::Param {
         mysql_async::Value::NULL
     }
 
-    async fn select(
-        &mut self,
-        table: &TableId,
-        cols: &[String],
-        keys: &[Vec<Self::Val>],
-        want: &[String],
-    ) -> Result<Vec<Vec<Self::Val>>> {
-        let target = self.target(table);
-        if !self.exists(&target).await? {
-            return Ok(Vec::new());
-        }
-        let list = want
-            .iter()
-            .map(|c| sql::quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut out = Vec::new();
-        for chunk in keys.chunks(CASCADE_KEYS_PER_STATEMENT) {
-            let (cond, params) = Self::condition(cols, chunk);
-            let rows: Vec<mysql_async::Row> = self
-                .conn
-                .exec(
-                    format!("SELECT {list} FROM {} WHERE {cond}", sql::quote_table(&target)),
-                    Params::Positional(params),
-                )
-                .await
-                .map_err(driver(format!("reading rows a cascade reaches in {target}")))?;
-            out.extend(rows.into_iter().map(|r| r.unwrap()));
-        }
-        Ok(out)
+    fn is_null(p: &Self::Param) -> bool {
+        matches!(p, mysql_async::Value::NULL)
     }
 
-    async fn delete(&mut self, table: &TableId, cols: &[String], keys: &[Vec<Self::Val>]) -> Result<()> {
-        let target = self.target(table);
-        if !self.exists(&target).await? {
-            return Ok(());
-        }
-        for chunk in keys.chunks(CASCADE_KEYS_PER_STATEMENT) {
-            let (cond, params) = Self::condition(cols, chunk);
-            self.conn
-                .exec_drop(
-                    format!("DELETE FROM {} WHERE {cond}", sql::quote_table(&target)),
-                    Params::Positional(params),
-                )
-                .await
-                .map_err(driver(format!("cascading a delete into {target}")))?;
-        }
-        Ok(())
-    }
-
-    async fn update(
-        &mut self,
-        table: &TableId,
-        cols: &[String],
-        keys: &[Vec<Self::Val>],
-        new: Option<&[Self::Val]>,
-    ) -> Result<()> {
-        let target = self.target(table);
-        if !self.exists(&target).await? {
-            return Ok(());
-        }
-        let set = cols
-            .iter()
-            .map(|c| match new {
-                Some(_) => format!("{} = ?", sql::quote_ident(c)),
-                None => format!("{} = NULL", sql::quote_ident(c)),
+    /// Rows are matched with `=` under the replica column's collation, as
+    /// InnoDB matches them on the source; keys in statements of 500.
+    fn cascade(
+        &self,
+        target: &TableId,
+        _: &(),
+        op: CascadeOp<'_, Self::Param>,
+    ) -> Result<Vec<Statement<Self::Param>>, String> {
+        let keys = match op {
+            CascadeOp::Select { keys, .. }
+            | CascadeOp::Delete { keys, .. }
+            | CascadeOp::Update { keys, .. } => keys,
+        };
+        Ok(keys
+            .chunks(CASCADE_KEYS_PER_STATEMENT)
+            .map(|part| {
+                let key_params = part.iter().flatten().cloned();
+                match op {
+                    CascadeOp::Select { cols, want, .. } => Statement::new(
+                        sql::cascade_select_sql(target, cols, part.len(), want),
+                        key_params.collect(),
+                    ),
+                    CascadeOp::Delete { cols, .. } => Statement::new(
+                        sql::cascade_delete_sql(target, cols, part.len()),
+                        key_params.collect(),
+                    ),
+                    CascadeOp::Update { cols, new, .. } => {
+                        let mut params: Vec<mysql_async::Value> = new.map(<[_]>::to_vec).unwrap_or_default();
+                        params.extend(key_params);
+                        Statement::new(
+                            sql::cascade_update_sql(target, cols, part.len(), new.is_none()),
+                            params,
+                        )
+                    }
+                }
             })
-            .collect::<Vec<_>>()
-            .join(", ");
-        for chunk in keys.chunks(CASCADE_KEYS_PER_STATEMENT) {
-            let (cond, key_params) = Self::condition(cols, chunk);
-            let mut params: Vec<mysql_async::Value> = new.map(<[_]>::to_vec).unwrap_or_default();
-            params.extend(key_params);
-            self.conn
-                .exec_drop(
-                    format!("UPDATE {} SET {set} WHERE {cond}", sql::quote_table(&target)),
-                    Params::Positional(params),
-                )
-                .await
-                .map_err(driver(format!("cascading an update into {target}")))?;
-        }
-        Ok(())
+            .collect())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pipeline::retry::Classify;
 
     #[test]
     fn config_defaults_validation_and_redaction() {
@@ -1789,16 +893,227 @@ mod tests {
             std::io::ErrorKind::ConnectionReset,
             "reset",
         )));
-        assert!(MysqlApplyError::Driver {
-            context: "x".into(),
-            source: io
-        }
-        .is_transient());
+        assert!(MysqlApplyError::driver("x")(io).is_transient());
         assert!(!MysqlApplyError::Diverged {
             table: "t".into(),
             op: "delete",
             seq: 1
         }
         .is_transient());
+    }
+
+    fn engine(config: MysqlSinkConfig) -> MysqlEngine {
+        MysqlEngine::from(config)
+    }
+
+    fn col(name: &str, ty: pipeline::schema::ColumnType) -> ColumnDef {
+        ColumnDef {
+            name: name.into(),
+            ty,
+            nullable: true,
+            charset: None,
+            collation: None,
+            source_type: String::new(),
+        }
+    }
+
+    fn target(engine: &MysqlEngine, pk: Vec<usize>) -> TargetTable<MysqlTable> {
+        use pipeline::schema::ColumnType;
+        let int = ColumnType::Integer {
+            bytes: 4,
+            unsigned: false,
+        };
+        let source = TableSchema::new(
+            TableId::new("app", "t"),
+            vec![
+                col("id", int.clone()),
+                col("k", int),
+                col("v", ColumnType::VarChar { length: 10 }),
+            ],
+            pk,
+        );
+        let id = engine.target_table(&source.id);
+        let schema = Arc::new(TableSchema {
+            id: id.clone(),
+            ..source
+        });
+        let state = engine.table(&id, &schema, &()).unwrap();
+        TargetTable {
+            id,
+            schema,
+            engine: state,
+        }
+    }
+
+    fn row(i: i64) -> Row {
+        vec![Value::Int(i), Value::Int(-i), Value::Text(format!("v{i}"))]
+    }
+
+    /// Upserts and deletes go in power-of-two shapes (the last row repeated),
+    /// capped by `max_rows_per_statement`; plain inserts are not padded; a
+    /// shape's text is built once per table.
+    #[test]
+    fn padded_shapes_and_cached_texts() {
+        let e = engine(MysqlSinkConfig {
+            max_rows_per_statement: 6,
+            databases: [("app".to_string(), "copy".to_string())].into(),
+            ..MysqlSinkConfig::new("mysql://h/x")
+        });
+        let mut t = target(&e, vec![0, 1]);
+        assert_eq!(t.id, TableId::new("copy", "t"));
+        let rows: Vec<Row> = (1..=6).map(row).collect();
+        let refs: Vec<&Row> = rows.iter().collect();
+
+        let up = e.rows(&mut t, RowsKind::Upsert, &refs[..3]).unwrap();
+        assert_eq!(up.sql.matches("(?,?,?)").count(), 4, "{}", up.sql);
+        assert!(up.sql.starts_with("INSERT INTO `copy`.`t`"), "{}", up.sql);
+        assert!(up.sql.contains("ON DUPLICATE KEY UPDATE"), "{}", up.sql);
+        assert_eq!(up.params.len(), 12);
+        assert_eq!(up.params[9..], up.params[6..9], "the last row repeated");
+        let again = e.rows(&mut t, RowsKind::Upsert, &refs[1..4]).unwrap();
+        assert!(Arc::ptr_eq(&up.sql, &again.sql), "one text per shape");
+        // 5 rows: 8 would pass the configured 6, so 6.
+        let five = e.rows(&mut t, RowsKind::Upsert, &refs[..5]).unwrap();
+        assert_eq!(five.sql.matches("(?,?,?)").count(), 6, "{}", five.sql);
+
+        let del = e.rows(&mut t, RowsKind::Delete, &refs[..3]).unwrap();
+        assert_eq!(del.sql.matches("(`id`=? AND `k`=?)").count(), 4, "{}", del.sql);
+        assert_eq!(
+            del.params,
+            [1, -1, 2, -2, 3, -3, 3, -3].map(mysql_async::Value::Int).to_vec(),
+            "keys only, padded"
+        );
+
+        let mut keyless = target(&e, vec![]);
+        let ins = e.rows(&mut keyless, RowsKind::Insert, &refs[..3]).unwrap();
+        assert_eq!(ins.sql.matches("(?,?,?)").count(), 3, "{}", ins.sql);
+        assert_eq!(ins.params.len(), 9);
+        assert_eq!(e.max_rows(&keyless, RowsKind::Insert), sql::MAX_PARAMS / 3);
+        assert_eq!(e.max_rows(&t, RowsKind::Delete), sql::MAX_PARAMS / 2);
+
+        let upd = e.update_one(&mut keyless, &rows[0], &rows[1]).unwrap();
+        assert!(upd.sql.ends_with("LIMIT 1"), "{}", upd.sql);
+        assert_eq!(upd.params[0], mysql_async::Value::Int(2), "after image first");
+        assert_eq!(upd.params[3], mysql_async::Value::Int(1), "then the before image");
+        let del = e.delete_one(&mut keyless, &rows[0]).unwrap();
+        assert_eq!(del.params.len(), 3);
+
+        // A value the column cannot take names the column.
+        let bad = vec![Value::Int(1), Value::Int(1), Value::Timestamp(i64::MAX)];
+        let err = e.rows(&mut t, RowsKind::Upsert, &[&bad]).unwrap_err();
+        assert_eq!(err.column, "v");
+    }
+
+    #[test]
+    fn bookkeeping_statements() {
+        let e = engine(MysqlSinkConfig {
+            offsets_database: "books".into(),
+            ..MysqlSinkConfig::new("mysql://h/x")
+        });
+        assert_eq!(e.setup().len(), 5, "the database and four tables");
+        assert!(e
+            .setup()
+            .iter()
+            .all(|s| s.params.is_empty() && s.sql.contains("IF NOT EXISTS")));
+        let lock = e.read_offset("c", true);
+        assert!(lock.sql.contains("`books`.`dbmux_offsets`") && lock.sql.ends_with("FOR UPDATE"));
+        assert!(!e.read_offset("c", false).sql.contains("FOR UPDATE"));
+        let w = e.write_offset("c", 7, None).unwrap();
+        assert_eq!(
+            w.params,
+            [
+                mysql_async::Value::UInt(7),
+                mysql_async::Value::NULL,
+                mysql_async::Value::from("c")
+            ]
+        );
+        for t in sql::OWN_TABLES {
+            assert!(e.is_own_table(&TableId::new("books", *t)), "{t}");
+            assert!(!e.is_own_table(&TableId::new("app", *t)), "{t}");
+        }
+        let cleared: Vec<String> = e.clear_state("c").iter().map(|s| s.sql.to_string()).collect();
+        for t in [QUARANTINE_TABLE, SNAPSHOT_TABLE, DDL_TABLE] {
+            assert!(cleared.iter().any(|s| s.contains(t)), "{t} in {cleared:?}");
+        }
+        assert_eq!(e.drop_schema_state("c", "app").len(), 2);
+        let moved = e.move_quarantine("c", &TableId::new("app", "t"), Some(9));
+        assert!(moved.sql.starts_with("UPDATE") && moved.params[0] == mysql_async::Value::UInt(9));
+        assert!(e
+            .move_quarantine("c", &TableId::new("app", "t"), None)
+            .sql
+            .starts_with("DELETE"));
+        assert!(e.read_ddl_note("c").is_some() && e.store_ddl_note("c", 3, "DROP TABLE t").is_some());
+        assert_eq!(e.offsets_table(), "books.dbmux_offsets");
+        // Text results (no parameters) come back as digits.
+        assert_eq!(MysqlEngine::as_u64(&mysql_async::Value::from("42")), Some(42));
+        assert_eq!(MysqlEngine::as_u64(&mysql_async::Value::UInt(42)), Some(42));
+    }
+
+    /// A snapshot's table: the source's own CREATE TABLE on a MariaDB
+    /// replica (database mapped), a generated one on MySQL.
+    #[test]
+    fn recreate_replays_the_source_create_on_mariadb() {
+        let mut e = engine(MysqlSinkConfig {
+            databases: [("app".to_string(), "copy".to_string())].into(),
+            ..MysqlSinkConfig::new("mysql://h/x")
+        });
+        let t = target(&e, vec![0]);
+        let source = TableSchema {
+            id: TableId::new("app", "t"),
+            ..(*t.schema).clone()
+        };
+        let create = "CREATE TABLE `t` (`id` int NOT NULL, `k` int DEFAULT 5, `v` varchar(10), \
+                      PRIMARY KEY (`id`), KEY `kk` (`k`)) ENGINE=InnoDB";
+        let ddl = e.recreate_table(&t.id, &t.schema, &source, Some(create)).unwrap();
+        assert_eq!(ddl[1], "DROP TABLE IF EXISTS `copy`.`t`");
+        assert!(
+            ddl[2].contains("`copy`") && ddl[2].contains("DEFAULT 5"),
+            "{}",
+            ddl[2]
+        );
+        e.flavor = Flavor::Mysql;
+        let ddl = e.recreate_table(&t.id, &t.schema, &source, Some(create)).unwrap();
+        assert!(
+            ddl[2].starts_with("CREATE TABLE IF NOT EXISTS `copy`.`t`") && !ddl[2].contains("DEFAULT 5"),
+            "{}",
+            ddl[2]
+        );
+    }
+
+    #[test]
+    fn schema_change_statements() {
+        let e = engine(MysqlSinkConfig {
+            databases: [("app".to_string(), "copy".to_string())].into(),
+            offsets_database: "books".into(),
+            ..MysqlSinkConfig::new("mysql://h/x")
+        });
+        let change = |kind: DdlKind, statement: &str| SchemaChange {
+            statement: statement.into(),
+            default_schema: "app".into(),
+            kind,
+            unique_key_names: vec![],
+        };
+        let t = TableSchema::new(TableId::new("app", "t"), vec![], vec![]);
+        assert_eq!(
+            e.ddl_statements(&t, &change(DdlKind::DropTable, "DROP TABLE t, u"))
+                .unwrap(),
+            ["DROP TABLE IF EXISTS `copy`.`t`"]
+        );
+        let alter = e
+            .ddl_statements(
+                &t,
+                &change(
+                    DdlKind::AlterTable { actions: vec![] },
+                    "ALTER TABLE t ADD COLUMN x INT",
+                ),
+            )
+            .unwrap();
+        assert_eq!(alter.len(), 1);
+        assert!(alter[0].contains("`copy`"), "{alter:?}");
+        let books = TableSchema::new(TableId::new("books", ""), vec![], vec![]);
+        let refused = e
+            .ddl_statements(&books, &change(DdlKind::DropDatabase, "DROP DATABASE books"))
+            .unwrap_err();
+        assert!(refused.contains("dbmux's own tables"), "{refused}");
     }
 }

@@ -385,6 +385,270 @@ pub fn truncate_sql(target: &TableId) -> String {
     format!("DELETE FROM {}", quote_table(target))
 }
 
+/// The offsets table's name.
+pub const OFFSETS_TABLE: &str = "dbmux_offsets";
+/// The quarantine table's name (beside the offsets table).
+pub const QUARANTINE_TABLE: &str = "dbmux_quarantine";
+/// Tables waiting for a snapshot's first chunk (beside the offsets table).
+pub const SNAPSHOT_TABLE: &str = "dbmux_snapshot";
+/// A schema change that may have run but whose offset is not committed yet
+/// (MariaDB/MySQL DDL commits by itself; beside the offsets table).
+pub const DDL_TABLE: &str = "dbmux_ddl";
+/// dbmux's own tables in the offsets database: never written as replicas.
+pub const OWN_TABLES: &[&str] = &[OFFSETS_TABLE, QUARANTINE_TABLE, SNAPSHOT_TABLE, DDL_TABLE];
+
+/// `CREATE DATABASE IF NOT EXISTS` with utf8mb4 (replicated tables without a
+/// charset of their own then hold the same text as on the source).
+pub fn create_database_sql(database: &str) -> String {
+    format!(
+        "CREATE DATABASE IF NOT EXISTS {} DEFAULT CHARACTER SET utf8mb4",
+        quote_ident(database)
+    )
+}
+
+/// The statement texts of dbmux's own tables in database `database`
+/// (`offsets_database`), built once. Parameters are `?`, in the order each
+/// method states; the consumer always comes first.
+#[derive(Debug, Clone)]
+pub struct Bookkeeping {
+    database: String,
+    offsets: String,
+    quarantine: String,
+    snapshot: String,
+    ddl: String,
+}
+
+impl Bookkeeping {
+    pub fn new(database: &str) -> Self {
+        let own = |t: &str| format!("{}.{}", quote_ident(database), quote_ident(t));
+        Self {
+            database: database.to_string(),
+            offsets: own(OFFSETS_TABLE),
+            quarantine: own(QUARANTINE_TABLE),
+            snapshot: own(SNAPSHOT_TABLE),
+            ddl: own(DDL_TABLE),
+        }
+    }
+
+    /// The database holding the tables.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// Idempotent DDL: the database and the four tables.
+    pub fn setup(&self) -> Vec<String> {
+        vec![
+            create_database_sql(&self.database),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (\
+                 `consumer` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY, \
+                 `seq` BIGINT UNSIGNED NOT NULL, \
+                 `position` TEXT NULL, \
+                 `updated_at` TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB",
+                self.offsets
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (\
+                 `consumer` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+                 `table_schema` VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+                 `table_name` VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+                 `first_seq` BIGINT UNSIGNED NOT NULL, \
+                 `reason` TEXT NOT NULL, \
+                 `since` TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
+                 PRIMARY KEY (`consumer`, `table_schema`, `table_name`)) ENGINE=InnoDB",
+                self.quarantine
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (\
+                 `consumer` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+                 `table_schema` VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+                 `table_name` VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+                 `run` BIGINT UNSIGNED NOT NULL, \
+                 `since` TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
+                 PRIMARY KEY (`consumer`, `table_schema`, `table_name`)) ENGINE=InnoDB",
+                self.snapshot
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (\
+                 `consumer` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY, \
+                 `seq` BIGINT UNSIGNED NOT NULL, \
+                 `statement` LONGTEXT NOT NULL, \
+                 `since` TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB",
+                self.ddl
+            ),
+        ]
+    }
+
+    /// `(consumer)`: the offsets row at `seq` 0 unless it exists.
+    pub fn register(&self) -> String {
+        format!(
+            "INSERT INTO {} (`consumer`, `seq`) VALUES (?, 0) ON DUPLICATE KEY UPDATE `consumer` = `consumer`",
+            self.offsets
+        )
+    }
+
+    /// `(consumer)`: its `seq`, locked until the transaction ends with `lock`.
+    pub fn read_offset(&self, lock: bool) -> String {
+        let lock = if lock { " FOR UPDATE" } else { "" };
+        format!("SELECT `seq` FROM {} WHERE `consumer` = ?{lock}", self.offsets)
+    }
+
+    /// `(seq, position, consumer)`.
+    pub fn write_offset(&self) -> String {
+        format!(
+            "UPDATE {} SET `seq` = ?, `position` = ?, `updated_at` = CURRENT_TIMESTAMP(6) WHERE `consumer` = ?",
+            self.offsets
+        )
+    }
+
+    /// `(consumer)`: rows `(table_schema, table_name, first_seq, reason)`.
+    pub fn read_quarantines(&self) -> String {
+        format!(
+            "SELECT `table_schema`, `table_name`, `first_seq`, `reason` FROM {} WHERE `consumer` = ? \
+             ORDER BY `table_schema`, `table_name`",
+            self.quarantine
+        )
+    }
+
+    /// `(consumer, table_schema, table_name, first_seq, reason)`: inserts or replaces.
+    pub fn store_quarantine(&self) -> String {
+        format!(
+            "INSERT INTO {} (`consumer`, `table_schema`, `table_name`, `first_seq`, `reason`) \
+             VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE `first_seq` = VALUES(`first_seq`), \
+             `reason` = VALUES(`reason`), `since` = CURRENT_TIMESTAMP(6)",
+            self.quarantine
+        )
+    }
+
+    /// `(first_seq, consumer, table_schema, table_name)`.
+    pub fn move_quarantine(&self) -> String {
+        format!(
+            "UPDATE {} SET `first_seq` = ? WHERE `consumer` = ? AND `table_schema` = ? AND `table_name` = ?",
+            self.quarantine
+        )
+    }
+
+    /// `(consumer, table_schema, table_name)`.
+    pub fn lift_quarantine(&self) -> String {
+        Self::delete_table_row(&self.quarantine)
+    }
+
+    /// `(consumer)`: rows `(table_schema, table_name)`.
+    pub fn read_pending(&self) -> String {
+        format!(
+            "SELECT `table_schema`, `table_name` FROM {} WHERE `consumer` = ? ORDER BY 1, 2",
+            self.snapshot
+        )
+    }
+
+    /// `(consumer, table_schema, table_name, run)`: inserts or replaces.
+    pub fn store_pending(&self) -> String {
+        format!(
+            "INSERT INTO {} (`consumer`, `table_schema`, `table_name`, `run`) VALUES (?, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE `run` = VALUES(`run`), `since` = CURRENT_TIMESTAMP(6)",
+            self.snapshot
+        )
+    }
+
+    /// `(consumer, table_schema, table_name)`.
+    pub fn drop_pending(&self) -> String {
+        Self::delete_table_row(&self.snapshot)
+    }
+
+    /// `(consumer, table_schema)` each: the pending snapshots and quarantines
+    /// of a dropped database.
+    pub fn drop_schema_state(&self) -> Vec<String> {
+        [&self.snapshot, &self.quarantine]
+            .into_iter()
+            .map(|t| format!("DELETE FROM {t} WHERE `consumer` = ? AND `table_schema` = ?"))
+            .collect()
+    }
+
+    /// `(consumer)` each: every quarantine, pending snapshot and schema-change note.
+    pub fn clear_state(&self) -> Vec<String> {
+        [&self.quarantine, &self.snapshot, &self.ddl]
+            .into_iter()
+            .map(|t| format!("DELETE FROM {t} WHERE `consumer` = ?"))
+            .collect()
+    }
+
+    /// `(consumer)`: the `seq` of the noted schema change.
+    pub fn read_ddl_note(&self) -> String {
+        format!("SELECT `seq` FROM {} WHERE `consumer` = ?", self.ddl)
+    }
+
+    /// `(consumer, seq, statement)`: inserts or replaces.
+    pub fn store_ddl_note(&self) -> String {
+        format!(
+            "INSERT INTO {} (`consumer`, `seq`, `statement`) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE \
+             `seq` = VALUES(`seq`), `statement` = VALUES(`statement`), `since` = CURRENT_TIMESTAMP(6)",
+            self.ddl
+        )
+    }
+
+    /// `(consumer)`.
+    pub fn clear_ddl_note(&self) -> String {
+        format!("DELETE FROM {} WHERE `consumer` = ?", self.ddl)
+    }
+
+    fn delete_table_row(table: &str) -> String {
+        format!("DELETE FROM {table} WHERE `consumer` = ? AND `table_schema` = ? AND `table_name` = ?")
+    }
+}
+
+/// `(schema, name)`: one row when the table exists.
+pub const TABLE_EXISTS: &str =
+    "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?";
+
+/// `(a = ? AND b = ?) OR …` for `keys` keys of columns `cols` (foreign-key
+/// cascades: rows are matched with `=` under the replica column's collation,
+/// as InnoDB matches them on the source).
+fn cascade_condition(cols: &[String], keys: usize) -> String {
+    let one = cols
+        .iter()
+        .map(|c| format!("{} = ?", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    vec![format!("({one})"); keys].join(" OR ")
+}
+
+/// The `want` columns of the rows matching one of `keys` keys.
+pub fn cascade_select_sql(target: &TableId, cols: &[String], keys: usize, want: &[String]) -> String {
+    let list = want.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(",");
+    format!(
+        "SELECT {list} FROM {} WHERE {}",
+        quote_table(target),
+        cascade_condition(cols, keys)
+    )
+}
+
+/// Deletes the rows matching one of `keys` keys.
+pub fn cascade_delete_sql(target: &TableId, cols: &[String], keys: usize) -> String {
+    format!(
+        "DELETE FROM {} WHERE {}",
+        quote_table(target),
+        cascade_condition(cols, keys)
+    )
+}
+
+/// Sets `cols` to parameters (or NULL with `to_null`) in the rows matching
+/// one of `keys` keys; the new values' parameters come first.
+pub fn cascade_update_sql(target: &TableId, cols: &[String], keys: usize, to_null: bool) -> String {
+    let set = cols
+        .iter()
+        .map(|c| match to_null {
+            false => format!("{} = ?", quote_ident(c)),
+            true => format!("{} = NULL", quote_ident(c)),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "UPDATE {} SET {set} WHERE {}",
+        quote_table(target),
+        cascade_condition(cols, keys)
+    )
+}
+
 /// Converts one value for binding to a parameter of a statement on column `col`.
 /// Errors are definite: the message names what is wrong, the caller adds the
 /// table and column.
