@@ -641,6 +641,66 @@ fn mark(run: &SnapshotRun, phase: SnapshotPhase) -> Op {
     }))
 }
 
+/// The transaction of one chunk: its mark (chunk 0 carries the source's
+/// own `CREATE TABLE`), then one `Read` event per row.
+fn chunk_changes(
+    view: &ReadView,
+    run: &SnapshotRun,
+    index: u64,
+    upto: Option<Row>,
+    last: bool,
+    whole: bool,
+    rows: Vec<Row>,
+) -> Vec<(Arc<TableSchema>, Op)> {
+    let mut changes = Vec::with_capacity(rows.len() + 1);
+    changes.push((
+        view.schema.clone(),
+        mark(
+            run,
+            SnapshotPhase::Chunk {
+                index,
+                upto,
+                rows: rows.len() as u64,
+                last,
+                whole,
+                create: if index == 0 {
+                    view.create_statement.clone()
+                } else {
+                    None
+                },
+            },
+        ),
+    ));
+    changes.extend(
+        rows.into_iter()
+            .map(|after| (view.schema.clone(), Op::Read { after })),
+    );
+    changes
+}
+
+/// A chunk of `n` rows is in the log: progress, metrics and the board.
+fn chunk_done(
+    progress: &mut TableProgress,
+    n: u64,
+    upto: Option<Row>,
+    last: bool,
+    run: &SnapshotRun,
+    board: &SnapshotBoard,
+    metrics: &PipelineMetrics,
+) {
+    progress.chunks += 1;
+    progress.rows += n;
+    progress.upto = upto;
+    progress.done = last;
+    metrics.snapshot_rows.inc_by(n);
+    metrics.snapshot_chunks.inc();
+    board.update(run.id, &progress.table, |b| {
+        b.rows = progress.rows;
+        b.chunks = progress.chunks;
+        b.estimated_rows = b.estimated_rows.max(progress.rows);
+    });
+}
+
 /// A table definition naming only the table (Begin and End marks of a table
 /// whose definition the coordinator does not read).
 fn name_only(id: &TableId) -> Arc<TableSchema> {
@@ -1155,42 +1215,9 @@ async fn copy_chunks<R: ChunkReader>(
             let last = rows.len() < limit;
             let upto = rows.last().map(|row| key_of(row, key)).or(progress.upto.clone());
             let n = rows.len() as u64;
-            let index = progress.chunks;
-            let mut changes = Vec::with_capacity(rows.len() + 1);
-            changes.push((
-                view.schema.clone(),
-                mark(
-                    run,
-                    SnapshotPhase::Chunk {
-                        index,
-                        upto: upto.clone(),
-                        rows: n,
-                        last,
-                        whole: false,
-                        create: if index == 0 {
-                            view.create_statement.clone()
-                        } else {
-                            None
-                        },
-                    },
-                ),
-            ));
-            changes.extend(
-                rows.into_iter()
-                    .map(|after| (view.schema.clone(), Op::Read { after })),
-            );
+            let changes = chunk_changes(&view, run, progress.chunks, upto.clone(), last, false, rows);
             ctl.place(hold, changes, true).await?;
-            progress.chunks += 1;
-            progress.rows += n;
-            progress.upto = upto;
-            progress.done = last;
-            metrics.snapshot_rows.inc_by(n);
-            metrics.snapshot_chunks.inc();
-            board.update(run.id, &progress.table, |b| {
-                b.rows = progress.rows;
-                b.chunks = progress.chunks;
-                b.estimated_rows = b.estimated_rows.max(progress.rows);
-            });
+            chunk_done(progress, n, upto, last, run, board, metrics);
             Ok(last)
         }
         ChunkKey::WholeTable => {
@@ -1206,41 +1233,9 @@ async fn copy_chunks<R: ChunkReader>(
                     r.end().await.map_err(src)?;
                 }
                 let n = rows.len() as u64;
-                let index = progress.chunks;
-                let mut changes = Vec::with_capacity(rows.len() + 1);
-                changes.push((
-                    view.schema.clone(),
-                    mark(
-                        run,
-                        SnapshotPhase::Chunk {
-                            index,
-                            upto: None,
-                            rows: n,
-                            last,
-                            whole: true,
-                            create: if index == 0 {
-                                view.create_statement.clone()
-                            } else {
-                                None
-                            },
-                        },
-                    ),
-                ));
-                changes.extend(
-                    rows.into_iter()
-                        .map(|after| (view.schema.clone(), Op::Read { after })),
-                );
+                let changes = chunk_changes(&view, run, progress.chunks, None, last, true, rows);
                 ctl.place(hold, changes, last).await?;
-                progress.chunks += 1;
-                progress.rows += n;
-                progress.done = last;
-                metrics.snapshot_rows.inc_by(n);
-                metrics.snapshot_chunks.inc();
-                board.update(run.id, &progress.table, |b| {
-                    b.rows = progress.rows;
-                    b.chunks = progress.chunks;
-                    b.estimated_rows = b.estimated_rows.max(progress.rows);
-                });
+                chunk_done(progress, n, None, last, run, board, metrics);
                 if last {
                     return Ok(true);
                 }
@@ -1604,42 +1599,9 @@ async fn copy_view_table<C: SnapshotSource>(
             rows.last().map(|row| key_of(row, &key)).or(progress.upto.clone())
         };
         let n = rows.len() as u64;
-        let index = progress.chunks;
-        let mut changes = Vec::with_capacity(rows.len() + 1);
-        changes.push((
-            view.schema.clone(),
-            mark(
-                run,
-                SnapshotPhase::Chunk {
-                    index,
-                    upto: upto.clone(),
-                    rows: n,
-                    last,
-                    whole,
-                    create: if index == 0 {
-                        view.create_statement.clone()
-                    } else {
-                        None
-                    },
-                },
-            ),
-        ));
-        changes.extend(
-            rows.into_iter()
-                .map(|after| (view.schema.clone(), Op::Read { after })),
-        );
+        let changes = chunk_changes(&view, run, progress.chunks, upto.clone(), last, whole, rows);
         ctl.append(changes).await?;
-        progress.chunks += 1;
-        progress.rows += n;
-        progress.upto = upto;
-        progress.done = last;
-        metrics.snapshot_rows.inc_by(n);
-        metrics.snapshot_chunks.inc();
-        board.update(run.id, &progress.table, |b| {
-            b.rows = progress.rows;
-            b.chunks = progress.chunks;
-            b.estimated_rows = b.estimated_rows.max(progress.rows);
-        });
+        chunk_done(progress, n, upto, last, run, board, metrics);
         if last {
             let _ = r.end().await;
             return Ok(());

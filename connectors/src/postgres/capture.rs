@@ -346,7 +346,9 @@ fn replication_class(e: &ReplicationError) -> ErrorClass {
     }
 }
 
-fn catalog(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> PostgresCaptureError {
+pub(super) fn catalog(
+    context: impl Into<String>,
+) -> impl FnOnce(tokio_postgres::Error) -> PostgresCaptureError {
     let context = context.into();
     move |e| PostgresCaptureError::Catalog {
         context,
@@ -359,12 +361,12 @@ fn catalog(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> 
 }
 
 /// `"name"` for SQL and replication commands.
-fn quote_ident(s: &str) -> String {
+pub(super) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// `'text'` (standard_conforming_strings).
-fn quote_literal(s: &str) -> String {
+pub(super) fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 

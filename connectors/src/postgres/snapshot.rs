@@ -38,6 +38,7 @@
 
 #[cfg(doc)]
 use super::capture::PostgresSource;
+use super::capture::{catalog as driver, quote_ident, quote_literal};
 use super::capture::{
     describe_relation, Export, ExportedSnapshot, PostgresCaptureError, PostgresSourceConfig, RelPlan,
     SnapshotExport, CONNECT_TIMEOUT, STREAM_SETTINGS,
@@ -133,26 +134,6 @@ impl PostgresSnapshots {
             Err(e) => Err(driver("importing the slot's exported snapshot")(e)),
         }
     }
-}
-
-fn driver(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> PostgresCaptureError {
-    let context = context.into();
-    move |e| PostgresCaptureError::Catalog {
-        context,
-        class: super::apply::classify_driver(&e),
-        message: match e.as_db_error() {
-            Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
-            None => e.to_string(),
-        },
-    }
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 impl SnapshotSource for PostgresSnapshots {

@@ -577,17 +577,7 @@ impl<G: Engine> Applier<G> {
             .flat_map(|t| t.events.iter().rev())
             .find(|e| e.seq == last)
             .map(|e| e.position.to_string());
-        let write = self
-            .engine
-            .write_offset(&self.name, last, position.as_deref())
-            .map_err(|message| ApplyError::Table {
-                table: self.engine.offsets_table(),
-                message,
-            })?;
-        G::execute(conn, &write)
-            .await
-            .map_err(ApplyError::driver("writing the offset"))?;
-        G::commit(conn).await.map_err(ApplyError::driver("committing"))?;
+        self.commit_offset(conn, last, position.as_deref()).await?;
         Ok(last)
     }
 
@@ -712,6 +702,27 @@ impl<G: Engine> Applier<G> {
 }
 
 impl<G: Engine> Applier<G> {
+    /// Writes the offset (`seq`, and the source position after it) and
+    /// commits the open transaction.
+    async fn commit_offset(
+        &self,
+        conn: &mut G::Conn,
+        seq: u64,
+        position: Option<&str>,
+    ) -> ApplyResult<(), G> {
+        let write = self
+            .engine
+            .write_offset(&self.name, seq, position)
+            .map_err(|message| ApplyError::Table {
+                table: self.engine.offsets_table(),
+                message,
+            })?;
+        G::execute(conn, &write)
+            .await
+            .map_err(ApplyError::driver("writing the offset"))?;
+        G::commit(conn).await.map_err(ApplyError::driver("committing"))
+    }
+
     /// What a snapshot mark changes in the replica's own tables, inside the
     /// data transaction (see [`crate::sink`]).
     async fn record_snapshot(
@@ -924,17 +935,7 @@ impl<G: Engine> Applier<G> {
             .await
             .map_err(ApplyError::driver("clearing the schema-change note"))?;
         let position = txn.position().map(|p| p.to_string());
-        let write = self
-            .engine
-            .write_offset(&self.name, last, position.as_deref())
-            .map_err(|message| ApplyError::Table {
-                table: self.engine.offsets_table(),
-                message,
-            })?;
-        G::execute(conn, &write)
-            .await
-            .map_err(ApplyError::driver("writing the offset"))?;
-        G::commit(conn).await.map_err(ApplyError::driver("committing"))?;
+        self.commit_offset(conn, last, position.as_deref()).await?;
         self.applied = last;
         Ok(())
     }
@@ -977,14 +978,26 @@ impl<G: Engine> Applier<G> {
     /// `from_seq - 1` (see [`Sink::reset`]).
     async fn reset_in(&mut self, from_seq: u64) -> ApplyResult<(), G> {
         let quarantined = self.read_quarantines().await?;
-        let conn = self.conn.as_mut().expect("connected");
+        let mut conn = self.conn.take().expect("connected");
+        let r = self.reset_txn(&mut conn, &quarantined, from_seq).await;
+        // Back in place either way: on an error the caller rolls it back.
+        self.conn = Some(conn);
+        r
+    }
+
+    async fn reset_txn(
+        &self,
+        conn: &mut G::Conn,
+        quarantined: &[Quarantine],
+        from_seq: u64,
+    ) -> ApplyResult<(), G> {
         G::begin(conn)
             .await
             .map_err(ApplyError::driver("starting a transaction"))?;
         G::query(conn, &self.engine.read_offset(&self.name, true))
             .await
             .map_err(ApplyError::driver("locking the offset"))?;
-        for q in &quarantined {
+        for q in quarantined {
             G::execute(conn, &self.engine.move_quarantine(&self.name, &q.table, None))
                 .await
                 .map_err(ApplyError::driver("lifting a quarantine"))?;
@@ -994,17 +1007,7 @@ impl<G: Engine> Applier<G> {
                 .await
                 .map_err(ApplyError::driver("clearing the replica's state"))?;
         }
-        let write = self
-            .engine
-            .write_offset(&self.name, from_seq.saturating_sub(1), None)
-            .map_err(|message| ApplyError::Table {
-                table: self.engine.offsets_table(),
-                message,
-            })?;
-        G::execute(conn, &write)
-            .await
-            .map_err(ApplyError::driver("writing the offset"))?;
-        G::commit(conn).await.map_err(ApplyError::driver("committing"))
+        self.commit_offset(conn, from_seq.saturating_sub(1), None).await
     }
 }
 
