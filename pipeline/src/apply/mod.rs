@@ -86,9 +86,11 @@
 //! engine so (`retried`), which takes "already exists" answers as done.
 //!
 //! # Room for what comes next
-//! - *Bulk streaming upserts* (PostgreSQL `COPY` into a staging table plus one
-//!   upsert for large batches): a step kind beside [`RowsKind`] with a default
-//!   through [`Engine::rows`], like [`Engine::load`].
+//! - *Bulk streaming inserts*: a straight `COPY` halves PostgreSQL's work
+//!   against the `unnest` upserts, but only for keys not there yet (a staged
+//!   `COPY` plus one upsert costs the same as the upserts; docs/benchmarks.md).
+//!   The planner would mark runs of rows inserted at the source, and the
+//!   engine's [`Engine::load`] path (with its fallback) would take them.
 
 mod engine;
 mod error;
