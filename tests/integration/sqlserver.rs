@@ -317,6 +317,119 @@ async fn sqlserver_constraint_errors_are_definite_and_name_the_table() {
     sink.apply(&[nulls], &Default::default()).await.unwrap();
 }
 
+#[tokio::test]
+#[ignore = "needs a SQL Server: set DBMUX_TEST_MSSQL_URL (scripts/test then runs it)"]
+async fn sqlserver_snapshots_recreate_load_and_keep_their_bookkeeping() {
+    use pipeline::snapshot::{SnapshotMark, SnapshotPhase};
+    let url = url("sqlserver_snapshots_recreate_load_and_keep_their_bookkeeping");
+    let db = unique_name("mssnap");
+    let int = || ColumnType::Integer {
+        bytes: 4,
+        unsigned: false,
+    };
+    let t = Arc::new(TableSchema::new(
+        TableId::new(&db, "t"),
+        vec![col("id", int()), col("v", int())],
+        vec![0],
+    ));
+    let consumer = format!("{db}/test");
+    let config = SqlServerSinkConfig::new(&url);
+    let mut sink = SqlServerEngine::sink(&consumer, config.clone());
+    sink.open().await.unwrap();
+    let iv = |id: i64, v: i64| vec![Value::Int(id), Value::Int(v)];
+    let mark = |phase| {
+        Op::Snapshot(Box::new(SnapshotMark {
+            id: 1,
+            targets: vec![],
+            reset: false,
+            phase,
+        }))
+    };
+    let chunk = |index, last| SnapshotPhase::Chunk {
+        index,
+        upto: None,
+        rows: 0,
+        last,
+        whole: false,
+        create: Some("CREATE TABLE `t` (`id` int PRIMARY KEY, `v` int)".into()),
+    };
+    let txn = |first: u64, changes: Vec<(Arc<TableSchema>, Op)>| {
+        sequence_transaction(first, format!("t{first}"), 0, Position::Postgres(first), changes)
+    };
+    // A row the snapshot replaces, then the table's Begin mark.
+    let t1 = txn(1, vec![(t.clone(), Op::Insert { after: iv(9, 9) })]);
+    let begin = txn(
+        2,
+        vec![(
+            t.clone(),
+            mark(SnapshotPhase::Begin {
+                estimated_rows: 3,
+                request: None,
+            }),
+        )],
+    );
+    sink.apply(&[t1, begin], &Default::default()).await.unwrap();
+    let mut again = SqlServerEngine::sink(&consumer, config.clone());
+    assert_eq!(again.open().await.unwrap().pending, vec![t.id.clone()]);
+    // Chunk 0 recreates the table from the neutral definition (the source's
+    // MySQL statement is another dialect) and loads; a streamed update lands
+    // between the chunks, and chunk 1 overlaps it.
+    let read = |id, v| (t.clone(), Op::Read { after: iv(id, v) });
+    let c0 = txn(
+        3,
+        vec![(t.clone(), mark(chunk(0, false))), read(1, 1), read(2, 2)],
+    );
+    let upd = txn(
+        6,
+        vec![(
+            t.clone(),
+            Op::Update {
+                before: iv(2, 2),
+                after: iv(2, 20),
+            },
+        )],
+    );
+    let c1 = txn(
+        7,
+        vec![(t.clone(), mark(chunk(1, true))), read(2, 20), read(3, 3)],
+    );
+    again.apply(&[c0, upd, c1], &Default::default()).await.unwrap();
+    let mut engine = SqlServerEngine::new(config.clone());
+    let rows = scalar_text(
+        &mut engine,
+        &format!("SELECT [id], [v] FROM [{db}].[t] ORDER BY [id]"),
+    )
+    .await;
+    let want: Vec<Vec<String>> = [(1, 1), (2, 20), (3, 3)]
+        .iter()
+        .map(|(a, b)| vec![format!("I32(Some({a}))"), format!("I32(Some({b}))")])
+        .collect();
+    assert_eq!(rows, want);
+    let pending = scalar_text(
+        &mut engine,
+        &format!("SELECT COUNT(*) FROM [dbmux].[dbmux_snapshot] WHERE [consumer] = N'{consumer}'"),
+    )
+    .await;
+    assert_eq!(pending, vec![vec!["I32(Some(0))".to_string()]]);
+    // A schema change is refused as a definite error of its table.
+    let ddl = txn(
+        10,
+        vec![(
+            t.clone(),
+            Op::Ddl(Box::new(pipeline::ddl::SchemaChange {
+                statement: "ALTER TABLE t ADD w INT".into(),
+                default_schema: db.clone(),
+                kind: pipeline::ddl::DdlKind::AlterTable { actions: vec![] },
+                unique_key_names: vec![],
+            })),
+        )],
+    );
+    let e = again.apply(&[ddl], &Default::default()).await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Definite, "{e}");
+    assert_eq!(pipeline::sink::TableScoped::table(&e), Some(&t.id));
+    assert!(e.to_string().contains("do not apply schema changes yet"), "{e}");
+}
+
 /// Runs on every machine: `dbmux check-config` accepts the SQL Server example
 /// (describing the replica without its password) and reports a broken
 /// `[replica.sqlserver]` section with every problem at once.
