@@ -38,14 +38,11 @@ pub struct Pipeline {
     /// Where to send a replica's resume requests.
     pub resume: Arc<HashMap<String, tokio::sync::mpsc::Sender<ResumeRequest>>>,
     /// Wakes the snapshot coordinator when a request was stored; `None` when
-    /// this process runs no snapshot coordinator (no MySQL capture here).
+    /// this process runs no snapshot coordinator (no capture here).
     pub snapshot_wake: Option<Arc<tokio::sync::Notify>>,
     /// The configured replicas a snapshot may be requested for (all of the
     /// configuration's, also in `dbmux capture`, which applies to none).
     pub snapshot_replicas: Vec<String>,
-    /// Why this process's source cannot take a snapshot requested now (a
-    /// PostgreSQL source copies on its first start only); answered 409.
-    pub snapshot_refused: Option<String>,
 }
 
 #[derive(Clone)]
@@ -189,13 +186,10 @@ async fn snapshot(
     if !s.pipeline.snapshot_replicas.contains(&name) {
         return (StatusCode::NOT_FOUND, format!("no replica named {name:?}\n")).into_response();
     }
-    if let Some(why) = &s.pipeline.snapshot_refused {
-        return (StatusCode::CONFLICT, format!("{why}\n")).into_response();
-    }
     let Some(wake) = &s.pipeline.snapshot_wake else {
         return (
             StatusCode::CONFLICT,
-            "this process does not run capture from a MySQL/MariaDB source: ask the admin server of the process \
+            "this process does not run capture: ask the admin server of the process \
              that does (`dbmux run` or `dbmux capture`)\n",
         )
             .into_response();

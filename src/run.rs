@@ -54,8 +54,9 @@ pub fn describe(c: &Config) -> String {
             c.snapshot.parallel_tables,
             match source {
                 crate::config::SourceConfig::Mysql(_) => "",
-                // See docs/snapshot.md: the slot's exported snapshot exists on the first start only.
-                crate::config::SourceConfig::Postgres(_) => " (first start only; re-snapshots are refused)",
+                // docs/snapshot.md: the initial copy reads the slot's exported
+                // snapshot, later ones a temporary slot's per chunk.
+                crate::config::SourceConfig::Postgres(_) => " (initial copy through the slot's exported snapshot)",
             }
         ));
     }
@@ -230,8 +231,8 @@ pub async fn run(mut cfg: Config, parts: Parts) -> anyhow::Result<()> {
                 })
             }
             crate::config::SourceConfig::Postgres(p) => {
-                // The initial snapshot only (the slot's exported snapshot);
-                // the admin server refuses re-snapshot requests.
+                // The initial snapshot through the slot's exported snapshot,
+                // later ones through a temporary slot per chunk.
                 let crate::source::AnySource::Postgres(pg) = &source else {
                     unreachable!("built from the same configuration")
                 };
@@ -395,8 +396,6 @@ pub async fn run(mut cfg: Config, parts: Parts) -> anyhow::Result<()> {
             resume: Arc::new(resume),
             snapshot_wake: snapshot_running.then(|| snapshot_wake.clone()),
             snapshot_replicas: all_replicas.clone(),
-            snapshot_refused: matches!(cfg.source, Some(crate::config::SourceConfig::Postgres(_)))
-                .then(|| POSTGRES_SNAPSHOT_REFUSED.to_string()),
         };
         tasks.spawn(async move {
             let r = crate::admin::serve(listener, log, metrics, registry, board, admin, sd).await;
@@ -432,13 +431,6 @@ pub async fn run(mut cfg: Config, parts: Parts) -> anyhow::Result<()> {
         }
     }
 }
-
-/// Why a re-snapshot of a PostgreSQL source is refused (admin server and
-/// `dbmux snapshot`).
-pub const POSTGRES_SNAPSHOT_REFUSED: &str =
-    "a PostgreSQL source cannot take a snapshot on request: its rows are copied once, on the first start, through \
-     the snapshot the replication slot exported when dbmux created it, and no such snapshot exists later. To \
-     reload a replica, start a new pipeline (empty data_dir, new slot name) for it; see docs/snapshot.md";
 
 /// The proxy as the status page shows it.
 #[cfg(feature = "proxy")]

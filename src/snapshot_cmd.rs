@@ -8,7 +8,7 @@
 //! its first chunk recreates the table on that replica, changes keep flowing,
 //! and the other replicas are not touched.
 
-use crate::config::{Config, SourceConfig};
+use crate::config::Config;
 use crate::resume::{encode, http_post};
 use anyhow::{bail, Context};
 use pipeline::log::{EmbeddedLog, FsyncPolicy};
@@ -31,11 +31,8 @@ pub async fn snapshot(
     if !cfg.replicas.iter().any(|r| r.name == replica) {
         bail!("no [[replica]] named {replica:?} in the configuration");
     }
-    if matches!(cfg.source, Some(SourceConfig::Postgres(_))) {
-        bail!("{}", crate::run::POSTGRES_SNAPSHOT_REFUSED);
-    }
-    if !matches!(cfg.source, Some(SourceConfig::Mysql(_))) {
-        bail!("snapshots copy from a MySQL/MariaDB source: the configuration has no [source.mysql]");
+    if cfg.source.is_none() {
+        bail!("snapshots copy from the source: the configuration has no [source.mysql] or [source.postgres]");
     }
     let listen = admin.unwrap_or(&cfg.admin.listen);
     if !listen.is_empty() {

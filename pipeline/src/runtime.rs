@@ -597,6 +597,18 @@ async fn read_source<S: Source, L: Log>(
                     .iter()
                     .position(|(id, ..)| holds.holds.get(id).and_then(|p| p.as_ref()).is_some_and(reached))
             };
+            if ready.is_none() && streaming && held.is_none() {
+                // Chunks wait for the source to read past their position:
+                // tell it how far (it may have to ask its server).
+                let furthest = holds
+                    .placements
+                    .iter()
+                    .filter_map(|(id, ..)| holds.holds.get(id).and_then(|p| p.clone()))
+                    .reduce(|a, b| if b.partial_cmp(&a).is_some_and(|o| o.is_gt()) { b } else { a });
+                if let Some(p) = furthest {
+                    source.want_read_past(&p);
+                }
+            }
             if let Some(i) = ready {
                 let (id, changes, release, reply) = holds.placements.remove(i).expect("found");
                 let t = snapshot_txn(changes, &sent_at);

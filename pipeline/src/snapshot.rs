@@ -162,17 +162,26 @@ pub trait SnapshotSource: Send + Sync + 'static {
     /// A new reader (its own connection), used for one table at a time.
     fn reader(&self) -> impl Future<Output = Result<Self::Reader, Self::Error>> + Send;
 
-    /// True when every read view shows one and the same state, the one at
-    /// capture's start position, and only while capture has not started
-    /// streaming (a PostgreSQL slot's exported snapshot). Such a source can
-    /// take the initial snapshot of a first start only: the coordinator
-    /// copies every table under the initial hold, appending the chunks
-    /// before any streamed transaction, and capture starts streaming once
-    /// the copy is complete ([`INITIAL_VIEW_KEY`]). Later runs (operator
-    /// requests, tables entering `include`) are refused.
+    /// True when, until [`SnapshotSource::initial_copy_done`], every read
+    /// view shows one and the same state, the one at capture's start
+    /// position, and only while capture has not started streaming (a
+    /// PostgreSQL slot's exported snapshot). The coordinator then takes the
+    /// initial snapshot of a first start under the initial hold, appending
+    /// the chunks before any streamed transaction, and capture starts
+    /// streaming once the copy is complete ([`INITIAL_VIEW_KEY`]). After
+    /// that call, the source's readers open one read view per chunk like
+    /// any other source's (a PostgreSQL source: a temporary slot's exported
+    /// snapshot), and later runs (operator requests, replicas that start
+    /// over, tables entering `include`) are copied chunk by chunk.
     fn single_view(&self) -> bool {
         false
     }
+
+    /// Called once by the coordinator of a [`SnapshotSource::single_view`]
+    /// source when its initial copy is in the log (or at once when none is
+    /// taken), before any later `tables` or `reader`: from here on each
+    /// [`ChunkReader::begin`] opens a view of its own at its own position.
+    fn initial_copy_done(&self) {}
 }
 
 /// Log metadata key: the state of a [`SnapshotSource::single_view`] source's
@@ -741,7 +750,24 @@ pub async fn run_coordinator<C: SnapshotSource, L: Log>(
     let source = Arc::new(snap.source);
     let board = snap.board.clone();
     if source.single_view() {
-        return run_single_view(source, opts, board, ctl, state, fresh_log, log, metrics, shutdown).await;
+        let go_on = run_single_view(
+            source.clone(),
+            opts.clone(),
+            board.clone(),
+            ctl.clone(),
+            state.clone(),
+            fresh_log,
+            log.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        if !go_on {
+            return Ok(());
+        }
+        // Later runs use a read view per chunk, planned below while
+        // capture is still held.
+        source.initial_copy_done();
     }
     // The first plan, with capture held.
     let mut runs: BTreeMap<u64, SnapshotRun> = state.lock().expect("capture state").runs.clone();
@@ -1310,10 +1336,10 @@ const SINGLE_VIEW_RETRIES: u32 = 5;
 /// `take_initial`, copies every table the source lists as of its one view
 /// while capture stays held and does not stream (the chunks are appended at
 /// the start position, in order), marks the copy done in the log
-/// ([`INITIAL_VIEW_KEY`]) and only then releases capture. Otherwise (or
-/// afterwards) it only refuses operator requests, which such a source cannot
-/// serve. A failure of the copy is an error that stops capture: the next
-/// start takes the initial snapshot again from a new start position.
+/// ([`INITIAL_VIEW_KEY`]); capture stays held for the per-chunk coordinator
+/// that follows (true; false on shutdown). A failure of the copy is an
+/// error that stops capture: the next start takes the initial snapshot
+/// again from a new start position.
 #[allow(clippy::too_many_arguments)]
 async fn run_single_view<C: SnapshotSource, L: Log>(
     source: Arc<C>,
@@ -1325,7 +1351,7 @@ async fn run_single_view<C: SnapshotSource, L: Log>(
     log: L,
     metrics: PipelineMetrics,
     shutdown: CancellationToken,
-) -> Result<(), CoordinatorError> {
+) -> Result<bool, CoordinatorError> {
     if take_initial {
         log.set_meta(INITIAL_VIEW_KEY, INITIAL_VIEW_COPYING.to_vec())
             .await?;
@@ -1333,7 +1359,7 @@ async fn run_single_view<C: SnapshotSource, L: Log>(
             // (The source may wait for capture to set up its view.)
             let listed = tokio::select! {
                 r = source.tables() => r,
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => return Ok(false),
             };
             match listed {
                 Ok(t) => break t,
@@ -1342,7 +1368,7 @@ async fn run_single_view<C: SnapshotSource, L: Log>(
                     tracing::warn!(error = %e, "initial snapshot: cannot list the source's tables yet; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = shutdown.cancelled() => return Ok(false),
                     }
                 }
                 Err(e) => {
@@ -1431,12 +1457,12 @@ async fn run_single_view<C: SnapshotSource, L: Log>(
                 },
                 _ = shutdown.cancelled() => {
                     workers.shutdown().await;
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
         if shutdown.is_cancelled() {
-            return Ok(());
+            return Ok(false);
         }
         // Every chunk is in the log (each append returned): from here on
         // streamed transactions may follow them.
@@ -1456,26 +1482,7 @@ async fn run_single_view<C: SnapshotSource, L: Log>(
         }
         board.set_planned();
     }
-    ctl.send(CaptureControl::Release { id: INITIAL_HOLD }).await?;
-    // Nothing more to copy, ever: requests are refused (loudly, once each).
-    let mut refused: BTreeSet<String> = BTreeSet::new();
-    let mut tick = tokio::time::interval(opts.poll);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return Ok(()),
-        }
-        for r in &opts.replicas {
-            if let Some(req) = pending_request(&log, r).await {
-                if refused.insert(req.id.clone()) {
-                    tracing::error!(replica = %r, request = %req.id,
-                        "snapshot request refused: this source can copy tables only on the first start (a \
-                         PostgreSQL source reads its slot's exported snapshot, which exists only then); to \
-                         reload a replica, re-create the pipeline from an empty data_dir and a new slot");
-                }
-            }
-        }
-    }
+    Ok(!shutdown.is_cancelled())
 }
 
 /// Copies one table of a single-view source's initial snapshot: chunk by

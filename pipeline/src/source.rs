@@ -60,6 +60,14 @@ pub trait Source: Send {
         None
     }
 
+    /// A snapshot chunk waits for [`Source::read_position`] to reach
+    /// `position` (capture calls this again while it waits). A source that
+    /// learns its read position from its server (a PostgreSQL walsender's
+    /// keepalives) asks the server for it promptly; others ignore it.
+    fn want_read_past(&mut self, position: &Position) {
+        let _ = position;
+    }
+
     /// Gives the source the newest definition of every table as of the
     /// position it resumes from (before `start`): old row events are decoded
     /// with the definition they were written under.

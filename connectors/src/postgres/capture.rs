@@ -83,6 +83,9 @@ pub const DEFAULT_STATUS_INTERVAL_SECS: u64 = 10;
 pub const STATUS_MISSES: u32 = 3;
 /// Schemas never captured unless an include pattern names them literally.
 pub const SYSTEM_SCHEMAS: &[&str] = &["pg_catalog", "information_schema", "pg_toast"];
+/// While a snapshot chunk waits for the stream to reach its position, a
+/// keepalive is asked for this often.
+pub const PROGRESS_REQUEST_EVERY: Duration = Duration::from_millis(100);
 /// Connect timeout of both connections.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Session settings of the replication connection: the text forms
@@ -450,6 +453,14 @@ pub struct PostgresSource {
     skipped: Option<(u64, u64)>,
     /// The last flush LSN reported to the server.
     confirmed_lsn: u64,
+    /// How far the stream has been read completely: every transaction whose
+    /// commit record ends at or before it was handed out or dropped (see
+    /// [`Source::read_position`] below).
+    read_lsn: u64,
+    /// The furthest position a snapshot chunk waits for the stream to reach.
+    wanted_lsn: u64,
+    /// When a reply was last asked for because a chunk waits.
+    last_progress_request: Instant,
     durable: Option<DurablePosition>,
     last_status: Instant,
     last_received: Instant,
@@ -494,6 +505,9 @@ impl PostgresSource {
             handed_lsn: 0,
             skipped: None,
             confirmed_lsn: 0,
+            read_lsn: 0,
+            wanted_lsn: 0,
+            last_progress_request: now,
             durable: None,
             last_status: now,
             last_received: now,
@@ -813,6 +827,7 @@ impl PostgresSource {
                 if txn.replayed || end_lsn <= self.resume_lsn {
                     return Ok(None);
                 }
+                self.read_lsn = self.read_lsn.max(end_lsn);
                 if txn.changes.is_empty() {
                     self.skipped = Some((self.handed_lsn, end_lsn));
                     return Ok(None);
@@ -1305,6 +1320,9 @@ impl Source for PostgresSource {
         self.handed_lsn = lsn;
         self.skipped = None;
         self.at_lsn = lsn;
+        // Everything that commits at or before the resume point was handed
+        // out by an earlier stream; nothing beyond it is read yet.
+        self.read_lsn = lsn;
         if let Err(source) = conn.start_replication(&command).await {
             return Err(self.map_stream_error(source));
         }
@@ -1316,6 +1334,13 @@ impl Source for PostgresSource {
 
     async fn next_transaction(&mut self) -> Result<CapturedTransaction, PostgresCaptureError> {
         loop {
+            if self.wanted_lsn > self.read_lsn && self.last_progress_request.elapsed() >= PROGRESS_REQUEST_EVERY {
+                // A snapshot chunk waits for the stream to reach its
+                // position: ask for a keepalive (the walsender answers a
+                // reply request with one carrying how far it decoded).
+                self.last_progress_request = Instant::now();
+                self.send_status(true).await?;
+            }
             let interval = self.interval();
             let due = self.last_status + interval;
             let durable = self.durable.as_mut();
@@ -1360,8 +1385,24 @@ impl Source for PostgresSource {
                     self.stream = None;
                     return Err(PostgresCaptureError::StreamEnded);
                 }
-                Next::Msg(Ok(CopyMessage::Keepalive { reply, .. })) => {
+                Next::Msg(Ok(CopyMessage::Keepalive { reply, wal_end })) => {
                     self.last_received = Instant::now();
+                    // A logical walsender's keepalive carries `sentPtr`, the
+                    // end of the last WAL record it decoded *completely*
+                    // (walsender.c: `XLogSendLogical` sets it after
+                    // `LogicalDecodingProcessRecord` returned, and
+                    // `WalSndKeepalive` sends it); a transaction is sent
+                    // while its commit record is decoded, before the
+                    // keepalive on the same connection. So every transaction
+                    // whose commit ends at or before `wal_end` came before
+                    // this message (or was not published). That holds even
+                    // in the middle of a later transaction (`sentPtr` is
+                    // still the record before its commit), but only
+                    // keepalives between transactions are used: cheap
+                    // certainty, since another comes on request.
+                    if self.txn.is_none() {
+                        self.read_lsn = self.read_lsn.max(wal_end);
+                    }
                     if reply {
                         self.send_status(false).await?;
                     }
@@ -1383,6 +1424,19 @@ impl Source for PostgresSource {
 
     fn watch_durable(&mut self, durable: DurablePosition) {
         self.durable = Some(durable);
+    }
+
+    /// Every transaction whose commit ends at or before this LSN was handed
+    /// out or dropped (commit end LSNs are what capture reports as
+    /// positions); `None` until streaming.
+    fn read_position(&self) -> Option<Position> {
+        (self.stream.is_some() && self.read_lsn > 0).then_some(Position::Postgres(self.read_lsn))
+    }
+
+    fn want_read_past(&mut self, position: &Position) {
+        if let Position::Postgres(lsn) = position {
+            self.wanted_lsn = self.wanted_lsn.max(*lsn);
+        }
     }
 
     /// Drops the slot (when it exists), so that `current_position` creates

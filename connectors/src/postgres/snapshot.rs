@@ -43,7 +43,9 @@ use super::capture::{
     describe_relation, Export, ExportedSnapshot, PostgresCaptureError, PostgresSourceConfig, RelPlan,
     SnapshotExport, CONNECT_TIMEOUT, STREAM_SETTINGS,
 };
+use super::apply_sql::{to_text, ZeroDates};
 use super::pgoutput::{Relation, RelationColumn};
+use super::replication::{parse_lsn, ReplicationConn};
 use pipeline::event::Row;
 use pipeline::filter::TableFilter;
 use pipeline::retry::ErrorClass;
@@ -51,6 +53,7 @@ use pipeline::schema::TableId;
 use pipeline::snapshot::{ChunkKey, ChunkReader, ReadView, SnapshotSource};
 use pipeline::{Position, Value};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
@@ -63,6 +66,8 @@ pub struct PostgresSnapshots {
     filter: TableFilter,
     pg: tokio_postgres::Config,
     export: SnapshotExport,
+    /// Set once the initial copy is over: each chunk gets its own view.
+    per_chunk: Arc<AtomicBool>,
 }
 
 impl PostgresSnapshots {
@@ -76,6 +81,7 @@ impl PostgresSnapshots {
             config: config.clone(),
             pg,
             export,
+            per_chunk: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -96,11 +102,21 @@ impl PostgresSnapshots {
     /// A connection in a transaction that imported the exported snapshot.
     async fn connect_in_view(&self) -> Result<(Client, ExportedSnapshot), PostgresCaptureError> {
         let exported = self.exported().await?;
-        let what = format!(
-            "connecting to {} for the initial snapshot",
-            self.config.redacted_url()
-        );
-        let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, self.pg.connect(NoTls))
+        let client = connect_for_snapshots(&self.config, &self.pg).await?;
+        import_snapshot(&client, &exported.name).await?;
+        Ok((client, exported))
+    }
+}
+
+/// A plain connection with the stream's session settings (rows read as
+/// text come out in the forms the stream's decoders parse).
+async fn connect_for_snapshots(
+    config: &PostgresSourceConfig,
+    pg: &tokio_postgres::Config,
+) -> Result<Client, PostgresCaptureError> {
+    {
+        let what = format!("connecting to {} for a snapshot", config.redacted_url());
+        let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, pg.connect(NoTls))
             .await
             .map_err(|_| PostgresCaptureError::Catalog {
                 context: what.clone(),
@@ -119,20 +135,30 @@ impl PostgresSnapshots {
             .map(|(k, v)| format!("SET {k} = {}", quote_literal(v)))
             .collect();
         setup.push("SET application_name = 'dbmux-snapshot'".into());
-        setup.push("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".into());
-        setup.push(format!(
-            "SET TRANSACTION SNAPSHOT {}",
-            quote_literal(&exported.name)
-        ));
-        match client.batch_execute(&setup.join("; ")).await {
-            Ok(()) => Ok((client, exported)),
-            // 22023: the snapshot no longer exists (capture started
-            // streaming, or the creating connection died).
-            Err(e) if e.code().is_some_and(|c| c.code() == "22023") => {
-                Err(PostgresCaptureError::SnapshotGone)
-            }
-            Err(e) => Err(driver("importing the slot's exported snapshot")(e)),
+        client
+            .batch_execute(&setup.join("; "))
+            .await
+            .map_err(driver("setting up a snapshot connection"))?;
+        Ok(client)
+    }
+}
+
+/// Opens a read-only repeatable-read transaction on `client` that imports
+/// the exported snapshot `name`.
+async fn import_snapshot(client: &Client, name: &str) -> Result<(), PostgresCaptureError> {
+    let sql = format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        quote_literal(name)
+    );
+    match client.batch_execute(&sql).await {
+        Ok(()) => Ok(()),
+        // 22023: the snapshot no longer exists (the exporting connection
+        // ran another command or died).
+        Err(e) if e.code().is_some_and(|c| c.code() == "22023") => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(PostgresCaptureError::SnapshotGone)
         }
+        Err(e) => Err(driver("importing an exported snapshot")(e)),
     }
 }
 
@@ -143,7 +169,11 @@ impl SnapshotSource for PostgresSnapshots {
     /// The publication's tables that `include`/`exclude` select, as of the
     /// start position, with the planner's row estimates.
     async fn tables(&self) -> Result<Vec<(TableId, u64)>, PostgresCaptureError> {
-        let (client, _) = self.connect_in_view().await?;
+        let client = if self.per_chunk.load(Ordering::SeqCst) {
+            connect_for_snapshots(&self.config, &self.pg).await?
+        } else {
+            self.connect_in_view().await?.0
+        };
         let rows = client
             .query(
                 "SELECT pt.schemaname::text, pt.tablename::text, GREATEST(c.reltuples, 0)::int8 \
@@ -167,17 +197,37 @@ impl SnapshotSource for PostgresSnapshots {
     }
 
     async fn reader(&self) -> Result<PostgresChunkReader, PostgresCaptureError> {
+        if self.per_chunk.load(Ordering::SeqCst) {
+            let client = connect_for_snapshots(&self.config, &self.pg).await?;
+            return Ok(PostgresChunkReader {
+                client,
+                lsn: 0,
+                view: None,
+                used: false,
+                per_chunk: Some(PerChunk {
+                    pg: self.pg.clone(),
+                    url: self.config.redacted_url(),
+                }),
+            });
+        }
         let (client, exported) = self.connect_in_view().await?;
         Ok(PostgresChunkReader {
             client,
             lsn: exported.lsn,
             view: None,
             used: false,
+            per_chunk: None,
         })
     }
 
+    /// The initial copy reads the slot's exported snapshot; later copies a
+    /// temporary slot's per chunk ([`PostgresChunkReader`]).
     fn single_view(&self) -> bool {
         true
+    }
+
+    fn initial_copy_done(&self) {
+        self.per_chunk.store(true, Ordering::SeqCst);
     }
 }
 
@@ -188,16 +238,119 @@ struct View {
     key: Vec<usize>,
     /// The key of the last row handed out.
     last_key: Option<Row>,
+    /// `SELECT <columns> FROM <table>` (per-chunk keyed reads add the range).
+    select: String,
+    /// A cursor is open (single view; per chunk, a table without a key).
+    cursor: bool,
 }
 
-/// One connection, in one transaction with the exported snapshot, reading
-/// one table.
+/// Reads one table: during the initial copy in the one transaction that
+/// imported the main slot's exported snapshot; later one read view per
+/// chunk, each from a temporary slot of its own (see [`PerChunk`]).
 pub struct PostgresChunkReader {
     client: Client,
+    /// The current view's position.
     lsn: u64,
     view: Option<View>,
-    /// A table was read in this transaction already (a reader serves one).
+    /// A table was read in this transaction already (a single-view reader
+    /// serves one).
     used: bool,
+    per_chunk: Option<PerChunk>,
+}
+
+/// A read view per chunk, at an exact stream position.
+///
+/// `begin` creates a *temporary* logical slot on a replication connection
+/// of its own (`CREATE_REPLICATION_SLOT <unique> TEMPORARY LOGICAL pgoutput
+/// EXPORT_SNAPSHOT`, the form PostgreSQL 10 to 17 accept) and imports its
+/// exported snapshot on the query connection (`BEGIN ISOLATION LEVEL
+/// REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT …`); then it closes
+/// the replication connection, which drops the slot (an imported snapshot
+/// no longer needs its exporter, and the slot would only pin WAL).
+///
+/// The view's position is the slot's `consistent_point` C. PostgreSQL's
+/// documentation of exported snapshots: the snapshot "will show exactly the
+/// state of the database after which all changes will be included in the
+/// change stream" of the new slot; the slot streams exactly the
+/// transactions whose commit record starts at or after C (snapbuild.c:
+/// consistency is reached at a record boundary, and the exported snapshot
+/// is built from the commits decoded before it, every transaction
+/// tracked). C is the end of a WAL record, so no commit record straddles
+/// it: **every transaction whose commit record ends at or before C — the
+/// position capture reports for it — is in the view, and none after.** The
+/// main slot streams in commit order by the same LSNs, so a chunk placed at
+/// C (after every streamed transaction ≤ C, before every later one) is
+/// exactly the state those transactions left.
+struct PerChunk {
+    pg: tokio_postgres::Config,
+    url: String,
+}
+
+/// A temporary slot name no other session has: process, time, counter.
+fn temporary_slot_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    format!(
+        "dbmux_chunk_{}_{now:x}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl PerChunk {
+    /// Creates a temporary slot, imports its snapshot on `client` (opening
+    /// the read transaction) and returns the slot's consistent point.
+    async fn open_view(&self, client: &Client) -> Result<u64, PostgresCaptureError> {
+        let mut conn = ReplicationConn::connect(&self.pg, STREAM_SETTINGS, CONNECT_TIMEOUT)
+            .await
+            .map_err(|source| PostgresCaptureError::Replication {
+                context: format!("connecting for a snapshot chunk's temporary slot ({})", self.url),
+                source,
+            })?;
+        let slot = temporary_slot_name();
+        let created = conn
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
+                quote_ident(&slot)
+            ))
+            .await;
+        let result = async {
+            let rows = created.map_err(|source| PostgresCaptureError::Replication {
+                context: format!("creating temporary replication slot {slot:?} for a snapshot chunk"),
+                source,
+            })?;
+            let row = rows.first().ok_or_else(|| PostgresCaptureError::Stream {
+                position: "snapshot chunk".into(),
+                message: "CREATE_REPLICATION_SLOT returned no row".into(),
+            })?;
+            let lsn = row.get(1).and_then(|v| v.as_deref()).and_then(parse_lsn);
+            let name = row.get(2).cloned().flatten();
+            let (Some(lsn), Some(name)) = (lsn, name) else {
+                return Err(PostgresCaptureError::Stream {
+                    position: "snapshot chunk".into(),
+                    message: format!("bad CREATE_REPLICATION_SLOT result {row:?}"),
+                });
+            };
+            // Imported while the exporting connection is idle (the
+            // snapshot lives until its next command).
+            import_snapshot(client, &name).await?;
+            Ok(lsn)
+        }
+        .await;
+        conn.close().await;
+        // A snapshot that vanished between export and import is a lost
+        // connection, not a reason to give the table up.
+        result.map_err(|e| match e {
+            PostgresCaptureError::SnapshotGone => PostgresCaptureError::Catalog {
+                context: "importing a snapshot chunk's exported snapshot".into(),
+                message: "the temporary slot's snapshot was gone".into(),
+                class: ErrorClass::Transient,
+            },
+            e => e,
+        })
+    }
 }
 
 impl PostgresChunkReader {
@@ -271,7 +424,13 @@ impl ChunkReader for PostgresChunkReader {
     type Error = PostgresCaptureError;
 
     async fn begin(&mut self, table: &TableId) -> Result<ReadView, PostgresCaptureError> {
-        if std::mem::replace(&mut self.used, true) {
+        if let Some(p) = &self.per_chunk {
+            if self.view.take().is_some() {
+                // A view left open by a failed chunk.
+                let _ = self.client.batch_execute("ROLLBACK").await;
+            }
+            self.lsn = p.open_view(&self.client).await?;
+        } else if std::mem::replace(&mut self.used, true) {
             return Err(PostgresCaptureError::Stream {
                 position: "initial snapshot".into(),
                 message: "a snapshot reader serves one table".into(),
@@ -291,7 +450,7 @@ impl ChunkReader for PostgresChunkReader {
             )
         };
         let select = format!(
-            "DECLARE {CURSOR} NO SCROLL CURSOR FOR SELECT {} FROM {}.{}{order}",
+            "SELECT {} FROM {}.{}",
             if columns.is_empty() {
                 "NULL".to_string()
             } else {
@@ -300,10 +459,15 @@ impl ChunkReader for PostgresChunkReader {
             quote_ident(&table.schema),
             quote_ident(&table.name),
         );
-        self.client
-            .batch_execute(&select)
-            .await
-            .map_err(driver(format!("opening a cursor over {table}")))?;
+        // Per chunk, a keyed table's chunk is one range query in its view;
+        // otherwise a cursor reads on where the last read stopped.
+        let cursor = self.per_chunk.is_none() || key.is_empty();
+        if cursor {
+            self.client
+                .batch_execute(&format!("DECLARE {CURSOR} NO SCROLL CURSOR FOR {select}{order}"))
+                .await
+                .map_err(driver(format!("opening a cursor over {table}")))?;
+        }
         let plan = Arc::new(plan);
         let schema = plan.schema.clone();
         self.view = Some(View {
@@ -311,6 +475,8 @@ impl ChunkReader for PostgresChunkReader {
             plan,
             key: key.clone(),
             last_key: None,
+            select,
+            cursor,
         });
         Ok(ReadView {
             position: Position::Postgres(self.lsn),
@@ -333,7 +499,12 @@ impl ChunkReader for PostgresChunkReader {
         limit: usize,
     ) -> Result<Vec<Row>, PostgresCaptureError> {
         let view = self.view.as_ref().ok_or(PostgresCaptureError::NotStarted)?;
-        if !view.key.is_empty() && after != view.last_key.as_deref() {
+        let query = if view.cursor {
+            format!("FETCH FORWARD {limit} FROM {CURSOR}")
+        } else {
+            range_query(view, after, limit)?
+        };
+        if view.cursor && !view.key.is_empty() && after != view.last_key.as_deref() {
             return Err(PostgresCaptureError::Stream {
                 position: "initial snapshot".into(),
                 message: format!(
@@ -344,7 +515,7 @@ impl ChunkReader for PostgresChunkReader {
         }
         let messages = self
             .client
-            .simple_query(&format!("FETCH FORWARD {limit} FROM {CURSOR}"))
+            .simple_query(&query)
             .await
             .map_err(driver(format!("reading a chunk of {}", view.table)))?;
         let plan = view.plan.clone();
@@ -392,4 +563,44 @@ impl ChunkReader for PostgresChunkReader {
     fn is_gone(e: &PostgresCaptureError) -> bool {
         matches!(e, PostgresCaptureError::TableGone(_))
     }
+}
+
+/// A keyed chunk in a per-chunk view: the rows whose key is after `after`,
+/// in key order, at most `limit`. The key values go back as PostgreSQL text
+/// input (the forms the stream's decoders read them from), as literals of
+/// unknown type that PostgreSQL reads as the key column's own type; the row
+/// comparison `(k1, k2) > (…)` is the order of `ORDER BY k1, k2` (same
+/// operators, same collations).
+fn range_query(view: &View, after: Option<&[Value]>, limit: usize) -> Result<String, PostgresCaptureError> {
+    let cols = &view.plan.schema.columns;
+    let names: Vec<String> = view.key.iter().map(|&i| quote_ident(&cols[i].name)).collect();
+    let order = names.join(", ");
+    let range = match after {
+        None => String::new(),
+        Some(after) => {
+            if after.len() != view.key.len() {
+                return Err(PostgresCaptureError::Stream {
+                    position: "snapshot chunk".into(),
+                    message: format!("{}: a key of {} values for a key of {} columns", view.table, after.len(), view.key.len()),
+                });
+            }
+            let mut literals = Vec::with_capacity(after.len());
+            for (v, &i) in after.iter().zip(&view.key) {
+                let text = to_text(v, &cols[i], ZeroDates::Error)
+                    .map_err(|message| PostgresCaptureError::Value {
+                        table: view.table.to_string(),
+                        column: cols[i].name.clone(),
+                        position: "snapshot chunk key".into(),
+                        message,
+                    })?
+                    .ok_or_else(|| PostgresCaptureError::Stream {
+                        position: "snapshot chunk".into(),
+                        message: format!("{}: a NULL in the key column {}", view.table, cols[i].name),
+                    })?;
+                literals.push(quote_literal(&text));
+            }
+            format!(" WHERE ({order}) > ({})", literals.join(", "))
+        }
+    };
+    Ok(format!("{}{range} ORDER BY {order} LIMIT {limit}", view.select))
 }
