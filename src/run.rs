@@ -233,6 +233,7 @@ pub async fn run(mut cfg: Config, parts: Parts) -> anyhow::Result<()> {
             crate::config::SourceConfig::Postgres(p) => {
                 // The initial snapshot through the slot's exported snapshot,
                 // later ones through a temporary slot per chunk.
+                snapshot_running = true;
                 let crate::source::AnySource::Postgres(pg) = &source else {
                     unreachable!("built from the same configuration")
                 };

@@ -1387,42 +1387,161 @@ async fn pg_source_snapshot_killed_midway_starts_over_and_loses_nothing() {
     assert!(dbmux.stop().success(), "clean shutdown:\n{}", dbmux.output());
 }
 
-/// Re-snapshot requests cannot be served for a PostgreSQL source: refused
-/// with the reason, through the admin server and by `dbmux snapshot`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_source_snapshot_requests_are_refused_with_the_reason() {
-    let src = PgSourceDb::create("pgsnapreq").await;
-    src.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
-    let mut dbmux = Dbmux::with_pg_source(&src.name, BOTH, "");
-    dbmux.start();
-    dbmux.wait_capturing().await;
+/// Damages `big` on both replicas directly: rows deleted, rows changed, a
+/// row the source never had.
+async fn damage_replicas(src: &PgSourceDb) {
+    use mysql_async::prelude::Queryable;
+    let mut my = mysql_async::Conn::from_url(with_db(&mysql_replica_url(), &src.name))
+        .await
+        .unwrap();
+    my.query_drop("DELETE FROM big WHERE id % 3 = 0").await.unwrap();
+    assert!(my.affected_rows() > 100, "MariaDB replica damaged");
+    my.query_drop("UPDATE big SET v = 'damaged' WHERE id % 7 = 1")
+        .await
+        .unwrap();
+    assert!(my.affected_rows() > 100);
+    my.query_drop("INSERT INTO big VALUES (-5, 'phantom', NULL, NULL)")
+        .await
+        .unwrap();
+    let pg = crate::support::pg_source::connect(&pg_url()).await;
+    let name = &src.name;
+    let deleted = pg
+        .execute(&format!("DELETE FROM \"{name}\".big WHERE id % 3 = 0"), &[])
+        .await
+        .unwrap();
+    assert!(deleted > 100, "PostgreSQL replica damaged");
+    pg.batch_execute(&format!(
+        "UPDATE \"{name}\".big SET v = 'damaged' WHERE id % 7 = 1;
+         INSERT INTO \"{name}\".big VALUES (-5, 'phantom', NULL, NULL)"
+    ))
+    .await
+    .unwrap();
+}
+
+/// `dbmux snapshot --replica <replica> --table public.big`.
+fn request_snapshot(dbmux: &Dbmux, replica: &str) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dbmux"))
         .args(["snapshot", "--config"])
         .arg(&dbmux.config)
-        .args(["--replica", "mariadb"])
+        .args(["--replica", replica, "--table", "public.big"])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
     assert!(
-        stderr.contains("a PostgreSQL source cannot take a snapshot on request"),
-        "{stderr}"
+        out.status.success(),
+        "dbmux snapshot --replica {replica}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
-    let response = {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(&dbmux.admin).await.unwrap();
-        s.write_all(b"POST /replicas/mariadb/snapshot HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-            .await
-            .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).await.unwrap();
-        text
+}
+
+/// The re-snapshot Prove items: on a running PostgreSQL-source pipeline,
+/// with a writer changing `big` all along, both replicas' `big` is damaged
+/// directly and a snapshot of it is requested for each; (`kill`: dbmux is
+/// SIGKILLed while the chunks are being copied, and restarted). Both
+/// replicas end equal to the source, value by value.
+async fn pg_resnapshot(prefix: &str, kill: bool) {
+    const BIG: u64 = 12_000;
+    let src = PgSourceDb::create(prefix).await;
+    preload_snapshot_tables(&src, BIG).await;
+    let mut dbmux = Dbmux::with_pg_source(&src.name, BOTH, &pg_snapshot_config(200));
+    dbmux.start();
+    let me = &dbmux;
+    wait_for(
+        "the initial snapshot to finish",
+        Duration::from_secs(300),
+        || async move {
+            let st = me.status().await?;
+            let tables = st["snapshot"]["tables"].as_array()?;
+            (tables.len() == 4 && st["snapshot"]["active"] == false && st["capture"]["connected"] == true)
+                .then_some(())
+        },
+    )
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = tokio::spawn(snapshot_writer(
+        src.url.clone(),
+        BIG as i64,
+        stop.clone(),
+        done.clone(),
+    ));
+    wait_for("the writer to begin", Duration::from_secs(30), || async {
+        (done.load(std::sync::atomic::Ordering::SeqCst) >= 20).then_some(())
+    })
+    .await;
+    // (A streamed change may repair some damaged rows; most stay damaged.)
+    damage_replicas(&src).await;
+    request_snapshot(&dbmux, "mariadb");
+    request_snapshot(&dbmux, "postgres");
+    // A targeted run's `big` on the board: copying, or done.
+    let targeted = |st: &serde_json::Value, state: &str, min_rows: u64| {
+        st["snapshot"]["tables"].as_array().is_some_and(|t| {
+            t.iter().any(|t| {
+                t["table"] == "public.big"
+                    && t["targets"].as_array().is_some_and(|a| !a.is_empty())
+                    && t["state"] == state
+                    && t["rows"].as_u64().unwrap_or(0) >= min_rows
+            })
+        })
     };
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(
-        head.starts_with("HTTP/1.0 409") || head.starts_with("HTTP/1.1 409"),
-        "{response}"
-    );
-    assert!(body.contains("exported"), "{body}");
+    if kill {
+        let me = &dbmux;
+        wait_for("the re-snapshot to be under way", Duration::from_secs(300), || async move {
+            let st = me.status().await?;
+            targeted(&st, "copying", 2000).then_some(())
+        })
+        .await;
+        dbmux.kill();
+        dbmux.start();
+    }
+    let me = &dbmux;
+    let st = wait_for(
+        "the re-snapshots to finish",
+        Duration::from_secs(600),
+        || async move {
+            let st = me.status().await?;
+            (st["snapshot"]["active"] == false
+                && st["capture"]["connected"] == true
+                && targeted(&st, "done", BIG / 2))
+            .then_some(st)
+        },
+    )
+    .await;
+    let tables = st["snapshot"]["tables"].as_array().unwrap();
+    assert!(tables.iter().all(|t| t["state"] == "done"), "{st}");
+    let during = done.load(std::sync::atomic::Ordering::SeqCst);
+    wait_for("more writes", Duration::from_secs(60), || async {
+        (done.load(std::sync::atomic::Ordering::SeqCst) >= during + 30).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let txns = writer.await.unwrap();
+    fence_and_catch_up(&src, &mut dbmux).await;
+    let rows = assert_snapshot_tables_identical(&src).await;
+    assert!(rows > BIG as usize, "{rows} rows");
+    // The re-snapshots' chunks sit between streamed changes.
+    let envelopes = dbmux.tail(Some(1));
+    let first_change = envelopes
+        .iter()
+        .position(|e| !matches!(e["op"].as_str(), Some("snapshot" | "r")))
+        .expect("streamed changes");
+    let later = envelopes[first_change..]
+        .iter()
+        .filter(|e| e["op"] == "r")
+        .count();
+    assert!(later >= BIG as usize / 2, "{later} rows copied by the re-snapshots");
+    let out = dbmux.output();
+    assert!(!out.contains("snapshot request refused"), "{out}");
     assert!(dbmux.stop().success(), "clean shutdown:\n{}", dbmux.output());
+    println!("pg re-snapshot (kill: {kill}): writer {txns} transactions, {later} rows re-copied, {rows} rows compared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_source_resnapshot_repairs_damaged_replicas_under_writes() {
+    pg_resnapshot("pgresnap", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_source_resnapshot_killed_midway_ends_equal_to_the_source() {
+    pg_resnapshot("pgresnapkill", true).await;
 }
