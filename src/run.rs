@@ -56,7 +56,8 @@ pub fn describe(c: &Config) -> String {
                 crate::config::SourceConfig::Mysql(_) => "",
                 // docs/snapshot.md: the initial copy reads the slot's exported
                 // snapshot, later ones a temporary slot's per chunk.
-                crate::config::SourceConfig::Postgres(_) => " (initial copy through the slot's exported snapshot)",
+                crate::config::SourceConfig::Postgres(_) =>
+                    " (initial copy through the slot's exported snapshot)",
             }
         ));
     }

@@ -604,7 +604,13 @@ async fn read_source<S: Source, L: Log>(
                     .placements
                     .iter()
                     .filter_map(|(id, ..)| holds.holds.get(id).and_then(|p| p.clone()))
-                    .reduce(|a, b| if b.partial_cmp(&a).is_some_and(|o| o.is_gt()) { b } else { a });
+                    .reduce(|a, b| {
+                        if b.partial_cmp(&a).is_some_and(|o| o.is_gt()) {
+                            b
+                        } else {
+                            a
+                        }
+                    });
                 if let Some(p) = furthest {
                     source.want_read_past(&p);
                 }

@@ -1415,7 +1415,10 @@ async fn damage_replicas(src: &PgSourceDb) {
                 Err(e) => panic!("{sql}: {e}"),
             }
         };
-        assert!(!many || affected > 100, "MariaDB replica damaged by {sql}: {affected}");
+        assert!(
+            !many || affected > 100,
+            "MariaDB replica damaged by {sql}: {affected}"
+        );
         let sql = sql
             .replace("big", &format!("\"{name}\".big"))
             .replace("nokey", &format!("\"{name}\".nokey"));
@@ -1430,7 +1433,10 @@ async fn damage_replicas(src: &PgSourceDb) {
                 Err(e) => panic!("{sql}: {e}"),
             }
         };
-        assert!(!many || affected > 100, "PostgreSQL replica damaged by {sql}: {affected}");
+        assert!(
+            !many || affected > 100,
+            "PostgreSQL replica damaged by {sql}: {affected}"
+        );
     }
 }
 
@@ -1506,10 +1512,14 @@ async fn pg_resnapshot(prefix: &str, kill: bool) {
     };
     if kill {
         let me = &dbmux;
-        wait_for("the re-snapshot to be under way", Duration::from_secs(300), || async move {
-            let st = me.status().await?;
-            targeted(&st, "public.big", "copying", 2000).then_some(())
-        })
+        wait_for(
+            "the re-snapshot to be under way",
+            Duration::from_secs(300),
+            || async move {
+                let st = me.status().await?;
+                targeted(&st, "public.big", "copying", 2000).then_some(())
+            },
+        )
         .await;
         dbmux.kill();
         dbmux.start();
@@ -1527,7 +1537,8 @@ async fn pg_resnapshot(prefix: &str, kill: bool) {
                     // on the new process's board.)
                     targeted(&st, "public.big", "done", 0) || targeted(&st, "public.nokey", "done", 0)
                 } else {
-                    targeted(&st, "public.big", "done", BIG / 2) && targeted(&st, "public.nokey", "done", 1000)
+                    targeted(&st, "public.big", "done", BIG / 2)
+                        && targeted(&st, "public.nokey", "done", 1000)
                 })
             .then_some(st)
         },
@@ -1555,7 +1566,10 @@ async fn pg_resnapshot(prefix: &str, kill: bool) {
         .iter()
         .filter(|e| e["op"] == "r")
         .count();
-    assert!(later >= BIG as usize / 2, "{later} rows copied by the re-snapshots");
+    assert!(
+        later >= BIG as usize / 2,
+        "{later} rows copied by the re-snapshots"
+    );
     let out = dbmux.output();
     assert!(!out.contains("snapshot request refused"), "{out}");
     assert!(dbmux.stop().success(), "clean shutdown:\n{}", dbmux.output());
@@ -1570,4 +1584,127 @@ async fn pg_source_resnapshot_repairs_damaged_replicas_under_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_source_resnapshot_killed_midway_ends_equal_to_the_source() {
     pg_resnapshot("pgresnapkill", true).await;
+}
+
+/// The connector side of a per-chunk read view, on an idle server and
+/// under load: a temporary slot's view at C shows exactly the transactions
+/// capture reports at or before C; capture's read position reaches C (the
+/// walsender's keepalive, asked for by `want_read_past`) only once every
+/// transaction at or before C was handed out, and without any later commit
+/// to push it there; a transaction committed after the view is after C.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_chunk_view_position_and_read_position_agree_with_the_stream() {
+    use connectors::postgres::snapshot::PostgresSnapshots;
+    use pipeline::schema::TableId;
+    use pipeline::snapshot::{ChunkReader, SnapshotSource};
+    let db = PgSourceDb::create("pgchunkview").await;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL)")
+        .await;
+    let cfg = config(&db);
+    let mut src = PostgresSource::new(cfg.clone()).unwrap();
+    src.preflight().await.unwrap();
+    let start = src.current_position().await.unwrap();
+    let snapshots = PostgresSnapshots::new(&cfg, src.snapshot_export()).unwrap();
+    src.start(Some(start)).await.unwrap();
+    snapshots.initial_copy_done();
+    let c = db.client().await;
+    let table = TableId::new("public", "t");
+    let mut reader = snapshots.reader().await.unwrap();
+    let mut handed: Vec<(u64, Vec<i64>)> = Vec::new();
+    for round in 0..3i64 {
+        // Round 0: an idle server. Later rounds: a writer commits all along.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = (round > 0).then(|| {
+            let (url, stop) = (db.url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let w = crate::support::pg_source::connect(&url).await;
+                let mut i = 0i64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let id = round * 100_000 + i;
+                    w.batch_execute(&format!("INSERT INTO t VALUES ({id}, 'w')"))
+                        .await
+                        .unwrap();
+                    i += 1;
+                }
+            })
+        });
+        for i in 0..5 {
+            c.batch_execute(&format!("INSERT INTO t VALUES ({}, 'r')", round * 1000 + i))
+                .await
+                .unwrap();
+        }
+        if round > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let view = reader.begin(&table).await.unwrap();
+        let at = lsn(&view.position);
+        let rows = reader.read(None, 1_000_000).await.unwrap();
+        reader.end().await.unwrap();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(w) = writer {
+            w.await.unwrap();
+        }
+        // Capture reads on until its read position reaches C.
+        src.want_read_past(&view.position);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut reached_with: Option<usize> = None;
+        while std::time::Instant::now() < deadline {
+            if src.read_position().is_some_and(|p| lsn(&p) >= at) {
+                reached_with = Some(handed.len());
+                break;
+            }
+            if let Ok(t) = tokio::time::timeout(Duration::from_millis(50), src.next_transaction()).await {
+                let t = t.unwrap();
+                let ids = t
+                    .changes
+                    .iter()
+                    .filter_map(|(_, op)| match op {
+                        Op::Insert { after } => Some(ints(after)[0]),
+                        _ => None,
+                    })
+                    .collect();
+                handed.push((lsn(&t.position), ids));
+            }
+        }
+        let upto =
+            reached_with.unwrap_or_else(|| panic!("round {round}: the read position never reached {at:X}"));
+        // The view holds exactly the rows of the transactions at or before C
+        // (every earlier round's too), and all of those were handed out
+        // before the read position said C.
+        let mut in_view: Vec<i64> = rows.iter().map(|r| ints(r)[0]).collect();
+        in_view.sort();
+        let mut by_stream: Vec<i64> = handed[..upto]
+            .iter()
+            .filter(|(l, _)| *l <= at)
+            .flat_map(|(_, ids)| ids.clone())
+            .collect();
+        by_stream.sort();
+        assert_eq!(
+            in_view, by_stream,
+            "round {round}: the view at {at:X} = the stream's transactions <= it"
+        );
+        for i in 0..5 {
+            assert!(
+                in_view.contains(&(round * 1000 + i)),
+                "round {round}: committed before the view"
+            );
+        }
+    }
+    // Drain: everything left was committed after the last view, so it is
+    // after its position... and a new commit is reported after C.
+    c.batch_execute("INSERT INTO t VALUES (-1, 'after')")
+        .await
+        .unwrap();
+    loop {
+        let t = next(&mut src).await;
+        if t.changes
+            .iter()
+            .any(|(_, op)| matches!(op, Op::Insert { after } if ints(after)[0] == -1))
+        {
+            let last_view = handed.iter().map(|(l, _)| *l).max().unwrap_or(0);
+            assert!(lsn(&t.position) > last_view);
+            break;
+        }
+    }
+    src.stop().await;
 }

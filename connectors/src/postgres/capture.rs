@@ -1334,7 +1334,9 @@ impl Source for PostgresSource {
 
     async fn next_transaction(&mut self) -> Result<CapturedTransaction, PostgresCaptureError> {
         loop {
-            if self.wanted_lsn > self.read_lsn && self.last_progress_request.elapsed() >= PROGRESS_REQUEST_EVERY {
+            if self.wanted_lsn > self.read_lsn
+                && self.last_progress_request.elapsed() >= PROGRESS_REQUEST_EVERY
+            {
                 // A snapshot chunk waits for the stream to reach its
                 // position: ask for a keepalive (the walsender answers a
                 // reply request with one carrying how far it decoded).

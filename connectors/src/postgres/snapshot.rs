@@ -36,6 +36,7 @@
 //! table are the same values under the same definition. A column of an
 //! unsupported type stops the copy with the error streaming gives.
 
+use super::apply_sql::{to_text, ZeroDates};
 #[cfg(doc)]
 use super::capture::PostgresSource;
 use super::capture::{catalog as driver, quote_ident, quote_literal};
@@ -43,7 +44,6 @@ use super::capture::{
     describe_relation, Export, ExportedSnapshot, PostgresCaptureError, PostgresSourceConfig, RelPlan,
     SnapshotExport, CONNECT_TIMEOUT, STREAM_SETTINGS,
 };
-use super::apply_sql::{to_text, ZeroDates};
 use super::pgoutput::{Relation, RelationColumn};
 use super::replication::{parse_lsn, ReplicationConn};
 use pipeline::event::Row;
@@ -581,7 +581,12 @@ fn range_query(view: &View, after: Option<&[Value]>, limit: usize) -> Result<Str
             if after.len() != view.key.len() {
                 return Err(PostgresCaptureError::Stream {
                     position: "snapshot chunk".into(),
-                    message: format!("{}: a key of {} values for a key of {} columns", view.table, after.len(), view.key.len()),
+                    message: format!(
+                        "{}: a key of {} values for a key of {} columns",
+                        view.table,
+                        after.len(),
+                        view.key.len()
+                    ),
                 });
             }
             let mut literals = Vec::with_capacity(after.len());
