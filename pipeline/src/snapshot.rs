@@ -149,8 +149,8 @@ pub struct ReadView {
     pub key: ChunkKey,
 }
 
-/// A source that can copy tables (MariaDB today; the contract is written so
-/// that a PostgreSQL source can implement it with an exported snapshot).
+/// A source that can copy tables (MariaDB; PostgreSQL through exported
+/// snapshots, see [`SnapshotSource::single_view`]).
 pub trait SnapshotSource: Send + Sync + 'static {
     type Error: std::error::Error + Classify + Send + Sync + 'static;
     type Reader: ChunkReader<Error = Self::Error>;

@@ -25,7 +25,12 @@
 //! does not stream until the copy is in the log). A copy cut short cannot be
 //! continued (the snapshot died with the process): the runtime then calls
 //! [`Source::discard_start`], which drops the slot, and `current_position`
-//! creates it anew with a new snapshot. Re-snapshots later are impossible.
+//! creates it anew with a new snapshot. Later snapshots read a temporary
+//! slot's exported snapshot per chunk ([`super::snapshot`]); to place each
+//! chunk at its position, [`Source::read_position`] says how far the stream
+//! was read (transactions handed out or dropped, walsender keepalives), and
+//! [`Source::want_read_past`] makes capture ask for a keepalive while a
+//! chunk waits.
 //!
 //! # Transactions and positions
 //! pgoutput (protocol 1) sends whole transactions at commit, in commit order:
@@ -461,6 +466,11 @@ pub struct PostgresSource {
     wanted_lsn: u64,
     /// When a reply was last asked for because a chunk waits.
     last_progress_request: Instant,
+    /// A `Relation` message read from the stream whose handling has not
+    /// completed: handling it awaits a catalog query, and `next_transaction`
+    /// may be dropped there (capture looks at its snapshot holds); the
+    /// message is handled again on the next call instead of being lost.
+    unhandled: Option<(u64, Message)>,
     durable: Option<DurablePosition>,
     last_status: Instant,
     last_received: Instant,
@@ -508,6 +518,7 @@ impl PostgresSource {
             read_lsn: 0,
             wanted_lsn: 0,
             last_progress_request: now,
+            unhandled: None,
             durable: None,
             last_status: now,
             last_received: now,
@@ -1316,6 +1327,7 @@ impl Source for PostgresSource {
         );
         self.relations.clear();
         self.txn = None;
+        self.unhandled = None;
         self.resume_lsn = lsn;
         self.handed_lsn = lsn;
         self.skipped = None;
@@ -1334,6 +1346,17 @@ impl Source for PostgresSource {
 
     async fn next_transaction(&mut self) -> Result<CapturedTransaction, PostgresCaptureError> {
         loop {
+            if let Some((start, msg)) = self.unhandled.clone() {
+                // `handle` changes nothing before its last await, so running
+                // it again after a cancellation is running it once.
+                self.at_lsn = start;
+                let done = self.handle(msg).await;
+                self.unhandled = None;
+                if let Some(t) = done? {
+                    return Ok(t);
+                }
+                continue;
+            }
             if self.wanted_lsn > self.read_lsn
                 && self.last_progress_request.elapsed() >= PROGRESS_REQUEST_EVERY
             {
@@ -1416,6 +1439,13 @@ impl Source for PostgresSource {
                         position: format!("LSN {}", format_lsn(start)),
                         message: e.to_string(),
                     })?;
+                    if matches!(msg, Message::Relation(_)) {
+                        // Its handling awaits: done at the top of the loop,
+                        // where a cancellation does not lose it.
+                        self.unhandled = Some((start, msg));
+                        continue;
+                    }
+                    // (Handling any other message completes without waiting.)
                     if let Some(t) = self.handle(msg).await? {
                         return Ok(t);
                     }

@@ -1,7 +1,8 @@
-//! The initial snapshot of a PostgreSQL source: every captured table's rows
-//! as of the slot's consistent point, read through the snapshot the slot
-//! exported when it was created — the [`SnapshotSource`] of the PostgreSQL
-//! connector.
+//! Snapshots of a PostgreSQL source — the [`SnapshotSource`] of the
+//! PostgreSQL connector: the initial copy as of the slot's consistent point,
+//! read through the snapshot the slot exported when it was created, and
+//! later copies one chunk per read view, each through a temporary slot's
+//! exported snapshot ([`PerChunk`] states the view's position).
 //!
 //! # One view for everything
 //! `CREATE_REPLICATION_SLOT … EXPORT_SNAPSHOT` returns the slot's consistent
@@ -13,18 +14,20 @@
 //! imports it (`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET
 //! TRANSACTION SNAPSHOT '…'`) and reads one table in that transaction, so
 //! every chunk of every table shows the same instant. That is why this
-//! source is [`SnapshotSource::single_view`]: the whole copy goes into the
-//! log before the first streamed transaction, and there is no view for a
-//! later snapshot (operator requests are refused).
+//! source is [`SnapshotSource::single_view`]: the whole initial copy goes
+//! into the log before the first streamed transaction. After it
+//! ([`SnapshotSource::initial_copy_done`]) every chunk opens its own view.
 //!
 //! # Chunks
-//! A table with a primary key is read through a cursor ordered by that key
+//! In the initial copy, a table with a primary key is read through a cursor ordered by that key
 //! (`DECLARE … CURSOR FOR SELECT … ORDER BY <key>`, `FETCH <chunk_rows>`), so
 //! each chunk is a key range and its mark carries the last key. A table
 //! without one is read through a cursor in physical order, each `FETCH` one
 //! piece of the table copied whole. The list of tables and their
 //! definitions are read in the same snapshot: the catalog as of the start
-//! position.
+//! position. Per chunk, a keyed chunk is one range query (`WHERE (key) >
+//! (last) ORDER BY key LIMIT chunk_rows`) in its own view, and a table
+//! without a key is read through a cursor in one view, as above.
 //!
 //! # Values
 //! Rows are read as text (simple query protocol) in a session with the
