@@ -1142,9 +1142,46 @@ pub struct ServerSettings {
     pub version_num: i32,
     pub superuser: bool,
     pub replication: bool,
+    /// Replication slots that exist, and WAL senders running, at preflight.
+    pub slots_used: i32,
+    pub senders_used: i32,
+    /// Whether this source's own slot already exists (else it takes one more).
+    pub own_slot_exists: bool,
 }
 
 impl ServerSettings {
+    /// What does not stop capture but will stop a snapshot later: every
+    /// later snapshot chunk takes a temporary slot and a WAL sender of its
+    /// own (docs/snapshot.md), on top of the source's slot and stream.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let own = i32::from(!self.own_slot_exists);
+        let free_slots = self.max_replication_slots - self.slots_used - own;
+        if free_slots < 1 {
+            w.push(format!(
+                "max_replication_slots: {} with {} in use{}: later snapshots need at least one more \
+                 (one temporary slot per table copied at a time); raise max_replication_slots",
+                self.max_replication_slots,
+                self.slots_used,
+                if own == 1 {
+                    " and this source's slot still to create"
+                } else {
+                    ""
+                }
+            ));
+        }
+        // This source's own stream is not running yet at preflight.
+        let free_senders = self.max_wal_senders - self.senders_used - 1;
+        if free_senders < 1 {
+            w.push(format!(
+                "max_wal_senders: {} with {} running and this source's stream to come: later snapshots need \
+                 at least one more (one per table copied at a time); raise max_wal_senders",
+                self.max_wal_senders, self.senders_used
+            ));
+        }
+        w
+    }
+
     /// Each problem names the setting, the value needed and the value found.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -1193,15 +1230,19 @@ impl Source for PostgresSource {
     type Error = PostgresCaptureError;
 
     async fn preflight(&mut self) -> Result<(), PostgresCaptureError> {
+        let slot = self.config.slot.clone();
         let row = self
             .meta()
             .await?
             .query_one(
                 "SELECT current_setting('wal_level'), current_setting('max_replication_slots')::int4, \
                    current_setting('max_wal_senders')::int4, current_setting('server_encoding'), \
-                   current_setting('server_version_num')::int4, r.rolsuper, r.rolreplication \
+                   current_setting('server_version_num')::int4, r.rolsuper, r.rolreplication, \
+                   (SELECT count(*)::int4 FROM pg_replication_slots), \
+                   (SELECT count(*)::int4 FROM pg_stat_replication), \
+                   EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1) \
                  FROM pg_roles r WHERE r.rolname = current_user",
-                &[],
+                &[&slot],
             )
             .await
             .map_err(catalog("reading server settings"))?;
@@ -1213,7 +1254,13 @@ impl Source for PostgresSource {
             version_num: row.get(4),
             superuser: row.get(5),
             replication: row.get(6),
+            slots_used: row.get(7),
+            senders_used: row.get(8),
+            own_slot_exists: row.get(9),
         };
+        for w in settings.warnings() {
+            tracing::warn!(slot = %self.config.slot, "PostgreSQL source preflight: {w}");
+        }
         let mut problems = settings.problems();
         if problems.is_empty() {
             self.check_and_create_publication(&mut problems, settings.superuser)
@@ -1541,8 +1588,33 @@ mod tests {
             version_num: 150_000,
             superuser: false,
             replication: true,
+            slots_used: 2,
+            senders_used: 1,
+            own_slot_exists: true,
         };
         assert!(good.problems().is_empty());
+        assert!(good.warnings().is_empty());
+        // No room for a later snapshot's temporary slot and WAL sender.
+        let tight = ServerSettings {
+            max_replication_slots: 3,
+            max_wal_senders: 2,
+            own_slot_exists: false,
+            ..good.clone()
+        };
+        let w = tight.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("max_replication_slots: 3 with 2 in use and this source's slot"),
+            "{w:?}"
+        );
+        assert!(w[1].starts_with("max_wal_senders: 2 with 1 running"), "{w:?}");
+        // One free of each is enough.
+        let just = ServerSettings {
+            max_replication_slots: 3,
+            max_wal_senders: 3,
+            ..good.clone()
+        };
+        assert!(just.warnings().is_empty(), "{:?}", just.warnings());
         let bad = ServerSettings {
             wal_level: "replica".into(),
             max_replication_slots: 0,
