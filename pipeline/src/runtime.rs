@@ -369,6 +369,39 @@ where
     }
 }
 
+/// Runs one start-up call of the source until it succeeds: a transient
+/// error is counted, logged with `retrying` and tried again after the
+/// backoff; a definite one stops capture. `None`: shut down while waiting.
+/// The backoff is reset after a success, for the next step.
+async fn until_done<S: Source, T>(
+    source: &mut S,
+    retrying: &str,
+    backoff: &mut Backoff,
+    metrics: &PipelineMetrics,
+    shutdown: &CancellationToken,
+    mut call: impl AsyncFnMut(&mut S) -> Result<T, S::Error>,
+) -> Result<Option<T>, RuntimeError> {
+    loop {
+        match call(source).await {
+            Ok(v) => {
+                backoff.reset();
+                return Ok(Some(v));
+            }
+            Err(e) if e.is_transient() => {
+                metrics.error("capture", ErrorClass::Transient);
+                warn!(error = %e, "{retrying}");
+                if sleep_or_cancel(backoff.next_delay(), shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Err(e) => {
+                metrics.error("capture", ErrorClass::Definite);
+                return Err(RuntimeError::Capture(e.to_string()));
+            }
+        }
+    }
+}
+
 /// How the reader starts (see [`run_capture_with`]).
 #[derive(Debug, Clone, Copy)]
 struct ReadMode {
@@ -488,68 +521,50 @@ async fn read_source<S: Source, L: Log>(
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     let mut backoff = Backoff::default();
-    loop {
-        match source.preflight().await {
-            Ok(()) => break,
-            Err(e) if e.is_transient() => {
-                metrics.error("capture", ErrorClass::Transient);
-                warn!(error = %e, "capture preflight could not run; retrying");
-                if sleep_or_cancel(backoff.next_delay(), &shutdown).await {
-                    return Ok(());
-                }
-            }
-            Err(e) => {
-                metrics.error("capture", ErrorClass::Definite);
-                return Err(RuntimeError::Capture(e.to_string()));
-            }
-        }
+    let preflight = until_done(
+        &mut source,
+        "capture preflight could not run; retrying",
+        &mut backoff,
+        &metrics,
+        &shutdown,
+        async |s: &mut S| s.preflight().await,
+    );
+    if preflight.await?.is_none() {
+        return Ok(());
     }
-    backoff.reset();
     if mode.discard_start {
-        loop {
-            match source.discard_start().await {
-                Ok(()) => break,
-                Err(e) if e.is_transient() => {
-                    metrics.error("capture", ErrorClass::Transient);
-                    warn!(error = %e, "capture could not discard its previous start position yet; retrying");
-                    if sleep_or_cancel(backoff.next_delay(), &shutdown).await {
-                        return Ok(());
-                    }
-                }
-                Err(e) => {
-                    metrics.error("capture", ErrorClass::Definite);
-                    return Err(RuntimeError::Capture(e.to_string()));
-                }
-            }
+        let discard = until_done(
+            &mut source,
+            "capture could not discard its previous start position yet; retrying",
+            &mut backoff,
+            &metrics,
+            &shutdown,
+            async |s: &mut S| s.discard_start().await,
+        );
+        if discard.await?.is_none() {
+            return Ok(());
         }
-        backoff.reset();
     }
     if resume.is_none() {
         // First start ever: pin "the source's current end" to a concrete
         // position and store it durably before streaming, so that a crash
         // before the first transaction reaches the log resumes here instead
         // of at a later "current end".
-        let position = loop {
-            match source.current_position().await {
-                Ok(p) => break p,
-                Err(e) if e.is_transient() => {
-                    metrics.error("capture", ErrorClass::Transient);
-                    warn!(error = %e, "capture could not read the source position; retrying");
-                    if sleep_or_cancel(backoff.next_delay(), &shutdown).await {
-                        return Ok(());
-                    }
-                }
-                Err(e) => {
-                    metrics.error("capture", ErrorClass::Definite);
-                    return Err(RuntimeError::Capture(e.to_string()));
-                }
-            }
+        let position = until_done(
+            &mut source,
+            "capture could not read the source position; retrying",
+            &mut backoff,
+            &metrics,
+            &shutdown,
+            async |s: &mut S| s.current_position().await,
+        );
+        let Some(position) = position.await? else {
+            return Ok(());
         };
         log.set_start_position(&position).await?;
         info!(position = %position, "capture start position stored");
         resume = Some(position);
     }
-    backoff.reset();
     // The position of what was last handed to the log (snapshot
     // transactions placed here carry it: resuming from it never skips).
     let mut sent_at = resume.clone().expect("set above");
