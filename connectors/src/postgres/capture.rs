@@ -354,6 +354,29 @@ fn replication_class(e: &ReplicationError) -> ErrorClass {
     }
 }
 
+/// A plain (non-replication) connection, within [`CONNECT_TIMEOUT`]; its
+/// connection task ends with a debug line naming `role`.
+pub(super) async fn connect_plain(
+    pg: &tokio_postgres::Config,
+    what: String,
+    role: &'static str,
+) -> Result<Client, PostgresCaptureError> {
+    let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, pg.connect(NoTls))
+        .await
+        .map_err(|_| PostgresCaptureError::Catalog {
+            context: what.clone(),
+            message: "timed out".into(),
+            class: ErrorClass::Transient,
+        })?
+        .map_err(catalog(what))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "{role} connection closed");
+        }
+    });
+    Ok(client)
+}
+
 pub(super) fn catalog(
     context: impl Into<String>,
 ) -> impl FnOnce(tokio_postgres::Error) -> PostgresCaptureError {
@@ -550,20 +573,7 @@ impl PostgresSource {
         }
         if self.meta.is_none() {
             let what = format!("connecting to {}", self.config.redacted_url());
-            let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, self.pg.connect(NoTls))
-                .await
-                .map_err(|_| PostgresCaptureError::Catalog {
-                    context: what.clone(),
-                    message: "timed out".into(),
-                    class: ErrorClass::Transient,
-                })?
-                .map_err(catalog(what))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "catalog connection closed");
-                }
-            });
-            self.meta = Some(client);
+            self.meta = Some(connect_plain(&self.pg, what, "catalog").await?);
         }
         Ok(self.meta.as_ref().expect("just connected"))
     }

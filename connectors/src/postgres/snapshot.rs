@@ -42,7 +42,7 @@
 use super::apply_sql::{to_text, ZeroDates};
 #[cfg(doc)]
 use super::capture::PostgresSource;
-use super::capture::{catalog as driver, quote_ident, quote_literal};
+use super::capture::{catalog as driver, connect_plain, quote_ident, quote_literal};
 use super::capture::{
     describe_relation, Export, ExportedSnapshot, PostgresCaptureError, PostgresSourceConfig, RelPlan,
     SnapshotExport, CONNECT_TIMEOUT, STREAM_SETTINGS,
@@ -58,7 +58,7 @@ use pipeline::{Position, Value};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// The cursor each reader reads its table through.
 const CURSOR: &str = "dbmux_snapshot";
@@ -119,19 +119,7 @@ async fn connect_for_snapshots(
 ) -> Result<Client, PostgresCaptureError> {
     {
         let what = format!("connecting to {} for a snapshot", config.redacted_url());
-        let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, pg.connect(NoTls))
-            .await
-            .map_err(|_| PostgresCaptureError::Catalog {
-                context: what.clone(),
-                message: "timed out".into(),
-                class: ErrorClass::Transient,
-            })?
-            .map_err(driver(what))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "snapshot connection closed");
-            }
-        });
+        let client = connect_plain(pg, what, "snapshot").await?;
         let mut setup: Vec<String> = STREAM_SETTINGS
             .iter()
             .filter(|(k, _)| *k != "application_name")
