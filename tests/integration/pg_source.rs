@@ -1155,6 +1155,70 @@ async fn snapshot_writer(
     t
 }
 
+/// [`snapshot_writer`] running in the background, with its progress.
+struct SnapshotWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl SnapshotWriter {
+    fn start(src: &PgSourceDb, big_rows: u64) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let task = tokio::spawn(snapshot_writer(
+            src.url.clone(),
+            big_rows as i64,
+            stop.clone(),
+            done.clone(),
+        ));
+        SnapshotWriter { stop, done, task }
+    }
+
+    /// Transactions committed so far.
+    fn done(&self) -> u64 {
+        self.done.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `n` more transactions than now have committed.
+    async fn more(&self, what: &str, n: u64, timeout: Duration) {
+        let from = self.done();
+        wait_for(what, timeout, || async {
+            (self.done() >= from + n).then_some(())
+        })
+        .await;
+    }
+
+    /// Stops the writer; its transaction count.
+    async fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.unwrap()
+    }
+}
+
+/// Waits until the replicas hold everything the source committed, then
+/// compares the snapshot tables value by value; the rows compared (more
+/// than `big` of them).
+async fn caught_up_and_identical(src: &PgSourceDb, dbmux: &mut Dbmux, big: u64) -> usize {
+    fence_and_catch_up(src, dbmux).await;
+    let rows = assert_snapshot_tables_identical(src).await;
+    assert!(rows > big as usize, "{rows} rows");
+    rows
+}
+
+/// A snapshot mark or a copied row in `dbmux tail`'s output.
+fn is_snapshot_event(e: &serde_json::Value) -> bool {
+    matches!(e["op"].as_str(), Some("snapshot" | "r"))
+}
+
+/// The index of the first streamed change in `dbmux tail`'s output.
+fn first_streamed_change(envelopes: &[serde_json::Value]) -> usize {
+    envelopes
+        .iter()
+        .position(|e| !is_snapshot_event(e))
+        .expect("streamed changes")
+}
+
 fn big_cols() -> Vec<Col> {
     use Kind::*;
     vec![
@@ -1222,21 +1286,13 @@ async fn pg_source_snapshot_copies_existing_rows_under_writes_to_both_replicas()
     let src = PgSourceDb::create("pgsnap").await;
     preload_snapshot_tables(&src, BIG).await;
     let mut dbmux = Dbmux::with_pg_source(&src.name, BOTH, &pg_snapshot_config(2000));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let writer = tokio::spawn(snapshot_writer(
-        src.url.clone(),
-        BIG as i64,
-        stop.clone(),
-        done.clone(),
-    ));
+    let writer = SnapshotWriter::start(&src, BIG);
     // The writer runs before the slot exists, while it is created and while
     // the tables are copied.
-    wait_for("the writer to begin", Duration::from_secs(30), || async {
-        (done.load(std::sync::atomic::Ordering::SeqCst) >= 20).then_some(())
-    })
-    .await;
-    let before = done.load(std::sync::atomic::Ordering::SeqCst);
+    writer
+        .more("the writer to begin", 20, Duration::from_secs(30))
+        .await;
+    let before = writer.done();
     dbmux.start();
     let me = &dbmux;
     let st = wait_for(
@@ -1254,27 +1310,16 @@ async fn pg_source_snapshot_copies_existing_rows_under_writes_to_both_replicas()
     assert!(tables.iter().all(|t| t["state"] == "done"), "{st}");
     let big = tables.iter().find(|t| t["table"] == "public.big").unwrap();
     assert!(big["chunks"].as_u64().unwrap() >= 10, "several chunks: {big}");
-    let during = done.load(std::sync::atomic::Ordering::SeqCst);
+    let during = writer.done();
     // Some more streamed changes after the copy.
-    wait_for("more writes", Duration::from_secs(60), || async {
-        (done.load(std::sync::atomic::Ordering::SeqCst) >= during + 50).then_some(())
-    })
-    .await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let txns = writer.await.unwrap();
-    fence_and_catch_up(&src, &mut dbmux).await;
-    let rows = assert_snapshot_tables_identical(&src).await;
-    assert!(rows > BIG as usize, "{rows} rows");
+    writer.more("more writes", 50, Duration::from_secs(60)).await;
+    let txns = writer.stop().await;
+    let rows = caught_up_and_identical(&src, &mut dbmux, BIG).await;
     // The log: the snapshot (marks and `r` rows) comes before every streamed change.
     let envelopes = dbmux.tail(Some(1));
-    let first_change = envelopes
-        .iter()
-        .position(|e| !matches!(e["op"].as_str(), Some("snapshot" | "r")))
-        .expect("streamed changes");
+    let first_change = first_streamed_change(&envelopes);
     assert!(
-        envelopes[first_change..]
-            .iter()
-            .all(|e| !matches!(e["op"].as_str(), Some("snapshot" | "r"))),
+        envelopes[first_change..].iter().all(|e| !is_snapshot_event(e)),
         "snapshot events after a streamed change"
     );
     let copied = envelopes[..first_change]
@@ -1325,14 +1370,7 @@ async fn pg_source_snapshot_killed_midway_starts_over_and_loses_nothing() {
     let src = PgSourceDb::create("pgsnapkill").await;
     preload_snapshot_tables(&src, BIG).await;
     let mut dbmux = Dbmux::with_pg_source(&src.name, BOTH, &pg_snapshot_config(500));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let writer = tokio::spawn(snapshot_writer(
-        src.url.clone(),
-        BIG as i64,
-        stop.clone(),
-        done.clone(),
-    ));
+    let writer = SnapshotWriter::start(&src, BIG);
     let mut consistent_points = Vec::new();
     for kill in 0..2 {
         dbmux.start();
@@ -1382,11 +1420,8 @@ async fn pg_source_snapshot_killed_midway_starts_over_and_loses_nothing() {
         2,
         "both restarts say so:\n{out}"
     );
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    writer.await.unwrap();
-    fence_and_catch_up(&src, &mut dbmux).await;
-    let rows = assert_snapshot_tables_identical(&src).await;
-    assert!(rows > BIG as usize);
+    writer.stop().await;
+    caught_up_and_identical(&src, &mut dbmux, BIG).await;
     assert!(dbmux.stop().success(), "clean shutdown:\n{}", dbmux.output());
 }
 
@@ -1482,18 +1517,10 @@ async fn pg_resnapshot(prefix: &str, kill: bool) {
         },
     )
     .await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let writer = tokio::spawn(snapshot_writer(
-        src.url.clone(),
-        BIG as i64,
-        stop.clone(),
-        done.clone(),
-    ));
-    wait_for("the writer to begin", Duration::from_secs(30), || async {
-        (done.load(std::sync::atomic::Ordering::SeqCst) >= 20).then_some(())
-    })
-    .await;
+    let writer = SnapshotWriter::start(&src, BIG);
+    writer
+        .more("the writer to begin", 20, Duration::from_secs(30))
+        .await;
     // (A streamed change may repair some damaged rows; most stay damaged.)
     damage_replicas(&src).await;
     // `big` is copied by key ranges, `nokey` (no key) whole, in one view
@@ -1549,22 +1576,12 @@ async fn pg_resnapshot(prefix: &str, kill: bool) {
     .await;
     let tables = st["snapshot"]["tables"].as_array().unwrap();
     assert!(tables.iter().all(|t| t["state"] == "done"), "{st}");
-    let during = done.load(std::sync::atomic::Ordering::SeqCst);
-    wait_for("more writes", Duration::from_secs(60), || async {
-        (done.load(std::sync::atomic::Ordering::SeqCst) >= during + 30).then_some(())
-    })
-    .await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let txns = writer.await.unwrap();
-    fence_and_catch_up(&src, &mut dbmux).await;
-    let rows = assert_snapshot_tables_identical(&src).await;
-    assert!(rows > BIG as usize, "{rows} rows");
+    writer.more("more writes", 30, Duration::from_secs(60)).await;
+    let txns = writer.stop().await;
+    let rows = caught_up_and_identical(&src, &mut dbmux, BIG).await;
     // The re-snapshots' chunks sit between streamed changes.
     let envelopes = dbmux.tail(Some(1));
-    let first_change = envelopes
-        .iter()
-        .position(|e| !matches!(e["op"].as_str(), Some("snapshot" | "r")))
-        .expect("streamed changes");
+    let first_change = first_streamed_change(&envelopes);
     let later = envelopes[first_change..]
         .iter()
         .filter(|e| e["op"] == "r")
