@@ -1517,6 +1517,9 @@ async fn pg_resnapshot(prefix: &str, kill: bool) {
         },
     )
     .await;
+    // The copy being done at the source says nothing of the replicas: the
+    // damage needs both to hold every table first.
+    dbmux.wait_caught_up(1, Duration::from_secs(300)).await;
     let writer = SnapshotWriter::start(&src, BIG);
     writer
         .more("the writer to begin", 20, Duration::from_secs(30))
