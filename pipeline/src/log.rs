@@ -100,7 +100,8 @@ pub trait Log: Clone + Send + Sync + 'static {
     fn subscribe(&self) -> watch::Receiver<u64>;
 
     /// Reads the newest event's `seq` and the source position stored with it
-    /// from the log itself (authoritative, unlike [`Log::last_seq`]).
+    /// from the log itself (authoritative, unlike [`Log::last_seq`]). Every
+    /// append of this process that returned is included.
     fn last(&self) -> impl Future<Output = Result<Option<(u64, Position)>, LogError>> + Send;
 
     /// The oldest `seq` still stored, if any.
@@ -114,7 +115,8 @@ pub trait Log: Clone + Send + Sync + 'static {
     /// A small durable value stored beside the records.
     fn meta(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, LogError>> + Send;
 
-    /// Stores a small value durably before returning.
+    /// Stores a small value durably before returning; a [`Log::meta`] of
+    /// `key` after it returns reads this value (until another write).
     fn set_meta(&self, key: &str, value: Vec<u8>) -> impl Future<Output = Result<(), LogError>> + Send;
 
     /// A reader for consumer `consumer` (its name keys its acknowledgements).

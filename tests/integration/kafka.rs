@@ -792,6 +792,20 @@ async fn log_contract<L: pipeline::log::Log>(log: L) {
     log.set_meta("k", b"v2".to_vec()).await.unwrap();
     assert_eq!(log.meta("k").await.unwrap(), Some(b"v2".to_vec()));
     assert_eq!(log.meta("absent").await.unwrap(), None);
+    // Read-your-writes, many times over: a write that returned is read back
+    // at once (a Kafka commit's markers land just after the commit returns).
+    for i in 0..60u64 {
+        let value = format!("round {i}").into_bytes();
+        log.set_meta("ryw", value.clone()).await.unwrap();
+        assert_eq!(log.meta("ryw").await.unwrap(), Some(value), "meta round {i}");
+        let seq = 2507 + i;
+        log.append(vec![txn(seq, 1)]).await.unwrap();
+        assert_eq!(
+            log.last().await.unwrap().map(|(s, _)| s),
+            Some(seq),
+            "last round {i}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

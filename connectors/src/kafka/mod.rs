@@ -395,6 +395,36 @@ impl KafkaLog {
         .map_err(LogError::from)
     }
 
+    /// Reads with `read` until `done` holds of the answer, for at most the
+    /// request timeout (then `Unavailable`, a transient error). Why: a Kafka transaction's
+    /// commit returns once the coordinator has decided it, but its commit
+    /// markers reach the partitions just after, and until then a
+    /// `read_committed` reader stops short of it. So a read right after this
+    /// process's own write may not show it yet; the wait is a few
+    /// milliseconds and is only paid when the read races the markers.
+    async fn visible<T, F: std::future::Future<Output = Result<T, LogError>>>(
+        &self,
+        what: &str,
+        read: impl Fn() -> F,
+        done: impl Fn(&T) -> bool,
+    ) -> Result<T, LogError> {
+        let timeout = self.0.resolved.timeout();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let got = read().await?;
+            if done(&got) {
+                return Ok(got);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LogError::Unavailable(format!(
+                    "{what} is committed but not visible to readers of {} after {timeout:?}",
+                    self.0.resolved.topic
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Creates the change-event topics of `txns` that are not known yet.
     async fn ensure_event_topics(&self, txns: &[Transaction]) -> Result<(), LogError> {
         let ce = &self.0.resolved.cfg.change_events;
@@ -437,10 +467,23 @@ impl Log for KafkaLog {
     }
 
     async fn last(&self) -> Result<Option<(u64, Position)>, LogError> {
-        let last = self
-            .util(|c, r| reader::last_record(c, &r.topic, r.timeout()))
-            .await?;
-        Ok(last.and_then(|events| events.last().map(|e| (e.seq, e.position.clone()))))
+        // The writer's own appends must be in the answer (see `visible`).
+        let appended = if self.0.writer.is_some() {
+            *self.0.head.borrow()
+        } else {
+            0
+        };
+        self.visible(
+            "the last appended transaction",
+            || async {
+                let last = self
+                    .util(|c, r| reader::last_record(c, &r.topic, r.timeout()))
+                    .await?;
+                Ok(last.and_then(|events| events.last().map(|e| (e.seq, e.position.clone()))))
+            },
+            |last| last.as_ref().map_or(0, |(seq, _)| *seq) >= appended,
+        )
+        .await
     }
 
     async fn first_seq(&self) -> Result<Option<u64>, LogError> {
@@ -479,10 +522,18 @@ impl Log for KafkaLog {
         let Some(writer) = self.0.writer.clone() else {
             return Err(LogError::ReadOnly);
         };
-        let key = key.to_string();
-        tokio::task::spawn_blocking(move || writer.lock().expect("writer lock").set_meta(&key, &value))
+        let (k, v) = (key.to_string(), value.clone());
+        tokio::task::spawn_blocking(move || writer.lock().expect("writer lock").set_meta(&k, &v))
             .await
-            .map_err(|e| LogError::Backend(format!("log task: {e}")))?
+            .map_err(|e| LogError::Backend(format!("log task: {e}")))??;
+        // Returns once a reader sees it (the trait's contract; see `visible`).
+        self.visible(
+            "a stored meta value",
+            || self.meta(key),
+            |got| got.as_deref() == Some(value.as_slice()),
+        )
+        .await
+        .map(drop)
     }
 
     async fn reader(&self, consumer: &str) -> Result<KafkaReader, LogError> {
