@@ -149,6 +149,17 @@ async fn split_processes_survive_kills_and_a_second_capture_is_fenced() {
     capture.kill();
     let before_fault = read_all(&brokers, &topic, "read_uncommitted").len();
     capture.start_with_env(&[("DBMUX_FAULT_KAFKA_COMMIT_DELAY_MS", "3000")]);
+    // Something to append in that window: by now the workload may be over
+    // and capture caught up (only appends wait before their commit).
+    {
+        let mut c = mysql_async::Conn::from_url(with_db(&mysql_url(), &db))
+            .await
+            .unwrap();
+        c.query_drop("INSERT INTO items VALUES (2000000000, 1, 'fault window')")
+            .await
+            .unwrap();
+        c.disconnect().await.unwrap();
+    }
     wait_for(
         "capture to sit between produce and commit",
         Duration::from_secs(120),
@@ -176,7 +187,9 @@ async fn split_processes_survive_kills_and_a_second_capture_is_fenced() {
     );
 
     let stats = writer.await.unwrap();
-    wait_replicas_at(&db, stats.row_changes).await;
+    // The workload's changes and the row written for the fault window.
+    let total = stats.row_changes + 1;
+    wait_replicas_at(&db, total).await;
     assert!(
         second.try_exit().is_none(),
         "the new capture keeps running:\n{}",
@@ -185,7 +198,6 @@ async fn split_processes_survive_kills_and_a_second_capture_is_fenced() {
     // Each applier process follows the log's head (it started on an empty
     // topic) and reports what it applied.
     for part in [&maria, &pg] {
-        let total = stats.row_changes;
         wait_for(
             &format!("{} to see the head", part.label),
             Duration::from_secs(60),
@@ -198,7 +210,7 @@ async fn split_processes_survive_kills_and_a_second_capture_is_fenced() {
         .await;
     }
     assert_all_identical(&db).await;
-    assert_eq!(assert_committed_gapless(&brokers, &topic), stats.row_changes);
+    assert_eq!(assert_committed_gapless(&brokers, &topic), total);
     // Aborted records exist: the produce/commit kill left records that a
     // read_uncommitted reader sees and a read_committed one does not.
     let uncommitted = read_all(&brokers, &topic, "read_uncommitted");
@@ -211,15 +223,14 @@ async fn split_processes_survive_kills_and_a_second_capture_is_fenced() {
     // The whole log through `dbmux tail` (read_committed): each source
     // transaction once, in order.
     let envelopes = dbmux.tail(Some(1));
-    assert_eq!(envelopes.len() as u64, stats.row_changes);
+    assert_eq!(envelopes.len() as u64, total);
     assert!(envelopes
         .iter()
         .enumerate()
         .all(|(i, e)| e["seq"].as_u64() == Some(i as u64 + 1)));
     println!(
-        "split processes: {} row changes, {done} random capture kills + 1 between produce and commit, \
+        "split processes: {total} row changes, {done} random capture kills + 1 between produce and commit, \
          {done} applier kills, 1 fenced capture; {} records in the topic, {} committed",
-        stats.row_changes,
         uncommitted.len(),
         committed.len()
     );

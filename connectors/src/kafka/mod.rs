@@ -522,18 +522,14 @@ impl Log for KafkaLog {
         let Some(writer) = self.0.writer.clone() else {
             return Err(LogError::ReadOnly);
         };
-        let (k, v) = (key.to_string(), value.clone());
-        tokio::task::spawn_blocking(move || writer.lock().expect("writer lock").set_meta(&k, &v))
-            .await
-            .map_err(|e| LogError::Backend(format!("log task: {e}")))??;
-        // Returns once a reader sees it (the trait's contract; see `visible`).
-        self.visible(
-            "a stored meta value",
-            || self.meta(key),
-            |got| got.as_deref() == Some(value.as_slice()),
-        )
+        // Returns once a reader sees it (the trait's contract; see `visible`
+        // for why that is not at once).
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || {
+            writer.lock().expect("writer lock").set_meta_visible(&key, &value)
+        })
         .await
-        .map(drop)
+        .map_err(|e| LogError::Backend(format!("log task: {e}")))?
     }
 
     async fn reader(&self, consumer: &str) -> Result<KafkaReader, LogError> {

@@ -242,7 +242,24 @@ pub fn meta(c: &KConsumer, topic: &str, key: &str, timeout: Duration) -> Result<
     if high <= low {
         return Ok(None);
     }
-    assign(c, topic, Offset::Offset(low))?;
+    newest_value(c, topic, key, low, timeout)
+}
+
+/// Where `topic` ends now (the offset its next record will take, at most).
+pub fn end_offset(c: &KConsumer, topic: &str, timeout: Duration) -> Result<i64, KafkaError> {
+    Ok(watermarks(c, topic, timeout)?.1)
+}
+
+/// The newest value of `key` among the committed records from offset `from`
+/// on (`None`: none there).
+pub fn newest_value(
+    c: &KConsumer,
+    topic: &str,
+    key: &str,
+    from: i64,
+    timeout: Duration,
+) -> Result<Option<Vec<u8>>, KafkaError> {
+    assign(c, topic, Offset::Offset(from))?;
     let mut value = None;
     while let Some(m) = next_record(c, topic, timeout)? {
         if m.key() == Some(key.as_bytes()) {

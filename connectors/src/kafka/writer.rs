@@ -196,6 +196,29 @@ impl Writer {
         self.transact(std::slice::from_ref(&record), |_| Ok(false))
     }
 
+    /// [`Writer::set_meta`], then waits until a `read_committed` reader sees
+    /// the value (a commit returns before its markers reach the partition;
+    /// see `KafkaLog::set_meta`). The read-back starts where the meta topic
+    /// ended before the write, so it costs a few records, not a scan.
+    pub fn set_meta_visible(&mut self, key: &str, value: &[u8]) -> Result<(), LogError> {
+        let (topic, timeout) = (self.resolved.meta_topic.clone(), self.resolved.timeout());
+        let from = reader::end_offset(&self.recovery, &topic, timeout)?;
+        self.set_meta(key, value)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = reader::newest_value(&self.recovery, &topic, key, from, timeout)?;
+            if seen.as_deref() == Some(value) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(LogError::Unavailable(format!(
+                    "the value of {key} written to {topic} is committed but not visible to readers after {timeout:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The last committed `seq` in the log topic, read again (with a fresh
     /// consumer after a failure: its metadata may name a dead leader).
     fn recover(&mut self) -> Result<u64, LogError> {
