@@ -20,6 +20,11 @@ impl PrivateMariadb {
     pub async fn start(extra: &[&str]) -> PrivateMariadb {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
+        // Each server its own tmpdir: a starting MariaDB deletes every
+        // `#sql*` file in its tmpdir, other servers' live temporary tables
+        // included (a shared /tmp crashed the dev servers and failed
+        // bootstraps).
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         let out = Command::new("mariadb-install-db")
             .args([
                 "--no-defaults",
@@ -28,6 +33,7 @@ impl PrivateMariadb {
                 "--skip-test-db",
             ])
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", dir.path().join("tmp").display()))
             .output()
             .expect("mariadb-install-db (run scripts/services up first)");
         assert!(
@@ -71,6 +77,7 @@ impl PrivateMariadb {
                 "--skip-name-resolve",
             ])
             .arg(format!("--datadir={}", d.join("data").display()))
+            .arg(format!("--tmpdir={}", d.join("tmp").display()))
             .arg(format!("--socket={}", self.socket()))
             .arg(format!("--port={}", self.port))
             .arg(format!("--log-error={}", d.join("error.log").display()))
