@@ -259,11 +259,17 @@ impl Resolved {
     /// A read_committed consumer that reports the end of the partition and
     /// never commits by itself. `group` keys its offset hints.
     pub fn consumer(&self, group: &str) -> Result<Consumer, KafkaError> {
+        self.consumer_at(group, "read_committed")
+    }
+
+    /// [`Resolved::consumer`] at another isolation level (the writer's check
+    /// that no transaction is open compares both ends of the partition).
+    pub fn consumer_at(&self, group: &str, isolation: &str) -> Result<Consumer, KafkaError> {
         self.client_config()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("isolation.level", "read_committed")
+            .set("isolation.level", isolation)
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", self.cfg.fetch_wait_max_ms.to_string())

@@ -111,6 +111,23 @@ fn next_record<'c>(
     }
 }
 
+/// Whether no transaction is open on `topic`: its last stable offset (the
+/// end `committed`, a read_committed consumer, is told of: librdkafka's
+/// watermark query honours the isolation level) has reached its high
+/// watermark (the end `uncommitted`, a read_uncommitted one, is told of).
+/// Until then a read_committed read of the end may still change: a commit
+/// or an abort whose markers have not reached the partition yet.
+pub fn stable(
+    committed: &KConsumer,
+    uncommitted: &KConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<(bool, i64, i64), KafkaError> {
+    let (_, lso) = watermarks(committed, topic, timeout)?;
+    let (_, hw) = watermarks(uncommitted, topic, timeout)?;
+    Ok((lso >= hw, lso, hw))
+}
+
 /// The last committed record of the log topic, decoded (`None`: empty).
 /// Reads a growing window back from the end: aborted records and
 /// transaction markers at the tail take offsets but are not returned.

@@ -58,6 +58,9 @@ pub struct Writer {
     commit_delay: Option<Duration>,
     producer: TxProducer,
     recovery: super::Consumer,
+    /// read_uncommitted: its end of the log topic is the high watermark
+    /// (see `recover`).
+    uncommitted: super::Consumer,
     last_seq: u64,
 }
 
@@ -94,12 +97,9 @@ impl Writer {
     /// reads where the log ends.
     pub fn open(resolved: Arc<Resolved>) -> Result<Writer, LogError> {
         let producer = init(&resolved)?;
-        let recovery = resolved.consumer(&resolved.group_for("dbmux-capture"))?;
-        let last_seq = with_retry("reading the end of the log topic", || {
-            reader::last_record(&recovery, &resolved.topic, resolved.timeout())
-        })?
-        .and_then(|events| events.last().map(|e| e.seq))
-        .unwrap_or(0);
+        let group = resolved.group_for("dbmux-capture");
+        let recovery = resolved.consumer(&group)?;
+        let uncommitted = resolved.consumer_at(&group, "read_uncommitted")?;
         let commit_delay = std::env::var(FAULT_COMMIT_DELAY_ENV)
             .ok()
             .and_then(|v| v.parse().ok())
@@ -107,13 +107,17 @@ impl Writer {
         if let Some(d) = commit_delay {
             warn!(delay = ?d, "fault injection: {FAULT_COMMIT_DELAY_ENV} delays every Kafka commit");
         }
-        Ok(Writer {
+        let mut w = Writer {
             resolved,
             commit_delay,
             producer,
             recovery,
-            last_seq,
-        })
+            uncommitted,
+            last_seq: 0,
+        };
+        // A previous capture's last transaction may still be completing.
+        w.last_seq = w.recover()?;
+        Ok(w)
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -219,15 +223,35 @@ impl Writer {
         }
     }
 
-    /// The last committed `seq` in the log topic, read again (with a fresh
-    /// consumer after a failure: its metadata may name a dead leader).
+    /// The last committed `seq` in the log topic, read again (with fresh
+    /// consumers after a failure: their metadata may name a dead leader).
+    ///
+    /// Read only once no transaction is open on the topic. Why: a producer's
+    /// re-initialization (or a new capture's) can return while its previous
+    /// transaction's commit markers are still on their way (seen after a
+    /// broker restart: the markers landed 5 s after the new producer's
+    /// init). A read_committed reader stops short of such a transaction, so
+    /// the end read then is the one before the batch: "did not land",
+    /// produced again, and the log held every seq of it twice.
     fn recover(&mut self) -> Result<u64, LogError> {
         let resolved = self.resolved.clone();
-        let recovery = &mut self.recovery;
+        let (recovery, uncommitted) = (&mut self.recovery, &mut self.uncommitted);
         Ok(with_retry("reading the end of the log topic", || {
-            let r = reader::last_record(recovery, &resolved.topic, resolved.timeout());
+            let r = match reader::stable(recovery, uncommitted, &resolved.topic, resolved.timeout()) {
+                Ok((true, _, _)) => reader::last_record(recovery, &resolved.topic, resolved.timeout()),
+                Ok((false, lso, hw)) => {
+                    return Err(KafkaError::Transient(format!(
+                        "a transaction is still open on {} (last stable offset {lso}, high watermark {hw}); \
+                         waiting for its commit or abort before reading where the log ends",
+                        resolved.topic
+                    )))
+                }
+                Err(e) => Err(e),
+            };
             if r.is_err() {
-                *recovery = resolved.consumer(&resolved.group_for("dbmux-capture"))?;
+                let group = resolved.group_for("dbmux-capture");
+                *recovery = resolved.consumer(&group)?;
+                *uncommitted = resolved.consumer_at(&group, "read_uncommitted")?;
             }
             r
         })?
