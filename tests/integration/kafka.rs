@@ -681,13 +681,15 @@ fn kafka_example_config_is_valid() {
     assert!(text.contains("log: kafka 127.0.0.1:19092"), "{text}");
 }
 
-/// The `Log` contract, checked the same way on both implementations:
-/// gapless appends (a gap is refused), whole transactions on read (also
-/// from the middle of one spanning many records), the newest seq and its
-/// resume position, metadata, and nothing past the end.
-async fn log_contract<L: pipeline::log::Log>(log: L) {
+/// Each sample transaction's commit time derives from its first seq.
+fn sample_commit_us(first: u64) -> i64 {
+    first as i64 * 1_000 + 7
+}
+
+/// A source transaction of `n` inserts numbered from `first`, sequenced
+/// from `first`.
+fn sample_txn(first: u64, n: usize) -> pipeline::event::Transaction {
     use pipeline::event::{sequence_transaction, Op};
-    use pipeline::log::{LogError, LogReader};
     use pipeline::position::{MysqlPosition, Position};
     use pipeline::schema::{ColumnDef, ColumnType, TableId, TableSchema};
     use pipeline::value::Value;
@@ -706,26 +708,39 @@ async fn log_contract<L: pipeline::log::Log>(log: L) {
         }],
         vec![0],
     ));
-    // Each transaction's commit time derives from its first seq.
-    let commit_us = |first: u64| first as i64 * 1_000 + 7;
-    let txn = |first: u64, n: usize| {
-        let pos = Position::Mysql(MysqlPosition {
-            file: "b.000001".into(),
-            offset: first,
-            gtid_set: Some(format!("0-1-{first}")),
-        });
-        let changes = (0..n)
-            .map(|i| {
-                (
-                    table.clone(),
-                    Op::Insert {
-                        after: vec![Value::Int((first + i as u64) as i64)],
-                    },
-                )
-            })
-            .collect();
-        sequence_transaction(first, format!("0-1-{first}"), commit_us(first), pos, changes)
-    };
+    let pos = Position::Mysql(MysqlPosition {
+        file: "b.000001".into(),
+        offset: first,
+        gtid_set: Some(format!("0-1-{first}")),
+    });
+    let changes = (0..n)
+        .map(|i| {
+            (
+                table.clone(),
+                Op::Insert {
+                    after: vec![Value::Int((first + i as u64) as i64)],
+                },
+            )
+        })
+        .collect();
+    sequence_transaction(
+        first,
+        format!("0-1-{first}"),
+        sample_commit_us(first),
+        pos,
+        changes,
+    )
+}
+
+/// The `Log` contract, checked the same way on both implementations:
+/// gapless appends (a gap is refused), whole transactions on read (also
+/// from the middle of one spanning many records), the newest seq and its
+/// resume position, metadata, and nothing past the end.
+async fn log_contract<L: pipeline::log::Log>(log: L) {
+    use pipeline::log::{LogError, LogReader};
+    use pipeline::position::{MysqlPosition, Position};
+    let txn = sample_txn;
+    let commit_us = sample_commit_us;
     assert_eq!(log.last().await.unwrap(), None);
     assert_eq!(log.start_position().await.unwrap(), None);
     let start = Position::Mysql(MysqlPosition {
@@ -838,6 +853,185 @@ async fn log_contract_holds_for_the_kafka_log() {
         .await
         .unwrap();
     log_contract(log).await;
+}
+
+/// Copies directory `from` to `to` (`to` is replaced).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// A log record as capture's writer produces it: payload, `(header, value)`s.
+type RawRecord = (Vec<u8>, [(String, String); 3]);
+
+/// A transaction's events as log records, `per_record` events a record.
+fn log_records(t: &pipeline::event::Transaction, per_record: usize) -> Vec<RawRecord> {
+    t.events
+        .chunks(per_record)
+        .map(|c| {
+            (
+                pipeline::codec::encode(c, t.len() as u32),
+                [
+                    ("dbmux-seq".into(), c[0].seq.to_string()),
+                    ("dbmux-last-seq".into(), c[c.len() - 1].seq.to_string()),
+                    ("dbmux-format".into(), pipeline::codec::FORMAT_VERSION.to_string()),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// Leaves a *hanging* transaction of capture's own producer id on `topic`
+/// of `kafka`'s only broker: `records` in the log partition, while the
+/// transaction coordinator's state says no transaction is open, so nothing
+/// will ever end it. Made by putting the coordinator's partitions back to a
+/// copy taken before the transaction began (the broker stopped meanwhile).
+async fn leave_hanging(kafka: &mut PrivateKafka, topic: &str, records: &[RawRecord]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+    let brokers = kafka.brokers();
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("transactional.id", format!("dbmux.{topic}"))
+        .set("transaction.timeout.ms", "60000")
+        .set("log_level", "3")
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(60)).unwrap();
+    let data = kafka.dir.path().join("node1").join("data");
+    let saved = kafka.dir.path().join("saved");
+    kafka.kill(0);
+    let dirs: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("__transaction_state-"))
+        .collect();
+    assert!(!dirs.is_empty(), "no coordinator partition in {data:?}");
+    for d in &dirs {
+        copy_dir(&data.join(d), &saved.join(d));
+    }
+    kafka.restart(0).await;
+    kafka.wait_ready(1).await;
+    producer.begin_transaction().unwrap();
+    for (payload, headers) in records {
+        let mut h = OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload).headers(h);
+        let delivered = producer
+            .send_result(record)
+            .map_err(|(e, _)| e)
+            .unwrap()
+            .await
+            .unwrap();
+        delivered
+            .map_err(|(e, _)| e)
+            .expect("a record of the transaction is delivered");
+    }
+    let (lso, hw) = stable_and_high(&brokers, topic).await;
+    assert!(
+        lso < hw,
+        "the open transaction's records are in the partition: {lso} / {hw}"
+    );
+    // The broker goes; its coordinator comes back without the transaction.
+    kafka.kill(0);
+    drop(producer);
+    for d in &dirs {
+        copy_dir(&saved.join(d), &data.join(d));
+    }
+    kafka.restart(0).await;
+    kafka.wait_ready(1).await;
+    let (lso, hw) = stable_and_high(&brokers, topic).await;
+    assert!(
+        lso < hw,
+        "a transaction hangs open on {topic}: last stable offset {lso}, high watermark {hw}"
+    );
+}
+
+async fn stable_and_high(brokers: &str, topic: &str) -> (i64, i64) {
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || crate::support::kafka::stable_and_high(&brokers, &topic))
+        .await
+        .unwrap()
+}
+
+/// A *hanging* transaction of capture's own producer id (see
+/// `leave_hanging`): seen when the only broker was killed mid-stream. It
+/// came back with the records of a transaction whose commit had returned,
+/// without their commit marker: readers stopped for good, and before that
+/// the next commit of the same producer id committed them along with the
+/// batch produced again (every seq twice). Opening the log must end it
+/// instead of waiting for ever: committed when it holds whole transactions
+/// continuing the log (what the producer was told), aborted when it holds a
+/// transaction cut short (never committed). Readers see every seq once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_transaction_of_this_capture_is_ended_not_waited_for() {
+    use connectors::kafka::{KafkaLog, KafkaLogConfig, Role};
+    use pipeline::log::{Log, LogReader};
+    let mut kafka = PrivateKafka::start(1).await;
+    let brokers = kafka.brokers();
+    // (whole transactions?, what the log holds after the open)
+    for (whole, expect_last) in [(true, 6u64), (false, 3)] {
+        let name = unique_name(if whole { "khangwhole" } else { "khangcut" });
+        let topic = format!("dbmux-test.{name}");
+        let cfg: KafkaLogConfig = toml::from_str(&format!(
+            "brokers = \"{brokers}\"\ntopic = \"{topic}\"\nreplication_factor = 1\nmin_insync_replicas = 1\n\
+             request_timeout_ms = 5000\ntransaction_timeout_ms = 5000"
+        ))
+        .unwrap();
+        let log = KafkaLog::open(cfg.clone(), &name, Role::Capture).await.unwrap();
+        log.append(vec![sample_txn(1, 3)]).await.unwrap();
+        drop(log);
+        // seq 4..=6 in two records; cut short: only the first.
+        let mut records = log_records(&sample_txn(4, 3), 2);
+        if !whole {
+            records.truncate(1);
+        }
+        leave_hanging(&mut kafka, &topic, &records).await;
+
+        // Capture opens the log (a task of its own: a hang must not keep the
+        // timeout from firing).
+        let opening = tokio::spawn({
+            let (cfg, name) = (cfg.clone(), name.clone());
+            async move { KafkaLog::open(cfg, &name, Role::Capture).await }
+        });
+        let log = tokio::time::timeout(Duration::from_secs(120), opening)
+            .await
+            .expect("opening the log waited for the hanging transaction for 120 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            log.last().await.unwrap().map(|(s, _)| s),
+            Some(expect_last),
+            "whole: {whole}"
+        );
+        let (lso, hw) = stable_and_high(&brokers, &topic).await;
+        assert_eq!(lso, hw, "no transaction open any more");
+        log.append(vec![sample_txn(expect_last + 1, 2)]).await.unwrap();
+        let end = expect_last + 2;
+        assert_eq!(log.last().await.unwrap().map(|(s, _)| s), Some(end));
+        let mut reader = log.reader("hang").await.unwrap();
+        let mut seqs = Vec::new();
+        for _ in 0..100 {
+            if seqs.last() == Some(&end) {
+                break;
+            }
+            let txns = reader.read(seqs.len() as u64 + 1, 100).await.unwrap();
+            seqs.extend(txns.iter().flat_map(|t| t.events.iter().map(|e| e.seq)));
+        }
+        assert_eq!(seqs, (1..=end).collect::<Vec<_>>(), "whole: {whole}");
+        // Every committed record is dbmux's (the filler passed over), from
+        // seq 1, once, without a gap.
+        assert_eq!(assert_committed_gapless(&brokers, &topic), end, "whole: {whole}");
+    }
 }
 
 /// A sample's value in an OpenMetrics text (`name{labels}` as written there).

@@ -70,6 +70,10 @@ pub const HEADER_LAST_SEQ: &str = "dbmux-last-seq";
 pub const HEARTBEAT_KEY: &str = "capture_heartbeat";
 /// Record header: the payload's format (the log codec's version).
 pub const HEADER_FORMAT: &str = "dbmux-format";
+/// Record header of a *filler* record: produced, with no payload, only to
+/// end a hanging transaction (see `writer::Writer::close_hanging`). Readers
+/// skip it; it holds no event and no `seq`.
+pub const HEADER_FILLER: &str = "dbmux-filler";
 
 /// Why a Kafka operation failed, classified.
 #[derive(Debug, thiserror::Error)]

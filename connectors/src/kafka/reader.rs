@@ -16,7 +16,7 @@
 //! two writers, or damaged), never a silent skip.
 
 use super::Consumer as KConsumer;
-use super::{Inner, KafkaError, Resolved, HEADER_LAST_SEQ, HEADER_SEQ};
+use super::{Inner, KafkaError, Resolved, HEADER_FILLER, HEADER_LAST_SEQ, HEADER_SEQ};
 use pipeline::codec;
 use pipeline::event::{ChangeEvent, Transaction};
 use pipeline::log::{into_transactions, LogError, LogReader};
@@ -39,6 +39,12 @@ fn header_u64(m: &BorrowedMessage<'_>, name: &str) -> Option<u64> {
     h.iter()
         .find(|h| h.key == name)
         .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+}
+
+/// A filler record (see [`HEADER_FILLER`]): not part of the log's content.
+fn is_filler(m: &BorrowedMessage<'_>) -> bool {
+    m.headers()
+        .is_some_and(|h| h.iter().any(|h| h.key == HEADER_FILLER))
 }
 
 fn decode(m: &BorrowedMessage<'_>) -> Result<Vec<ChangeEvent>, KafkaError> {
@@ -84,7 +90,8 @@ fn watermarks(c: &KConsumer, topic: &str, timeout: Duration) -> Result<(i64, i64
 }
 
 /// Polls until a data record arrives (`Some`), the end of the partition is
-/// reached (`None`), or `timeout` passes (a transient error).
+/// reached (`None`), or `timeout` passes (a transient error). Filler records
+/// are passed over.
 fn next_record<'c>(
     c: &'c KConsumer,
     topic: &str,
@@ -93,6 +100,7 @@ fn next_record<'c>(
     let deadline = Instant::now() + timeout;
     loop {
         match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) if is_filler(&m) => {}
             Some(Ok(m)) => return Ok(Some(m)),
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return Ok(None),
             Some(Err(e)) => match KafkaError::from_client(e) {
@@ -126,6 +134,24 @@ pub fn stable(
     let (_, lso) = watermarks(committed, topic, timeout)?;
     let (_, hw) = watermarks(uncommitted, topic, timeout)?;
     Ok((lso >= hw, lso, hw))
+}
+
+/// The records of `topic` from offset `from` to its end, read by `c` (a
+/// `read_uncommitted` consumer: records of open transactions too), decoded;
+/// `None` for a record that is not a dbmux log record. Filler records are
+/// passed over.
+pub fn records_from(
+    c: &KConsumer,
+    topic: &str,
+    from: i64,
+    timeout: Duration,
+) -> Result<Vec<Option<Vec<ChangeEvent>>>, KafkaError> {
+    assign(c, topic, Offset::Offset(from))?;
+    let mut out = Vec::new();
+    while let Some(m) = next_record(c, topic, timeout)? {
+        out.push(decode(&m).ok());
+    }
+    Ok(out)
 }
 
 /// The last committed record of the log topic, decoded (`None`: empty).
@@ -429,6 +455,7 @@ impl Cursor {
                     self.next = None;
                     return Err(KafkaError::from_client(e));
                 }
+                Some(Ok(m)) if is_filler(&m) => self.at_eof = false,
                 Some(Ok(m)) => {
                     self.at_eof = false;
                     let events = decode(&m)?;

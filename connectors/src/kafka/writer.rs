@@ -14,6 +14,10 @@
 //!   tells whether the batch landed: if it ends exactly at the batch's last
 //!   `seq` it did, if at the one before the batch it did not (produce it
 //!   again), anything else means another writer and is a definite error.
+//!   That end is read once no transaction is open on the topic; one that
+//!   stays open after the takeover is a hanging transaction (a broker crash
+//!   lost its marker) and is ended by a transaction of the same producer id
+//!   (see `Writer::recover` and `Writer::close_hanging`).
 //!
 //! Transient failures are retried until they heal, logged at WARN with the
 //! attempt number: capture waits instead of losing its place.
@@ -52,6 +56,14 @@ pub struct Outgoing {
 /// transaction's records and committing it, so a test can kill capture in
 /// exactly that window. Never set in production.
 pub const FAULT_COMMIT_DELAY_ENV: &str = "DBMUX_FAULT_KAFKA_COMMIT_DELAY_MS";
+
+/// Where the log topic ends, as [`Writer::recover`] reads it.
+enum End {
+    /// No transaction open: the last committed record, decoded.
+    Last(Option<Vec<ChangeEvent>>),
+    /// A transaction is open: last stable offset < high watermark.
+    Open { lso: i64, hw: i64 },
+}
 
 pub struct Writer {
     resolved: Arc<Resolved>,
@@ -226,37 +238,166 @@ impl Writer {
     /// The last committed `seq` in the log topic, read again (with fresh
     /// consumers after a failure: their metadata may name a dead leader).
     ///
-    /// Read only once no transaction is open on the topic. Why: a producer's
-    /// re-initialization (or a new capture's) can return while its previous
-    /// transaction's commit markers are still on their way (seen after a
-    /// broker restart: the markers landed 5 s after the new producer's
-    /// init). A read_committed reader stops short of such a transaction, so
-    /// the end read then is the one before the batch: "did not land",
-    /// produced again, and the log held every seq of it twice.
+    /// Read only once no transaction is open on the topic: a read_committed
+    /// reader stops short of an open transaction, so the end read then would
+    /// be the one before it ("did not land", produced again).
+    ///
+    /// This producer's `init_transactions` has ended whatever the
+    /// transactional id had open, so a transaction still open on the topic
+    /// after [`Resolved::timeout`] is a *hanging* one: its records are in the
+    /// partition, but the transaction coordinator no longer knows it, and
+    /// nothing will ever end it. Seen when the only broker was killed
+    /// mid-stream: it came back with the records of a transaction whose
+    /// commit had returned to this producer but without its commit marker,
+    /// and with coordinator state saying the transaction was complete.
+    /// Readers then stop before it for good; and the next commit by the same
+    /// producer id would commit its records along with the new batch (a
+    /// partition ends a producer's transaction from its first record), which
+    /// is how a batch was once in the log twice. [`Writer::close_hanging`]
+    /// ends it.
     fn recover(&mut self) -> Result<u64, LogError> {
-        let resolved = self.resolved.clone();
-        let (recovery, uncommitted) = (&mut self.recovery, &mut self.uncommitted);
-        Ok(with_retry("reading the end of the log topic", || {
-            let r = match reader::stable(recovery, uncommitted, &resolved.topic, resolved.timeout()) {
-                Ok((true, _, _)) => reader::last_record(recovery, &resolved.topic, resolved.timeout()),
-                Ok((false, lso, hw)) => {
-                    return Err(KafkaError::Transient(format!(
-                        "a transaction is still open on {} (last stable offset {lso}, high watermark {hw}); \
-                         waiting for its commit or abort before reading where the log ends",
-                        resolved.topic
-                    )))
+        let grace = self.resolved.timeout();
+        let started = Instant::now();
+        let mut closed = false;
+        let mut backoff = Backoff::default();
+        loop {
+            let resolved = self.resolved.clone();
+            let (recovery, uncommitted) = (&mut self.recovery, &mut self.uncommitted);
+            let end = with_retry("reading the end of the log topic", || {
+                let r = match reader::stable(recovery, uncommitted, &resolved.topic, resolved.timeout()) {
+                    Ok((true, _, _)) => {
+                        reader::last_record(recovery, &resolved.topic, resolved.timeout()).map(End::Last)
+                    }
+                    Ok((false, lso, hw)) => Ok(End::Open { lso, hw }),
+                    Err(e) => Err(e),
+                };
+                if r.is_err() {
+                    let group = resolved.group_for("dbmux-capture");
+                    *recovery = resolved.consumer(&group)?;
+                    *uncommitted = resolved.consumer_at(&group, "read_uncommitted")?;
                 }
-                Err(e) => Err(e),
+                r
+            })?;
+            let (lso, hw) = match end {
+                End::Last(events) => return Ok(events.and_then(|e| e.last().map(|e| e.seq)).unwrap_or(0)),
+                End::Open { lso, hw } => (lso, hw),
             };
-            if r.is_err() {
-                let group = resolved.group_for("dbmux-capture");
-                *recovery = resolved.consumer(&group)?;
-                *uncommitted = resolved.consumer_at(&group, "read_uncommitted")?;
+            if !closed && started.elapsed() >= grace {
+                closed = self.close_hanging(lso)?;
+                if closed {
+                    continue;
+                }
+            } else {
+                warn!(
+                    topic = %self.resolved.topic, last_stable_offset = lso, high_watermark = hw,
+                    attempt = backoff.attempts() + 1,
+                    "a transaction is still open on the log topic; waiting for its commit or abort before \
+                     reading where the log ends{}",
+                    if closed {
+                        " (it is not this capture's: find and end it with `kafka-transactions.sh find-hanging` \
+                         and `kafka-transactions.sh abort`)"
+                    } else {
+                        ""
+                    }
+                );
             }
-            r
-        })?
-        .and_then(|events| events.last().map(|e| e.seq))
-        .unwrap_or(0))
+            std::thread::sleep(backoff.next_delay());
+        }
+    }
+
+    /// Ends the hanging transaction that starts at offset `lso` of the log
+    /// topic (see [`Writer::recover`]) with a transaction of this producer
+    /// id that produces one filler record ([`super::HEADER_FILLER`], skipped
+    /// by readers) to the log partition: its marker ends the hanging
+    /// transaction too, from that one's first record. How it ends it is
+    /// decided by what the hanging records hold ([`ending`]):
+    /// - whole transactions that continue the log exactly: **committed**.
+    ///   This is what the producer was told (a commit that returned, its
+    ///   marker lost); were it still unconfirmed, committing whole
+    ///   transactions in order is as right as producing them again, which
+    ///   the caller then does not do;
+    /// - anything else (a transaction cut short, records that do not
+    ///   continue the log, not dbmux's): **aborted**, never read. If the
+    ///   producer had been told part of it was committed, the caller finds
+    ///   the log ending before what it wrote and stops (loudly).
+    ///
+    /// Returns whether the marker was written; `false` after a failure that
+    /// may heal (tried again).
+    fn close_hanging(&mut self, lso: i64) -> Result<bool, LogError> {
+        let (topic, timeout) = (self.resolved.topic.clone(), self.resolved.timeout());
+        let read = reader::last_record(&self.recovery, &topic, timeout).and_then(|last| {
+            let last = last.and_then(|e| e.last().map(|e| e.seq)).unwrap_or(0);
+            let held = reader::records_from(&self.uncommitted, &topic, lso, timeout)?;
+            Ok((last, held))
+        });
+        let (last, held) = match read {
+            Ok(v) => v,
+            Err(KafkaError::Transient(m)) => {
+                warn!(error = %m, "cannot read the hanging transaction on the log topic yet; retrying");
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let ending = ending(last, &held);
+        let commit = match &ending {
+            Ending::Commit { first, last } => {
+                warn!(
+                    topic = %topic, last_stable_offset = lso, first_seq = first, last_seq = last,
+                    "a transaction has stayed open on the log topic after this producer took over its \
+                     transactional id: a hanging transaction (the broker lost its marker, e.g. when the only \
+                     broker was killed). It holds whole transactions that continue the log: committing it"
+                );
+                true
+            }
+            Ending::Abort(why) => {
+                warn!(
+                    topic = %topic, last_stable_offset = lso, reason = %why,
+                    "a transaction has stayed open on the log topic after this producer took over its \
+                     transactional id: a hanging transaction (the broker lost its marker, e.g. when the only \
+                     broker was killed). Aborting it: its records are never read"
+                );
+                false
+            }
+        };
+        let record = Outgoing {
+            topic: topic.clone(),
+            key: None,
+            value: None,
+            headers: Some(OwnedHeaders::new_with_capacity(1).insert(Header {
+                key: super::HEADER_FILLER,
+                value: Some(b"ends a hanging transaction".as_slice()),
+            })),
+        };
+        let sent = |f: Failure| match f {
+            Failure::Stop(e) => e,
+            Failure::Abortable(m) | Failure::Fatal(m) => KafkaError::Transient(m),
+        };
+        let result = self
+            .producer
+            .begin_transaction()
+            .map_err(KafkaError::from_client)
+            .and_then(|()| self.send(&record).map_err(sent))
+            .and_then(|()| self.producer.flush(timeout).map_err(KafkaError::from_client))
+            .and_then(|()| {
+                if commit {
+                    self.producer.commit_transaction(timeout)
+                } else {
+                    self.producer.abort_transaction(timeout)
+                }
+                .map_err(KafkaError::from_client)
+            });
+        match result {
+            Ok(()) => {
+                info!(topic = %topic, committed = commit, "the hanging transaction is ended");
+                Ok(true)
+            }
+            Err(KafkaError::Fenced(m)) => Err(LogError::Fenced(m)),
+            Err(e) => {
+                warn!(error = %e, "ending the hanging transaction failed; re-initializing the producer");
+                self.reinit()?;
+                Ok(false)
+            }
+        }
     }
 
     /// Produces `records` in one Kafka transaction, retrying until it is
@@ -430,6 +571,47 @@ pub(crate) fn with_retry<T>(what: &str, mut f: impl FnMut() -> Result<T, KafkaEr
     }
 }
 
+/// How [`Writer::close_hanging`] ends a hanging transaction.
+#[derive(Debug, PartialEq, Eq)]
+enum Ending {
+    /// Its records are whole transactions that continue the log exactly.
+    Commit { first: u64, last: u64 },
+    /// Anything else, and why.
+    Abort(String),
+}
+
+/// Judges the records of a hanging transaction (`None`: not a dbmux log
+/// record), given the last committed `seq` of the log.
+fn ending(committed_last: u64, held: &[Option<Vec<ChangeEvent>>]) -> Ending {
+    if held.is_empty() {
+        return Ending::Abort("none of its records could be read".into());
+    }
+    let mut next = committed_last + 1;
+    let mut whole = true;
+    for (i, record) in held.iter().enumerate() {
+        let Some(events) = record else {
+            return Ending::Abort(format!("its record {i} is not a dbmux log record"));
+        };
+        for e in events {
+            if e.seq != next {
+                return Ending::Abort(format!(
+                    "it does not continue the log: seq {} where seq {next} comes next",
+                    e.seq
+                ));
+            }
+            next += 1;
+            whole = e.txn.last;
+        }
+    }
+    if !whole {
+        return Ending::Abort(format!("it ends inside a transaction, at seq {}", next - 1));
+    }
+    Ending::Commit {
+        first: committed_last + 1,
+        last: next - 1,
+    }
+}
+
 /// Splits one transaction's events into record payloads of at most
 /// [`CHUNK_EVENTS`] events and about [`TARGET_RECORD_BYTES`] bytes; returns
 /// `(payload, first seq, last seq)`.
@@ -459,6 +641,72 @@ mod tests {
     use pipeline::position::Position;
     use pipeline::schema::{ColumnDef, ColumnType, TableId, TableSchema};
     use pipeline::value::Value;
+
+    /// A transaction of `n` small inserts from `first`, as records of
+    /// `per_record` events.
+    fn records(first: u64, n: usize, per_record: usize) -> Vec<Option<Vec<ChangeEvent>>> {
+        let s = std::sync::Arc::new(TableSchema::new(
+            TableId::new("app", "t"),
+            vec![ColumnDef {
+                name: "id".into(),
+                ty: ColumnType::Integer {
+                    bytes: 8,
+                    unsigned: false,
+                },
+                nullable: false,
+                charset: None,
+                collation: None,
+                source_type: "bigint".into(),
+            }],
+            vec![0],
+        ));
+        let changes = (0..n)
+            .map(|i| {
+                (
+                    s.clone(),
+                    Op::Insert {
+                        after: vec![Value::Int(i as i64)],
+                    },
+                )
+            })
+            .collect();
+        let t = sequence_transaction(first, "0-1-9".into(), 5, Position::Postgres(first), changes);
+        t.events.chunks(per_record).map(|c| Some(c.to_vec())).collect()
+    }
+
+    #[test]
+    fn a_hanging_transaction_of_whole_transactions_continuing_the_log_is_committed() {
+        let mut held = records(11, 5, 2);
+        held.extend(records(16, 1, 1));
+        assert_eq!(ending(10, &held), Ending::Commit { first: 11, last: 16 });
+        // From an empty log.
+        assert_eq!(ending(0, &records(1, 3, 3)), Ending::Commit { first: 1, last: 3 });
+    }
+
+    #[test]
+    fn any_other_hanging_transaction_is_aborted() {
+        let abort =
+            |committed: u64, held: &[Option<Vec<ChangeEvent>>], why: &str| match ending(committed, held) {
+                Ending::Abort(reason) => assert!(reason.contains(why), "{reason}"),
+                other => panic!("{other:?} for {why}"),
+            };
+        // Cut short inside a transaction.
+        let mut cut = records(11, 5, 2);
+        cut.pop();
+        abort(10, &cut, "ends inside a transaction, at seq 14");
+        // Whole, then a second one cut short.
+        let mut held = records(11, 2, 2);
+        held.extend(records(13, 4, 2).into_iter().take(1));
+        abort(10, &held, "ends inside a transaction, at seq 14");
+        // Not continuing the log: a gap, a repeat.
+        abort(10, &records(12, 2, 2), "seq 12 where seq 11 comes next");
+        abort(10, &records(10, 2, 2), "seq 10 where seq 11 comes next");
+        // Not dbmux records; nothing readable.
+        let mut foreign = records(11, 2, 1);
+        foreign.insert(1, None);
+        abort(10, &foreign, "record 1 is not a dbmux log record");
+        abort(10, &[], "none of its records");
+    }
 
     #[test]
     fn chunks_are_bounded_and_decode_back_to_the_transaction() {

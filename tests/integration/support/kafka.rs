@@ -262,6 +262,10 @@ pub fn read_all(brokers: &str, topic: &str, isolation: &str) -> Vec<LogRecord> {
     loop {
         assert!(std::time::Instant::now() < deadline, "reading {topic} timed out");
         match c.poll(Duration::from_millis(500)) {
+            // A filler record (it ends a hanging transaction) is not log content.
+            Some(Ok(m))
+                if m.headers()
+                    .is_some_and(|h| h.iter().any(|h| h.key == "dbmux-filler")) => {}
             Some(Ok(m)) => out.push((m.offset(), header(&m, "dbmux-seq"), header(&m, "dbmux-last-seq"))),
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return out,
             Some(Err(e)) => panic!("reading {topic}: {e}"),
@@ -287,6 +291,22 @@ pub fn assert_committed_gapless(brokers: &str, topic: &str) -> u64 {
         next = last + 1;
     }
     next - 1
+}
+
+/// `(last stable offset, high watermark)` of partition 0 of `topic`: the end
+/// a `read_committed` reader sees and the end of the partition. The first is
+/// smaller while a transaction is open.
+pub fn stable_and_high(brokers: &str, topic: &str) -> (i64, i64) {
+    let end = |isolation: &str| -> i64 {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "dbmux-test-reader")
+            .set("isolation.level", isolation)
+            .create()
+            .unwrap();
+        c.fetch_watermarks(topic, 0, Duration::from_secs(30)).unwrap().1
+    };
+    (end("read_committed"), end("read_uncommitted"))
 }
 
 /// The broker id leading partition 0 of `topic`.
