@@ -246,10 +246,11 @@ impl Writer {
     /// transactional id had open, so a transaction still open on the topic
     /// after [`Resolved::timeout`] is a *hanging* one: its records are in the
     /// partition, but the transaction coordinator no longer knows it, and
-    /// nothing will ever end it. Seen when the only broker was killed
-    /// mid-stream: it came back with the records of a transaction whose
-    /// commit had returned to this producer but without its commit marker,
-    /// and with coordinator state saying the transaction was complete.
+    /// nothing will ever end it. Seen with Kafka 4.3.1 when the only broker
+    /// was killed mid-stream right after a commit had returned to this
+    /// producer (the coordinator had written `PrepareCommit`): the restarted
+    /// coordinator wrote `CompleteCommit` for it, but no commit marker ever
+    /// reached the log partition (read back with `kafka-dump-log`).
     /// Readers then stop before it for good; and the next commit by the same
     /// producer id would commit its records along with the new batch (a
     /// partition ends a producer's transaction from its first record), which
@@ -257,8 +258,9 @@ impl Writer {
     /// ends it.
     fn recover(&mut self) -> Result<u64, LogError> {
         let grace = self.resolved.timeout();
-        let started = Instant::now();
-        let mut closed = false;
+        // When a transaction was first seen open; when it was ended here.
+        let mut open_since: Option<Instant> = None;
+        let mut closed_at: Option<Instant> = None;
         let mut backoff = Backoff::default();
         loop {
             let resolved = self.resolved.clone();
@@ -282,24 +284,31 @@ impl Writer {
                 End::Last(events) => return Ok(events.and_then(|e| e.last().map(|e| e.seq)).unwrap_or(0)),
                 End::Open { lso, hw } => (lso, hw),
             };
-            if !closed && started.elapsed() >= grace {
-                closed = self.close_hanging(lso)?;
-                if closed {
-                    continue;
+            let since = *open_since.get_or_insert_with(Instant::now);
+            match closed_at {
+                None if since.elapsed() >= grace => {
+                    if self.close_hanging(lso)? {
+                        closed_at = Some(Instant::now());
+                        // (Its markers land just after the commit returns.)
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
                 }
-            } else {
-                warn!(
+                // Ended here, and still open after the grace: not this
+                // producer id's transaction.
+                Some(at) if at.elapsed() >= grace => warn!(
+                    topic = %self.resolved.topic, last_stable_offset = lso, high_watermark = hw,
+                    attempt = backoff.attempts() + 1,
+                    "a transaction of another producer is open on the log topic, and capture cannot end it; \
+                     waiting for its commit or abort before reading where the log ends. Find and end it with \
+                     `kafka-transactions.sh find-hanging` and `kafka-transactions.sh abort`"
+                ),
+                _ => warn!(
                     topic = %self.resolved.topic, last_stable_offset = lso, high_watermark = hw,
                     attempt = backoff.attempts() + 1,
                     "a transaction is still open on the log topic; waiting for its commit or abort before \
-                     reading where the log ends{}",
-                    if closed {
-                        " (it is not this capture's: find and end it with `kafka-transactions.sh find-hanging` \
-                         and `kafka-transactions.sh abort`)"
-                    } else {
-                        ""
-                    }
-                );
+                     reading where the log ends"
+                ),
             }
             std::thread::sleep(backoff.next_delay());
         }
