@@ -282,6 +282,12 @@ async fn broker_restart_mid_stream_loses_nothing() {
         assert_committed_gapless(&brokers, &format!("dbmux-test.{db}")),
         stats.row_changes
     );
+    // Some restarts leave a hanging transaction (see the writer's `recover`).
+    println!(
+        "broker restart: {} row changes; a hanging transaction was ended: {}",
+        stats.row_changes,
+        dbmux.output().contains("the hanging transaction is ended")
+    );
     assert!(dbmux.stop().success(), "clean shutdown:\n{}", dbmux.output());
 
     // Started while the broker is down (a process manager starting both at
