@@ -1003,16 +1003,21 @@ async fn a_hanging_transaction_of_this_capture_is_ended_not_waited_for() {
         }
         leave_hanging(&mut kafka, &topic, &records).await;
 
-        // Capture opens the log (a task of its own: a hang must not keep the
-        // timeout from firing).
-        let opening = tokio::spawn({
+        // Capture opens the log, on a thread and runtime of its own: if it
+        // hangs, the test fails after 120 s instead of hanging with it (a
+        // runtime waits for its blocking tasks when it is dropped).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn({
             let (cfg, name) = (cfg.clone(), name.clone());
-            async move { KafkaLog::open(cfg, &name, Role::Capture).await }
+            move || {
+                let rt = tokio::runtime::Runtime::new().unwrap();
+                let _ = tx.send(rt.block_on(KafkaLog::open(cfg, &name, Role::Capture)));
+            }
         });
-        let log = tokio::time::timeout(Duration::from_secs(120), opening)
+        let log = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(120)))
             .await
-            .expect("opening the log waited for the hanging transaction for 120 s")
             .unwrap()
+            .expect("opening the log waited for the hanging transaction for 120 s")
             .unwrap();
         assert_eq!(
             log.last().await.unwrap().map(|(s, _)| s),
