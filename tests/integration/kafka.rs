@@ -882,9 +882,15 @@ fn log_records(t: &pipeline::event::Transaction, per_record: usize) -> Vec<RawRe
             (
                 pipeline::codec::encode(c, t.len() as u32),
                 [
-                    ("dbmux-seq".into(), c[0].seq.to_string()),
-                    ("dbmux-last-seq".into(), c[c.len() - 1].seq.to_string()),
-                    ("dbmux-format".into(), pipeline::codec::FORMAT_VERSION.to_string()),
+                    (connectors::kafka::HEADER_SEQ.into(), c[0].seq.to_string()),
+                    (
+                        connectors::kafka::HEADER_LAST_SEQ.into(),
+                        c[c.len() - 1].seq.to_string(),
+                    ),
+                    (
+                        connectors::kafka::HEADER_FORMAT.into(),
+                        pipeline::codec::FORMAT_VERSION.to_string(),
+                    ),
                 ],
             )
         })

@@ -109,9 +109,7 @@ impl Writer {
     /// reads where the log ends.
     pub fn open(resolved: Arc<Resolved>) -> Result<Writer, LogError> {
         let producer = init(&resolved)?;
-        let group = resolved.group_for("dbmux-capture");
-        let recovery = resolved.consumer(&group)?;
-        let uncommitted = resolved.consumer_at(&group, "read_uncommitted")?;
+        let (recovery, uncommitted) = end_readers(&resolved)?;
         let commit_delay = std::env::var(FAULT_COMMIT_DELAY_ENV)
             .ok()
             .and_then(|v| v.parse().ok())
@@ -274,9 +272,7 @@ impl Writer {
                     Err(e) => Err(e),
                 };
                 if r.is_err() {
-                    let group = resolved.group_for("dbmux-capture");
-                    *recovery = resolved.consumer(&group)?;
-                    *uncommitted = resolved.consumer_at(&group, "read_uncommitted")?;
+                    (*recovery, *uncommitted) = end_readers(&resolved)?;
                 }
                 r
             })?;
@@ -552,6 +548,15 @@ impl Writer {
             }
         }
     }
+}
+
+/// The writer's two readers of where the log topic ends: `read_committed`
+/// (the last committed record, the last stable offset) and
+/// `read_uncommitted` (the high watermark, and the records of an open
+/// transaction).
+fn end_readers(r: &Resolved) -> Result<(super::Consumer, super::Consumer), KafkaError> {
+    let group = r.group_for("dbmux-capture");
+    Ok((r.consumer(&group)?, r.consumer_at(&group, "read_uncommitted")?))
 }
 
 /// A producer that owns the transactional id: `init_transactions` fences

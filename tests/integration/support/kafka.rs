@@ -265,7 +265,7 @@ pub fn read_all(brokers: &str, topic: &str, isolation: &str) -> Vec<LogRecord> {
             // A filler record (it ends a hanging transaction) is not log content.
             Some(Ok(m))
                 if m.headers()
-                    .is_some_and(|h| h.iter().any(|h| h.key == "dbmux-filler")) => {}
+                    .is_some_and(|h| h.iter().any(|h| h.key == connectors::kafka::HEADER_FILLER)) => {}
             Some(Ok(m)) => out.push((m.offset(), header(&m, "dbmux-seq"), header(&m, "dbmux-last-seq"))),
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return out,
             Some(Err(e)) => panic!("reading {topic}: {e}"),
