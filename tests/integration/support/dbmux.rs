@@ -5,13 +5,41 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A free loopback TCP port (bound then released).
+/// A free loopback TCP port for a server a test starts later (Kafka, a
+/// private MariaDB, dbmux's listeners).
+///
+/// Chosen *below* the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), not with `bind(0)`: a port from that
+/// range is also what the kernel hands every outgoing connection, so in the
+/// seconds between picking it and a JVM binding it, a client socket of any
+/// process could take it (CI: a Kafka node failed with "Address already in
+/// use" and the cluster never formed). Below the range only explicit binds
+/// compete. Each call in this process takes the next port from a start
+/// that depends on the process id, and skips ports something already holds.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    // From 20000 (above the dev services' fixed ports, 13306 to 19197, which
+    // a test may stop and start again) up to the ephemeral range; if a
+    // machine's range starts too low for that, the ports below it.
+    let (low, high) = if ephemeral_low >= 24_000 {
+        (20_000, ephemeral_low)
+    } else {
+        (1_100, ephemeral_low.max(2_100))
+    };
+    let span = high - low;
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = low + (start + NEXT.fetch_add(1, Ordering::SeqCst)) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
 }
 
 /// A binlog dump `server_id` unique to this test process and call: MariaDB
