@@ -60,6 +60,7 @@ use super::binlog_table::{
     build_plan, facts_of, schema_from_facts, CollationInfo, InfoColumn, ServerCharsets, TableFacts, TablePlan,
 };
 use super::binlog_values::{Charset, Cursor, DecodeError};
+use super::catalog_read::{CatalogReads, ReadError};
 use super::ddl::{self, Clause, Statement};
 use super::gtid::{parse_gtid_list, GtidState, MariaGtid, FL_PREPARED_XA};
 use super::preflight;
@@ -500,6 +501,19 @@ pub struct MysqlSource {
     ddl_ready: Option<Vec<(Arc<TableSchema>, Op)>>,
     /// Tables that entered the captured set by a rename (they need a copy).
     entered: Vec<TableId>,
+    /// Catalog reads of the event being handled, cancel-safe.
+    catalog: CatalogReads,
+    /// What a DDL event's handling changes, as it was before its first try:
+    /// a try cut short (cancelled, or failed) starts again from it.
+    ddl_undo: Option<DdlUndo>,
+}
+
+/// The state [`MysqlSource::schema_changes`] changes as it goes (a rename of
+/// several tables forgets one before it reads the catalog for the next).
+struct DdlUndo {
+    history: HashMap<TableId, HistoryEntry>,
+    entered: usize,
+    ddl_epoch: u64,
 }
 
 impl fmt::Debug for MysqlSource {
@@ -543,6 +557,8 @@ impl MysqlSource {
             boundary: None,
             ddl_ready: None,
             entered: Vec::new(),
+            catalog: CatalogReads::default(),
+            ddl_undo: None,
         })
     }
 
@@ -675,11 +691,17 @@ impl MysqlSource {
         mariadb: bool,
     ) -> Result<TableFacts, MysqlCaptureError> {
         let all_fks = self.all_foreign_keys().await?;
-        let conn = self.meta().await?;
-        let mut facts = read_table_facts(conn, db, table, mariadb).await.map_err(|e| {
-            self.meta = None;
-            driver(format!("reading information_schema for {db}.{table}"))(e)
-        })?;
+        let (d, t) = (db.to_owned(), table.to_owned());
+        let mut facts: TableFacts = self
+            .catalog_read(
+                format!("table {db}.{table}"),
+                format!("reading information_schema for {db}.{table}"),
+                move |mut c| async move {
+                    let r = read_table_facts(&mut c, &d, &t, mariadb).await;
+                    (c, r)
+                },
+            )
+            .await?;
         let id = TableId::new(db, table);
         facts.foreign_keys = all_fks.iter().filter(|f| f.table == id).cloned().collect();
         facts.cascades = cascade_closure(&all_fks, &id);
@@ -696,11 +718,16 @@ impl MysqlSource {
         }
         let epoch = self.ddl_epoch;
         let filter = self.filter.clone();
-        let conn = self.meta().await?;
-        let fks = read_foreign_keys(conn, &filter).await.map_err(|e| {
-            self.meta = None;
-            driver("reading the master's foreign keys")(e)
-        })?;
+        let fks: Vec<ForeignKey> = self
+            .catalog_read(
+                "foreign keys".into(),
+                "reading the master's foreign keys".into(),
+                move |mut c| async move {
+                    let r = read_foreign_keys(&mut c, &filter).await;
+                    (c, r)
+                },
+            )
+            .await?;
         let fks = Arc::new(fks);
         self.foreign_keys = Some((epoch, fks.clone()));
         Ok(fks)
@@ -831,28 +858,56 @@ impl MysqlSource {
     /// The default collation of a new text column of `table` (its table's,
     /// else its database's), as the catalog shows it now.
     async fn default_collation(&mut self, table: &TableId) -> Result<Option<String>, MysqlCaptureError> {
-        let conn = self.meta().await?;
-        let r: Result<Option<Option<String>>, mysql_async::Error> = async {
-            let t: Option<Option<String>> = conn
-                .exec_first(
-                    "SELECT TABLE_COLLATION FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-                    (&table.schema, &table.name),
-                )
-                .await?;
-            if let Some(Some(c)) = t {
-                return Ok(Some(Some(c)));
+        let id = table.clone();
+        self.catalog_read(
+            format!("default collation {table}"),
+            format!("reading the default collation of {table}"),
+            move |mut conn| async move {
+                let r: Result<Option<Option<String>>, mysql_async::Error> = async {
+                    let t: Option<Option<String>> = conn
+                        .exec_first(
+                            "SELECT TABLE_COLLATION FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                            (&id.schema, &id.name),
+                        )
+                        .await?;
+                    if let Some(Some(c)) = t {
+                        return Ok(Some(Some(c)));
+                    }
+                    conn.exec_first(
+                        "SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+                        (&id.schema,),
+                    )
+                    .await
+                }
+                .await;
+                (conn, r.map(Option::flatten))
+            },
+        )
+        .await
+    }
+
+    /// A catalog read on the metadata connection that a cancelled
+    /// `next_transaction` does not cut short (see [`super::catalog_read`]).
+    /// `key` names the read within the event being handled; `what` is the
+    /// error context.
+    async fn catalog_read<T, F, Fut>(
+        &mut self,
+        key: String,
+        what: String,
+        read: F,
+    ) -> Result<T, MysqlCaptureError>
+    where
+        T: Clone + Send + 'static,
+        F: FnOnce(Conn) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = (Conn, Result<T, mysql_async::Error>)> + Send + 'static,
+    {
+        match self.catalog.read(&mut self.meta, &self.opts, key, read).await {
+            Ok(v) => Ok(v),
+            Err(ReadError::Connect(e)) => {
+                Err(driver(format!("connecting to {}", self.config.redacted_url()))(e))
             }
-            conn.exec_first(
-                "SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
-                (&table.schema,),
-            )
-            .await
+            Err(ReadError::Read(e)) => Err(driver(what)(e)),
         }
-        .await;
-        r.map(Option::flatten).map_err(|e| {
-            self.meta = None;
-            driver(format!("reading the default collation of {table}"))(e)
-        })
     }
 
     /// The definition after a statement: what applying the statement to the
@@ -1609,14 +1664,23 @@ impl Source for MysqlSource {
                     self.pending = Some(ev.clone());
                     self.plan_table_map(&ev, &db, &table).await?;
                     self.pending = None;
+                    self.catalog.event_done();
                 }
                 continue;
             }
             if ev.header().event_type_raw() == QUERY && self.ddl_ready.is_none() {
                 // Kept until handled: the catalog reads below may be cancelled.
                 self.pending = Some(ev.clone());
+                self.undo_ddl_try();
+                self.ddl_undo = Some(DdlUndo {
+                    history: self.history.clone(),
+                    entered: self.entered.len(),
+                    ddl_epoch: self.ddl_epoch,
+                });
                 let changes = self.schema_changes(&ev).await?;
                 self.pending = None;
+                self.ddl_undo = None;
+                self.catalog.event_done();
                 self.ddl_ready = Some(changes);
             }
             let handled = self.handle(&ev);
@@ -1638,11 +1702,24 @@ impl Source for MysqlSource {
 }
 
 impl MysqlSource {
+    /// Puts back what an unfinished try of a DDL event's handling changed.
+    fn undo_ddl_try(&mut self) {
+        if let Some(u) = self.ddl_undo.take() {
+            self.history = u.history;
+            self.entered.truncate(u.entered);
+            self.ddl_epoch = u.ddl_epoch;
+        }
+    }
+
     /// `start` without the connection bookkeeping.
     async fn open_stream(&mut self, resume: Option<Position>) -> Result<(), MysqlCaptureError> {
         self.stop().await;
         self.txn = None;
         self.pending = None;
+        // The stream starts again before the event a failed or cancelled
+        // DDL handling had begun: it is read and handled again from scratch.
+        self.undo_ddl_try();
+        self.catalog.reset();
         let info = self.server_info().await?;
         let p = match resume {
             Some(Position::Mysql(p)) => p,

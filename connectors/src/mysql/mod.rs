@@ -7,6 +7,7 @@ pub mod binlog_table;
 pub mod binlog_values;
 pub mod capture;
 pub mod capture_error;
+mod catalog_read;
 pub mod ddl;
 pub mod gtid;
 pub mod preflight;
