@@ -1731,3 +1731,91 @@ async fn pg_chunk_view_position_and_read_position_agree_with_the_stream() {
     }
     src.stop().await;
 }
+
+/// The PostgreSQL side of capture's cancel-safety (see the MySQL test
+/// `capture_dropped_at_any_point_hands_out_what_an_undisturbed_one_does`): a
+/// `Relation` message makes capture read the catalog; a capture whose calls
+/// are dropped after a few polls hands out exactly what an undisturbed one
+/// reading a second slot does, and does not stall.
+/// (Before the catalog read ran on a task of its own it was started again
+/// on every call; tokio-postgres survives a dropped query, so this was a
+/// stall on a loaded server, not garbage.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_capture_dropped_at_any_point_hands_out_what_an_undisturbed_one_does() {
+    let db = PgSourceDb::create("pgcancel").await;
+    db.exec("CREATE TABLE seed (id int PRIMARY KEY)").await;
+    let mut sources = Vec::new();
+    for slot in [db.name.clone(), format!("{}_ref", db.name)] {
+        let mut src = PostgresSource::new(PostgresSourceConfig { slot, ..config(&db) }).unwrap();
+        src.preflight().await.unwrap();
+        let start = src.current_position().await.unwrap();
+        src.start(Some(start)).await.unwrap();
+        sources.push(src);
+    }
+    let (mut cut, mut reference) = (sources.remove(0), sources.remove(0));
+
+    let tables = 6;
+    let c = db.client().await;
+    for i in 0..tables {
+        // One statement per call: a multi-statement string is one transaction.
+        for sql in [
+            format!("CREATE TABLE t{i} (id int PRIMARY KEY, v varchar(20), n numeric(10,2), at timestamptz)"),
+            format!("INSERT INTO t{i} VALUES (1, 'a', 1.5, now()), (2, 'b', 2.5, now())"),
+            format!("ALTER TABLE t{i} ADD COLUMN w int DEFAULT 7, ALTER COLUMN v TYPE varchar(40)"),
+            format!("UPDATE t{i} SET v = 'c' WHERE id = 1"),
+        ] {
+            c.batch_execute(&sql).await.unwrap();
+        }
+    }
+    c.batch_execute("INSERT INTO seed VALUES (1)").await.unwrap();
+    // DDL is not in the WAL stream: an insert and an update per table.
+    let expected = tables * 2 + 1;
+
+    // Commit times and ids are the server's: the same on both slots.
+    let shape = |t: &CapturedTransaction| format!("{} {} {:?}", t.id, t.position, t.changes);
+    let mut want = Vec::new();
+    while want.len() < expected {
+        want.push(shape(&next(&mut reference).await));
+    }
+    let mut got = Vec::new();
+    let mut cancelled = 0u32;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut k = 0u64;
+    while got.len() < expected {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cut capture made no progress for 120 s ({} of {expected} transactions, {cancelled} calls cut)",
+            got.len()
+        );
+        k += 1;
+        // WAL already received is handed out in well under a millisecond:
+        // the call is dropped after 1 to 7 polls instead of after a time, so
+        // it is cut at every await point in turn (the catalog read included).
+        let mut call = Box::pin(cut.next_transaction());
+        let mut outcome = None;
+        for _ in 0..1 + k % 7 {
+            if let std::task::Poll::Ready(r) = futures_util::poll!(&mut call) {
+                outcome = Some(r);
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        drop(call);
+        match outcome {
+            Some(Ok(t)) => got.push(shape(&t)),
+            Some(Err(e)) => panic!(
+                "a capture called again after a dropped call failed: {e} ({} of {expected} transactions)",
+                got.len()
+            ),
+            None => cancelled += 1,
+        }
+    }
+    assert!(cancelled > 0, "no call was cut short: the test proves nothing");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "transaction {i} differs");
+    }
+    println!("{expected} transactions equal; {cancelled} calls were cut short");
+    idle(&mut cut, Duration::from_millis(500)).await;
+    cut.stop().await;
+    reference.stop().await;
+}

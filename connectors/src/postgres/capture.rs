@@ -460,7 +460,13 @@ pub struct PostgresSource {
     config: PostgresSourceConfig,
     filter: TableFilter,
     pg: tokio_postgres::Config,
-    meta: Option<Client>,
+    meta: Option<Arc<Client>>,
+    /// The catalog read of the `Relation` message being handled (its start
+    /// LSN and oid), on a task of its own: a dropped `next_transaction` does
+    /// not cut it short, and the next call awaits it. (Started again on every
+    /// call, a read slower than the 20 ms between the runtime's cancellations
+    /// while a snapshot chunk waits would never finish.)
+    describing: Option<Describing>,
     stream: Option<ReplicationConn>,
     /// The connection that created the slot, kept idle so its exported
     /// snapshot stays usable until `start`.
@@ -501,6 +507,13 @@ pub struct PostgresSource {
     at_lsn: u64,
 }
 
+/// A `Relation` message's catalog read in flight: (its start LSN, its oid)
+/// and the task.
+type Describing = (
+    (u64, u32),
+    tokio::task::JoinHandle<Result<RelPlan, PostgresCaptureError>>,
+);
+
 impl fmt::Debug for PostgresSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresSource")
@@ -527,6 +540,7 @@ impl PostgresSource {
             filter,
             pg,
             meta: None,
+            describing: None,
             stream: None,
             creator: None,
             exported_snapshot: None,
@@ -568,14 +582,14 @@ impl PostgresSource {
 
     /// The catalog connection, (re)connected on demand.
     async fn meta(&mut self) -> Result<&Client, PostgresCaptureError> {
-        if self.meta.as_ref().is_some_and(Client::is_closed) {
+        if self.meta.as_ref().is_some_and(|c| c.is_closed()) {
             self.meta = None;
         }
         if self.meta.is_none() {
             let what = format!("connecting to {}", self.config.redacted_url());
-            self.meta = Some(connect_plain(&self.pg, what, "catalog").await?);
+            self.meta = Some(Arc::new(connect_plain(&self.pg, what, "catalog").await?));
         }
-        Ok(self.meta.as_ref().expect("just connected"))
+        Ok(self.meta.as_deref().expect("just connected"))
     }
 
     async fn replication_conn(&self, what: &str) -> Result<ReplicationConn, PostgresCaptureError> {
@@ -731,6 +745,33 @@ impl PostgresSource {
         Ok(())
     }
 
+    /// [`Self::describe`] for a `Relation` message of the stream, cancel-safe:
+    /// see [`Self::describing`].
+    async fn describe_streamed(&mut self, rel: &Relation) -> Result<RelPlan, PostgresCaptureError> {
+        let key = (self.at_lsn, rel.oid);
+        if self.describing.as_ref().is_none_or(|(k, _)| *k != key) {
+            if let Some((_, task)) = self.describing.take() {
+                task.abort();
+            }
+            self.meta().await?;
+            let client = self.meta.clone().expect("connected just above");
+            let rel = rel.clone();
+            let task = tokio::spawn(async move {
+                describe_relation(&client, rel.oid, &rel.namespace, &rel.name, Some(&rel)).await
+            });
+            self.describing = Some((key, task));
+        }
+        let (_, task) = self.describing.as_mut().expect("set above");
+        let r = task.await;
+        self.describing = None;
+        r.unwrap_or_else(|e| {
+            Err(PostgresCaptureError::Stream {
+                position: format!("LSN {}", format_lsn(key.0)),
+                message: format!("the catalog read of relation {} ended abnormally: {e}", rel.oid),
+            })
+        })
+    }
+
     /// Builds the table definition of relation `oid` from the catalog (and
     /// the `Relation` message, which is authoritative for columns and order).
     async fn describe(
@@ -863,8 +904,7 @@ impl PostgresSource {
             }
             Message::Relation(rel) => {
                 let entry = if self.filter.matches(&rel.namespace, &rel.name) {
-                    let (oid, ns, name) = (rel.oid, rel.namespace.clone(), rel.name.clone());
-                    let plan = self.describe(oid, &ns, &name, Some(&rel)).await?;
+                    let plan = self.describe_streamed(&rel).await?;
                     let plan = match self.plans.get(&plan.schema.id) {
                         Some(old) if old.schema == plan.schema => old.clone(),
                         _ => {
@@ -1385,6 +1425,9 @@ impl Source for PostgresSource {
         self.relations.clear();
         self.txn = None;
         self.unhandled = None;
+        if let Some((_, task)) = self.describing.take() {
+            task.abort();
+        }
         self.resume_lsn = lsn;
         self.handed_lsn = lsn;
         self.skipped = None;
