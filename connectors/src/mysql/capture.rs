@@ -973,6 +973,13 @@ impl MysqlSource {
             return Ok(Vec::new());
         }
         let statement = String::from_utf8_lossy(&raw).into_owned();
+        // What this handling changes, saved before its first change (taken
+        // back by `next_transaction` once the event is handled).
+        self.ddl_undo = Some(DdlUndo {
+            history: self.history.clone(),
+            entered: self.entered.len(),
+            ddl_epoch: self.ddl_epoch,
+        });
         // Foreign keys and other catalog facts may change with any DDL.
         self.ddl_epoch += 1;
         let commit_ts_us = ev.header().timestamp() as i64 * 1_000_000;
@@ -1671,12 +1678,8 @@ impl Source for MysqlSource {
             if ev.header().event_type_raw() == QUERY && self.ddl_ready.is_none() {
                 // Kept until handled: the catalog reads below may be cancelled.
                 self.pending = Some(ev.clone());
+                // A try cut short starts again from the state it began with.
                 self.undo_ddl_try();
-                self.ddl_undo = Some(DdlUndo {
-                    history: self.history.clone(),
-                    entered: self.entered.len(),
-                    ddl_epoch: self.ddl_epoch,
-                });
                 let changes = self.schema_changes(&ev).await?;
                 self.pending = None;
                 self.ddl_undo = None;
