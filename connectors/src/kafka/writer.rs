@@ -214,23 +214,37 @@ impl Writer {
     /// the value (a commit returns before its markers reach the partition;
     /// see `KafkaLog::set_meta`). The read-back starts where the meta topic
     /// ended before the write, so it costs a few records, not a scan.
+    ///
+    /// A value still not visible after the request timeout is written again,
+    /// up to [`META_WRITE_ROUNDS`] times, before the caller gets
+    /// `Unavailable`: around a broker failover the markers of a commit can
+    /// take longer than that to reach the partition (CI, three brokers, one
+    /// restarted: a capture-state checkpoint was not visible after 5 s, and
+    /// that error stopped capture). Writing a meta value twice is harmless.
     pub fn set_meta_visible(&mut self, key: &str, value: &[u8]) -> Result<(), LogError> {
         let (topic, timeout) = (self.resolved.meta_topic.clone(), self.resolved.timeout());
         let from = reader::end_offset(&self.recovery, &topic, timeout)?;
-        self.set_meta(key, value)?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let seen = reader::newest_value(&self.recovery, &topic, key, from, timeout)?;
-            if seen.as_deref() == Some(value) {
-                return Ok(());
+        for round in 1..=META_WRITE_ROUNDS {
+            self.set_meta(key, value)?;
+            let deadline = Instant::now() + timeout;
+            loop {
+                let seen = reader::newest_value(&self.recovery, &topic, key, from, timeout)?;
+                if seen.as_deref() == Some(value) {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
-            if Instant::now() >= deadline {
-                return Err(LogError::Unavailable(format!(
-                    "the value of {key} written to {topic} is committed but not visible to readers after {timeout:?}"
-                )));
+            if round < META_WRITE_ROUNDS {
+                warn!(key, topic = %topic, round, "a meta value is committed but not visible to readers after {timeout:?}; writing it again");
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
+        Err(LogError::Unavailable(format!(
+            "the value of {key} written to {topic} is committed but not visible to readers after \
+             {META_WRITE_ROUNDS} writes of {timeout:?} each"
+        )))
     }
 
     /// The last committed `seq` in the log topic, read again (with fresh
@@ -568,6 +582,10 @@ fn init(r: &Resolved) -> Result<TxProducer, LogError> {
     })?;
     Ok(p)
 }
+
+/// How many times [`Writer::set_meta_visible`] writes a value that readers
+/// do not see yet before it gives up.
+const META_WRITE_ROUNDS: u32 = 4;
 
 /// Retries transient failures with backoff (logged), for as long as they
 /// last; other errors are returned.
